@@ -1,0 +1,313 @@
+"""Model zoo with a registry. Every model takes ``width``, ``in_channels``, ``num_classes``
+and ``image_size``; first and last layers are full precision by default.
+
+A model built here carries its architecture spec in ``model.arch`` (a plain dict), so a
+checkpoint can rebuild it; pruned models are rebuilt from the same spec and then resized to
+the shapes in their state_dict (:func:`resize_to_state_dict`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnnprune.nn import BinaryConv2d, BinaryLinear
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "model_from_arch",
+    "register_model",
+    "resize_to_state_dict",
+]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def _ch(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+def _check_common(width: float, in_channels: int, num_classes: int, image_size: int) -> None:
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model; unknown names or arguments raise ValueError."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
+    fn = MODELS[name]
+    allowed = set(inspect.signature(fn).parameters)
+    bad = sorted(set(kwargs) - allowed)
+    if bad:
+        raise ValueError(f"model {name!r} takes no argument(s) {bad}; it takes {sorted(allowed)}")
+    model = fn(**kwargs)
+    model.arch = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+def model_from_arch(arch: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Rebuild a model from its spec; if a state_dict is given, resize to it and load it."""
+    if not isinstance(arch, dict) or "name" not in arch:
+        raise ValueError("architecture spec must be a dict with a 'name'")
+    model = build_model(arch["name"], **dict(arch.get("kwargs", {})))
+    if state_dict is not None:
+        resize_to_state_dict(model, state_dict)
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise ValueError(
+                f"weights do not fit model {arch['name']!r}: {first[1].strip() if len(first) > 1 else first[0]}"
+            ) from None
+    return model
+
+
+@torch.no_grad()
+def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Give every conv / linear / batch-norm the channel counts found in ``state_dict``.
+
+    This is how a channel-pruned model is rebuilt from the unpruned spec: any model whose
+    forward pass does not hard-code channel counts can be resized this way.
+    """
+    for name, m in model.named_modules():
+        w = state_dict.get(f"{name}.weight" if name else "weight")
+        if isinstance(m, nn.Conv2d) and w is not None and w.dim() == 4:
+            out_c, in_pg = int(w.shape[0]), int(w.shape[1])
+            if (out_c, in_pg) != tuple(m.weight.shape[:2]):
+                if m.groups != 1:
+                    raise ValueError(f"cannot resize grouped convolution {name!r}")
+                m.in_channels, m.out_channels = in_pg, out_c
+                m.weight = nn.Parameter(m.weight.new_zeros(w.shape))
+                if m.bias is not None:
+                    m.bias = nn.Parameter(m.bias.new_zeros(out_c))
+        elif isinstance(m, nn.Linear) and w is not None and w.dim() == 2:
+            if tuple(w.shape) != tuple(m.weight.shape):
+                m.out_features, m.in_features = int(w.shape[0]), int(w.shape[1])
+                m.weight = nn.Parameter(m.weight.new_zeros(w.shape))
+                if m.bias is not None:
+                    m.bias = nn.Parameter(m.bias.new_zeros(w.shape[0]))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            rm = state_dict.get(f"{name}.running_mean")
+            if rm is not None and rm.numel() != m.num_features:
+                n = int(rm.numel())
+                m.num_features = n
+                if m.affine:
+                    m.weight = nn.Parameter(m.weight.new_ones(n))
+                    m.bias = nn.Parameter(m.bias.new_zeros(n))
+                if m.track_running_stats:
+                    m.running_mean = torch.zeros(n)
+                    m.running_var = torch.ones(n)
+    return model
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _bin_conv_bn(cin: int, cout: int, k: int, stride: int = 1, pad: int | None = None, **bk: Any) -> list[nn.Module]:
+    pad = k // 2 if pad is None else pad
+    return [BinaryConv2d(cin, cout, k, stride=stride, padding=pad, **bk), nn.BatchNorm2d(cout)]
+
+
+def _fp_conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
+    # No ReLU: the next binary layer takes sign(), and sign(relu(x)) would be constant +1.
+    return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+
+def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, in_channels, image_size, image_size)).numel())
+
+
+def _sequential_model(features: list[nn.Module], head: Callable[[int], list[nn.Module]], in_channels: int, image_size: int) -> nn.Module:
+    feats = nn.Sequential(*features)
+    n = _flat_features(feats, in_channels, image_size)
+    return nn.Sequential(*features, nn.Flatten(), *head(n))
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+@register_model("nin")
+def nin(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
+        pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+    """Binary Network-in-Network, the 9-convolution XNOR-Net CIFAR-10 layout (METHOD.md)."""
+    _check_common(width, in_channels, num_classes, image_size)
+    w = lambda c: _ch(c, width)  # noqa: E731
+    bk = {"pad_value": pad_value, "scale": scale}
+    layers: list[nn.Module] = [
+        *_fp_conv_bn(in_channels, w(192), 5),
+        *_bin_conv_bn(w(192), w(160), 1, **bk),
+        *_bin_conv_bn(w(160), w(96), 1, **bk),
+        nn.MaxPool2d(3, 2, 1),
+        *_bin_conv_bn(w(96), w(192), 5, **bk),
+        *_bin_conv_bn(w(192), w(192), 1, **bk),
+        *_bin_conv_bn(w(192), w(192), 1, **bk),
+        nn.AvgPool2d(3, 2, 1),
+        *_bin_conv_bn(w(192), w(192), 3, **bk),
+        *_bin_conv_bn(w(192), w(192), 1, **bk),
+        nn.Conv2d(w(192), num_classes, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ]
+    return nn.Sequential(*layers)
+
+
+@register_model("binarynet")
+def binarynet(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
+              pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+    """BinaryNet CIFAR-10 ConvNet: 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-1024FC-10FC."""
+    _check_common(width, in_channels, num_classes, image_size)
+    w = lambda c: _ch(c, width)  # noqa: E731
+    bk = {"pad_value": pad_value, "scale": scale}
+    feats = [
+        *_fp_conv_bn(in_channels, w(128), 3),
+        *_bin_conv_bn(w(128), w(128), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(128), w(256), 3, **bk),
+        *_bin_conv_bn(w(256), w(256), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(256), w(512), 3, **bk),
+        *_bin_conv_bn(w(512), w(512), 3, **bk), nn.MaxPool2d(2),
+    ]
+    head = lambda n: [  # noqa: E731
+        BinaryLinear(n, w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
+        BinaryLinear(w(1024), w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
+        nn.Linear(w(1024), num_classes),
+    ]
+    return _sequential_model(feats, head, in_channels, image_size)
+
+
+@register_model("vgg_small")
+def vgg_small(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
+              pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+    """VGG-Small (LQ-Nets / IR-Net): fp conv, binary 128-MP-256-256-MP-512-512-MP, fp FC."""
+    _check_common(width, in_channels, num_classes, image_size)
+    w = lambda c: _ch(c, width)  # noqa: E731
+    bk = {"pad_value": pad_value, "scale": scale}
+    feats = [
+        *_fp_conv_bn(in_channels, w(128), 3),
+        *_bin_conv_bn(w(128), w(128), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(128), w(256), 3, **bk),
+        *_bin_conv_bn(w(256), w(256), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(256), w(512), 3, **bk),
+        *_bin_conv_bn(w(512), w(512), 3, **bk), nn.MaxPool2d(2),
+    ]
+    return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
+
+
+@register_model("alexnet")
+def alexnet(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
+            pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+    """CIFAR-sized binary AlexNet: 5 convolutions, 3 fully connected; first and last fp."""
+    _check_common(width, in_channels, num_classes, image_size)
+    w = lambda c: _ch(c, width)  # noqa: E731
+    bk = {"pad_value": pad_value, "scale": scale}
+    feats = [
+        *_fp_conv_bn(in_channels, w(96), 5), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(96), w(256), 5, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(256), w(384), 3, **bk),
+        *_bin_conv_bn(w(384), w(384), 3, **bk),
+        *_bin_conv_bn(w(384), w(256), 3, **bk), nn.MaxPool2d(2),
+    ]
+    head = lambda n: [  # noqa: E731
+        BinaryLinear(n, w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
+        BinaryLinear(w(1024), w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
+        nn.Linear(w(1024), num_classes),
+    ]
+    return _sequential_model(feats, head, in_channels, image_size)
+
+
+@register_model("small")
+def small(width: float = 1.0, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+          pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+    """Small BNN for 28x28 inputs: fp conv 32, binary 3x3 convs 64-128-128 with max-pools."""
+    _check_common(width, in_channels, num_classes, image_size)
+    w = lambda c: _ch(c, width)  # noqa: E731
+    bk = {"pad_value": pad_value, "scale": scale}
+    feats = [
+        *_fp_conv_bn(in_channels, w(32), 3),
+        *_bin_conv_bn(w(32), w(64), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(64), w(128), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(128), w(128), 3, **bk), nn.MaxPool2d(2),
+    ]
+    return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
+
+
+class BasicBlock(nn.Module):
+    """Binary basic block with a real-valued shortcut: bn2(bconv2(bn1(bconv1(x)))) + sc(x).
+
+    The block output width is coupled to the shortcut (residual coupling); the inner width
+    (conv1's output) is free. Downsampling shortcuts are avgpool + full-precision 1x1 conv.
+    """
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int, **bk: Any) -> None:
+        super().__init__()
+        self.conv1 = BinaryConv2d(cin, mid, 3, stride=stride, padding=1, **bk)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = BinaryConv2d(mid, cout, 3, stride=1, padding=1, **bk)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride != 1 else nn.Identity(),
+                nn.Conv2d(cin, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
+        return out + self.shortcut(x)
+
+
+class ResNet(nn.Module):
+    def __init__(self, blocks: list[int], widths: list[int], in_channels: int, num_classes: int, **bk: Any) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers: list[nn.Module] = []
+        cin = widths[0]
+        for i, (n, c) in enumerate(zip(blocks, widths)):
+            stage = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                stage.append(BasicBlock(cin, c, c, stride, **bk))
+                cin = c
+            layers.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.conv1(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model("resnet18")
+def resnet18(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
+             pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+    """Binary ResNet-18 with real-valued shortcuts (residual coupling for channel pruning)."""
+    _check_common(width, in_channels, num_classes, image_size)
+    widths = [_ch(c, width) for c in (64, 128, 256, 512)]
+    return ResNet([2, 2, 2, 2], widths, in_channels, num_classes, pad_value=pad_value, scale=scale)

@@ -1,0 +1,158 @@
+"""Binary building blocks: sign with a straight-through gradient, binary conv and linear.
+
+Convention used everywhere in bnnprune (training, flip tracking, packing):
+``sign(x) = +1 if x >= 0 else -1``. Packed bits store ``1`` for ``-1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLinear",
+    "binarize",
+    "binary_layers",
+    "clip_latent_weights",
+    "is_binary_layer",
+    "sign",
+]
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """Hard sign with sign(0) = +1 (so every value maps to exactly one bit)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign() forward; straight-through gradient where |x| <= 1, zero elsewhere."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """Binarize to ±1 with the straight-through estimator (Courbariaux et al. 2016)."""
+    return _SignSTE.apply(x)
+
+
+def _check_pad_value(pad_value: float) -> float:
+    if pad_value not in (1.0, -1.0):
+        raise ValueError(f"pad_value must be +1 or -1 so the padded input stays binary, got {pad_value}")
+    return float(pad_value)
+
+
+class BinaryConv2d(nn.Conv2d):
+    """Conv2d whose input activations and weights are binarized to ±1.
+
+    - ``pad_value``: the border is padded with this binary value (+1 or -1), not zeros, so
+      a bit-packed engine reproduces the layer exactly.
+    - ``scale``: multiply each output channel by mean |w| of its latent filter (XNOR-Net).
+    - ``clip``: latent weights are clipped to [-clip, clip] by :func:`clip_latent_weights`
+      (``None`` disables it).
+    - ``binarize_input``: set False to feed real-valued inputs (weights stay binary).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+        pad_value: float = 1.0,
+        scale: bool = False,
+        clip: float | None = 1.0,
+        binarize_input: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
+        )
+        self.pad_value = _check_pad_value(pad_value)
+        self.scale = bool(scale)
+        self.clip = clip
+        self.binarize_input = bool(binarize_input)
+
+    def binary_weight(self) -> torch.Tensor:
+        """The ±1 weights used in the forward pass (with the optional per-channel scale)."""
+        wb = binarize(self.weight)
+        if self.scale:
+            wb = wb * self.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+        return wb
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.binarize_input:
+            x = binarize(x)
+        ph, pw = self.padding  # type: ignore[misc]
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
+        return F.conv2d(x, self.binary_weight(), self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", pad_value={self.pad_value:+g}, scale={self.scale}, clip={self.clip}"
+            + ("" if self.binarize_input else ", binarize_input=False")
+        )
+
+
+class BinaryLinear(nn.Linear):
+    """Linear layer whose inputs and weights are binarized to ±1 (see :class:`BinaryConv2d`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        scale: bool = False,
+        clip: float | None = 1.0,
+        binarize_input: bool = True,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.scale = bool(scale)
+        self.clip = clip
+        self.binarize_input = bool(binarize_input)
+
+    def binary_weight(self) -> torch.Tensor:
+        wb = binarize(self.weight)
+        if self.scale:
+            wb = wb * self.weight.abs().mean(dim=1, keepdim=True)
+        return wb
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.binarize_input:
+            x = binarize(x)
+        return F.linear(x, self.binary_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scale={self.scale}, clip={self.clip}"
+
+
+BINARY_LAYER_TYPES = (BinaryConv2d, BinaryLinear)
+
+
+def is_binary_layer(module: nn.Module) -> bool:
+    return isinstance(module, BINARY_LAYER_TYPES)
+
+
+def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every binary layer of ``model`` by qualified name, in registration order."""
+    return {name: m for name, m in model.named_modules() if is_binary_layer(m)}
+
+
+@torch.no_grad()
+def clip_latent_weights(model: nn.Module) -> None:
+    """Clip each binary layer's latent weights to [-clip, clip] (call after optimizer.step)."""
+    for m in binary_layers(model).values():
+        if m.clip is not None:
+            m.weight.clamp_(-m.clip, m.clip)
