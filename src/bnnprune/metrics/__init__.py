@@ -1,33 +1,29 @@
-"""Operation and memory counting: binary MACs (BOPs), float MACs, parameters, memory."""
+"""Operation and memory counting: binary MACs (BOPs), float MACs, parameters, memory.
+
+- :func:`count_bops`: the fast single number the pruning loop needs.
+- :func:`summarize`: the per-layer table (larq-style) with totals, as data.
+- :func:`binary_channels`: each binary layer's output-channel count.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from bnnprune.metrics.ops import binary_channels, count_bops, is_bop_layer, layer_macs
+from bnnprune.metrics.summary import (
+    LayerSummary,
+    ModelSummary,
+    format_bytes,
+    format_count,
+    summarize,
+)
 
-from bnnprune.nn import is_binary_layer
-
-__all__ = ["count_bops"]
-
-
-@torch.no_grad()
-def count_bops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Binary multiply-accumulates of one forward pass on an input of shape (C, H, W)."""
-    total = 0
-
-    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        per_out = m.weight[0].numel()  # K = cin/groups * kh * kw (or in_features)
-        total += per_out * out[0].numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if is_binary_layer(m)]
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return int(total)
+__all__ = [
+    "LayerSummary",
+    "ModelSummary",
+    "binary_channels",
+    "count_bops",
+    "format_bytes",
+    "format_count",
+    "is_bop_layer",
+    "layer_macs",
+    "summarize",
+]
