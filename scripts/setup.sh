@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up bnnprune in ./.venv: system data package (Fashion-MNIST), PyTorch, the package itself.
+#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime)
+# TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
+# machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian package dataset-fashion-mnist" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+      || echo "setup: could not install dataset-fashion-mnist; pass --data-dir or --download later" >&2
+  else
+    echo "setup: run 'sudo apt-get install dataset-fashion-mnist' for the default data" >&2
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() {  # quiet pip that still fails loudly
+  local rc
+  set +e
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location"
+  rc=${PIPESTATUS[0]}
+  set -e
+  return "$rc"
+}
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  pip install "${TORCH_SPEC:-torch==2.13.0}"
+fi
+pip install -e ".${extras}"
+.venv/bin/python -c "import bnnprune, torch, numba; print('setup: bnnprune ready, torch', torch.__version__)"

@@ -1,0 +1,5 @@
+import sys
+
+from bnnprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""Plots (matplotlib, Agg backend): flip ratios over training, flip-count histograms."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bnnprune.train.checkpoint import atomic_write_bytes  # noqa: E402
+
+__all__ = ["plot_flip_histograms", "plot_flip_ratios", "save_figure"]
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Render to PNG in memory and write atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _smooth(x: np.ndarray, k: int) -> np.ndarray:
+    if k <= 1 or len(x) < k:
+        return x
+    return np.convolve(x, np.ones(k) / k, mode="valid")
+
+
+def plot_flip_ratios(history: dict[str, np.ndarray], epoch_ends: list[int], window: tuple[int, int],
+                     path: str | Path) -> Path:
+    """Per-layer flip ratio per step (moving average), epochs and pruning interval marked."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = max((len(h) for h in history.values()), default=0)
+    k = max(1, steps // 200)
+    for name, h in history.items():
+        if len(h):
+            ys = _smooth(h, k)
+            ax.plot(np.arange(len(ys)) + k, ys, label=name, lw=1)
+    for e in epoch_ends:
+        ax.axvline(e, color="0.85", lw=0.8, zorder=0)
+    ax.axvspan(window[0] - 1, window[1], color="tab:orange", alpha=0.08, label="pruning interval")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"flip ratio (moving mean of {k} steps)")
+    ax.set_title("Fraction of binary weights that change sign per step")
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
+
+
+def plot_flip_histograms(counts: dict[str, np.ndarray], steps: int, path: str | Path) -> Path:
+    """One histogram of per-weight flip counts in the pruning interval per binary layer."""
+    n = len(counts)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, (name, c) in zip(axes.flat, counts.items()):
+        c = np.asarray(c).ravel()
+        top = int(c.max()) if c.size else 0
+        bins = np.arange(top + 2) - 0.5 if top < 40 else 40
+        ax.hist(c, bins=bins, color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_title(f"{name}: {np.mean(c > 0):.1%} flipped", fontsize=9)
+        ax.set_xlabel(f"flips in {steps} steps", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Per-weight flip counts in the pruning interval")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,274 @@
+"""Training loop for BNNs: Adam + cosine/step schedule, flip tracking, atomic resumable checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bnnprune.config import TrainConfig
+from bnnprune.data import Dataset, augment, batches, normalize
+from bnnprune.flips import FlipTracker
+from bnnprune.nn import binary_layers, clip_latent_weights
+from bnnprune.train.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+
+__all__ = [
+    "CheckpointError",
+    "TrainResult",
+    "TrainingError",
+    "dataset_info",
+    "evaluate",
+    "load_checkpoint",
+    "load_model",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, incompatible resume state)."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    tracker: FlipTracker | None
+    seconds: float
+    checkpoint: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test_acc(self) -> float:
+        return float(self.history[-1]["test_acc"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (model initialisation happens after this)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but CUDA is not available")
+    return dev
+
+
+def dataset_info(ds: Dataset) -> dict[str, Any]:
+    """What a checkpoint must know about its data to evaluate and compile the model."""
+    return {
+        "name": ds.name,
+        "input_shape": list(ds.input_shape),
+        "num_classes": ds.num_classes,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+    }
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    latent = {id(m.weight) for m in binary_layers(model).values()}
+    binary = [p for p in model.parameters() if id(p) in latent]
+    other = [p for p in model.parameters() if id(p) not in latent]
+    return [
+        {"params": binary, "weight_decay": cfg.binary_weight_decay},
+        {"params": other, "weight_decay": cfg.weight_decay},
+    ]
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for 0-based optimizer step ``step`` (set per step, so resume is exact)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
+    total = cfg.epochs * steps_per_epoch
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / total))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Any, std: Any,
+             batch_size: int = 512, device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on uint8 images ``x``."""
+    if len(x) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for xb, yb in batches(x, y, batch_size, shuffle=False, generator=None):
+            xb = normalize(xb.to(device), mean, std)
+            yb = yb.to(device)
+            out = model(xb)
+            loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return loss_sum / len(x), correct / len(x)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Per-epoch RNG for shuffling and augmentation, derived from the seed: resume needs no RNG state."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(h) + "\n" for h in history).encode())
+
+
+def train(
+    model: nn.Module,
+    ds: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    meta: dict[str, Any] | None = None,
+    desc: str = "train",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    augment_data: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``ds``; track flips over the last ``cfg.track_last`` epochs.
+
+    With ``out_dir``: a checkpoint is written atomically after every epoch
+    (``checkpoint.pt``), the metrics log to ``metrics.jsonl``, and at the end ``model.pt``
+    (weights, architecture, flip data) and ``flips.npz``. ``resume=True`` continues from
+    ``checkpoint.pt`` and ends with the same weights as an uninterrupted run (CPU, same seed).
+    ``meta`` is stored in every checkpoint (e.g. the experiment config).
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    n = len(ds.train_x)
+    if n == 0:
+        raise ValueError("the training split is empty")
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs  # drop the last partial batch: BatchNorm needs > 1 sample
+    model.to(device)
+    opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
+    tracker = None
+    if cfg.track_last > 0 and binary_layers(model):
+        start = (cfg.epochs - cfg.track_last) * steps_per_epoch + 1
+        tracker = FlipTracker(model, window=(start, cfg.epochs * steps_per_epoch))
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / "checkpoint.pt" if out else None
+    history: list[dict[str, Any]] = []
+    first_epoch = 0
+    arch = getattr(model, "arch", None)
+    payload_base = {"arch": arch, "dataset": dataset_info(ds), "train_config": dataclasses.asdict(cfg),
+                    "meta": meta or {}}
+
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
+        ck = load_checkpoint(ckpt_path)
+        if ck.get("train_config") != payload_base["train_config"] or ck.get("arch") != arch:
+            raise CheckpointError(f"{ckpt_path} was written by another model or training config; "
+                                  "resume with the same settings or use a new output folder")
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        if tracker is not None and ck.get("flips") is not None:
+            tracker.load_state_dict(ck["flips"])
+        history = list(ck["history"])
+        first_epoch = int(ck["epoch"])
+
+    t0 = time.perf_counter()
+    step = first_epoch * steps_per_epoch
+    for epoch in range(first_epoch, cfg.epochs):
+        model.train()
+        g = _epoch_generator(cfg.seed, epoch)
+        te = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        for i, (xb, yb) in enumerate(batches(ds.train_x, ds.train_y, bs, shuffle=True, generator=g)):
+            if i >= steps_per_epoch:
+                break
+            if augment_data:
+                xb = augment(xb, g, ds.crop_pad, ds.hflip)
+            xb = normalize(xb.to(device), ds.mean, ds.std)
+            yb = yb.to(device)
+            lr = lr_at(cfg, step, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({float(loss)}) at step {step + 1} (epoch {epoch + 1}); "
+                    + (f"last good checkpoint: {ckpt_path}" if ckpt_path and ckpt_path.exists()
+                       else "no checkpoint written yet")
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            clip_latent_weights(model)
+            if tracker is not None:
+                tracker.step()
+            step += 1
+            loss_sum += float(loss) * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            if i % 10 == 0 or i == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.update(1)
+        bar.close()
+        if tracker is not None:
+            tracker.end_epoch()
+        test_loss, test_acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
+            "seconds": time.perf_counter() - te,
+        }
+        if tracker is not None:
+            rec["flip_ratio"] = {k: float(v[-1]) for k, v in tracker.epoch_ratios().items()}
+        history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+        if out is not None:
+            save_checkpoint(ckpt_path, {
+                **payload_base, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": epoch + 1, "history": history,
+                "flips": tracker.state_dict() if tracker is not None else None,
+            })
+            _write_log(out / "metrics.jsonl", history)
+
+    seconds = time.perf_counter() - t0
+    final = None
+    if out is not None:
+        final = out / "model.pt"
+        save_checkpoint(final, {
+            **payload_base, "state_dict": model.state_dict(), "epoch": cfg.epochs, "history": history,
+            "flips": tracker.state_dict() if tracker is not None else None,
+        })
+        if tracker is not None:
+            buf = io.BytesIO()
+            tracker.export_npz(buf)
+            atomic_write_bytes(out / "flips.npz", buf.getvalue())
+    return TrainResult(history=history, tracker=tracker, seconds=seconds, checkpoint=final)
