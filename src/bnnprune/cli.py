@@ -1,0 +1,327 @@
+"""`bnnprune` command line: thin wrappers that parse, call the library and print.
+
+User mistakes (bad flags, missing data, damaged files) end with a one-line message on stderr
+and exit code 2 (set BNNPRUNE_DEBUG=1 to see the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnnprune.config import ConfigError, ExperimentConfig, load_config
+from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset
+from bnnprune.models import MODELS, build_model
+from bnnprune.train import (
+    CheckpointError,
+    TrainingError,
+    evaluate,
+    load_checkpoint,
+    load_model,
+    resolve_device,
+    seed_everything,
+    train,
+)
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user mistake found by the CLI itself."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        raise CliError(f"{self.prog}: {message}")
+
+
+def _epilog(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+# --------------------------------------------------------------------------- shared flags
+
+
+def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with [model], [data], [train] tables")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", dest="model.name", help=f"one of: {', '.join(sorted(MODELS))}")
+    g.add_argument("--width", dest="model.width", type=float, help="width multiplier (1.0 = paper size)")
+    g.add_argument("--pad-value", dest="model.pad_value", type=float, choices=[1.0, -1.0],
+                   help="binary padding value of binary convolutions")
+    g.add_argument("--scale", dest="model.scale", action="store_const", const=True,
+                   help="per-channel weight scale mean|w| (XNOR-Net)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", dest="data.name", help=f"one of: {', '.join(DATASETS)}")
+    g.add_argument("--data-dir", dest="data.root", help="folder (or CIFAR-10 .tar.gz) holding the data")
+    g.add_argument("--download", dest="data.download", action="store_const", const=True,
+                   help="download the dataset (checksum verified) if it is not found")
+    g.add_argument("--train-subset", dest="data.train_subset", type=int, help="use N training images")
+    g.add_argument("--test-subset", dest="data.test_subset", type=int, help="use N test images")
+    g.add_argument("--no-augment", dest="data.augment", action="store_const", const=False)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", dest="train.epochs", type=int)
+    g.add_argument("--batch-size", dest="train.batch_size", type=int)
+    g.add_argument("--lr", dest="train.lr", type=float, help="Adam learning rate")
+    g.add_argument("--schedule", dest="train.schedule", choices=["cosine", "step", "constant"])
+    g.add_argument("--track-last", dest="train.track_last", type=int,
+                   help="pruning interval: record flips over the last K epochs (0: off)")
+    g.add_argument("--seed", dest="train.seed", type=int)
+    g.add_argument("--device", dest="train.device", help="auto (CUDA when present), cpu, cuda:0, ...")
+
+
+def _experiment_config(args: argparse.Namespace, cls: type = ExperimentConfig) -> Any:
+    """Defaults <- config file <- command-line flags; then validate."""
+    cfg = load_config(args.config, cls)
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".", 1)
+            overrides.setdefault(section, {})[name] = value
+    from bnnprune.config import apply_sections
+
+    apply_sections(cfg, overrides)
+    cfg.validate()
+    return cfg
+
+
+def _load_data(cfg: Any, progress: bool = True):
+    d = cfg.data
+    if progress:
+        print(f"loading {d.name} ...", file=sys.stderr)
+    return load_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
+                        test_subset=d.test_subset, seed=cfg.train.seed)
+
+
+def _build(cfg: Any, ds: Any) -> torch.nn.Module:
+    m = cfg.model
+    seed_everything(cfg.train.seed)
+    return build_model(m.name, width=m.width, in_channels=ds.in_channels, num_classes=ds.num_classes,
+                       image_size=ds.image_size, pad_value=m.pad_value, scale=m.scale)
+
+
+def _print_epoch(rec: dict[str, Any]) -> None:
+    print(f"epoch {rec['epoch']:3d}  loss {rec['train_loss']:.4f}  train {rec['train_acc']:.2%}  "
+          f"test {rec['test_acc']:.2%}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s", flush=True)
+
+
+def _check_out_dir(path: str | Path) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".bnnprune-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CliError(f"output folder {out} is not writable: {e.strerror or e}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _experiment_config(args)
+    out = _check_out_dir(args.output)
+    ds = _load_data(cfg)
+    model = _build(cfg, ds)
+    print(f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
+          f"{len(ds.train_x)} train / {len(ds.test_x)} test images, device "
+          f"{resolve_device(cfg.train.device)}", flush=True)
+    t0 = time.perf_counter()
+    res = train(model, ds, cfg.train, out_dir=out, resume=args.resume, progress=True,
+                meta={"config": cfg.to_dict()}, on_epoch=_print_epoch,
+                augment_data=cfg.data.augment)
+    print(f"test accuracy {res.test_acc:.2%}  wall time {time.perf_counter() - t0:.1f}s")
+    print(f"wrote {res.checkpoint} (model + flip data), {out / 'metrics.jsonl'}, "
+          f"{out / 'flips.npz' if res.tracker else ''}".rstrip(", "))
+    return 0
+
+
+def _dataset_for_checkpoint(ckpt: dict[str, Any], args: argparse.Namespace):
+    info = ckpt.get("dataset") or {}
+    name = args.dataset or info.get("name")
+    if name is None:
+        raise CliError("the checkpoint does not name its dataset: pass --dataset")
+    ds = load_dataset(name, root=args.data_dir, test_subset=args.test_subset)
+    want = tuple(info.get("input_shape", ds.input_shape))
+    if tuple(ds.input_shape) != want or info.get("num_classes", ds.num_classes) != ds.num_classes:
+        raise CliError(f"model expects inputs {want} with {info.get('num_classes')} classes; "
+                       f"{ds.name} has {tuple(ds.input_shape)} with {ds.num_classes}")
+    return ds
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model, ckpt = load_model(args.checkpoint)
+    ds = _dataset_for_checkpoint(ckpt, args)
+    device = resolve_device(args.device)
+    model.to(device)
+    info = ckpt.get("dataset") or {}
+    mean, std = info.get("mean", ds.mean), info.get("std", ds.std)
+    loss, acc = evaluate(model, ds.test_x, ds.test_y, mean, std, device=device)
+    result = {"checkpoint": str(args.checkpoint), "dataset": ds.name, "images": len(ds.test_x),
+              "loss": loss, "accuracy": acc}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{ds.name} test: accuracy {acc:.2%}  loss {loss:.4f}  ({len(ds.test_x)} images)")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from bnnprune.metrics import summarize
+
+    target = args.model
+    if Path(target).suffix == ".pt" or Path(target).is_file():
+        model, ckpt = load_model(target)
+        shape = tuple((ckpt.get("dataset") or {}).get("input_shape", ()))
+        if not shape:
+            raise CliError(f"{target} does not record its input shape")
+    else:
+        c, h, _w, k = dataset_shape(args.dataset)
+        model = build_model(target, width=args.width, in_channels=c, num_classes=k, image_size=h)
+        shape = (c, h, h)
+    s = summarize(model, shape)
+    print(json.dumps(s.to_dict(), indent=2) if args.json else s.to_text())
+    return 0
+
+
+def _flip_source(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for name in ("model.pt", "checkpoint.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise CliError(f"{p} holds no model.pt or checkpoint.pt")
+    return p
+
+
+def cmd_flips(args: argparse.Namespace) -> int:
+    from bnnprune.flips import FlipTracker
+    from bnnprune.prune import compute_sensitivity
+    from bnnprune.report.plots import plot_flip_histograms, plot_flip_ratios
+
+    src = _flip_source(args.run)
+    model, ckpt = load_model(src)
+    if not ckpt.get("flips"):
+        raise CliError(f"{src} has no flip data: train with --track-last K (K >= 1) to record it")
+    tracker = FlipTracker(model)
+    try:
+        tracker.load_state_dict(ckpt["flips"])
+    except (KeyError, ValueError) as e:
+        raise CliError(f"{src}: flip data does not match the model ({e})") from None
+    out = _check_out_dir(args.output or (src.parent / "flips"))
+    sens = compute_sensitivity(model, tracker.counts, tracker.steps_in_window, threshold=args.threshold)
+    epoch = tracker.epoch_ratios()
+    lo, hi = tracker.window
+    print(f"flip window: steps {lo}..{hi} ({tracker.steps_in_window} steps recorded); "
+          f"insensitive = more than {args.threshold} flips")
+    header = f"{'layer':<22}{'weights':>10}{'channels':>9}{'flipped':>9}{'p_l':>8}{'mean WFF':>10}  flip ratio per epoch"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name, counts in tracker.counts.items():
+        c = counts.float()
+        ratios = " ".join(f"{r:.1e}" for r in epoch[name])
+        row = {"layer": name, "weights": c.numel(), "channels": int(c.shape[0]),
+               "flipped": float((c > 0).float().mean()), "p": sens.p[name],
+               "mean_wff": float(c.mean() / max(tracker.steps_in_window, 1)),
+               "epoch_flip_ratio": epoch[name].tolist()}
+        rows.append(row)
+        print(f"{name:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
+              f"{row['p']:>8.2%}{row['mean_wff']:>10.2e}  {ratios}")
+    hist = plot_flip_histograms({n: c.numpy() for n, c in tracker.counts.items()},
+                                tracker.steps_in_window, out / "flip_histograms.png")
+    ratio = plot_flip_ratios(tracker.ratio_history(), tracker.epoch_ends,
+                             (lo, hi if hi is not None else tracker.step_count), out / "flip_ratio.png")
+    from bnnprune.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out / "flips.json", json.dumps({"window": [lo, hi], "steps": tracker.steps_in_window,
+                                                        "threshold": args.threshold, "layers": rows},
+                                                       indent=2).encode())
+    print(f"wrote {hist}, {ratio}, {out / 'flips.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bnnprune", description=__doc__.splitlines()[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a BNN and record weight flips",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_epilog("bnnprune train -o runs/a",
+                                      "bnnprune train --model nin --width 0.25 --dataset fashion-mnist "
+                                      "--epochs 5 --track-last 2 -o runs/a",
+                                      "bnnprune train --config experiments/nin_cifar10.toml "
+                                      "--data-dir ~/data/cifar10 -o runs/nin",
+                                      "bnnprune train -o runs/a --resume   # continue after a crash"))
+    _add_experiment_flags(t)
+    t.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, model.pt)")
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="test accuracy of a saved model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_epilog("bnnprune eval runs/a/model.pt",
+                                      "bnnprune eval runs/a/model.pt --dataset fashion-mnist --json"))
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", help="default: the dataset the model was trained on")
+    e.add_argument("--data-dir")
+    e.add_argument("--test-subset", type=int)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("summary", help="per-layer table: precision, params, memory, BOPs, float MACs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_epilog("bnnprune summary nin --dataset cifar10",
+                                      "bnnprune summary small --width 0.5",
+                                      "bnnprune summary runs/a/model.pt --json"))
+    s.add_argument("model", help="zoo model name or a saved model.pt")
+    s.add_argument("--dataset", default="cifar10", help="input shape of this dataset (zoo models)")
+    s.add_argument("--width", type=float, default=1.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_summary)
+
+    f = sub.add_parser("flips", help="flip statistics, histograms and flip-ratio plots of a run",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_epilog("bnnprune flips runs/a", "bnnprune flips runs/a/model.pt -o plots"))
+    f.add_argument("run", help="run folder or checkpoint with flip data")
+    f.add_argument("-o", "--output", help="folder for plots and flips.json (default RUN/flips)")
+    f.add_argument("--threshold", type=int, default=0,
+                   help="a weight is insensitive when it flipped more than this many times")
+    f.set_defaults(func=cmd_flips)
+    return p
+
+
+USER_ERRORS = (CliError, ConfigError, DatasetError, CheckpointError, TrainingError, ValueError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("bnnprune: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if os.environ.get("BNNPRUNE_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"bnnprune: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
