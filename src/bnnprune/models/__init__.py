@@ -9,6 +9,7 @@ the shapes in their state_dict (:func:`resize_to_state_dict`).
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -133,6 +134,30 @@ def _fp_conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]
     return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
 
 
+def _named(layers: list[nn.Module]) -> nn.Sequential:
+    """Sequential with readable names: conv1, bn1, pool1, ..., fc1, bnfc1 (binary: bconvN, bfcN)."""
+    names: list[str] = []
+    idx = {"conv": 0, "fc": 0}
+    last = ""
+    for m in layers:
+        if isinstance(m, nn.Conv2d):
+            idx["conv"] += 1
+            stem = "bconv" if isinstance(m, BinaryConv2d) else "conv"
+            names.append(f"{stem}{idx['conv']}")
+            last = str(idx["conv"])
+        elif isinstance(m, nn.Linear):
+            idx["fc"] += 1
+            names.append(f"{'bfc' if isinstance(m, BinaryLinear) else 'fc'}{idx['fc']}")
+            last = f"fc{idx['fc']}"
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            names.append(f"bn{last}")
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            names.append(f"pool{idx['conv']}")
+        else:
+            names.append(type(m).__name__.lower())
+    return nn.Sequential(OrderedDict(zip(names, layers)))
+
+
 def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
     with torch.no_grad():
         return int(features(torch.zeros(1, in_channels, image_size, image_size)).numel())
@@ -141,7 +166,7 @@ def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> in
 def _sequential_model(features: list[nn.Module], head: Callable[[int], list[nn.Module]], in_channels: int, image_size: int) -> nn.Module:
     feats = nn.Sequential(*features)
     n = _flat_features(feats, in_channels, image_size)
-    return nn.Sequential(*features, nn.Flatten(), *head(n))
+    return _named([*features, nn.Flatten(), *head(n)])
 
 
 # --------------------------------------------------------------------------- zoo
@@ -169,7 +194,7 @@ def nin(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_s
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     ]
-    return nn.Sequential(*layers)
+    return _named(layers)
 
 
 @register_model("binarynet")

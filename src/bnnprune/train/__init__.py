@@ -231,7 +231,7 @@ def train(
             if tracker is not None:
                 tracker.step()
             step += 1
-            loss_sum += float(loss) * len(yb)
+            loss_sum += loss.item() * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             if i % 10 == 0 or i == steps_per_epoch - 1:
@@ -249,8 +249,6 @@ def train(
         if tracker is not None:
             rec["flip_ratio"] = {k: float(v[-1]) for k, v in tracker.epoch_ratios().items()}
         history.append(rec)
-        if on_epoch is not None:
-            on_epoch(rec)
         if out is not None:
             save_checkpoint(ckpt_path, {
                 **payload_base, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
@@ -258,6 +256,8 @@ def train(
                 "flips": tracker.state_dict() if tracker is not None else None,
             })
             _write_log(out / "metrics.jsonl", history)
+        if on_epoch is not None:
+            on_epoch(rec)
 
     seconds = time.perf_counter() - t0
     final = None
