@@ -23,7 +23,6 @@ from bnnprune.train import (
     CheckpointError,
     TrainingError,
     evaluate,
-    load_checkpoint,
     load_model,
     resolve_device,
     seed_everything,
@@ -53,17 +52,38 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [model], [data], [train] tables")
     g = p.add_argument_group("model")
     g.add_argument("--model", dest="model.name", help=f"one of: {', '.join(sorted(MODELS))}")
-    g.add_argument("--width", dest="model.width", type=float, help="width multiplier (1.0 = paper size)")
-    g.add_argument("--pad-value", dest="model.pad_value", type=float, choices=[1.0, -1.0],
-                   help="binary padding value of binary convolutions")
-    g.add_argument("--scale", dest="model.scale", action="store_const", const=True,
-                   help="per-channel weight scale mean|w| (XNOR-Net)")
+    g.add_argument(
+        "--width", dest="model.width", type=float, help="width multiplier (1.0 = paper size)"
+    )
+    g.add_argument(
+        "--pad-value",
+        dest="model.pad_value",
+        type=float,
+        choices=[1.0, -1.0],
+        help="binary padding value of binary convolutions",
+    )
+    g.add_argument(
+        "--scale",
+        dest="model.scale",
+        action="store_const",
+        const=True,
+        help="per-channel weight scale mean|w| (XNOR-Net)",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", dest="data.name", help=f"one of: {', '.join(DATASETS)}")
-    g.add_argument("--data-dir", dest="data.root", help="folder (or CIFAR-10 .tar.gz) holding the data")
-    g.add_argument("--download", dest="data.download", action="store_const", const=True,
-                   help="download the dataset (checksum verified) if it is not found")
-    g.add_argument("--train-subset", dest="data.train_subset", type=int, help="use N training images")
+    g.add_argument(
+        "--data-dir", dest="data.root", help="folder (or CIFAR-10 .tar.gz) holding the data"
+    )
+    g.add_argument(
+        "--download",
+        dest="data.download",
+        action="store_const",
+        const=True,
+        help="download the dataset (checksum verified) if it is not found",
+    )
+    g.add_argument(
+        "--train-subset", dest="data.train_subset", type=int, help="use N training images"
+    )
     g.add_argument("--test-subset", dest="data.test_subset", type=int, help="use N test images")
     g.add_argument("--no-augment", dest="data.augment", action="store_const", const=False)
     g = p.add_argument_group("training")
@@ -71,10 +91,16 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", dest="train.batch_size", type=int)
     g.add_argument("--lr", dest="train.lr", type=float, help="Adam learning rate")
     g.add_argument("--schedule", dest="train.schedule", choices=["cosine", "step", "constant"])
-    g.add_argument("--track-last", dest="train.track_last", type=int,
-                   help="pruning interval: record flips over the last K epochs (0: off)")
+    g.add_argument(
+        "--track-last",
+        dest="train.track_last",
+        type=int,
+        help="pruning interval: record flips over the last K epochs (0: off)",
+    )
     g.add_argument("--seed", dest="train.seed", type=int)
-    g.add_argument("--device", dest="train.device", help="auto (CUDA when present), cpu, cuda:0, ...")
+    g.add_argument(
+        "--device", dest="train.device", help="auto (CUDA when present), cpu, cuda:0, ..."
+    )
 
 
 def _experiment_config(args: argparse.Namespace, cls: type = ExperimentConfig) -> Any:
@@ -96,20 +122,36 @@ def _load_data(cfg: Any, progress: bool = True):
     d = cfg.data
     if progress:
         print(f"loading {d.name} ...", file=sys.stderr)
-    return load_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
-                        test_subset=d.test_subset, seed=cfg.train.seed)
+    return load_dataset(
+        d.name,
+        root=d.root,
+        download=d.download,
+        train_subset=d.train_subset,
+        test_subset=d.test_subset,
+        seed=cfg.train.seed,
+    )
 
 
 def _build(cfg: Any, ds: Any) -> torch.nn.Module:
     m = cfg.model
     seed_everything(cfg.train.seed)
-    return build_model(m.name, width=m.width, in_channels=ds.in_channels, num_classes=ds.num_classes,
-                       image_size=ds.image_size, pad_value=m.pad_value, scale=m.scale)
+    return build_model(
+        m.name,
+        width=m.width,
+        in_channels=ds.in_channels,
+        num_classes=ds.num_classes,
+        image_size=ds.image_size,
+        pad_value=m.pad_value,
+        scale=m.scale,
+    )
 
 
 def _print_epoch(rec: dict[str, Any]) -> None:
-    print(f"epoch {rec['epoch']:3d}  loss {rec['train_loss']:.4f}  train {rec['train_acc']:.2%}  "
-          f"test {rec['test_acc']:.2%}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s", flush=True)
+    print(
+        f"epoch {rec['epoch']:3d}  loss {rec['train_loss']:.4f}  train {rec['train_acc']:.2%}  "
+        f"test {rec['test_acc']:.2%}  lr {rec['lr']:.2e}  {rec['seconds']:.1f}s",
+        flush=True,
+    )
 
 
 def _check_out_dir(path: str | Path) -> Path:
@@ -132,16 +174,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _check_out_dir(args.output)
     ds = _load_data(cfg)
     model = _build(cfg, ds)
-    print(f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
-          f"{len(ds.train_x)} train / {len(ds.test_x)} test images, device "
-          f"{resolve_device(cfg.train.device)}", flush=True)
+    print(
+        f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
+        f"{len(ds.train_x)} train / {len(ds.test_x)} test images, device "
+        f"{resolve_device(cfg.train.device)}",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    res = train(model, ds, cfg.train, out_dir=out, resume=args.resume, progress=True,
-                meta={"config": cfg.to_dict()}, on_epoch=_print_epoch,
-                augment_data=cfg.data.augment)
+    res = train(
+        model,
+        ds,
+        cfg.train,
+        out_dir=out,
+        resume=args.resume,
+        progress=sys.stderr.isatty(),
+        meta={"config": cfg.to_dict()},
+        on_epoch=_print_epoch,
+        augment_data=cfg.data.augment,
+    )
     print(f"test accuracy {res.test_acc:.2%}  wall time {time.perf_counter() - t0:.1f}s")
-    print(f"wrote {res.checkpoint} (model + flip data), {out / 'metrics.jsonl'}, "
-          f"{out / 'flips.npz' if res.tracker else ''}".rstrip(", "))
+    print(
+        f"wrote {res.checkpoint} (model + flip data), {out / 'metrics.jsonl'}, "
+        f"{out / 'flips.npz' if res.tracker else ''}".rstrip(", ")
+    )
     return 0
 
 
@@ -153,8 +208,10 @@ def _dataset_for_checkpoint(ckpt: dict[str, Any], args: argparse.Namespace):
     ds = load_dataset(name, root=args.data_dir, test_subset=args.test_subset)
     want = tuple(info.get("input_shape", ds.input_shape))
     if tuple(ds.input_shape) != want or info.get("num_classes", ds.num_classes) != ds.num_classes:
-        raise CliError(f"model expects inputs {want} with {info.get('num_classes')} classes; "
-                       f"{ds.name} has {tuple(ds.input_shape)} with {ds.num_classes}")
+        raise CliError(
+            f"model expects inputs {want} with {info.get('num_classes')} classes; "
+            f"{ds.name} has {tuple(ds.input_shape)} with {ds.num_classes}"
+        )
     return ds
 
 
@@ -166,8 +223,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     info = ckpt.get("dataset") or {}
     mean, std = info.get("mean", ds.mean), info.get("std", ds.std)
     loss, acc = evaluate(model, ds.test_x, ds.test_y, mean, std, device=device)
-    result = {"checkpoint": str(args.checkpoint), "dataset": ds.name, "images": len(ds.test_x),
-              "loss": loss, "accuracy": acc}
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": ds.name,
+        "images": len(ds.test_x),
+        "loss": loss,
+        "accuracy": acc,
+    }
     if args.json:
         print(json.dumps(result))
     else:
@@ -218,34 +280,64 @@ def cmd_flips(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         raise CliError(f"{src}: flip data does not match the model ({e})") from None
     out = _check_out_dir(args.output or (src.parent / "flips"))
-    sens = compute_sensitivity(model, tracker.counts, tracker.steps_in_window, threshold=args.threshold)
+    sens = compute_sensitivity(
+        model, tracker.counts, tracker.steps_in_window, threshold=args.threshold
+    )
     epoch = tracker.epoch_ratios()
     lo, hi = tracker.window
-    print(f"flip window: steps {lo}..{hi} ({tracker.steps_in_window} steps recorded); "
-          f"insensitive = more than {args.threshold} flips")
-    header = f"{'layer':<22}{'weights':>10}{'channels':>9}{'flipped':>9}{'p_l':>8}{'mean WFF':>10}  flip ratio per epoch"
+    print(
+        f"flip window: steps {lo}..{hi} ({tracker.steps_in_window} steps recorded); "
+        f"insensitive = more than {args.threshold} flips"
+    )
+    header = (
+        f"{'layer':<22}{'weights':>10}{'channels':>9}{'flipped':>9}{'p_l':>8}{'mean WFF':>10}"
+        "  flip ratio per epoch"
+    )
     print(header)
     print("-" * len(header))
     rows = []
     for name, counts in tracker.counts.items():
         c = counts.float()
         ratios = " ".join(f"{r:.1e}" for r in epoch[name])
-        row = {"layer": name, "weights": c.numel(), "channels": int(c.shape[0]),
-               "flipped": float((c > 0).float().mean()), "p": sens.p[name],
-               "mean_wff": float(c.mean() / max(tracker.steps_in_window, 1)),
-               "epoch_flip_ratio": epoch[name].tolist()}
+        row = {
+            "layer": name,
+            "weights": c.numel(),
+            "channels": int(c.shape[0]),
+            "flipped": float((c > 0).float().mean()),
+            "p": sens.p[name],
+            "mean_wff": float(c.mean() / max(tracker.steps_in_window, 1)),
+            "epoch_flip_ratio": epoch[name].tolist(),
+        }
         rows.append(row)
-        print(f"{name:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
-              f"{row['p']:>8.2%}{row['mean_wff']:>10.2e}  {ratios}")
-    hist = plot_flip_histograms({n: c.numpy() for n, c in tracker.counts.items()},
-                                tracker.steps_in_window, out / "flip_histograms.png")
-    ratio = plot_flip_ratios(tracker.ratio_history(), tracker.epoch_ends,
-                             (lo, hi if hi is not None else tracker.step_count), out / "flip_ratio.png")
+        print(
+            f"{name:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
+            f"{row['p']:>8.2%}{row['mean_wff']:>10.2e}  {ratios}"
+        )
+    hist = plot_flip_histograms(
+        {n: c.numpy() for n, c in tracker.counts.items()},
+        tracker.steps_in_window,
+        out / "flip_histograms.png",
+    )
+    ratio = plot_flip_ratios(
+        tracker.ratio_history(),
+        tracker.epoch_ends,
+        (lo, hi if hi is not None else tracker.step_count),
+        out / "flip_ratio.png",
+    )
     from bnnprune.train.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(out / "flips.json", json.dumps({"window": [lo, hi], "steps": tracker.steps_in_window,
-                                                        "threshold": args.threshold, "layers": rows},
-                                                       indent=2).encode())
+    atomic_write_bytes(
+        out / "flips.json",
+        json.dumps(
+            {
+                "window": [lo, hi],
+                "steps": tracker.steps_in_window,
+                "threshold": args.threshold,
+                "layers": rows,
+            },
+            indent=2,
+        ).encode(),
+    )
     print(f"wrote {hist}, {ratio}, {out / 'flips.json'}")
     return 0
 
@@ -254,27 +346,40 @@ def cmd_flips(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="bnnprune", description=__doc__.splitlines()[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="bnnprune",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a BNN and record weight flips",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=_epilog("bnnprune train -o runs/a",
-                                      "bnnprune train --model nin --width 0.25 --dataset fashion-mnist "
-                                      "--epochs 5 --track-last 2 -o runs/a",
-                                      "bnnprune train --config experiments/nin_cifar10.toml "
-                                      "--data-dir ~/data/cifar10 -o runs/nin",
-                                      "bnnprune train -o runs/a --resume   # continue after a crash"))
+    t = sub.add_parser(
+        "train",
+        help="train a BNN and record weight flips",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune train -o runs/a",
+            "bnnprune train --model nin --width 0.25 --dataset fashion-mnist "
+            "--epochs 5 --track-last 2 -o runs/a",
+            "bnnprune train --config experiments/nin_cifar10.toml "
+            "--data-dir ~/data/cifar10 -o runs/nin",
+            "bnnprune train -o runs/a --resume   # continue after a crash",
+        ),
+    )
     _add_experiment_flags(t)
     t.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, model.pt)")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="test accuracy of a saved model",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=_epilog("bnnprune eval runs/a/model.pt",
-                                      "bnnprune eval runs/a/model.pt --dataset fashion-mnist --json"))
+    e = sub.add_parser(
+        "eval",
+        help="test accuracy of a saved model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune eval runs/a/model.pt",
+            "bnnprune eval runs/a/model.pt --dataset fashion-mnist --json",
+        ),
+    )
     e.add_argument("checkpoint")
     e.add_argument("--dataset", help="default: the dataset the model was trained on")
     e.add_argument("--data-dir")
@@ -283,29 +388,49 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("summary", help="per-layer table: precision, params, memory, BOPs, float MACs",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=_epilog("bnnprune summary nin --dataset cifar10",
-                                      "bnnprune summary small --width 0.5",
-                                      "bnnprune summary runs/a/model.pt --json"))
+    s = sub.add_parser(
+        "summary",
+        help="per-layer table: precision, params, memory, BOPs, float MACs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune summary nin --dataset cifar10",
+            "bnnprune summary small --width 0.5",
+            "bnnprune summary runs/a/model.pt --json",
+        ),
+    )
     s.add_argument("model", help="zoo model name or a saved model.pt")
     s.add_argument("--dataset", default="cifar10", help="input shape of this dataset (zoo models)")
     s.add_argument("--width", type=float, default=1.0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_summary)
 
-    f = sub.add_parser("flips", help="flip statistics, histograms and flip-ratio plots of a run",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=_epilog("bnnprune flips runs/a", "bnnprune flips runs/a/model.pt -o plots"))
+    f = sub.add_parser(
+        "flips",
+        help="flip statistics, histograms and flip-ratio plots of a run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog("bnnprune flips runs/a", "bnnprune flips runs/a/model.pt -o plots"),
+    )
     f.add_argument("run", help="run folder or checkpoint with flip data")
     f.add_argument("-o", "--output", help="folder for plots and flips.json (default RUN/flips)")
-    f.add_argument("--threshold", type=int, default=0,
-                   help="a weight is insensitive when it flipped more than this many times")
+    f.add_argument(
+        "--threshold",
+        type=int,
+        default=0,
+        help="a weight is insensitive when it flipped more than this many times",
+    )
     f.set_defaults(func=cmd_flips)
     return p
 
 
-USER_ERRORS = (CliError, ConfigError, DatasetError, CheckpointError, TrainingError, ValueError, OSError)
+USER_ERRORS = (
+    CliError,
+    ConfigError,
+    DatasetError,
+    CheckpointError,
+    TrainingError,
+    ValueError,
+    OSError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,13 @@ of the wrong type raise :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 __all__ = [
     "ConfigError",
@@ -81,12 +82,15 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.schedule not in ("cosine", "step", "constant"):
-            raise ConfigError(f"train.schedule must be cosine, step or constant, got {self.schedule!r}")
+            raise ConfigError(
+                f"train.schedule must be cosine, step or constant, got {self.schedule!r}"
+            )
         if self.step_epochs < 1:
             raise ConfigError(f"train.step_epochs must be >= 1, got {self.step_epochs}")
         if not 0 <= self.track_last <= self.epochs:
             raise ConfigError(
-                f"train.track_last must be between 0 and epochs ({self.epochs}), got {self.track_last}"
+                f"train.track_last must be between 0 and epochs ({self.epochs}), "
+                f"got {self.track_last}"
             )
         if self.weight_decay < 0 or self.binary_weight_decay < 0:
             raise ConfigError("weight decay must be >= 0")
@@ -143,7 +147,9 @@ def apply_sections(cfg: Any, data: dict[str, Any]) -> Any:
     sections = {f.name for f in dataclasses.fields(cfg)}
     for section, values in data.items():
         if section not in sections:
-            raise ConfigError(f"unknown config table [{section}]; valid tables: {', '.join(sorted(sections))}")
+            raise ConfigError(
+                f"unknown config table [{section}]; valid tables: {', '.join(sorted(sections))}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table")
         update_dataclass(getattr(cfg, section), values, f"{section}.")

@@ -27,10 +27,10 @@ def test_counts_sign_changes_of_hand_made_sequence():
         model[2].weight.fill_(0.5)
     t = FlipTracker(model)
     seq = [
-        [0.4, -0.1, 0.0, 0.3],   # step1: w0 +, w1 -, w2 + (0 counts as +), w3 +
+        [0.4, -0.1, 0.0, 0.3],  # step1: w0 +, w1 -, w2 + (0 counts as +), w3 +
         [-0.2, -0.1, -0.1, 0.3],  # step2: w0 -, w1 -, w2 -
-        [-0.3, 0.2, -0.1, 0.3],   # step3: w1 +
-        [0.1, 0.2, 0.2, 0.3],     # step4: w0 +, w2 +
+        [-0.3, 0.2, -0.1, 0.3],  # step3: w1 +
+        [0.1, 0.2, 0.2, 0.3],  # step4: w0 +, w2 +
     ]
     _run(t, model, seq)
     assert t.counts["0"].view(-1).tolist() == [2, 2]

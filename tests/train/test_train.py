@@ -10,14 +10,26 @@ from bnnprune.train import TrainingError, load_model, seed_everything, train
 
 
 def _data(n_train=512, n_test=256):
-    return load_dataset("synthetic", n_train=n_train, n_test=n_test, channels=1, image_size=12,
-                        num_classes=4, seed=0)
+    return load_dataset(
+        "synthetic",
+        n_train=n_train,
+        n_test=n_test,
+        channels=1,
+        image_size=12,
+        num_classes=4,
+        seed=0,
+    )
 
 
 def _model(ds, width=0.25):
     seed_everything(0)
-    return build_model("small", width=width, in_channels=ds.in_channels,
-                       num_classes=ds.num_classes, image_size=ds.image_size)
+    return build_model(
+        "small",
+        width=width,
+        in_channels=ds.in_channels,
+        num_classes=ds.num_classes,
+        image_size=ds.image_size,
+    )
 
 
 def _cfg(**kw):

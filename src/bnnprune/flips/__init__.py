@@ -10,6 +10,7 @@ Three lines from user code::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -77,7 +78,8 @@ class FlipTracker:
             cur = self._neg(m)
             if cur.shape != self.prev[n].shape:
                 raise ValueError(
-                    f"layer {n!r} changed shape since the tracker was attached; attach a new tracker"
+                    f"layer {n!r} changed shape since the tracker was attached; "
+                    "attach a new tracker"
                 )
             changed = cur != self.prev[n]
             if counting:
@@ -149,7 +151,7 @@ class FlipTracker:
         self._pending = []
         self.epoch_ends = [int(x) for x in state["epoch_ends"]]
 
-    def export_npz(self, path: str | Path) -> None:
+    def export_npz(self, path: str | Path | BinaryIO) -> None:
         """Write counts, flip ratios and window to ``.npz`` (one array per layer)."""
         hist = self.ratio_history()
         arrays: dict[str, np.ndarray] = {

@@ -66,7 +66,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-def model_from_arch(arch: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def model_from_arch(
+    arch: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     """Rebuild a model from its spec; if a state_dict is given, resize to it and load it."""
     if not isinstance(arch, dict) or "name" not in arch:
         raise ValueError("architecture spec must be a dict with a 'name'")
@@ -78,7 +80,8 @@ def model_from_arch(arch: dict[str, Any], state_dict: dict[str, torch.Tensor] | 
         except RuntimeError as e:
             first = str(e).strip().splitlines()
             raise ValueError(
-                f"weights do not fit model {arch['name']!r}: {first[1].strip() if len(first) > 1 else first[0]}"
+                f"weights do not fit model {arch['name']!r}: "
+                f"{first[1].strip() if len(first) > 1 else first[0]}"
             ) from None
     return model
 
@@ -124,14 +127,19 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
 # --------------------------------------------------------------------------- building blocks
 
 
-def _bin_conv_bn(cin: int, cout: int, k: int, stride: int = 1, pad: int | None = None, **bk: Any) -> list[nn.Module]:
+def _bin_conv_bn(
+    cin: int, cout: int, k: int, stride: int = 1, pad: int | None = None, **bk: Any
+) -> list[nn.Module]:
     pad = k // 2 if pad is None else pad
     return [BinaryConv2d(cin, cout, k, stride=stride, padding=pad, **bk), nn.BatchNorm2d(cout)]
 
 
 def _fp_conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
     # No ReLU: the next binary layer takes sign(), and sign(relu(x)) would be constant +1.
-    return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
+    return [
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
 
 
 def _named(layers: list[nn.Module]) -> nn.Sequential:
@@ -163,7 +171,12 @@ def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> in
         return int(features(torch.zeros(1, in_channels, image_size, image_size)).numel())
 
 
-def _sequential_model(features: list[nn.Module], head: Callable[[int], list[nn.Module]], in_channels: int, image_size: int) -> nn.Module:
+def _sequential_model(
+    features: list[nn.Module],
+    head: Callable[[int], list[nn.Module]],
+    in_channels: int,
+    image_size: int,
+) -> nn.Module:
     feats = nn.Sequential(*features)
     n = _flat_features(feats, in_channels, image_size)
     return _named([*features, nn.Flatten(), *head(n)])
@@ -173,8 +186,14 @@ def _sequential_model(features: list[nn.Module], head: Callable[[int], list[nn.M
 
 
 @register_model("nin")
-def nin(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
-        pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+def nin(
+    width: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    image_size: int = 32,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
     """Binary Network-in-Network, the 9-convolution XNOR-Net CIFAR-10 layout (METHOD.md)."""
     _check_common(width, in_channels, num_classes, image_size)
     w = lambda c: _ch(c, width)  # noqa: E731
@@ -198,80 +217,120 @@ def nin(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_s
 
 
 @register_model("binarynet")
-def binarynet(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
-              pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+def binarynet(
+    width: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    image_size: int = 32,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
     """BinaryNet CIFAR-10 ConvNet: 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-1024FC-10FC."""
     _check_common(width, in_channels, num_classes, image_size)
     w = lambda c: _ch(c, width)  # noqa: E731
     bk = {"pad_value": pad_value, "scale": scale}
     feats = [
         *_fp_conv_bn(in_channels, w(128), 3),
-        *_bin_conv_bn(w(128), w(128), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(128), w(128), 3, **bk),
+        nn.MaxPool2d(2),
         *_bin_conv_bn(w(128), w(256), 3, **bk),
-        *_bin_conv_bn(w(256), w(256), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(256), w(256), 3, **bk),
+        nn.MaxPool2d(2),
         *_bin_conv_bn(w(256), w(512), 3, **bk),
-        *_bin_conv_bn(w(512), w(512), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(512), w(512), 3, **bk),
+        nn.MaxPool2d(2),
     ]
     head = lambda n: [  # noqa: E731
-        BinaryLinear(n, w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
-        BinaryLinear(w(1024), w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
+        BinaryLinear(n, w(1024), scale=scale),
+        nn.BatchNorm1d(w(1024)),
+        BinaryLinear(w(1024), w(1024), scale=scale),
+        nn.BatchNorm1d(w(1024)),
         nn.Linear(w(1024), num_classes),
     ]
     return _sequential_model(feats, head, in_channels, image_size)
 
 
 @register_model("vgg_small")
-def vgg_small(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
-              pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+def vgg_small(
+    width: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    image_size: int = 32,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
     """VGG-Small (LQ-Nets / IR-Net): fp conv, binary 128-MP-256-256-MP-512-512-MP, fp FC."""
     _check_common(width, in_channels, num_classes, image_size)
     w = lambda c: _ch(c, width)  # noqa: E731
     bk = {"pad_value": pad_value, "scale": scale}
     feats = [
         *_fp_conv_bn(in_channels, w(128), 3),
-        *_bin_conv_bn(w(128), w(128), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(128), w(128), 3, **bk),
+        nn.MaxPool2d(2),
         *_bin_conv_bn(w(128), w(256), 3, **bk),
-        *_bin_conv_bn(w(256), w(256), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(256), w(256), 3, **bk),
+        nn.MaxPool2d(2),
         *_bin_conv_bn(w(256), w(512), 3, **bk),
-        *_bin_conv_bn(w(512), w(512), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(512), w(512), 3, **bk),
+        nn.MaxPool2d(2),
     ]
     return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
 
 
 @register_model("alexnet")
-def alexnet(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
-            pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+def alexnet(
+    width: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    image_size: int = 32,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
     """CIFAR-sized binary AlexNet: 5 convolutions, 3 fully connected; first and last fp."""
     _check_common(width, in_channels, num_classes, image_size)
     w = lambda c: _ch(c, width)  # noqa: E731
     bk = {"pad_value": pad_value, "scale": scale}
     feats = [
-        *_fp_conv_bn(in_channels, w(96), 5), nn.MaxPool2d(2),
-        *_bin_conv_bn(w(96), w(256), 5, **bk), nn.MaxPool2d(2),
+        *_fp_conv_bn(in_channels, w(96), 5),
+        nn.MaxPool2d(2),
+        *_bin_conv_bn(w(96), w(256), 5, **bk),
+        nn.MaxPool2d(2),
         *_bin_conv_bn(w(256), w(384), 3, **bk),
         *_bin_conv_bn(w(384), w(384), 3, **bk),
-        *_bin_conv_bn(w(384), w(256), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(384), w(256), 3, **bk),
+        nn.MaxPool2d(2),
     ]
     head = lambda n: [  # noqa: E731
-        BinaryLinear(n, w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
-        BinaryLinear(w(1024), w(1024), scale=scale), nn.BatchNorm1d(w(1024)),
+        BinaryLinear(n, w(1024), scale=scale),
+        nn.BatchNorm1d(w(1024)),
+        BinaryLinear(w(1024), w(1024), scale=scale),
+        nn.BatchNorm1d(w(1024)),
         nn.Linear(w(1024), num_classes),
     ]
     return _sequential_model(feats, head, in_channels, image_size)
 
 
 @register_model("small")
-def small(width: float = 1.0, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
-          pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+def small(
+    width: float = 1.0,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    image_size: int = 28,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
     """Small BNN for 28x28 inputs: fp conv 32, binary 3x3 convs 64-128-128 with max-pools."""
     _check_common(width, in_channels, num_classes, image_size)
     w = lambda c: _ch(c, width)  # noqa: E731
     bk = {"pad_value": pad_value, "scale": scale}
     feats = [
         *_fp_conv_bn(in_channels, w(32), 3),
-        *_bin_conv_bn(w(32), w(64), 3, **bk), nn.MaxPool2d(2),
-        *_bin_conv_bn(w(64), w(128), 3, **bk), nn.MaxPool2d(2),
-        *_bin_conv_bn(w(128), w(128), 3, **bk), nn.MaxPool2d(2),
+        *_bin_conv_bn(w(32), w(64), 3, **bk),
+        nn.MaxPool2d(2),
+        *_bin_conv_bn(w(64), w(128), 3, **bk),
+        nn.MaxPool2d(2),
+        *_bin_conv_bn(w(128), w(128), 3, **bk),
+        nn.MaxPool2d(2),
     ]
     return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
 
@@ -292,7 +351,9 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
-                nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride != 1 else nn.Identity(),
+                nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False)
+                if stride != 1
+                else nn.Identity(),
                 nn.Conv2d(cin, cout, 1, bias=False),
                 nn.BatchNorm2d(cout),
             )
@@ -306,7 +367,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks: list[int], widths: list[int], in_channels: int, num_classes: int, **bk: Any) -> None:
+    def __init__(
+        self, blocks: list[int], widths: list[int], in_channels: int, num_classes: int, **bk: Any
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -330,8 +393,14 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(width: float = 1.0, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
-             pad_value: float = 1.0, scale: bool = False) -> nn.Module:
+def resnet18(
+    width: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    image_size: int = 32,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
     """Binary ResNet-18 with real-valued shortcuts (residual coupling for channel pruning)."""
     _check_common(width, in_channels, num_classes, image_size)
     widths = [_ch(c, width) for c in (64, 128, 256, 512)]

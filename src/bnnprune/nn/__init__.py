@@ -47,7 +47,9 @@ def binarize(x: torch.Tensor) -> torch.Tensor:
 
 def _check_pad_value(pad_value: float) -> float:
     if pad_value not in (1.0, -1.0):
-        raise ValueError(f"pad_value must be +1 or -1 so the padded input stays binary, got {pad_value}")
+        raise ValueError(
+            f"pad_value must be +1 or -1 so the padded input stays binary, got {pad_value}"
+        )
     return float(pad_value)
 
 
@@ -96,7 +98,9 @@ class BinaryConv2d(nn.Conv2d):
         ph, pw = self.padding  # type: ignore[misc]
         if ph or pw:
             x = F.pad(x, (pw, pw, ph, ph), value=self.pad_value)
-        return F.conv2d(x, self.binary_weight(), self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(
+            x, self.binary_weight(), self.bias, self.stride, 0, self.dilation, self.groups
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -31,8 +31,9 @@ def _smooth(x: np.ndarray, k: int) -> np.ndarray:
     return np.convolve(x, np.ones(k) / k, mode="valid")
 
 
-def plot_flip_ratios(history: dict[str, np.ndarray], epoch_ends: list[int], window: tuple[int, int],
-                     path: str | Path) -> Path:
+def plot_flip_ratios(
+    history: dict[str, np.ndarray], epoch_ends: list[int], window: tuple[int, int], path: str | Path
+) -> Path:
     """Per-layer flip ratio per step (moving average), epochs and pruning interval marked."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = max((len(h) for h in history.values()), default=0)

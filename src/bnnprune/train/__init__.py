@@ -1,4 +1,4 @@
-"""Training loop for BNNs: Adam + cosine/step schedule, flip tracking, atomic resumable checkpoints."""
+"""BNN training: Adam + cosine/step schedule, flip tracking, atomic resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -113,8 +113,15 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Any, std: Any,
-             batch_size: int = 512, device: torch.device | str = "cpu") -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: Any,
+    std: Any,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (eval mode) on uint8 images ``x``."""
     if len(x) == 0:
         raise ValueError("cannot evaluate on an empty split")
@@ -134,7 +141,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Any, std:
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """Per-epoch RNG for shuffling and augmentation, derived from the seed: resume needs no RNG state."""
+    """Per-epoch RNG for shuffling and augmentation, derived from the seed (resume needs no state)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
@@ -180,16 +187,22 @@ def train(
     history: list[dict[str, Any]] = []
     first_epoch = 0
     arch = getattr(model, "arch", None)
-    payload_base = {"arch": arch, "dataset": dataset_info(ds), "train_config": dataclasses.asdict(cfg),
-                    "meta": meta or {}}
+    payload_base = {
+        "arch": arch,
+        "dataset": dataset_info(ds),
+        "train_config": dataclasses.asdict(cfg),
+        "meta": meta or {},
+    }
 
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
         ck = load_checkpoint(ckpt_path)
         if ck.get("train_config") != payload_base["train_config"] or ck.get("arch") != arch:
-            raise CheckpointError(f"{ckpt_path} was written by another model or training config; "
-                                  "resume with the same settings or use a new output folder")
+            raise CheckpointError(
+                f"{ckpt_path} was written by another model or training config; "
+                "resume with the same settings or use a new output folder"
+            )
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         if tracker is not None and ck.get("flips") is not None:
@@ -204,9 +217,16 @@ def train(
         g = _epoch_generator(cfg.seed, epoch)
         te = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        for i, (xb, yb) in enumerate(batches(ds.train_x, ds.train_y, bs, shuffle=True, generator=g)):
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for i, (xb, yb) in enumerate(
+            batches(ds.train_x, ds.train_y, bs, shuffle=True, generator=g)
+        ):
             if i >= steps_per_epoch:
                 break
             if augment_data:
@@ -221,8 +241,11 @@ def train(
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss ({float(loss)}) at step {step + 1} (epoch {epoch + 1}); "
-                    + (f"last good checkpoint: {ckpt_path}" if ckpt_path and ckpt_path.exists()
-                       else "no checkpoint written yet")
+                    + (
+                        f"last good checkpoint: {ckpt_path}"
+                        if ckpt_path and ckpt_path.exists()
+                        else "no checkpoint written yet"
+                    )
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -242,19 +265,29 @@ def train(
             tracker.end_epoch()
         test_loss, test_acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
         rec: dict[str, Any] = {
-            "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-            "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": lr,
             "seconds": time.perf_counter() - te,
         }
         if tracker is not None:
             rec["flip_ratio"] = {k: float(v[-1]) for k, v in tracker.epoch_ratios().items()}
         history.append(rec)
         if out is not None:
-            save_checkpoint(ckpt_path, {
-                **payload_base, "state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                "epoch": epoch + 1, "history": history,
-                "flips": tracker.state_dict() if tracker is not None else None,
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    **payload_base,
+                    "state_dict": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "flips": tracker.state_dict() if tracker is not None else None,
+                },
+            )
             _write_log(out / "metrics.jsonl", history)
         if on_epoch is not None:
             on_epoch(rec)
@@ -263,10 +296,16 @@ def train(
     final = None
     if out is not None:
         final = out / "model.pt"
-        save_checkpoint(final, {
-            **payload_base, "state_dict": model.state_dict(), "epoch": cfg.epochs, "history": history,
-            "flips": tracker.state_dict() if tracker is not None else None,
-        })
+        save_checkpoint(
+            final,
+            {
+                **payload_base,
+                "state_dict": model.state_dict(),
+                "epoch": cfg.epochs,
+                "history": history,
+                "flips": tracker.state_dict() if tracker is not None else None,
+            },
+        )
         if tracker is not None:
             buf = io.BytesIO()
             tracker.export_npz(buf)

@@ -15,7 +15,13 @@ from torch import nn
 
 from bnnprune.models import model_from_arch
 
-__all__ = ["CheckpointError", "atomic_write_bytes", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+]
 
 FORMAT = "bnnprune-checkpoint"
 VERSION = 1
@@ -59,13 +65,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(f"{path} refused: not a plain-data checkpoint ({reason[:120]})") from None
+        raise CheckpointError(
+            f"{path} refused: not a plain-data checkpoint ({reason[:120]})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__})") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt: {type(e).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bnnprune checkpoint")
     if int(ckpt.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ckpt['version']}; this bnnprune reads up to {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {ckpt['version']}; this bnnprune reads up to {VERSION}"
+        )
     for key in ("arch", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"{path} lacks {key!r}")
@@ -73,7 +85,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint (pruned or not) and return it with the checkpoint."""
+    """Rebuild the model stored in a checkpoint (pruned or not); return it with the checkpoint."""
     ckpt = load_checkpoint(path)
     try:
         model = model_from_arch(ckpt["arch"], ckpt["state_dict"])
