@@ -141,7 +141,7 @@ def evaluate(
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """Per-epoch RNG for shuffling and augmentation, derived from the seed (resume needs no state)."""
+    """Per-epoch RNG for shuffling and augmentation, derived from the seed (no state to resume)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
