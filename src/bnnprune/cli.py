@@ -268,7 +268,7 @@ def _flip_source(path: str) -> Path:
 def cmd_flips(args: argparse.Namespace) -> int:
     from bnnprune.flips import FlipTracker
     from bnnprune.prune import compute_sensitivity
-    from bnnprune.report.plots import plot_flip_histograms, plot_flip_ratios
+    from bnnprune.report.plots import write_flip_plots
 
     src = _flip_source(args.run)
     model, ckpt = load_model(src)
@@ -313,17 +313,7 @@ def cmd_flips(args: argparse.Namespace) -> int:
             f"{name:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
             f"{row['p']:>8.2%}{row['mean_wff']:>10.2e}  {ratios}"
         )
-    hist = plot_flip_histograms(
-        {n: c.numpy() for n, c in tracker.counts.items()},
-        tracker.steps_in_window,
-        out / "flip_histograms.png",
-    )
-    ratio = plot_flip_ratios(
-        tracker.ratio_history(),
-        tracker.epoch_ends,
-        (lo, hi if hi is not None else tracker.step_count),
-        out / "flip_ratio.png",
-    )
+    plots = write_flip_plots(tracker, out)
     from bnnprune.train.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(
@@ -338,8 +328,166 @@ def cmd_flips(args: argparse.Namespace) -> int:
             indent=2,
         ).encode(),
     )
-    print(f"wrote {hist}, {ratio}, {out / 'flips.json'}")
+    print(f"wrote {', '.join(map(str, plots))}, {out / 'flips.json'}")
     return 0
+
+
+def _print_plan(plan: Any) -> None:
+    print(f"{'layer':<22}{'before':>8}{'after':>8}")
+    for name, after in plan.keep.items():
+        print(f"{name:<22}{plan.channels[name]:>8}{after:>8}")
+    print(
+        f"BOPs {plan.bops_before / 1e6:.3f} M -> {plan.bops_after / 1e6:.3f} M "
+        f"({plan.reduction:.1%} fewer)"
+    )
+    for note in plan.notes():
+        print(f"note: {note}")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from bnnprune.config import TrainConfig
+    from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+    from bnnprune.train.checkpoint import save_checkpoint
+
+    model, ckpt = load_model(args.checkpoint)
+    info = ckpt.get("dataset") or {}
+    shape = tuple(info.get("input_shape", ()))
+    if len(shape) != 3:
+        raise CliError(f"{args.checkpoint} does not record its input shape")
+    if args.policy is None:
+        args.policy = "paper" if args.target_bops is None else "target"
+    sens = None
+    if args.policy != "uniform" or args.criterion == "wff":
+        if not ckpt.get("flips"):
+            from bnnprune.prune import RECORD_HINT
+
+            raise CliError(f"{args.checkpoint} has no flip data; {RECORD_HINT}")
+        sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
+    exclude = [x for x in (args.exclude or "").split(",") if x]
+    plan = make_plan(
+        model,
+        shape,
+        args.policy,
+        sensitivity=sens,
+        target=args.target_bops,
+        round_to=args.round_to,
+        min_channels=args.min_channels,
+        exclude=exclude,
+    )
+    kw = {"seed": args.seed} if args.criterion == "random" else {}
+    pruned = apply_plan(model, plan, args.criterion, sens, **kw).model
+    _print_plan(plan)
+    out = _check_out_dir(args.output)
+    if args.retrain_epochs > 0:
+        ds = _dataset_for_checkpoint(ckpt, args)
+        tcfg = TrainConfig(
+            **{
+                **(ckpt.get("train_config") or {}),
+                "epochs": args.retrain_epochs,
+                "lr": args.lr,
+                "track_last": min(args.track_last, args.retrain_epochs),
+            }
+        )
+        res = train(
+            pruned,
+            ds,
+            tcfg,
+            out_dir=out,
+            progress=sys.stderr.isatty(),
+            meta={"plan": plan.to_dict(), "source": str(args.checkpoint)},
+            on_epoch=_print_epoch,
+        )
+        print(f"retrained {args.retrain_epochs} epochs: test accuracy {res.test_acc:.2%}")
+    else:
+        save_checkpoint(
+            out / "model.pt",
+            {
+                "arch": getattr(pruned, "arch", None),
+                "state_dict": pruned.state_dict(),
+                "dataset": info,
+                "flips": None,
+                "train_config": ckpt.get("train_config"),
+                "meta": {"plan": plan.to_dict(), "source": str(args.checkpoint)},
+            },
+        )
+    print(f"wrote {out / 'model.pt'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bnnprune.pipeline import RunConfig, run_pipeline
+    from bnnprune.report.markdown import methods_table, write_report
+
+    cfg = _experiment_config(args, RunConfig)
+    out = _check_out_dir(args.output)
+    t0 = time.perf_counter()
+    results = run_pipeline(
+        cfg, out, log=lambda s: print(s, flush=True), progress=sys.stderr.isatty()
+    )
+    report = write_report(results, out)
+    print()
+    print("\n".join(methods_table(results)))
+    print()
+    base, final = results["baseline"], results["pruned"]
+    print(f"{'layer':<22}{'before':>8}{'after':>8}")
+    for name, c in base["channels"].items():
+        print(f"{name:<22}{c:>8}{final['channels'].get(name, c):>8}")
+    print(
+        f"\n{results['method']}: {results['bops_reduction']:.1%} fewer BOPs, accuracy "
+        f"{base['test_acc']:.2%} -> {final['test_acc']:.2%} "
+        f"(wall time {(time.perf_counter() - t0) / 60:.1f} min)"
+    )
+    print(f"wrote {out / 'results.json'}, {report} and plots in {out}")
+    return 0
+
+
+def _add_prune_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pruning")
+    g.add_argument("--policy", dest="prune.policy", choices=["paper", "target", "uniform"])
+    g.add_argument(
+        "--target-bops",
+        dest="prune.target",
+        type=float,
+        help="BOPs reduction to reach, in (0, 1) (target and uniform policies)",
+    )
+    g.add_argument(
+        "--criterion",
+        dest="prune.criterion",
+        help="which channels go: wff, random, magnitude, bn_scale",
+    )
+    g.add_argument(
+        "--threshold",
+        dest="prune.threshold",
+        type=int,
+        help="insensitive = flipped more than this many times",
+    )
+    g.add_argument(
+        "--round-to", dest="prune.round_to", type=int, help="keep channel counts multiples of N"
+    )
+    g.add_argument("--min-channels", dest="prune.min_channels", type=int)
+    g.add_argument("--exclude", dest="prune.exclude", help="comma-separated layers not to prune")
+    g.add_argument("--max-rounds", dest="prune.max_rounds", type=int, help="paper policy rounds")
+    g.add_argument("--retrain-epochs", dest="prune.retrain_epochs", type=int)
+    g.add_argument("--retrain-lr", dest="prune.retrain_lr", type=float)
+    g.add_argument(
+        "--from-scratch",
+        dest="prune.from_scratch",
+        action="store_const",
+        const=True,
+        help="retrain pruned models from a fresh initialisation",
+    )
+    g.add_argument(
+        "--compare",
+        dest="prune.compare",
+        help="methods pruned to the same BOPs: uniform,random,magnitude,bn_scale,wff",
+    )
+    g.add_argument(
+        "--no-budget-baseline",
+        dest="prune.budget_baseline",
+        action="store_const",
+        const=False,
+        help="skip training the unpruned model for the same budget",
+    )
 
 
 # --------------------------------------------------------------------------- parser
@@ -419,6 +567,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="a weight is insensitive when it flipped more than this many times",
     )
     f.set_defaults(func=cmd_flips)
+
+    pr = sub.add_parser(
+        "prune",
+        help="prune a trained model with its recorded flip data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune prune runs/a/model.pt --policy paper -o runs/a-pruned",
+            "bnnprune prune runs/a/model.pt --target-bops 0.4 --round-to 32 -o runs/b",
+            "bnnprune prune runs/a/model.pt --target-bops 0.5 --retrain-epochs 2 -o runs/c",
+        ),
+    )
+    pr.add_argument("checkpoint")
+    pr.add_argument("-o", "--output", required=True)
+    pr.add_argument("--policy", choices=["paper", "target", "uniform"], default=None)
+    pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
+    pr.add_argument("--criterion", default="wff", help="wff, random, magnitude, bn_scale")
+    pr.add_argument("--threshold", type=int, default=0)
+    pr.add_argument("--round-to", type=int, default=1)
+    pr.add_argument("--min-channels", type=int, default=None)
+    pr.add_argument("--exclude", help="comma-separated layer names not to prune")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
+    pr.add_argument("--retrain-epochs", type=int, default=0, help="fine-tune after pruning")
+    pr.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    pr.add_argument("--track-last", type=int, default=1, help="flip tracking while fine-tuning")
+    pr.add_argument("--dataset")
+    pr.add_argument("--data-dir")
+    pr.add_argument("--test-subset", type=int)
+    pr.set_defaults(func=cmd_prune)
+
+    r = sub.add_parser(
+        "run",
+        help="the main job: train, prune by flip frequency, retrain, compare, report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune run",
+            "bnnprune run --policy paper -o runs/paper",
+            "bnnprune run --config experiments/nin_cifar10.toml "
+            "--data-dir ~/data/cifar10 --compare uniform,random,magnitude",
+        ),
+    )
+    _add_experiment_flags(r)
+    _add_prune_flags(r)
+    r.add_argument("-o", "--output", default="runs/run", help="run folder (default runs/run)")
+    r.set_defaults(func=cmd_run)
     return p
 
 

@@ -11,9 +11,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bnnprune.flips import FlipTracker  # noqa: E402
 from bnnprune.train.checkpoint import atomic_write_bytes  # noqa: E402
 
-__all__ = ["plot_flip_histograms", "plot_flip_ratios", "save_figure"]
+__all__ = [
+    "plot_accuracy_vs_bops",
+    "plot_channels",
+    "plot_flip_histograms",
+    "plot_flip_ratios",
+    "save_figure",
+    "write_flip_plots",
+]
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
@@ -72,3 +80,54 @@ def plot_flip_histograms(counts: dict[str, np.ndarray], steps: int, path: str | 
     fig.suptitle("Per-weight flip counts in the pruning interval")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_channels(before: dict[str, int], after: dict[str, int], path: str | Path) -> Path:
+    """Output channels per binary layer before and after pruning."""
+    names = list(before)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(names) + 2), 3.8))
+    ax.bar(x - 0.2, [before[n] for n in names], 0.4, label="before", color="0.7")
+    ax.bar(x + 0.2, [after.get(n, 0) for n in names], 0.4, label="after", color="tab:blue")
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("output channels")
+    ax.set_title("Channels per binary layer")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_accuracy_vs_bops(points: list[dict], baseline_bops: float, path: str | Path) -> Path:
+    """Test accuracy against BOPs (relative to the unpruned baseline), one marker per method."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    markers = "o^sDvP*X"
+    for i, pt in enumerate(points):
+        ax.scatter(
+            100 * pt["bops"] / baseline_bops,
+            100 * pt["test_acc"],
+            s=60,
+            marker=markers[i % len(markers)],
+            label=pt["method"],
+            zorder=3,
+        )
+    ax.set_xlabel("BOPs (% of unpruned)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs binary operations")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_flip_plots(tracker: FlipTracker, out_dir: str | Path) -> list[Path]:
+    """flip_histograms.png and flip_ratio.png of a tracker's recorded training."""
+    out = Path(out_dir)
+    lo, hi = tracker.window
+    counts = {n: c.cpu().numpy() for n, c in tracker.counts.items()}
+    return [
+        plot_flip_histograms(counts, tracker.steps_in_window, out / "flip_histograms.png"),
+        plot_flip_ratios(
+            tracker.ratio_history(),
+            tracker.epoch_ends,
+            (lo, hi if hi is not None else tracker.step_count),
+            out / "flip_ratio.png",
+        ),
+    ]

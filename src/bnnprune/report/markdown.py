@@ -1,0 +1,117 @@
+"""report.md for a `bnnprune run`, generated from its results.json (never edited by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bnnprune.metrics import format_bytes
+from bnnprune.train.checkpoint import atomic_write_bytes
+
+__all__ = ["render_report", "write_report"]
+
+
+def _row(r: dict[str, Any], base: dict[str, Any]) -> str:
+    red = 1 - r["bops"] / base["bops"]
+    drop = base["test_acc"] - r["test_acc"]
+    return (
+        f"| {r['method']} | {r['test_acc']:.2%} | {drop * 100:+.2f} pp | {r['bops'] / 1e6:.2f} M "
+        f"| {red:.1%} | {format_bytes(r['binary_params'] / 8)} "
+        f"| {format_bytes(r['memory_bytes'])} |"
+    )
+
+
+def methods_table(results: dict[str, Any]) -> list[str]:
+    """Every evaluated model: accuracy, drop vs baseline, BOPs, reduction, memory."""
+    base = results["baseline"]
+    rows = [base, *results["rounds"], *results["compared"]]
+    if results.get("unpruned_budget"):
+        rows.append(results["unpruned_budget"])
+    return [
+        "| model | test acc | drop | BOPs | BOPs reduction | binary weights | total memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(_row(r, base) for r in rows),
+    ]
+
+
+def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
+    cfg, base, final = results["config"], results["baseline"], results["pruned"]
+    ds = results["dataset"]
+    lines = [
+        "# bnnprune run report",
+        "",
+        f"Model `{cfg['model']['name']}` (width {cfg['model']['width']}) on {ds['name']} "
+        f"({ds['train']} train / {ds['test']} test images), method **{results['method']}**, "
+        f"baseline {cfg['train']['epochs']} epochs, pruned models retrained "
+        f"{results['retrain_epochs']} epochs. Wall time {results['wall_seconds'] / 60:.1f} min on "
+        f"{results['machine']['processor'] or results['machine']['platform']} "
+        f"({results['machine']['threads']} threads, {results['machine']['device']}).",
+        "",
+        f"**Result:** {results['bops_reduction']:.1%} fewer BOPs at "
+        f"{results['accuracy_drop'] * 100:+.2f} pp accuracy drop "
+        f"({base['test_acc']:.2%} -> {final['test_acc']:.2%}).",
+        "",
+        "## Accuracy, BOPs and memory",
+        "",
+        *methods_table(results),
+        "",
+        "Methods compared at the same BOPs prune the same trained baseline and are retrained "
+        "with the same epochs and schedule; `unpruned + N epochs` gives the unpruned model the "
+        "same total training budget.",
+        "",
+        "## Channels per binary layer",
+        "",
+        "| layer | before | after | p_l (insensitive fraction) |",
+        "|---|---:|---:|---:|",
+    ]
+    sens = (results.get("sensitivity") or {}).get("layers", {})
+    for name, c in base["channels"].items():
+        p = sens.get(name, {}).get("p")
+        lines.append(
+            f"| {name} | {c} | {final['channels'].get(name, c)} | "
+            f"{'' if p is None else f'{p:.2%}'} |"
+        )
+    if len(results["rounds"]) > 1:
+        lines += [
+            "",
+            "## Rounds (paper policy)",
+            "",
+            "| round | max p_l | BOPs | test acc |",
+            "|---:|---:|---:|---:|",
+        ]
+        for r in results["rounds"]:
+            lines.append(
+                f"| {r['round']} | {r['max_p']:.2%} | {r['bops'] / 1e6:.2f} M | "
+                f"{r['test_acc']:.2%} |"
+            )
+    notes = [n for r in results["rounds"] for n in r["plan"].get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{title}]({file})" for title, file in plots.items()]
+    lines += ["", "All figures come from `results.json` in this folder."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
+    """Draw the plots and write report.md into ``out_dir``."""
+    from bnnprune.report.plots import plot_accuracy_vs_bops, plot_channels
+
+    out = Path(out_dir)
+    base = results["baseline"]
+    points = [base, *results["rounds"], *results["compared"]]
+    if results.get("unpruned_budget"):
+        points.append(results["unpruned_budget"])
+    plot_accuracy_vs_bops(points, base["bops"], out / "accuracy_vs_bops.png")
+    plot_channels(base["channels"], results["pruned"]["channels"], out / "channels.png")
+    plots = {"accuracy vs BOPs": "accuracy_vs_bops.png", "channels": "channels.png"}
+    for title, file in (
+        ("flip-count histograms", "flip_histograms.png"),
+        ("flip ratio over training", "flip_ratio.png"),
+    ):
+        if (out / file).is_file():
+            plots[title] = file
+    path = out / "report.md"
+    atomic_write_bytes(path, render_report(results, plots).encode())
+    return path
