@@ -1,0 +1,74 @@
+"""Flip-frequency-guided channel pruning: sensitivity -> plan -> channel choice -> surgery.
+
+Typical use::
+
+    sens = compute_sensitivity(tracker, model)                 # or tracker.state_dict()
+    plan = make_plan(model, (3, 32, 32), "target", sensitivity=sens, target=0.4, round_to=32)
+    result = apply_plan(model, plan, "wff", sens)              # result.model is pruned
+"""
+
+from bnnprune.prune.criteria import (
+    CRITERIA,
+    WFF,
+    BNScale,
+    Criterion,
+    Magnitude,
+    Random,
+    get_criterion,
+    register_criterion,
+    select_channels,
+)
+from bnnprune.prune.graph import ChannelGroup, PruningSpace, analyze, check_supported
+from bnnprune.prune.policies import (
+    DEFAULT_TOLERANCE,
+    POLICIES,
+    Plan,
+    make_plan,
+    plan_manual,
+    plan_paper,
+    plan_target,
+    plan_uniform,
+)
+from bnnprune.prune.sensitivity import (
+    DEFAULT_THRESHOLD,
+    RECORD_HINT,
+    Sensitivity,
+    check_flip_data,
+    compute_sensitivity,
+    flip_frequencies,
+)
+from bnnprune.prune.surgery import PruneResult, apply_plan, carry_flip_counts, prune_channels
+
+__all__ = [
+    "CRITERIA",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TOLERANCE",
+    "POLICIES",
+    "RECORD_HINT",
+    "WFF",
+    "BNScale",
+    "ChannelGroup",
+    "Criterion",
+    "Magnitude",
+    "Plan",
+    "PruneResult",
+    "PruningSpace",
+    "Random",
+    "Sensitivity",
+    "analyze",
+    "apply_plan",
+    "carry_flip_counts",
+    "check_flip_data",
+    "check_supported",
+    "compute_sensitivity",
+    "flip_frequencies",
+    "get_criterion",
+    "make_plan",
+    "plan_manual",
+    "plan_paper",
+    "plan_target",
+    "plan_uniform",
+    "prune_channels",
+    "register_criterion",
+    "select_channels",
+]

@@ -1,0 +1,195 @@
+"""Which channels a group loses: small pluggable criteria with a registry.
+
+A criterion gives every output channel of a :class:`ChannelGroup` a *removal score*; the
+channels with the highest scores go (ties: the lower channel index goes first). Scores of a
+group with several layers (a ResNet stage) are pooled over the group, so one channel set
+is chosen for all of them. Any criterion combines with any policy.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bnnprune.prune.graph import ChannelGroup
+from bnnprune.prune.policies import Plan
+from bnnprune.prune.sensitivity import RECORD_HINT, Sensitivity
+
+__all__ = [
+    "CRITERIA",
+    "BNScale",
+    "Criterion",
+    "Magnitude",
+    "Random",
+    "WFF",
+    "get_criterion",
+    "register_criterion",
+    "select_channels",
+]
+
+
+class Criterion:
+    """Base class: subclasses set ``name`` and implement :meth:`removal_scores`."""
+
+    name: ClassVar[str] = ""
+    needs_flips: ClassVar[bool] = False
+
+    def removal_scores(
+        self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
+    ) -> torch.Tensor:
+        """One score per channel of ``group``; higher = removed first."""
+        raise NotImplementedError
+
+    def choose(
+        self,
+        model: nn.Module,
+        group: ChannelGroup,
+        n_remove: int,
+        sensitivity: Sensitivity | None = None,
+    ) -> list[int]:
+        """Indices (ascending) of the ``n_remove`` channels to remove from ``group``."""
+        if n_remove <= 0:
+            return []
+        scores = self.removal_scores(model, group, sensitivity).detach().double().cpu()
+        if scores.shape != (group.channels,):
+            raise ValueError(
+                f"criterion {self.name!r} gave {tuple(scores.shape)} scores for group "
+                f"{group.name!r} of {group.channels} channels"
+            )
+        order = torch.sort(scores, descending=True, stable=True).indices
+        return sorted(int(i) for i in order[:n_remove])
+
+
+CRITERIA: dict[str, type[Criterion]] = {}
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Class decorator: make a criterion available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"criterion class {cls.__name__} needs a name")
+    CRITERIA[cls.name] = cls
+    return cls
+
+
+def _pooled_filter_mean(
+    model: nn.Module, group: ChannelGroup, per_weight: Callable[[str, nn.Module], torch.Tensor]
+) -> torch.Tensor:
+    """Mean over all weights of each channel's filters in the group's binary layers."""
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    count = 0
+    for name in group.binary:
+        w = per_weight(name, model.get_submodule(name)).detach().double().cpu()
+        total += w.flatten(1).sum(dim=1)
+        count += w[0].numel()
+    return total / count
+
+
+@register_criterion
+class WFF(Criterion):
+    """Highest mean weight flipping frequency first (the paper's signal)."""
+
+    name = "wff"
+    needs_flips = True
+
+    def removal_scores(
+        self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
+    ) -> torch.Tensor:
+        if sensitivity is None:
+            raise ValueError(f"criterion 'wff' needs flip data; {RECORD_HINT}")
+        missing = [n for n in group.binary if n not in sensitivity.channel_scores]
+        if missing:
+            raise ValueError(
+                f"flip data does not match the model's binary layers (missing {missing}); "
+                f"{RECORD_HINT} for this model"
+            )
+
+        def per_weight(name: str, m: nn.Module) -> torch.Tensor:
+            score = sensitivity.channel_scores[name].double()
+            if score.shape != (m.weight.shape[0],):
+                raise ValueError(f"flip data for {name!r} does not match the layer's channels")
+            return score[:, None].expand(-1, m.weight[0].numel())
+
+        return _pooled_filter_mean(model, group, per_weight)
+
+
+@register_criterion
+class Magnitude(Criterion):
+    """Smallest mean |latent weight| first."""
+
+    name = "magnitude"
+
+    def removal_scores(
+        self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
+    ) -> torch.Tensor:
+        return -_pooled_filter_mean(model, group, lambda _, m: m.weight.abs())
+
+
+@register_criterion
+class BNScale(Criterion):
+    """Smallest |gamma| of the batch norms that follow the group's layers first."""
+
+    name = "bn_scale"
+
+    def removal_scores(
+        self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
+    ) -> torch.Tensor:
+        gammas = []
+        for name in group.norms:
+            bn = model.get_submodule(name)
+            if bn.affine:
+                gammas.append(bn.weight.detach().abs().double().cpu())
+        if not gammas:
+            raise ValueError(
+                f"criterion 'bn_scale' needs an affine BatchNorm after {group.name!r}; "
+                "choose another criterion"
+            )
+        return -torch.stack(gammas).mean(dim=0)
+
+
+@register_criterion
+class Random(Criterion):
+    """Uniformly random channels; reproducible from ``seed`` (per group, order-independent)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def removal_scores(
+        self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
+    ) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed ^ zlib.crc32(group.name.encode()))
+        return torch.rand(group.channels, generator=gen, dtype=torch.float64)
+
+
+def get_criterion(criterion: str | Criterion, **kwargs: Any) -> Criterion:
+    """A criterion instance from its registered name (kwargs go to its constructor)."""
+    if isinstance(criterion, Criterion):
+        return criterion
+    if criterion not in CRITERIA:
+        raise ValueError(
+            f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}"
+        )
+    return CRITERIA[criterion](**kwargs)
+
+
+def select_channels(
+    model: nn.Module,
+    plan: Plan,
+    criterion: str | Criterion = "wff",
+    sensitivity: Sensitivity | None = None,
+    **criterion_kwargs: Any,
+) -> dict[str, list[int]]:
+    """Group name -> output channel indices to remove so the group keeps its planned count."""
+    crit = get_criterion(criterion, **criterion_kwargs)
+    removed: dict[str, list[int]] = {}
+    keep: Mapping[str, int] = plan.group_keep()
+    for g in plan.groups:
+        n_remove = g.channels - keep[g.name]
+        if n_remove > 0:
+            removed[g.name] = crit.choose(model, g, n_remove, sensitivity)
+    return removed

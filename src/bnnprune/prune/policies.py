@@ -1,0 +1,422 @@
+"""Pruning policies: how many output channels each prunable group keeps.
+
+- ``paper``: C' = round(C * (1 - p)), p the group's insensitive fraction (METHOD.md step 3).
+- ``target``: one shot to a BOPs reduction; each group is cut by ``s * p`` of its channels,
+  the common scale ``s`` found by bisection.
+- ``uniform``: the same cut ratio in every group, to a BOPs reduction (width scaling).
+
+Counts are rounded to the nearest allowed value: a multiple of ``round_to`` (in groups with
+at least ``round_to`` channels) or the unchanged count. The group's p is the insensitive
+share of all weights of its binary layers. Predicted BOPs are exact (see
+:class:`~bnnprune.prune.graph.PruningSpace`); surgery checks them against ``count_bops``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from bnnprune.prune.graph import ChannelGroup, InputShape, PruningSpace, analyze
+from bnnprune.prune.sensitivity import RECORD_HINT, Sensitivity
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "POLICIES",
+    "Plan",
+    "make_plan",
+    "plan_manual",
+    "plan_paper",
+    "plan_target",
+    "plan_uniform",
+]
+
+POLICIES = ("paper", "target", "uniform")
+DEFAULT_TOLERANCE = 0.01  # 1 percentage point of BOPs reduction
+_BISECTION_STEPS = 40
+_TOUCH_UP_STEPS = 100
+
+
+@dataclass
+class Plan:
+    """Output channels to keep per binary layer, with the BOPs they will give."""
+
+    policy: str
+    input_shape: InputShape
+    groups: tuple[ChannelGroup, ...]
+    keep: dict[str, int]  # binary layer -> output channels to keep (equal within a group)
+    channels: dict[str, int]  # binary layer -> output channels now
+    bops_before: int
+    bops_after: int  # exact prediction; surgery verifies it
+    clamped: dict[str, int] = field(default_factory=dict)  # group -> count asked for (< min)
+    excluded: tuple[str, ...] = ()  # groups left unchanged on request
+    target: float | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+    scale: float | None = None  # common scale (target) or cut ratio (uniform)
+    round_to: int = 1
+    min_channels: int | None = None
+
+    @property
+    def reduction(self) -> float:
+        """Achieved BOPs reduction, 1 - after / before."""
+        return 1.0 - self.bops_after / self.bops_before if self.bops_before else 0.0
+
+    @property
+    def reached(self) -> bool:
+        """True if there is no target or the reduction is within tolerance of it."""
+        return self.target is None or abs(self.reduction - self.target) <= self.tolerance + 1e-12
+
+    def group_keep(self) -> dict[str, int]:
+        """Channels kept per group (by group name)."""
+        return {g.name: self.keep[g.name] for g in self.groups}
+
+    def notes(self) -> list[str]:
+        """One line per fact a user should be told (clamps, unreachable target)."""
+        lines = [
+            f"{g}: the {self.policy} policy asked for {req} channel(s); "
+            f"clamped to the minimum {self.keep[g]}"
+            for g, req in self.clamped.items()
+        ]
+        if not self.reached:
+            lines.append(
+                f"target BOPs reduction {self.target:.1%} not reached: the {self.policy} policy "
+                f"with these options came closest at {self.reduction:.1%}"
+            )
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form of the plan."""
+        return {
+            "policy": self.policy,
+            "input_shape": list(self.input_shape),
+            "target": self.target,
+            "reduction": self.reduction,
+            "reached": self.reached,
+            "scale": self.scale,
+            "round_to": self.round_to,
+            "min_channels": self.min_channels,
+            "bops_before": self.bops_before,
+            "bops_after": self.bops_after,
+            "layers": {n: {"before": self.channels[n], "after": self.keep[n]} for n in self.keep},
+            "groups": {g.name: list(g.layers) for g in self.groups},
+            "excluded": list(self.excluded),
+            "clamped": dict(self.clamped),
+            "notes": self.notes(),
+        }
+
+
+@dataclass(frozen=True)
+class _Allowed:
+    """Allowed channel counts of one group: multiples of ``step`` in [lo, C], plus C."""
+
+    channels: int
+    step: int
+    lo: int
+
+    @property
+    def top(self) -> int:
+        return self.channels // self.step * self.step
+
+    def nearest(self, raw: float) -> int:
+        """Nearest allowed count >= 0 (ties keep more channels), before the minimum applies."""
+        raw = min(max(raw, 0.0), float(self.channels))
+        if raw >= (self.top + self.channels) / 2:
+            return self.channels
+        return min(int(math.floor(raw / self.step + 0.5)) * self.step, self.top)
+
+    def down(self, k: int) -> int | None:
+        nxt = self.top if k == self.channels and self.top != k else k - self.step
+        return nxt if nxt >= self.lo else None
+
+    def up(self, k: int) -> int | None:
+        if k >= self.channels:
+            return None
+        return k + self.step if k + self.step <= self.top else self.channels
+
+
+class _Planner:
+    """Shared machinery of the policies: options, rounding, clamps and BOPs search."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: InputShape,
+        round_to: int,
+        min_channels: int | None,
+        exclude: Iterable[str],
+        tolerance: float,
+    ) -> None:
+        if int(round_to) != round_to or round_to < 1:
+            raise ValueError(f"round_to must be a whole number >= 1, got {round_to}")
+        if min_channels is not None and (int(min_channels) != min_channels or min_channels < 1):
+            raise ValueError(f"min_channels must be a whole number >= 1, got {min_channels}")
+        if not 0 < tolerance < 1:
+            raise ValueError(f"tolerance must lie in (0, 1), got {tolerance}")
+        self.space: PruningSpace = analyze(model, input_shape)
+        if not self.space.groups:
+            raise ValueError("model has no prunable channels (no binary layer with free outputs)")
+        self.round_to, self.min_channels, self.tolerance = int(round_to), min_channels, tolerance
+        self.excluded = self._excluded(model, exclude)
+        self.allowed = [self._allowed(g.channels) for g in self.space.groups]
+        self.clamped: dict[str, int] = {}
+
+    def _excluded(self, model: nn.Module, exclude: Iterable[str]) -> set[int]:
+        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        modules = dict(model.named_modules())
+        unknown = [n for n in exclude if n not in modules]
+        if unknown:
+            raise ValueError(f"cannot exclude {unknown}: no such layer in the model")
+        return {i for i, g in enumerate(self.space.groups) if set(g.layers) & set(exclude)}
+
+    def _allowed(self, channels: int) -> _Allowed:
+        step = self.round_to if channels >= self.round_to else 1
+        want = step if self.min_channels is None else self.min_channels
+        return _Allowed(channels, step, min(-(-want // step) * step, channels))
+
+    def active(self) -> list[int]:
+        return [i for i in range(len(self.space.groups)) if i not in self.excluded]
+
+    def quantize(self, raws: Sequence[float], record: bool = False) -> list[int]:
+        """Nearest allowed counts for the requested (real) counts of active groups."""
+        keep = [g.channels for g in self.space.groups]
+        for i, raw in zip(self.active(), raws, strict=True):
+            a = self.allowed[i]
+            req = a.nearest(raw)
+            keep[i] = max(req, a.lo)
+            if record and req < a.lo:
+                self.clamped[self.space.groups[i].name] = req
+        return keep
+
+    def search(
+        self, raws_at: Callable[[float], list[float]], hi: float, target: float, movable: list[int]
+    ) -> tuple[list[int], float]:
+        """Bisection on the scale; if rounding leaves the result off target by more than half
+        the tolerance, a greedy touch-up moves one or two groups a step at a time."""
+        goal = (1.0 - target) * self.space.bops
+
+        def err(keep: list[int]) -> float:
+            return abs(self.space.bops_for(keep) - goal) / self.space.bops
+
+        lo_s, hi_s = 0.0, hi
+        if self.space.bops_for(self.quantize(raws_at(hi))) > goal:
+            lo_s = hi
+        else:
+            for _ in range(_BISECTION_STEPS):
+                mid = (lo_s + hi_s) / 2
+                if self.space.bops_for(self.quantize(raws_at(mid))) <= goal:
+                    hi_s = mid
+                else:
+                    lo_s = mid
+        scale = min((lo_s, hi_s), key=lambda s: err(self.quantize(raws_at(s))))
+        keep = self.quantize(raws_at(scale), record=True)
+        best = err(keep)
+        for _ in range(_TOUCH_UP_STEPS):
+            if best <= self.tolerance / 2:
+                break
+            cand = min(self._neighbours(keep, movable), key=err, default=None)
+            if cand is None or err(cand) >= best:
+                break
+            keep, best = cand, err(cand)
+        return keep, scale
+
+    def _neighbours(self, keep: list[int], movable: list[int]) -> list[list[int]]:
+        """Plans one allowed step away in one group, or in two groups at once."""
+        steps = []
+        for i in movable:
+            for k in (self.allowed[i].down(keep[i]), self.allowed[i].up(keep[i])):
+                if k is not None:
+                    steps.append((i, k))
+        out = []
+        for a, (i, k) in enumerate(steps):
+            one = keep[:i] + [k] + keep[i + 1 :]
+            out.append(one)
+            for j, k2 in steps[a + 1 :]:
+                if j != i:
+                    out.append(one[:j] + [k2] + one[j + 1 :])
+        return out
+
+    def plan(self, policy: str, keep: list[int], **extra: Any) -> Plan:
+        groups = self.space.groups
+        return Plan(
+            policy=policy,
+            input_shape=self.space.input_shape,
+            groups=groups,
+            keep={b: keep[i] for i, g in enumerate(groups) for b in g.binary},
+            channels={b: g.channels for g in groups for b in g.binary},
+            bops_before=self.space.bops,
+            bops_after=self.space.bops_for(keep),
+            clamped={  # a touch-up may have lifted a group off its minimum
+                g.name: req
+                for i, g in enumerate(groups)
+                if (req := self.clamped.get(g.name)) is not None and keep[i] == self.allowed[i].lo
+            },
+            excluded=tuple(groups[i].name for i in sorted(self.excluded)),
+            tolerance=self.tolerance,
+            round_to=self.round_to,
+            min_channels=self.min_channels,
+            **extra,
+        )
+
+    def group_p(self, sensitivity: Sensitivity) -> list[float]:
+        """Insensitive share of all weights of each active group's binary layers."""
+        ps = []
+        for i in self.active():
+            g = self.space.groups[i]
+            missing = [b for b in g.binary if b not in sensitivity.p]
+            if missing:
+                raise ValueError(
+                    f"flip data does not match the model's binary layers (missing {missing}); "
+                    f"{RECORD_HINT} for this model"
+                )
+            bad = [b for b in g.binary if len(sensitivity.channel_scores[b]) != g.channels]
+            if bad:
+                raise ValueError(
+                    f"flip data for {bad[0]!r} covers another number of channels than the "
+                    f"model's; {RECORD_HINT} for this model"
+                )
+            ps.append(
+                sum(sensitivity.insensitive[b] for b in g.binary)
+                / sum(sensitivity.numel[b] for b in g.binary)
+            )
+        return ps
+
+
+def _check_target(target: float) -> float:
+    if not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
+        raise ValueError(f"target BOPs reduction must lie strictly between 0 and 1, got {target}")
+    return float(target)
+
+
+def plan_paper(
+    model: nn.Module,
+    input_shape: InputShape,
+    sensitivity: Sensitivity,
+    *,
+    round_to: int = 1,
+    min_channels: int | None = None,
+    exclude: Iterable[str] = (),
+) -> Plan:
+    """The paper's rule: each group keeps round(C * (1 - p)) channels."""
+    pl = _Planner(model, input_shape, round_to, min_channels, exclude, DEFAULT_TOLERANCE)
+    ps = pl.group_p(sensitivity)
+    chans = [pl.space.groups[i].channels for i in pl.active()]
+    keep = pl.quantize([c * (1.0 - p) for c, p in zip(chans, ps, strict=True)], record=True)
+    return pl.plan("paper", keep)
+
+
+def plan_target(
+    model: nn.Module,
+    input_shape: InputShape,
+    sensitivity: Sensitivity,
+    target: float,
+    *,
+    round_to: int = 1,
+    min_channels: int | None = None,
+    exclude: Iterable[str] = (),
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Plan:
+    """Reach a BOPs reduction ``target`` in one shot, cutting groups in proportion to p.
+
+    Groups with p = 0 are never cut; if the target cannot be reached, the plan is the
+    nearest achievable one and ``plan.reached`` is False (``plan.notes()`` says so).
+    """
+    target = _check_target(target)
+    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance)
+    ps = pl.group_p(sensitivity)
+    active = pl.active()
+    chans = [pl.space.groups[i].channels for i in active]
+    positive = [p for p in ps if p > 0]
+    if not positive:
+        return pl.plan("target", pl.quantize(chans), target=target, scale=0.0)
+
+    def raws_at(s: float) -> list[float]:
+        return [c * (1.0 - min(1.0, s * p)) for c, p in zip(chans, ps, strict=True)]
+
+    movable = [i for i, p in zip(active, ps, strict=True) if p > 0]
+    keep, scale = pl.search(raws_at, 1.0 / min(positive), target, movable)
+    return pl.plan("target", keep, target=target, scale=scale)
+
+
+def plan_uniform(
+    model: nn.Module,
+    input_shape: InputShape,
+    target: float,
+    *,
+    round_to: int = 1,
+    min_channels: int | None = None,
+    exclude: Iterable[str] = (),
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Plan:
+    """Cut every group by the same ratio, found by bisection to reach ``target``."""
+    target = _check_target(target)
+    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance)
+    active = pl.active()
+    chans = [pl.space.groups[i].channels for i in active]
+
+    def raws_at(r: float) -> list[float]:
+        return [c * (1.0 - r) for c in chans]
+
+    keep, ratio = pl.search(raws_at, 1.0, target, active)
+    return pl.plan("uniform", keep, target=target, scale=ratio)
+
+
+def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, int]) -> Plan:
+    """A plan from explicit counts (binary layer -> channels); a group takes its layers' count.
+
+    Counts below 1 are clamped to 1 and recorded; conflicting counts within a group or
+    counts above the current width raise ValueError.
+    """
+    pl = _Planner(model, input_shape, 1, None, (), DEFAULT_TOLERANCE)
+    group_of = pl.space.group_of()
+    unknown = sorted(n for n in keep if n not in group_of)
+    if unknown:
+        raise ValueError(
+            f"no prunable output channels in {unknown}; prunable layers: {sorted(group_of)}"
+        )
+    counts = [g.channels for g in pl.space.groups]
+    asked: dict[str, int] = {}
+    for name, k in keep.items():
+        g = group_of[name]
+        if g.name in asked and asked[g.name] != int(k):
+            raise ValueError(f"layers of group {list(g.layers)} must keep the same channel count")
+        if int(k) > g.channels:
+            raise ValueError(f"{name!r} has {g.channels} channels; cannot keep {k}")
+        asked[g.name] = int(k)
+    for i, g in enumerate(pl.space.groups):
+        if g.name in asked:
+            counts[i] = max(asked[g.name], 1)
+            if asked[g.name] < 1:
+                pl.clamped[g.name] = asked[g.name]
+    return pl.plan("manual", counts)
+
+
+def make_plan(
+    model: nn.Module,
+    input_shape: InputShape,
+    policy: str = "paper",
+    *,
+    sensitivity: Sensitivity | None = None,
+    target: float | None = None,
+    round_to: int = 1,
+    min_channels: int | None = None,
+    exclude: Iterable[str] = (),
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Plan:
+    """Dispatch to a policy by name (``paper``, ``target`` or ``uniform``)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    opts: dict[str, Any] = {"round_to": round_to, "min_channels": min_channels, "exclude": exclude}
+    if policy == "uniform":
+        if target is None:
+            raise ValueError("the uniform policy needs a target BOPs reduction in (0, 1)")
+        return plan_uniform(model, input_shape, target, tolerance=tolerance, **opts)
+    if sensitivity is None:
+        raise ValueError(f"the {policy} policy needs flip data; {RECORD_HINT}")
+    if policy == "paper":
+        return plan_paper(model, input_shape, sensitivity, **opts)
+    if target is None:
+        raise ValueError("the target policy needs a target BOPs reduction in (0, 1)")
+    return plan_target(model, input_shape, sensitivity, target, tolerance=tolerance, **opts)
