@@ -118,10 +118,8 @@ def _experiment_config(args: argparse.Namespace, cls: type = ExperimentConfig) -
     return cfg
 
 
-def _load_data(cfg: Any, progress: bool = True):
+def _load_data(cfg: Any):
     d = cfg.data
-    if progress:
-        print(f"loading {d.name} ...", file=sys.stderr)
     return load_dataset(
         d.name,
         root=d.root,
@@ -171,9 +169,9 @@ def _check_out_dir(path: str | Path) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
-    out = _check_out_dir(args.output)
     ds = _load_data(cfg)
     model = _build(cfg, ds)
+    out = _check_out_dir(args.output)
     print(
         f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
         f"{len(ds.train_x)} train / {len(ds.test_x)} test images, device "
@@ -280,9 +278,7 @@ def cmd_flips(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         raise CliError(f"{src}: flip data does not match the model ({e})") from None
     out = _check_out_dir(args.output or (src.parent / "flips"))
-    sens = compute_sensitivity(
-        model, tracker.counts, tracker.steps_in_window, threshold=args.threshold
-    )
+    sens = compute_sensitivity(tracker, model, threshold=args.threshold)
     epoch = tracker.epoch_ratios()
     lo, hi = tracker.window
     print(

@@ -33,11 +33,17 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "small"
-    width: float = 1.0
+    width: float = 0.5
     pad_value: float = 1.0
     scale: bool = False
 
     def validate(self) -> None:
+        from bnnprune.models import MODELS
+
+        if self.name not in MODELS:
+            raise ConfigError(
+                f"unknown model {self.name!r}; choose from {', '.join(sorted(MODELS))}"
+            )
         if not self.width > 0:
             raise ConfigError(f"model.width must be > 0, got {self.width}")
         if self.pad_value not in (1.0, -1.0):
@@ -54,6 +60,9 @@ class DataConfig:
     augment: bool = True
 
     def validate(self) -> None:
+        from bnnprune.data import canonical_name
+
+        canonical_name(self.name)  # raises DatasetError naming the valid datasets
         for k in ("train_subset", "test_subset"):
             v = getattr(self, k)
             if v is not None and v < 1:
@@ -138,7 +147,7 @@ def update_dataclass(obj: Any, values: dict[str, Any], prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for k, v in values.items():
         if k not in hints:
-            raise ConfigError(f"unknown config key {prefix}{k!r}; valid keys: {', '.join(hints)}")
+            raise ConfigError(f"unknown config key '{prefix}{k}'; valid keys: {', '.join(hints)}")
         setattr(obj, k, _coerce(v, hints[k], f"{prefix}{k}"))
 
 

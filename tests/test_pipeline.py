@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from bnnprune.config import ConfigError
+from bnnprune.pipeline import RunConfig, run_pipeline
+from bnnprune.report.markdown import write_report
+
+
+def _cfg(**prune):
+    cfg = RunConfig()
+    cfg.model.name, cfg.model.width = "small", 0.25
+    cfg.data.name, cfg.data.train_subset, cfg.data.test_subset = "synthetic", 384, 96
+    cfg.train.epochs, cfg.train.track_last, cfg.train.batch_size, cfg.train.lr = 2, 1, 64, 5e-3
+    cfg.prune.retrain_epochs = 1
+    for k, v in prune.items():
+        setattr(cfg.prune, k, v)
+    return cfg
+
+
+def test_run_end_to_end_writes_results_report_and_plots(tmp_path):
+    cfg = _cfg(target=0.4, compare="uniform,random,magnitude,bn_scale")
+    res = run_pipeline(cfg, tmp_path)
+    write_report(res, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["bops_reduction"] == pytest.approx(0.4, abs=0.01)
+    assert [c["method"] for c in saved["compared"]] == [
+        "uniform + wff",
+        "target + random",
+        "target + magnitude",
+        "target + bn_scale",
+    ]
+    for c in saved["compared"]:  # every method pruned to the same BOPs (within the tolerance)
+        assert abs(c["bops"] - saved["pruned"]["bops"]) / saved["baseline"]["bops"] <= 0.02
+    assert saved["unpruned_budget"]["epochs"] == 3
+    report = (tmp_path / "report.md").read_text()
+    assert "| target + wff |" in report and "accuracy_vs_bops.png" in report
+    for f in ("accuracy_vs_bops.png", "channels.png", "flip_histograms.png", "flip_ratio.png"):
+        assert (tmp_path / f).stat().st_size > 1000
+    # a second start reuses every finished phase and reproduces the numbers
+    again = run_pipeline(cfg, tmp_path)
+    assert again["pruned"]["test_acc"] == saved["pruned"]["test_acc"]
+    assert again["compared"][0]["test_acc"] == saved["compared"][0]["test_acc"]
+
+
+def test_paper_policy_iterates_and_records_rounds(tmp_path):
+    cfg = _cfg(policy="paper", max_rounds=2, compare="", budget_baseline=False)
+    res = run_pipeline(cfg, tmp_path)
+    assert 1 <= len(res["rounds"]) <= 2
+    assert res["rounds"][0]["max_p"] > 0
+    assert res["pruned"]["bops"] < res["baseline"]["bops"]
+
+
+def test_run_refuses_folder_of_other_settings(tmp_path):
+    cfg = _cfg(compare="", budget_baseline=False)
+    run_pipeline(cfg, tmp_path)
+    cfg.train.lr = 1e-2
+    with pytest.raises(ConfigError, match="other settings"):
+        run_pipeline(cfg, tmp_path)
+
+
+def test_bad_prune_config():
+    cfg = _cfg(target=1.5)
+    with pytest.raises(ConfigError, match=r"\(0, 1\)"):
+        cfg.validate()
+    with pytest.raises(ConfigError, match="compare"):
+        _cfg(compare="uniform,bogus").validate()
