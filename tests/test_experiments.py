@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import pytest
+
+from bnnprune.config import load_config
+from bnnprune.data import dataset_shape
+from bnnprune.metrics import count_bops
+from bnnprune.models import build_model
+from bnnprune.pipeline import RunConfig
+
+CONFIGS = sorted((Path(__file__).parents[1] / "experiments").glob("*.toml"))
+
+
+def test_there_are_recipes():
+    names = {p.stem for p in CONFIGS}
+    assert {"nin_cifar10", "alexnet_cifar10"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_recipe_parses_validates_and_builds_its_model(path):
+    cfg = load_config(path, RunConfig)
+    cfg.validate()
+    c, h, _w, k = dataset_shape(cfg.data.name)
+    model = build_model(cfg.model.name, width=cfg.model.width, in_channels=c, num_classes=k,
+                        image_size=h)
+    assert count_bops(model, (c, h, h)) > 0
