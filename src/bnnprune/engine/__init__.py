@@ -1,0 +1,24 @@
+"""Bit-packed XNOR-popcount inference engine: compile, run, save/load ``.bnn``, benchmark."""
+
+from bnnprune.engine.bench import benchmark, format_benchmark, machine_info
+from bnnprune.engine.compile import compile_model
+from bnnprune.engine.errors import BnnFormatError, EngineError
+from bnnprune.engine.fileformat import load, save
+from bnnprune.engine.onnx_export import export_onnx
+from bnnprune.engine.pack import pack_signs, unpack_signs
+from bnnprune.engine.program import Program
+
+__all__ = [
+    "BnnFormatError",
+    "EngineError",
+    "Program",
+    "benchmark",
+    "compile_model",
+    "export_onnx",
+    "format_benchmark",
+    "load",
+    "machine_info",
+    "pack_signs",
+    "save",
+    "unpack_signs",
+]
