@@ -437,6 +437,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from bnnprune import engine
+
+    model, ckpt = load_model(args.checkpoint)
+    shape = tuple((ckpt.get("dataset") or {}).get("input_shape", ()))
+    if len(shape) != 3:
+        raise CliError(f"{args.checkpoint} does not record its input shape")
+    out = Path(args.output)
+    if out.parent and not out.parent.exists():
+        raise CliError(f"output folder {out.parent} does not exist")
+    float_bytes = 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    if args.format == "onnx":
+        engine.export_onnx(model, out, shape)
+        size = out.stat().st_size
+    else:
+        size = engine.save(engine.compile_model(model, shape), out)
+    print(
+        f"wrote {out}: {size / 1024:.1f} KiB, {float_bytes / size:.1f}x smaller than the "
+        f"float32 weights ({float_bytes / 1024:.1f} KiB)"
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bnnprune import engine
+    from bnnprune.train.checkpoint import atomic_write_bytes
+
+    program = engine.load(args.program)
+    compare = load_model(args.compare)[0] if args.compare else None
+    result = engine.benchmark(program, compare, baseline=args.baseline, repeats=args.repeats)
+    result["file_bytes"] = Path(args.program).stat().st_size
+    print(engine.format_benchmark(result))
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_prune_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning")
     g.add_argument("--policy", dest="prune.policy", choices=["paper", "target", "uniform"])
@@ -607,6 +645,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune_flags(r)
     r.add_argument("-o", "--output", default="runs/run", help="run folder (default runs/run)")
     r.set_defaults(func=cmd_run)
+
+    x = sub.add_parser(
+        "export",
+        help="compile a saved model to the packed .bnn engine (or ONNX)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune export runs/run/pruned/model.pt -o model.bnn",
+            "bnnprune export runs/a/model.pt --format onnx -o model.onnx",
+        ),
+    )
+    x.add_argument("checkpoint")
+    x.add_argument("-o", "--output", required=True)
+    x.add_argument("--format", choices=["bnn", "onnx"], default="bnn")
+    x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser(
+        "bench",
+        help="latency/throughput of a .bnn program, with ratios",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune bench model.bnn --compare runs/a/model.pt",
+            "bnnprune bench pruned.bnn --baseline unpruned.bnn --json bench.json",
+        ),
+    )
+    b.add_argument("program", help=".bnn file")
+    b.add_argument("--compare", help="model.pt to time in PyTorch float eager on the same inputs")
+    b.add_argument("--baseline", help="unpruned .bnn: pruned vs unpruned latency and BOPs ratios")
+    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--json", help="also write the measurements to this JSON file")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
