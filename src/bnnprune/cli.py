@@ -118,18 +118,6 @@ def _experiment_config(args: argparse.Namespace, cls: type = ExperimentConfig) -
     return cfg
 
 
-def _load_data(cfg: Any):
-    d = cfg.data
-    return load_dataset(
-        d.name,
-        root=d.root,
-        download=d.download,
-        train_subset=d.train_subset,
-        test_subset=d.test_subset,
-        seed=cfg.train.seed,
-    )
-
-
 def _build(cfg: Any, ds: Any) -> torch.nn.Module:
     m = cfg.model
     seed_everything(cfg.train.seed)
@@ -169,7 +157,7 @@ def _check_out_dir(path: str | Path) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
-    ds = _load_data(cfg)
+    ds = cfg.data.load(cfg.train.seed)
     model = _build(cfg, ds)
     out = _check_out_dir(args.output)
     print(

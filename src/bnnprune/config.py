@@ -65,13 +65,26 @@ class DataConfig:
         canonical_name(self.name)  # raises DatasetError naming the valid datasets
         for k in ("train_subset", "test_subset"):
             v = getattr(self, k)
-            if v is not None and v < 1:
-                raise ConfigError(f"data.{k} must be >= 1, got {v}")
+            if v is not None and v < 0:
+                raise ConfigError(f"data.{k} must be >= 0 (0: all images), got {v}")
+
+    def load(self, seed: int = 0) -> Any:
+        """Load the configured dataset (subsets drawn with ``seed``; 0 or None: all images)."""
+        from bnnprune.data import load_dataset
+
+        return load_dataset(
+            self.name,
+            root=self.root,
+            download=self.download,
+            train_subset=self.train_subset or None,
+            test_subset=self.test_subset or None,
+            seed=seed,
+        )
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 128
     lr: float = 2e-3
     schedule: str = "cosine"  # cosine | step | constant
@@ -79,7 +92,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     weight_decay: float = 0.0  # on full-precision parameters
     binary_weight_decay: float = 0.0  # on latent binary weights (usually 0)
-    track_last: int = 2  # pruning interval: the last K epochs (0 = no flip tracking)
+    track_last: int = 1  # pruning interval: the last K epochs (0 = no flip tracking)
     seed: int = 0
     device: str = "auto"
 

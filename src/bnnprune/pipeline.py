@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bnnprune.config import ConfigError, DataConfig, ModelConfig, TrainConfig
-from bnnprune.data import Dataset, load_dataset
+from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
 from bnnprune.metrics import binary_channels, summarize
 from bnnprune.models import build_model
@@ -225,15 +225,7 @@ def run_pipeline(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    d = cfg.data
-    ds = load_dataset(
-        d.name,
-        root=d.root,
-        download=d.download,
-        train_subset=d.train_subset,
-        test_subset=d.test_subset,
-        seed=cfg.train.seed,
-    )
+    ds = cfg.data.load(cfg.train.seed)
     log(
         f"data: {ds.name}, {len(ds.train_x)} train / {len(ds.test_x)} test images "
         f"{tuple(ds.input_shape)}"
