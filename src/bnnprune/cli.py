@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bnnprune.config import ConfigError, ExperimentConfig, load_config
 from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset
 from bnnprune.models import MODELS, build_model
@@ -25,7 +23,6 @@ from bnnprune.train import (
     evaluate,
     load_model,
     resolve_device,
-    seed_everything,
     train,
 )
 
@@ -118,20 +115,6 @@ def _experiment_config(args: argparse.Namespace, cls: type = ExperimentConfig) -
     return cfg
 
 
-def _build(cfg: Any, ds: Any) -> torch.nn.Module:
-    m = cfg.model
-    seed_everything(cfg.train.seed)
-    return build_model(
-        m.name,
-        width=m.width,
-        in_channels=ds.in_channels,
-        num_classes=ds.num_classes,
-        image_size=ds.image_size,
-        pad_value=m.pad_value,
-        scale=m.scale,
-    )
-
-
 def _print_epoch(rec: dict[str, Any]) -> None:
     print(
         f"epoch {rec['epoch']:3d}  loss {rec['train_loss']:.4f}  train {rec['train_acc']:.2%}  "
@@ -158,7 +141,7 @@ def _check_out_dir(path: str | Path) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
     ds = cfg.data.load(cfg.train.seed)
-    model = _build(cfg, ds)
+    model = cfg.model.build(ds, cfg.train.seed)
     out = _check_out_dir(args.output)
     print(
         f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "

@@ -49,6 +49,22 @@ class ModelConfig:
         if self.pad_value not in (1.0, -1.0):
             raise ConfigError(f"model.pad_value must be 1 or -1, got {self.pad_value}")
 
+    def build(self, dataset: Any, seed: int) -> Any:
+        """The configured zoo model for ``dataset``'s input shape, initialised from ``seed``."""
+        from bnnprune.models import build_model
+        from bnnprune.train import seed_everything
+
+        seed_everything(seed)
+        return build_model(
+            self.name,
+            width=self.width,
+            in_channels=dataset.in_channels,
+            num_classes=dataset.num_classes,
+            image_size=dataset.image_size,
+            pad_value=self.pad_value,
+            scale=self.scale,
+        )
+
 
 @dataclass
 class DataConfig:

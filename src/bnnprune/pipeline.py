@@ -25,7 +25,6 @@ from bnnprune.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
 from bnnprune.metrics import binary_channels, summarize
-from bnnprune.models import build_model
 from bnnprune.prune import CRITERIA, Sensitivity, apply_plan, compute_sensitivity, make_plan
 from bnnprune.report.plots import write_flip_plots
 from bnnprune.train import (
@@ -33,7 +32,6 @@ from bnnprune.train import (
     evaluate,
     load_checkpoint,
     resolve_device,
-    seed_everything,
     train,
 )
 from bnnprune.train.checkpoint import atomic_write_bytes
@@ -231,17 +229,7 @@ def run_pipeline(
         f"{tuple(ds.input_shape)}"
     )
     shape = tuple(ds.input_shape)
-    seed_everything(cfg.train.seed)
-    m = cfg.model
-    base = build_model(
-        m.name,
-        width=m.width,
-        in_channels=ds.in_channels,
-        num_classes=ds.num_classes,
-        image_size=ds.image_size,
-        pad_value=m.pad_value,
-        scale=m.scale,
-    )
+    base = cfg.model.build(ds, cfg.train.seed)
     track = cfg.train.track_last > 0
     if not track and cfg.prune.policy != "uniform":
         raise ConfigError("flip-guided pruning needs flip data: set train.track_last >= 1")

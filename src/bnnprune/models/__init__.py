@@ -185,6 +185,54 @@ def _sequential_model(
 # --------------------------------------------------------------------------- zoo
 
 
+Spec = list[Any]  # ("F", out, k) fp conv+BN, ("B", out, k) binary conv+BN, or a pooling module
+
+
+def _stack(spec: Spec, in_channels: int, width: float, bk: dict[str, Any]) -> list[nn.Module]:
+    """Conv layers from a compact spec; channel counts are scaled by ``width``."""
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for item in spec:
+        if isinstance(item, nn.Module):
+            layers.append(item)
+            continue
+        kind, out, k = item
+        cout = _ch(out, width)
+        layers += _fp_conv_bn(cin, cout, k) if kind == "F" else _bin_conv_bn(cin, cout, k, **bk)
+        cin = cout
+    return layers
+
+
+def _binary_fc_head(hidden: int, num_classes: int, scale: bool) -> Callable[[int], list[nn.Module]]:
+    """Two binary FC layers with BN, then a full-precision classifier (BinaryNet, AlexNet)."""
+    return lambda n: [
+        BinaryLinear(n, hidden, scale=scale),
+        nn.BatchNorm1d(hidden),
+        BinaryLinear(hidden, hidden, scale=scale),
+        nn.BatchNorm1d(hidden),
+        nn.Linear(hidden, num_classes),
+    ]
+
+
+def _mp() -> nn.Module:
+    return nn.MaxPool2d(2)
+
+
+def _vgg_spec() -> Spec:
+    """The conv stack shared by BinaryNet and VGG-Small."""
+    return [
+        ("F", 128, 3),
+        ("B", 128, 3),
+        _mp(),
+        ("B", 256, 3),
+        ("B", 256, 3),
+        _mp(),
+        ("B", 512, 3),
+        ("B", 512, 3),
+        _mp(),
+    ]
+
+
 @register_model("nin")
 def nin(
     width: float = 1.0,
@@ -196,24 +244,21 @@ def nin(
 ) -> nn.Module:
     """Binary Network-in-Network, the 9-convolution XNOR-Net CIFAR-10 layout (METHOD.md)."""
     _check_common(width, in_channels, num_classes, image_size)
-    w = lambda c: _ch(c, width)  # noqa: E731
-    bk = {"pad_value": pad_value, "scale": scale}
-    layers: list[nn.Module] = [
-        *_fp_conv_bn(in_channels, w(192), 5),
-        *_bin_conv_bn(w(192), w(160), 1, **bk),
-        *_bin_conv_bn(w(160), w(96), 1, **bk),
+    spec = [
+        ("F", 192, 5),
+        ("B", 160, 1),
+        ("B", 96, 1),
         nn.MaxPool2d(3, 2, 1),
-        *_bin_conv_bn(w(96), w(192), 5, **bk),
-        *_bin_conv_bn(w(192), w(192), 1, **bk),
-        *_bin_conv_bn(w(192), w(192), 1, **bk),
+        ("B", 192, 5),
+        ("B", 192, 1),
+        ("B", 192, 1),
         nn.AvgPool2d(3, 2, 1),
-        *_bin_conv_bn(w(192), w(192), 3, **bk),
-        *_bin_conv_bn(w(192), w(192), 1, **bk),
-        nn.Conv2d(w(192), num_classes, 1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+        ("B", 192, 3),
+        ("B", 192, 1),
     ]
-    return _named(layers)
+    bk = {"pad_value": pad_value, "scale": scale}
+    head = [nn.Conv2d(_ch(192, width), num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return _named(_stack(spec, in_channels, width, bk) + head)
 
 
 @register_model("binarynet")
@@ -227,26 +272,8 @@ def binarynet(
 ) -> nn.Module:
     """BinaryNet CIFAR-10 ConvNet: 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-1024FC-10FC."""
     _check_common(width, in_channels, num_classes, image_size)
-    w = lambda c: _ch(c, width)  # noqa: E731
-    bk = {"pad_value": pad_value, "scale": scale}
-    feats = [
-        *_fp_conv_bn(in_channels, w(128), 3),
-        *_bin_conv_bn(w(128), w(128), 3, **bk),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(128), w(256), 3, **bk),
-        *_bin_conv_bn(w(256), w(256), 3, **bk),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(256), w(512), 3, **bk),
-        *_bin_conv_bn(w(512), w(512), 3, **bk),
-        nn.MaxPool2d(2),
-    ]
-    head = lambda n: [  # noqa: E731
-        BinaryLinear(n, w(1024), scale=scale),
-        nn.BatchNorm1d(w(1024)),
-        BinaryLinear(w(1024), w(1024), scale=scale),
-        nn.BatchNorm1d(w(1024)),
-        nn.Linear(w(1024), num_classes),
-    ]
+    feats = _stack(_vgg_spec(), in_channels, width, {"pad_value": pad_value, "scale": scale})
+    head = _binary_fc_head(_ch(1024, width), num_classes, scale)
     return _sequential_model(feats, head, in_channels, image_size)
 
 
@@ -261,19 +288,7 @@ def vgg_small(
 ) -> nn.Module:
     """VGG-Small (LQ-Nets / IR-Net): fp conv, binary 128-MP-256-256-MP-512-512-MP, fp FC."""
     _check_common(width, in_channels, num_classes, image_size)
-    w = lambda c: _ch(c, width)  # noqa: E731
-    bk = {"pad_value": pad_value, "scale": scale}
-    feats = [
-        *_fp_conv_bn(in_channels, w(128), 3),
-        *_bin_conv_bn(w(128), w(128), 3, **bk),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(128), w(256), 3, **bk),
-        *_bin_conv_bn(w(256), w(256), 3, **bk),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(256), w(512), 3, **bk),
-        *_bin_conv_bn(w(512), w(512), 3, **bk),
-        nn.MaxPool2d(2),
-    ]
+    feats = _stack(_vgg_spec(), in_channels, width, {"pad_value": pad_value, "scale": scale})
     return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
 
 
@@ -288,25 +303,18 @@ def alexnet(
 ) -> nn.Module:
     """CIFAR-sized binary AlexNet: 5 convolutions, 3 fully connected; first and last fp."""
     _check_common(width, in_channels, num_classes, image_size)
-    w = lambda c: _ch(c, width)  # noqa: E731
-    bk = {"pad_value": pad_value, "scale": scale}
-    feats = [
-        *_fp_conv_bn(in_channels, w(96), 5),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(96), w(256), 5, **bk),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(256), w(384), 3, **bk),
-        *_bin_conv_bn(w(384), w(384), 3, **bk),
-        *_bin_conv_bn(w(384), w(256), 3, **bk),
-        nn.MaxPool2d(2),
+    spec = [
+        ("F", 96, 5),
+        _mp(),
+        ("B", 256, 5),
+        _mp(),
+        ("B", 384, 3),
+        ("B", 384, 3),
+        ("B", 256, 3),
+        _mp(),
     ]
-    head = lambda n: [  # noqa: E731
-        BinaryLinear(n, w(1024), scale=scale),
-        nn.BatchNorm1d(w(1024)),
-        BinaryLinear(w(1024), w(1024), scale=scale),
-        nn.BatchNorm1d(w(1024)),
-        nn.Linear(w(1024), num_classes),
-    ]
+    feats = _stack(spec, in_channels, width, {"pad_value": pad_value, "scale": scale})
+    head = _binary_fc_head(_ch(1024, width), num_classes, scale)
     return _sequential_model(feats, head, in_channels, image_size)
 
 
@@ -321,17 +329,8 @@ def small(
 ) -> nn.Module:
     """Small BNN for 28x28 inputs: fp conv 32, binary 3x3 convs 64-128-128 with max-pools."""
     _check_common(width, in_channels, num_classes, image_size)
-    w = lambda c: _ch(c, width)  # noqa: E731
-    bk = {"pad_value": pad_value, "scale": scale}
-    feats = [
-        *_fp_conv_bn(in_channels, w(32), 3),
-        *_bin_conv_bn(w(32), w(64), 3, **bk),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(64), w(128), 3, **bk),
-        nn.MaxPool2d(2),
-        *_bin_conv_bn(w(128), w(128), 3, **bk),
-        nn.MaxPool2d(2),
-    ]
+    spec = [("F", 32, 3), ("B", 64, 3), _mp(), ("B", 128, 3), _mp(), ("B", 128, 3), _mp()]
+    feats = _stack(spec, in_channels, width, {"pad_value": pad_value, "scale": scale})
     return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
 
 
