@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from bnnprune.models import MODELS, build_model
 from bnnprune.train import (
     CheckpointError,
     TrainingError,
+    dist,
     evaluate,
     load_model,
     resolve_device,
@@ -138,15 +140,27 @@ def _check_out_dir(path: str | Path) -> Path:
 # --------------------------------------------------------------------------- commands
 
 
+def _say(*parts: Any, **kw: Any) -> None:
+    """print() on rank 0 only: under torchrun, one process speaks for all."""
+    if dist.is_main():
+        print(*parts, **kw)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
-    ds = cfg.data.load(cfg.train.seed)
+    with dist.distributed_from_env(resolve_device(cfg.train.device)):
+        return _train(args, cfg)
+
+
+def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+    ds = dist.main_first(lambda: cfg.data.load(cfg.train.seed))
     model = cfg.model.build(ds, cfg.train.seed)
-    out = _check_out_dir(args.output)
-    print(
+    out = dist.main_decides(lambda: _check_out_dir(args.output))
+    world = dist.world_size()
+    _say(
         f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
         f"{len(ds.train_x)} train / {len(ds.test_x)} test images, device "
-        f"{resolve_device(cfg.train.device)}",
+        f"{resolve_device(cfg.train.device)}" + (f" x {world} processes" if world > 1 else ""),
         flush=True,
     )
     t0 = time.perf_counter()
@@ -158,11 +172,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=sys.stderr.isatty(),
         meta={"config": cfg.to_dict()},
-        on_epoch=_print_epoch,
+        on_epoch=_print_epoch if dist.is_main() else None,
         augment_data=cfg.data.augment,
     )
-    print(f"test accuracy {res.test_acc:.2%}  wall time {time.perf_counter() - t0:.1f}s")
-    print(
+    _say(f"test accuracy {res.test_acc:.2%}  wall time {time.perf_counter() - t0:.1f}s")
+    _say(
         f"wrote {res.checkpoint} (model + flip data), {out / 'metrics.jsonl'}, "
         f"{out / 'flips.npz' if res.tracker else ''}".rstrip(", ")
     )
@@ -386,11 +400,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bnnprune.report.markdown import methods_table, write_report
 
     cfg = _experiment_config(args, RunConfig)
-    out = _check_out_dir(args.output)
-    t0 = time.perf_counter()
-    results = run_pipeline(
-        cfg, out, log=lambda s: print(s, flush=True), progress=sys.stderr.isatty()
-    )
+    with dist.distributed_from_env(resolve_device(cfg.train.device)):
+        out = dist.main_decides(lambda: _check_out_dir(args.output))
+        t0 = time.perf_counter()
+        results = run_pipeline(
+            cfg, out, log=lambda s: _say(s, flush=True), progress=sys.stderr.isatty()
+        )
+        main = dist.is_main()
+    if not main:
+        return 0
     report = write_report(results, out)
     print()
     print("\n".join(methods_table(results)))
@@ -435,7 +453,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bnnprune import engine
     from bnnprune.train.checkpoint import atomic_write_bytes
 
-    program = engine.load(args.program)
+    try:
+        program = engine.load(args.program)
+    except engine.BnnFormatError as e:
+        raise CliError(f"{args.program}: {e}") from None
     compare = load_model(args.compare)[0] if args.compare else None
     result = engine.benchmark(program, compare, baseline=args.baseline, repeats=args.repeats)
     result["file_bytes"] = Path(args.program).stat().st_size
@@ -660,14 +681,37 @@ USER_ERRORS = (
 )
 
 
+def _fresh_output(args: argparse.Namespace) -> Path | None:
+    """The topmost folder that ``-o/--output`` does not have yet (None: nothing to create)."""
+    out = getattr(args, "output", None)
+    if not out:
+        return None
+    path, top = Path(out).absolute(), None
+    while not path.exists() and path != path.parent:
+        path, top = path.parent, path
+    return top
+
+
+def _remove_if_empty(top: Path | None) -> None:
+    """Undo folders this command created when it failed before writing any file into them."""
+    if top is None or not top.is_dir() or dist.env_rank() != 0:
+        return
+    if not any(p.is_file() or p.is_symlink() for p in top.rglob("*")):
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    fresh: Path | None = None
     try:
         args = build_parser().parse_args(argv)
+        fresh = _fresh_output(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        _remove_if_empty(fresh)
         print("bnnprune: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
+        _remove_if_empty(fresh)
         if os.environ.get("BNNPRUNE_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

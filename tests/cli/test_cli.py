@@ -125,3 +125,48 @@ def test_real_process_exit_code_and_single_line():
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert "unknown model 'nope'" in r.stderr
+
+
+def test_export_and_bench(trained, tmp_path, capsys):
+    bnn = tmp_path / "m.bnn"
+    assert main(["export", str(trained / "model.pt"), "-o", str(bnn)]) == 0
+    assert "smaller than the float32 weights" in capsys.readouterr().out
+    assert bnn.stat().st_size > 0
+    assert (
+        main(
+            [
+                "export",
+                str(trained / "model.pt"),
+                "--format",
+                "onnx",
+                "-o",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    capsys.readouterr()
+    out_json = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "bench",
+                str(bnn),
+                "--compare",
+                str(trained / "model.pt"),
+                "--baseline",
+                str(bnn),
+                "--repeats",
+                "3",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
+    res = json.loads(out_json.read_text())
+    assert res["latency"]["speedup"] > 0 and res["pruned"]["bops_ratio"] == 1.0
+    junk = tmp_path / "junk.bnn"
+    junk.write_bytes(b"\x00" * 100)
+    _fails(["bench", str(junk)], capsys, "junk.bnn")
