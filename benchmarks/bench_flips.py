@@ -47,8 +47,9 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = build_model(args.model, width=args.width, in_channels=args.in_channels,
-                        image_size=args.image_size)
+    model = build_model(
+        args.model, width=args.width, in_channels=args.in_channels, image_size=args.image_size
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch_size, args.in_channels, args.image_size, args.image_size)
     y = torch.randint(0, 10, (args.batch_size,))
@@ -61,10 +62,14 @@ def main() -> None:
         tracked += step_times(model, tracker, x, y, opt, args.steps)
     p, t = statistics.median(plain), statistics.median(tracked)
     n_weights = sum(c.numel() for c in tracker.counts.values())
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
-    print(f"model {args.model} width {args.width}, batch {args.batch_size}, "
-          f"{n_weights} tracked binary weights, {len(plain)} steps per variant")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"model {args.model} width {args.width}, batch {args.batch_size}, "
+        f"{n_weights} tracked binary weights, {len(plain)} steps per variant"
+    )
     print(f"median step: without tracker {p * 1e3:.2f} ms, with tracker {t * 1e3:.2f} ms")
     print(f"ratio with/without: {t / p:.3f}")
 

@@ -457,8 +457,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         program = engine.load(args.program)
     except engine.BnnFormatError as e:
         raise CliError(f"{args.program}: {e}") from None
-    compare = load_model(args.compare)[0] if args.compare else None
-    result = engine.benchmark(program, compare, baseline=args.baseline, repeats=args.repeats)
+    shape = tuple(program.input_shape)
+    compare = None
+    if args.compare:  # every input is checked before minutes of measuring start
+        compare, ckpt = load_model(args.compare)
+        want = tuple((ckpt.get("dataset") or {}).get("input_shape", shape))
+        if want != shape:
+            raise CliError(f"{args.compare} takes input shape {want}, {args.program} takes {shape}")
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = engine.load(args.baseline)
+        except engine.BnnFormatError as e:
+            raise CliError(f"{args.baseline}: {e}") from None
+        if tuple(baseline.input_shape) != shape:
+            raise CliError(
+                f"baseline {args.baseline} has input shape {tuple(baseline.input_shape)}, "
+                f"{args.program} has {shape}"
+            )
+    if args.repeats < 1:
+        raise CliError(f"--repeats must be >= 1, got {args.repeats}")
+    result = engine.benchmark(program, compare, baseline=baseline, repeats=args.repeats)
     result["file_bytes"] = Path(args.program).stat().st_size
     print(engine.format_benchmark(result))
     if args.json:
@@ -704,6 +723,10 @@ def main(argv: list[str] | None = None) -> int:
     fresh: Path | None = None
     try:
         args = build_parser().parse_args(argv)
+        if dist.env_world_size() > 1 and args.command not in ("train", "run"):
+            raise CliError(
+                f"bnnprune {args.command} runs in one process; start it without torchrun"
+            )
         fresh = _fresh_output(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -715,7 +738,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("BNNPRUNE_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"bnnprune: error: {msg}", file=sys.stderr)
+        rank = dist.env_rank()
+        if rank == 0 or not getattr(e, "reported_by_rank0", False):  # torchrun: say it once
+            tag = f"[rank {rank}] " if rank else ""
+            print(f"bnnprune: error: {tag}{msg}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -29,6 +29,7 @@ from bnnprune.prune import CRITERIA, Sensitivity, apply_plan, compute_sensitivit
 from bnnprune.report.plots import write_flip_plots
 from bnnprune.train import (
     TrainResult,
+    dist,
     evaluate,
     load_checkpoint,
     resolve_device,
@@ -116,6 +117,21 @@ def _normalized(x: Any) -> Any:
     return json.loads(json.dumps(x))
 
 
+def _phase_state(folder: Path, key: Any) -> tuple[str, dict[str, Any] | None]:
+    """``("done", model checkpoint)``, ``("resume", None)`` or ``("new", None)`` for a phase
+    folder; a folder written with other settings is an error."""
+    for file in ("model.pt", "checkpoint.pt"):
+        if (folder / file).is_file():
+            ck = load_checkpoint(folder / file)
+            if (ck.get("meta") or {}).get("phase_key") != key:
+                raise ConfigError(
+                    f"{folder} holds a phase run with other settings; "
+                    "use a new output folder (-o) or delete it"
+                )
+            return ("done", ck) if file == "model.pt" else ("resume", None)
+    return "new", None
+
+
 def _phase(
     name: str,
     model: nn.Module,
@@ -139,21 +155,13 @@ def _phase(
             "from_scratch": cfg.prune.from_scratch if plan else None,
         }
     )
-    resume = False
-    for file in ("model.pt", "checkpoint.pt"):
-        if (folder / file).is_file():
-            ck = load_checkpoint(folder / file)
-            if (ck.get("meta") or {}).get("phase_key") != key:
-                raise ConfigError(
-                    f"{folder} holds a phase run with other settings; "
-                    "use a new output folder (-o) or delete it"
-                )
-            if file == "model.pt":
-                model.load_state_dict(ck["state_dict"])
-                model.to(resolve_device(tcfg.device))
-                log(f"[{name}] reusing finished phase {folder / file}")
-                return ck
-            resume = True
+    state, ck = dist.main_decides(lambda: _phase_state(folder, key))
+    if state == "done":
+        model.load_state_dict(ck["state_dict"])
+        model.to(dist.local_device(resolve_device(tcfg.device)))
+        log(f"[{name}] reusing finished phase {folder / 'model.pt'}")
+        return ck
+    resume = state == "resume"
     log(f"[{name}] {'resuming' if resume else 'training'}: {tcfg.epochs} epochs, lr {tcfg.lr:g}")
 
     def on_epoch(rec: dict[str, Any]) -> None:
@@ -218,12 +226,17 @@ def _reinit(model: nn.Module) -> None:
 def run_pipeline(
     cfg: RunConfig, out_dir: str | Path, log: Log = lambda s: None, progress: bool = False
 ) -> dict[str, Any]:
-    """Run the whole job; write results.json (and return it). Plots and report are separate."""
+    """Run the whole job; write results.json (and return it). Plots and report are separate.
+
+    Under torchrun every process runs this; training phases use DistributedDataParallel,
+    everything else is computed identically on every rank, and only rank 0 writes files.
+    """
     cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    ds = cfg.data.load(cfg.train.seed)
+    ds = dist.main_first(lambda: cfg.data.load(cfg.train.seed))
     log(
         f"data: {ds.name}, {len(ds.train_x)} train / {len(ds.test_x)} test images "
         f"{tuple(ds.input_shape)}"
@@ -240,7 +253,7 @@ def run_pipeline(
     phases["baseline"] = time.perf_counter() - t0
     device = next(base.parameters()).device
     flips = _tracker_of(res, base)
-    if flips is not None:
+    if flips is not None and dist.is_main():
         write_flip_plots(flips, out)
     sens = compute_sensitivity(flips, base, threshold=cfg.prune.threshold) if flips else None
     baseline = _measure("baseline (unpruned)", base, ds, device, {"epochs": cfg.train.epochs})
@@ -375,5 +388,6 @@ def run_pipeline(
         "phase_seconds": phases,
         "wall_seconds": time.perf_counter() - t_start,
     }
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    if dist.is_main():
+        atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
     return results

@@ -362,6 +362,8 @@ def _find(key: str, base: Path) -> Path | None:
 
 def _resolve(key: str, root: str | Path | None, download: bool) -> Path:
     """Find the dataset's folder or archive; download into the download folder if asked."""
+    if root is not None and not download and not Path(root).expanduser().exists():
+        raise _not_found(key, root)  # an explicit folder that is not there: never fall back
     found: Path | None = None
     for base in search_dirs(key, root):
         found = _find(key, base)
@@ -444,7 +446,8 @@ def load_dataset(
 ) -> Dataset:
     """Load a dataset by name into memory, optionally subsampled.
 
-    ``root`` is searched first (a folder, or for cifar10 also the .tar.gz itself);
+    ``root`` is searched first (a folder, or for cifar10 also the .tar.gz itself; a ``root``
+    that does not exist is an error, never a silent fall-back to another copy);
     ``download=True`` fetches missing official files (checksum-verified) into ``root`` or
     the cache. ``train_subset``/``test_subset`` keep that many samples drawn with ``seed``,
     which also seeds the synthetic data. ``crop_pad``/``hflip`` override the dataset's

@@ -23,6 +23,7 @@ from bnnprune.config import TrainConfig
 from bnnprune.data import Dataset, augment, batches, normalize
 from bnnprune.flips import FlipTracker
 from bnnprune.nn import binary_layers, clip_latent_weights
+from bnnprune.train import dist
 from bnnprune.train.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -149,6 +150,41 @@ def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(h) + "\n" for h in history).encode())
 
 
+def _shard(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's contiguous share of a batch (the whole batch with one process)."""
+    if not dist.is_distributed():
+        return x, y
+    lo, hi = dist.shard_bounds(len(y), dist.rank(), dist.world_size())
+    return x[lo:hi], y[lo:hi]
+
+
+def _evaluate_sharded(model: nn.Module, ds: Dataset, device: torch.device) -> tuple[float, float]:
+    """:func:`evaluate` on the test split, each process on its share, summed over processes."""
+    if not dist.is_distributed():
+        return evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
+    x, y = _shard(ds.test_x, ds.test_y)
+    loss, acc = evaluate(model, x, y, ds.mean, ds.std, device=device) if len(y) else (0.0, 0.0)
+    loss_sum, correct, n = dist.all_reduce_sum([loss * len(y), acc * len(y), len(y)], device)
+    return loss_sum / n, round(correct) / n
+
+
+def _load_resume_state(
+    ckpt_path: Path | None, payload_base: dict[str, Any], arch: Any
+) -> dict[str, Any]:
+    if ckpt_path is None or not ckpt_path.is_file():
+        raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
+    ck = load_checkpoint(ckpt_path)
+    if ck.get("train_config") != payload_base["train_config"] or ck.get("arch") != arch:
+        raise CheckpointError(
+            f"{ckpt_path} was written by another model or training config; "
+            "resume with the same settings or use a new output folder"
+        )
+    for key in ("optimizer", "history", "epoch"):
+        if key not in ck:
+            raise CheckpointError(f"{ckpt_path} lacks {key!r}: not a training checkpoint")
+    return ck
+
+
 def train(
     model: nn.Module,
     ds: Dataset,
@@ -168,14 +204,28 @@ def train(
     (weights, architecture, flip data) and ``flips.npz``. ``resume=True`` continues from
     ``checkpoint.pt`` and ends with the same weights as an uninterrupted run (CPU, same seed).
     ``meta`` is stored in every checkpoint (e.g. the experiment config).
+
+    Inside a ``torch.distributed`` process group of N > 1 processes (see
+    :mod:`bnnprune.train.dist`), the model is wrapped in DistributedDataParallel and every
+    process trains on its share of each globally shuffled batch (the global batch size and
+    the number of steps stay those of ``cfg``); BatchNorm statistics are averaged at the
+    end of every epoch, so flip counts and weights are identical on every rank. Only rank 0
+    writes files; ``on_epoch`` is called on every rank with the same (reduced) metrics.
     """
     cfg.validate()
-    device = resolve_device(cfg.device)
+    device = dist.local_device(resolve_device(cfg.device))
     n = len(ds.train_x)
     if n == 0:
         raise ValueError("the training split is empty")
     bs = min(cfg.batch_size, n)
     steps_per_epoch = n // bs  # drop the last partial batch: BatchNorm needs > 1 sample
+    world = dist.world_size()
+    if bs // world < 2:
+        raise TrainingError(
+            f"batch size {bs} is too small for {world} processes: "
+            "each needs at least 2 samples per batch"
+        )
+    main = dist.is_main()
     model.to(device)
     opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr)
     tracker = None
@@ -195,20 +245,15 @@ def train(
     }
 
     if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise CheckpointError(f"nothing to resume: {ckpt_path} does not exist")
-        ck = load_checkpoint(ckpt_path)
-        if ck.get("train_config") != payload_base["train_config"] or ck.get("arch") != arch:
-            raise CheckpointError(
-                f"{ckpt_path} was written by another model or training config; "
-                "resume with the same settings or use a new output folder"
-            )
+        ck = dist.main_decides(lambda: _load_resume_state(ckpt_path, payload_base, arch))
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         if tracker is not None and ck.get("flips") is not None:
             tracker.load_state_dict(ck["flips"])
         history = list(ck["history"])
         first_epoch = int(ck["epoch"])
+
+    net = dist.wrap_ddp(model, device)
 
     t0 = time.perf_counter()
     step = first_epoch * steps_per_epoch
@@ -220,7 +265,7 @@ def train(
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
+            disable=not (progress and main),
             leave=False,
             dynamic_ncols=True,
         )
@@ -229,18 +274,33 @@ def train(
         ):
             if i >= steps_per_epoch:
                 break
-            if augment_data:
+            if augment_data:  # the whole global batch, so every rank draws the same numbers
                 xb = augment(xb, g, ds.crop_pad, ds.hflip)
+            n_global = len(yb)
+            xb, yb = _shard(xb, yb)
             xb = normalize(xb.to(device), ds.mean, ds.std)
             yb = yb.to(device)
             lr = lr_at(cfg, step, steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            logits = model(xb)
+            logits = net(xb)
             loss = F.cross_entropy(logits, yb)
-            if not torch.isfinite(loss):
+            if world > 1:
+                batch_loss, batch_correct, _ = dist.all_reduce_sum(
+                    [loss.item() * len(yb), int((logits.argmax(1) == yb).sum()), len(yb)],
+                    device,
+                )
+                finite = math.isfinite(batch_loss)
+                shown = batch_loss / n_global
+                # DDP averages gradients over ranks: weight each rank by its share
+                backward_loss = loss * (len(yb) * world / n_global)
+            else:
+                finite = bool(torch.isfinite(loss))
+                shown = float(loss.detach())
+                backward_loss = loss
+            if not finite:
                 raise TrainingError(
-                    f"non-finite loss ({float(loss)}) at step {step + 1} (epoch {epoch + 1}); "
+                    f"non-finite loss ({shown}) at step {step + 1} (epoch {epoch + 1}); "
                     + (
                         f"last good checkpoint: {ckpt_path}"
                         if ckpt_path and ckpt_path.exists()
@@ -248,22 +308,28 @@ def train(
                     )
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            backward_loss.backward()
             opt.step()
             clip_latent_weights(model)
             if tracker is not None:
                 tracker.step()
             step += 1
-            loss_sum += loss.item() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(yb)
+            if world > 1:
+                loss_sum += batch_loss
+                correct += round(batch_correct)
+                seen += n_global
+            else:
+                loss_sum += loss.item() * len(yb)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(yb)
             if i % 10 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             bar.update(1)
         bar.close()
         if tracker is not None:
             tracker.end_epoch()
-        test_loss, test_acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
+        dist.average_float_buffers(model)
+        test_loss, test_acc = _evaluate_sharded(model, ds, device)
         rec: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
@@ -276,7 +342,7 @@ def train(
         if tracker is not None:
             rec["flip_ratio"] = {k: float(v[-1]) for k, v in tracker.epoch_ratios().items()}
         history.append(rec)
-        if out is not None:
+        if out is not None and main:
             save_checkpoint(
                 ckpt_path,
                 {
@@ -296,18 +362,21 @@ def train(
     final = None
     if out is not None:
         final = out / "model.pt"
-        save_checkpoint(
-            final,
-            {
-                **payload_base,
-                "state_dict": model.state_dict(),
-                "epoch": cfg.epochs,
-                "history": history,
-                "flips": tracker.state_dict() if tracker is not None else None,
-            },
-        )
-        if tracker is not None:
-            buf = io.BytesIO()
-            tracker.export_npz(buf)
-            atomic_write_bytes(out / "flips.npz", buf.getvalue())
+        if main:
+            save_checkpoint(
+                final,
+                {
+                    **payload_base,
+                    "state_dict": model.state_dict(),
+                    "epoch": cfg.epochs,
+                    "history": history,
+                    "flips": tracker.state_dict() if tracker is not None else None,
+                },
+            )
+            if tracker is not None:
+                buf = io.BytesIO()
+                tracker.export_npz(buf)
+                atomic_write_bytes(out / "flips.npz", buf.getvalue())
+    del net
+    dist.barrier()  # every rank returns once rank 0's files are complete
     return TrainResult(history=history, tracker=tracker, seconds=seconds, checkpoint=final)
