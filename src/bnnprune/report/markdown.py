@@ -34,6 +34,35 @@ def methods_table(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _budget_sentence(results: dict[str, Any]) -> str:
+    budget = results.get("unpruned_budget")
+    if not budget:
+        return "."
+    drop = budget["test_acc"] - results["pruned"]["test_acc"]
+    return (
+        f"; against the unpruned model trained for the same total epochs "
+        f"({budget['test_acc']:.2%}) the drop is {drop * 100:+.2f} pp."
+    )
+
+
+def _identical_plans(results: dict[str, Any]) -> list[str]:
+    """Say so when another allocation policy kept exactly the main method's channel counts."""
+    main, policy = results["pruned"]["channels"], results["config"]["prune"]["policy"]
+    same = [
+        c["method"]
+        for c in results["compared"]
+        if c["plan"]["policy"] != policy and c["channels"] == main
+    ]
+    if not same:
+        return []
+    return [
+        f"Note: {', '.join(same)} kept the same channel counts per layer as "
+        f"{results['method']} (the layers' insensitive fractions p_l are nearly equal, so "
+        "proportional cuts equal uniform cuts).",
+        "",
+    ]
+
+
 def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
     cfg, base, final = results["config"], results["baseline"], results["pruned"]
     ds = results["dataset"]
@@ -49,8 +78,9 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         f"**Result:** {results['bops_reduction']:.1%} fewer BOPs at "
         f"{results['accuracy_drop'] * 100:+.2f} pp accuracy drop "
-        f"({base['test_acc']:.2%} -> {final['test_acc']:.2%}).",
+        f"({base['test_acc']:.2%} -> {final['test_acc']:.2%})" + _budget_sentence(results),
         "",
+        *_identical_plans(results),
         "## Accuracy, BOPs and memory",
         "",
         *methods_table(results),
