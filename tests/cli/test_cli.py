@@ -68,42 +68,6 @@ def test_prune_command_saves_a_loadable_smaller_model(trained, tmp_path, capsys)
     assert json.loads(capsys.readouterr().out)["images"] == 500  # full synthetic test split
 
 
-def test_bad_inputs(trained, tmp_path, capsys):
-    _fails(["train", *TINY, "--model", "nope", "-o", str(tmp_path / "x")], capsys, "unknown model")
-    _fails(["train", *TINY, "--epochs", "-1", "-o", str(tmp_path / "x")], capsys, "epochs")
-    _fails(["train", *TINY, "--width", "0", "-o", str(tmp_path / "x")], capsys, "width")
-    _fails(
-        [
-            "train",
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            str(tmp_path / "none"),
-            "-o",
-            str(tmp_path / "x"),
-        ],
-        capsys,
-        "cifar",
-    )
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("[train]\nepoch = 3\n")
-    _fails(["train", "--config", str(cfg), "-o", str(tmp_path / "x")], capsys, "train.epoch")
-    cfg.write_text('[train]\nepochs = "three"\n')
-    _fails(["train", "--config", str(cfg), "-o", str(tmp_path / "x")], capsys, "train.epochs")
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    _fails(["train", *TINY, "-o", str(blocker / "sub")], capsys, "not writable")
-    bad = tmp_path / "trunc.pt"
-    bad.write_bytes((trained / "model.pt").read_bytes()[:500])
-    _fails(["eval", str(bad)], capsys, "truncated or corrupt")
-    _fails(
-        ["prune", str(trained / "model.pt"), "--target-bops", "1.5", "-o", str(tmp_path / "y")],
-        capsys,
-        "between 0 and 1",
-    )
-    _fails(["run", "--no-such-flag"], capsys, "unrecognized arguments")
-
-
 def test_prune_without_flip_data_says_how_to_record(tmp_path, capsys):
     out = tmp_path / "noflips"
     assert main(["train", *TINY, "--epochs", "1", "--track-last", "0", "-o", str(out)]) == 0
