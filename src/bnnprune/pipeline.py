@@ -213,10 +213,6 @@ def _measure(
     }
 
 
-def _crit_kwargs(criterion: str, cfg: RunConfig) -> dict[str, Any]:
-    return {"seed": cfg.train.seed} if criterion == "random" else {}
-
-
 def _reinit(model: nn.Module) -> None:
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
@@ -261,6 +257,32 @@ def run_pipeline(
     p = cfg.prune
     opts = {"round_to": p.round_to, "min_channels": p.min_channels, "exclude": p.exclude_layers}
 
+    def pruned_copy(source: nn.Module, plan: Any, crit: str, s: Sensitivity | None) -> nn.Module:
+        kwargs = {"seed": cfg.train.seed} if crit == "random" else {}
+        model = apply_plan(source, plan, crit, s, **kwargs).model
+        if p.from_scratch:
+            _reinit(model)
+        return model
+
+    def timed_phase(name: str, model: nn.Module, tcfg: TrainConfig, plan: Any = None) -> Any:
+        t0 = time.perf_counter()
+        res = _phase(
+            name,
+            model,
+            ds,
+            tcfg,
+            out,
+            cfg,
+            log,
+            progress,
+            plan.to_dict() if plan is not None else None,
+        )
+        phases[name] = time.perf_counter() - t0
+        return res
+
+    def report(name: str, rec: dict[str, Any]) -> None:
+        log(f"{name}: test {rec['test_acc']:.2%}, BOPs -{1 - rec['bops'] / baseline['bops']:.1%}")
+
     # ---- the chosen method (paper: iterate; target/uniform: one shot)
     rounds: list[dict[str, Any]] = []
     model, cur_sens = base, sens
@@ -272,24 +294,17 @@ def run_pipeline(
             break
         for note in plan.notes():
             log(f"round {r}: {note}")
-        pruned = apply_plan(
-            model, plan, p.criterion, cur_sens, **_crit_kwargs(p.criterion, cfg)
-        ).model
-        if p.from_scratch:
-            _reinit(pruned)
+        pruned = pruned_copy(model, plan, p.criterion, cur_sens)
         name = f"pruned-round{r}" if p.policy == "paper" else "pruned"
-        t0 = time.perf_counter()
         tcfg = _retrain_config(cfg, p.retrain_epochs, track=track and p.policy == "paper")
-        res = _phase(name, pruned, ds, tcfg, out, cfg, log, progress, plan.to_dict())
-        phases[name] = time.perf_counter() - t0
-        flips = _tracker_of(res, pruned)
+        flips = _tracker_of(timed_phase(name, pruned, tcfg, plan), pruned)
         new_sens = compute_sensitivity(flips, pruned, threshold=p.threshold) if flips else None
         label = f"{p.policy} + {p.criterion}" + (f" (round {r})" if p.policy == "paper" else "")
         rec = _measure(label, pruned, ds, device, {"plan": plan.to_dict(), "round": r})
         rec["max_p"] = cur_sens.max_p if cur_sens else None
         rec["p"] = dict(cur_sens.p) if cur_sens else None
         rounds.append(rec)
-        log(f"{name}: test {rec['test_acc']:.2%}, BOPs -{1 - rec['bops'] / baseline['bops']:.1%}")
+        report(name, rec)
         model = pruned
         if p.policy != "paper":
             break
@@ -304,6 +319,7 @@ def run_pipeline(
     final = rounds[-1]
     achieved = 1 - final["bops"] / baseline["bops"]
     retrain_budget = p.retrain_epochs * len(rounds)
+    retrain_cfg = _retrain_config(cfg, retrain_budget, track=False)
 
     # ---- baselines at the same BOPs and the same training budget
     compared: list[dict[str, Any]] = []
@@ -315,43 +331,16 @@ def run_pipeline(
             log(f"compare {method}: skipped, needs flip data")
             continue
         plan = make_plan(base, shape, policy, sensitivity=sens, target=achieved, **opts)
-        pruned = apply_plan(base, plan, crit, sens, **_crit_kwargs(crit, cfg)).model
-        if p.from_scratch:
-            _reinit(pruned)
-        name = f"compare-{method}"
-        t0 = time.perf_counter()
-        _phase(
-            name,
-            pruned,
-            ds,
-            _retrain_config(cfg, retrain_budget, track=False),
-            out,
-            cfg,
-            log,
-            progress,
-            plan.to_dict(),
-        )
-        phases[name] = time.perf_counter() - t0
-        label = f"{policy} + {crit}" if policy == "uniform" else f"target + {crit}"
-        rec = _measure(label, pruned, ds, device, {"plan": plan.to_dict()})
+        pruned = pruned_copy(base, plan, crit, sens)
+        timed_phase(f"compare-{method}", pruned, retrain_cfg, plan)
+        rec = _measure(f"{policy} + {crit}", pruned, ds, device, {"plan": plan.to_dict()})
         compared.append(rec)
-        log(f"{name}: test {rec['test_acc']:.2%}, BOPs -{1 - rec['bops'] / baseline['bops']:.1%}")
+        report(f"compare-{method}", rec)
 
     budget = None
     if p.budget_baseline:
         unpruned = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        _phase(
-            "unpruned-budget",
-            unpruned,
-            ds,
-            _retrain_config(cfg, retrain_budget, track=False),
-            out,
-            cfg,
-            log,
-            progress,
-        )
-        phases["unpruned-budget"] = time.perf_counter() - t0
+        timed_phase("unpruned-budget", unpruned, retrain_cfg)
         budget = _measure(
             f"unpruned + {retrain_budget} epochs",
             unpruned,
