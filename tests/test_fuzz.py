@@ -298,12 +298,6 @@ JSON_VALUES = (
 )
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=False,
-    reason="engine bug, reported: fileformat._read_array tests `dtype not in _DTYPES` on an "
-    "unhashable JSON value (list/dict) and raises TypeError instead of BnnFormatError",
-)
 @fuzz()
 @given(st.data())
 def test_bnn_loader_header_fields(scratch, bnn, data):

@@ -295,7 +295,7 @@ def cmd_flips(args: argparse.Namespace) -> int:
             f"{row['p']:>8.2%}{row['mean_wff']:>10.2e}  {ratios}"
         )
     plots = write_flip_plots(tracker, out)
-    from bnnprune.train.checkpoint import atomic_write_bytes
+    from bnnprune.atomic import atomic_write_bytes
 
     atomic_write_bytes(
         out / "flips.json",
@@ -451,7 +451,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from bnnprune import engine
-    from bnnprune.train.checkpoint import atomic_write_bytes
+    from bnnprune.atomic import atomic_write_bytes
 
     try:
         program = engine.load(args.program)

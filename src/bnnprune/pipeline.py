@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
@@ -35,7 +36,6 @@ from bnnprune.train import (
     resolve_device,
     train,
 )
-from bnnprune.train.checkpoint import atomic_write_bytes
 
 __all__ = ["PruneConfig", "RunConfig", "run_pipeline"]
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import BnnFormatError, EngineError
 from bnnprune.engine.program import Op, Program, ValueInfo
 
@@ -100,7 +101,7 @@ def _read_array(body: bytes, start: int, i: int, ent: Any) -> np.ndarray:
     if not isinstance(ent, dict):
         raise _fail(f"array {i}: table entry must be an object")
     dt, shape, off, nb = ent.get("dtype"), ent.get("shape"), ent.get("offset"), ent.get("nbytes")
-    if dt not in _DTYPES:
+    if not isinstance(dt, str) or dt not in _DTYPES:
         raise _fail(f"array {i}: unsupported dtype {dt!r}")
     if (not isinstance(shape, list) or len(shape) > 8
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
@@ -137,10 +138,7 @@ def save(program: Program, path: str | os.PathLike[str]) -> int:
     """Write ``program`` to ``path`` atomically; returns the file size in bytes."""
     header, arrays = _program_header(program)
     data = pack_file(header, arrays)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return len(data)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bnnprune.atomic import atomic_write_bytes
 from bnnprune.metrics import format_bytes
-from bnnprune.train.checkpoint import atomic_write_bytes
 
 __all__ = ["render_report", "write_report"]
 

@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bnnprune.atomic import atomic_write_bytes  # noqa: E402
 from bnnprune.flips import FlipTracker  # noqa: E402
-from bnnprune.train.checkpoint import atomic_write_bytes  # noqa: E402
 
 __all__ = [
     "plot_accuracy_vs_bops",
