@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from bnnprune import atomic
+from bnnprune.atomic import atomic_write_bytes
 from bnnprune.cli import main
-from bnnprune.train import checkpoint
-from bnnprune.train.checkpoint import atomic_write_bytes
 
 ARGS = [
     "train",
@@ -139,7 +139,7 @@ def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch):
     def crash(*_a):
         raise Crash
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(Crash):
         atomic_write_bytes(target, b"half-written")
     assert target.read_bytes() == b"good"
