@@ -27,9 +27,10 @@ from bnnprune.engine import kernels as K
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
 from bnnprune.engine.pack import tail_mask
-from bnnprune.engine.program import Program
+from bnnprune.engine.program import Program, _threads
 
-__all__ = ["benchmark", "format_benchmark", "machine_info", "program_bops", "roofline"]
+__all__ = ["benchmark", "format_benchmark", "machine_info", "op_times", "program_bops",
+           "roofline"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -72,51 +73,92 @@ def _rng_words(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return rng.integers(0, 2**63, size=shape, dtype=np.int64).view(np.uint64)
 
 
-def roofline(seconds: float = 0.2, row_words: int = 512, repeats: int = 5) -> dict[str, float]:
-    """Streaming XOR+popcount rate over L1-resident rows (2 x 4 KiB per thread)."""
+def roofline(seconds: float = 0.2, row_words: int = 512, probe_s: float = 0.004,
+             min_probes: int = 10) -> dict[str, float]:
+    """Streaming XOR+popcount rate over L1-resident rows (2 x 4 KiB per thread).
+
+    Every numba thread streams ``popcount(a ^ b)`` over its own row pair; a probe lasts about
+    ``probe_s`` and the best of the probes run in ``seconds`` (at least ``min_probes``) counts,
+    so a probe that was preempted on a shared machine does not lower the reference.
+    """
     threads = numba.get_num_threads()
     rng = np.random.default_rng(0)
     a, b = _rng_words(rng, (threads, row_words)), _rng_words(rng, (threads, row_words))
     K.stream_xor_popcount(a, b, 1)
-    reps = 64
-    def probe(r: int) -> float:
-        return _time(lambda: K.stream_xor_popcount(a, b, r))
+    reps = 16
 
-    while probe(reps) < seconds / 4:
-        reps *= 2
-    best = min(probe(reps) for _ in range(repeats))
-    wps = threads * row_words * reps / best
+    def probe(r: int, rows: int = threads) -> float:
+        return _time(lambda: K.stream_xor_popcount(a[:rows], b[:rows], r))
+
+    with _threads(1):  # calibrate the probe length on one row, without the thread pool
+        while probe(reps, 1) < probe_s:
+            reps *= 2
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while len(times) < min_probes or time.perf_counter() < t_end:
+        times.append(probe(reps))
+    wps = threads * row_words * reps / min(times)
     return {"words_per_s": wps, "bmacs_per_s": 64 * wps}
 
 
+def _random_bits(rng: np.random.Generator, buf: np.ndarray, channels: int) -> None:
+    buf[...] = _rng_words(rng, buf.shape) & tail_mask(channels)
+
+
 def _kernel_rows(program: Program, batch: int, repeats: int) -> list[dict[str, Any]]:
+    """Each XNOR-popcount op alone (its patch matrix / padding included) on random bits.
+
+    The calls are those the engine runs (a plan for ``batch`` images), interleaved over the
+    ops and repeated; the best time of each is reported.
+    """
     rng = np.random.default_rng(1)
+    plan = program.plan(batch)
+    ops = [(idx, op) for idx, op in enumerate(program.ops) if op.kind == "bconv"]
+    for _, op in ops:
+        _random_bits(rng, plan.bufs[op.inputs[0]], op.attrs["cin"])
+    runs = [_calls(plan.op_calls(idx)) for idx, _ in ops]
+    samples = _interleaved(runs, repeats)
     rows = []
-    for idx, op in enumerate(program.ops):
-        if op.kind != "bconv":
-            continue
+    for (idx, op), s in zip(ops, samples, strict=True):
         a = op.attrs
-        x = program.values[op.inputs[0]]
         v = program.values[op.output]
-        (kh, kw), (ph, pw) = a["kernel"], a["padding"]
-        xp = _rng_words(rng, (batch, x.h + 2 * ph, x.w + 2 * pw, K.words(a["cin"])))
-        xp &= np.tile(tail_mask(a["cin"]), (batch, x.h + 2 * ph, x.w + 2 * pw, 1))
-        wb = K.block_weights(op.arrays["w"])
-        nbits = a["cin"] * kh * kw
-        if a["mode"] == "bits":
-            def run(xp=xp, wb=wb, op=op, v=v, nbits=nbits) -> np.ndarray:
-                return K.run_bconv(xp, wb, op.attrs["cout"], op.attrs["stride"], nbits,
-                                   (v.h, v.w), thr=op.arrays["thr"], flip=op.arrays["flip"])
-        else:
-            def run(xp=xp, wb=wb, op=op, v=v, nbits=nbits) -> np.ndarray:
-                arrs = tuple(op.arrays[k] for k in ("m1", "a1", "m2", "a2"))
-                return K.run_bconv(xp, wb, op.attrs["cout"], op.attrs["stride"], nbits,
-                                   (v.h, v.w), affine=arrs)
-        run()
-        best = min(_time(run) for _ in range(repeats))
-        macs = batch * v.h * v.w * a["cout"] * nbits
+        kh, kw = a["kernel"]
+        macs = batch * v.h * v.w * a["cout"] * a["cin"] * kh * kw
+        best = min(s)
+        prep = program.prepared(idx)
         rows.append({"op": op.name or f"op{idx}", "macs": macs, "seconds": best,
-                     "bmacs_per_s": macs / best})
+                     "bmacs_per_s": macs / best, "dense": bool(prep.dense),
+                     "words_per_window": int(prep.wb.shape[1] * prep.wb.shape[2])})
+    return rows
+
+
+def _calls(calls: list[Callable[[], Any]]) -> Callable[[], None]:
+    def run() -> None:
+        for c in calls:
+            c()
+    return run
+
+
+def op_times(program: Program, batch: int = 1, repeats: int = 20,
+             seed: int = 3) -> list[dict[str, Any]]:
+    """Median time of every op of the program inside a full run at ``batch`` images."""
+    plan = program.plan(batch)
+    x = np.random.default_rng(seed).standard_normal((batch, *program.input_shape))
+    x = x.astype(np.float32)
+    plan.run(x)
+    times: list[list[float]] = [[] for _ in plan.steps]
+    for _ in range(repeats):
+        np.copyto(plan.bufs[0], x.transpose(0, 2, 3, 1))
+        for i, (_, calls) in enumerate(plan.steps):
+            t = time.perf_counter()
+            for c in calls:
+                c()
+            times[i].append(time.perf_counter() - t)
+    rows = []
+    for (idx, _), t in zip(plan.steps, times, strict=True):
+        op = program.ops[idx]
+        rows.append({"op": op.name or f"op{idx}", "kind": op.kind,
+                     "median_s": statistics.median(t)})
     return rows
 
 
@@ -134,6 +176,13 @@ def _stats(s: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(s), "min_s": min(s)}
 
 
+def _sum_kinds(rows: list[dict[str, Any]], kinds: tuple[str, ...] | None) -> float:
+    """Summed median time of the ops of ``kinds`` (None: every op not binary or full-precision)."""
+    if kinds is None:
+        return sum(r["median_s"] for r in rows if r["kind"] not in ("bconv", "fconv"))
+    return sum(r["median_s"] for r in rows if r["kind"] in kinds)
+
+
 def _as_program(p: Program | str | os.PathLike[str]) -> Program:
     return p if isinstance(p, Program) else load(p)
 
@@ -148,14 +197,26 @@ def benchmark(
     throughput_batch: int = 64,
     repeats: int = 20,
     kernel_batch: int = 64,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Measure the program (and optionally a PyTorch model and an unpruned baseline program).
 
-    Returns a JSON-friendly dict; :func:`format_benchmark` renders it as a table.
+    ``threads`` caps numba's threads for everything measured here, the roofline included
+    (PyTorch keeps its own setting, see ``torch.set_num_threads``). Returns a JSON-friendly
+    dict; :func:`format_benchmark` renders it as a table.
     """
     program = _as_program(program_or_path)
     if repeats < 1 or latency_batch < 1 or throughput_batch < 1 or kernel_batch < 1:
         raise EngineError("repeats and batch sizes must be >= 1")
+    with _threads(threads):
+        return _benchmark(program_or_path, program, compare_model, baseline, latency_batch,
+                          throughput_batch, repeats, kernel_batch)
+
+
+def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Program,
+               compare_model: nn.Module | None,
+               baseline: Program | str | os.PathLike[str] | None, latency_batch: int,
+               throughput_batch: int, repeats: int, kernel_batch: int) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine_info(), "input_shape": list(program.input_shape),
                               "bops": program_bops(program)}
     if not isinstance(program_or_path, Program):
@@ -171,7 +232,8 @@ def benchmark(
     roof_after = roofline()
     roof_best = max(roof["bmacs_per_s"], roof_after["bmacs_per_s"])
     kern = macs / secs if secs > 0 else 0.0
-    result["roofline"] = {"bmacs_per_s": roof_best, "words_per_s": roof_best / 64}
+    result["roofline"] = {"bmacs_per_s": roof_best, "words_per_s": roof_best / 64,
+                          "threads": numba.get_num_threads()}
     result["kernel"] = {"batch": kernel_batch, "layers": rows, "bmacs_per_s": kern,
                         "fraction_of_roofline": kern / roof_best if roof_best else 0.0}
 
@@ -197,14 +259,25 @@ def benchmark(
         if base.input_shape != program.input_shape:
             raise EngineError("baseline program has a different input shape")
         x = rng.standard_normal((latency_batch, *program.input_shape)).astype(np.float32)
-        s_p, s_b = _interleaved([lambda: program(x), lambda: base(x)], repeats)
+        s_p, s_b = _interleaved([lambda: program(x, batch_size=latency_batch),
+                                 lambda: base(x, batch_size=latency_batch)], repeats)
         bops_b = program_bops(base)
+        t_p = op_times(program, latency_batch, repeats)
+        t_b = op_times(base, latency_batch, repeats)
         result["pruned"] = {
             "bops": result["bops"], "baseline_bops": bops_b,
             "bops_ratio": result["bops"] / bops_b if bops_b else float("nan"),
             "latency_s": statistics.median(s_p), "baseline_latency_s": statistics.median(s_b),
             "latency_ratio": statistics.median(s_p) / statistics.median(s_b),
+            "ops": t_p, "baseline_ops": t_b,
         }
+        for key, kinds in (("binary", ("bconv",)), ("full_precision", ("fconv",)),
+                           ("other", None)):
+            a = _sum_kinds(t_p, kinds)
+            b = _sum_kinds(t_b, kinds)
+            result["pruned"][f"{key}_s"] = a
+            result["pruned"][f"baseline_{key}_s"] = b
+            result["pruned"][f"{key}_ratio"] = a / b if b else float("nan")
     return result
 
 
@@ -220,7 +293,8 @@ def format_benchmark(result: dict[str, Any]) -> str:
     roof, kern = result["roofline"], result["kernel"]
     lines += ["", f"{'kernel (batch ' + str(kern['batch']) + ')':<28}{'GbMAC/s':>10}{'ms':>10}"]
     for r in kern["layers"]:
-        lines.append(f"  {r['op']:<26}{r['bmacs_per_s'] / 1e9:>10.1f}{r['seconds'] * 1e3:>10.3f}")
+        name = r["op"] + (" (patch matrix)" if r.get("dense") else "")
+        lines.append(f"  {name:<26}{r['bmacs_per_s'] / 1e9:>10.1f}{r['seconds'] * 1e3:>10.3f}")
     lines.append(f"  {'all binary layers':<26}{kern['bmacs_per_s'] / 1e9:>10.1f}")
     lines.append(f"  {'roofline (XOR+popcount)':<26}{roof['bmacs_per_s'] / 1e9:>10.1f}"
                  f"   kernel = {100 * kern['fraction_of_roofline']:.0f}% of roofline")
@@ -244,4 +318,12 @@ def format_benchmark(result: dict[str, Any]) -> str:
                   f"  BOPs {p['bops']:,} / {p['baseline_bops']:,} = {p['bops_ratio']:.3f}",
                   f"  latency {p['latency_s'] * 1e3:.3f} ms / {p['baseline_latency_s'] * 1e3:.3f}"
                   f" ms = {p['latency_ratio']:.3f}"]
+        if "binary_s" in p:
+            lines.append("  op by op (medians inside a run):")
+            for key, label in (("binary", "binary layers"),
+                               ("full_precision", "full-precision layers"),
+                               ("other", "pooling, packing, adds")):
+                lines.append(f"    {label:<24}{p[key + '_s'] * 1e3:8.3f} ms / "
+                             f"{p['baseline_' + key + '_s'] * 1e3:.3f} ms = "
+                             f"{p[key + '_ratio']:.3f}")
     return "\n".join(lines)

@@ -9,21 +9,49 @@ a corrupted file, say) raises :class:`EngineError` instead of reaching a kernel.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from bnnprune.engine import kernels as K
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.pack import tail_mask, unpack_signs, words
+from bnnprune.engine.plan import Plan, prepare_bconv, prepare_fconv
 
 __all__ = ["Op", "Program", "ValueInfo", "validate"]
 
 MAX_DIM = 1 << 16
 MAX_CHANNELS = 1 << 20
 MAX_WINDOW = 64
+MAX_PLANS = 8  # cached execution plans per program (batch size x thread count x caller)
+MAX_PLAN_BYTES = 1 << 28  # larger plans (huge batch sizes) are rebuilt for every call
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[int]:
+    """Run with at most ``threads`` numba threads; yields the count in effect."""
+    cur = numba.get_num_threads()
+    if threads is None:
+        yield cur
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise EngineError(f"threads must be a positive integer, got {threads!r}")
+    th = min(int(threads), numba.config.NUMBA_NUM_THREADS)
+    if th == cur:
+        yield th
+        return
+    numba.set_num_threads(th)
+    try:
+        yield th
+    finally:
+        numba.set_num_threads(cur)
 
 FLOAT_OPS = ("fconv", "avgpool", "adaptive_avgpool", "maxpool", "add", "affine", "clamp")
 OP_KINDS = FLOAT_OPS + ("bconv", "maxpool_bits", "sign", "flatten")
@@ -245,17 +273,29 @@ class Program:
         self.output = output
         self.meta = dict(meta or {})
         validate(self)
-        self._blocked: dict[int, np.ndarray] = {}
-        self._pad_words: dict[int, np.ndarray] = {}
+        self._prepared: dict[int, Any] = {}
+        self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ running
-    def __call__(self, x: Any, batch_size: int = 64) -> np.ndarray:
-        """Logits for a batch (N, C, H, W); processed in chunks of ``batch_size`` images."""
+    def __call__(self, x: Any, batch_size: int = 64, threads: int | None = None) -> np.ndarray:
+        """Logits for a batch (N, C, H, W); processed in chunks of ``batch_size`` images.
+
+        ``threads`` caps the numba threads for this call (default: numba's current setting;
+        1 runs every kernel on the calling thread).
+        """
         x = self._as_input(x)
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
-        outs = [self._to_torch_layout(self._run(x[i:i + batch_size])[self.output], self.output)
-                for i in range(0, max(len(x), 1), batch_size)]
+        with _threads(threads) as th:
+            outs = []
+            for i in range(0, max(len(x), 1), batch_size):
+                chunk = x[i:i + batch_size]
+                if not len(chunk):
+                    outs.append(self._to_torch_layout(self._empty_output(), self.output))
+                    continue
+                y = self.plan(len(chunk), th).run(chunk)
+                outs.append(self._to_torch_layout(y, self.output))
         return np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
 
     def intermediates(self, x: Any) -> dict[str, np.ndarray]:
@@ -280,93 +320,54 @@ class Program:
             raise EngineError(f"input must be numeric, got dtype {x.dtype}")
         return x.astype(np.float32, copy=False)
 
+    def _empty_output(self) -> np.ndarray:
+        v = self.values[self.output]
+        return np.zeros((0, v.h, v.w, v.c), np.float32)
+
     def _to_torch_layout(self, arr: np.ndarray, vid: int) -> np.ndarray:
         v = self.values[vid]
         if v.kind == "bits":
             arr = unpack_signs(arr, v.c)
-        nchw = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+        nchw = np.array(arr.transpose(0, 3, 1, 2), order="C")  # always a copy
         return nchw.reshape(len(nchw), -1) if v.flat else nchw
 
-    def _run(self, x: np.ndarray) -> dict[int, np.ndarray]:
-        env: dict[int, np.ndarray] = {0: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
-        for idx, op in enumerate(self.ops):
-            env[op.output] = self._exec(idx, op, [env[i] for i in op.inputs])
-        return env
+    def _run(self, x: np.ndarray, threads: int | None = None) -> dict[int, np.ndarray]:
+        """Every value (channels-last, bits packed) for input ``x``, as fresh arrays."""
+        if not len(x):
+            raise EngineError("intermediates need at least one image")
+        with _threads(threads) as th:
+            plan = self.plan(len(x), th)
+            plan.run(x)
+            return plan.env()
 
-    def _blocked_weights(self, idx: int, op: Op) -> np.ndarray:
-        if idx not in self._blocked:
-            self._blocked[idx] = K.block_weights(op.arrays["w"])
-        return self._blocked[idx]
-
-    def _pad_word(self, idx: int, op: Op) -> np.ndarray:
-        if idx not in self._pad_words:
-            cin = op.attrs["cin"]
-            self._pad_words[idx] = (tail_mask(cin) if op.attrs["pad_value"] == -1
-                                    else np.zeros(words(cin), np.uint64))
-        return self._pad_words[idx]
-
-    def _exec(self, idx: int, op: Op, xs: list[np.ndarray]) -> np.ndarray:  # noqa: C901
-        a, kind, out_v = op.attrs, op.kind, self.values[op.output]
-        x = xs[0]
-        if kind == "bconv":
-            xp = K.run_pad_bits(x, a["padding"], self._pad_word(idx, op))
-            kh, kw = a["kernel"]
-            nbits = a["cin"] * kh * kw
-            if a["mode"] == "bits":
-                return K.run_bconv(xp, self._blocked_weights(idx, op), a["cout"], a["stride"],
-                                   nbits, (out_v.h, out_v.w), thr=op.arrays["thr"],
-                                   flip=op.arrays["flip"])
-            arrs = tuple(op.arrays[k] for k in ("m1", "a1", "m2", "a2"))
-            return K.run_bconv(xp, self._blocked_weights(idx, op), a["cout"], a["stride"], nbits,
-                               (out_v.h, out_v.w), affine=arrs)
-        if kind == "maxpool_bits":
-            return K.run_maxpool_bits(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"])
-        if kind == "sign":
-            return K.run_affine_pack(x)
-        if kind == "flatten":
-            return x
-        y = self._exec_float(op, xs, out_v)
-        if a.get("pack"):
-            alpha, beta = op.arrays.get("alpha"), op.arrays.get("beta")
-            if kind in ("fconv", "affine"):
-                return K.run_affine_pack(y, alpha, beta)
-            return K.run_affine_pack(y)
-        if kind in ("fconv", "affine"):
-            return y * op.arrays["alpha"] + op.arrays["beta"]
-        return y
-
-    def _exec_float(self, op: Op, xs: list[np.ndarray], out_v: ValueInfo) -> np.ndarray:
-        a, kind, x = op.attrs, op.kind, xs[0]
-        if kind == "fconv":
-            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
-            n = x.shape[0]
-            if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) or (
-                    (kh, kw) == x.shape[1:3] and (ph, pw) == (0, 0)):
-                cols = x.reshape(n * out_v.h * out_v.w, -1)
+    def prepared(self, idx: int) -> Any:
+        """Op ``idx``'s weights in kernel layout (blocked, dense bit rows, thresholds)."""
+        if idx not in self._prepared:
+            op = self.ops[idx]
+            if op.kind == "bconv":
+                self._prepared[idx] = prepare_bconv(op)
+            elif op.kind == "fconv":
+                self._prepared[idx] = prepare_fconv(op)
             else:
-                cols = K.run_im2col(x, (kh, kw), (sh, sw), (ph, pw), (out_v.h, out_v.w))
-            y = cols @ op.arrays["w"] + op.arrays["b"]
-            return y.reshape(n, out_v.h, out_v.w, a["cout"])
-        if kind == "maxpool":
-            return K.run_maxpool_float(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"])
-        if kind == "avgpool":
-            return K.run_avgpool(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"],
-                                 a["count_include_pad"])
-        if kind == "adaptive_avgpool":
-            return K.run_adaptive_avgpool(x, a["output_size"])
-        if kind == "add":
-            return x + xs[1]
-        if kind == "affine":
-            return x
-        if kind == "clamp":
-            lo, hi = a.get("lo"), a.get("hi")
-            y = x
-            if lo is not None:
-                y = np.where(y < np.float32(lo), np.float32(lo), y)
-            if hi is not None:
-                y = np.where(y > np.float32(hi), np.float32(hi), y)
-            return y.astype(np.float32, copy=False)
-        raise EngineError(f"unknown op kind {kind!r}")
+                raise EngineError(f"op {op.name or op.kind} has no kernel weights")
+        return self._prepared[idx]
+
+    def plan(self, n: int, threads: int | None = None) -> Plan:
+        """The validated execution plan for batches of ``n`` images (cached per thread)."""
+        th = numba.get_num_threads() if threads is None else int(threads)
+        key = (threading.get_ident(), int(n), th)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = Plan(self, n, th)
+        if plan.nbytes <= MAX_PLAN_BYTES:  # a huge batch's buffers are not kept around
+            with self._lock:
+                self._plans[key] = plan
+                while len(self._plans) > MAX_PLANS:
+                    self._plans.popitem(last=False)
+        return plan
 
     # ------------------------------------------------------------------ facts
     def binary_params(self) -> int:

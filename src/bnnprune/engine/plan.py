@@ -1,0 +1,256 @@
+"""Execution plans: a validated program bound to preallocated buffers for one batch size.
+
+Building a plan allocates every value's buffer (and the scratch buffers: padded inputs,
+bit patch matrices), fills constant borders once, and validates every kernel call on exactly
+those arrays (the ``*_call`` builders of :mod:`bnnprune.engine.kernels` check every shape
+and index range and return the bound call). Running the plan is then a copy of the input and
+one Python call per kernel, with no allocation: what matters at batch 1.
+
+The arrays are owned by the plan and never handed out (results are copied), so a call can
+never see a buffer of a different shape than the one it was validated on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bnnprune.engine import kernels as K
+from bnnprune.engine.errors import EngineError
+from bnnprune.engine.pack import tail_mask, words
+
+if TYPE_CHECKING:
+    from bnnprune.engine.program import Op, Program
+
+__all__ = ["Plan", "PreparedBconv", "PreparedFconv", "prepare_bconv", "prepare_fconv"]
+
+Call = Callable[[], Any]
+
+
+@dataclass
+class PreparedBconv:
+    """Weights of one XNOR-popcount op in kernel layout.
+
+    ``dense``: the op runs on a bit patch matrix (taps packed back to back, see
+    :func:`kernels.im2col_bits_call`), chosen when that needs fewer words per window than
+    the per-pixel word layout (channel counts that are not multiples of 64).
+    """
+
+    dense: bool
+    wb: np.ndarray  # (ceil(Co/16), KH', L', 16)
+    init: np.ndarray  # (blocks*16,) int64
+    xmask: np.ndarray | None  # threshold mode: (blocks,) uint64
+    affine: tuple[np.ndarray, ...] | None  # float mode: (m1, a1, m2, a2)
+    pad_words: np.ndarray  # (words(Cin),)
+    kp: int  # words per window row in dense mode
+
+
+def prepare_bconv(op: Op) -> PreparedBconv:
+    """Kernel layout of a validated ``bconv`` op."""
+    a = op.attrs
+    kh, kw = a["kernel"]
+    cin = a["cin"]
+    wd = words(cin)
+    w = op.arrays["w"]
+    kp = words(kh * kw * cin)
+    dense = kh * kw > 1 and kp < kh * kw * wd
+    wb = K.block_weights(K.dense_bits(w, cin) if dense else w)
+    pad_words = tail_mask(cin) if a["pad_value"] == -1 else np.zeros(wd, np.uint64)
+    if a["mode"] == "bits":
+        init, xmask = K.threshold_init(op.arrays["thr"], op.arrays["flip"])
+        return PreparedBconv(dense, wb, init, xmask, None, pad_words, kp)
+    init = np.zeros(wb.shape[0] * K.BLOCK_CH, np.int64)
+    affine = tuple(op.arrays[k] for k in ("m1", "a1", "m2", "a2"))
+    return PreparedBconv(dense, wb, init, None, affine, pad_words, kp)
+
+
+@dataclass
+class PreparedFconv:
+    """A full-precision conv: blocked weights and the bias/affine epilogue."""
+
+    wf: np.ndarray  # (ceil(Co/16), KH*KW*Cin, 16) float32
+    epilogue: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def prepare_fconv(op: Op) -> PreparedFconv:
+    """Kernel layout of a validated ``fconv`` op."""
+    co = op.attrs["cout"]
+    ep = (K.block_channels(op.arrays["b"], 0.0), K.block_channels(op.arrays["alpha"], 0.0),
+          K.block_channels(op.arrays["beta"], 0.0), K.channel_masks(co))
+    return PreparedFconv(K.block_float_weights(op.arrays["w"], co), ep)
+
+
+class Plan:
+    """Buffers and validated kernel calls of ``program`` for batches of ``n`` images."""
+
+    def __init__(self, program: Program, n: int, threads: int | None) -> None:
+        self.n = int(n)
+        self.threads = threads
+        self.program = program
+        self.bufs: dict[int, np.ndarray] = {0: self._alloc(0)}
+        self._owned: set[int] = set()  # values with their own buffer (not flatten views)
+        self._scratch: list[np.ndarray] = []  # padded inputs, patch matrices, temporaries
+        self._input_uses = sum(i == 0 for op in program.ops for i in op.inputs) + (
+            program.output == 0)
+        self.steps: list[tuple[int, list[Call]]] = []
+        for idx, op in enumerate(program.ops):
+            calls = self._lower(idx, op)
+            self.steps.append((idx, calls))
+        self._flat: list[Call] = [c for _, calls in self.steps for c in calls]
+        self.nbytes = sum(b.nbytes for b in self._scratch) + sum(
+            b.nbytes for vid, b in self.bufs.items() if vid == 0 or vid in self._owned)
+
+    # ------------------------------------------------------------------ buffers
+    def _shape(self, vid: int) -> tuple[int, ...]:
+        v = self.program.values[vid]
+        return (self.n, v.h, v.w, words(v.c) if v.kind == "bits" else v.c)
+
+    def _alloc(self, vid: int) -> np.ndarray:
+        v = self.program.values[vid]
+        return np.zeros(self._shape(vid), np.uint64 if v.kind == "bits" else np.float32)
+
+    def _keep(self, a: np.ndarray) -> np.ndarray:
+        self._scratch.append(a)
+        return a
+
+    def run(self, x_nchw: np.ndarray) -> np.ndarray:
+        """Run on float32 (n, C, H, W) input; returns the output value's buffer (not a copy)."""
+        if x_nchw.shape != (self.n, *self.program.input_shape) or x_nchw.dtype != np.float32:
+            raise EngineError(f"plan for {self.n} images got input {x_nchw.shape}")
+        np.copyto(self.bufs[0], x_nchw.transpose(0, 2, 3, 1))
+        for call in self._flat:
+            call()
+        return self.bufs[self.program.output]
+
+    # ------------------------------------------------------------------ lowering
+    def _lower(self, idx: int, op: Op) -> list[Call]:  # noqa: C901
+        a, kind, th = op.attrs, op.kind, self.threads
+        xs = [self.bufs[i] for i in op.inputs]
+        x = xs[0]
+        if kind == "flatten":
+            self.bufs[op.output] = x
+            return []
+        out = self._alloc(op.output)
+        self.bufs[op.output] = out
+        self._owned.add(op.output)
+        if kind == "bconv":
+            return self._bconv(idx, op, x, out)
+        if kind == "maxpool_bits":
+            return [K.pool_call("maxpool_bits", x, a["kernel"], a["stride"], a["padding"],
+                                a["ceil_mode"], out, threads=th)]
+        if kind == "sign":
+            return [K.affine_pack_call(x, out, threads=th)]
+        if kind == "fconv":  # conv + bias + affine, packed to bits or not, in one kernel
+            return self._fconv(idx, op, x, out)
+        pack = bool(a.get("pack"))
+        y = self._keep(np.zeros(self._float_shape(op), np.float32)) if pack else out
+        calls = self._float_op(op, xs, y, pack)
+        if pack:
+            if kind == "affine":
+                calls.append(K.affine_pack_call(y, out, op.arrays["alpha"], op.arrays["beta"],
+                                                threads=th))
+            else:
+                calls.append(K.affine_pack_call(y, out, threads=th))
+        return calls
+
+    def _float_shape(self, op: Op) -> tuple[int, ...]:
+        v = self.program.values[op.output]
+        return (self.n, v.h, v.w, v.c)
+
+    def _bconv(self, idx: int, op: Op, x: np.ndarray, out: np.ndarray) -> list[Call]:
+        a, th = op.attrs, self.threads
+        prep = self.program.prepared(idx)
+        assert isinstance(prep, PreparedBconv)
+        kh, kw = a["kernel"]
+        stride, pad = tuple(a["stride"]), tuple(a["padding"])
+        nbits = a["cin"] * kh * kw
+        kwargs: dict[str, Any] = ({"xmask": prep.xmask} if prep.xmask is not None
+                                  else {"affine": prep.affine})
+        calls: list[Call] = []
+        if prep.dense:
+            v = self.program.values[op.output]
+            cols = self._keep(np.zeros((self.n * v.h * v.w, prep.kp), np.uint64))
+            calls.append(K.im2col_bits_call(x, a["cin"], (kh, kw), stride, pad, prep.pad_words,
+                                            cols, threads=th))
+            src = cols.reshape(self.n, v.h, v.w, prep.kp)
+            stride = (1, 1)
+        elif pad != (0, 0):
+            src = self._keep(np.empty((self.n, x.shape[1] + 2 * pad[0],
+                                       x.shape[2] + 2 * pad[1], x.shape[3]), np.uint64))
+            K.pad_fill(src, pad, prep.pad_words)
+            calls.append(K.pad_call(x, pad, src, threads=th))
+        else:
+            src = x
+        calls.append(K.bconv_call(src, prep.wb, a["cout"], stride, nbits, out, prep.init,
+                                  threads=th, **kwargs))
+        return calls
+
+    def _fconv(self, idx: int, op: Op, x: np.ndarray, out: np.ndarray) -> list[Call]:
+        a, th = op.attrs, self.threads
+        prep = self.program.prepared(idx)
+        assert isinstance(prep, PreparedFconv)
+        pad = tuple(a["padding"])
+        calls: list[Call] = []
+        if pad != (0, 0):
+            src = self._keep(np.zeros((self.n, x.shape[1] + 2 * pad[0],
+                                       x.shape[2] + 2 * pad[1], x.shape[3]), np.float32))
+            if op.inputs[0] == 0 and self._input_uses == 1:
+                # the network input is copied straight into the padded buffer's interior
+                self.bufs[0] = src[:, pad[0]:pad[0] + x.shape[1], pad[1]:pad[1] + x.shape[2]]
+            else:
+                calls.append(K.pad_call(x, pad, src, threads=th))
+        else:
+            src = x
+        calls.append(K.fconv_call(src, prep.wf, a["cout"], tuple(a["kernel"]),
+                                  tuple(a["stride"]), prep.epilogue, out, threads=th))
+        return calls
+
+    def _float_op(self, op: Op, xs: list[np.ndarray], y: np.ndarray,  # noqa: C901
+                  pack: bool) -> list[Call]:
+        a, kind, th = op.attrs, op.kind, self.threads
+        x = xs[0]
+        if kind in ("maxpool", "avgpool"):
+            return [K.pool_call(kind, x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"],
+                                y, a.get("count_include_pad", True), threads=th)]
+        if kind == "adaptive_avgpool":
+            return [K.adaptive_avgpool_call(x, y, threads=th)]
+        if kind == "add":
+            b = xs[1]
+            return [lambda: np.add(x, b, out=y)]
+        if kind == "affine":
+            if pack:  # packing applies the affine itself
+                return [lambda: np.copyto(y, x)]
+            alpha, beta = op.arrays["alpha"], op.arrays["beta"]
+
+            def affine() -> None:
+                np.multiply(x, alpha, out=y)
+                np.add(y, beta, out=y)
+
+            return [affine]
+        if kind == "clamp":
+            lo, hi = a.get("lo"), a.get("hi")
+
+            def clamp() -> None:
+                np.copyto(y, x)
+                if lo is not None:
+                    np.copyto(y, np.float32(lo), where=y < np.float32(lo))
+                if hi is not None:
+                    np.copyto(y, np.float32(hi), where=y > np.float32(hi))
+
+            return [clamp]
+        raise EngineError(f"unknown op kind {kind!r}")
+
+    # ------------------------------------------------------------------ inspection
+    def env(self) -> dict[int, np.ndarray]:
+        """Copies of every value's buffer after :meth:`run`."""
+        return {vid: buf.copy() for vid, buf in self.bufs.items()}
+
+    def op_calls(self, idx: int) -> list[Call]:
+        """The kernel calls of op ``idx`` (padding / patch matrix, then the op itself)."""
+        for i, calls in self.steps:
+            if i == idx:
+                return calls
+        raise EngineError(f"no op {idx}")

@@ -1,0 +1,196 @@
+"""Kernels against plain numpy references: direct and patch-matrix XNOR-popcount convolution,
+the fused float conv + sign, pooling; shape validation; plan reuse and thread counts."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnnprune.engine import EngineError, compile_model
+from bnnprune.engine import kernels as K
+from bnnprune.engine.pack import pack_signs, tail_mask, unpack_signs
+from bnnprune.models import build_model
+
+from .conftest import dyadic_fp_weights, dyadic_input, randomize_bn
+
+
+def _random_bits(rng, shape, channels):
+    raw = rng.integers(0, 2**63, size=shape, dtype=np.int64).view(np.uint64)
+    raw |= rng.integers(0, 2, size=shape).astype(np.uint64) << np.uint64(63)
+    mask = tail_mask(channels)
+    return raw & np.tile(mask, shape[-1] // len(mask))
+
+
+def _popcounts(xp, w, k, s, out_hw):
+    """Reference XOR popcounts (N, Ho, Wo, Co) of padded bits and (Co, KH, KW*Wd) weights."""
+    n, co = xp.shape[0], w.shape[0]
+    ho, wo = out_hw
+    cnt = np.zeros((n, ho, wo, co), np.int64)
+    for oy in range(ho):
+        for ox in range(wo):
+            patch = xp[:, oy * s:oy * s + k, ox * s:ox * s + k, :].reshape(n, 1, -1)
+            x = np.ascontiguousarray(patch ^ w.reshape(1, co, -1))
+            cnt[:, oy, ox, :] = np.unpackbits(x.view(np.uint8), axis=-1).reshape(
+                n, co, -1).sum(-1)
+    return cnt
+
+
+CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
+    (2, 7, 9, 37, 45, 3, 1, 1, -1),
+    (1, 9, 8, 96, 33, 5, 2, 2, 1),
+    (3, 5, 5, 130, 17, 1, 1, 0, 1),
+    (2, 6, 6, 128, 16, 3, 1, 1, -1),
+    (1, 4, 4, 1, 29, 3, 1, 1, -1),
+    (2, 3, 5, 200, 64, 3, 2, 0, 1),
+]
+
+
+@pytest.mark.parametrize("n,h,w,cin,co,k,s,p,pv", CONVS)
+def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p, pv, rng):
+    wd = K.words(cin)
+    x = _random_bits(rng, (n, h, w, wd), cin)
+    wt = _random_bits(rng, (co, k, k * wd), cin)
+    pad_words = tail_mask(cin) if pv == -1 else np.zeros(wd, np.uint64)
+    xp = K.run_pad_bits(x, (p, p), pad_words)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    nbits = cin * k * k
+    cnt = _popcounts(xp, wt, k, s, (ho, wo))
+    thr = rng.integers(-1, nbits + 1, size=co).astype(np.int32)
+    thr[:2] = (-1, nbits)  # constant channels
+    flip = rng.integers(0, 2, size=co).astype(np.uint8)
+    expect = pack_signs(np.where((cnt > thr) != (flip != 0), -1.0, 1.0).astype(np.float32))
+    aff = tuple(rng.standard_normal(co).astype(np.float32) for _ in range(4))
+    expect_f = ((np.float32(nbits) - 2 * cnt).astype(np.float32) * aff[0] + aff[1]) \
+        * aff[2] + aff[3]
+
+    got = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), thr=thr, flip=flip)
+    assert np.array_equal(got, expect)
+    got_f = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), affine=aff)
+    assert np.array_equal(got_f, expect_f)
+
+    # the same convolution on a dense bit patch matrix (taps packed back to back)
+    dense = K.dense_bits(wt, cin)
+    kp = dense.shape[2]
+    assert kp == K.words(nbits)
+    cols = np.empty((n * ho * wo, kp), np.uint64)
+    K.im2col_bits_call(x, cin, (k, k), (s, s), (p, p), pad_words, cols)()
+    cols4 = cols.reshape(n, ho, wo, kp)
+    wb = K.block_weights(dense)
+    assert np.array_equal(K.run_bconv(cols4, wb, co, (1, 1), nbits, (ho, wo), thr=thr,
+                                      flip=flip), expect)
+    assert np.array_equal(K.run_bconv(cols4, wb, co, (1, 1), nbits, (ho, wo), affine=aff),
+                          expect_f)
+    # the same on one thread
+    assert np.array_equal(K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo),
+                                      thr=thr, flip=flip, threads=1), expect)
+
+
+FCONVS = [(2, 9, 7, 3, 37, 5, 1, 2), (1, 12, 12, 3, 192, 5, 1, 2), (3, 6, 6, 5, 20, 3, 2, 1),
+          (1, 4, 4, 7, 16, 4, 1, 0)]
+
+
+@pytest.mark.parametrize("n,h,w,c,co,k,s,p", FCONVS)
+def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
+    x = (rng.integers(-16, 17, size=(n, h, w, c)) / 8).astype(np.float32)
+    wm = (rng.integers(-16, 17, size=(k * k * c, co)) / 16).astype(np.float32)
+    b = (rng.integers(-16, 17, size=co) / 16).astype(np.float32)
+    alpha = rng.standard_normal(co).astype(np.float32)
+    alpha[0] = 0.0
+    beta = rng.standard_normal(co).astype(np.float32)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    cols = K.run_im2col(x, (k, k), (s, s), (p, p), (ho, wo))
+    expect = K.run_affine_pack((cols @ wm + b).reshape(n, ho, wo, co), alpha, beta)
+    xp = np.zeros((n, h + 2 * p, w + 2 * p, c), np.float32)
+    K.pad_call(x, (p, p), xp)()
+    out = np.empty((n, ho, wo, K.words(co)), np.uint64)
+    ep = (K.block_channels(b, 0.0), K.block_channels(alpha, 0.0), K.block_channels(beta, 0.0),
+          K.channel_masks(co))
+    wf = K.block_float_weights(wm, co)
+    expect_f = ((cols @ wm + b) * alpha + beta).reshape(n, ho, wo, co)
+    out_f = np.empty((n, ho, wo, co), np.float32)
+    for threads in (1, None):
+        out[:] = 0
+        K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out, threads=threads)()
+        assert np.array_equal(out, expect)
+        K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out_f, threads=threads)()
+        assert np.array_equal(out_f, expect_f)
+    assert not np.any(out & ~tail_mask(co))  # no bits beyond the channels
+
+
+def test_float_pools_match_torch(rng):
+    x = rng.standard_normal((2, 7, 9, 13)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    x[1, 3, 3, :] = -np.inf
+    t = torch.from_numpy(x.transpose(0, 3, 1, 2))
+    nhwc = lambda y: y.numpy().transpose(0, 2, 3, 1)  # noqa: E731
+    got = K.run_maxpool_float(x, (3, 3), (2, 2), (1, 1), True)
+    np.testing.assert_array_equal(got, nhwc(F.max_pool2d(t, 3, 2, 1, ceil_mode=True)))
+    got = K.run_avgpool(x, (3, 2), (2, 1), (1, 1), False, False)
+    ref = nhwc(F.avg_pool2d(t, (3, 2), (2, 1), (1, 1), count_include_pad=False))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    got = K.run_adaptive_avgpool(np.nan_to_num(x, nan=0.0, neginf=-1.0), (2, 3))
+    ref = nhwc(F.adaptive_avg_pool2d(torch.from_numpy(
+        np.nan_to_num(x, nan=0.0, neginf=-1.0).transpose(0, 3, 1, 2)), (2, 3)))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_calls_validate_shapes(rng):
+    cin, co = 70, 20
+    x = _random_bits(rng, (1, 6, 6, 2), cin)
+    wb = K.block_weights(_random_bits(rng, (co, 3, 6), cin))
+    init, xmask = K.threshold_init(np.zeros(co, np.int32), np.zeros(co, np.uint8))
+    out = np.empty((1, 4, 4, 1), np.uint64)
+    K.bconv_call(x, wb, co, (1, 1), cin * 9, out, init, xmask=xmask)  # fine
+    with pytest.raises(EngineError, match="window inside"):
+        K.bconv_call(x, wb, co, (1, 1), cin * 9, np.empty((1, 5, 4, 1), np.uint64), init,
+                     xmask=xmask)
+    with pytest.raises(EngineError, match="weight blocks"):
+        K.bconv_call(x, wb, co + 16, (1, 1), cin * 9, out, init, xmask=xmask)
+    with pytest.raises(EngineError, match="init"):
+        K.bconv_call(x, wb, co, (1, 1), cin * 9, out, init[:-1], xmask=xmask)
+    with pytest.raises(EngineError, match="bit count"):
+        K.bconv_call(x, wb, co, (1, 1), 10**6, out, init, xmask=xmask)
+    with pytest.raises(EngineError, match="input words"):
+        K.im2col_bits_call(x, 140, (3, 3), (1, 1), (0, 0), np.zeros(2, np.uint64),
+                           np.empty((16, K.words(9 * 140)), np.uint64))
+    with pytest.raises(EngineError, match="out"):
+        K.im2col_bits_call(x, cin, (3, 3), (1, 1), (0, 0), np.zeros(2, np.uint64),
+                           np.empty((16, 3), np.uint64))
+    with pytest.raises(EngineError, match="padded output"):
+        K.pad_call(x, (1, 1), np.empty((1, 8, 7, 2), np.uint64))
+    xf = np.zeros((1, 6, 6, 3), np.float32)
+    ep = (np.zeros(32, np.float32),) * 3 + (K.channel_masks(co),)
+    with pytest.raises(EngineError, match="weight blocks"):
+        K.fconv_pack_call(xf, np.zeros((2, 26, 16), np.float32), co, (3, 3), (1, 1), ep,
+                          np.empty((1, 4, 4, 1), np.uint64))
+
+
+def _program(seed: int = 0):
+    torch.manual_seed(seed)
+    model = dyadic_fp_weights(randomize_bn(build_model("nin", width=0.25), seed=seed))
+    return model.eval(), compile_model(model.eval(), (3, 32, 32))
+
+
+def test_plans_are_reused_and_results_not_aliased():
+    model, program = _program()
+    x = dyadic_input((5, 3, 32, 32), seed=4)
+    first = program(x)
+    again = program(x)
+    assert np.array_equal(first, again)
+    first[:] = 0  # the caller owns the result: the next call is unaffected
+    assert np.array_equal(program(x), again)
+    one = np.concatenate([program(x[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(one, again, rtol=1e-6, atol=1e-6)
+    serial = program(x, batch_size=2, threads=1)
+    np.testing.assert_allclose(serial, again, rtol=1e-6, atol=1e-6)
+    inter = program.intermediates(x[:2])
+    assert inter and all(v.shape[0] == 2 for v in inter.values())
+    assert np.array_equal(unpack_signs(pack_signs(np.ones((1, 3), np.float32)), 3),
+                          np.ones((1, 3), np.float32))
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_threads_must_be_positive(threads):
+    _, program = _program()
+    with pytest.raises(EngineError, match="threads"):
+        program(np.zeros((1, 3, 32, 32), np.float32), threads=threads)
