@@ -290,14 +290,15 @@ def train(
                     [loss.item() * len(yb), int((logits.argmax(1) == yb).sum()), len(yb)],
                     device,
                 )
-                finite = math.isfinite(batch_loss)
-                shown = batch_loss / n_global
                 # DDP averages gradients over ranks: weight each rank by its share
                 backward_loss = loss * (len(yb) * world / n_global)
-            else:
-                finite = bool(torch.isfinite(loss))
-                shown = float(loss.detach())
+            else:  # one host sync per step for the loss check and the running metrics
+                batch_loss, batch_correct = torch.stack(
+                    [loss.detach() * len(yb), (logits.argmax(1) == yb).sum().to(loss.dtype)]
+                ).tolist()
                 backward_loss = loss
+            finite = math.isfinite(batch_loss)
+            shown = batch_loss / n_global
             if not finite:
                 raise TrainingError(
                     f"non-finite loss ({shown}) at step {step + 1} (epoch {epoch + 1}); "
@@ -314,14 +315,9 @@ def train(
             if tracker is not None:
                 tracker.step()
             step += 1
-            if world > 1:
-                loss_sum += batch_loss
-                correct += round(batch_correct)
-                seen += n_global
-            else:
-                loss_sum += loss.item() * len(yb)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(yb)
+            loss_sum += batch_loss
+            correct += round(batch_correct)
+            seen += n_global
             if i % 10 == 0 or i == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             bar.update(1)
