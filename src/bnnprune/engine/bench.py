@@ -29,8 +29,8 @@ from bnnprune.engine.fileformat import load
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
 
-__all__ = ["benchmark", "format_benchmark", "machine_info", "op_times", "program_bops",
-           "roofline"]
+__all__ = ["benchmark", "compare_latency", "format_benchmark", "machine_info", "op_times",
+           "program_bops", "roofline"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -172,6 +172,23 @@ def _interleaved(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]
     return samples
 
 
+def compare_latency(program: Program, baseline: Program, batch: int = 1, repeats: int = 20,
+                    seed: int = 4) -> dict[str, float]:
+    """Median latency of ``program`` and ``baseline`` at ``batch`` images (runs interleaved,
+    so both see the same machine load) next to their BOPs ratio."""
+    if baseline.input_shape != program.input_shape:
+        raise EngineError("baseline program has a different input shape")
+    x = np.random.default_rng(seed).standard_normal((batch, *program.input_shape))
+    x = x.astype(np.float32)
+    s_p, s_b = _interleaved([lambda: program(x, batch_size=batch),
+                             lambda: baseline(x, batch_size=batch)], repeats)
+    bops, bops_b = program_bops(program), program_bops(baseline)
+    return {"batch": batch, "bops": bops, "baseline_bops": bops_b,
+            "bops_ratio": bops / bops_b if bops_b else float("nan"),
+            "latency_s": statistics.median(s_p), "baseline_latency_s": statistics.median(s_b),
+            "latency_ratio": statistics.median(s_p) / statistics.median(s_b)}
+
+
 def _stats(s: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(s), "min_s": min(s)}
 
@@ -256,21 +273,10 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
 
     if baseline is not None:
         base = _as_program(baseline)
-        if base.input_shape != program.input_shape:
-            raise EngineError("baseline program has a different input shape")
-        x = rng.standard_normal((latency_batch, *program.input_shape)).astype(np.float32)
-        s_p, s_b = _interleaved([lambda: program(x, batch_size=latency_batch),
-                                 lambda: base(x, batch_size=latency_batch)], repeats)
-        bops_b = program_bops(base)
+        result["pruned"] = compare_latency(program, base, latency_batch, repeats)
         t_p = op_times(program, latency_batch, repeats)
         t_b = op_times(base, latency_batch, repeats)
-        result["pruned"] = {
-            "bops": result["bops"], "baseline_bops": bops_b,
-            "bops_ratio": result["bops"] / bops_b if bops_b else float("nan"),
-            "latency_s": statistics.median(s_p), "baseline_latency_s": statistics.median(s_b),
-            "latency_ratio": statistics.median(s_p) / statistics.median(s_b),
-            "ops": t_p, "baseline_ops": t_b,
-        }
+        result["pruned"].update(ops=t_p, baseline_ops=t_b)
         for key, kinds in (("binary", ("bconv",)), ("full_precision", ("fconv",)),
                            ("other", None)):
             a = _sum_kinds(t_p, kinds)
