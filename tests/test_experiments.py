@@ -7,6 +7,7 @@ from bnnprune.data import dataset_shape
 from bnnprune.metrics import count_bops
 from bnnprune.models import build_model
 from bnnprune.pipeline import RunConfig
+from bnnprune.sweep import SweepConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "experiments").glob("*.toml"))
 
@@ -18,7 +19,7 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_recipe_parses_validates_and_builds_its_model(path):
-    cfg = load_config(path, RunConfig)
+    cfg = load_config(path, SweepConfig if path.stem.startswith("sweep") else RunConfig)
     cfg.validate()
     c, h, _w, k = dataset_shape(cfg.data.name)
     model = build_model(cfg.model.name, width=cfg.model.width, in_channels=c, num_classes=k,

@@ -426,6 +426,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from bnnprune.report.sweep import write_sweep_report
+    from bnnprune.sweep import SweepConfig, run_sweep
+
+    cfg = _experiment_config(args, SweepConfig)
+    out = _check_out_dir(args.output)
+    command = shlex.join(["bnnprune", *args.argv])
+    results = run_sweep(cfg, out, jobs=args.jobs, log=lambda s: _say(s, flush=True),
+                        progress=sys.stderr.isatty(), command=command)
+    report = write_sweep_report(results, out / "report.md")
+    print(f"\nwrote {out / 'results.json'}, {report} and plots in {out}")
+    if args.docs:
+        docs = Path(args.docs)
+        page = write_sweep_report(results, docs / "results.md", docs / "results",
+                                  docs_command=command)
+        print(f"wrote {page} and plots in {docs / 'results'}")
+    print(f"wall time {results['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from bnnprune import engine
 
@@ -486,20 +508,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_prune_flags(p: argparse.ArgumentParser) -> None:
+def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
+    """Pruning flags; ``method=False`` leaves out those choosing one method (sweep)."""
     g = p.add_argument_group("pruning")
-    g.add_argument("--policy", dest="prune.policy", choices=["paper", "target", "uniform"])
-    g.add_argument(
-        "--target-bops",
-        dest="prune.target",
-        type=float,
-        help="BOPs reduction to reach, in (0, 1) (target and uniform policies)",
-    )
-    g.add_argument(
-        "--criterion",
-        dest="prune.criterion",
-        help="which channels go: wff, random, magnitude, bn_scale",
-    )
+    if method:
+        g.add_argument("--policy", dest="prune.policy", choices=["paper", "target", "uniform"])
+        g.add_argument(
+            "--target-bops",
+            dest="prune.target",
+            type=float,
+            help="BOPs reduction to reach, in (0, 1) (target and uniform policies)",
+        )
+        g.add_argument(
+            "--criterion",
+            dest="prune.criterion",
+            help="which channels go: wff, random, magnitude, bn_scale",
+        )
     g.add_argument(
         "--threshold",
         dest="prune.threshold",
@@ -511,7 +535,10 @@ def _add_prune_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--min-channels", dest="prune.min_channels", type=int)
     g.add_argument("--exclude", dest="prune.exclude", help="comma-separated layers not to prune")
-    g.add_argument("--max-rounds", dest="prune.max_rounds", type=int, help="paper policy rounds")
+    if method:
+        g.add_argument(
+            "--max-rounds", dest="prune.max_rounds", type=int, help="paper policy rounds"
+        )
     g.add_argument("--retrain-epochs", dest="prune.retrain_epochs", type=int)
     g.add_argument("--retrain-lr", dest="prune.retrain_lr", type=float)
     g.add_argument(
@@ -521,11 +548,12 @@ def _add_prune_flags(p: argparse.ArgumentParser) -> None:
         const=True,
         help="retrain pruned models from a fresh initialisation",
     )
-    g.add_argument(
-        "--compare",
-        dest="prune.compare",
-        help="methods pruned to the same BOPs: uniform,random,magnitude,bn_scale,wff",
-    )
+    if method:
+        g.add_argument(
+            "--compare",
+            dest="prune.compare",
+            help="methods pruned to the same BOPs: uniform,random,magnitude,bn_scale,wff",
+        )
     g.add_argument(
         "--no-budget-baseline",
         dest="prune.budget_baseline",
@@ -657,6 +685,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default="runs/run", help="run folder (default runs/run)")
     r.set_defaults(func=cmd_run)
 
+    sw = sub.add_parser(
+        "sweep",
+        help="evidence: methods x BOPs reductions x seeds, premise check, engine speed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune sweep --config experiments/sweep_fashion_mnist.toml --jobs 2 --docs docs",
+            "bnnprune sweep --seeds 0 --reductions 0.3 --methods target+wff,target+random",
+        ),
+    )
+    _add_experiment_flags(sw)
+    _add_prune_flags(sw, method=False)
+    g = sw.add_argument_group("sweep")
+    g.add_argument("--reductions", dest="sweep.reductions",
+                   help="comma-separated BOPs reductions, e.g. 0.2,0.3,0.4,0.5")
+    g.add_argument("--methods", dest="sweep.methods",
+                   help="comma-separated policy+criterion, e.g. paper,target+wff,uniform")
+    g.add_argument("--seeds", dest="sweep.seeds", help="comma-separated seeds, e.g. 0,1,2")
+    g.add_argument("--flip-percents", dest="sweep.flip_percents",
+                   help="premise check: comma-separated %% of weights to flip")
+    g.add_argument("--no-speed", dest="sweep.speed", action="store_const", const=False,
+                   help="do not time the pruned models on the packed engine")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="cells trained in parallel processes (each gets cores/jobs threads)")
+    g.add_argument("--docs", help="also write DIR/results.md and DIR/results/*.png")
+    sw.add_argument("-o", "--output", default="runs/sweep",
+                    help="sweep folder (default runs/sweep)")
+    sw.set_defaults(func=cmd_sweep)
+
     x = sub.add_parser(
         "export",
         help="compile a saved model to the packed .bnn engine (or ONNX)",
@@ -722,7 +778,9 @@ def _remove_if_empty(top: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     fresh: Path | None = None
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv
         if dist.env_world_size() > 1 and args.command not in ("train", "run"):
             raise CliError(
                 f"bnnprune {args.command} runs in one process; start it without torchrun"

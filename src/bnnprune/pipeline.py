@@ -107,7 +107,7 @@ class RunConfig:
 Log = Callable[[str], None]
 
 
-def _retrain_config(cfg: RunConfig, epochs: int, track: bool) -> TrainConfig:
+def retrain_config(cfg: RunConfig, epochs: int, track: bool) -> TrainConfig:
     t = dataclasses.replace(cfg.train, epochs=epochs, lr=cfg.prune.retrain_lr)
     t.track_last = min(cfg.train.track_last, epochs) if track else 0
     return t
@@ -132,7 +132,7 @@ def _phase_state(folder: Path, key: Any) -> tuple[str, dict[str, Any] | None]:
     return "new", None
 
 
-def _phase(
+def train_phase(
     name: str,
     model: nn.Module,
     ds: Dataset,
@@ -184,7 +184,7 @@ def _phase(
     )
 
 
-def _tracker_of(res: TrainResult | dict[str, Any], model: nn.Module) -> FlipTracker | None:
+def tracker_of(res: TrainResult | dict[str, Any], model: nn.Module) -> FlipTracker | None:
     """The phase's flip tracker, rebuilt from the checkpoint when the phase was reused."""
     if isinstance(res, TrainResult):
         return res.tracker
@@ -195,7 +195,7 @@ def _tracker_of(res: TrainResult | dict[str, Any], model: nn.Module) -> FlipTrac
     return tracker
 
 
-def _measure(
+def measure(
     name: str, model: nn.Module, ds: Dataset, device: torch.device, extra: dict[str, Any]
 ) -> dict[str, Any]:
     s = summarize(model, ds.input_shape)
@@ -245,14 +245,14 @@ def run_pipeline(
     phases: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    res = _phase("baseline", base, ds, cfg.train, out, cfg, log, progress)
+    res = train_phase("baseline", base, ds, cfg.train, out, cfg, log, progress)
     phases["baseline"] = time.perf_counter() - t0
     device = next(base.parameters()).device
-    flips = _tracker_of(res, base)
+    flips = tracker_of(res, base)
     if flips is not None and dist.is_main():
         write_flip_plots(flips, out)
     sens = compute_sensitivity(flips, base, threshold=cfg.prune.threshold) if flips else None
-    baseline = _measure("baseline (unpruned)", base, ds, device, {"epochs": cfg.train.epochs})
+    baseline = measure("baseline (unpruned)", base, ds, device, {"epochs": cfg.train.epochs})
     log(f"baseline: test {baseline['test_acc']:.2%}, {baseline['bops'] / 1e6:.2f} M BOPs")
     p = cfg.prune
     opts = {"round_to": p.round_to, "min_channels": p.min_channels, "exclude": p.exclude_layers}
@@ -266,7 +266,7 @@ def run_pipeline(
 
     def timed_phase(name: str, model: nn.Module, tcfg: TrainConfig, plan: Any = None) -> Any:
         t0 = time.perf_counter()
-        res = _phase(
+        res = train_phase(
             name,
             model,
             ds,
@@ -296,11 +296,11 @@ def run_pipeline(
             log(f"round {r}: {note}")
         pruned = pruned_copy(model, plan, p.criterion, cur_sens)
         name = f"pruned-round{r}" if p.policy == "paper" else "pruned"
-        tcfg = _retrain_config(cfg, p.retrain_epochs, track=track and p.policy == "paper")
-        flips = _tracker_of(timed_phase(name, pruned, tcfg, plan), pruned)
+        tcfg = retrain_config(cfg, p.retrain_epochs, track=track and p.policy == "paper")
+        flips = tracker_of(timed_phase(name, pruned, tcfg, plan), pruned)
         new_sens = compute_sensitivity(flips, pruned, threshold=p.threshold) if flips else None
         label = f"{p.policy} + {p.criterion}" + (f" (round {r})" if p.policy == "paper" else "")
-        rec = _measure(label, pruned, ds, device, {"plan": plan.to_dict(), "round": r})
+        rec = measure(label, pruned, ds, device, {"plan": plan.to_dict(), "round": r})
         rec["max_p"] = cur_sens.max_p if cur_sens else None
         rec["p"] = dict(cur_sens.p) if cur_sens else None
         rounds.append(rec)
@@ -319,7 +319,7 @@ def run_pipeline(
     final = rounds[-1]
     achieved = 1 - final["bops"] / baseline["bops"]
     retrain_budget = p.retrain_epochs * len(rounds)
-    retrain_cfg = _retrain_config(cfg, retrain_budget, track=False)
+    retrain_cfg = retrain_config(cfg, retrain_budget, track=False)
 
     # ---- baselines at the same BOPs and the same training budget
     compared: list[dict[str, Any]] = []
@@ -333,7 +333,7 @@ def run_pipeline(
         plan = make_plan(base, shape, policy, sensitivity=sens, target=achieved, **opts)
         pruned = pruned_copy(base, plan, crit, sens)
         timed_phase(f"compare-{method}", pruned, retrain_cfg, plan)
-        rec = _measure(f"{policy} + {crit}", pruned, ds, device, {"plan": plan.to_dict()})
+        rec = measure(f"{policy} + {crit}", pruned, ds, device, {"plan": plan.to_dict()})
         compared.append(rec)
         report(f"compare-{method}", rec)
 
@@ -341,7 +341,7 @@ def run_pipeline(
     if p.budget_baseline:
         unpruned = copy.deepcopy(base)
         timed_phase("unpruned-budget", unpruned, retrain_cfg)
-        budget = _measure(
+        budget = measure(
             f"unpruned + {retrain_budget} epochs",
             unpruned,
             ds,

@@ -1,0 +1,444 @@
+"""The sweep's report (docs/results.md) and plots, generated from its results.json.
+
+Every sentence with a number is computed here from the measurements; nothing is typed in by
+hand, so a rerun with other settings rewrites the conclusions too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from bnnprune.atomic import atomic_write_bytes
+from bnnprune.report.plots import plt, save_figure
+
+__all__ = ["plot_pareto", "plot_premise", "plot_speed", "render_sweep_report",
+           "write_sweep_report"]
+
+PAPER = "Li and Ren (ISQED 2020) report 20-40% fewer BOPs at a 0.5-1.0 pp accuracy drop"
+CHOICE_LABELS = {
+    "highest_wff": "highest WFF first",
+    "lowest_wff": "lowest WFF first",
+    "random": "random",
+    "smallest_magnitude": "smallest latent magnitude first",
+}
+
+
+def _pct(ms: dict[str, float], digits: int = 2) -> str:
+    if not ms or ms["n"] == 0:
+        return "-"
+    if ms["n"] == 1:
+        return f"{100 * ms['mean']:.{digits}f}"
+    return f"{100 * ms['mean']:.{digits}f} ± {100 * ms['std']:.{digits}f}"
+
+
+def _methods(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Table rows grouped by method, in the configured order, each sorted by reduction."""
+    order = [e["method_key"] for e in results["table"]]
+    groups: dict[str, list[dict[str, Any]]] = {k: [] for k in dict.fromkeys(order)}
+    for e in results["table"]:
+        groups[e["method_key"]].append(e)
+    for rows in groups.values():
+        rows.sort(key=lambda e: e["bops_reduction"]["mean"])
+    return groups
+
+
+# ---------------------------------------------------------------- plots
+
+
+def plot_pareto(results: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy vs BOPs (% of unpruned), one line per method, error bars = std over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    markers = "os^DvP*X"
+    for i, (_, rows) in enumerate(_methods(results).items()):
+        x = [100 * (1 - e["bops_reduction"]["mean"]) for e in rows]
+        xe = [100 * e["bops_reduction"]["std"] for e in rows]
+        y = [100 * e["test_acc"]["mean"] for e in rows]
+        ye = [100 * e["test_acc"]["std"] for e in rows]
+        ax.errorbar(x, y, yerr=ye, xerr=xe, marker=markers[i % len(markers)], capsize=3,
+                    label=rows[0]["method"], linewidth=1.2, markersize=5)
+    base = results["baseline"]["test_acc"]
+    ax.axhline(100 * base["mean"], color="k", linestyle="--", linewidth=1,
+               label=f"baseline ({results['config']['train']['epochs']} epochs)")
+    ax.axhspan(100 * (base["mean"] - base["std"]), 100 * (base["mean"] + base["std"]),
+               color="k", alpha=0.08)
+    budget = results["budget"]["test_acc"]
+    if budget["n"]:
+        ax.errorbar([100], [100 * budget["mean"]], yerr=[100 * budget["std"]], marker="*",
+                    color="k", markersize=11, capsize=3, linestyle="none",
+                    label="unpruned, same total epochs")
+    ax.set_xlabel("BOPs (% of unpruned)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Accuracy vs BOPs (mean ± std over {_n_seeds(results)} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower right")
+    return save_figure(fig, path)
+
+
+def plot_premise(results: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy after flipping x% of each layer's binary weights, chosen four ways."""
+    prem = results["premise"]
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    x = prem["percents"]
+    for choice, pts in prem["curves"].items():
+        ax.errorbar(x, [100 * p["mean"] for p in pts], yerr=[100 * p["std"] for p in pts],
+                    marker="o", capsize=3, label=CHOICE_LABELS.get(choice, choice))
+    ax.axhline(100 * prem["unflipped_acc"]["mean"], color="k", linestyle="--", linewidth=1,
+               label="no weight flipped")
+    flipped = 100 * prem["flipped_in_window"]["mean"]
+    ax.axvline(flipped, color="grey", linestyle=":", linewidth=1,
+               label=f"weights that flipped at all in the interval ({flipped:.1f}%)")
+    ax.set_xlabel("binary weights whose sign is flipped (% of every layer)")
+    ax.set_ylabel("test accuracy (%), no retraining")
+    ax.set_title("Premise check: which weights can change sign without hurting?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5)
+    return save_figure(fig, path)
+
+
+def plot_speed(results: dict[str, Any], path: str | Path) -> Path:
+    """Packed-engine latency ratio (pruned / unpruned) against the BOPs ratio."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    markers = "os^DvP*X"
+    lo = 1.0
+    for i, (_, rows) in enumerate(_methods(results).items()):
+        for b, fill in (("batch1", True), ("batch64", False)):
+            pts = [(e[f"bops_ratio_{b}"]["mean"], e[f"latency_ratio_{b}"]["mean"])
+                   for e in rows if e[f"latency_ratio_{b}"]["n"]]
+            if not pts:
+                continue
+            lo = min(lo, *(min(p) for p in pts))
+            ax.plot(*zip(*pts, strict=True), marker=markers[i % len(markers)], linestyle="none",
+                    color=f"C{i}", markerfacecolor=f"C{i}" if fill else "none",
+                    label=f"{rows[0]['method']} (batch {b[5:]})")
+    lo = max(0.0, lo - 0.05)
+    ax.plot([lo, 1.05], [lo, 1.05], color="k", linewidth=0.8, linestyle="--",
+            label="latency ratio = BOPs ratio")
+    ax.set_xlabel("BOPs ratio (pruned / unpruned)")
+    ax.set_ylabel("packed-engine latency ratio")
+    ax.set_title("Measured speed of the pruned models")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, ncol=2)
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- text
+
+
+def _n_seeds(results: dict[str, Any]) -> int:
+    return results["baseline"]["test_acc"]["n"]
+
+
+def _by(results: dict[str, Any], key: str, target: float | None) -> dict[str, Any] | None:
+    for e in results["table"]:
+        if e["method_key"] == key and e["target_reduction"] == target:
+            return e
+    return None
+
+
+def _se_diff(a: dict[str, float], b: dict[str, float]) -> float:
+    return math.sqrt(a["std"] ** 2 / max(a["n"], 1) + b["std"] ** 2 / max(b["n"], 1))
+
+
+def _compare(a: dict[str, Any], b: dict[str, Any]) -> str:
+    d = a["test_acc"]["mean"] - b["test_acc"]["mean"]
+    se = _se_diff(a["test_acc"], b["test_acc"])
+    verdict = "a clear difference" if se > 0 and abs(d) > 2 * se else "within noise"
+    return f"{100 * d:+.2f} pp (± {100 * se:.2f} pp standard error: {verdict})"
+
+
+def _headline(results: dict[str, Any]) -> list[str]:
+    base = results["baseline"]["test_acc"]
+    budget = results["budget"]["test_acc"]
+    reds = sorted({e["target_reduction"] for e in results["table"]
+                   if e["target_reduction"] is not None})
+    out = [f"- Unpruned baseline: **{_pct(base)}%**"
+           + (f"; trained for the same total epochs as the pruned models: **{_pct(budget)}%**."
+              if budget["n"] else ".")]
+    for r in reds:
+        rows = [e for e in results["table"] if e["target_reduction"] == r]
+        best = max(rows, key=lambda e: e["test_acc"]["mean"])
+        acc = best["test_acc"]["mean"]
+        line = (f"- **{r:.0%} fewer BOPs:** best {best['method']} {_pct(best['test_acc'])}% "
+                f"({100 * (acc - base['mean']):+.2f} pp vs baseline")
+        if budget["n"]:
+            line += f", {100 * (acc - budget['mean']):+.2f} pp vs same budget"
+        line += ")"
+        wff, rnd = _by(results, "target-wff", r), _by(results, "target-random", r)
+        if wff and rnd:
+            line += f"; target+wff minus target+random: {_compare(wff, rnd)}"
+        mag = _by(results, "target-magnitude", r)
+        if wff and mag:
+            line += f"; wff minus magnitude: {_compare(wff, mag)}"
+        out.append(line + ".")
+    paper = _by(results, "paper-wff", None)
+    if paper:
+        red = paper["bops_reduction"]["mean"]
+        diff = paper["test_acc"]["mean"] - base["mean"]
+        out.append(
+            f"- **Paper policy** (one round, threshold {results['config']['prune']['threshold']}"
+            f"): it pruned only what its insensitive fractions allow, {100 * red:.1f}% "
+            f"(± {100 * paper['bops_reduction']['std']:.1f}) fewer BOPs, at "
+            f"{100 * diff:+.2f} pp vs baseline ({_pct(paper['test_acc'])}%)."
+        )
+    out += _paper_verdict(results)
+    out += _premise_verdict(results)
+    out += _speed_verdict(results)
+    return out
+
+
+def _paper_verdict(results: dict[str, Any]) -> list[str]:
+    """The largest target+wff reduction whose mean accuracy stays within 1.0 pp."""
+    refs = [("the baseline", results["baseline"]["test_acc"])]
+    if results["budget"]["test_acc"]["n"]:
+        refs.append(("the unpruned model trained for the same epochs",
+                     results["budget"]["test_acc"]))
+    rows = [e for e in results["table"] if e["method_key"] == "target-wff"]
+    if not rows:
+        return []
+    parts = []
+    for name, ref in refs:
+        ok = [e for e in rows if e["test_acc"]["mean"] - ref["mean"] >= -0.01]
+        if not ok:
+            parts.append(f"lost more than 1.0 pp against {name} at every reduction tried")
+            continue
+        e = max(ok, key=lambda e: e["bops_reduction"]["mean"])
+        diff = e["test_acc"]["mean"] - ref["mean"]
+        parts.append(f"reached {e['bops_reduction']['mean']:.0%} fewer BOPs within 1.0 pp of "
+                     f"{name} ({100 * diff:+.2f} pp)")
+    return [f"- **Against the paper:** {PAPER}. Here target+wff " + "; it ".join(parts) + "."]
+
+
+def _premise_verdict(results: dict[str, Any]) -> list[str]:
+    prem = results.get("premise") or {}
+    curves = prem.get("curves") or {}
+    if not {"highest_wff", "random", "lowest_wff"} <= set(curves):
+        return []
+    pcts = prem["percents"]
+    i = min(range(len(pcts)), key=lambda j: abs(pcts[j] - 10))
+    at = {c: curves[c][i]["mean"] for c in curves}
+    order = sorted(at, key=lambda c: -at[c])
+    premise_holds = at["highest_wff"] > at["random"] > at["lowest_wff"]
+    line = (f"- **Premise check** (flip {pcts[i]:g}% of every binary layer's weights, no "
+            f"retraining; unflipped {_pct(prem['unflipped_acc'])}%): "
+            + ", ".join(f"{CHOICE_LABELS.get(c, c)} {100 * at[c]:.1f}%" for c in order) + ". ")
+    line += ("The premise holds: flipping the highest-WFF weights hurts less than random, "
+             "and the lowest-WFF weights hurt most" if premise_holds else
+             "The premise's ordering (highest WFF < random < lowest WFF in damage) does NOT "
+             "hold here")
+    if "smallest_magnitude" in at:
+        better = at["smallest_magnitude"] > at["highest_wff"]
+        line += ("; but the smallest latent magnitudes are an even safer choice "
+                 f"({100 * at['smallest_magnitude']:.1f}%)" if better else
+                 "; and highest WFF is also safer than the smallest latent magnitudes")
+    return [line + "."]
+
+
+def _speed_verdict(results: dict[str, Any]) -> list[str]:
+    rows = [e for e in results["table"] if e["latency_ratio_batch1"]["n"]]
+    if not rows:
+        return []
+    rows.sort(key=lambda e: e["bops_ratio_batch1"]["mean"])
+    lo, hi = rows[0], rows[-1]
+    return [
+        f"- **Packed-engine speed** (batch 1): pruned/unpruned latency "
+        f"{lo['latency_ratio_batch1']['mean']:.2f} at BOPs ratio "
+        f"{lo['bops_ratio_batch1']['mean']:.2f} ({lo['method']}) to "
+        f"{hi['latency_ratio_batch1']['mean']:.2f} at {hi['bops_ratio_batch1']['mean']:.2f} "
+        f"({hi['method']}); see the speed table for every model."
+    ]
+
+
+def _setup(results: dict[str, Any]) -> list[str]:
+    cfg, ds, m = results["config"], results["dataset"], results["machine"]
+    t, p = cfg["train"], cfg["prune"]
+    seeds = cfg["sweep"]["seeds"]
+    return [
+        "| setting | value |",
+        "|---|---|",
+        f"| data | {ds['name']}: {ds['train']} training images (the same subset for every "
+        f"seed), {ds['test']} test images, input {tuple(ds['input_shape'])} |",
+        f"| model | `{cfg['model']['name']}`, width {cfg['model']['width']} |",
+        f"| baseline | {t['epochs']} epochs, Adam lr {t['lr']:g}, {t['schedule']}, batch "
+        f"{t['batch_size']}; flips recorded over the last {t['track_last']} epochs |",
+        f"| insensitive weight | flipped more than {p['threshold']} times in that interval |",
+        f"| pruned models | pruned from their seed's baseline, retrained {p['retrain_epochs']} "
+        f"epochs at lr {p['retrain_lr']:g} (the same for every method) |",
+        f"| equal budget | the unpruned model trained {p['retrain_epochs']} more epochs the "
+        "same way |",
+        f"| seeds | {seeds} (initialisation, data order, random criterion) |",
+        f"| machine | {m.get('cpu', '?')}, {m.get('logical_cores', '?')} logical cores, "
+        f"torch {m.get('torch', '?')}, {results['jobs']} parallel jobs, "
+        f"device {m.get('device', '?')} |",
+        f"| wall time | {_wall(results)} |",
+    ]
+
+
+def _wall(results: dict[str, Any]) -> str:
+    inv = results.get("invocations") or []
+    total = results.get("total_wall_seconds", results["wall_seconds"])
+    parts = [f"{i['wall_seconds'] / 60:.1f} min from {i['started']}"
+             + (f" ({i['cells_computed']} cells computed)" if i.get("cells_computed") is not None
+                else "") for i in inv]
+    return (f"{total / 60:.1f} min in all" + (f": {'; '.join(parts)}" if len(inv) > 1 else "")
+            + f" ({results['cell_seconds'] / 60:.1f} min of cell compute summed over jobs)")
+
+
+def _accuracy_table(results: dict[str, Any]) -> list[str]:
+    reds = sorted({e["target_reduction"] for e in results["table"]
+                   if e["target_reduction"] is not None})
+    head = "| method | " + " | ".join(f"-{r:.0%} BOPs" for r in reds) + " | own reduction |"
+    lines = [head, "|---|" + "---:|" * (len(reds) + 1)]
+    for _, rows in _methods(results).items():
+        cells = []
+        for r in reds:
+            e = next((x for x in rows if x["target_reduction"] == r), None)
+            cells.append(_pct(e["test_acc"]) if e else "")
+        own = next((x for x in rows if x["target_reduction"] is None), None)
+        own_s = (f"{_pct(own['test_acc'])} at -{100 * own['bops_reduction']['mean']:.1f}%"
+                 if own else "")
+        lines.append(f"| {rows[0]['method']} | " + " | ".join(cells) + f" | {own_s} |")
+    base, budget = results["baseline"], results["budget"]
+    lines += ["", f"Unpruned baseline: {_pct(base['test_acc'])}%"
+              + (f"; unpruned model trained for the same total epochs: "
+                 f"{_pct(budget['test_acc'])}%." if budget["test_acc"]["n"] else ".")]
+    return lines
+
+
+def _premise_table(results: dict[str, Any]) -> list[str]:
+    prem = results.get("premise") or {}
+    if not prem:
+        return ["(not run)"]
+    pcts = prem["percents"]
+    lines = ["| weights chosen | " + " | ".join(f"{x:g}%" for x in pcts) + " |",
+             "|---|" + "---:|" * len(pcts)]
+    for choice, pts in prem["curves"].items():
+        lines.append(f"| {CHOICE_LABELS.get(choice, choice)} | "
+                     + " | ".join(_pct(p, 1) for p in pts) + " |")
+    return lines
+
+
+def _speed_table(results: dict[str, Any]) -> list[str]:
+    rows = [e for e in results["table"] if e["latency_ratio_batch1"]["n"]]
+    if not rows:
+        return ["(speed not measured: sweep.speed = false)"]
+    lines = ["| method | target | BOPs ratio | latency ratio, batch 1 | latency ratio, batch 64 "
+             "| engine = PyTorch argmax |", "|---|---:|---:|---:|---:|---:|"]
+    for _, group in _methods(results).items():
+        for e in group:
+            if not e["latency_ratio_batch1"]["n"]:
+                continue
+            t = "own" if e["target_reduction"] is None else f"-{e['target_reduction']:.0%}"
+            agree = e["engine_agreement_min"]
+            lines.append(
+                f"| {e['method']} | {t} | {e['bops_ratio_batch1']['mean']:.3f} | "
+                f"{e['latency_ratio_batch1']['mean']:.3f} ± {e['latency_ratio_batch1']['std']:.3f}"
+                f" | {e['latency_ratio_batch64']['mean']:.3f} ± "
+                f"{e['latency_ratio_batch64']['std']:.3f} | "
+                f"{'-' if agree is None else f'{agree:.1%}'} |")
+    return lines
+
+
+def _p_table(results: dict[str, Any]) -> list[str]:
+    p = results.get("p_layers") or {}
+    channels = results["baseline"].get("channels", {})
+    if not p:
+        return []
+    lines = ["| binary layer | channels | p_l (insensitive fraction), mean ± std |",
+             "|---|---:|---:|"]
+    for name, v in p.items():
+        lines.append(f"| {name} | {channels.get(name, '')} | {_pct(v)}% |")
+    return lines
+
+
+def render_sweep_report(results: dict[str, Any], plots: dict[str, str],
+                        docs_command: str | None = None) -> str:
+    n = _n_seeds(results)
+    cmd = results["command"]
+    lines = [
+        "# Does flip frequency pick the right channels? Measured evidence",
+        "",
+        "Generated by `bnnprune sweep` from its `results.json` (started "
+        f"{results['started']}); do not edit by hand, rerun the command instead.",
+        "",
+        "## Headline",
+        "",
+        *_headline(results),
+        "",
+        "## Setup",
+        "",
+        *_setup(results),
+        "",
+        "Commands (the sweep resumes: finished cells are reused, so the second command only "
+        "times the engine and writes this page when the first has run):",
+        "",
+        "```",
+        "bash scripts/setup.sh",
+        cmd,
+        *([docs_command] if docs_command and docs_command != cmd else []),
+        "```",
+        "",
+        f"## Test accuracy (%) at equal BOPs and equal training budget (mean ± std, {n} seeds)",
+        "",
+        "Each method prunes the same trained baseline of its seed to the same BOPs and is "
+        "retrained for the same epochs; `target` allocates the reduction across layers in "
+        "proportion to each layer's insensitive fraction p_l, `uniform` cuts every layer by "
+        "the same fraction, and the criterion (wff = highest mean flip frequency, random, "
+        "magnitude = smallest mean |latent w|, bn_scale = smallest |BN gamma|) picks the "
+        "channels inside a layer. The paper policy cuts each layer by its own p_l (one round) "
+        "and so lands at its own reduction.",
+        "",
+        *_accuracy_table(results),
+        "",
+        *(f"![{t}]({f})" for t, f in plots.items() if t == "accuracy vs BOPs"),
+        "",
+        "Insensitive fractions of the baselines (what the paper policy and the target "
+        "allocation see):",
+        "",
+        *_p_table(results),
+        "",
+        "## Premise check: flip signs without retraining",
+        "",
+        "On each trained baseline, the signs of x% of every binary layer's weights are "
+        "flipped, chosen by highest flip count (ties at random), lowest flip count, at "
+        "random, or smallest latent magnitude; test accuracy without retraining "
+        f"(mean ± std over {n} seeds). If frequently flipping weights are the insensitive "
+        "ones, flipping them should hurt least.",
+        "",
+        *_premise_table(results),
+        "",
+        *(f"![{t}]({f})" for t, f in plots.items() if t == "premise check"),
+        "",
+        "## Speed on the packed engine",
+        "",
+        "Every pruned model and its unpruned baseline compiled to the bit-packed "
+        "XNOR/popcount engine and timed interleaved in the same process (median of "
+        f"{results['config']['sweep']['speed_repeats']} runs at batch 1), with nothing else "
+        "running; mean ± std over seeds. The last column is the share of 512 test images on "
+        "which the engine's class equals PyTorch's (lowest over seeds).",
+        "",
+        *_speed_table(results),
+        "",
+        *(f"![{t}]({f})" for t, f in plots.items() if t == "speed"),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_report(results: dict[str, Any], md_path: str | Path,
+                       plot_dir: str | Path | None = None,
+                       docs_command: str | None = None) -> Path:
+    """Draw the plots into ``plot_dir`` (default: next to the page) and write the page."""
+    md_path = Path(md_path)
+    plot_dir = Path(plot_dir) if plot_dir is not None else md_path.parent
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    files = {"accuracy vs BOPs": plot_pareto(results, plot_dir / "pareto.png")}
+    if results.get("premise"):
+        files["premise check"] = plot_premise(results, plot_dir / "premise.png")
+    if any(e["latency_ratio_batch1"]["n"] for e in results["table"]):
+        files["speed"] = plot_speed(results, plot_dir / "speed.png")
+    rel = {t: Path(os.path.relpath(f, md_path.parent)).as_posix() for t, f in files.items()}
+    atomic_write_bytes(md_path, render_sweep_report(results, rel, docs_command).encode())
+    return md_path

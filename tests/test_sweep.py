@@ -1,0 +1,163 @@
+"""The evidence sweep: cells, resumption, aggregation, the generated page, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bnnprune.cli import main
+from bnnprune.config import ConfigError
+from bnnprune.report.sweep import render_sweep_report, write_sweep_report
+from bnnprune.sweep import Method, SweepConfig, aggregate, parse_method, run_sweep
+
+
+def _cfg(**sweep) -> SweepConfig:
+    cfg = SweepConfig()
+    cfg.model.name, cfg.model.width = "small", 0.25
+    cfg.data.name, cfg.data.train_subset, cfg.data.test_subset = "synthetic", 384, 96
+    cfg.train.epochs, cfg.train.track_last, cfg.train.batch_size, cfg.train.lr = 2, 1, 64, 5e-3
+    cfg.prune.retrain_epochs = 1
+    cfg.sweep.seeds, cfg.sweep.reductions = "0,1", "0.3"
+    cfg.sweep.methods = "paper,target+wff,target+random"
+    cfg.sweep.flip_percents, cfg.sweep.speed_repeats = "5,20", 2
+    for k, v in sweep.items():
+        setattr(cfg.sweep, k, v)
+    return cfg
+
+
+def test_parse_method() -> None:
+    assert parse_method("paper") == Method("paper", "wff")
+    assert parse_method("uniform") == Method("uniform", "wff")
+    assert parse_method(" target + magnitude ") == Method("target", "magnitude")
+    assert parse_method("random") == Method("target", "random")
+    with pytest.raises(ConfigError, match="policy\\+criterion"):
+        parse_method("target+largest")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("reductions", "0.2,1.5", "reductions"),
+        ("reductions", "a,b", "comma-separated"),
+        ("methods", "", "empty"),
+        ("seeds", "0,1.5", "whole numbers"),
+        ("flip_choices", "highest_wff,biggest", "flip_choices"),
+        ("speed_repeats", 0, "speed_repeats"),
+    ],
+)
+def test_bad_sweep_settings_raise(key, value, match) -> None:
+    cfg = _cfg(**{key: value})
+    with pytest.raises(ConfigError, match=match):
+        cfg.validate()
+
+
+def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
+    out = tmp_path / "sweep"
+    logs: list[str] = []
+    res = run_sweep(_cfg(), out, log=logs.append, command="bnnprune sweep (test)")
+    kinds = [r["kind"] for r in res["records"]]
+    # 2 seeds x (baseline, premise, paper, target+wff, target+random, budget)
+    assert sorted(kinds) == sorted(["baseline", "premise", "prune", "prune", "prune", "budget"] * 2)
+    for seed in (0, 1):
+        for folder in ("baseline", "paper-wff", "target-wff-30", "target-random-30",
+                       "unpruned-budget", "premise"):
+            assert (out / f"seed{seed}" / folder / "result.json").is_file()
+    table = {(e["method_key"], e["target_reduction"]): e for e in res["table"]}
+    assert set(table) == {("paper-wff", None), ("target-wff", 0.3), ("target-random", 0.3)}
+    for key in (("target-wff", 0.3), ("target-random", 0.3)):
+        e = table[key]
+        assert e["test_acc"]["n"] == 2 and e["seeds"] == [0, 1]
+        assert e["bops_reduction"]["mean"] == pytest.approx(0.3, abs=0.02)
+        assert e["latency_ratio_batch1"]["n"] == 2 and e["engine_agreement_min"] == 1.0
+    assert table[("paper-wff", None)]["bops_reduction"]["mean"] > 0
+    prem = res["premise"]
+    assert prem["percents"] == [5.0, 20.0]
+    assert set(prem["curves"]) == {"highest_wff", "lowest_wff", "random", "smallest_magnitude"}
+    assert all(len(v) == 2 and v[0]["n"] == 2 for v in prem["curves"].values())
+    assert res["baseline"]["test_acc"]["n"] == 2 and res["budget"]["test_acc"]["n"] == 2
+
+    # a second start recomputes nothing and gives the same numbers
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.pt")}
+    logs.clear()
+    again = run_sweep(_cfg(), out, log=logs.append, command="bnnprune sweep (again)")
+    assert all("(reused)" in line for line in logs if line.startswith("["))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.pt")} == stamps
+    assert again["table"] == res["table"]
+    assert [i["command"] for i in again["invocations"]] == [
+        "bnnprune sweep (test)", "bnnprune sweep (again)"]
+    assert again["invocations"][1]["cells_computed"] == 0
+
+    # other settings in the same folder are refused, never mixed in
+    other = _cfg()
+    other.train.lr = 1e-2
+    with pytest.raises(ConfigError, match="other settings"):
+        run_sweep(other, out)
+
+    page = write_sweep_report(again, tmp_path / "docs" / "results.md", tmp_path / "docs" / "r")
+    text = page.read_text()
+    for png in ("pareto.png", "premise.png", "speed.png"):
+        assert (tmp_path / "docs" / "r" / png).stat().st_size > 1000
+        assert f"(r/{png})" in text
+    assert "bnnprune sweep (again)" in text and "| target + wff |" in text
+    assert "Premise check" in text and "Against the paper" in text
+
+
+def _rec(kind, seed, acc, bops=100, key=None, red=None, **extra):
+    return {"kind": kind, "seed": seed, "test_acc": acc, "bops": bops, "memory_bytes": 10,
+            "method": key or kind, "method_key": key, "target_reduction": red,
+            "channels": {"a": 4}, **extra}
+
+
+def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
+    records = [
+        _rec("baseline", 0, 0.90), _rec("baseline", 1, 0.92),
+        _rec("budget", 0, 0.91), _rec("budget", 1, 0.93),
+        _rec("prune", 0, 0.80, 70, "target-wff", 0.3),
+        _rec("prune", 1, 0.84, 70, "target-wff", 0.3),
+        _rec("prune", 0, 0.60, 70, "target-random", 0.3),
+        _rec("prune", 1, 0.62, 70, "target-random", 0.3),
+    ]
+    prem = {"percents": [10.0], "unflipped_acc": 0.9, "flipped_in_window": 0.05,
+            "curves": {"highest_wff": [0.8], "random": [0.5], "lowest_wff": [0.3],
+                       "smallest_magnitude": [0.85]}}
+    records += [{"kind": "premise", "seed": s, **prem} for s in (0, 1)]
+    agg = aggregate(records)
+    wff = next(e for e in agg["table"] if e["method_key"] == "target-wff")
+    assert wff["test_acc"]["mean"] == pytest.approx(0.82)
+    assert wff["test_acc"]["std"] == pytest.approx(0.0282843, rel=1e-4)
+    assert wff["bops_reduction"]["mean"] == pytest.approx(0.3)
+    assert agg["baseline"]["test_acc"]["mean"] == pytest.approx(0.91)
+    assert agg["premise"]["curves"]["random"][0]["mean"] == pytest.approx(0.5)
+
+    results = {**agg, "config": SweepConfig().to_dict(), "dataset": {
+        "name": "x", "train": 1, "test": 1, "input_shape": [1, 2, 2]}, "machine": {},
+        "jobs": 1, "command": "bnnprune sweep", "started": "now", "wall_seconds": 60,
+        "cell_seconds": 60}
+    text = render_sweep_report(results, {})
+    assert "target+wff minus target+random: +21.00 pp" in text and "a clear difference" in text
+    assert "The premise holds" in text and "smallest latent magnitudes are an even safer" in text
+    assert "lost more than 1.0 pp against the baseline" in text
+
+
+def test_cli_sweep_in_two_processes_and_bad_flags(tmp_path, capsys) -> None:
+    out = tmp_path / "s"
+    args = ["sweep", "--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64",
+            "--width", "0.25", "--epochs", "1", "--track-last", "1", "--retrain-epochs", "1",
+            "--seeds", "0,1", "--reductions", "0.3", "--methods", "target+wff",
+            "--flip-percents", "10", "--no-speed", "--jobs", "2", "-o", str(out),
+            "--docs", str(tmp_path / "docs")]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["jobs"] == 2 and len(res["records"]) == 8
+    assert res["command"].startswith("bnnprune sweep --dataset synthetic")
+    assert (tmp_path / "docs" / "results.md").is_file()
+    assert (tmp_path / "docs" / "results" / "pareto.png").is_file()
+    capsys.readouterr()
+    for bad, msg in ((["--methods", "target+foo"], "unknown sweep method"),
+                     (["--jobs", "0"], "jobs must be >= 1"),
+                     (["--reductions", "1.2"], "sweep.reductions")):
+        assert main([*args[:-4], *bad, "-o", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0]
+        assert not (tmp_path / "bad").exists()
