@@ -101,6 +101,8 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
         assert f"(r/{png})" in text
     assert "bnnprune sweep (again)" in text and "| target + wff |" in text
     assert "Premise check" in text and "Against the paper" in text
+    assert "Where the time goes: target + wff at -30% BOPs, seed 0" in text
+    assert "Channels kept per binary layer (seed 0)" in text
 
 
 def _rec(kind, seed, acc, bops=100, key=None, red=None, **extra):

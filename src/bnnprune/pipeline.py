@@ -213,7 +213,7 @@ def measure(
     }
 
 
-def _reinit(model: nn.Module) -> None:
+def reinit(model: nn.Module) -> None:
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
             m.reset_parameters()
@@ -261,7 +261,7 @@ def run_pipeline(
         kwargs = {"seed": cfg.train.seed} if crit == "random" else {}
         model = apply_plan(source, plan, crit, s, **kwargs).model
         if p.from_scratch:
-            _reinit(model)
+            reinit(model)
         return model
 
     def timed_phase(name: str, model: nn.Module, tcfg: TrainConfig, plan: Any = None) -> Any:

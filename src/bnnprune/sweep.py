@@ -15,6 +15,7 @@ as soon as its baseline is done.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -40,6 +41,7 @@ from bnnprune.pipeline import (
     PruneConfig,
     RunConfig,
     measure,
+    reinit,
     retrain_config,
     train_phase,
 )
@@ -289,8 +291,6 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
 
     tcfg = retrain_config(scfg, p.retrain_epochs, track=False)
     if cell.kind == "budget":
-        import copy
-
         model = copy.deepcopy(base)
         train_phase("unpruned-budget", model, ds, tcfg, seed_dir, scfg, quiet, False)
         rec = measure(f"unpruned + {p.retrain_epochs} epochs", model, ds, device,
@@ -308,6 +308,8 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         )
     kwargs = {"seed": cell.seed} if m.criterion == "random" else {}
     model = apply_plan(base, plan, m.criterion, sens, **kwargs).model
+    if p.from_scratch:
+        reinit(model)
     name = Path(cell.folder).name
     train_phase(name, model, ds, tcfg, seed_dir, scfg, quiet, False, plan.to_dict())
     rec = measure(m.label, model, ds, device, {"plan": plan.to_dict()})
@@ -317,7 +319,6 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
 
 
 def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]]]:
@@ -344,7 +345,7 @@ class _Inline:
         f: Future = Future()
         try:
             f.set_result(fn(*args))
-        except BaseException as e:  # handed to the caller through the future
+        except Exception as e:  # handed to the caller through the future (Ctrl-C is not)
             f.set_exception(e)
         return f
 
@@ -421,7 +422,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
            progress: bool) -> None:
     """Compile every pruned model and its baseline; time them interleaved; check agreement."""
     from bnnprune.engine import compile_model
-    from bnnprune.engine.bench import compare_latency
+    from bnnprune.engine.bench import compare_latency, op_times
 
     ds = _dataset(cfg)
     shape = tuple(ds.input_shape)
@@ -432,6 +433,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         return
     log(f"speed: timing {len(todo)} pruned models on the packed engine (batch 1 and 64)")
     programs: dict[int, Any] = {}
+    base_ops: dict[int, list[dict[str, Any]]] = {}
     it: Any = todo
     if progress:
         from tqdm import tqdm
@@ -442,6 +444,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         if seed not in programs:
             base, _ = load_model(out / f"seed{seed}" / "baseline" / "model.pt")
             programs[seed] = compile_model(base.cpu().eval(), shape)
+            base_ops[seed] = op_times(programs[seed], 64, 10)
         folder = out / rec["folder"]
         model, _ = load_model(folder / "model.pt")
         model = model.cpu().eval()
@@ -453,6 +456,9 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         for label, batch in (("batch1", 1), ("batch64", 64)):
             reps = cfg.sweep.speed_repeats if batch == 1 else max(3, cfg.sweep.speed_repeats // 4)
             speed[label] = compare_latency(prog, programs[seed], batch, reps)
+        # where the time goes, op by op (batch 64): explains a latency ratio far from BOPs
+        speed["ops_batch64"] = op_times(prog, 64, 10)
+        speed["baseline_ops_batch64"] = base_ops[seed]
         rec["speed"] = speed
         path = folder / "result.json"
         saved = {k: v for k, v in rec.items() if k != "reused"}
@@ -489,6 +495,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             "bops_reduction": _ms([1 - r["bops"] / base_bops[r["seed"]] for r in rs]),
             "bops": _ms([r["bops"] for r in rs]),
             "memory_bytes": _ms([r["memory_bytes"] for r in rs]),
+            "channels_by_seed": {str(r["seed"]): r["channels"] for r in rs},
         }
         for b in ("batch1", "batch64"):
             sp = [r["speed"][b] for r in rs if r.get("speed")]

@@ -264,7 +264,9 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"| baseline | {t['epochs']} epochs, Adam lr {t['lr']:g}, {t['schedule']}, batch "
         f"{t['batch_size']}; flips recorded over the last {t['track_last']} epochs |",
         f"| insensitive weight | flipped more than {p['threshold']} times in that interval |",
-        f"| pruned models | pruned from their seed's baseline, retrained {p['retrain_epochs']} "
+        f"| pruned models | pruned from their seed's baseline "
+        f"({'then re-initialised' if p['from_scratch'] else 'keeping the surviving weights'}"
+        f"; channel counts multiples of {p['round_to']}), retrained {p['retrain_epochs']} "
         f"epochs at lr {p['retrain_lr']:g} (the same for every method) |",
         f"| equal budget | the unpruned model trained {p['retrain_epochs']} more epochs the "
         "same way |",
@@ -307,6 +309,40 @@ def _accuracy_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _channels_table(results: dict[str, Any]) -> list[str]:
+    """Channels kept per binary layer by the allocation policies (first seed), and how often
+    the flip-proportional allocation equalled uniform scaling."""
+    layers = list(results["baseline"].get("channels", {}))
+    rows = [e for e in results["table"] if e["method_key"] in ("paper-wff", "target-wff",
+                                                                "uniform-wff")]
+    if not layers or not rows:
+        return []
+    seed = min(rows[0]["channels_by_seed"], key=int)
+    lines = [f"Channels kept per binary layer (seed {seed}):", "",
+             "| method | target | " + " | ".join(layers) + " |",
+             "|---|---:|" + "---:|" * len(layers),
+             "| unpruned | | " + " | ".join(str(results["baseline"]["channels"][n])
+                                             for n in layers) + " |"]
+    rows.sort(key=lambda e: (e["target_reduction"] or 0, e["method_key"]))
+    for e in rows:
+        ch = e["channels_by_seed"].get(seed, {})
+        t = "own" if e["target_reduction"] is None else f"-{e['target_reduction']:.0%}"
+        lines.append(f"| {e['method']} | {t} | " + " | ".join(str(ch.get(n, "")) for n in layers)
+                     + " |")
+    same = []
+    for e in rows:
+        u = _by(results, "uniform-wff", e["target_reduction"])
+        if e["method_key"] == "target-wff" and u:
+            seeds = set(e["channels_by_seed"]) & set(u["channels_by_seed"])
+            n = sum(e["channels_by_seed"][s] == u["channels_by_seed"][s] for s in seeds)
+            same.append(f"{n} of {len(seeds)} at -{e['target_reduction']:.0%}")
+    if same:
+        lines += ["", "Seeds where target + wff kept exactly the channel counts of uniform + wff "
+                  "(the allocations coincide when the layers' p_l are nearly equal): "
+                  + ", ".join(same) + "."]
+    return lines
+
+
 def _premise_table(results: dict[str, Any]) -> list[str]:
     prem = results.get("premise") or {}
     if not prem:
@@ -338,6 +374,29 @@ def _speed_table(results: dict[str, Any]) -> list[str]:
                 f" | {e['latency_ratio_batch64']['mean']:.3f} ± "
                 f"{e['latency_ratio_batch64']['std']:.3f} | "
                 f"{'-' if agree is None else f'{agree:.1%}'} |")
+    return lines
+
+
+def _ops_table(results: dict[str, Any]) -> list[str]:
+    """Op-by-op engine time of the most-pruned target+wff model of the first seed."""
+    recs = [r for r in results.get("records", []) if r.get("kind") == "prune"
+            and (r.get("speed") or {}).get("ops_batch64")]
+    if not recs:
+        return []
+    seed = min(r["seed"] for r in recs)
+    recs = [r for r in recs if r["seed"] == seed]
+    pick = [r for r in recs if r["method_key"] == "target-wff"] or recs
+    r = max(pick, key=lambda r: r.get("bops_reduction") or 0)
+    ops, base = r["speed"]["ops_batch64"], r["speed"]["baseline_ops_batch64"]
+    if [o["op"] for o in ops] != [o["op"] for o in base]:
+        return []
+    lines = [f"Where the time goes: {r['method']} at -{r['bops_reduction']:.0%} BOPs, seed "
+             f"{seed}, batch 64, median per op:", "",
+             "| op | kind | unpruned (µs) | pruned (µs) | ratio |", "|---|---|---:|---:|---:|"]
+    for a, b in zip(base, ops, strict=True):
+        ratio = b["median_s"] / a["median_s"] if a["median_s"] else float("nan")
+        lines.append(f"| {a['op']} | {a['kind']} | {1e6 * a['median_s']:.1f} | "
+                     f"{1e6 * b['median_s']:.1f} | {ratio:.2f} |")
     return lines
 
 
@@ -399,6 +458,8 @@ def render_sweep_report(results: dict[str, Any], plots: dict[str, str],
         "",
         *_p_table(results),
         "",
+        *_channels_table(results),
+        "",
         "## Premise check: flip signs without retraining",
         "",
         "On each trained baseline, the signs of x% of every binary layer's weights are "
@@ -420,6 +481,8 @@ def render_sweep_report(results: dict[str, Any], plots: dict[str, str],
         "which the engine's class equals PyTorch's (lowest over seeds).",
         "",
         *_speed_table(results),
+        "",
+        *_ops_table(results),
         "",
         *(f"![{t}]({f})" for t, f in plots.items() if t == "speed"),
         "",
