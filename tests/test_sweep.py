@@ -140,6 +140,13 @@ def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
     assert "target+wff minus target+random: +21.00 pp" in text and "a clear difference" in text
     assert "The premise holds" in text and "smallest latent magnitudes are an even safer" in text
     assert "lost more than 1.0 pp against the baseline" in text
+    assert "did not pick better channels than chance" not in text
+
+    for r in records:  # now random channels beat flip frequency: said plainly
+        if r.get("method_key") == "target-random":
+            r["test_acc"] += 0.3
+    text = render_sweep_report({**results, **aggregate(records)}, {})
+    assert "did not pick better channels than chance:** at -30% BOPs" in text
 
 
 def test_cli_sweep_in_two_processes_and_bad_flags(tmp_path, capsys) -> None:

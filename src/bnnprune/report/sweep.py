@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,7 @@ def _headline(results: dict[str, Any]) -> list[str]:
         if wff and mag:
             line += f"; wff minus magnitude: {_compare(wff, mag)}"
         out.append(line + ".")
+    out += _ranks(results, reds)
     paper = _by(results, "paper-wff", None)
     if paper:
         red = paper["bops_reduction"]["mean"]
@@ -186,7 +188,47 @@ def _headline(results: dict[str, Any]) -> list[str]:
     out += _paper_verdict(results)
     out += _premise_verdict(results)
     out += _speed_verdict(results)
+    out += _contradictions(results, reds)
     return out
+
+
+def _contradictions(results: dict[str, Any], reds: list[float]) -> list[str]:
+    """Plain statements where these measurements go against the paper's claims."""
+    out = []
+    worse = [r for r in reds if (w := _by(results, "target-wff", r)) and (
+        x := _by(results, "target-random", r)) and w["test_acc"]["mean"] <= x["test_acc"]["mean"]]
+    if worse:
+        out.append(
+            f"- **Flip frequency did not pick better channels than chance:** at "
+            f"{', '.join(f'-{r:.0%}' for r in worse)} BOPs, removing the channels with the "
+            "highest mean flip frequency was no more accurate than removing random channels "
+            "(same BOPs, same allocation, same retraining; the paper does not say how it "
+            "picks channels, highest mean WFF is the natural reading of its premise).")
+    speeds = [1 - e["latency_ratio_batch1"]["mean"] for e in results["table"]
+              if e["latency_ratio_batch1"]["n"] and e["target_reduction"] is not None
+              and e["target_reduction"] <= 0.4]
+    if speeds and max(speeds) < 0.15:
+        out.append(
+            f"- **Does not reproduce the paper's 15-40% runtime speedup:** at 20-40% fewer "
+            f"BOPs the packed CPU engine ran at most {max(speeds):.0%} faster at batch 1 on "
+            "this model (the paper timed larger networks on a TitanX GPU).")
+    return out
+
+
+def _ranks(results: dict[str, Any], reds: list[float]) -> list[str]:
+    """Mean rank (1 = most accurate) of every method present at every reduction."""
+    ranks: dict[str, list[int]] = {}
+    for r in reds:
+        rows = sorted((e for e in results["table"] if e["target_reduction"] == r),
+                      key=lambda e: -e["test_acc"]["mean"])
+        for i, e in enumerate(rows, 1):
+            ranks.setdefault(e["method"], []).append(i)
+    full = {m: statistics.fmean(v) for m, v in ranks.items() if len(v) == len(reds)}
+    if len(reds) < 2 or len(full) < 2:
+        return []
+    order = sorted(full, key=lambda m: full[m])
+    return [f"- **Mean rank over the {len(reds)} reductions** (1 = most accurate of "
+            f"{len(full)}): " + ", ".join(f"{m} {full[m]:.2f}" for m in order) + "."]
 
 
 def _paper_verdict(results: dict[str, Any]) -> list[str]:
@@ -242,13 +284,22 @@ def _speed_verdict(results: dict[str, Any]) -> list[str]:
         return []
     rows.sort(key=lambda e: e["bops_ratio_batch1"]["mean"])
     lo, hi = rows[0], rows[-1]
-    return [
-        f"- **Packed-engine speed** (batch 1): pruned/unpruned latency "
-        f"{lo['latency_ratio_batch1']['mean']:.2f} at BOPs ratio "
-        f"{lo['bops_ratio_batch1']['mean']:.2f} ({lo['method']}) to "
-        f"{hi['latency_ratio_batch1']['mean']:.2f} at {hi['bops_ratio_batch1']['mean']:.2f} "
-        f"({hi['method']}); see the speed table for every model."
-    ]
+    line = (f"- **Packed-engine speed** (batch 1): pruned/unpruned latency "
+            f"{lo['latency_ratio_batch1']['mean']:.2f} at BOPs ratio "
+            f"{lo['bops_ratio_batch1']['mean']:.2f} ({lo['method']}) to "
+            f"{hi['latency_ratio_batch1']['mean']:.2f} at {hi['bops_ratio_batch1']['mean']:.2f} "
+            f"({hi['method']})")
+    pick = _ops_pick(results)
+    if pick is not None:
+        base, ops = pick["speed"]["baseline_ops_batch64"], pick["speed"]["ops_batch64"]
+        total = sum(o["median_s"] for o in base)
+        i = max(range(len(base)), key=lambda j: base[j]["median_s"])
+        if total > 0 and base[i]["median_s"] > 0:
+            line += (f"; the op taking most of the unpruned time ({base[i]['op']}, "
+                     f"{base[i]['median_s'] / total:.0%} at batch 64) ran at "
+                     f"{ops[i]['median_s'] / base[i]['median_s']:.2f} of its unpruned time in "
+                     f"{pick['method']} at -{pick['bops_reduction']:.0%} BOPs (op table below)")
+    return [line + "."]
 
 
 def _setup(results: dict[str, Any]) -> list[str]:
@@ -377,21 +428,29 @@ def _speed_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _ops_table(results: dict[str, Any]) -> list[str]:
-    """Op-by-op engine time of the most-pruned target+wff model of the first seed."""
+def _ops_pick(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The most-pruned target+wff model of the first seed with an op-by-op timing."""
     recs = [r for r in results.get("records", []) if r.get("kind") == "prune"
             and (r.get("speed") or {}).get("ops_batch64")]
     if not recs:
-        return []
+        return None
     seed = min(r["seed"] for r in recs)
     recs = [r for r in recs if r["seed"] == seed]
     pick = [r for r in recs if r["method_key"] == "target-wff"] or recs
     r = max(pick, key=lambda r: r.get("bops_reduction") or 0)
-    ops, base = r["speed"]["ops_batch64"], r["speed"]["baseline_ops_batch64"]
-    if [o["op"] for o in ops] != [o["op"] for o in base]:
+    same = [o["op"] for o in r["speed"]["ops_batch64"]] == [
+        o["op"] for o in r["speed"]["baseline_ops_batch64"]]
+    return r if same else None
+
+
+def _ops_table(results: dict[str, Any]) -> list[str]:
+    """Op-by-op engine time of the most-pruned target+wff model of the first seed."""
+    r = _ops_pick(results)
+    if r is None:
         return []
+    ops, base = r["speed"]["ops_batch64"], r["speed"]["baseline_ops_batch64"]
     lines = [f"Where the time goes: {r['method']} at -{r['bops_reduction']:.0%} BOPs, seed "
-             f"{seed}, batch 64, median per op:", "",
+             f"{r['seed']}, batch 64, median per op:", "",
              "| op | kind | unpruned (µs) | pruned (µs) | ratio |", "|---|---|---:|---:|---:|"]
     for a, b in zip(base, ops, strict=True):
         ratio = b["median_s"] / a["median_s"] if a["median_s"] else float("nan")
