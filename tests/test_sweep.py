@@ -87,6 +87,15 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     assert [i["command"] for i in again["invocations"]] == [
         "bnnprune sweep (test)", "bnnprune sweep (again)"]
     assert again["invocations"][1]["cells_computed"] == 0
+    assert [i["models_timed"] for i in again["invocations"]] == [6, 0]
+
+    # a damaged cell record is rebuilt from its finished phase, not retrained
+    (out / "seed0" / "target-wff-30" / "result.json").write_text("{not json")
+    third = run_sweep(_cfg(), out, command="bnnprune sweep (third)")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.pt")} == stamps
+    assert third["invocations"][2]["cells_computed"] == 1
+    assert third["invocations"][2]["models_timed"] == 1
+    assert [e["test_acc"] for e in third["table"]] == [e["test_acc"] for e in res["table"]]
 
     # other settings in the same folder are refused, never mixed in
     other = _cfg()
@@ -94,12 +103,13 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     with pytest.raises(ConfigError, match="other settings"):
         run_sweep(other, out)
 
-    page = write_sweep_report(again, tmp_path / "docs" / "results.md", tmp_path / "docs" / "r")
+    page = write_sweep_report(third, tmp_path / "docs" / "results.md", tmp_path / "docs" / "r")
     text = page.read_text()
     for png in ("pareto.png", "premise.png", "speed.png"):
         assert (tmp_path / "docs" / "r" / png).stat().st_size > 1000
         assert f"(r/{png})" in text
-    assert "bnnprune sweep (again)" in text and "| target + wff |" in text
+    assert "bnnprune sweep (third)" in text and "| target + wff |" in text
+    assert "1 cells computed, 1 models timed" in text
     assert "Premise check" in text and "Against the paper" in text
     assert "Where the time goes: target + wff at -30% BOPs, seed 0" in text
     assert "Channels kept per binary layer (seed 0)" in text

@@ -419,7 +419,7 @@ def _describe(rec: dict[str, Any]) -> str:
 
 
 def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
-           progress: bool) -> None:
+           progress: bool) -> int:
     """Compile every pruned model and its baseline; time them interleaved; check agreement."""
     from bnnprune.engine import compile_model
     from bnnprune.engine.bench import compare_latency, op_times
@@ -430,7 +430,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
     pruned = [r for r in records if r["kind"] == "prune"]
     todo = [r for r in pruned if not (r.get("speed") or {}).get("key") == r["key"]]
     if not todo:
-        return
+        return 0
     log(f"speed: timing {len(todo)} pruned models on the packed engine (batch 1 and 64)")
     programs: dict[int, Any] = {}
     base_ops: dict[int, list[dict[str, Any]]] = {}
@@ -463,6 +463,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         path = folder / "result.json"
         saved = {k: v for k, v in rec.items() if k != "reused"}
         atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
+    return len(todo)
 
 
 # ---------------------------------------------------------------- aggregate
@@ -548,13 +549,13 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         f"{jobs} job(s) x {max(1, (os.cpu_count() or 1) // jobs)} thread(s)")
     records = _train_cells(cfg, out, jobs, log, progress)
     t_train = time.perf_counter() - t0
-    if cfg.sweep.speed:
-        _speed(cfg, out, records, log, progress)
+    timed = _speed(cfg, out, records, log, progress) if cfg.sweep.speed else 0
     command = command or " ".join(["bnnprune", *sys.argv[1:]])
     wall = time.perf_counter() - t0
     invocations = [*_earlier_invocations(out / "results.json"),
                    {"started": started, "command": command, "wall_seconds": wall,
-                    "cells_computed": sum(not r.get("reused") for r in records)}]
+                    "cells_computed": sum(not r.get("reused") for r in records),
+                    "models_timed": timed}]
     results = {
         "config": cfg.to_dict(),
         "command": command,

@@ -333,8 +333,10 @@ def _wall(results: dict[str, Any]) -> str:
     inv = results.get("invocations") or []
     total = results.get("total_wall_seconds", results["wall_seconds"])
     parts = [f"{i['wall_seconds'] / 60:.1f} min from {i['started']}"
-             + (f" ({i['cells_computed']} cells computed)" if i.get("cells_computed") is not None
-                else "") for i in inv]
+             + (f" ({i['cells_computed']} cells computed" if i.get("cells_computed") is not None
+                else "")
+             + (f", {i['models_timed']} models timed)" if i.get("models_timed") is not None
+                else ")" if i.get("cells_computed") is not None else "") for i in inv]
     return (f"{total / 60:.1f} min in all" + (f": {'; '.join(parts)}" if len(inv) > 1 else "")
             + f" ({results['cell_seconds'] / 60:.1f} min of cell compute summed over jobs)")
 
