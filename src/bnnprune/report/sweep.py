@@ -36,7 +36,7 @@ def _pct(ms: dict[str, float], digits: int = 2) -> str:
 
 
 def _methods(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Table rows grouped by method, in the configured order, each sorted by reduction."""
+    """Table rows grouped by method (alphabetical by key), each sorted by BOPs reduction."""
     order = [e["method_key"] for e in results["table"]]
     groups: dict[str, list[dict[str, Any]]] = {k: [] for k in dict.fromkeys(order)}
     for e in results["table"]:
