@@ -30,11 +30,10 @@ SIZES = {"cifar10": (50000, 10000), "mnist": (60000, 10000), "fashion-mnist": (6
 
 def recipe_epochs(cfg: RunConfig) -> dict[str, int]:
     p = cfg.prune
-    rounds = p.max_rounds if p.policy == "paper" else 1
-    compared = [m for m in p.compare_methods if not (m == p.criterion and p.policy == "target")]
-    retrain = p.retrain_epochs * rounds
+    retrain = p.retrain_epochs * p.rounds
     return {"baseline": cfg.train.epochs, "pruned": retrain,
-            "compared": retrain * len(compared), "budget": retrain if p.budget_baseline else 0}
+            "compared": retrain * len(p.baseline_methods),
+            "budget": retrain if p.budget_baseline else 0}
 
 
 def main() -> None:

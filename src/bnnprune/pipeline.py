@@ -86,6 +86,23 @@ class PruneConfig:
     def exclude_layers(self) -> list[str]:
         return [m.strip() for m in self.exclude.split(",") if m.strip()]
 
+    @property
+    def plan_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`bnnprune.prune.make_plan` set by this config."""
+        return {"round_to": self.round_to, "min_channels": self.min_channels,
+                "exclude": self.exclude_layers}
+
+    @property
+    def rounds(self) -> int:
+        """Prune -> retrain rounds at most (only the paper policy iterates)."""
+        return self.max_rounds if self.policy == "paper" else 1
+
+    @property
+    def baseline_methods(self) -> list[str]:
+        """The compared methods other than the chosen one."""
+        return [m for m in self.compare_methods
+                if not (m == self.criterion and self.policy == "target")]
+
 
 @dataclass
 class RunConfig:
@@ -219,6 +236,17 @@ def reinit(model: nn.Module) -> None:
             m.reset_parameters()
 
 
+def pruned_copy(source: nn.Module, plan: Any, criterion: str, sens: Sensitivity | None,
+                p: PruneConfig, seed: int) -> nn.Module:
+    """``source`` pruned to ``plan`` by ``criterion`` (seeded when random), re-initialised
+    when ``p.from_scratch``."""
+    kwargs = {"seed": seed} if criterion == "random" else {}
+    model = apply_plan(source, plan, criterion, sens, **kwargs).model
+    if p.from_scratch:
+        reinit(model)
+    return model
+
+
 def run_pipeline(
     cfg: RunConfig, out_dir: str | Path, log: Log = lambda s: None, progress: bool = False
 ) -> dict[str, Any]:
@@ -255,14 +283,7 @@ def run_pipeline(
     baseline = measure("baseline (unpruned)", base, ds, device, {"epochs": cfg.train.epochs})
     log(f"baseline: test {baseline['test_acc']:.2%}, {baseline['bops'] / 1e6:.2f} M BOPs")
     p = cfg.prune
-    opts = {"round_to": p.round_to, "min_channels": p.min_channels, "exclude": p.exclude_layers}
-
-    def pruned_copy(source: nn.Module, plan: Any, crit: str, s: Sensitivity | None) -> nn.Module:
-        kwargs = {"seed": cfg.train.seed} if crit == "random" else {}
-        model = apply_plan(source, plan, crit, s, **kwargs).model
-        if p.from_scratch:
-            reinit(model)
-        return model
+    opts = p.plan_options
 
     def timed_phase(name: str, model: nn.Module, tcfg: TrainConfig, plan: Any = None) -> Any:
         t0 = time.perf_counter()
@@ -286,15 +307,14 @@ def run_pipeline(
     # ---- the chosen method (paper: iterate; target/uniform: one shot)
     rounds: list[dict[str, Any]] = []
     model, cur_sens = base, sens
-    max_rounds = p.max_rounds if p.policy == "paper" else 1
-    for r in range(1, max_rounds + 1):
+    for r in range(1, p.rounds + 1):
         plan = make_plan(model, shape, p.policy, sensitivity=cur_sens, target=p.target, **opts)
         if plan.bops_after >= plan.bops_before:
             log(f"round {r}: nothing left to prune (no insensitive weights above threshold)")
             break
         for note in plan.notes():
             log(f"round {r}: {note}")
-        pruned = pruned_copy(model, plan, p.criterion, cur_sens)
+        pruned = pruned_copy(model, plan, p.criterion, cur_sens, p, cfg.train.seed)
         name = f"pruned-round{r}" if p.policy == "paper" else "pruned"
         tcfg = retrain_config(cfg, p.retrain_epochs, track=track and p.policy == "paper")
         flips = tracker_of(timed_phase(name, pruned, tcfg, plan), pruned)
@@ -323,15 +343,13 @@ def run_pipeline(
 
     # ---- baselines at the same BOPs and the same training budget
     compared: list[dict[str, Any]] = []
-    for method in p.compare_methods:
-        if method == p.criterion and p.policy == "target":
-            continue
+    for method in p.baseline_methods:
         policy, crit = ("uniform", p.criterion) if method == "uniform" else ("target", method)
         if policy == "target" and sens is None:
             log(f"compare {method}: skipped, needs flip data")
             continue
         plan = make_plan(base, shape, policy, sensitivity=sens, target=achieved, **opts)
-        pruned = pruned_copy(base, plan, crit, sens)
+        pruned = pruned_copy(base, plan, crit, sens, p, cfg.train.seed)
         timed_phase(f"compare-{method}", pruned, retrain_cfg, plan)
         rec = measure(f"{policy} + {crit}", pruned, ds, device, {"plan": plan.to_dict()})
         compared.append(rec)

@@ -41,11 +41,11 @@ from bnnprune.pipeline import (
     PruneConfig,
     RunConfig,
     measure,
-    reinit,
+    pruned_copy,
     retrain_config,
     train_phase,
 )
-from bnnprune.prune import CRITERIA, POLICIES, apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune import CRITERIA, POLICIES, compute_sensitivity, make_plan
 from bnnprune.prune.premise import CHOICES, premise_curve
 from bnnprune.train import evaluate, load_checkpoint, load_model, resolve_device
 
@@ -285,8 +285,10 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         curves = premise_curve(base, ck["flips"]["counts"], fractions, acc,
                                cfg.sweep.flip_choice_list, seed=cell.seed)
         flipped = sum(sens.insensitive.values()) / sum(sens.numel.values())
+        baseline = _finished(cfg, out, Cell("baseline", cell.seed))
+        unflipped = baseline["test_acc"] if baseline else acc(base)
         rec = {"percents": cfg.sweep.flip_percent_list, "curves": curves,
-               "unflipped_acc": acc(base), "flipped_in_window": flipped}
+               "unflipped_acc": unflipped, "flipped_in_window": flipped}
         return _write(out, cell, cfg, {**rec, "seconds": time.perf_counter() - t0})
 
     tcfg = retrain_config(scfg, p.retrain_epochs, track=False)
@@ -299,17 +301,14 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
 
     assert cell.method is not None
     m = cell.method
-    opts = {"round_to": p.round_to, "min_channels": p.min_channels, "exclude": p.exclude_layers}
-    plan = make_plan(base, shape, m.policy, sensitivity=sens, target=cell.reduction, **opts)
+    plan = make_plan(base, shape, m.policy, sensitivity=sens, target=cell.reduction,
+                     **p.plan_options)
     if plan.bops_after >= plan.bops_before:
         raise ConfigError(
             f"{cell.title}: the plan removes no channel (no weight flipped more than "
             f"prune.threshold={p.threshold} times); lower the threshold or track more epochs"
         )
-    kwargs = {"seed": cell.seed} if m.criterion == "random" else {}
-    model = apply_plan(base, plan, m.criterion, sens, **kwargs).model
-    if p.from_scratch:
-        reinit(model)
+    model = pruned_copy(base, plan, m.criterion, sens, p, cell.seed)
     name = Path(cell.folder).name
     train_phase(name, model, ds, tcfg, seed_dir, scfg, quiet, False, plan.to_dict())
     rec = measure(m.label, model, ds, device, {"plan": plan.to_dict()})
