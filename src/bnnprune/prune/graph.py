@@ -18,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from bnnprune.metrics.ops import is_bop_layer, layer_macs
 from bnnprune.nn import binary_layers
 
 __all__ = ["ChannelGroup", "PruningSpace", "analyze", "check_supported", "prune_channels"]
@@ -182,7 +183,8 @@ def _reaches_output(dg: tp.DependencyGraph, module: nn.Module) -> bool:
 
 
 class _Recorder:
-    """Forward hooks: each binary layer's output elements and BOPs, the model's output shape."""
+    """Forward hooks: each binary layer's output elements and BOPs (by the one cost rule of
+    :mod:`bnnprune.metrics.ops`: 0 for a binary layer fed real inputs), the output shape."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -194,7 +196,7 @@ class _Recorder:
     def _layer_hook(self, name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def fn(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             self.sizes[name] = int(out[0].numel())
-            self.bops[name] = int(m.weight[0].numel()) * self.sizes[name]
+            self.bops[name] = layer_macs(m, inp, out[:1]) if is_bop_layer(m) else 0
 
         return fn
 
@@ -301,6 +303,8 @@ def analyze(model: nn.Module, input_shape: InputShape) -> PruningSpace:
 
     costs = []
     for name, layer in layers.items():
+        if not is_bop_layer(layer):  # binary weights on real inputs: float MACs, no BOPs
+            continue
         cout = int(layer.weight.shape[0])
         costs.append(
             _LayerCost(
