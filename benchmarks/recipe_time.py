@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from bnnprune.config import load_config
-from bnnprune.data import DatasetError, dataset_shape, load_dataset
-from bnnprune.pipeline import RunConfig
+from bnnprune.config import RunConfig, load_config
+from bnnprune.data import DatasetError, dataset_shape, load_dataset, load_from_config
+from bnnprune.models import build_from_config
 from bnnprune.train import resolve_device, train
 
 SIZES = {"cifar10": (50000, 10000), "mnist": (60000, 10000), "fashion-mnist": (60000, 10000)}
@@ -32,7 +32,7 @@ def recipe_epochs(cfg: RunConfig) -> dict[str, int]:
     p = cfg.prune
     retrain = p.retrain_epochs * p.rounds
     return {"baseline": cfg.train.epochs, "pruned": retrain,
-            "compared": retrain * len(p.baseline_methods),
+            "compared": retrain * len(p.compare_methods),
             "budget": retrain if p.budget_baseline else 0}
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     cfg.validate()
     device = resolve_device(cfg.train.device)
     try:
-        ds = cfg.data.load(0) if args.data_dir is None else load_dataset(
+        ds = load_from_config(cfg.data, 0) if args.data_dir is None else load_dataset(
             cfg.data.name, root=args.data_dir)
         source = ds.source
     except DatasetError:
@@ -59,7 +59,7 @@ def main() -> None:
         ds = load_dataset("synthetic", n_train=n_train, n_test=n_test, channels=c,
                           image_size=h, num_classes=k)
         source = f"synthetic stand-in for {cfg.data.name} ({n_train} train / {n_test} test)"
-    model = cfg.model.build(ds, 0)
+    model = build_from_config(cfg.model, ds, 0)
     tcfg = dataclasses.replace(cfg.train, epochs=args.epochs, track_last=args.epochs)
     per_epoch: list[float] = []
     t0 = time.perf_counter()

@@ -2,12 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from bnnprune.config import load_config
+from bnnprune.config import RunConfig, SweepConfig, load_config
 from bnnprune.data import dataset_shape
 from bnnprune.metrics import count_bops
 from bnnprune.models import build_model
-from bnnprune.pipeline import RunConfig
-from bnnprune.sweep import SweepConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "experiments").glob("*.toml"))
 
@@ -19,7 +17,7 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_recipe_parses_validates_and_builds_its_model(path):
-    cfg = load_config(path, SweepConfig if path.stem.startswith("sweep") else RunConfig)
+    cfg = load_config(path, SweepConfig if "[sweep]" in path.read_text() else RunConfig)
     cfg.validate()
     c, h, _w, k = dataset_shape(cfg.data.name)
     model = build_model(cfg.model.name, width=cfg.model.width, in_channels=c, num_classes=k,

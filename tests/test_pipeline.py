@@ -2,9 +2,10 @@ import json
 
 import pytest
 
-from bnnprune.config import ConfigError
-from bnnprune.pipeline import RunConfig, run_pipeline
+from bnnprune.config import ConfigError, RunConfig
+from bnnprune.pipeline import run_pipeline
 from bnnprune.report.markdown import write_report
+from bnnprune.report.plots import write_flip_plots
 
 
 def _cfg(**prune):
@@ -19,22 +20,23 @@ def _cfg(**prune):
 
 
 def test_run_end_to_end_writes_results_report_and_plots(tmp_path):
-    cfg = _cfg(target=0.4, compare="uniform,random,magnitude,bn_scale")
-    res = run_pipeline(cfg, tmp_path)
+    cfg = _cfg(target=0.4, compare=["uniform", "random", "magnitude", "bn_scale"])
+    res = run_pipeline(cfg, tmp_path, on_baseline=write_flip_plots)
     write_report(res, tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["bops_reduction"] == pytest.approx(0.4, abs=0.01)
-    assert [c["method"] for c in saved["compared"]] == [
-        "uniform + wff",
-        "target + random",
-        "target + magnitude",
-        "target + bn_scale",
+    assert [c["label"] for c in saved["compared"]] == [
+        "uniform+wff",
+        "target+random",
+        "target+magnitude",
+        "target+bn_scale",
     ]
     for c in saved["compared"]:  # every method pruned to the same BOPs (within the tolerance)
         assert abs(c["bops"] - saved["pruned"]["bops"]) / saved["baseline"]["bops"] <= 0.02
     assert saved["unpruned_budget"]["epochs"] == 3
     report = (tmp_path / "report.md").read_text()
-    assert "| target + wff |" in report and "accuracy_vs_bops.png" in report
+    assert "| target+wff |" in report and "accuracy_vs_bops.png" in report
+    assert "one run (1 seed" in report
     for f in ("accuracy_vs_bops.png", "channels.png", "flip_histograms.png", "flip_ratio.png"):
         assert (tmp_path / f).stat().st_size > 1000
     # a second start reuses every finished phase and reproduces the numbers
@@ -43,16 +45,24 @@ def test_run_end_to_end_writes_results_report_and_plots(tmp_path):
     assert again["compared"][0]["test_acc"] == saved["compared"][0]["test_acc"]
 
 
-def test_paper_policy_iterates_and_records_rounds(tmp_path):
-    cfg = _cfg(policy="paper", max_rounds=2, compare="", budget_baseline=False)
+def test_paper_policy_iterates_while_largest_p_decreases(tmp_path):
+    cfg = _cfg(policy="paper", max_rounds=3, compare=[], budget_baseline=False)
+    cfg.prune.retrain_epochs, cfg.train.track_last = 2, 2
     res = run_pipeline(cfg, tmp_path)
-    assert 1 <= len(res["rounds"]) <= 2
-    assert res["rounds"][0]["max_p"] > 0
-    assert res["pruned"]["bops"] < res["baseline"]["bops"]
+    rounds = res["rounds"]
+    assert len(rounds) >= 2, res["stop"]  # it did iterate on this model
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+    for a, b in zip(rounds, rounds[1:]):  # a round follows only while max p_l decreases
+        assert b["max_p"] < a["max_p"] and b["bops"] < a["bops"]
+        assert b["bops"] == b["plan"]["bops_after"]  # surgery produced each planned model
+    assert len(rounds) == 3 or "stopped decreasing" in res["stop"]
+    for r in range(1, len(rounds) + 1):  # every round retrained in its own phase folder
+        assert (tmp_path / f"pruned-round{r}" / "model.pt").is_file()
+    assert res["pruned"] == rounds[-1] and res["retrain_epochs"] == 2 * len(rounds)
 
 
 def test_run_refuses_folder_of_other_settings(tmp_path):
-    cfg = _cfg(compare="", budget_baseline=False)
+    cfg = _cfg(compare=[], budget_baseline=False)
     run_pipeline(cfg, tmp_path)
     cfg.train.lr = 1e-2
     with pytest.raises(ConfigError, match="other settings"):
@@ -63,5 +73,17 @@ def test_bad_prune_config():
     cfg = _cfg(target=1.5)
     with pytest.raises(ConfigError, match=r"\(0, 1\)"):
         cfg.validate()
-    with pytest.raises(ConfigError, match="compare"):
-        _cfg(compare="uniform,bogus").validate()
+    with pytest.raises(ConfigError, match="bogus"):
+        _cfg(compare=["uniform", "bogus"]).validate()
+
+
+def test_uniform_without_flips_fails_before_training(tmp_path):
+    """uniform+wff needs flip data for its channel choice: refused by validation, not after
+    the baseline has trained."""
+    cfg = _cfg(policy="uniform", compare=[])
+    cfg.train.track_last = 0
+    with pytest.raises(ConfigError, match="uniform\\+wff needs flip data"):
+        run_pipeline(cfg, tmp_path)
+    assert not (tmp_path / "baseline").exists()
+    cfg.prune.criterion = "magnitude"  # needs no flips: accepted
+    cfg.validate()

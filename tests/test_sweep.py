@@ -7,9 +7,11 @@ import json
 import pytest
 
 from bnnprune.cli import main
-from bnnprune.config import ConfigError
+from bnnprune.config import ConfigError, SweepConfig
+from bnnprune.prune.methods import Method, MethodError, parse_method
 from bnnprune.report.sweep import render_sweep_report, write_sweep_report
-from bnnprune.sweep import Method, SweepConfig, aggregate, parse_method, run_sweep
+from bnnprune.stats import paired_difference, spearman
+from bnnprune.sweep import aggregate, run_sweep
 
 
 def _cfg(**sweep) -> SweepConfig:
@@ -18,9 +20,9 @@ def _cfg(**sweep) -> SweepConfig:
     cfg.data.name, cfg.data.train_subset, cfg.data.test_subset = "synthetic", 384, 96
     cfg.train.epochs, cfg.train.track_last, cfg.train.batch_size, cfg.train.lr = 2, 1, 64, 5e-3
     cfg.prune.retrain_epochs = 1
-    cfg.sweep.seeds, cfg.sweep.reductions = "0,1", "0.3"
-    cfg.sweep.methods = "paper,target+wff,target+random"
-    cfg.sweep.flip_percents, cfg.sweep.speed_repeats = "5,20", 2
+    cfg.sweep.seeds, cfg.sweep.reductions = [0, 1], [0.3]
+    cfg.sweep.methods = ["paper+wff", "target+wff", "target+random"]
+    cfg.sweep.flip_percents, cfg.sweep.speed_repeats = [5, 20], 2
     for k, v in sweep.items():
         setattr(cfg.sweep, k, v)
     return cfg
@@ -31,18 +33,42 @@ def test_parse_method() -> None:
     assert parse_method("uniform") == Method("uniform", "wff")
     assert parse_method(" target + magnitude ") == Method("target", "magnitude")
     assert parse_method("random") == Method("target", "random")
-    with pytest.raises(ConfigError, match="policy\\+criterion"):
+    assert parse_method("uniform", default_criterion="magnitude").spec == "uniform+magnitude"
+    assert str(Method("paper", "wff")) == "paper+wff"
+    assert Method("uniform", "magnitude").needs == {"weights"}
+    assert Method("uniform", "wff").needs_flips and Method("target", "random").needs_flips
+    with pytest.raises(MethodError, match="unknown criterion 'largest'"):
         parse_method("target+largest")
+    with pytest.raises(MethodError, match="unknown method"):
+        parse_method("bogus")
+    with pytest.raises(MethodError, match="needs flip data"):
+        Method("uniform", "flip_magnitude").require(has_flips=False)
+
+
+def test_paired_difference_and_spearman() -> None:
+    d = paired_difference([0.80, 0.82, 0.81], [0.79, 0.80, 0.80])
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.013333, abs=1e-6)
+    # t(2) = 4.303, sd of (0.01, 0.02, 0.01) = 0.005774 -> half width 0.014344
+    assert d["hi"] - d["mean"] == pytest.approx(4.303 * 0.0057735 / 3 ** 0.5, rel=1e-4)
+    assert not d["resolved"]  # the interval contains 0
+    assert paired_difference([1.0, 1.1, 1.2], [0.0, 0.1, 0.19])["resolved"]
+    import torch
+
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert spearman(x, x ** 3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])) == \
+        pytest.approx(0.8660254)
 
 
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("reductions", "0.2,1.5", "reductions"),
-        ("reductions", "a,b", "comma-separated"),
-        ("methods", "", "empty"),
-        ("seeds", "0,1.5", "whole numbers"),
-        ("flip_choices", "highest_wff,biggest", "flip_choices"),
+        ("reductions", [0.2, 1.5], "reductions"),
+        ("methods", [], "empty"),
+        ("methods", ["target+wff", "target+nope"], "unknown criterion 'nope'"),
+        ("seeds", [0, -1], "whole numbers"),
+        ("flip_choices", ["highest_wff", "biggest"], "flip_choices"),
         ("speed_repeats", 0, "speed_repeats"),
     ],
 )
@@ -60,17 +86,20 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     # 2 seeds x (baseline, premise, paper, target+wff, target+random, budget)
     assert sorted(kinds) == sorted(["baseline", "premise", "prune", "prune", "prune", "budget"] * 2)
     for seed in (0, 1):
-        for folder in ("baseline", "paper-wff", "target-wff-30", "target-random-30",
+        for folder in ("baseline", "paper+wff", "target+wff-30", "target+random-30",
                        "unpruned-budget", "premise"):
             assert (out / f"seed{seed}" / folder / "result.json").is_file()
     table = {(e["method_key"], e["target_reduction"]): e for e in res["table"]}
-    assert set(table) == {("paper-wff", None), ("target-wff", 0.3), ("target-random", 0.3)}
-    for key in (("target-wff", 0.3), ("target-random", 0.3)):
+    assert set(table) == {("paper+wff", None), ("target+wff", 0.3), ("target+random", 0.3)}
+    for key in (("target+wff", 0.3), ("target+random", 0.3)):
         e = table[key]
         assert e["test_acc"]["n"] == 2 and e["seeds"] == [0, 1]
         assert e["bops_reduction"]["mean"] == pytest.approx(0.3, abs=0.02)
         assert e["latency_ratio_batch1"]["n"] == 2 and e["engine_agreement_min"] == 1.0
-    assert table[("paper-wff", None)]["bops_reduction"]["mean"] > 0
+    assert table[("paper+wff", None)]["bops_reduction"]["mean"] > 0
+    assert [d["a"] for d in res["paired"]] == ["target+wff"]  # wff vs random, 2 paired seeds
+    assert res["paired"][0]["n"] == 2 and set(res["convergence"]) == {"0", "1"}
+    assert set(res["thresholds"]) == {"0", "1", "2", "4"} and res["correlation"]
     prem = res["premise"]
     assert prem["percents"] == [5.0, 20.0]
     assert set(prem["curves"]) == {"highest_wff", "lowest_wff", "random", "smallest_magnitude"}
@@ -90,7 +119,7 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     assert [i["models_timed"] for i in again["invocations"]] == [6, 0]
 
     # a damaged cell record is rebuilt from its finished phase, not retrained
-    (out / "seed0" / "target-wff-30" / "result.json").write_text("{not json")
+    (out / "seed0" / "target+wff-30" / "result.json").write_text("{not json")
     third = run_sweep(_cfg(), out, command="bnnprune sweep (third)")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.pt")} == stamps
     assert third["invocations"][2]["cells_computed"] == 1
@@ -108,10 +137,10 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     for png in ("pareto.png", "premise.png", "speed.png"):
         assert (tmp_path / "docs" / "r" / png).stat().st_size > 1000
         assert f"(r/{png})" in text
-    assert "bnnprune sweep (third)" in text and "| target + wff |" in text
-    assert "1 cells computed, 1 models timed" in text
+    assert "bnnprune sweep (third)" in text and "| target+wff |" in text
     assert "Premise check" in text and "Against the paper" in text
-    assert "Where the time goes: target + wff at -30% BOPs, seed 0" in text
+    assert "Where the time goes: target+wff at -30% BOPs, seed 0" in text
+    assert "does WFF channel choice beat random?" in text
     assert "Channels kept per binary layer (seed 0)" in text
 
 
@@ -125,17 +154,17 @@ def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
     records = [
         _rec("baseline", 0, 0.90), _rec("baseline", 1, 0.92),
         _rec("budget", 0, 0.91), _rec("budget", 1, 0.93),
-        _rec("prune", 0, 0.80, 70, "target-wff", 0.3),
-        _rec("prune", 1, 0.84, 70, "target-wff", 0.3),
-        _rec("prune", 0, 0.60, 70, "target-random", 0.3),
-        _rec("prune", 1, 0.62, 70, "target-random", 0.3),
+        _rec("prune", 0, 0.80, 70, "target+wff", 0.3),
+        _rec("prune", 1, 0.84, 70, "target+wff", 0.3),
+        _rec("prune", 0, 0.60, 70, "target+random", 0.3),
+        _rec("prune", 1, 0.62, 70, "target+random", 0.3),
     ]
     prem = {"percents": [10.0], "unflipped_acc": 0.9, "flipped_in_window": 0.05,
             "curves": {"highest_wff": [0.8], "random": [0.5], "lowest_wff": [0.3],
                        "smallest_magnitude": [0.85]}}
     records += [{"kind": "premise", "seed": s, **prem} for s in (0, 1)]
     agg = aggregate(records)
-    wff = next(e for e in agg["table"] if e["method_key"] == "target-wff")
+    wff = next(e for e in agg["table"] if e["method_key"] == "target+wff")
     assert wff["test_acc"]["mean"] == pytest.approx(0.82)
     assert wff["test_acc"]["std"] == pytest.approx(0.0282843, rel=1e-4)
     assert wff["bops_reduction"]["mean"] == pytest.approx(0.3)
@@ -143,9 +172,8 @@ def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
     assert agg["premise"]["curves"]["random"][0]["mean"] == pytest.approx(0.5)
 
     results = {**agg, "config": SweepConfig().to_dict(), "dataset": {
-        "name": "x", "train": 1, "test": 1, "input_shape": [1, 2, 2]}, "machine": {},
-        "jobs": 1, "command": "bnnprune sweep", "started": "now", "wall_seconds": 60,
-        "cell_seconds": 60}
+        "name": "x", "train": 1, "test": 1, "input_shape": [1, 2, 2]},
+        "command": "bnnprune sweep"}
     text = render_sweep_report(results, {})
     assert "target+wff minus target+random: +21.00 pp" in text and "a clear difference" in text
     assert "The premise holds" in text and "smallest latent magnitudes are an even safer" in text
@@ -153,7 +181,7 @@ def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
     assert "did not pick better channels than chance" not in text
 
     for r in records:  # now random channels beat flip frequency: said plainly
-        if r.get("method_key") == "target-random":
+        if r.get("method_key") == "target+random":
             r["test_acc"] += 0.3
     text = render_sweep_report({**results, **aggregate(records)}, {})
     assert "did not pick better channels than chance:** at -30% BOPs" in text
@@ -168,12 +196,12 @@ def test_cli_sweep_in_two_processes_and_bad_flags(tmp_path, capsys) -> None:
             "--docs", str(tmp_path / "docs")]
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["jobs"] == 2 and len(res["records"]) == 8
+    assert len(res["records"]) == 8
     assert res["command"].startswith("bnnprune sweep --dataset synthetic")
     assert (tmp_path / "docs" / "results.md").is_file()
     assert (tmp_path / "docs" / "results" / "pareto.png").is_file()
     capsys.readouterr()
-    for bad, msg in ((["--methods", "target+foo"], "unknown sweep method"),
+    for bad, msg in ((["--methods", "target+foo"], "unknown criterion 'foo'"),
                      (["--jobs", "0"], "jobs must be >= 1"),
                      (["--reductions", "1.2"], "sweep.reductions")):
         assert main([*args[:-4], *bad, "-o", str(tmp_path / "bad")]) == 2

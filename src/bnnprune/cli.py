@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bnnprune.config import ConfigError, ExperimentConfig, load_config
-from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset
-from bnnprune.models import MODELS, build_model
+from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset, load_from_config
+from bnnprune.models import MODELS, build_from_config, build_model
 from bnnprune.train import (
     CheckpointError,
     TrainingError,
@@ -153,8 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
-    ds = dist.main_first(lambda: cfg.data.load(cfg.train.seed))
-    model = cfg.model.build(ds, cfg.train.seed)
+    ds = dist.main_first(lambda: load_from_config(cfg.data, cfg.train.seed))
+    model = build_from_config(cfg.model, ds, cfg.train.seed)
     out = dist.main_decides(lambda: _check_out_dir(args.output))
     world = dist.world_size()
     _say(
@@ -327,7 +327,8 @@ def _print_plan(plan: Any) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
-    from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+    from bnnprune.prune import RECORD_HINT, apply_plan, compute_sensitivity, make_plan
+    from bnnprune.prune.methods import Method
     from bnnprune.train.checkpoint import save_checkpoint
 
     model, ckpt = load_model(args.checkpoint)
@@ -337,12 +338,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CliError(f"{args.checkpoint} does not record its input shape")
     if args.policy is None:
         args.policy = "paper" if args.target_bops is None else "target"
+    method = Method(args.policy, args.criterion)
+    method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
     sens = None
-    if args.policy != "uniform" or args.criterion == "wff":
-        if not ckpt.get("flips"):
-            from bnnprune.prune import RECORD_HINT
-
-            raise CliError(f"{args.checkpoint} has no flip data; {RECORD_HINT}")
+    if method.needs_flips:
         sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
     exclude = [x for x in (args.exclude or "").split(",") if x]
     plan = make_plan(
@@ -396,15 +395,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bnnprune.pipeline import RunConfig, run_pipeline
+    from bnnprune.config import RunConfig
+    from bnnprune.pipeline import run_pipeline
     from bnnprune.report.markdown import methods_table, write_report
+    from bnnprune.report.plots import write_flip_plots
 
     cfg = _experiment_config(args, RunConfig)
     with dist.distributed_from_env(resolve_device(cfg.train.device)):
         out = dist.main_decides(lambda: _check_out_dir(args.output))
         t0 = time.perf_counter()
         results = run_pipeline(
-            cfg, out, log=lambda s: _say(s, flush=True), progress=sys.stderr.isatty()
+            cfg, out, log=lambda s: _say(s, flush=True), progress=sys.stderr.isatty(),
+            on_baseline=write_flip_plots,
         )
         main = dist.is_main()
     if not main:
@@ -429,23 +431,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
+    from bnnprune.config import SweepConfig
     from bnnprune.report.sweep import write_sweep_report
-    from bnnprune.sweep import SweepConfig, run_sweep
+    from bnnprune.sweep import run_sweep
 
     cfg = _experiment_config(args, SweepConfig)
     out = _check_out_dir(args.output)
     command = shlex.join(["bnnprune", *args.argv])
     results = run_sweep(cfg, out, jobs=args.jobs, log=lambda s: _say(s, flush=True),
-                        progress=sys.stderr.isatty(), command=command)
+                        progress=sys.stderr.isatty(), command=command,
+                        compute=not args.report_only)
     report = write_sweep_report(results, out / "report.md")
     print(f"\nwrote {out / 'results.json'}, {report} and plots in {out}")
     if args.docs:
         docs = Path(args.docs)
         page = write_sweep_report(results, docs / "results.md", docs / "results",
-                                  docs_command=command)
+                                  docs_command=shlex.join(_docs_command(args)))
         print(f"wrote {page} and plots in {docs / 'results'}")
-    print(f"wall time {results['wall_seconds'] / 60:.1f} min")
+    print(f"wall time {results['invocations'][-1]['wall_seconds'] / 60:.1f} min")
     return 0
+
+
+def _docs_command(args: argparse.Namespace) -> list[str]:
+    """The command that writes the page, as the page quotes it: the same flags without
+    --jobs / --report-only / -o, which change neither the records nor the page."""
+    out, skip = [], 0
+    for a in args.argv:
+        if skip:
+            skip -= 1
+        elif a in ("--jobs", "-o", "--output"):
+            skip = 1
+        elif a != "--report-only" and not a.startswith(("--jobs=", "--output=")):
+            out.append(a)
+    return ["bnnprune", *out]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -709,6 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1,
                    help="cells trained in parallel processes (each gets cores/jobs threads)")
     g.add_argument("--docs", help="also write DIR/results.md and DIR/results/*.png")
+    g.add_argument("--records", dest="sweep.records",
+                   help="folder of the cells' JSON records (commit it; a fresh clone resumes)")
+    g.add_argument("--report-only", action="store_true",
+                   help="train and time nothing: write the page from the finished records")
     sw.add_argument("-o", "--output", default="runs/sweep",
                     help="sweep folder (default runs/sweep)")
     sw.set_defaults(func=cmd_sweep)
@@ -775,12 +797,23 @@ def _remove_if_empty(top: Path | None) -> None:
         shutil.rmtree(top, ignore_errors=True)
 
 
+def _quiet_setup() -> None:
+    """Plots render off-screen (the library never picks a backend); warnings are one line."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    warnings.formatwarning = lambda msg, *a, **k: f"bnnprune: warning: {msg}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     fresh: Path | None = None
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
         args.argv = argv
+        _quiet_setup()
         if dist.env_world_size() > 1 and args.command not in ("train", "run"):
             raise CliError(
                 f"bnnprune {args.command} runs in one process; start it without torchrun"

@@ -1,15 +1,19 @@
 """Experiment configuration: dataclasses, TOML loading and CLI-style overrides.
 
-A config file has the tables ``[model]``, ``[data]``, ``[train]`` (and ``[prune]`` for the
-pruning pipeline); every key is a field of the matching dataclass. Unknown keys and values
-of the wrong type raise :class:`ConfigError` naming the key.
+A config file has the tables ``[model]``, ``[data]``, ``[train]`` (``[prune]`` for
+``bnnprune run``, ``[sweep]`` for ``bnnprune sweep``); every key is a field of the matching
+dataclass. Unknown keys and values of the wrong type raise :class:`ConfigError` naming the
+key. Configs are passive: models and data are built from them by
+:func:`bnnprune.models.build_from_config` and :func:`bnnprune.data.load_from_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,10 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "PruneConfig",
+    "RunConfig",
+    "SweepConfig",
+    "SweepSection",
     "TrainConfig",
     "load_config",
 ]
@@ -49,22 +57,6 @@ class ModelConfig:
         if self.pad_value not in (1.0, -1.0):
             raise ConfigError(f"model.pad_value must be 1 or -1, got {self.pad_value}")
 
-    def build(self, dataset: Any, seed: int) -> Any:
-        """The configured zoo model for ``dataset``'s input shape, initialised from ``seed``."""
-        from bnnprune.models import build_model
-        from bnnprune.train import seed_everything
-
-        seed_everything(seed)
-        return build_model(
-            self.name,
-            width=self.width,
-            in_channels=dataset.in_channels,
-            num_classes=dataset.num_classes,
-            image_size=dataset.image_size,
-            pad_value=self.pad_value,
-            scale=self.scale,
-        )
-
 
 @dataclass
 class DataConfig:
@@ -84,18 +76,8 @@ class DataConfig:
             if v is not None and v < 0:
                 raise ConfigError(f"data.{k} must be >= 0 (0: all images), got {v}")
 
-    def load(self, seed: int = 0) -> Any:
-        """Load the configured dataset (subsets drawn with ``seed``; 0 or None: all images)."""
-        from bnnprune.data import load_dataset
 
-        return load_dataset(
-            self.name,
-            root=self.root,
-            download=self.download,
-            train_subset=self.train_subset or None,
-            test_subset=self.test_subset or None,
-            seed=seed,
-        )
+SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass
@@ -106,6 +88,10 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step | constant
     step_epochs: int = 2  # step schedule: decay every N epochs
     step_gamma: float = 0.1
+    # plateau: the last K epochs hold the learning rate at lr * plateau_lr (> 0), and the
+    # cosine / step schedule runs over the epochs before it (cosine then ends at that value)
+    plateau_epochs: int = 0
+    plateau_lr: float = 0.1
     weight_decay: float = 0.0  # on full-precision parameters
     binary_weight_decay: float = 0.0  # on latent binary weights (usually 0)
     track_last: int = 1  # pruning interval: the last K epochs (0 = no flip tracking)
@@ -119,12 +105,19 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.schedule not in ("cosine", "step", "constant"):
+        if self.schedule not in SCHEDULES:
             raise ConfigError(
                 f"train.schedule must be cosine, step or constant, got {self.schedule!r}"
             )
         if self.step_epochs < 1:
             raise ConfigError(f"train.step_epochs must be >= 1, got {self.step_epochs}")
+        if not 0 <= self.plateau_epochs < self.epochs:
+            raise ConfigError(
+                f"train.plateau_epochs must be between 0 and epochs - 1 ({self.epochs - 1}), "
+                f"got {self.plateau_epochs}"
+            )
+        if not 0 < self.plateau_lr <= 1:
+            raise ConfigError(f"train.plateau_lr must be in (0, 1], got {self.plateau_lr}")
         if not 0 <= self.track_last <= self.epochs:
             raise ConfigError(
                 f"train.track_last must be between 0 and epochs ({self.epochs}), "
@@ -148,9 +141,186 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against a simple annotation (str, int, float, bool, X | None)."""
+@dataclass
+class PruneConfig:
+    policy: str = "target"  # paper | target | uniform
+    target: float = 0.5  # BOPs reduction for target / uniform
+    criterion: str = "wff"  # which channels go (see bnnprune.prune.CRITERIA)
+    threshold: int = 0  # a weight is insensitive when it flipped more than this
+    round_to: int = 1  # keep channel counts multiples of this
+    min_channels: int = 1
+    exclude: list[str] = field(default_factory=list)  # binary layers never pruned
+    max_rounds: int = 4  # paper policy: train -> prune -> retrain rounds at most
+    retrain_epochs: int = 2
+    retrain_lr: float = 1e-3
+    from_scratch: bool = False  # retrain pruned models from a fresh initialisation
+    # methods pruned to the same BOPs and retrained the same ("policy+criterion"; a bare
+    # policy takes this config's criterion, a bare criterion the target policy)
+    compare: list[str] = field(default_factory=lambda: ["uniform", "random"])
+    budget_baseline: bool = True  # also train the unpruned model for the retraining epochs
+
+    @property
+    def method(self) -> Any:
+        """The chosen method (a :class:`bnnprune.prune.methods.Method`)."""
+        from bnnprune.prune.methods import Method
+
+        return Method(self.policy, self.criterion)
+
+    @property
+    def compare_methods(self) -> list[Any]:
+        """The compared methods other than the chosen one, in the configured order."""
+        from bnnprune.prune.methods import parse_methods
+
+        return [m for m in parse_methods(self.compare, self.criterion) if m != self.method]
+
+    def validate(self) -> None:
+        from bnnprune.prune.methods import MethodError
+
+        try:
+            self.method  # noqa: B018 (parsing is the check)
+            self.compare_methods  # noqa: B018
+        except MethodError as e:
+            raise ConfigError(f"prune: {e}") from None
+        if not 0 < self.target < 1:
+            raise ConfigError(f"prune.target must be a BOPs reduction in (0, 1), got {self.target}")
+        for key in ("round_to", "min_channels", "max_rounds", "retrain_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"prune.{key} must be >= 1, got {getattr(self, key)}")
+        if self.threshold < 0:
+            raise ConfigError(f"prune.threshold must be >= 0, got {self.threshold}")
+        if not self.retrain_lr > 0:
+            raise ConfigError(f"prune.retrain_lr must be > 0, got {self.retrain_lr}")
+
+    @property
+    def plan_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`bnnprune.prune.make_plan` set by this config."""
+        return {"round_to": self.round_to, "min_channels": self.min_channels,
+                "exclude": list(self.exclude)}
+
+    @property
+    def rounds(self) -> int:
+        """Prune -> retrain rounds at most (only the paper policy iterates)."""
+        return self.max_rounds if self.policy == "paper" else 1
+
+
+def require_flips(methods: Any, train: TrainConfig) -> None:
+    """ConfigError before anything trains when a method needs flip data that the training
+    config will not record (the rule itself is :meth:`Method.require`)."""
+    from bnnprune.prune.methods import MethodError
+
+    for m in methods:
+        try:
+            m.require(train.track_last >= 1, fix="set train.track_last >= 1 (--track-last K)")
+        except MethodError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        require_flips([self.prune.method, *self.prune.compare_methods], self.train)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SweepSection:
+    reductions: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5])
+    methods: list[str] = field(default_factory=lambda: [
+        "paper+wff", "target+wff", "uniform+wff", "target+random", "target+magnitude",
+        "target+bn_scale"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    flip_percents: list[float] = field(default_factory=lambda: [1, 2, 5, 10, 15, 20])
+    flip_choices: list[str] = field(
+        default_factory=lambda: ["highest_wff", "lowest_wff", "random", "smallest_magnitude"])
+    speed: bool = True  # time every pruned model on the packed engine
+    speed_repeats: int = 30
+    # uniform-width networks trained from scratch at every reduction for the same total epochs
+    scratch: bool = False
+    # folder of the cells' small JSON records (commit it: a fresh clone resumes from it);
+    # "" keeps them in the run folder
+    records: str = ""
+
+    @property
+    def method_list(self) -> list[Any]:
+        from bnnprune.prune.methods import parse_methods
+
+        return parse_methods(self.methods)
+
+    def validate(self) -> None:
+        from bnnprune.prune.methods import MethodError
+        from bnnprune.prune.premise import CHOICES
+
+        if not self.reductions or any(not 0 < r < 1 for r in self.reductions):
+            raise ConfigError(f"sweep.reductions must lie in (0, 1), got {self.reductions!r}")
+        if not self.methods:
+            raise ConfigError("sweep.methods is empty")
+        try:
+            self.method_list  # noqa: B018 (parsing is the check)
+        except MethodError as e:
+            raise ConfigError(f"sweep: {e}") from None
+        if not self.seeds:
+            raise ConfigError("sweep.seeds is empty")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"sweep.seeds must be whole numbers >= 0, got {self.seeds!r}")
+        if any(not 0 <= x <= 100 for x in self.flip_percents):
+            raise ConfigError(f"sweep.flip_percents must lie in [0, 100], got {self.flip_percents}")
+        bad = [c for c in self.flip_choices if c not in CHOICES]
+        if bad:
+            raise ConfigError(f"unknown sweep.flip_choices {bad}; choose from {', '.join(CHOICES)}")
+        if self.speed_repeats < 1:
+            raise ConfigError("sweep.speed_repeats must be >= 1")
+
+
+def _sweep_prune_defaults() -> PruneConfig:
+    return PruneConfig(compare=[], budget_baseline=True, max_rounds=1)
+
+
+@dataclass
+class SweepConfig(RunConfig):
+    prune: PruneConfig = field(default_factory=_sweep_prune_defaults)
+    sweep: SweepSection = field(default_factory=SweepSection)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        require_flips(self.sweep.method_list, self.train)
+
+
+def _coerce(value: Any, tp: Any, key: str, from_file: bool = False) -> Any:
+    """Check ``value`` against a simple annotation (str, int, float, bool, X | None, list[X]).
+
+    A list setting takes an array; a comma-separated string is also accepted (the form of
+    command-line flags), with a deprecation note when it comes from a TOML file.
+    """
     args = typing.get_args(tp)
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+            if args[0] is not str:
+                try:
+                    items = [float(v) for v in items]
+                except ValueError:
+                    raise ConfigError(f"{key} must be a list of numbers, got {value!r}") from None
+                items = [int(v) if args[0] is int and v == int(v) else v for v in items]
+            if from_file:
+                warnings.warn(
+                    f"config key {key}: a comma-separated string is deprecated, write a TOML "
+                    f"array, e.g. {key.rpartition('.')[2]} = {json.dumps(items)}",
+                    FutureWarning, stacklevel=2)
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(items)]
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         if value is None and type(None) in args:
             return None
@@ -171,16 +341,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key} must be of type {tp.__name__}, got {value!r}")
 
 
-def update_dataclass(obj: Any, values: dict[str, Any], prefix: str) -> None:
+def update_dataclass(obj: Any, values: dict[str, Any], prefix: str,
+                     from_file: bool = False) -> None:
     """Set fields of ``obj`` from ``values`` with type checks; unknown keys are errors."""
     hints = typing.get_type_hints(type(obj))
     for k, v in values.items():
         if k not in hints:
             raise ConfigError(f"unknown config key '{prefix}{k}'; valid keys: {', '.join(hints)}")
-        setattr(obj, k, _coerce(v, hints[k], f"{prefix}{k}"))
+        setattr(obj, k, _coerce(v, hints[k], f"{prefix}{k}", from_file))
 
 
-def apply_sections(cfg: Any, data: dict[str, Any]) -> Any:
+def apply_sections(cfg: Any, data: dict[str, Any], from_file: bool = False) -> Any:
     """Apply a nested dict (TOML tables) onto a config of dataclass sections."""
     sections = {f.name for f in dataclasses.fields(cfg)}
     for section, values in data.items():
@@ -190,7 +361,7 @@ def apply_sections(cfg: Any, data: dict[str, Any]) -> Any:
             )
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table")
-        update_dataclass(getattr(cfg, section), values, f"{section}.")
+        update_dataclass(getattr(cfg, section), values, f"{section}.", from_file)
     return cfg
 
 
@@ -206,4 +377,4 @@ def load_config(path: str | Path | None, cls: type = ExperimentConfig) -> Any:
         raise ConfigError(f"config file not found: {p}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-    return apply_sections(cfg, data)
+    return apply_sections(cfg, data, from_file=True)

@@ -21,147 +21,44 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bnnprune.atomic import atomic_write_bytes
-from bnnprune.config import ConfigError
-from bnnprune.data import normalize
-from bnnprune.engine.bench import machine_info
-from bnnprune.pipeline import (
-    PruneConfig,
-    RunConfig,
+from bnnprune.config import ConfigError, SweepConfig
+from bnnprune.data import load_from_config, normalize
+from bnnprune.models import build_from_config
+from bnnprune.phases import (
+    RECORD_VERSION,
+    DatasetRecord,
+    MachineRecord,
+    history_of,
     measure,
-    pruned_copy,
+    normalized,
+    prune_rounds,
+    reinit,
     retrain_config,
     train_phase,
 )
-from bnnprune.prune import CRITERIA, POLICIES, compute_sensitivity, make_plan
-from bnnprune.prune.premise import CHOICES, premise_curve
+from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune.methods import Method
+from bnnprune.prune.premise import premise_curve
+from bnnprune.seeding import seed_everything
+from bnnprune.stats import paired_difference, spearman
 from bnnprune.train import evaluate, load_checkpoint, load_model, resolve_device
 
-__all__ = ["Method", "SweepConfig", "SweepSection", "parse_method", "run_sweep"]
+__all__ = ["Cell", "aggregate", "run_sweep"]
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Method:
-    policy: str
-    criterion: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.policy} + {self.criterion}"
-
-    @property
-    def key(self) -> str:
-        return f"{self.policy}-{self.criterion}"
-
-
-def parse_method(text: str) -> Method:
-    """``policy+criterion``; a bare policy means ``+wff``, a bare criterion ``target+``."""
-    t = text.strip().replace(" ", "")
-    if "+" in t:
-        policy, crit = t.split("+", 1)
-    elif t in POLICIES:
-        policy, crit = t, "wff"
-    else:
-        policy, crit = "target", t
-    if policy not in POLICIES or crit not in CRITERIA:
-        raise ConfigError(
-            f"unknown sweep method {text!r}: write policy+criterion with policy in "
-            f"{', '.join(POLICIES)} and criterion in {', '.join(CRITERIA)}"
-        )
-    return Method(policy, crit)
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"sweep.{what} must be comma-separated numbers, got {text!r}") from None
-
-
-@dataclass
-class SweepSection:
-    reductions: str = "0.2,0.3,0.4,0.5"  # BOPs reductions for the target/uniform methods
-    methods: str = "paper,target+wff,uniform,target+random,target+magnitude,target+bn_scale"
-    seeds: str = "0,1,2"
-    flip_percents: str = "1,2,5,10,15,20"  # premise check: % of each layer's weights
-    flip_choices: str = ",".join(CHOICES)
-    speed: bool = True  # time every pruned model on the packed engine
-    speed_repeats: int = 30
-
-    def validate(self) -> None:
-        red = self.reduction_list
-        if not red or any(not 0 < r < 1 for r in red):
-            raise ConfigError(f"sweep.reductions must lie in (0, 1), got {self.reductions!r}")
-        if not self.method_list:
-            raise ConfigError("sweep.methods is empty")
-        if not self.seed_list:
-            raise ConfigError("sweep.seeds is empty")
-        pct = self.flip_percent_list
-        if any(not 0 <= x <= 100 for x in pct):
-            raise ConfigError(f"sweep.flip_percents must lie in [0, 100], got {pct}")
-        bad = [c for c in self.flip_choice_list if c not in CHOICES]
-        if bad:
-            raise ConfigError(f"unknown sweep.flip_choices {bad}; choose from {', '.join(CHOICES)}")
-        if self.speed_repeats < 1:
-            raise ConfigError("sweep.speed_repeats must be >= 1")
-
-    @property
-    def reduction_list(self) -> list[float]:
-        return _floats(self.reductions, "reductions")
-
-    @property
-    def method_list(self) -> list[Method]:
-        out: list[Method] = []
-        for m in self.methods.split(","):
-            if m.strip() and (method := parse_method(m)) not in out:
-                out.append(method)
-        return out
-
-    @property
-    def seed_list(self) -> list[int]:
-        vals = _floats(self.seeds, "seeds")
-        if any(v != int(v) or v < 0 for v in vals):
-            raise ConfigError(f"sweep.seeds must be whole numbers >= 0, got {self.seeds!r}")
-        return list(dict.fromkeys(int(v) for v in vals))
-
-    @property
-    def flip_percent_list(self) -> list[float]:
-        return _floats(self.flip_percents, "flip_percents")
-
-    @property
-    def flip_choice_list(self) -> list[str]:
-        return [c.strip() for c in self.flip_choices.split(",") if c.strip()]
-
-
-def _sweep_prune_defaults() -> PruneConfig:
-    return PruneConfig(compare="", budget_baseline=True, max_rounds=1)
-
-
-@dataclass
-class SweepConfig(RunConfig):
-    prune: PruneConfig = field(default_factory=_sweep_prune_defaults)
-    sweep: SweepSection = field(default_factory=SweepSection)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.train.track_last < 1 and any(
-            m.policy != "uniform" or m.criterion == "wff" for m in self.sweep.method_list
-        ):
-            raise ConfigError("the sweep's flip-guided methods need train.track_last >= 1")
+THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
 
 
 # ---------------------------------------------------------------- cells
@@ -169,26 +66,34 @@ class SweepConfig(RunConfig):
 
 @dataclass(frozen=True)
 class Cell:
-    kind: str  # baseline | prune | budget | premise
+    kind: str  # baseline | prune | scratch | budget | premise
     seed: int
     method: Method | None = None
     reduction: float | None = None  # target BOPs reduction (None: the policy's own)
 
     @property
-    def folder(self) -> str:
+    def name(self) -> str:
+        suffix = "" if self.reduction is None else f"-{round(100 * self.reduction)}"
         if self.kind == "prune":
             assert self.method is not None
-            suffix = "" if self.reduction is None else f"-{round(100 * self.reduction)}"
-            return f"seed{self.seed}/{self.method.key}{suffix}"
-        return f"seed{self.seed}/" + {"baseline": "baseline", "budget": "unpruned-budget",
-                                      "premise": "premise"}[self.kind]
+            return f"{self.method.spec}{suffix}"
+        if self.kind == "scratch":
+            return f"scratch{suffix}"
+        return {"baseline": "baseline", "budget": "unpruned-budget", "premise": "premise"}[
+            self.kind]
+
+    @property
+    def folder(self) -> str:
+        return f"seed{self.seed}/{self.name}"
 
     @property
     def title(self) -> str:
+        red = "own" if self.reduction is None else f"-{self.reduction:.0%}"
         if self.kind == "prune":
             assert self.method is not None
-            red = "own" if self.reduction is None else f"-{self.reduction:.0%}"
-            return f"seed {self.seed} {self.method.label} ({red})"
+            return f"seed {self.seed} {self.method.spec} ({red})"
+        if self.kind == "scratch":
+            return f"seed {self.seed} uniform width from scratch ({red})"
         return f"seed {self.seed} {self.kind}"
 
 
@@ -199,7 +104,7 @@ def _seed_cfg(cfg: SweepConfig, seed: int) -> SweepConfig:
 def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
     """What a finished cell depends on: everything but the sweep's own lists."""
     key = {
-        "cell": [cell.kind, cell.seed, cell.method.key if cell.method else None, cell.reduction],
+        "cell": [cell.kind, cell.seed, cell.method.spec if cell.method else None, cell.reduction],
         "model": dataclasses.asdict(cfg.model),
         "data": dataclasses.asdict(cfg.data),
         "train": dataclasses.asdict(cfg.train),
@@ -207,11 +112,19 @@ def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
     }
     if cell.kind == "premise":
         key["flips"] = [cfg.sweep.flip_percents, cfg.sweep.flip_choices]
-    return json.loads(json.dumps(key))
+    return normalized(key)
+
+
+def _record_path(cfg: SweepConfig, out: Path, cell: Cell) -> Path:
+    """Where a cell's record lives: under ``sweep.records`` (small JSON files meant to be
+    committed, so a fresh clone resumes) or else in the run folder."""
+    if cfg.sweep.records:
+        return Path(cfg.sweep.records) / f"seed{cell.seed}" / f"{cell.name}.json"
+    return out / cell.folder / "result.json"
 
 
 def _finished(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
-    path = out / cell.folder / "result.json"
+    path = _record_path(cfg, out, cell)
     if not path.is_file():
         return None
     try:
@@ -220,8 +133,8 @@ def _finished(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
         return None  # a damaged record is recomputed (phases underneath are reused)
     if rec.get("key") != _cell_key(cfg, cell):
         raise ConfigError(
-            f"{out / cell.folder} holds a sweep cell run with other settings; "
-            "use a new output folder (-o) or delete it"
+            f"{path} holds a sweep cell run with other settings; "
+            "use a new output folder (-o) or records folder, or delete it"
         )
     return rec
 
@@ -234,45 +147,108 @@ def _dataset(cfg: SweepConfig) -> Any:
     key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
     if key not in _DATA:
         _DATA.clear()
-        _DATA[key] = cfg.data.load(0)
+        _DATA[key] = load_from_config(cfg.data, 0)
     return _DATA[key]
 
 
-def _write(out: Path, cell: Cell, cfg: SweepConfig, rec: dict[str, Any]) -> dict[str, Any]:
-    rec = {**rec, "key": _cell_key(cfg, cell), "kind": cell.kind, "seed": cell.seed,
-           "method_key": cell.method.key if cell.method else None,
-           "target_reduction": cell.reduction, "folder": cell.folder}
-    path = out / cell.folder / "result.json"
+def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
+           seconds: float) -> dict[str, Any]:
+    device = resolve_device(cfg.train.device)
+    rec = {**rec, "version": RECORD_VERSION, "key": _cell_key(cfg, cell), "kind": cell.kind,
+           "seed": cell.seed, "method_key": cell.method.spec if cell.method else None,
+           "target_reduction": cell.reduction, "folder": cell.folder,
+           "seconds": seconds, "machine": dataclasses.asdict(MachineRecord.here(device))}
+    path = _record_path(cfg, out, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(rec, indent=1).encode())
+    atomic_write_bytes(path, (json.dumps(normalized(rec), indent=1, sort_keys=True) + "\n")
+                       .encode())
     return rec
 
 
+def convergence(history: list[dict[str, Any]], track_last: int) -> dict[str, Any]:
+    """The plateau criterion of a baseline: test-accuracy change over the ``track_last``
+    epochs before the flip interval, and max/min of each layer's per-epoch flip ratio
+    inside it (a flat interval is near 1; a learning rate decaying to 0 gives ~100)."""
+    n = len(history)
+    start = n - track_last  # index of the first epoch inside the interval
+    before = [h["test_acc"] for h in history[max(0, start - track_last):start]]
+    inside = history[start:]
+    flatness: dict[str, float] = {}
+    for layer in (inside[0].get("flip_ratio") or {}) if inside else {}:
+        vals = [h["flip_ratio"][layer] for h in inside]
+        lo = min(vals)
+        flatness[layer] = max(vals) / lo if lo > 0 else float("inf")
+    return {
+        "acc_change_before_interval": (before[-1] - before[0]) if len(before) > 1 else None,
+        "epochs_compared": len(before),
+        "interval_epochs": len(inside),
+        "flip_ratio_max_over_min": flatness,
+        "worst_flatness": max(flatness.values()) if flatness else None,
+        "test_acc_by_epoch": [h["test_acc"] for h in history],
+        "lr_by_epoch": [h.get("lr") for h in history],
+    }
+
+
+def _wff_magnitude_correlation(model: torch.nn.Module, counts: dict[str, Any]) -> dict[str, Any]:
+    """Per binary layer: Spearman rank correlation of flip count with |latent w| (weights)
+    and of mean WFF with mean |w| (channels)."""
+    out: dict[str, Any] = {}
+    for name, c in counts.items():
+        w = model.get_submodule(name).weight.detach().abs().cpu()
+        c = c.cpu().double()
+        out[name] = {"weights": spearman(c.flatten(), w.flatten().double()),
+                     "channels": spearman(c.flatten(1).mean(1), w.flatten(1).mean(1).double())}
+    return out
+
+
+def _threshold_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
+                     opts: dict[str, Any]) -> dict[str, Any]:
+    """p_l per layer and the paper policy's planned BOPs reduction at each flip threshold."""
+    table = {}
+    for t in THRESHOLDS:
+        sens = compute_sensitivity(flips, model, threshold=t)
+        plan = make_plan(model, shape, "paper", sensitivity=sens, **opts)
+        table[str(t)] = {"p": dict(sens.p), "paper_reduction": plan.reduction}
+    return table
+
+
+def _ensure_baseline(cfg: SweepConfig, out: Path, seed: int) -> tuple[torch.nn.Module, Any]:
+    """The seed's trained baseline (trained again, deterministically, when a fresh clone
+    has its committed record but not its checkpoint)."""
+    ds = _dataset(cfg)
+    scfg = _seed_cfg(cfg, seed)
+    folder = out / f"seed{seed}" / "baseline"
+    model = build_from_config(cfg.model, ds, seed)
+    res = train_phase("baseline", model, ds, scfg.train, folder, scfg, lambda s: None, False)
+    return model, res
+
+
 def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
-    """Compute one cell (its baseline must be finished unless it is the baseline)."""
+    """Compute one cell (its baseline is trained first when missing)."""
     t0 = time.perf_counter()
     ds = _dataset(cfg)
     scfg = _seed_cfg(cfg, cell.seed)
     seed_dir = out / f"seed{cell.seed}"
     shape = tuple(ds.input_shape)
     quiet: Log = lambda s: None  # noqa: E731 (per-epoch logs are in each metrics.jsonl)
-    if cell.kind == "baseline":
-        model = cfg.model.build(ds, cell.seed)
-        train_phase("baseline", model, ds, scfg.train, seed_dir, scfg, quiet, False)
-        device = next(model.parameters()).device
-        rec = measure("baseline (unpruned)", model, ds, device, {"epochs": cfg.train.epochs})
-        ck = load_checkpoint(seed_dir / "baseline" / "model.pt")
-        if ck.get("flips"):
-            sens = compute_sensitivity(ck["flips"], model, threshold=cfg.prune.threshold)
-            rec["sensitivity"] = sens.to_dict()
-        return _write(out, cell, cfg, {**rec, "seconds": time.perf_counter() - t0})
-
-    base, ck = load_model(seed_dir / "baseline" / "model.pt")
-    base.to(resolve_device(cfg.train.device))
-    device = next(base.parameters()).device
     p = cfg.prune
-    sens = (compute_sensitivity(ck["flips"], base, threshold=p.threshold)
-            if ck.get("flips") else None)
+    base, res = _ensure_baseline(cfg, out, cell.seed)
+    device = next(base.parameters()).device
+    ck = load_checkpoint(seed_dir / "baseline" / "model.pt")
+    flips = ck.get("flips")
+    sens = compute_sensitivity(flips, base, threshold=p.threshold) if flips else None
+
+    if cell.kind == "baseline":
+        if (old := _finished(cfg, out, cell)) is not None:
+            return old  # the committed record stands; the checkpoint was only rebuilt
+        rec = measure("baseline (unpruned)", base, ds, device, epochs=cfg.train.epochs).to_dict()
+        rec["dataset"] = dataclasses.asdict(DatasetRecord.of(ds))
+        rec["convergence"] = convergence(history_of(res), cfg.train.track_last)
+        if sens is not None:
+            rec["sensitivity"] = sens.to_dict()
+            rec["thresholds"] = _threshold_table(base, flips, shape, p.plan_options)
+            rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
+        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
     if cell.kind == "premise":
         if sens is None:
@@ -281,39 +257,61 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         def acc(m: torch.nn.Module) -> float:
             return evaluate(m, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)[1]
 
-        fractions = [x / 100 for x in cfg.sweep.flip_percent_list]
-        curves = premise_curve(base, ck["flips"]["counts"], fractions, acc,
-                               cfg.sweep.flip_choice_list, seed=cell.seed)
+        fractions = [x / 100 for x in cfg.sweep.flip_percents]
+        curves = premise_curve(base, flips["counts"], fractions, acc,
+                               cfg.sweep.flip_choices, seed=cell.seed)
         flipped = sum(sens.insensitive.values()) / sum(sens.numel.values())
         baseline = _finished(cfg, out, Cell("baseline", cell.seed))
         unflipped = baseline["test_acc"] if baseline else acc(base)
-        rec = {"percents": cfg.sweep.flip_percent_list, "curves": curves,
+        rec = {"percents": list(cfg.sweep.flip_percents), "curves": curves,
                "unflipped_acc": unflipped, "flipped_in_window": flipped}
-        return _write(out, cell, cfg, {**rec, "seconds": time.perf_counter() - t0})
+        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
     tcfg = retrain_config(scfg, p.retrain_epochs, track=False)
     if cell.kind == "budget":
         model = copy.deepcopy(base)
-        train_phase("unpruned-budget", model, ds, tcfg, seed_dir, scfg, quiet, False)
-        rec = measure(f"unpruned + {p.retrain_epochs} epochs", model, ds, device,
-                      {"epochs": cfg.train.epochs + p.retrain_epochs})
-        return _write(out, cell, cfg, {**rec, "seconds": time.perf_counter() - t0})
+        train_phase("unpruned-budget", model, ds, tcfg, seed_dir / "unpruned-budget", scfg,
+                    quiet, False)
+        rec = measure(f"unpruned +{p.retrain_epochs} epochs", model, ds, device,
+                      epochs=cfg.train.epochs + p.retrain_epochs).to_dict()
+        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+
+    if cell.kind == "scratch":
+        plan = make_plan(base, shape, "uniform", target=cell.reduction, **p.plan_options)
+        model = apply_plan(base, plan, "magnitude").model
+        seed_everything(cell.seed)
+        reinit(model)
+        total = cfg.train.epochs + p.retrain_epochs
+        t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
+        train_phase(cell.name, model, ds, t_scratch, seed_dir / cell.name, scfg, quiet, False,
+                    plan.to_dict())
+        rec = measure(f"uniform width from scratch ({total} epochs)", model, ds, device,
+                      plan=plan.to_dict(), epochs=total).to_dict()
+        rec["bops_reduction"] = plan.reduction
+        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
     assert cell.method is not None
     m = cell.method
-    plan = make_plan(base, shape, m.policy, sensitivity=sens, target=cell.reduction,
-                     **p.plan_options)
-    if plan.bops_after >= plan.bops_before:
-        raise ConfigError(
-            f"{cell.title}: the plan removes no channel (no weight flipped more than "
-            f"prune.threshold={p.threshold} times); lower the threshold or track more epochs"
-        )
-    model = pruned_copy(base, plan, m.criterion, sens, p, cell.seed)
-    name = Path(cell.folder).name
-    train_phase(name, model, ds, tcfg, seed_dir, scfg, quiet, False, plan.to_dict())
-    rec = measure(m.label, model, ds, device, {"plan": plan.to_dict()})
-    rec["bops_reduction"] = plan.reduction
-    return _write(out, cell, cfg, {**rec, "seconds": time.perf_counter() - t0})
+    rounds = prune_rounds(
+        m, base, sens, ds, scfg, cell.reduction,
+        lambda r: seed_dir / (cell.name if r == 1 else f"{cell.name}-round{r}"),
+        quiet, False, cell.seed)
+    final = rounds.records[-1]
+    rec = final.to_dict()
+    rec["label"] = m.spec
+    rec["bops_reduction"] = 1 - final.bops / measure_bops(base, shape)
+    rec["rounds"] = [r.to_dict() for r in rounds.records]
+    rec["stop"] = rounds.stop
+    rec["epochs"] = cfg.train.epochs + len(rounds.records) * p.retrain_epochs
+    n = len(rounds.records)
+    rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
+    return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+
+
+def measure_bops(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    from bnnprune.metrics import count_bops
+
+    return count_bops(model, shape)
 
 
 def _init_worker(threads: int) -> None:
@@ -322,15 +320,17 @@ def _init_worker(threads: int) -> None:
 
 def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]]]:
     s = cfg.sweep
-    baselines = [Cell("baseline", seed) for seed in s.seed_list]
+    baselines = [Cell("baseline", seed) for seed in s.seeds]
     deps: dict[int, list[Cell]] = {}
-    for seed in s.seed_list:
-        cells = [Cell("premise", seed)] if s.flip_percent_list and s.flip_choice_list else []
+    for seed in s.seeds:
+        cells = [Cell("premise", seed)] if s.flip_percents and s.flip_choices else []
         for m in s.method_list:
             if m.policy == "paper":
                 cells.append(Cell("prune", seed, m, None))
             else:
-                cells += [Cell("prune", seed, m, r) for r in s.reduction_list]
+                cells += [Cell("prune", seed, m, r) for r in s.reductions]
+        if s.scratch:
+            cells += [Cell("scratch", seed, None, r) for r in s.reductions]
         if cfg.prune.budget_baseline:
             cells.append(Cell("budget", seed))
         deps[seed] = cells
@@ -372,9 +372,8 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
 
     def finish(cell: Cell, rec: dict[str, Any], reused: bool) -> None:
         records.append({**rec, "reused": reused})
-        done = len(records)
-        what = _describe(rec)
-        msg = f"[{done}/{total}] {cell.title}: {what}" + (" (reused)" if reused else "")
+        msg = f"[{len(records)}/{total}] {cell.title}: {_describe(rec)}" + (
+            " (reused)" if reused else "")
         if bar is not None:
             bar.update(1)
             bar.write(msg)
@@ -386,9 +385,12 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
 
     def submit(cell: Cell) -> None:
         rec = _finished(cfg, out, cell)
-        if rec is not None:
+        todo = cell.kind == "baseline" and rec is not None and any(
+            _finished(cfg, out, d) is None for d in deps[cell.seed]) and not (
+            out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
+        if rec is not None and not todo:
             finish(cell, rec, True)
-        else:
+        else:  # a baseline with pending cells but no checkpoint is trained again first
             pending[ex.submit(run_cell, cfg, out, cell)] = cell
 
     try:
@@ -444,7 +446,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
             base, _ = load_model(out / f"seed{seed}" / "baseline" / "model.pt")
             programs[seed] = compile_model(base.cpu().eval(), shape)
             base_ops[seed] = op_times(programs[seed], 64, 10)
-        folder = out / rec["folder"]
+        folder = out / rec.get("model_folder", rec["folder"])
         model, _ = load_model(folder / "model.pt")
         model = model.cpu().eval()
         prog = compile_model(model, shape)
@@ -459,9 +461,11 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         speed["ops_batch64"] = op_times(prog, 64, 10)
         speed["baseline_ops_batch64"] = base_ops[seed]
         rec["speed"] = speed
-        path = folder / "result.json"
+        path = (Path(cfg.sweep.records) / f"seed{seed}" / f"{Path(rec['folder']).name}.json"
+                if cfg.sweep.records else out / rec["folder"] / "result.json")
         saved = {k: v for k, v in rec.items() if k != "reused"}
-        atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
+        atomic_write_bytes(path, (json.dumps(normalized(saved), indent=1, sort_keys=True)
+                                  + "\n").encode())
     return len(todo)
 
 
@@ -484,12 +488,14 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     base = by_kind.get("baseline", [])
     base_bops = {r["seed"]: r["bops"] for r in base}
     rows: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-    for r in by_kind.get("prune", []):
-        rows.setdefault((r["method_key"], r["target_reduction"]), []).append(r)
+    for r in [*by_kind.get("prune", []), *by_kind.get("scratch", [])]:
+        key = r["method_key"] or "scratch"
+        rows.setdefault((key, r["target_reduction"]), []).append(r)
     table = []
     for (key, target), rs in rows.items():
         entry = {
-            "method_key": key, "method": rs[0]["method"], "target_reduction": target,
+            "method_key": key, "method": rs[0].get("label", rs[0].get("method")),
+            "target_reduction": target,
             "seeds": sorted(r["seed"] for r in rs),
             "test_acc": _ms([r["test_acc"] for r in rs]),
             "bops_reduction": _ms([1 - r["bops"] / base_bops[r["seed"]] for r in rs]),
@@ -530,12 +536,102 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "table": table,
         "premise": premise,
         "p_layers": {n: _ms(v) for n, v in p_layers.items()},
+        "paired": paired_comparisons(records),
+        "convergence": {str(r["seed"]): r["convergence"] for r in base if r.get("convergence")},
+        "correlation": _mean_correlation(base),
+        "thresholds": _mean_thresholds(base),
+        "paper_rounds": {str(r["seed"]): r.get("rounds") for r in by_kind.get("prune", [])
+                         if r["method_key"] and r["method_key"].startswith("paper+")},
+        "machines": _machines(records),
+        "cell_seconds": sum(r.get("seconds") or 0.0 for r in records),
     }
 
 
+# The questions the trial answers: (A, B) pairs compared seed by seed at equal BOPs.
+QUESTIONS = (
+    ("does flip-proportional allocation beat uniform width?", "target+{c}", "uniform+{c}"),
+    ("does WFF channel choice beat random?", "{a}+wff", "{a}+random"),
+    ("does WFF channel choice beat latent magnitude?", "{a}+wff", "{a}+magnitude"),
+    ("does |w|/(1+flips) beat magnitude?", "{a}+flip_magnitude", "{a}+magnitude"),
+    ("does |w|/(1+flips) beat WFF?", "{a}+flip_magnitude", "{a}+wff"),
+    ("does pruning a trained model beat uniform width from scratch?", "uniform+magnitude",
+     "scratch"),
+)
+
+
+def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per question, reduction and variant: the paired difference in test accuracy (A - B)
+    over the seeds where both were measured, with its 95% interval."""
+    acc: dict[tuple[str, Any], dict[int, float]] = {}
+    for r in records:
+        if r["kind"] in ("prune", "scratch"):
+            key = r["method_key"] or "scratch"
+            acc.setdefault((key, r["target_reduction"]), {})[r["seed"]] = r["test_acc"]
+    criteria = sorted({k.split("+", 1)[1] for k, _ in acc if "+" in k})
+    out = []
+    for question, a_t, b_t in QUESTIONS:
+        variants = ([{"c": c} for c in criteria] if "{c}" in a_t
+                    else [{"a": a} for a in ("target", "uniform")] if "{a}" in a_t else [{}])
+        for v in variants:
+            a_key, b_key = a_t.format(**v), b_t.format(**v)
+            for (key, red), a_seeds in sorted(acc.items(), key=lambda kv: str(kv[0])):
+                if key != a_key or (b_key, red) not in acc:
+                    continue
+                b_seeds = acc[(b_key, red)]
+                seeds = sorted(set(a_seeds) & set(b_seeds))
+                if not seeds:
+                    continue
+                d = paired_difference([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
+                out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
+                            "seeds": seeds, **d})
+    return out
+
+
+def _mean_correlation(base: list[dict[str, Any]]) -> dict[str, Any]:
+    layers: dict[str, dict[str, list[float]]] = {}
+    for r in base:
+        for name, c in (r.get("correlation") or {}).items():
+            for k, v in c.items():
+                layers.setdefault(name, {}).setdefault(k, []).append(v)
+    return {n: {k: _ms(v) for k, v in d.items()} for n, d in layers.items()}
+
+
+def _mean_thresholds(base: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in base:
+        for t, v in (r.get("thresholds") or {}).items():
+            e = out.setdefault(t, {"p": {}, "paper_reduction": []})
+            e["paper_reduction"].append(v["paper_reduction"])
+            for n, p in v["p"].items():
+                e["p"].setdefault(n, []).append(p)
+    return {t: {"paper_reduction": _ms(e["paper_reduction"]),
+                "p": {n: _ms(v) for n, v in e["p"].items()}} for t, e in out.items()}
+
+
+def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every machine that computed cells, with its cell count and compute time."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in records:
+        m = r.get("machine")
+        if not m:
+            continue
+        label = f"{m.get('cpu')}, {m.get('torch_threads')} threads, {m.get('device')}"
+        e = seen.setdefault(label, {"machine": label, "cells": 0, "seconds": 0.0})
+        e["cells"] += 1
+        e["seconds"] += r.get("seconds") or 0.0
+    return sorted(seen.values(), key=lambda e: e["machine"])
+
+
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = lambda s: None,
-              progress: bool = False, command: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the sweep; write ``results.json`` and return it."""
+              progress: bool = False, command: str | None = None,
+              compute: bool = True) -> dict[str, Any]:
+    """Run (or resume) the sweep; write ``results.json`` and return it.
+
+    Everything the page shows comes from the cell records, so a finished sweep regenerates
+    the same page from its records alone (the wall-clock history of invocations is kept in
+    results.json only). With ``compute=False`` nothing trains: the finished records make
+    the results and the cells still to do are counted in ``pending``.
+    """
     cfg.validate()
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
@@ -546,30 +642,32 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
     ds = _dataset(cfg)
     log(f"data: {ds.name}, {len(ds.train_x)} train / {len(ds.test_x)} test images; "
         f"{jobs} job(s) x {max(1, (os.cpu_count() or 1) // jobs)} thread(s)")
-    records = _train_cells(cfg, out, jobs, log, progress)
-    t_train = time.perf_counter() - t0
-    timed = _speed(cfg, out, records, log, progress) if cfg.sweep.speed else 0
+    if compute:
+        records = _train_cells(cfg, out, jobs, log, progress)
+        timed = _speed(cfg, out, records, log, progress) if cfg.sweep.speed else 0
+        pending = 0
+    else:
+        baselines, deps = _cells(cfg)
+        cells = [*baselines, *(c for v in deps.values() for c in v)]
+        found = [_finished(cfg, out, c) for c in cells]
+        records = [{**r, "reused": True} for r in found if r is not None]
+        pending, timed = len(cells) - len(records), 0
+        log(f"report only: {len(records)} finished cells, {pending} still to compute")
     command = command or " ".join(["bnnprune", *sys.argv[1:]])
     wall = time.perf_counter() - t0
     invocations = [*_earlier_invocations(out / "results.json"),
                    {"started": started, "command": command, "wall_seconds": wall,
                     "cells_computed": sum(not r.get("reused") for r in records),
                     "models_timed": timed}]
+    records.sort(key=lambda r: (r["seed"], r["folder"]))
     results = {
+        "version": RECORD_VERSION,
         "config": cfg.to_dict(),
         "command": command,
-        "jobs": jobs,
-        "dataset": {"name": ds.name, "train": len(ds.train_x), "test": len(ds.test_x),
-                    "input_shape": list(ds.input_shape)},
-        "machine": {**machine_info(), "platform": platform.platform(),
-                    "device": str(resolve_device(cfg.train.device))},
-        "started": started,
-        "wall_seconds": wall,
-        "train_wall_seconds": t_train,
+        "dataset": dataclasses.asdict(DatasetRecord.of(ds)),
         "invocations": invocations,
-        "total_wall_seconds": sum(i["wall_seconds"] for i in invocations),
-        "cell_seconds": sum(r.get("seconds", 0.0) for r in records),
-        "records": records,
+        "pending": pending,
+        "records": [{k: v for k, v in r.items() if k != "reused"} for r in records],
         **aggregate(records),
     }
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
@@ -582,12 +680,6 @@ def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return []
-    if not isinstance(old, dict):
-        return []
-    if isinstance(old.get("invocations"), list):
+    if isinstance(old, dict) and isinstance(old.get("invocations"), list):
         return old["invocations"]
-    if "started" in old and "wall_seconds" in old:  # written before the history existed
-        return [{"started": old["started"], "command": old.get("command"),
-                 "wall_seconds": old["wall_seconds"], "cells_computed": None}]
     return []
-

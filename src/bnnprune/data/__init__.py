@@ -5,6 +5,8 @@ synthetic) read from the standard on-disk formats without torchvision; ``batches
 ``augment`` and ``normalize`` turn it into training batches on any device.
 """
 
+from typing import Any
+
 from bnnprune.data.datasets import (
     DATASETS,
     ENV_VAR,
@@ -34,7 +36,21 @@ __all__ = [
     "dataset_shape",
     "download_file",
     "load_dataset",
+    "load_from_config",
     "normalize",
     "search_dirs",
     "verify_checksum",
 ]
+
+
+def load_from_config(cfg: Any, seed: int = 0) -> Dataset:
+    """Load the dataset a :class:`bnnprune.config.DataConfig` names (subsets drawn with
+    ``seed``; a subset of 0 or None means all images)."""
+    return load_dataset(
+        cfg.name,
+        root=cfg.root,
+        download=cfg.download,
+        train_subset=cfg.train_subset or None,
+        test_subset=cfg.test_subset or None,
+        seed=seed,
+    )

@@ -19,6 +19,7 @@ from torch import nn
 from bnnprune.nn import BinaryConv2d, BinaryLinear
 
 __all__ = [
+    "build_from_config",
     "MODELS",
     "build_model",
     "model_from_arch",
@@ -50,6 +51,23 @@ def _check_common(width: float, in_channels: int, num_classes: int, image_size: 
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
+
+
+def build_from_config(cfg: Any, dataset: Any, seed: int) -> nn.Module:
+    """The zoo model a :class:`bnnprune.config.ModelConfig` names, sized for ``dataset``'s
+    inputs and classes, initialised from ``seed``."""
+    from bnnprune.seeding import seed_everything
+
+    seed_everything(seed)
+    return build_model(
+        cfg.name,
+        width=cfg.width,
+        in_channels=dataset.in_channels,
+        num_classes=dataset.num_classes,
+        image_size=dataset.image_size,
+        pad_value=cfg.pad_value,
+        scale=cfg.scale,
+    )
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -129,6 +129,32 @@ class Magnitude(Criterion):
 
 
 @register_criterion
+class FlipMagnitude(Criterion):
+    """Smallest mean |latent w| / (1 + flips) first: magnitude discounted by flip count.
+
+    The form FlipOut uses for full-precision nets; it asks whether flips add anything to
+    latent magnitude (weights near zero flip most, so the two signals are correlated).
+    """
+
+    name = "flip_magnitude"
+    needs_flips = True
+
+    def removal_scores(
+        self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
+    ) -> torch.Tensor:
+        if sensitivity is None or sensitivity.counts is None:
+            raise ValueError(f"criterion 'flip_magnitude' needs flip data; {RECORD_HINT}")
+
+        def per_weight(name: str, m: nn.Module) -> torch.Tensor:
+            counts = sensitivity.counts.get(name)
+            if counts is None or counts.shape != m.weight.shape:
+                raise ValueError(f"flip data for {name!r} does not match the layer's weights")
+            return m.weight.abs().double().cpu() / (1.0 + counts.double().cpu())
+
+        return -_pooled_filter_mean(model, group, per_weight)
+
+
+@register_criterion
 class BNScale(Criterion):
     """Smallest |gamma| of the batch norms that follow the group's layers first."""
 

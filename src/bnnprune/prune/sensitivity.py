@@ -52,6 +52,7 @@ class Sensitivity:
     numel: dict[str, int]  # binary layer -> number of weights
     threshold: int
     steps: int
+    counts: dict[str, torch.Tensor] | None = None  # binary layer -> per-weight flip counts
 
     @property
     def max_p(self) -> float:
@@ -133,9 +134,9 @@ def compute_sensitivity(
     if model is not None:
         check_flip_data(counts, model)
     freqs = flip_frequencies(counts, steps)
-    p, scores, insensitive, numel = {}, {}, {}, {}
+    p, scores, insensitive, numel, kept = {}, {}, {}, {}, {}
     for n, c in counts.items():
-        c = c.detach().cpu()
+        c = kept[n] = c.detach().cpu()
         if c.numel() == 0 or c.dim() < 2:
             raise ValueError(f"flip counts of layer {n!r} must be shaped like its weight")
         if bool((c < 0).any()) or int(c.max()) > steps:
@@ -146,4 +147,4 @@ def compute_sensitivity(
         insensitive[n] = int((c > threshold).sum())
         p[n] = insensitive[n] / numel[n]
         scores[n] = freqs[n].flatten(1).mean(dim=1)
-    return Sensitivity(p, scores, insensitive, numel, int(threshold), steps)
+    return Sensitivity(p, scores, insensitive, numel, int(threshold), steps, kept)

@@ -7,26 +7,33 @@ from typing import Any
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.metrics import format_bytes
+from bnnprune.phases import MachineRecord, ModelRecord
 
 __all__ = ["render_report", "write_report"]
 
 
-def _row(r: dict[str, Any], base: dict[str, Any]) -> str:
-    red = 1 - r["bops"] / base["bops"]
-    drop = base["test_acc"] - r["test_acc"]
+def _row(r: ModelRecord, base: ModelRecord) -> str:
+    red = 1 - r.bops / base.bops
+    drop = base.test_acc - r.test_acc
     return (
-        f"| {r['method']} | {r['test_acc']:.2%} | {drop * 100:+.2f} pp | {r['bops'] / 1e6:.2f} M "
-        f"| {red:.1%} | {format_bytes(r['binary_params'] / 8)} "
-        f"| {format_bytes(r['memory_bytes'])} |"
+        f"| {r.label} | {r.test_acc:.2%} | {drop * 100:+.2f} pp | {r.bops / 1e6:.2f} M "
+        f"| {red:.1%} | {format_bytes(r.binary_params / 8)} "
+        f"| {format_bytes(r.memory_bytes)} |"
     )
+
+
+def model_records(results: dict[str, Any]) -> list[ModelRecord]:
+    """Baseline, every round, every compared method and the equal-budget model, in order."""
+    rows = [results["baseline"], *results["rounds"], *results["compared"]]
+    if results.get("unpruned_budget"):
+        rows.append(results["unpruned_budget"])
+    return [ModelRecord.from_dict(r) for r in rows]
 
 
 def methods_table(results: dict[str, Any]) -> list[str]:
     """Every evaluated model: accuracy, drop vs baseline, BOPs, reduction, memory."""
-    base = results["baseline"]
-    rows = [base, *results["rounds"], *results["compared"]]
-    if results.get("unpruned_budget"):
-        rows.append(results["unpruned_budget"])
+    rows = model_records(results)
+    base = rows[0]
     return [
         "| model | test acc | drop | BOPs | BOPs reduction | binary weights | total memory |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -48,11 +55,8 @@ def _budget_sentence(results: dict[str, Any]) -> str:
 def _identical_plans(results: dict[str, Any]) -> list[str]:
     """Say so when another allocation policy kept exactly the main method's channel counts."""
     main, policy = results["pruned"]["channels"], results["config"]["prune"]["policy"]
-    same = [
-        c["method"]
-        for c in results["compared"]
-        if c["plan"]["policy"] != policy and c["channels"] == main
-    ]
+    compared = [ModelRecord.from_dict(c) for c in results["compared"]]
+    same = [c.label for c in compared if c.plan["policy"] != policy and c.channels == main]
     if not same:
         return []
     return [
@@ -64,8 +68,12 @@ def _identical_plans(results: dict[str, Any]) -> list[str]:
 
 
 def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
-    cfg, base, final = results["config"], results["baseline"], results["pruned"]
+    cfg = results["config"]
+    base = ModelRecord.from_dict(results["baseline"])
+    final = ModelRecord.from_dict(results["pruned"])
     ds = results["dataset"]
+    machine = MachineRecord.from_dict(results["machine"])
+    seeds = results.get("seeds") or [cfg["train"]["seed"]]
     lines = [
         "# bnnprune run report",
         "",
@@ -73,12 +81,15 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"({ds['train']} train / {ds['test']} test images), method **{results['method']}**, "
         f"baseline {cfg['train']['epochs']} epochs, pruned models retrained "
         f"{results['retrain_epochs']} epochs. Wall time {results['wall_seconds'] / 60:.1f} min on "
-        f"{results['machine']['processor'] or results['machine']['platform']} "
-        f"({results['machine']['threads']} threads, {results['machine']['device']}).",
+        f"{machine.short}.",
         "",
         f"**Result:** {results['bops_reduction']:.1%} fewer BOPs at "
         f"{results['accuracy_drop'] * 100:+.2f} pp accuracy drop "
-        f"({base['test_acc']:.2%} -> {final['test_acc']:.2%})" + _budget_sentence(results),
+        f"({base.test_acc:.2%} -> {final.test_acc:.2%})" + _budget_sentence(results),
+        "",
+        f"**This is one run ({len(seeds)} seed: {', '.join(map(str, seeds))}).** Differences "
+        "between methods of a few tenths of a point are within seed-to-seed noise; "
+        "`bnnprune sweep` compares methods over several seeds with paired intervals.",
         "",
         *_identical_plans(results),
         "## Accuracy, BOPs and memory",
@@ -95,10 +106,10 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         "|---|---:|---:|---:|",
     ]
     sens = (results.get("sensitivity") or {}).get("layers", {})
-    for name, c in base["channels"].items():
+    for name, c in base.channels.items():
         p = sens.get(name, {}).get("p")
         lines.append(
-            f"| {name} | {c} | {final['channels'].get(name, c)} | "
+            f"| {name} | {c} | {final.channels.get(name, c)} | "
             f"{'' if p is None else f'{p:.2%}'} |"
         )
     if len(results["rounds"]) > 1:
@@ -109,11 +120,12 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
             "| round | max p_l | BOPs | test acc |",
             "|---:|---:|---:|---:|",
         ]
-        for r in results["rounds"]:
+        for r in map(ModelRecord.from_dict, results["rounds"]):
             lines.append(
-                f"| {r['round']} | {r['max_p']:.2%} | {r['bops'] / 1e6:.2f} M | "
-                f"{r['test_acc']:.2%} |"
+                f"| {r.round} | {r.max_p:.2%} | {r.bops / 1e6:.2f} M | {r.test_acc:.2%} |"
             )
+        if results.get("stop"):
+            lines += ["", f"Stopped: {results['stop']}."]
     notes = [n for r in results["rounds"] for n in r["plan"].get("notes", [])]
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
@@ -129,12 +141,9 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     from bnnprune.report.plots import plot_accuracy_vs_bops, plot_channels
 
     out = Path(out_dir)
-    base = results["baseline"]
-    points = [base, *results["rounds"], *results["compared"]]
-    if results.get("unpruned_budget"):
-        points.append(results["unpruned_budget"])
-    plot_accuracy_vs_bops(points, base["bops"], out / "accuracy_vs_bops.png")
-    plot_channels(base["channels"], results["pruned"]["channels"], out / "channels.png")
+    points = [r.to_dict() for r in model_records(results)]
+    plot_accuracy_vs_bops(points, points[0]["bops"], out / "accuracy_vs_bops.png")
+    plot_channels(points[0]["channels"], results["pruned"]["channels"], out / "channels.png")
     plots = {"accuracy vs BOPs": "accuracy_vs_bops.png", "channels": "channels.png"}
     for title, file in (
         ("flip-count histograms", "flip_histograms.png"),

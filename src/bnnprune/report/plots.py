@@ -1,18 +1,19 @@
-"""Plots (matplotlib, Agg backend): flip ratios over training, flip-count histograms."""
+"""Plots (matplotlib): flip ratios over training, flip-count histograms, accuracy vs BOPs.
+
+The library never chooses matplotlib's backend (a notebook keeps its own); the CLI picks
+Agg before it draws anything.
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bnnprune.atomic import atomic_write_bytes  # noqa: E402
-from bnnprune.flips import FlipTracker  # noqa: E402
+from bnnprune.atomic import atomic_write_bytes
+from bnnprune.flips import FlipTracker
 
 __all__ = [
     "plot_accuracy_vs_bops",
@@ -106,7 +107,7 @@ def plot_accuracy_vs_bops(points: list[dict], baseline_bops: float, path: str | 
             100 * pt["test_acc"],
             s=60,
             marker=markers[i % len(markers)],
-            label=pt["method"],
+            label=pt["label"],
             zorder=3,
         )
     ax.set_xlabel("BOPs (% of unpruned)")

@@ -167,15 +167,15 @@ def _headline(results: dict[str, Any]) -> list[str]:
         if budget["n"]:
             line += f", {100 * (acc - budget['mean']):+.2f} pp vs same budget"
         line += ")"
-        wff, rnd = _by(results, "target-wff", r), _by(results, "target-random", r)
+        wff, rnd = _by(results, "target+wff", r), _by(results, "target+random", r)
         if wff and rnd:
             line += f"; target+wff minus target+random: {_compare(wff, rnd)}"
-        mag = _by(results, "target-magnitude", r)
+        mag = _by(results, "target+magnitude", r)
         if wff and mag:
             line += f"; wff minus magnitude: {_compare(wff, mag)}"
         out.append(line + ".")
     out += _ranks(results, reds)
-    paper = _by(results, "paper-wff", None)
+    paper = _by(results, "paper+wff", None)
     if paper:
         red = paper["bops_reduction"]["mean"]
         diff = paper["test_acc"]["mean"] - base["mean"]
@@ -195,8 +195,8 @@ def _headline(results: dict[str, Any]) -> list[str]:
 def _contradictions(results: dict[str, Any], reds: list[float]) -> list[str]:
     """Plain statements where these measurements go against the paper's claims."""
     out = []
-    worse = [r for r in reds if (w := _by(results, "target-wff", r)) and (
-        x := _by(results, "target-random", r)) and w["test_acc"]["mean"] <= x["test_acc"]["mean"]]
+    worse = [r for r in reds if (w := _by(results, "target+wff", r)) and (
+        x := _by(results, "target+random", r)) and w["test_acc"]["mean"] <= x["test_acc"]["mean"]]
     if worse:
         out.append(
             f"- **Flip frequency did not pick better channels than chance:** at "
@@ -237,7 +237,7 @@ def _paper_verdict(results: dict[str, Any]) -> list[str]:
     if results["budget"]["test_acc"]["n"]:
         refs.append(("the unpruned model trained for the same epochs",
                      results["budget"]["test_acc"]))
-    rows = [e for e in results["table"] if e["method_key"] == "target-wff"]
+    rows = [e for e in results["table"] if e["method_key"] == "target+wff"]
     if not rows:
         return []
     parts = []
@@ -298,47 +298,37 @@ def _speed_verdict(results: dict[str, Any]) -> list[str]:
             line += (f"; the op taking most of the unpruned time ({base[i]['op']}, "
                      f"{base[i]['median_s'] / total:.0%} at batch 64) ran at "
                      f"{ops[i]['median_s'] / base[i]['median_s']:.2f} of its unpruned time in "
-                     f"{pick['method']} at -{pick['bops_reduction']:.0%} BOPs (op table below)")
+                     f"{pick['label']} at -{pick['bops_reduction']:.0%} BOPs (op table below)")
     return [line + "."]
 
 
 def _setup(results: dict[str, Any]) -> list[str]:
-    cfg, ds, m = results["config"], results["dataset"], results["machine"]
+    cfg, ds = results["config"], results["dataset"]
     t, p = cfg["train"], cfg["prune"]
     seeds = cfg["sweep"]["seeds"]
+    plateau = (f", then {t['plateau_epochs']} epochs at lr x{t['plateau_lr']:g} (plateau)"
+               if t.get("plateau_epochs") else "")
     return [
         "| setting | value |",
         "|---|---|",
         f"| data | {ds['name']}: {ds['train']} training images (the same subset for every "
         f"seed), {ds['test']} test images, input {tuple(ds['input_shape'])} |",
         f"| model | `{cfg['model']['name']}`, width {cfg['model']['width']} |",
-        f"| baseline | {t['epochs']} epochs, Adam lr {t['lr']:g}, {t['schedule']}, batch "
-        f"{t['batch_size']}; flips recorded over the last {t['track_last']} epochs |",
+        f"| baseline | {t['epochs']} epochs, Adam lr {t['lr']:g}, {t['schedule']}{plateau}, "
+        f"batch {t['batch_size']}; flips recorded over the last {t['track_last']} epochs |",
         f"| insensitive weight | flipped more than {p['threshold']} times in that interval |",
         f"| pruned models | pruned from their seed's baseline "
         f"({'then re-initialised' if p['from_scratch'] else 'keeping the surviving weights'}"
         f"; channel counts multiples of {p['round_to']}), retrained {p['retrain_epochs']} "
-        f"epochs at lr {p['retrain_lr']:g} (the same for every method) |",
+        f"epochs at lr {p['retrain_lr']:g} per round (the same for every method); the paper "
+        f"policy iterates up to {p['max_rounds']} rounds |",
         f"| equal budget | the unpruned model trained {p['retrain_epochs']} more epochs the "
         "same way |",
         f"| seeds | {seeds} (initialisation, data order, random criterion) |",
-        f"| machine | {m.get('cpu', '?')}, {m.get('logical_cores', '?')} logical cores, "
-        f"torch {m.get('torch', '?')}, {results['jobs']} parallel jobs, "
-        f"device {m.get('device', '?')} |",
-        f"| wall time | {_wall(results)} |",
+        *(f"| machine | {m['machine']}: {m['cells']} cells, {m['seconds'] / 60:.1f} min |"
+          for m in results.get("machines") or []),
+        f"| compute | {results.get('cell_seconds', 0.0) / 3600:.2f} h of cell compute in all |",
     ]
-
-
-def _wall(results: dict[str, Any]) -> str:
-    inv = results.get("invocations") or []
-    total = results.get("total_wall_seconds", results["wall_seconds"])
-    parts = [f"{i['wall_seconds'] / 60:.1f} min from {i['started']}"
-             + (f" ({i['cells_computed']} cells computed" if i.get("cells_computed") is not None
-                else "")
-             + (f", {i['models_timed']} models timed)" if i.get("models_timed") is not None
-                else ")" if i.get("cells_computed") is not None else "") for i in inv]
-    return (f"{total / 60:.1f} min in all" + (f": {'; '.join(parts)}" if len(inv) > 1 else "")
-            + f" ({results['cell_seconds'] / 60:.1f} min of cell compute summed over jobs)")
 
 
 def _accuracy_table(results: dict[str, Any]) -> list[str]:
@@ -366,8 +356,8 @@ def _channels_table(results: dict[str, Any]) -> list[str]:
     """Channels kept per binary layer by the allocation policies (first seed), and how often
     the flip-proportional allocation equalled uniform scaling."""
     layers = list(results["baseline"].get("channels", {}))
-    rows = [e for e in results["table"] if e["method_key"] in ("paper-wff", "target-wff",
-                                                                "uniform-wff")]
+    rows = [e for e in results["table"] if e["method_key"] in ("paper+wff", "target+wff",
+                                                                "uniform+wff")]
     if not layers or not rows:
         return []
     seed = min(rows[0]["channels_by_seed"], key=int)
@@ -384,8 +374,8 @@ def _channels_table(results: dict[str, Any]) -> list[str]:
                      + " |")
     same = []
     for e in rows:
-        u = _by(results, "uniform-wff", e["target_reduction"])
-        if e["method_key"] == "target-wff" and u:
+        u = _by(results, "uniform+wff", e["target_reduction"])
+        if e["method_key"] == "target+wff" and u:
             seeds = set(e["channels_by_seed"]) & set(u["channels_by_seed"])
             n = sum(e["channels_by_seed"][s] == u["channels_by_seed"][s] for s in seeds)
             same.append(f"{n} of {len(seeds)} at -{e['target_reduction']:.0%}")
@@ -438,7 +428,7 @@ def _ops_pick(results: dict[str, Any]) -> dict[str, Any] | None:
         return None
     seed = min(r["seed"] for r in recs)
     recs = [r for r in recs if r["seed"] == seed]
-    pick = [r for r in recs if r["method_key"] == "target-wff"] or recs
+    pick = [r for r in recs if r["method_key"] == "target+wff"] or recs
     r = max(pick, key=lambda r: r.get("bops_reduction") or 0)
     same = [o["op"] for o in r["speed"]["ops_batch64"]] == [
         o["op"] for o in r["speed"]["baseline_ops_batch64"]]
@@ -451,7 +441,7 @@ def _ops_table(results: dict[str, Any]) -> list[str]:
     if r is None:
         return []
     ops, base = r["speed"]["ops_batch64"], r["speed"]["baseline_ops_batch64"]
-    lines = [f"Where the time goes: {r['method']} at -{r['bops_reduction']:.0%} BOPs, seed "
+    lines = [f"Where the time goes: {r['label']} at -{r['bops_reduction']:.0%} BOPs, seed "
              f"{r['seed']}, batch 64, median per op:", "",
              "| op | kind | unpruned (µs) | pruned (µs) | ratio |", "|---|---|---:|---:|---:|"]
     for a, b in zip(base, ops, strict=True):
@@ -473,6 +463,142 @@ def _p_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pp(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:+.2f}"
+
+
+def _verdicts(results: dict[str, Any]) -> list[str]:
+    """One plain answer per question, from the paired differences at every reduction."""
+    out = []
+    by_q: dict[str, list[dict[str, Any]]] = {}
+    for d in results.get("paired") or []:
+        by_q.setdefault(d["question"], []).append(d)
+    for q, ds in by_q.items():
+        wins = [d for d in ds if d["resolved"] and d["mean"] > 0]
+        losses = [d for d in ds if d["resolved"] and d["mean"] < 0]
+        n = min(d["n"] for d in ds)
+        if not wins and not losses:
+            verdict = "no difference resolved"
+        elif wins and not losses:
+            verdict = "yes"
+        elif losses and not wins:
+            verdict = "no: it is worse"
+        else:
+            verdict = "mixed"
+        def cases(xs: list[dict[str, Any]]) -> str:
+            return ", ".join(f"{d['a']} vs {d['b']} at -{d['reduction']:.0%} "
+                             f"({_pp(d['mean'])} pp)" for d in xs)
+        detail = "; ".join(x for x in (
+            f"A better in {cases(wins)}" if wins else "",
+            f"A worse in {cases(losses)}" if losses else "") if x)
+        out.append(f"- **{q}** {verdict} ({len(ds)} comparisons, >= {n} paired seeds each"
+                   + (f"; {detail}" if detail else "; every 95% interval contains 0") + ").")
+    return out
+
+
+def _paired_table(results: dict[str, Any]) -> list[str]:
+    rows = results.get("paired") or []
+    if not rows:
+        return []
+    lines = ["| question | A | B | BOPs | seeds | A - B (pp) | 95% interval (pp) | |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for d in rows:
+        lines.append(
+            f"| {d['question']} | {d['a']} | {d['b']} | -{d['reduction']:.0%} | {d['n']} | "
+            f"{_pp(d['mean'])} | [{_pp(d['lo'])}, {_pp(d['hi'])}] | "
+            f"{'resolved' if d['resolved'] else 'no difference resolved'} |")
+    return lines
+
+
+def _convergence_table(results: dict[str, Any]) -> list[str]:
+    conv = results.get("convergence") or {}
+    if not conv:
+        return []
+    lines = ["| seed | test acc by epoch (%) | acc change over the epochs before the interval "
+             "| flip ratio max/min inside the interval (worst layer) |", "|---:|---|---:|---:|"]
+    for seed, c in sorted(conv.items(), key=lambda kv: int(kv[0])):
+        accs = " ".join(f"{100 * a:.1f}" for a in c["test_acc_by_epoch"])
+        ch = c["acc_change_before_interval"]
+        flat = c["worst_flatness"]
+        lines.append(f"| {seed} | {accs} | {_pp(ch) if ch is not None else 'n/a'} pp "
+                     f"({c['epochs_compared']} epochs) | "
+                     f"{'n/a' if flat is None else f'{flat:.2f}'} |")
+    return lines
+
+
+def _rounds_table(results: dict[str, Any]) -> list[str]:
+    pr = results.get("paper_rounds") or {}
+    if not pr:
+        return []
+    lines = ["| seed | round | p_l per layer (%) | BOPs | test acc |", "|---:|---:|---|---:|---:|"]
+    for seed, rounds in sorted(pr.items(), key=lambda kv: int(kv[0])):
+        for r in rounds or []:
+            p = " ".join(f"{k}: {100 * v:.1f}" for k, v in (r.get("p") or {}).items())
+            lines.append(f"| {seed} | {r['round']} | {p} | {r['bops'] / 1e6:.2f} M | "
+                         f"{r['test_acc']:.2%} |")
+    return lines
+
+
+def _correlation_table(results: dict[str, Any]) -> list[str]:
+    corr = results.get("correlation") or {}
+    if not corr:
+        return []
+    lines = ["| layer | Spearman(flips, abs w), weights | Spearman(mean WFF, mean abs w), "
+             "channels |", "|---|---:|---:|"]
+    for n, c in corr.items():
+        lines.append(f"| {n} | {_pct(c['weights'], 3).replace('%', '')} | "
+                     f"{_pct(c['channels'], 3).replace('%', '')} |")
+    return lines
+
+
+def _thresholds_table(results: dict[str, Any]) -> list[str]:
+    th = results.get("thresholds") or {}
+    if not th:
+        return []
+    layers = list(next(iter(th.values()))["p"])
+    lines = ["| flips > | " + " | ".join(f"p_l {n}" for n in layers) + " | paper policy BOPs "
+             "reduction (one round) |", "|---:|" + "---:|" * (len(layers) + 1)]
+    for t, e in sorted(th.items(), key=lambda kv: int(kv[0])):
+        cells = " | ".join(f"{100 * e['p'][n]['mean']:.2f}%" for n in layers)
+        lines.append(f"| {t} | {cells} | {100 * e['paper_reduction']['mean']:.1f}% |")
+    return lines
+
+
+def _near_convergence(results: dict[str, Any], n: int) -> list[str]:
+    if not results.get("paired") and not results.get("convergence"):
+        return []
+    return [
+        "## Near convergence: the four questions",
+        "",
+        f"Paired differences of test accuracy (A - B) over the seeds (same baseline per seed, "
+        f"same BOPs, same epochs), with 95% t intervals; {n} seeds.",
+        "",
+        *_verdicts(results),
+        "",
+        *_paired_table(results),
+        "",
+        "### Did training reach a plateau before the pruning interval?",
+        "",
+        *_convergence_table(results),
+        "",
+        "### The paper's policy, round by round",
+        "",
+        *_rounds_table(results),
+        "",
+        "### Flip frequency and latent magnitude",
+        "",
+        "Rank correlation of each weight's flip count with its |latent w| (mean ± std over "
+        "seeds); strongly negative means flips mostly restate magnitude.",
+        "",
+        *_correlation_table(results),
+        "",
+        "### Flip threshold sensitivity",
+        "",
+        *_thresholds_table(results),
+        "",
+    ]
+
+
 def render_sweep_report(results: dict[str, Any], plots: dict[str, str],
                         docs_command: str | None = None) -> str:
     n = _n_seeds(results)
@@ -480,13 +606,14 @@ def render_sweep_report(results: dict[str, Any], plots: dict[str, str],
     lines = [
         "# Does flip frequency pick the right channels? Measured evidence",
         "",
-        "Generated by `bnnprune sweep` from its `results.json` (started "
-        f"{results['started']}); do not edit by hand, rerun the command instead.",
+        "Generated by `bnnprune sweep` from its cell records; do not edit by hand, rerun "
+        "the command instead (finished cells are reused, so it regenerates this page).",
         "",
         "## Headline",
         "",
         *_headline(results),
         "",
+        *_near_convergence(results, n),
         "## Setup",
         "",
         *_setup(results),

@@ -6,14 +6,12 @@ import dataclasses
 import io
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +21,7 @@ from bnnprune.config import TrainConfig
 from bnnprune.data import Dataset, augment, batches, normalize
 from bnnprune.flips import FlipTracker
 from bnnprune.nn import binary_layers, clip_latent_weights
+from bnnprune.seeding import seed_everything
 from bnnprune.train import dist
 from bnnprune.train.checkpoint import (
     CheckpointError,
@@ -63,13 +62,6 @@ class TrainResult:
         return float(self.history[-1]["test_acc"])
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (model initialisation happens after this)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,13 +96,20 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Learning rate for 0-based optimizer step ``step`` (set per step, so resume is exact)."""
+    """Learning rate for 0-based optimizer step ``step`` (set per step, so resume is exact).
+
+    With ``plateau_epochs = K > 0`` the last K epochs hold ``lr * plateau_lr`` and the
+    schedule runs over the epochs before them (cosine then decays to that value, not to 0).
+    """
+    main_steps = (cfg.epochs - cfg.plateau_epochs) * steps_per_epoch
+    floor = cfg.lr * cfg.plateau_lr if cfg.plateau_epochs else 0.0
+    if step >= main_steps:
+        return floor
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "step":
         return cfg.lr * cfg.step_gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
-    total = cfg.epochs * steps_per_epoch
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / total))
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * step / main_steps))
 
 
 @torch.no_grad()

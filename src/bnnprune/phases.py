@@ -1,0 +1,306 @@
+"""Phases of a pruning experiment, shared by ``bnnprune run`` and ``bnnprune sweep``.
+
+- :func:`train_phase`: train (or retrain) a model in its own folder; one resume key
+  (:func:`phase_key`) decides whether a finished phase is reused, resumed or refused.
+- :func:`prune_rounds`: prune -> retrain, once, or iterated for the paper policy until the
+  largest p_l stops decreasing.
+- :func:`measure`: one typed :class:`ModelRecord` (accuracy, BOPs, float MACs, memory,
+  channels) per model.
+
+Records are dataclasses written as versioned JSON (``RECORD_VERSION``); reports read them
+back with ``from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnnprune.config import ConfigError, PruneConfig, RunConfig, TrainConfig
+from bnnprune.data import Dataset
+from bnnprune.flips import FlipTracker
+from bnnprune.metrics import binary_channels, summarize
+from bnnprune.prune import Sensitivity, apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune.methods import Method
+from bnnprune.train import TrainResult, dist, evaluate, load_checkpoint, resolve_device, train
+
+__all__ = [
+    "RECORD_VERSION",
+    "DatasetRecord",
+    "MachineRecord",
+    "ModelRecord",
+    "phase_key",
+    "prune_rounds",
+    "pruned_copy",
+    "retrain_config",
+    "train_phase",
+    "measure",
+]
+
+RECORD_VERSION = 2
+Log = Callable[[str], None]
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class ModelRecord:
+    """What one trained model measured: the row of every results table."""
+
+    label: str  # "baseline", "target+wff", "paper+wff (round 2)", "unpruned +2 epochs" ...
+    test_acc: float
+    bops: int
+    float_macs: int
+    binary_params: int
+    float_params: int
+    memory_bytes: int
+    channels: dict[str, int]
+    epochs: int | None = None  # total training epochs behind this model
+    plan: dict[str, Any] | None = None
+    round: int | None = None
+    p: dict[str, float] | None = None  # p_l per layer of the model this one was pruned from
+    max_p: float | None = None
+    version: int = RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelRecord:
+        if "label" not in d and "method" in d:  # version 1 wrote the label as "method"
+            d = {**d, "label": d["method"]}
+        return _from_dict(cls, d)
+
+
+@dataclass
+class DatasetRecord:
+    name: str
+    train: int
+    test: int
+    input_shape: list[int]
+
+    @classmethod
+    def of(cls, ds: Dataset) -> DatasetRecord:
+        return cls(ds.name, len(ds.train_x), len(ds.test_x), list(ds.input_shape))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetRecord:
+        return _from_dict(cls, d)
+
+
+@dataclass
+class MachineRecord:
+    """Where a result was computed: every page states it per result."""
+
+    cpu: str
+    logical_cores: int | None
+    torch_threads: int
+    device: str
+    platform: str
+    torch: str
+    python: str = field(default_factory=platform.python_version)
+
+    @classmethod
+    def here(cls, device: str | torch.device) -> MachineRecord:
+        cpu = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        dev = str(device)
+        if dev.startswith("cuda") and torch.cuda.is_available():
+            dev = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
+        return cls(cpu, os.cpu_count(), torch.get_num_threads(), dev, platform.platform(),
+                   torch.__version__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MachineRecord:
+        return _from_dict(cls, d)
+
+    @property
+    def short(self) -> str:
+        return f"{self.cpu}, {self.torch_threads} threads, {self.device}"
+
+
+def normalized(x: Any) -> Any:
+    """``x`` as it reads back from JSON (tuples -> lists, keys -> str)."""
+    return json.loads(json.dumps(x))
+
+
+def phase_key(cfg: RunConfig, tcfg: TrainConfig, plan: dict[str, Any] | None) -> Any:
+    """What a trained phase depends on: model, data, training settings, the plan it trains."""
+    return normalized({
+        "model": dataclasses.asdict(cfg.model),
+        "data": dataclasses.asdict(cfg.data),
+        "train": dataclasses.asdict(tcfg),
+        "plan": plan,
+        "from_scratch": cfg.prune.from_scratch if plan else None,
+    })
+
+
+def retrain_config(cfg: RunConfig, epochs: int, track: bool) -> TrainConfig:
+    """The training settings of a retraining phase of ``epochs`` epochs."""
+    t = dataclasses.replace(cfg.train, epochs=epochs, lr=cfg.prune.retrain_lr,
+                            plateau_epochs=min(cfg.train.plateau_epochs, epochs - 1))
+    t.track_last = min(cfg.train.track_last, epochs) if track else 0
+    return t
+
+
+def _phase_state(folder: Path, key: Any) -> tuple[str, dict[str, Any] | None]:
+    """``("done", model checkpoint)``, ``("resume", None)`` or ``("new", None)`` for a phase
+    folder; a folder written with other settings is an error."""
+    for file in ("model.pt", "checkpoint.pt"):
+        if (folder / file).is_file():
+            ck = load_checkpoint(folder / file)
+            if (ck.get("meta") or {}).get("phase_key") != key:
+                raise ConfigError(
+                    f"{folder} holds a phase run with other settings; "
+                    "use a new output folder (-o) or delete it"
+                )
+            return ("done", ck) if file == "model.pt" else ("resume", None)
+    return "new", None
+
+
+def train_phase(name: str, model: nn.Module, ds: Dataset, tcfg: TrainConfig, folder: Path,
+                cfg: RunConfig, log: Log, progress: bool,
+                plan: dict[str, Any] | None = None) -> TrainResult | dict[str, Any]:
+    """Train one phase in ``folder``; reuse it when finished with the same settings, resume
+    it after a crash. A folder written with other settings is an error, never overwritten."""
+    key = phase_key(cfg, tcfg, plan)
+    state, ck = dist.main_decides(lambda: _phase_state(folder, key))
+    if state == "done":
+        model.load_state_dict(ck["state_dict"])
+        model.to(dist.local_device(resolve_device(tcfg.device)))
+        log(f"[{name}] reusing finished phase {folder / 'model.pt'}")
+        return ck
+    resume = state == "resume"
+    log(f"[{name}] {'resuming' if resume else 'training'}: {tcfg.epochs} epochs, lr {tcfg.lr:g}")
+
+    def on_epoch(rec: dict[str, Any]) -> None:
+        log(f"[{name}] epoch {rec['epoch']}/{tcfg.epochs}: loss {rec['train_loss']:.4f}, "
+            f"test {rec['test_acc']:.2%} ({rec['seconds']:.0f}s)")
+
+    return train(model, ds, tcfg, out_dir=folder, resume=resume, progress=progress,
+                 meta={"phase_key": key, "run_config": cfg.to_dict()}, desc=name,
+                 on_epoch=on_epoch, augment_data=cfg.data.augment)
+
+
+def tracker_of(res: TrainResult | dict[str, Any], model: nn.Module) -> FlipTracker | None:
+    """The phase's flip tracker, rebuilt from the checkpoint when the phase was reused."""
+    if isinstance(res, TrainResult):
+        return res.tracker
+    if not res.get("flips"):
+        return None
+    tracker = FlipTracker(model)
+    tracker.load_state_dict(res["flips"])
+    return tracker
+
+
+def history_of(res: TrainResult | dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-epoch metrics of a phase (from the result, or the reused checkpoint)."""
+    if isinstance(res, TrainResult):
+        return list(res.history)
+    return list(res.get("history") or [])
+
+
+def measure(label: str, model: nn.Module, ds: Dataset, device: torch.device,
+            **extra: Any) -> ModelRecord:
+    """Accuracy on the test set and the cost counts of ``model``."""
+    s = summarize(model, ds.input_shape)
+    _, acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
+    return ModelRecord(label=label, test_acc=acc, bops=s.bops, float_macs=s.float_macs,
+                       binary_params=s.binary_params, float_params=s.float_params,
+                       memory_bytes=s.memory_bytes, channels=binary_channels(model), **extra)
+
+
+def reinit(model: nn.Module) -> None:
+    """Fresh initialisation of every sub-module (retraining from scratch)."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+
+
+def pruned_copy(source: nn.Module, plan: Any, criterion: str, sens: Sensitivity | None,
+                p: PruneConfig, seed: int) -> nn.Module:
+    """``source`` pruned to ``plan`` by ``criterion`` (seeded when random), re-initialised
+    when ``p.from_scratch``."""
+    kwargs = {"seed": seed} if criterion == "random" else {}
+    model = apply_plan(source, plan, criterion, sens, **kwargs).model
+    if p.from_scratch:
+        reinit(model)
+    return model
+
+
+@dataclass
+class Rounds:
+    """The outcome of :func:`prune_rounds`: one record per round and the last model."""
+
+    records: list[ModelRecord]
+    model: nn.Module
+    stop: str  # why the loop ended
+
+
+def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: Dataset,
+                 cfg: RunConfig, target: float | None, folder_of: Callable[[int], Path],
+                 log: Log, progress: bool, seed: int) -> Rounds:
+    """Prune ``base`` with ``method`` and retrain, once; for the paper policy repeat
+    (retraining with flip tracking) until the largest p_l stops decreasing or
+    ``prune.max_rounds`` rounds are done. Round r trains in ``folder_of(r)``."""
+    p = cfg.prune
+    paper = method.policy == "paper"
+    rounds = p.max_rounds if paper else 1
+    device = next(base.parameters()).device
+    tcfg = retrain_config(cfg, p.retrain_epochs, track=paper and cfg.train.track_last > 0)
+    records: list[ModelRecord] = []
+    model, cur = base, sens
+    stop = "one round"
+    for r in range(1, rounds + 1):
+        plan = make_plan(model, tuple(ds.input_shape), method.policy, sensitivity=cur,
+                         target=target, **p.plan_options)
+        if plan.bops_after >= plan.bops_before:
+            stop = f"round {r}: the plan removes no channel"
+            log(stop)
+            break
+        for note in plan.notes():
+            log(f"round {r}: {note}")
+        pruned = pruned_copy(model, plan, method.criterion, cur, p, seed)
+        name = folder_of(r).name
+        res = train_phase(name, pruned, ds, tcfg, folder_of(r), cfg, log, progress,
+                          plan.to_dict())
+        label = method.spec + (f" (round {r})" if paper else "")
+        rec = measure(label, pruned, ds, device, plan=plan.to_dict(), round=r,
+                      epochs=cfg.train.epochs + r * p.retrain_epochs,
+                      p=dict(cur.p) if cur else None, max_p=cur.max_p if cur else None)
+        records.append(rec)
+        model = pruned
+        if not paper:
+            break
+        flips = tracker_of(res, pruned)
+        new = compute_sensitivity(flips, pruned, threshold=p.threshold) if flips else None
+        if new is None or new.max_p >= cur.max_p:
+            stop = f"round {r}: largest p_l stopped decreasing"
+            log(stop)
+            break
+        cur = new
+        stop = f"{rounds} rounds (prune.max_rounds)"
+    if not records:
+        raise ConfigError(
+            f"method {method.spec}: the plan removes no channel; lower prune.threshold, "
+            "track more epochs or use the target policy"
+        )
+    return Rounds(records, model, stop)
