@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up bnnprune in ./.venv: system data package (Fashion-MNIST), PyTorch, the package itself.
 #   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime)
+#   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime,
+#                                  # and for the C export's ARM check gcc-aarch64-linux-gnu, qemu-user)
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
@@ -16,6 +17,18 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
       || echo "setup: could not install dataset-fashion-mnist; pass --data-dir or --download later" >&2
   else
     echo "setup: run 'sudo apt-get install dataset-fashion-mnist' for the default data" >&2
+  fi
+fi
+
+# --test: the C export is also checked on 64-bit ARM (cross-compiler + qemu user emulation)
+if [ -n "$extras" ] && ! { command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64; } >/dev/null \
+    && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian packages gcc-aarch64-linux-gnu qemu-user" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user) >/dev/null \
+      || echo "setup: could not install gcc-aarch64-linux-gnu qemu-user (ARM tests will skip)" >&2
+  else
+    echo "setup: run 'sudo apt-get install gcc-aarch64-linux-gnu qemu-user' for the ARM tests" >&2
   fi
 fi
 

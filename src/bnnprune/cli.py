@@ -476,6 +476,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.parent and not out.parent.exists():
         raise CliError(f"output folder {out.parent} does not exist")
+    if args.format == "c":
+        return _export_c(args, model, shape)
+    if args.baseline:
+        raise CliError("--baseline applies to --format c only")
     float_bytes = 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
     if args.format == "onnx":
         engine.export_onnx(model, out, shape)
@@ -486,6 +490,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote {out}: {size / 1024:.1f} KiB, {float_bytes / size:.1f}x smaller than the "
         f"float32 weights ({float_bytes / 1024:.1f} KiB)"
     )
+    return 0
+
+
+def _export_c(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> int:
+    """Write the C99 export into the folder -o and print its flash/RAM footprint."""
+    from bnnprune import engine
+    from bnnprune.engine import cexport
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} is not a folder (--format c writes a folder of C files)")
+    base = None
+    if args.baseline:
+        bmodel, bckpt = load_model(args.baseline)
+        if tuple((bckpt.get("dataset") or {}).get("input_shape", ())) != shape:
+            raise CliError(f"{args.baseline} has another input shape than {args.checkpoint}")
+        base = cexport.c_footprint(engine.compile_model(bmodel, shape))
+    fp = cexport.export_c(engine.compile_model(model, shape), out)
+    print(f"wrote {out}/{{{','.join(cexport.FILES)}}}")
+    print("\n".join(cexport.format_footprint(fp, base)))
     return 0
 
 
@@ -737,16 +761,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser(
         "export",
-        help="compile a saved model to the packed .bnn engine (or ONNX)",
+        help="compile a saved model to the packed .bnn engine (or ONNX, or C)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_epilog(
             "bnnprune export runs/run/pruned/model.pt -o model.bnn",
             "bnnprune export runs/a/model.pt --format onnx -o model.onnx",
+            "bnnprune export runs/b/model.pt --format c -o out/ --baseline runs/a/model.pt",
         ),
     )
     x.add_argument("checkpoint")
-    x.add_argument("-o", "--output", required=True)
-    x.add_argument("--format", choices=["bnn", "onnx"], default="bnn")
+    x.add_argument("-o", "--output", required=True, help="file, or folder for --format c")
+    x.add_argument("--format", choices=["bnn", "onnx", "c"], default="bnn",
+                   help="c: dependency-free C99 (model.c/.h, kernels, host main.c)")
+    x.add_argument("--baseline", help="--format c: unpruned model.pt whose footprint to compare")
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser(

@@ -1,0 +1,330 @@
+"""C export vs the engine: the generated C99, compiled with the system compiler (and for
+64-bit ARM under qemu), gives the engine's logits bit for bit on random models, the zoo's
+`small` model, a pruned copy of it and real Fashion-MNIST images.
+
+Each model is exported and compiled once per module (fixtures); each run feeds a whole batch
+of images to one process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnnprune.engine import EngineError, compile_model
+from bnnprune.engine.cexport import (
+    C_OP_KINDS,
+    FILES,
+    c_footprint,
+    export_c,
+    format_footprint,
+    plan_arena,
+)
+from bnnprune.engine.cexport import _Buffer as Buffer
+from bnnprune.models import build_model
+from bnnprune.nn import BinaryConv2d, BinaryLinear
+from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+
+from .conftest import dyadic_fp_weights, randomize_bn
+from .test_exact import OddNet, ResidualNet
+from .test_fashion_mnist import ROOT as FMNIST
+from .test_fashion_mnist import _images
+
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
+SOURCES = ["model.c", "bnn_kernels.c", "main.c"]
+ARM_CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
+
+
+class EdgeNet(nn.Module):
+    """Every C op kind: fp stem, sign, dense 5x5 stride-2 bconv with -1 padding (float mode),
+    float max-pool, residual add, ReLU, standalone BatchNorm, packed average pool, bit
+    max-pool, flatten, dense binary linear with BatchNorm1d, Hardtanh, fp linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(2, 21, 3, padding=1), nn.BatchNorm2d(21)
+        self.b1 = BinaryConv2d(21, 21, 5, stride=2, padding=2, pad_value=-1.0, scale=True)
+        self.bn1 = nn.BatchNorm2d(21)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.bn2 = nn.BatchNorm2d(21)
+        self.avg = nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False)
+        self.b2, self.bn3 = BinaryConv2d(21, 45, 3, padding=1), nn.BatchNorm2d(45)
+        self.mpool = nn.MaxPool2d(2)
+        self.fc1, self.bnf = BinaryLinear(45 * 2 * 2, 33, bias=True), nn.BatchNorm1d(33)
+        self.head = nn.Linear(33, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn0(self.stem(x))
+        y = self.bn1(self.b1(x)) + self.pool(x)
+        z = self.avg(self.bn2(torch.relu(y)))
+        z = self.mpool(nn.functional.hardtanh(self.bn3(self.b2(z))))
+        z = self.bnf(self.fc1(torch.flatten(z, 1)))
+        return self.head(nn.functional.hardtanh(z))
+
+
+class PackNet(nn.Module):
+    """A BatchNorm on the input packed to bits, a whole-window 3x3 bconv read in place (64
+    channels: one word per pixel, no patch) and a binary linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(64)
+        self.b1, self.bn1 = BinaryConv2d(64, 64, 3), nn.BatchNorm2d(64)
+        self.fc = BinaryLinear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.bn1(self.b1(self.bn0(x))), 1))
+
+
+def _prepare(factory, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return dyadic_fp_weights(randomize_bn(factory(), seed=seed), seed=seed).eval()
+
+
+def _pruned_small() -> nn.Module:
+    """`small` pruned by the library (target policy, WFF criterion, synthetic flip counts)."""
+    torch.manual_seed(1)
+    model = build_model("small")
+    g = torch.Generator().manual_seed(0)
+    counts = {}
+    for name, m in model.named_modules():
+        if isinstance(m, BinaryConv2d | BinaryLinear):
+            rate = torch.rand(m.weight.shape[0], generator=g).view(-1, 1, 1, 1) * 0.4
+            flips = torch.bernoulli(rate.expand_as(m.weight).contiguous(), generator=g)
+            counts[name] = (flips * 20).to(torch.int32)
+    sens = compute_sensitivity(counts, model, steps=20)
+    plan = make_plan(model, (1, 28, 28), "target", sensitivity=sens, target=0.5)
+    return apply_plan(model, plan, "wff", sens).model
+
+
+# name: (model factory, input shape, seed of the random BatchNorm statistics)
+MODELS = {
+    "edge": (EdgeNet, (2, 13, 13), 0),
+    "pack": (PackNet, (64, 3, 3), 0),
+    "odd": (OddNet, (3, 19, 19), 5),  # its 1-channel bottleneck is constant for most seeds
+    "residual": (ResidualNet, (1, 15, 15), 0),
+    "small": (lambda: build_model("small"), (1, 28, 28), 0),
+    "small_pruned": (_pruned_small, (1, 28, 28), 0),
+}
+
+
+def _need(tool: str) -> str:
+    """The tool's path; skip without it (a user's machine), fail in CI (it must be there)."""
+    path = shutil.which(tool)
+    if path is None:
+        msg = f"{tool} not found (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the ARM check: {msg}")
+        pytest.skip(msg)
+    return path
+
+
+def _compile(folder: Path, exe: str, cc: str = "cc", flags: tuple[str, ...] = ()) -> Path:
+    r = subprocess.run([cc, *CFLAGS, *flags, *SOURCES, "-lm", "-o", exe], cwd=folder,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return folder / exe
+
+
+def _run(cmd: list[str], x: np.ndarray, folder: Path) -> np.ndarray:
+    """Logits printed by the host program for the images ``x`` (N, C, H, W)."""
+    data = folder / "images.f32"
+    np.ascontiguousarray(x, np.float32).tofile(data)
+    r = subprocess.run([*cmd, str(data)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [[float(v) for v in line.split()] for line in r.stdout.splitlines()]
+    return np.array(rows, np.float32)
+
+
+class Export:
+    """A model, its program, its C export folder and host executable."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        factory, self.shape, seed = MODELS[name]
+        self.model = _prepare(factory, seed)
+        self.program = compile_model(self.model, self.shape)
+        self.folder = folder
+        self.footprint = export_c(self.program, folder)
+        self.exe = _compile(folder, "model")
+
+    def inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal((n, *self.shape)).astype(np.float32)
+
+    def engine(self, x: np.ndarray) -> np.ndarray:
+        return self.program(x, threads=1)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Export]:
+    root = tmp_path_factory.mktemp("cexport")
+    return {name: Export(name, root / name) for name in MODELS}
+
+
+def _assert_same(got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.shape == ref.shape
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(got, ref), f"max |diff| {np.abs(got - ref).max()}"
+
+
+def test_test_models_cover_every_c_op(exports):
+    kinds = {op.kind for e in exports.values() for op in e.program.ops}
+    assert kinds == set(C_OP_KINDS)
+    packed = {op.kind for e in exports.values() for op in e.program.ops if op.attrs.get("pack")}
+    assert {"fconv", "avgpool", "affine"} <= packed
+    words = {op.attrs["cin"] % 64 for e in exports.values() for op in e.program.ops
+             if op.kind == "bconv"}
+    assert 0 in words and len(words) > 1  # whole words and odd channel counts
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_host_build_equals_engine(exports, name):
+    e = exports[name]
+    x = e.inputs(24)
+    got = _run([str(e.exe)], x, e.folder)
+    ref = e.engine(x)
+    assert len(np.unique(ref, axis=0)) > 1  # the random model is not constant
+    _assert_same(got, ref)
+
+
+@pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(),
+                    reason="no Fashion-MNIST (Debian package dataset-fashion-mnist)")
+@pytest.mark.parametrize("name", ["small", "small_pruned"])
+def test_real_fashion_mnist_images(exports, name):
+    e = exports[name]
+    x = (_images(300) - 0.2860) / 0.3530
+    got = _run([str(e.exe)], x, e.folder)
+    ref = e.engine(x)
+    with torch.no_grad():
+        torch_ref = e.model(torch.from_numpy(x)).numpy()
+    assert len(np.unique(ref.argmax(1))) > 1
+    _assert_same(got, ref)
+    assert (got.argmax(1) == torch_ref.argmax(1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("flags,exact", [
+    (("-DBNN_PORTABLE_POPCOUNT",), True),
+    (("-DBNN_NO_SIMD",), True),
+    (("-mavx2",), True),
+    (("-DBNN_NO_FMA",), False),
+])
+def test_build_options(exports, flags, exact):
+    e = exports["edge"]
+    if "-mavx2" in flags and "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX2")
+    exe = _compile(e.folder, "model_opt", flags=flags)
+    x = e.inputs(16, seed=3)
+    got, ref = _run([str(exe)], x, e.folder), e.engine(x)
+    if exact:
+        _assert_same(got, ref)
+    else:  # a*b+c instead of fmaf: the last bits of float layers may differ
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["edge", "pack", "small_pruned"])
+def test_aarch64_under_qemu(exports, name):
+    cc, qemu = _need(ARM_CC), _need(QEMU)
+    e = exports[name]
+    exe = _compile(e.folder, "model_arm64", cc=cc, flags=("-static",))
+    x = e.inputs(12, seed=5)
+    _assert_same(_run([qemu, str(exe)], x, e.folder), e.engine(x))
+
+
+def test_files_header_and_footprint(exports):
+    e = exports["small"]
+    assert sorted(p.name for p in e.folder.iterdir() if p.suffix in (".c", ".h")) == sorted(FILES)
+    header = (e.folder / "model.h").read_text()
+    defines = dict(re.findall(r"#define (MODEL_\w+) (\d+)", header))
+    fp = e.footprint
+    assert int(defines["MODEL_SCRATCH_BYTES"]) == fp.ram_bytes
+    assert int(defines["MODEL_FLASH_BYTES"]) == fp.flash_bytes
+    assert int(defines["MODEL_INPUT_SIZE"]) == 28 * 28 and int(defines["MODEL_OUTPUT_SIZE"]) == 10
+    assert c_footprint(e.program) == fp
+    src = (e.folder / "model.c").read_text()
+    assert "malloc" not in src + (e.folder / "bnn_kernels.c").read_text()
+    # flash: the const data the compiler actually emits (read-only sections of model.o)
+    obj = e.folder / "model.o"
+    subprocess.run(["cc", *CFLAGS, "-c", "model.c", "-o", str(obj)], cwd=e.folder, check=True)
+    size = shutil.which("size")
+    if size:
+        out = subprocess.run([size, "-A", str(obj)], capture_output=True, text=True).stdout
+        ro = sum(int(n) for s, n in re.findall(r"^(\.rodata\S*|\.data\.rel\.ro\S*)\s+(\d+)",
+                                                out, re.M))
+        assert fp.flash_bytes <= ro <= fp.flash_bytes + 2048, out
+    # RAM: every run above used exactly MODEL_SCRATCH_BYTES with guard words after it; the
+    # arena is shared between values, so it is below the sum of all buffers
+    values = sum(v.h * v.w * (v.c * 4 if v.kind == "float" else 8 * -(-v.c // 64))
+                 for v in e.program.values[1:])
+    assert 0 < fp.ram_bytes < values
+
+
+def test_pruned_footprint_is_smaller(exports):
+    base, pruned = exports["small"].footprint, exports["small_pruned"].footprint
+    assert pruned.flash_bytes < base.flash_bytes and pruned.ram_bytes <= base.ram_bytes
+    table = format_footprint(pruned, base)
+    assert table[1].split()[0] == "unpruned" and f"{base.flash_bytes:,}" in table[1]
+    assert f"{pruned.flash_bytes:,}" in table[2] and table[3].split()[0] == "ratio"
+
+
+def test_model_run_rejects_bad_pointers(exports):
+    e = exports["pack"]
+    (e.folder / "bad.c").write_text(
+        '#include <stdio.h>\n#include "model.h"\n'
+        "static uint64_t arena[MODEL_SCRATCH_BYTES / 8 + 2];\n"
+        "static float in[MODEL_INPUT_SIZE], out[MODEL_OUTPUT_SIZE];\n"
+        "int main(void) {\n"
+        "    printf(\"%d %d %d %d\\n\", model_run(in, out, (char *)arena + 4),\n"
+        "           model_run(NULL, out, arena), model_run(in, NULL, arena),\n"
+        "           model_run(in, out, arena));\n"
+        "    return 0;\n}\n")
+    r = subprocess.run(["cc", *CFLAGS, "bad.c", "model.c", "bnn_kernels.c", "-lm", "-o", "bad"],
+                       cwd=e.folder, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(e.folder / "bad")], capture_output=True, text=True).stdout
+    assert out.split() == ["-1", "-1", "-1", "0"]
+
+
+def test_host_program_rejects_a_truncated_image(exports):
+    e = exports["pack"]
+    data = e.folder / "short.f32"
+    np.zeros(64 * 9 + 5, np.float32).tofile(data)
+    r = subprocess.run([str(e.exe), str(data)], capture_output=True, text=True)
+    assert r.returncode == 1 and "inside an image" in r.stderr
+    assert len(r.stdout.splitlines()) == 1  # the whole first image was still run
+
+
+def test_unsupported_op_names_the_op(exports):
+    program = exports["pack"].program
+    op = program.ops[-1]
+    kind = op.kind
+    op.kind = "concat"
+    try:
+        with pytest.raises(EngineError, match=rf"{re.escape(op.name)}.*concat.*cannot express"):
+            c_footprint(program)
+    finally:
+        op.kind = kind
+
+
+def test_arena_never_overlaps_live_buffers():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        bufs = []
+        for _ in range(int(rng.integers(1, 25))):
+            a, b = sorted(int(v) for v in rng.integers(-1, 12, 2))
+            bufs.append(Buffer(int(rng.integers(1, 500)), a, b))
+        total = plan_arena(bufs)
+        for i, p in enumerate(bufs):
+            assert p.offset % 16 == 0 and p.offset + p.size <= total
+            for q in bufs[i + 1:]:
+                if p.first <= q.last and q.first <= p.last:
+                    assert p.offset + p.size <= q.offset or q.offset + q.size <= p.offset
+        peak = max(sum(b.size for b in bufs if b.first <= t <= b.last) for t in range(-1, 12))
+        assert peak <= total <= sum(-(-b.size // 16) * 16 for b in bufs)
