@@ -424,7 +424,8 @@ def report(program: Program, baseline: Program | None = None, *,
     same = "the same PE/SIMD caps" if pe_simd else f"the same target ({target_fps:g} fps)"
     lines = [format_comparison({"unpruned": base, "pruned": model}), "",
              f"pruned / unpruned at {same}: {r['luts']:.2f}x LUTs ({r['binary_luts']:.2f}x in the "
-             f"binary layers), {r['brams']:.2f}x BRAM18, {r['fps']:.2f}x fps",
+             f"binary layers), {r['brams']:.2f}x BRAM18, {r['fps']:.2f}x fps"
+             + ("" if pe_simd else " (both meet the target)"),
              f"within the unpruned model's {base.luts:,} LUTs the pruned model reaches "
              f"{fit.fps:,.0f} fps ({fit.fps / base.fps:.2f}x) with {fit.luts:,} LUTs", note]
     result.update(baseline=base.to_dict(), ratios=r, same_luts=fit.to_dict())
