@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Set up bnnprune in ./.venv: system data package (Fashion-MNIST), PyTorch, the package itself.
 #   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime,
-#                                  # and for the C export's ARM check gcc-aarch64-linux-gnu, qemu-user)
+#   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime),
+#                                  # the fpga extra (qonnx) and, for the C export's ARM check,
+#                                  # gcc-aarch64-linux-gnu and qemu-user
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+[ "${1:-}" = "--test" ] && extras="[test,fpga]"
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

@@ -484,6 +484,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         engine.export_onnx(model, out, shape)
         size = out.stat().st_size
+    elif args.format == "qonnx":  # FINN input: BipolarQuant weights, MultiThreshold activations
+        engine.export_qonnx(model, shape, out)
+        size = out.stat().st_size
     else:
         size = engine.save(engine.compile_model(model, shape), out)
     print(
@@ -510,6 +513,49 @@ def _export_c(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> i
     fp = cexport.export_c(engine.compile_model(model, shape), out)
     print(f"wrote {out}/{{{','.join(cexport.FILES)}}}")
     print("\n".join(cexport.format_footprint(fp, base)))
+    return 0
+
+
+def _program_of(path: str) -> Any:
+    """A compiled program from a .bnn file or a model.pt checkpoint."""
+    from bnnprune import engine
+
+    if str(path).endswith(".bnn"):
+        try:
+            return engine.load(path)
+        except engine.BnnFormatError as e:
+            raise CliError(f"{path}: {e}") from None
+    model, ckpt = load_model(path)
+    shape = tuple((ckpt.get("dataset") or {}).get("input_shape", ()))
+    if len(shape) != 3:
+        raise CliError(f"{path} does not record its input shape")
+    return engine.compile_model(model, shape)
+
+
+def cmd_fpga_estimate(args: argparse.Namespace) -> int:
+    from bnnprune.atomic import atomic_write_bytes
+    from bnnprune.engine import fpga
+
+    pe_simd = None
+    if args.pe_simd != "auto":
+        try:
+            pe_simd = tuple(int(v) for v in args.pe_simd.split(","))
+        except ValueError:
+            pe_simd = ()
+        if len(pe_simd) != 2:
+            raise CliError(f"--pe-simd must be 'auto' or P,S (two integers), got {args.pe_simd!r}")
+        if args.target_fps is not None:
+            raise CliError("give --target-fps or --pe-simd P,S, not both")
+    target = None if pe_simd else (args.target_fps if args.target_fps is not None else 1000.0)
+    baseline = _program_of(args.baseline) if args.baseline else None
+    text, result = fpga.report(_program_of(args.model), baseline, target_fps=target,
+                               pe_simd=pe_simd, clock_mhz=args.clock_mhz,
+                               ram_style=args.ram_style, fp_bits=args.fp_bits,
+                               search=args.search)
+    print(text)
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -767,12 +813,14 @@ def build_parser() -> argparse.ArgumentParser:
             "bnnprune export runs/run/pruned/model.pt -o model.bnn",
             "bnnprune export runs/a/model.pt --format onnx -o model.onnx",
             "bnnprune export runs/b/model.pt --format c -o out/ --baseline runs/a/model.pt",
+            "bnnprune export runs/a/model.pt --format qonnx -o model.onnx   # for FINN",
         ),
     )
     x.add_argument("checkpoint")
     x.add_argument("-o", "--output", required=True, help="file, or folder for --format c")
-    x.add_argument("--format", choices=["bnn", "onnx", "c"], default="bnn",
-                   help="c: dependency-free C99 (model.c/.h, kernels, host main.c)")
+    x.add_argument("--format", choices=["bnn", "onnx", "qonnx", "c"], default="bnn",
+                   help="c: dependency-free C99 (model.c/.h, kernels, host main.c); "
+                        "qonnx: bipolar weights and threshold activations for FINN")
     x.add_argument("--baseline", help="--format c: unpruned model.pt whose footprint to compare")
     x.set_defaults(func=cmd_export)
 
@@ -791,6 +839,32 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=20)
     b.add_argument("--json", help="also write the measurements to this JSON file")
     b.set_defaults(func=cmd_bench)
+
+    fe = sub.add_parser(
+        "fpga-estimate",
+        help="FINN dataflow estimate: folding, cycles, LUT/BRAM per layer (not synthesis)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "bnnprune fpga-estimate runs/run/pruned/model.pt --baseline runs/run/model.pt",
+            "bnnprune fpga-estimate model.bnn --target-fps 3000 --clock-mhz 250",
+            "bnnprune fpga-estimate pruned.pt --baseline model.pt --pe-simd 8,32",
+        ),
+    )
+    fe.add_argument("model", help="model.pt checkpoint or .bnn program")
+    fe.add_argument("--baseline", help="unpruned model.pt/.bnn to compare with")
+    fe.add_argument("--target-fps", type=float, help="fold every layer for this throughput "
+                    "(FINN SetFolding; default 1000)")
+    fe.add_argument("--pe-simd", default="auto", help="'auto' (fold for --target-fps) or P,S: "
+                    "the same PE/SIMD caps for every layer of both models")
+    fe.add_argument("--search", choices=["min-lut", "finn"], default="min-lut",
+                    help="folding search: cheapest legal PE/SIMD per layer, or FINN's SetFolding")
+    fe.add_argument("--clock-mhz", type=float, default=200.0)
+    fe.add_argument("--ram-style", choices=["block", "distributed"], default="block",
+                    help="weights in BRAM (FINN default) or LUTRAM")
+    fe.add_argument("--fp-bits", type=int, default=8,
+                    help="bits assumed for full-precision layers (FINN needs them quantized)")
+    fe.add_argument("--json", help="also write the estimate to this JSON file")
+    fe.set_defaults(func=cmd_fpga_estimate)
     return p
 
 

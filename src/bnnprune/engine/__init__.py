@@ -7,6 +7,7 @@ from bnnprune.engine.fileformat import load, save
 from bnnprune.engine.onnx_export import export_onnx
 from bnnprune.engine.pack import pack_signs, unpack_signs
 from bnnprune.engine.program import Program
+from bnnprune.engine.qonnx_export import export_qonnx
 
 __all__ = [
     "BnnFormatError",
@@ -15,6 +16,7 @@ __all__ = [
     "benchmark",
     "compile_model",
     "export_onnx",
+    "export_qonnx",
     "format_benchmark",
     "load",
     "machine_info",

@@ -1,0 +1,354 @@
+"""QONNX export of a compiled :class:`Program` for FINN: bipolar weights, threshold activations.
+
+Every binary layer becomes ``[Pad(±1)] -> Conv/MatMul(BipolarQuant(W)) -> MultiThreshold``:
+the weights are ±1 initializers behind a ``BipolarQuant`` node (scale 1, so qonnx infers the
+BIPOLAR datatype), and BatchNorm + sign are the engine's own integer thresholds, moved from
+the popcount ``p`` to the ±1 dot product ``d = K - 2p`` the Conv computes. A channel whose
+sign is flipped by a negative gamma gets its filter negated (``-d``), which is what FINN's
+streamlining does with a negative scale, so every threshold stays an increasing step
+(``out_dtype`` BIPOLAR, ``out_scale`` 2, ``out_bias`` -1). Full-precision layers stay float
+(Conv/MatMul, Add, Mul), pooling, residual adds and flatten are the standard ONNX ops. The
+graph is NCHW like the PyTorch model and is cleaned by qonnx's ``cleanup_model``,
+``InferShapes`` and ``InferDataTypes``.
+
+Building from the Program (not the PyTorch modules) means the file computes exactly what the
+engine computes: every binary intermediate of the engine is a tensor of the graph (see
+:attr:`QonnxExport.values`), and the tests execute the graph with qonnx and compare them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bnnprune.atomic import atomic_write_bytes
+from bnnprune.engine import kernels as K
+from bnnprune.engine.errors import EngineError
+from bnnprune.engine.pack import unpack_signs, words
+from bnnprune.engine.program import Op, Program, ValueInfo
+
+__all__ = ["QONNX_DOMAIN", "QonnxExport", "export_qonnx", "require_qonnx"]
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+ONNX_OPSET = 13
+MAX_EXACT_BITS = 1 << 24  # integers a float32 Conv/MatMul accumulates exactly
+_TAG = "bnnprune:value:"
+
+
+def require_qonnx() -> None:
+    """Raise :class:`EngineError` with the install command when qonnx is missing."""
+    try:
+        import qonnx  # noqa: F401
+    except ImportError:
+        raise EngineError("QONNX export needs the qonnx package: pip install 'bnnprune[fpga]'") \
+            from None
+
+
+@dataclass
+class QonnxExport:
+    """The cleaned QONNX model and where the engine's values are in it.
+
+    ``values`` maps ``"<source>:<kind>"`` (the keys of :meth:`Program.intermediates`) to the
+    graph tensor holding that value in PyTorch layout; ``bits`` values are ±1 tensors.
+    """
+
+    model: Any  # qonnx.core.modelwrapper.ModelWrapper
+    values: dict[str, str]
+    input_name: str
+    output_name: str
+    batch_size: int
+    path: str | None = None
+    bipolar: list[str] = field(default_factory=list)  # tensors qonnx typed BIPOLAR
+
+
+class _Builder:
+    """Emits ONNX nodes and initializers for the ops of one Program."""
+
+    def __init__(self, program: Program, batch: int) -> None:
+        from onnx import helper
+
+        self.h = helper
+        self.p = program
+        self.batch = batch
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.names: dict[int, str] = {0: "input"}
+        self.count = 0
+
+    # ------------------------------------------------------------------ helpers
+    def fresh(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, stem: str, arr: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = self.fresh(stem)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(self, op_type: str, inputs: list[str], stem: str, domain: str = "",
+             **attrs: Any) -> str:
+        out = self.fresh(stem)
+        n = self.h.make_node(op_type, inputs, [out], name=out, **attrs)
+        if domain:
+            n.domain = domain
+        self.nodes.append(n)
+        return out
+
+    def shape(self, v: ValueInfo) -> list[int]:
+        return [self.batch, v.c * v.h * v.w] if v.flat else [self.batch, v.c, v.h, v.w]
+
+    def channel(self, v: ValueInfo, arr: np.ndarray) -> np.ndarray:
+        """A per-channel vector broadcast against value ``v`` (NCHW or (N, C))."""
+        arr = np.asarray(arr, np.float32)
+        if v.flat:
+            if v.h * v.w != 1:
+                raise EngineError("per-channel parameters on a flattened image")
+            return arr.reshape(1, -1)
+        return arr.reshape(1, -1, 1, 1)
+
+    def affine(self, x: str, v: ValueInfo, mul: np.ndarray | None, add: np.ndarray | None,
+               stem: str) -> str:
+        """``x * mul + add`` as Mul/Add nodes, leaving out the identity ones (exact either way)."""
+        if mul is not None and not np.all(mul == 1):
+            x = self.node("Mul", [x, self.const(f"{stem}_mul", self.channel(v, mul))], stem)
+        if add is not None and not np.all(add == 0):
+            x = self.node("Add", [x, self.const(f"{stem}_add", self.channel(v, add))], stem)
+        return x
+
+    def threshold(self, x: str, thr: np.ndarray, stem: str) -> str:
+        """Bipolar step per channel: +1 where ``x >= thr[c]``, else -1."""
+        t = self.const(f"{stem}_thr", np.asarray(thr, np.float32).reshape(-1, 1))
+        return self.node("MultiThreshold", [x, t], stem, domain=QONNX_DOMAIN,
+                         out_dtype="BIPOLAR", out_scale=2.0, out_bias=-1.0)
+
+    def matmul_or_conv(self, x: str, xv: ValueInfo, w: np.ndarray, op: Op, stem: str,
+                       binary: bool, pads: tuple[int, int]) -> str:
+        """Conv (spatial input) or MatMul (flattened input) with float (Co, Ci, KH, KW) ``w``."""
+        k = op.attrs["kernel"]
+        s = op.attrs["stride"]
+        if xv.flat:
+            w = w.reshape(w.shape[0], -1).T
+        wname = self.const(f"{stem}_W", w.astype(np.float32))
+        if binary:
+            scale = self.const(f"{stem}_scale", np.array(1.0, np.float32))
+            wname = self.node("BipolarQuant", [wname, scale], f"{stem}_wq", domain=QONNX_DOMAIN)
+        if xv.flat:
+            return self.node("MatMul", [x, wname], stem)
+        return self.node("Conv", [x, wname], stem, kernel_shape=list(k), strides=list(s),
+                         pads=[pads[0], pads[1], pads[0], pads[1]])
+
+    # ------------------------------------------------------------------ ops
+    def emit(self, op: Op) -> str:
+        ins = [self.names[i] for i in op.inputs]
+        xv = self.p.values[op.inputs[0]]
+        out = self.p.values[op.output]
+        stem = f"{op.kind}_{len(self.nodes)}"
+        kind = op.kind
+        if kind == "bconv":
+            return self._bconv(ins[0], xv, out, op, stem)
+        if kind == "fconv":
+            return self._fconv(ins[0], xv, out, op, stem)
+        if kind in ("maxpool", "maxpool_bits", "avgpool"):
+            return self._pool(ins[0], xv, out, op, stem)
+        if kind == "adaptive_avgpool":
+            return self._adaptive(ins[0], xv, out, op, stem)
+        if kind == "add":
+            y = self.node("Add", ins, stem)
+            return self.threshold(y, np.zeros(out.c, np.float32), stem) if op.attrs["pack"] else y
+        if kind == "affine":
+            y = self.affine(ins[0], xv, op.arrays["alpha"], op.arrays["beta"], stem)
+            if op.attrs["pack"]:
+                return self.threshold(y, np.zeros(out.c, np.float32), stem)
+            return y if y != ins[0] else self.node("Identity", ins, stem)
+        if kind == "clamp":
+            lo, hi = op.attrs.get("lo"), op.attrs.get("hi")
+            bounds = [self.const(f"{stem}_{b}", np.array(v, np.float32)) if v is not None else ""
+                      for b, v in (("lo", lo), ("hi", hi))]
+            y = self.node("Clip", [ins[0], *bounds], stem)
+            return self.threshold(y, np.zeros(out.c, np.float32), stem) if op.attrs["pack"] else y
+        if kind == "sign":
+            return self.threshold(ins[0], np.zeros(out.c, np.float32), stem)
+        if kind == "flatten":
+            return self.node("Flatten", ins, stem, axis=1)
+        raise EngineError(f"op {op.name or kind}: kind {kind!r} has no QONNX form")
+
+    def _bconv(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str) -> str:
+        cin, cout = op.attrs["cin"], op.attrs["cout"]
+        (kh, kw), (ph, pw) = op.attrs["kernel"], op.attrs["padding"]
+        nbits = cin * kh * kw
+        if nbits >= MAX_EXACT_BITS:
+            raise EngineError(f"op {op.name}: {nbits} bits per dot product exceed what a float32 "
+                              "Conv accumulates exactly")
+        w = unpack_signs(op.arrays["w"].reshape(cout, kh, kw, words(cin)), cin)
+        w = np.ascontiguousarray(w.transpose(0, 3, 1, 2))  # (Co, Ci, KH, KW) ±1
+        if ph or pw:
+            pads = self.const(f"{stem}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64))
+            pv = self.const(f"{stem}_padval", np.array(float(op.attrs["pad_value"]), np.float32))
+            x = self.node("Pad", [x, pads, pv], f"{stem}_pad", mode="constant")
+        if op.attrs["mode"] == "bits":
+            thr = op.arrays["thr"].astype(np.int64)
+            flip = op.arrays["flip"].astype(bool)
+            # bit -1 iff (p > thr) ^ flip; with d = K - 2p: +1 iff d >= K - 2 thr, and for a
+            # flipped channel +1 iff -d >= 2 thr - K + 1 (d has the parity of K).
+            t = np.where(flip, 2 * thr - nbits + 1, nbits - 2 * thr)
+            w = np.where(flip[:, None, None, None], -w, w)
+            d = self.matmul_or_conv(x, xv, w, op, stem, binary=True, pads=(0, 0))
+            return self.threshold(d, t, stem)
+        d = self.matmul_or_conv(x, xv, w, op, stem, binary=True, pads=(0, 0))
+        d = self.affine(d, out, op.arrays["m1"], op.arrays["a1"], f"{stem}_e1")
+        return self.affine(d, out, op.arrays["m2"], op.arrays["a2"], f"{stem}_e2")
+
+    def _fconv(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str) -> str:
+        cin, cout = op.attrs["cin"], op.attrs["cout"]
+        kh, kw = op.attrs["kernel"]
+        w = op.arrays["w"].reshape(kh, kw, cin, cout).transpose(3, 2, 0, 1)
+        y = self.matmul_or_conv(x, xv, np.ascontiguousarray(w), op, stem, binary=False,
+                                pads=tuple(op.attrs["padding"]))
+        # the engine's epilogue: (conv + b) * alpha + beta, separately rounded
+        y = self.affine(y, out, None, op.arrays["b"], f"{stem}_b")
+        y = self.affine(y, out, op.arrays["alpha"], op.arrays["beta"], f"{stem}_bn")
+        return self.threshold(y, np.zeros(cout, np.float32), stem) if op.attrs["pack"] else y
+
+    def _pool(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str) -> str:
+        (kh, kw), (sh, sw), (ph, pw) = op.attrs["kernel"], op.attrs["stride"], op.attrs["padding"]
+        ceil = bool(op.attrs["ceil_mode"])
+        for n, k, s, p in ((xv.h, kh, sh, ph), (xv.w, kw, sw, pw)):
+            o = K.pool_out_size(n, k, s, p, ceil)
+            if ceil and -(-(n + 2 * p - k) // s) + 1 != o:
+                raise EngineError(f"op {op.name}: ceil_mode pooling whose last window would start "
+                                  "in the padding (PyTorch drops it, ONNX keeps it)")
+            if (ceil and op.kind == "avgpool" and op.attrs.get("count_include_pad")
+                    and (o - 1) * s + k > n + 2 * p):
+                raise EngineError(f"op {op.name}: ceil_mode average pooling with "
+                                  "count_include_pad past the padded border (divisors differ "
+                                  "between PyTorch and ONNX)")
+        attrs: dict[str, Any] = {"kernel_shape": [kh, kw], "strides": [sh, sw],
+                                 "pads": [ph, pw, ph, pw], "ceil_mode": int(ceil)}
+        if op.kind == "avgpool":
+            attrs["count_include_pad"] = int(bool(op.attrs.get("count_include_pad")))
+            y = self.node("AveragePool", [x], stem, **attrs)
+        else:
+            y = self.node("MaxPool", [x], stem, **attrs)
+        if op.kind != "maxpool_bits" and op.attrs.get("pack"):
+            return self.threshold(y, np.zeros(out.c, np.float32), stem)
+        return y
+
+    def _adaptive(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str) -> str:
+        oh, ow = op.attrs["output_size"]
+        if (oh, ow) == (1, 1):
+            y = self.node("GlobalAveragePool", [x], stem)
+        elif xv.h % oh == 0 and xv.w % ow == 0:
+            kh, kw = xv.h // oh, xv.w // ow
+            y = self.node("AveragePool", [x], stem, kernel_shape=[kh, kw], strides=[kh, kw])
+        else:
+            raise EngineError(f"op {op.name}: adaptive average pooling from {xv.h}x{xv.w} to "
+                              f"{oh}x{ow} has uneven windows, which ONNX pooling cannot express")
+        if op.attrs.get("pack"):
+            return self.threshold(y, np.zeros(out.c, np.float32), stem)
+        return y
+
+    # ------------------------------------------------------------------ graph
+    def build(self) -> Any:
+        from onnx import TensorProto
+
+        for op in self.p.ops:
+            y = self.emit(op)
+            self.nodes[-1].doc_string = f"{_TAG}{op.output}"
+            self.names[op.output] = y
+        v0, vo = self.p.values[0], self.p.values[self.p.output]
+        inp = self.h.make_tensor_value_info("input", TensorProto.FLOAT, self.shape(v0))
+        outp = self.h.make_tensor_value_info(self.names[self.p.output], TensorProto.FLOAT,
+                                             self.shape(vo))
+        graph = self.h.make_graph(self.nodes, "bnnprune", [inp], [outp], self.inits)
+        return self.h.make_model(
+            graph, producer_name="bnnprune",
+            opset_imports=[self.h.make_opsetid("", ONNX_OPSET),
+                           self.h.make_opsetid(QONNX_DOMAIN, 1)])
+
+
+def _as_program(model_or_program: Any, input_shape: tuple[int, int, int] | None) -> Program:
+    if isinstance(model_or_program, Program):
+        if input_shape is not None and tuple(input_shape) != model_or_program.input_shape:
+            raise EngineError(f"input_shape {tuple(input_shape)} differs from the program's "
+                              f"{model_or_program.input_shape}")
+        return model_or_program
+    from bnnprune.engine.compile import compile_model
+
+    if input_shape is None:
+        raise EngineError("input_shape (C, H, W) is needed to compile a PyTorch model")
+    return compile_model(model_or_program, input_shape)
+
+
+def _value_map(model: Any, program: Program) -> dict[str, str]:
+    """``"<source>:<kind>"`` -> tensor, from the tags the builder left on the nodes."""
+    by_id: dict[int, str] = {0: model.graph.input[0].name}
+    for n in model.graph.node:
+        if n.doc_string.startswith(_TAG):
+            by_id[int(n.doc_string[len(_TAG):])] = n.output[0]
+    out: dict[str, str] = {}
+    for vid in sorted(by_id):
+        v = program.values[vid]
+        key = f"{v.source}:{v.kind}"
+        if v.source and key not in out:
+            out[key] = by_id[vid]
+    return out
+
+
+def _check_shapes(model: Any, program: Program, by_key: dict[str, str], batch: int) -> None:
+    """Every mapped tensor has the shape of its engine value (guards ONNX pooling rules)."""
+    for vid, v in enumerate(program.values):
+        key = f"{v.source}:{v.kind}"
+        name = by_key.get(key)
+        if name is None:
+            continue
+        want = [batch, v.c * v.h * v.w] if v.flat else [batch, v.c, v.h, v.w]
+        got = model.get_tensor_shape(name)
+        if got is not None and list(got) != want:
+            raise EngineError(f"value {vid} ({key}): QONNX shape {list(got)} differs from the "
+                              f"engine's {want}")
+
+
+def export_qonnx(model_or_program: Any, input_shape: tuple[int, int, int] | None = None,
+                 path: str | os.PathLike[str] | None = None, *,
+                 batch_size: int = 1) -> QonnxExport:
+    """Export a PyTorch BNN (compiled first) or a compiled :class:`Program` to QONNX.
+
+    The graph has input ``global_in`` of shape (``batch_size``, C, H, W) (FINN builds for
+    batch 1) and the logits as output. Writes ``path`` (atomically) when given. Raises
+    :class:`EngineError` naming any op QONNX cannot express exactly.
+    """
+    require_qonnx()
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.util.cleanup import cleanup_model
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EngineError(f"batch_size must be a positive integer, got {batch_size!r}")
+    program = _as_program(model_or_program, input_shape)
+    proto = _Builder(program, batch_size).build()
+    try:
+        model = cleanup_model(ModelWrapper(proto))
+        model = model.transform(InferShapes()).transform(InferDataTypes())
+    except Exception as e:  # noqa: BLE001 - qonnx/onnx raise many types
+        raise EngineError(f"qonnx could not clean the exported graph: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    values = _value_map(model, program)
+    _check_shapes(model, program, values, batch_size)
+    model.set_metadata_prop("bnnprune.values", json.dumps(values, sort_keys=True))
+    bipolar = [t.name for t in (*model.graph.value_info, *model.graph.output)
+               if model.get_tensor_datatype(t.name).name == "BIPOLAR"]
+    bipolar += [n.output[0] for n in model.graph.node if n.op_type == "BipolarQuant"
+                and model.get_tensor_datatype(n.output[0]).name == "BIPOLAR"]
+    out = QonnxExport(model, values, model.graph.input[0].name, model.graph.output[0].name,
+                      batch_size, None, sorted(set(bipolar)))
+    if path is not None:
+        atomic_write_bytes(path, model.model.SerializeToString())
+        out.path = os.fspath(path)
+    return out

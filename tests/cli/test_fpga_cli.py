@@ -1,0 +1,74 @@
+"""`bnnprune export --format qonnx` and `bnnprune fpga-estimate` from saved checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bnnprune.cli import main
+from bnnprune.engine import compile_model
+from bnnprune.models import build_model
+from bnnprune.prune import apply_plan, plan_uniform
+from bnnprune.train.checkpoint import save_checkpoint
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fpga")
+    torch.manual_seed(0)
+    base = build_model("small", width=0.5).eval()
+    pruned = apply_plan(base, plan_uniform(base, SHAPE, 0.4, round_to=8), "magnitude").model
+    for name, m in (("base", base), ("pruned", pruned)):
+        save_checkpoint(root / f"{name}.pt", {"arch": m.arch, "state_dict": m.state_dict(),
+                                              "dataset": {"input_shape": list(SHAPE)}})
+    return root, pruned.eval()
+
+
+def _fails(argv, capsys, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bnnprune: error:"), err
+    assert match in err, err
+
+
+def test_export_qonnx_runs_in_qonnx(checkpoints, capsys):
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    root, pruned = checkpoints
+    out = root / "m.onnx"
+    assert main(["export", str(root / "pruned.pt"), "--format", "qonnx", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = ModelWrapper(str(out))
+    assert model.get_nodes_by_op_type("BipolarQuant")
+    x = (torch.randint(-16, 17, (1, *SHAPE)) / 8.0).numpy()
+    got = execute_onnx(model, {model.graph.input[0].name: x})[model.graph.output[0].name]
+    want = compile_model(pruned, SHAPE)(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_fpga_estimate_side_by_side(checkpoints, tmp_path, capsys):
+    root, _ = checkpoints
+    js = tmp_path / "e.json"
+    argv = ["fpga-estimate", str(root / "pruned.pt"), "--baseline", str(root / "base.pt"),
+            "--target-fps", "2000", "--json", str(js)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| layer |" in out and "not synthesis" in out and "within the unpruned" in out
+    res = json.loads(js.read_text())
+    assert res["model"]["fps"] >= 2000 and res["baseline"]["fps"] >= 2000
+    assert res["model"]["luts"] < res["baseline"]["luts"]
+    assert res["same_luts"]["fps"] > res["baseline"]["fps"]
+
+
+def test_fpga_estimate_user_errors(checkpoints, capsys):
+    root, _ = checkpoints
+    model = str(root / "pruned.pt")
+    _fails(["fpga-estimate", model, "--pe-simd", "8"], capsys, "--pe-simd")
+    _fails(["fpga-estimate", model, "--pe-simd", "4,8", "--target-fps", "10"], capsys, "not both")
+    _fails(["fpga-estimate", model, "--target-fps", "0"], capsys, "target fps")
+    _fails(["fpga-estimate", str(root / "missing.pt")], capsys, "not found")

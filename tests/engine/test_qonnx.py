@@ -1,0 +1,199 @@
+"""QONNX export executed by qonnx itself: bit-identical to the engine, BIPOLAR datatypes."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnnprune.engine import EngineError, compile_model
+from bnnprune.engine.qonnx_export import export_qonnx
+from bnnprune.models import build_model
+from bnnprune.nn import BinaryConv2d, clip_latent_weights
+
+from .conftest import dyadic_fp_weights, dyadic_input, randomize_bn
+from .test_exact import OddNet, ResidualNet
+
+try:
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+except ImportError:
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("qonnx is not installed (pip install 'bnnprune[fpga]')", allow_module_level=True)
+
+
+def _run(ex, x: np.ndarray) -> dict[str, np.ndarray]:
+    return execute_onnx(ex.model, {ex.input_name: np.ascontiguousarray(x, np.float32)},
+                        return_full_exec_context=True)
+
+
+def _compare(program, ex, x: np.ndarray) -> int:
+    """Every engine value equals its graph tensor (bits exactly); returns #bit values compared."""
+    ctx = _run(ex, x)
+    inter = program.intermediates(x)
+    bits = 0
+    for key, name in ex.values.items():
+        want, got = inter[key], ctx[name]
+        assert got.shape == want.shape, key
+        if key.endswith(":bits"):
+            mismatch = int((got != want).sum())
+            assert mismatch == 0, f"{key}: {mismatch} of {want.size} bits differ"
+            assert name in ex.bipolar, f"{key}: qonnx did not type {name} BIPOLAR"
+            bits += 1
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=key)
+    logits = ctx[ex.output_name]
+    ref = program(x)
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-3)
+    assert (logits.argmax(1) == ref.argmax(1)).all()
+    return bits
+
+
+def _check_graph(program, ex) -> None:
+    """BipolarQuant per binary layer (typed BIPOLAR), no float sign emulation left."""
+    model = ex.model
+    ops = [n.op_type for n in model.graph.node]
+    n_bin = sum(op.kind == "bconv" for op in program.ops)
+    quants = model.get_nodes_by_op_type("BipolarQuant")
+    assert len(quants) == n_bin > 0
+    for q in quants:
+        assert model.get_tensor_datatype(q.output[0]).name == "BIPOLAR"
+        w = model.get_initializer(q.input[0])
+        assert set(np.unique(w)) <= {-1.0, 1.0}
+    n_bits = sum(v.kind == "bits" for v in program.values)
+    thresholds = model.get_nodes_by_op_type("MultiThreshold")
+    assert 0 < len(thresholds) <= n_bits
+    for t in thresholds:
+        assert model.get_tensor_datatype(t.output[0]).name == "BIPOLAR"
+    assert not {"Sign", "Where", "BatchNormalization"} & set(ops)
+
+
+def _prepare(model: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return dyadic_fp_weights(randomize_bn(model, seed=seed), seed=seed).eval()
+
+
+@pytest.mark.parametrize("net,shape", [(OddNet, (3, 19, 19)), (ResidualNet, (1, 15, 15))])
+def test_random_models_bit_exact(net, shape):
+    """Odd channels, stride 2, k 1/3/5, ±1 padding, zero/negative gammas, residual adds."""
+    model = _prepare(net())
+    program = compile_model(model, shape)
+    ex = export_qonnx(program, batch_size=4)
+    _check_graph(program, ex)
+    x = dyadic_input((4, *shape), seed=3).numpy()
+    assert _compare(program, ex, x) >= 3
+    with torch.no_grad():
+        assert (program(x).argmax(1) == model(torch.from_numpy(x)).numpy().argmax(1)).all()
+
+
+def test_zoo_binary_fc_head_and_flips(tmp_path):
+    """BinaryLinear layers on a flattened image (MatMul), XNOR scales, saved file reloads."""
+    model = _prepare(build_model("binarynet", width=0.125, scale=True, pad_value=-1.0), seed=5)
+    program = compile_model(model, (3, 32, 32))
+    flips = sum(int(op.arrays["flip"].sum()) for op in program.ops
+                if op.kind == "bconv" and op.attrs["mode"] == "bits")
+    assert flips > 0  # negative gammas reach the export
+    path = tmp_path / "m.onnx"
+    ex = export_qonnx(model, (3, 32, 32), path, batch_size=2)
+    assert {"MatMul", "Conv", "Pad", "MaxPool"} <= {n.op_type for n in ex.model.graph.node}
+    _check_graph(program, ex)
+    x = dyadic_input((2, 3, 32, 32), seed=1).numpy()
+    assert _compare(program, ex, x) >= 6
+    again = ModelWrapper(str(path))
+    out = execute_onnx(again, {again.graph.input[0].name: x})[again.graph.output[0].name]
+    np.testing.assert_array_equal(out, _run(ex, x)[ex.output_name])
+
+
+def _fashion(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from bnnprune.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", **{f"{split}_subset": n})
+    x = ds.train_x if split == "train" else ds.test_x
+    y = ds.train_y if split == "train" else ds.test_y
+    return x.numpy(), y.numpy()
+
+
+def _dyadic(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> (p - 128) / 128: exact in float32, so any summation order agrees."""
+    return (images.astype(np.float32) - 128.0) / 128.0
+
+
+@pytest.fixture(scope="module")
+def trained_small() -> nn.Module:
+    """The default small model, width 0.25, trained 150 Adam steps on Fashion-MNIST."""
+    try:
+        x, y = _fashion("train", 4800)
+    except Exception as e:  # noqa: BLE001 - DatasetError and friends
+        pytest.skip(f"Fashion-MNIST is not available: {e}")
+    torch.manual_seed(0)
+    model = build_model("small", width=0.25)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(_dyadic(x)), torch.from_numpy(y)
+    model.train()
+    for step in range(150):
+        idx = torch.arange(step * 32, step * 32 + 32) % len(xt)
+        loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        clip_latent_weights(model)
+    with torch.no_grad():  # full-precision weights on a 1/256 grid: float sums exact
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear) and not isinstance(m, BinaryConv2d):
+                m.weight.copy_(torch.round(m.weight * 256) / 256)
+                if m.bias is not None:
+                    m.bias.copy_(torch.round(m.bias * 256) / 256)
+    return model.eval()
+
+
+def test_trained_small_model_on_real_images(trained_small):
+    x, y = _fashion("test", 200)
+    x = _dyadic(x)
+    program = compile_model(trained_small, (1, 28, 28))
+    ex = export_qonnx(program, batch_size=len(x))
+    _check_graph(program, ex)
+    assert _compare(program, ex, x) >= 4  # every binary activation of 200 images
+    with torch.no_grad():
+        ref = trained_small(torch.from_numpy(x)).numpy().argmax(1)
+    got = _run(ex, x)[ex.output_name].argmax(1)
+    assert (got == ref).all()
+    assert (got == y).mean() > 0.6  # a trained model, not a constant one
+
+
+class _CeilPool(nn.Module):
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.c = BinaryConv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.pool = pool
+        self.fc = nn.Linear(3 * 3 * 3 if isinstance(pool, nn.MaxPool2d) else 3 * 2 * 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.bn(self.c(x))), 1))
+
+
+@pytest.mark.parametrize("pool,match", [
+    (nn.MaxPool2d(2, 2, 1, ceil_mode=True), "ceil_mode pooling"),
+    (nn.AdaptiveAvgPool2d(2), "adaptive average pooling"),
+])
+def test_inexpressible_ops_are_named(pool, match):
+    model = _CeilPool(pool).eval()
+    program = compile_model(model, (1, 5, 5))  # the engine runs it ...
+    with pytest.raises(EngineError, match=match):  # ... ONNX pooling cannot express it
+        export_qonnx(program)
+
+
+def test_bad_arguments_and_missing_qonnx(monkeypatch):
+    program = compile_model(_prepare(OddNet()), (3, 19, 19))
+    with pytest.raises(EngineError, match="batch_size"):
+        export_qonnx(program, batch_size=0)
+    with pytest.raises(EngineError, match="differs"):
+        export_qonnx(program, (3, 20, 20))
+    with pytest.raises(EngineError, match="input_shape"):
+        export_qonnx(OddNet())
+    monkeypatch.setitem(sys.modules, "qonnx", None)
+    with pytest.raises(EngineError, match=r"bnnprune\[fpga\]"):
+        export_qonnx(program)
