@@ -327,7 +327,8 @@ def _print_plan(plan: Any) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
-    from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+    from bnnprune.prune import apply_plan, compute_sensitivity, get_criterion, make_plan
+    from bnnprune.prune.interop import gradient_batches
     from bnnprune.train.checkpoint import save_checkpoint
 
     model, ckpt = load_model(args.checkpoint)
@@ -337,8 +338,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CliError(f"{args.checkpoint} does not record its input shape")
     if args.policy is None:
         args.policy = "paper" if args.target_bops is None else "target"
+    kw = {"seed": args.seed} if args.criterion == "random" else {}
+    crit = get_criterion(args.criterion, **kw)
+    if crit.needs_grads:  # e.g. tp:taylor: gradients on a few training batches
+        crit.use_data(gradient_batches(_dataset_for_checkpoint(ckpt, args)))  # type: ignore[attr-defined]
     sens = None
-    if args.policy != "uniform" or args.criterion == "wff":
+    if args.policy != "uniform" or crit.needs_flips:
         if not ckpt.get("flips"):
             from bnnprune.prune import RECORD_HINT
 
@@ -355,8 +360,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         min_channels=args.min_channels,
         exclude=exclude,
     )
-    kw = {"seed": args.seed} if args.criterion == "random" else {}
-    pruned = apply_plan(model, plan, args.criterion, sens, **kw).model
+    pruned = apply_plan(model, plan, crit, sens).model
     _print_plan(plan)
     out = _check_out_dir(args.output)
     if args.retrain_epochs > 0:
@@ -522,7 +526,8 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
         g.add_argument(
             "--criterion",
             dest="prune.criterion",
-            help="which channels go: wff, random, magnitude, bn_scale",
+            help="which channels go: wff, random, magnitude, bn_scale, tp:NAME (tp:taylor, "
+            "tp:lamp, ...) or pkg.module:Class",
         )
     g.add_argument(
         "--threshold",
@@ -655,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True)
     pr.add_argument("--policy", choices=["paper", "target", "uniform"], default=None)
     pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
-    pr.add_argument("--criterion", default="wff", help="wff, random, magnitude, bn_scale")
+    pr.add_argument("--criterion", default="wff",
+                    help="wff, random, magnitude, bn_scale, tp:NAME (tp:taylor, tp:lamp, ...) "
+                    "or pkg.module:Class")
     pr.add_argument("--threshold", type=int, default=0)
     pr.add_argument("--round-to", type=int, default=1)
     pr.add_argument("--min-channels", type=int, default=None)

@@ -26,7 +26,15 @@ from bnnprune.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
 from bnnprune.metrics import binary_channels, summarize
-from bnnprune.prune import CRITERIA, Sensitivity, apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune import (
+    Criterion,
+    Sensitivity,
+    apply_plan,
+    check_criterion,
+    compute_sensitivity,
+    make_plan,
+)
+from bnnprune.prune.interop import with_gradient_data
 from bnnprune.report.plots import write_flip_plots
 from bnnprune.train import (
     TrainResult,
@@ -63,8 +71,10 @@ class PruneConfig:
             raise ConfigError(f"prune.policy must be paper, target or uniform, got {self.policy!r}")
         if not 0 < self.target < 1:
             raise ConfigError(f"prune.target must be a BOPs reduction in (0, 1), got {self.target}")
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"prune.criterion must be one of {', '.join(CRITERIA)}")
+        try:
+            check_criterion(self.criterion)
+        except ValueError as e:
+            raise ConfigError(f"prune.criterion: {e}") from None
         for key in ("round_to", "min_channels", "max_rounds", "retrain_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"prune.{key} must be >= 1, got {getattr(self, key)}")
@@ -236,8 +246,8 @@ def reinit(model: nn.Module) -> None:
             m.reset_parameters()
 
 
-def pruned_copy(source: nn.Module, plan: Any, criterion: str, sens: Sensitivity | None,
-                p: PruneConfig, seed: int) -> nn.Module:
+def pruned_copy(source: nn.Module, plan: Any, criterion: str | Criterion,
+                sens: Sensitivity | None, p: PruneConfig, seed: int) -> nn.Module:
     """``source`` pruned to ``plan`` by ``criterion`` (seeded when random), re-initialised
     when ``p.from_scratch``."""
     kwargs = {"seed": seed} if criterion == "random" else {}
@@ -314,7 +324,8 @@ def run_pipeline(
             break
         for note in plan.notes():
             log(f"round {r}: {note}")
-        pruned = pruned_copy(model, plan, p.criterion, cur_sens, p, cfg.train.seed)
+        crit = with_gradient_data(p.criterion, ds)  # tp:taylor: gradients on training batches
+        pruned = pruned_copy(model, plan, crit, cur_sens, p, cfg.train.seed)
         name = f"pruned-round{r}" if p.policy == "paper" else "pruned"
         tcfg = retrain_config(cfg, p.retrain_epochs, track=track and p.policy == "paper")
         flips = tracker_of(timed_phase(name, pruned, tcfg, plan), pruned)
