@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from bnnprune.config import TrainConfig
 from bnnprune.data import Dataset, augment, batches, normalize
 from bnnprune.flips import FlipTracker
-from bnnprune.nn import binary_layers, clip_latent_weights
+from bnnprune.nn import attach_clipping, binary_layers
 from bnnprune.train import dist
 from bnnprune.train.checkpoint import (
     CheckpointError,
@@ -254,6 +254,10 @@ def train(
         first_epoch = int(ck["epoch"])
 
     net = dist.wrap_ddp(model, device)
+    # after every opt.step(): clip the latent weights, then count flips (hooks, in this order)
+    clipping = attach_clipping(model, opt) if binary_layers(model) else None
+    if tracker is not None:
+        tracker.attach(opt)
 
     t0 = time.perf_counter()
     step = first_epoch * steps_per_epoch
@@ -311,9 +315,6 @@ def train(
             opt.zero_grad(set_to_none=True)
             backward_loss.backward()
             opt.step()
-            clip_latent_weights(model)
-            if tracker is not None:
-                tracker.step()
             step += 1
             loss_sum += batch_loss
             correct += round(batch_correct)
@@ -355,6 +356,10 @@ def train(
             on_epoch(rec)
 
     seconds = time.perf_counter() - t0
+    if clipping is not None:
+        clipping.detach()
+    if tracker is not None:
+        tracker.detach()
     final = None
     if out is not None:
         final = out / "model.pt"
