@@ -2,12 +2,13 @@
 # Set up bnnprune in ./.venv: system data package (Fashion-MNIST), PyTorch, the package itself.
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime)
+#                                  # + the optional extras the tests cover (lightning, tensorboard)
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+[ "${1:-}" = "--test" ] && extras="[test,lightning,tensorboard]"
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
