@@ -174,6 +174,7 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         meta={"config": cfg.to_dict()},
         on_epoch=_print_epoch if dist.is_main() else None,
         augment_data=cfg.data.augment,
+        tensorboard=args.tensorboard,
     )
     _say(f"test accuracy {res.test_acc:.2%}  wall time {time.perf_counter() - t0:.1f}s")
     _say(
@@ -595,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_flags(t)
     t.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, model.pt)")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    t.add_argument("--tensorboard", metavar="DIR",
+                   help="log loss, accuracy, lr, flip ratios and flip histograms to DIR "
+                   "(pip install 'bnnprune[tensorboard]')")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(

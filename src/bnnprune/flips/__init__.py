@@ -118,6 +118,13 @@ class FlipTracker:
             self.ratios.extend((sums / numel).tolist())
             self._pending = []
 
+    def last_ratios(self) -> dict[str, float]:
+        """Per layer: the flip ratio of the latest step (moves it to the host)."""
+        if self.step_count == 0:
+            raise ValueError("no optimizer step recorded yet")
+        self._flush()
+        return dict(zip(self.layers, self.ratios[-1], strict=True))
+
     def end_epoch(self) -> None:
         self._flush()
         self.epoch_ends.append(self.step_count)

@@ -196,6 +196,7 @@ def train(
     desc: str = "train",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     augment_data: bool = True,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``ds``; track flips over the last ``cfg.track_last`` epochs.
 
@@ -203,7 +204,8 @@ def train(
     (``checkpoint.pt``), the metrics log to ``metrics.jsonl``, and at the end ``model.pt``
     (weights, architecture, flip data) and ``flips.npz``. ``resume=True`` continues from
     ``checkpoint.pt`` and ends with the same weights as an uninterrupted run (CPU, same seed).
-    ``meta`` is stored in every checkpoint (e.g. the experiment config).
+    ``meta`` is stored in every checkpoint (e.g. the experiment config). ``tensorboard``: a
+    folder for TensorBoard event files (see :mod:`bnnprune.train.tensorboard`; rank 0 only).
 
     Inside a ``torch.distributed`` process group of N > 1 processes (see
     :mod:`bnnprune.train.dist`), the model is wrapped in DistributedDataParallel and every
@@ -254,6 +256,11 @@ def train(
         first_epoch = int(ck["epoch"])
 
     net = dist.wrap_ddp(model, device)
+    tb = None
+    if tensorboard is not None and main:
+        from bnnprune.train.tensorboard import TensorBoardLog
+
+        tb = TensorBoardLog(tensorboard)
     # after every opt.step(): clip the latent weights, then count flips (hooks, in this order)
     clipping = attach_clipping(model, opt) if binary_layers(model) else None
     if tracker is not None:
@@ -316,6 +323,8 @@ def train(
             backward_loss.backward()
             opt.step()
             step += 1
+            if tb is not None:
+                tb.step(step, batch_loss / n_global, batch_correct / n_global, lr, tracker)
             loss_sum += batch_loss
             correct += round(batch_correct)
             seen += n_global
@@ -339,6 +348,8 @@ def train(
         if tracker is not None:
             rec["flip_ratio"] = {k: float(v[-1]) for k, v in tracker.epoch_ratios().items()}
         history.append(rec)
+        if tb is not None:
+            tb.epoch(epoch + 1, rec, tracker)
         if out is not None and main:
             save_checkpoint(
                 ckpt_path,
@@ -360,6 +371,8 @@ def train(
         clipping.detach()
     if tracker is not None:
         tracker.detach()
+    if tb is not None:
+        tb.close()
     final = None
     if out is not None:
         final = out / "model.pt"
