@@ -2,14 +2,15 @@
 # Set up bnnprune in ./.venv: system data package (Fashion-MNIST), PyTorch, the package itself.
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime),
-#                                  # the fpga extra (qonnx) and, for the C export's ARM check,
+#                                  # the extras the tests cover (fpga: qonnx; lightning;
+#                                  # tensorboard) and, for the C export's ARM check,
 #                                  # gcc-aarch64-linux-gnu and qemu-user
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,fpga]"
+[ "${1:-}" = "--test" ] && extras="[test,fpga,lightning,tensorboard]"
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

@@ -174,6 +174,7 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
         meta={"config": cfg.to_dict()},
         on_epoch=_print_epoch if dist.is_main() else None,
         augment_data=cfg.data.augment,
+        tensorboard=args.tensorboard,
     )
     _say(f"test accuracy {res.test_acc:.2%}  wall time {time.perf_counter() - t0:.1f}s")
     _say(
@@ -327,7 +328,14 @@ def _print_plan(plan: Any) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
-    from bnnprune.prune import RECORD_HINT, apply_plan, compute_sensitivity, make_plan
+    from bnnprune.prune import (
+        RECORD_HINT,
+        apply_plan,
+        compute_sensitivity,
+        get_criterion,
+        make_plan,
+    )
+    from bnnprune.prune.interop import gradient_batches
     from bnnprune.prune.methods import Method
     from bnnprune.train.checkpoint import save_checkpoint
 
@@ -340,6 +348,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.policy = "paper" if args.target_bops is None else "target"
     method = Method(args.policy, args.criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
+    kw = {"seed": args.seed} if args.criterion == "random" else {}
+    crit = get_criterion(args.criterion, **kw)
+    if crit.needs_grads:  # e.g. tp:taylor: gradients on a few training batches
+        crit.use_data(gradient_batches(_dataset_for_checkpoint(ckpt, args)))  # type: ignore[attr-defined]
     sens = None
     if method.needs_flips:
         sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
@@ -354,8 +366,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         min_channels=args.min_channels,
         exclude=exclude,
     )
-    kw = {"seed": args.seed} if args.criterion == "random" else {}
-    pruned = apply_plan(model, plan, args.criterion, sens, **kw).model
+    pruned = apply_plan(model, plan, crit, sens).model
     _print_plan(plan)
     out = _check_out_dir(args.output)
     if args.retrain_epochs > 0:
@@ -610,7 +621,8 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
         g.add_argument(
             "--criterion",
             dest="prune.criterion",
-            help="which channels go: wff, random, magnitude, bn_scale",
+            help="which channels go: wff, random, magnitude, bn_scale, tp:NAME (tp:taylor, "
+            "tp:lamp, ...) or pkg.module:Class",
         )
     g.add_argument(
         "--threshold",
@@ -678,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_flags(t)
     t.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, model.pt)")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    t.add_argument("--tensorboard", metavar="DIR",
+                   help="log loss, accuracy, lr, flip ratios and flip histograms to DIR "
+                   "(pip install 'bnnprune[tensorboard]')")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -743,7 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True)
     pr.add_argument("--policy", choices=["paper", "target", "uniform"], default=None)
     pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
-    pr.add_argument("--criterion", default="wff", help="wff, random, magnitude, bn_scale")
+    pr.add_argument("--criterion", default="wff",
+                    help="wff, random, magnitude, bn_scale, tp:NAME (tp:taylor, tp:lamp, ...) "
+                    "or pkg.module:Class")
     pr.add_argument("--threshold", type=int, default=0)
     pr.add_argument("--round-to", type=int, default=1)
     pr.add_argument("--min-channels", type=int, default=None)

@@ -130,10 +130,10 @@ def test_custom_criteria_plug_in_through_the_registry(make_counts: Callable) -> 
     class HighestIndex(Criterion):
         name = "highest_index_test"
 
-        def removal_scores(
+        def importance(
             self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
         ) -> torch.Tensor:
-            return torch.arange(group.channels, dtype=torch.float64)
+            return -torch.arange(group.channels, dtype=torch.float64)  # lower = removed
 
     try:
         model = net()

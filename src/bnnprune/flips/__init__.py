@@ -1,10 +1,13 @@
 """FlipTracker: how often each binary weight changes sign during training.
 
-Three lines from user code::
+Two lines from user code::
 
-    tracker = FlipTracker(model, window=(start_step, end_step))
-    ...; optimizer.step(); tracker.step()          # inside the training loop
+    tracker = FlipTracker(model, window=(start_step, end_step)).attach(optimizer)
+    ...                                             # train as usual: every optimizer.step() counts
     freqs = tracker.frequencies()                   # per-layer flip frequency tensors
+
+(``tracker.step()`` right after ``optimizer.step()`` does the same by hand; ``detach()``
+stops counting.)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from bnnprune.nn import binary_layers
 
@@ -53,6 +57,23 @@ class FlipTracker:
         self.ratios: list[list[float]] = []  # per step: one ratio per layer (layer order)
         self.epoch_ends: list[int] = []  # step_count at the end of each epoch
         self._pending: list[torch.Tensor] = []  # per-step flip sums, not yet moved to host
+        self._hook: RemovableHandle | None = None
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> FlipTracker:
+        """Record every ``optimizer.step()`` through a post-step hook (returns ``self``)."""
+        if self._hook is not None:
+            raise ValueError("this tracker is attached to an optimizer already; detach() first")
+        params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if not any(id(m.weight) in params for m in self.layers.values()):
+            raise ValueError("the optimizer does not update any binary layer this tracker tracks")
+        self._hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step())
+        return self
+
+    def detach(self) -> None:
+        """Remove the hook of :meth:`attach` (no-op when not attached); counts are kept."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     @staticmethod
     def _neg(m: nn.Module) -> torch.Tensor:
@@ -96,6 +117,13 @@ class FlipTracker:
             numel = torch.tensor(list(self.numel.values()), dtype=torch.float64)
             self.ratios.extend((sums / numel).tolist())
             self._pending = []
+
+    def last_ratios(self) -> dict[str, float]:
+        """Per layer: the flip ratio of the latest step (moves it to the host)."""
+        if self.step_count == 0:
+            raise ValueError("no optimizer step recorded yet")
+        self._flush()
+        return dict(zip(self.layers, self.ratios[-1], strict=True))
 
     def end_epoch(self) -> None:
         self._flush()

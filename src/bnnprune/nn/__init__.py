@@ -6,13 +6,18 @@ Convention used everywhere in bnnprune (training, flip tracking, packing):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 __all__ = [
     "BinaryConv2d",
     "BinaryLinear",
+    "ClippingHook",
+    "attach_clipping",
     "binarize",
     "binary_layers",
     "clip_latent_weights",
@@ -59,8 +64,8 @@ class BinaryConv2d(nn.Conv2d):
     - ``pad_value``: the border is padded with this binary value (+1 or -1), not zeros, so
       a bit-packed engine reproduces the layer exactly.
     - ``scale``: multiply each output channel by mean |w| of its latent filter (XNOR-Net).
-    - ``clip``: latent weights are clipped to [-clip, clip] by :func:`clip_latent_weights`
-      (``None`` disables it).
+    - ``clip``: latent weights are clipped to [-clip, clip] by :func:`clip_latent_weights`,
+      or after every optimizer step by :func:`attach_clipping` (``None`` disables it).
     - ``binarize_input``: set False to feed real-valued inputs (weights stay binary).
     """
 
@@ -160,3 +165,24 @@ def clip_latent_weights(model: nn.Module) -> None:
     for m in binary_layers(model).values():
         if m.clip is not None:
             m.weight.clamp_(-m.clip, m.clip)
+
+
+@dataclass
+class ClippingHook:
+    """Clips ``model``'s latent weights after every step of one optimizer (see
+    :func:`attach_clipping`); :meth:`detach` stops it."""
+
+    model: nn.Module
+    handle: RemovableHandle
+
+    def detach(self) -> None:
+        self.handle.remove()
+
+
+def attach_clipping(model: nn.Module, optimizer: torch.optim.Optimizer) -> ClippingHook:
+    """Call :func:`clip_latent_weights` after every ``optimizer.step()`` (a post-step hook),
+    so a hand-written training loop needs no extra call."""
+    if not binary_layers(model):
+        raise ValueError("model has no binary layers whose latent weights need clipping")
+    handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: clip_latent_weights(model))
+    return ClippingHook(model, handle)

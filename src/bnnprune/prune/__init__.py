@@ -5,6 +5,10 @@ Typical use::
     sens = compute_sensitivity(tracker, model)                 # or tracker.state_dict()
     plan = make_plan(model, (3, 32, 32), "target", sensitivity=sens, target=0.4, round_to=32)
     result = apply_plan(model, plan, "wff", sens)              # result.model is pruned
+
+Criteria follow Torch-Pruning's convention (lower importance = pruned): ``WFFImportance``
+and friends plug into Torch-Pruning's pruners, and ``"tp:lamp"``-style names bring its
+importances here (:mod:`bnnprune.prune.interop`).
 """
 
 from bnnprune.prune.criteria import (
@@ -14,11 +18,20 @@ from bnnprune.prune.criteria import (
     Criterion,
     Magnitude,
     Random,
+    check_criterion,
     get_criterion,
     register_criterion,
     select_channels,
 )
 from bnnprune.prune.graph import ChannelGroup, PruningSpace, analyze, check_supported
+from bnnprune.prune.interop import (
+    BNScaleImportance,
+    CriterionImportance,
+    MagnitudeImportance,
+    RandomImportance,
+    TorchPruningCriterion,
+    WFFImportance,
+)
 from bnnprune.prune.policies import (
     DEFAULT_TOLERANCE,
     POLICIES,
@@ -47,17 +60,24 @@ __all__ = [
     "RECORD_HINT",
     "WFF",
     "BNScale",
+    "BNScaleImportance",
     "ChannelGroup",
     "Criterion",
+    "CriterionImportance",
     "Magnitude",
+    "MagnitudeImportance",
     "Plan",
     "PruneResult",
     "PruningSpace",
     "Random",
+    "RandomImportance",
     "Sensitivity",
+    "TorchPruningCriterion",
+    "WFFImportance",
     "analyze",
     "apply_plan",
     "carry_flip_counts",
+    "check_criterion",
     "check_flip_data",
     "check_supported",
     "compute_sensitivity",

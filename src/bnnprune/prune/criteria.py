@@ -1,13 +1,16 @@
 """Which channels a group loses: small pluggable criteria with a registry.
 
-A criterion gives every output channel of a :class:`ChannelGroup` a *removal score*; the
-channels with the highest scores go (ties: the lower channel index goes first). Scores of a
-group with several layers (a ResNet stage) are pooled over the group, so one channel set
-is chosen for all of them. Any criterion combines with any policy.
+A criterion gives every output channel of a :class:`ChannelGroup` an *importance*; the
+channels with the lowest importance go (ties: the lower channel index goes first). This is
+Torch-Pruning's convention ("lower score = pruned"), so our criteria and Torch-Pruning's
+importances plug into each other (:mod:`bnnprune.prune.interop`). Scores of a group with
+several layers (a ResNet stage) are pooled over the group, so one channel set is chosen for
+all of them. Any criterion combines with any policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -26,6 +29,7 @@ __all__ = [
     "Magnitude",
     "Random",
     "WFF",
+    "check_criterion",
     "get_criterion",
     "register_criterion",
     "select_channels",
@@ -33,16 +37,24 @@ __all__ = [
 
 
 class Criterion:
-    """Base class: subclasses set ``name`` and implement :meth:`removal_scores`."""
+    """Base class: subclasses set ``name`` and implement :meth:`importance`."""
 
     name: ClassVar[str] = ""
     needs_flips: ClassVar[bool] = False
+    needs_grads: bool = False  # True: scoring needs gradients computed on data
 
-    def removal_scores(
+    def importance(
         self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
     ) -> torch.Tensor:
-        """One score per channel of ``group``; higher = removed first."""
+        """One score per channel of ``group``; lower = removed first (Torch-Pruning's way)."""
         raise NotImplementedError
+
+    def scoring(
+        self, model: nn.Module, input_shape: tuple[int, int, int]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Context around the :meth:`choose` calls of one plan: set-up shared by all groups
+        (a dependency graph, gradients) goes here; the default needs none."""
+        return contextlib.nullcontext()
 
     def choose(
         self,
@@ -54,13 +66,15 @@ class Criterion:
         """Indices (ascending) of the ``n_remove`` channels to remove from ``group``."""
         if n_remove <= 0:
             return []
-        scores = self.removal_scores(model, group, sensitivity).detach().double().cpu()
+        scores = self.importance(model, group, sensitivity).detach().double().cpu()
         if scores.shape != (group.channels,):
             raise ValueError(
                 f"criterion {self.name!r} gave {tuple(scores.shape)} scores for group "
                 f"{group.name!r} of {group.channels} channels"
             )
-        order = torch.sort(scores, descending=True, stable=True).indices
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError(f"criterion {self.name!r} gave non-finite scores for {group.name!r}")
+        order = torch.sort(scores, stable=True).indices  # ascending: lowest importance first
         return sorted(int(i) for i in order[:n_remove])
 
 
@@ -90,12 +104,12 @@ def _pooled_filter_mean(
 
 @register_criterion
 class WFF(Criterion):
-    """Highest mean weight flipping frequency first (the paper's signal)."""
+    """Highest mean weight flipping frequency first (the paper's signal): importance = -WFF."""
 
     name = "wff"
     needs_flips = True
 
-    def removal_scores(
+    def importance(
         self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
     ) -> torch.Tensor:
         if sensitivity is None:
@@ -113,19 +127,19 @@ class WFF(Criterion):
                 raise ValueError(f"flip data for {name!r} does not match the layer's channels")
             return score[:, None].expand(-1, m.weight[0].numel())
 
-        return _pooled_filter_mean(model, group, per_weight)
+        return -_pooled_filter_mean(model, group, per_weight)
 
 
 @register_criterion
 class Magnitude(Criterion):
-    """Smallest mean |latent weight| first."""
+    """Smallest mean |latent weight| first: importance = mean |w| of the channel's filters."""
 
     name = "magnitude"
 
-    def removal_scores(
+    def importance(
         self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
     ) -> torch.Tensor:
-        return -_pooled_filter_mean(model, group, lambda _, m: m.weight.abs())
+        return _pooled_filter_mean(model, group, lambda _, m: m.weight.abs())
 
 
 @register_criterion
@@ -139,7 +153,7 @@ class FlipMagnitude(Criterion):
     name = "flip_magnitude"
     needs_flips = True
 
-    def removal_scores(
+    def importance(
         self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
     ) -> torch.Tensor:
         if sensitivity is None or sensitivity.counts is None:
@@ -151,7 +165,7 @@ class FlipMagnitude(Criterion):
                 raise ValueError(f"flip data for {name!r} does not match the layer's weights")
             return m.weight.abs().double().cpu() / (1.0 + counts.double().cpu())
 
-        return -_pooled_filter_mean(model, group, per_weight)
+        return _pooled_filter_mean(model, group, per_weight)
 
 
 @register_criterion
@@ -160,7 +174,7 @@ class BNScale(Criterion):
 
     name = "bn_scale"
 
-    def removal_scores(
+    def importance(
         self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
     ) -> torch.Tensor:
         gammas = []
@@ -173,7 +187,7 @@ class BNScale(Criterion):
                 f"criterion 'bn_scale' needs an affine BatchNorm after {group.name!r}; "
                 "choose another criterion"
             )
-        return -torch.stack(gammas).mean(dim=0)
+        return torch.stack(gammas).mean(dim=0)
 
 
 @register_criterion
@@ -185,22 +199,34 @@ class Random(Criterion):
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
 
-    def removal_scores(
+    def importance(
         self, model: nn.Module, group: ChannelGroup, sensitivity: Sensitivity | None
     ) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed ^ zlib.crc32(group.name.encode()))
-        return torch.rand(group.channels, generator=gen, dtype=torch.float64)
+        return -torch.rand(group.channels, generator=gen, dtype=torch.float64)
 
 
 def get_criterion(criterion: str | Criterion, **kwargs: Any) -> Criterion:
-    """A criterion instance from its registered name (kwargs go to its constructor)."""
+    """A criterion instance (kwargs go to its constructor) from a registered name, from
+    ``tp:NAME`` (a Torch-Pruning importance: taylor, lamp, magnitude, ...) or from an import
+    path ``pkg.module:Class`` (a :class:`Criterion` or a Torch-Pruning ``Importance``)."""
     if isinstance(criterion, Criterion):
         return criterion
-    if criterion not in CRITERIA:
-        raise ValueError(
-            f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}"
-        )
-    return CRITERIA[criterion](**kwargs)
+    if criterion in CRITERIA:
+        return CRITERIA[criterion](**kwargs)
+    if ":" in criterion:
+        from bnnprune.prune.interop import criterion_from_spec
+
+        return criterion_from_spec(criterion, **kwargs)
+    raise ValueError(
+        f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}, "
+        "tp:NAME (a Torch-Pruning importance) or pkg.module:Class"
+    )
+
+
+def check_criterion(criterion: str) -> None:
+    """Raise ValueError unless ``criterion`` names a usable criterion (see get_criterion)."""
+    get_criterion(criterion)
 
 
 def select_channels(
@@ -214,8 +240,9 @@ def select_channels(
     crit = get_criterion(criterion, **criterion_kwargs)
     removed: dict[str, list[int]] = {}
     keep: Mapping[str, int] = plan.group_keep()
-    for g in plan.groups:
-        n_remove = g.channels - keep[g.name]
-        if n_remove > 0:
-            removed[g.name] = crit.choose(model, g, n_remove, sensitivity)
+    with crit.scoring(model, plan.input_shape):
+        for g in plan.groups:
+            n_remove = g.channels - keep[g.name]
+            if n_remove > 0:
+                removed[g.name] = crit.choose(model, g, n_remove, sensitivity)
     return removed

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnnprune.prune.criteria import CRITERIA
+from bnnprune.prune.criteria import CRITERIA, get_criterion
 from bnnprune.prune.policies import POLICIES
 from bnnprune.prune.sensitivity import RECORD_HINT
 
@@ -46,11 +46,11 @@ class Method:
                 f"unknown policy {self.policy!r} in method {self.spec!r}; "
                 f"choose from {', '.join(POLICIES)}"
             )
-        if self.criterion not in CRITERIA:
-            raise MethodError(
-                f"unknown criterion {self.criterion!r} in method {self.spec!r}; "
-                f"choose from {', '.join(sorted(CRITERIA))}"
-            )
+        if self.criterion not in CRITERIA:  # tp:NAME or pkg.module:Class
+            try:
+                get_criterion(self.criterion)
+            except ValueError as e:
+                raise MethodError(f"method {self.spec!r}: {e}") from None
 
     @property
     def spec(self) -> str:
@@ -62,7 +62,7 @@ class Method:
 
     @property
     def needs(self) -> frozenset[str]:
-        crit = CRITERIA[self.criterion]
+        crit = CRITERIA.get(self.criterion) or get_criterion(self.criterion)
         needs = set(POLICY_NEEDS[self.policy]) | {"weights"}
         if getattr(crit, "needs_flips", False):
             needs.add("flips")
@@ -92,7 +92,7 @@ def parse_method(text: str, default_criterion: str = "wff") -> Method:
         policy, crit = t.split("+", 1)
     elif t in POLICIES:
         policy, crit = t, default_criterion
-    elif t in CRITERIA:
+    elif t in CRITERIA or ":" in t:
         policy, crit = "target", t
     else:
         raise MethodError(

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from bnnprune.config import TrainConfig
 from bnnprune.data import Dataset, augment, batches, normalize
 from bnnprune.flips import FlipTracker
-from bnnprune.nn import binary_layers, clip_latent_weights
+from bnnprune.nn import attach_clipping, binary_layers
 from bnnprune.seeding import seed_everything
 from bnnprune.train import dist
 from bnnprune.train.checkpoint import (
@@ -195,6 +195,7 @@ def train(
     desc: str = "train",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     augment_data: bool = True,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``ds``; track flips over the last ``cfg.track_last`` epochs.
 
@@ -202,7 +203,8 @@ def train(
     (``checkpoint.pt``), the metrics log to ``metrics.jsonl``, and at the end ``model.pt``
     (weights, architecture, flip data) and ``flips.npz``. ``resume=True`` continues from
     ``checkpoint.pt`` and ends with the same weights as an uninterrupted run (CPU, same seed).
-    ``meta`` is stored in every checkpoint (e.g. the experiment config).
+    ``meta`` is stored in every checkpoint (e.g. the experiment config). ``tensorboard``: a
+    folder for TensorBoard event files (see :mod:`bnnprune.train.tensorboard`; rank 0 only).
 
     Inside a ``torch.distributed`` process group of N > 1 processes (see
     :mod:`bnnprune.train.dist`), the model is wrapped in DistributedDataParallel and every
@@ -253,6 +255,15 @@ def train(
         first_epoch = int(ck["epoch"])
 
     net = dist.wrap_ddp(model, device)
+    tb = None
+    if tensorboard is not None and main:
+        from bnnprune.train.tensorboard import TensorBoardLog
+
+        tb = TensorBoardLog(tensorboard)
+    # after every opt.step(): clip the latent weights, then count flips (hooks, in this order)
+    clipping = attach_clipping(model, opt) if binary_layers(model) else None
+    if tracker is not None:
+        tracker.attach(opt)
 
     t0 = time.perf_counter()
     step = first_epoch * steps_per_epoch
@@ -310,10 +321,9 @@ def train(
             opt.zero_grad(set_to_none=True)
             backward_loss.backward()
             opt.step()
-            clip_latent_weights(model)
-            if tracker is not None:
-                tracker.step()
             step += 1
+            if tb is not None:
+                tb.step(step, batch_loss / n_global, batch_correct / n_global, lr, tracker)
             loss_sum += batch_loss
             correct += round(batch_correct)
             seen += n_global
@@ -337,6 +347,8 @@ def train(
         if tracker is not None:
             rec["flip_ratio"] = {k: float(v[-1]) for k, v in tracker.epoch_ratios().items()}
         history.append(rec)
+        if tb is not None:
+            tb.epoch(epoch + 1, rec, tracker)
         if out is not None and main:
             save_checkpoint(
                 ckpt_path,
@@ -354,6 +366,12 @@ def train(
             on_epoch(rec)
 
     seconds = time.perf_counter() - t0
+    if clipping is not None:
+        clipping.detach()
+    if tracker is not None:
+        tracker.detach()
+    if tb is not None:
+        tb.close()
     final = None
     if out is not None:
         final = out / "model.pt"
