@@ -9,11 +9,13 @@ so a validated call can be repeated on the same (preallocated) arrays without re
 
 One module per kernel family: :mod:`.intrinsics` (the LLVM IR inner loops), :mod:`.bconv`
 (XNOR-popcount GEMM), :mod:`.bitpatch` (dense bit patch matrix), :mod:`.fconv` (fused float
-conv, im2col), :mod:`.pack` (sign packing), :mod:`.pool` (pooling), :mod:`.pad` (padding);
+conv, im2col), :mod:`.pack` (sign packing), :mod:`.pool` (pooling), :mod:`.pad` (padding),
+:mod:`.concat` (channel concatenation of bits), :mod:`.act` (per-channel PReLU);
 :mod:`.base` holds what they share, including :func:`~.base.twins`, which compiles the serial
 and the ``prange`` driver of each row function, and :func:`use_parallel`, which picks one.
 """
 
+from bnnprune.engine.kernels.act import prelu_call
 from bnnprune.engine.kernels.base import (
     BLOCK_CH,
     PAR_MIN_WORK,
@@ -23,6 +25,7 @@ from bnnprune.engine.kernels.base import (
 )
 from bnnprune.engine.kernels.bconv import bconv_call, block_weights, run_bconv, threshold_init
 from bnnprune.engine.kernels.bitpatch import dense_bits, im2col_bits_call
+from bnnprune.engine.kernels.concat import concat_bits_call
 from bnnprune.engine.kernels.fconv import (
     block_float_weights,
     channel_masks,
@@ -53,6 +56,7 @@ __all__ = [
     "block_float_weights",
     "block_weights",
     "channel_masks",
+    "concat_bits_call",
     "dense_bits",
     "fconv_call",
     "fconv_pack_call",
@@ -61,6 +65,7 @@ __all__ = [
     "pad_fill",
     "pool_call",
     "pool_out_size",
+    "prelu_call",
     "popcount64",
     "run_adaptive_avgpool",
     "run_affine_pack",
