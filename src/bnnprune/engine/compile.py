@@ -11,8 +11,10 @@ exact integer result through a float epilogue (scale, bias, BatchNorm folded in)
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +28,7 @@ from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fold import bn_affine, fold_threshold
 from bnnprune.engine.pack import pack_weights
 from bnnprune.engine.program import Op, Program, ValueInfo
-from bnnprune.nn import BinaryConv2d, BinaryLinear
+from bnnprune.nn import BinaryConv2d, BinaryLinear, RPReLU, RSign
 
 __all__ = ["compile_model"]
 
@@ -35,7 +37,10 @@ _BITS, _FLOAT = "bits", "float"
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, BinaryConv2d | BinaryLinear) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+_LEAVES = (BinaryConv2d, BinaryLinear, RSign, RPReLU)
 
 
 class _N:
@@ -54,11 +59,129 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, list | tuple) else (int(v), int(v))
 
 
+def _module_path(node: fx.Node) -> str:
+    """Where a node sits in the model: the innermost module whose forward() made it."""
+    if node.op == "call_module":
+        return f"module {node.target!r}"
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "the model's forward()"
+    path, cls = list(stack.values())[-1]
+    return f"module {path!r} ({getattr(cls, '__name__', cls)})"
+
+
 def _where(n: _N) -> str:
-    return f"{n.kind} {n.name!r}"
+    if n.node.op == "call_module":
+        return f"{n.kind} {n.name!r}"
+    return f"{n.kind} {n.name!r} in {_module_path(n.node)}"
 
 
-def _normalize(gm: fx.GraphModule, node: fx.Node) -> _N:  # noqa: C901
+def _fn_args(node: fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A function call's arguments after the input tensor, by name (``names`` in order)."""
+    out = dict(defaults)
+    out.update(zip(names, node.args[1:]))
+    out.update({k: v for k, v in node.kwargs.items() if k in names})
+    return out
+
+
+_MAXPOOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVGPOOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                 "divisor_override")
+_POOL_DEFAULTS = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False,
+                  "return_indices": False, "count_include_pad": True, "divisor_override": None}
+_POOL_FNS = {F.max_pool2d: ("maxpool", _MAXPOOL_ARGS), torch.max_pool2d: ("maxpool", _MAXPOOL_ARGS),
+             F.avg_pool2d: ("avgpool", _AVGPOOL_ARGS),
+             F.adaptive_avg_pool2d: ("adaptive_avgpool", ("output_size",)),
+             F.adaptive_max_pool2d: ("adaptive_maxpool", ("output_size", "return_indices"))}
+_DROPOUT_FNS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+                F.feature_alpha_dropout)
+_CAT_FNS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _module_pool(m: nn.Module) -> dict[str, Any]:
+    return {k: getattr(m, k) for k in (*_MAXPOOL_ARGS, *_AVGPOOL_ARGS, "output_size")
+            if hasattr(m, k)}
+
+
+def _op_name(node: fx.Node) -> str:
+    name = getattr(node.target, "__name__", str(node.target))
+    return re.sub(r"_\d+$", "", node.name) if name == "fn" else name  # boolean_dispatch
+
+
+def _normalize_module(node: fx.Node, m: nn.Module, x: list[fx.Node]) -> _N:  # noqa: C901
+    if isinstance(m, BinaryConv2d):
+        return _N(node, "bconv", x, m)
+    if isinstance(m, BinaryLinear):
+        return _N(node, "blinear", x, m)
+    if isinstance(m, nn.Conv2d):
+        return _N(node, "conv", x, m)
+    if isinstance(m, nn.Linear):
+        return _N(node, "linear", x, m)
+    if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+        return _N(node, "bn", x, m)
+    if isinstance(m, nn.MaxPool2d):
+        return _N(node, "maxpool", x, m, **_module_pool(m))
+    if isinstance(m, nn.AvgPool2d):
+        return _N(node, "avgpool", x, m, **_module_pool(m))
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return _N(node, "adaptive_avgpool", x, m, **_module_pool(m))
+    if isinstance(m, nn.AdaptiveMaxPool2d):
+        return _N(node, "adaptive_maxpool", x, m, **_module_pool(m))
+    if isinstance(m, nn.Flatten):
+        return _N(node, "flatten", x, m, start=m.start_dim, end=m.end_dim)
+    if isinstance(m, nn.Identity | nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d
+                  | nn.AlphaDropout | nn.FeatureAlphaDropout):
+        return _N(node, "identity", x, m)
+    if isinstance(m, nn.ReLU):
+        return _N(node, "clamp", x, m, lo=0.0, hi=None)
+    if isinstance(m, nn.Hardtanh):  # also ReLU6
+        return _N(node, "clamp", x, m, lo=float(m.min_val), hi=float(m.max_val))
+    if isinstance(m, nn.PReLU | RPReLU):
+        return _N(node, "prelu", x, m)
+    if isinstance(m, RSign):
+        return _N(node, "rsign", x, m)
+    raise EngineError(f"cannot compile module {node.target!r} of type {type(m).__name__}")
+
+
+def _normalize_function(node: fx.Node, tensors: list[fx.Node]) -> _N:  # noqa: C901
+    target = node.target
+    where = f"{_op_name(node)!r} (node {node.name!r}) in {_module_path(node)}"
+    if target in (operator.add, operator.iadd, torch.add):
+        if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:
+            raise EngineError(f"cannot compile {where}: only tensor + tensor")
+        return _N(node, "add", tensors)
+    if target is torch.flatten:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return _N(node, "flatten", tensors[:1], start=start, end=end)
+    if target in (F.relu, torch.relu):
+        return _N(node, "clamp", tensors[:1], lo=0.0, hi=None)
+    if target is F.relu6:
+        return _N(node, "clamp", tensors[:1], lo=0.0, hi=6.0)
+    if target is F.hardtanh:
+        a = _fn_args(node, ("min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0})
+        return _N(node, "clamp", tensors[:1], lo=float(a["min_val"]), hi=float(a["max_val"]))
+    if target in _POOL_FNS:
+        kind, names = _POOL_FNS[target]
+        return _N(node, kind, tensors[:1], **_fn_args(node, names, _POOL_DEFAULTS))
+    if target in _DROPOUT_FNS:
+        default = target not in (F.alpha_dropout, F.feature_alpha_dropout)
+        if _fn_args(node, ("p", "training"), {"training": default})["training"]:
+            raise EngineError(f"cannot compile {where}: dropout with training=True (use "
+                              "training=self.training)")
+        return _N(node, "identity", tensors[:1])
+    if target in _CAT_FNS:
+        seq = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = _fn_args(node, ("dim",), {"dim": 0})["dim"]
+        if not isinstance(seq, list | tuple) or not all(isinstance(t, fx.Node) for t in seq):
+            raise EngineError(f"cannot compile {where}: needs a list of tensors")
+        return _N(node, "cat", list(seq), dim=dim)
+    if target in (getattr, operator.getitem) and not _is_tensor(node):
+        return _N(node, "meta", [])
+    raise EngineError(f"cannot compile function {where}")
+
+
+def _normalize(gm: fx.GraphModule, node: fx.Node) -> _N:
     tensors = [a for a in node.args if isinstance(a, fx.Node)]
     if node.op == "placeholder":
         return _N(node, "input", [])
@@ -67,55 +190,13 @@ def _normalize(gm: fx.GraphModule, node: fx.Node) -> _N:  # noqa: C901
             raise EngineError("the model must return a single tensor")
         return _N(node, "output", [node.args[0]])
     if node.op == "get_attr":
-        raise EngineError(f"cannot compile parameter access {node.target!r} inside forward()")
+        raise EngineError(f"cannot compile parameter access {node.target!r} inside forward() "
+                          f"of {_module_path(node)}")
     if node.op == "call_module":
-        m = gm.get_submodule(str(node.target))
-        x = tensors[:1]
-        if isinstance(m, BinaryConv2d):
-            return _N(node, "bconv", x, m)
-        if isinstance(m, BinaryLinear):
-            return _N(node, "blinear", x, m)
-        if isinstance(m, nn.Conv2d):
-            return _N(node, "conv", x, m)
-        if isinstance(m, nn.Linear):
-            return _N(node, "linear", x, m)
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-            return _N(node, "bn", x, m)
-        if isinstance(m, nn.MaxPool2d):
-            return _N(node, "maxpool", x, m)
-        if isinstance(m, nn.AvgPool2d):
-            return _N(node, "avgpool", x, m)
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            return _N(node, "adaptive_avgpool", x, m)
-        if isinstance(m, nn.Flatten):
-            return _N(node, "flatten", x, m, start=m.start_dim, end=m.end_dim)
-        if isinstance(m, nn.Identity | nn.Dropout | nn.Dropout2d | nn.Dropout1d):
-            return _N(node, "identity", x, m)
-        if isinstance(m, nn.ReLU):
-            return _N(node, "clamp", x, m, lo=0.0, hi=None)
-        if isinstance(m, nn.Hardtanh):
-            return _N(node, "clamp", x, m, lo=float(m.min_val), hi=float(m.max_val))
-        raise EngineError(f"cannot compile module {node.target!r} of type {type(m).__name__}")
-    target = node.target
-    fname = getattr(target, "__name__", str(target))
+        return _normalize_module(node, gm.get_submodule(str(node.target)), tensors[:1])
     if node.op == "call_function":
-        if target in (operator.add, operator.iadd, torch.add):
-            if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:
-                raise EngineError(f"cannot compile {fname} at {node.name!r}: only tensor + tensor")
-            return _N(node, "add", tensors)
-        if target is torch.flatten:
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            return _N(node, "flatten", tensors[:1], start=start, end=end)
-        if target in (F.relu, torch.relu):
-            return _N(node, "clamp", tensors[:1], lo=0.0, hi=None)
-        if target is F.hardtanh:
-            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
-            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
-            return _N(node, "clamp", tensors[:1], lo=float(lo), hi=float(hi))
-        if target in (getattr, operator.getitem) and not _is_tensor(node):
-            return _N(node, "meta", [])
-        raise EngineError(f"cannot compile function {fname!r} at node {node.name!r}")
+        return _normalize_function(node, tensors)
+    target = node.target
     if node.op == "call_method":
         if target == "size" or (target in ("dim",) and not _is_tensor(node)):
             return _N(node, "meta", [])
@@ -131,21 +212,43 @@ def _normalize(gm: fx.GraphModule, node: fx.Node) -> _N:  # noqa: C901
             return _N(node, "clamp", tensors[:1], lo=0.0, hi=None)
         if target == "contiguous":
             return _N(node, "identity", tensors[:1])
-        raise EngineError(f"cannot compile method .{target}() at node {node.name!r}")
-    raise EngineError(f"cannot compile node {node.name!r} ({node.op})")
+        raise EngineError(f"cannot compile method .{target}() (node {node.name!r}) in "
+                          f"{_module_path(node)}")
+    raise EngineError(f"cannot compile node {node.name!r} ({node.op}) in {_module_path(node)}")
 
 
 def _is_tensor(node: fx.Node) -> bool:
     return hasattr(node.meta.get("tensor_meta"), "shape")
 
 
-_SIGN_PASS = ("identity", "flatten", "maxpool")  # sign(op(x)) == op(sign(x))
-_MONOTONE = ("bn", "identity", "clamp")  # per-channel monotone: fold into thresholds
+# sign(op(x)) == op(sign(x)), channel by channel
+_SIGN_PASS = ("identity", "flatten", "maxpool", "adaptive_maxpool", "cat")
+# per-channel monotone ops that fold into thresholds (prelu only with slopes >= 0; an RSign
+# ends the chain: its output is the sign)
+_MONOTONE = ("bn", "identity", "clamp", "prelu", "rsign")
+
+
+def _prelu_arrays(n: _N, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shift, slope, bias) of ``prelu(x + shift, slope) + bias`` over ``c`` channels."""
+    m = n.module
+    f32 = functools.partial(np.asarray, dtype=np.float32)
+    if isinstance(m, RPReLU):
+        shift, slope, bias = (f32(p.detach().cpu().numpy()) for p in
+                              (m.shift_in, m.slope, m.shift_out))
+    else:
+        shift, bias = np.zeros(c, np.float32), np.zeros(c, np.float32)
+        slope = np.broadcast_to(f32(m.weight.detach().cpu().numpy()).reshape(-1), (c,)).copy()
+    if not shift.shape == slope.shape == bias.shape == (c,):
+        raise EngineError(f"{_where(n)}: has {slope.shape[0]} channels, its input has {c}")
+    return shift, slope, bias
 
 
 def _sign_preserving(n: _N) -> bool:
     if n.kind in _SIGN_PASS:
         return True
+    if n.kind == "prelu" and n.shape:
+        shift, slope, bias = _prelu_arrays(n, int(n.shape[0]))
+        return not shift.any() and not bias.any() and bool((slope > 0).all())
     return n.kind == "clamp" and n.params["lo"] < 0 <= (n.params["hi"] if n.params["hi"]
                                                         is not None else 0)
 
@@ -229,7 +332,12 @@ class _Lowering:
                 break
             if un.kind == "bn" and (un.shape is None or un.shape[0] != n.shape[0]):
                 break
+            if un.kind == "prelu" and (un.shape is None
+                                       or (_prelu_arrays(un, int(un.shape[0]))[1] < 0).any()):
+                break  # a negative slope is not monotone
             chain.append(un)
+            if un.kind == "rsign":
+                break
             cur = un
         return chain
 
@@ -365,16 +473,16 @@ class _Lowering:
                         {"alpha": alpha, "beta": beta})
 
     def _pool_params(self, n: _N) -> dict[str, Any]:
-        m = n.module
-        if n.kind == "maxpool" and (_pair(m.dilation) != (1, 1) or m.return_indices):
+        m = n.params
+        if n.kind == "maxpool" and (_pair(m["dilation"]) != (1, 1) or m["return_indices"]):
             raise EngineError(f"{_where(n)}: dilation and return_indices are not supported")
-        if n.kind == "avgpool" and m.divisor_override is not None:
+        if n.kind == "avgpool" and m["divisor_override"] is not None:
             raise EngineError(f"{_where(n)}: divisor_override is not supported")
-        stride = m.stride if m.stride is not None else m.kernel_size
-        attrs = {"kernel": list(_pair(m.kernel_size)), "stride": list(_pair(stride)),
-                 "padding": list(_pair(m.padding)), "ceil_mode": bool(m.ceil_mode)}
+        stride = m["stride"] if m["stride"] not in (None, [], ()) else m["kernel_size"]
+        attrs = {"kernel": list(_pair(m["kernel_size"])), "stride": list(_pair(stride)),
+                 "padding": list(_pair(m["padding"])), "ceil_mode": bool(m["ceil_mode"])}
         if n.kind == "avgpool":
-            attrs["count_include_pad"] = bool(m.count_include_pad)
+            attrs["count_include_pad"] = bool(m["count_include_pad"])
         return attrs
 
     def _pool_shape(self, n: _N, x: ValueInfo) -> tuple[int, int]:
@@ -382,8 +490,8 @@ class _Lowering:
             raise EngineError(f"{_where(n)}: pooling needs a 4-D (N, C, H, W) input")
         return int(n.shape[1]), int(n.shape[2])
 
-    def _lower_maxpool(self, n: _N) -> None:
-        attrs = self._pool_params(n)
+    def _lower_maxpool(self, n: _N, attrs: dict[str, Any] | None = None) -> None:
+        attrs = attrs or self._pool_params(n)
         if self.req[n.node] == {_BITS}:
             xid = self.bits_of(n.inputs[0])
             x = self.values[xid]
@@ -408,6 +516,76 @@ class _Lowering:
         ho, wo = self._pool_shape(n, x)
         self._float_out(n, "adaptive_avgpool", [xid], ho, wo, x.c, False,
                         {"output_size": [ho, wo]})
+
+    def _lower_adaptive_maxpool(self, n: _N) -> None:
+        """An adaptive max-pool whose bins are a regular window (input divisible by output)."""
+        if n.params.get("return_indices"):
+            raise EngineError(f"{_where(n)}: return_indices is not supported")
+        x_shape = self.by_node[n.inputs[0]].shape
+        if n.shape is None or x_shape is None or len(n.shape) != 3 or len(x_shape) != 3:
+            raise EngineError(f"{_where(n)}: pooling needs a 4-D (N, C, H, W) input")
+        (h, w), (oh, ow) = x_shape[1:], n.shape[1:]
+        if h % oh or w % ow:
+            raise EngineError(f"{_where(n)}: adaptive max-pool from {h}x{w} to {oh}x{ow} has "
+                              "uneven bins; only sizes that divide the input are supported")
+        k = [int(h // oh), int(w // ow)]
+        self._lower_maxpool(n, {"kernel": k, "stride": k, "padding": [0, 0], "ceil_mode": False})
+
+    def _lower_cat(self, n: _N) -> None:
+        """Channel concatenation, of packed bits when only signs are needed, else of floats."""
+        dim = n.params["dim"]
+        shapes = [self.by_node[i].shape for i in n.inputs]
+        if n.shape is None or any(s is None or len(s) != len(n.shape) for s in shapes):
+            raise EngineError(f"{_where(n)}: unknown shapes")
+        if len(n.shape) == 3:
+            ok = dim in (1, -3)
+        else:
+            ok = len(n.shape) == 1 and dim in (1, -1)
+        if not ok:
+            raise EngineError(f"{_where(n)}: only concatenation along channels (dim=1) is "
+                              "supported")
+        if len(n.inputs) == 1:
+            self._lower_identity(n)
+            return
+        bits = self.req[n.node] == {_BITS}
+        ids = [self.bits_of(i) if bits else self.float_of(i) for i in n.inputs]
+        vals = [self.values[i] for i in ids]
+        v0 = vals[0]
+        if any((v.h, v.w, v.flat) != (v0.h, v0.w, v0.flat) for v in vals):
+            raise EngineError(f"{_where(n)}: inputs of different sizes")
+        if v0.flat and v0.h * v0.w != 1:
+            raise EngineError(f"{_where(n)}: concatenation of flattened images (concatenate "
+                              "before flattening)")
+        c = sum(v.c for v in vals)
+        if bits:
+            out = self.value(_BITS, v0.h, v0.w, c, v0.flat, n.name)
+            self.rep[n.node] = {_BITS: self.emit("concat_bits", ids, out, n.name, {})}
+            return
+        self._float_out(n, "concat", ids, v0.h, v0.w, c, v0.flat, {})
+
+    def _lower_prelu(self, n: _N) -> None:
+        if self.req[n.node] == {_BITS} and _sign_preserving(n):
+            self.rep[n.node] = {_BITS: self.bits_of(n.inputs[0])}
+            return
+        xid = self.float_of(n.inputs[0])
+        x = self.values[xid]
+        shift, slope, bias = _prelu_arrays(n, x.c)
+        self._float_out(n, "prelu", [xid], x.h, x.w, x.c, x.flat, {},
+                        {"shift": shift, "slope": slope, "bias": bias})
+
+    def _lower_rsign(self, n: _N) -> None:
+        """sign(x + shift): the packing kernel's affine with alpha = 1 (exact: x * 1 == x)."""
+        if self.req[n.node] != {_BITS}:
+            raise EngineError(f"{_where(n)}: its ±1 output is used as a real value; only "
+                              "binary layers, max-pooling, flatten and concatenation may "
+                              "consume an RSign")
+        xid = self.float_of(n.inputs[0])
+        x = self.values[xid]
+        shift = n.module.shift.detach().cpu().numpy().astype(np.float32)
+        if shift.shape != (x.c,):
+            raise EngineError(f"{_where(n)}: has {shift.shape[0]} channels, its input has {x.c}")
+        self._float_out(n, "affine", [xid], x.h, x.w, x.c, x.flat, {},
+                        {"alpha": np.ones(x.c, np.float32), "beta": shift})
 
     def _lower_add(self, n: _N) -> None:
         a, b = (self.float_of(i) for i in n.inputs)
@@ -460,6 +638,8 @@ def _post_fn(chain: list[_N]) -> Callable[[torch.Tensor], torch.Tensor]:
                 y = c.module(y)
             elif c.kind == "clamp":
                 y = torch.clamp(y, min=c.params["lo"], max=c.params["hi"])
+            elif c.kind in ("prelu", "rsign"):
+                y = c.module(y)
         return y
 
     return post

@@ -30,12 +30,13 @@ import numpy as np
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import BnnFormatError, EngineError
-from bnnprune.engine.program import Op, Program, ValueInfo
+from bnnprune.engine.program import V2_KINDS, Op, Program, ValueInfo
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "load", "pack_file", "save", "unpack_file"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "load", "pack_file", "required_version", "save",
+           "unpack_file"]
 
 MAGIC = b"\x89BNN\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the op kinds in program.V2_KINDS; version 1 files still load
 _DTYPES = {"<u8": np.uint64, "<f4": np.float32, "<i4": np.int32, "|u1": np.uint8}
 _PRE = len(MAGIC) + 4 + 8
 _ALIGN = 64
@@ -46,7 +47,8 @@ def _align(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
 
 
-def pack_file(header: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
+def pack_file(header: dict[str, Any], arrays: list[np.ndarray],
+              version: int = FORMAT_VERSION) -> bytes:
     """Serialize a header dict and its arrays (the header gets the array table)."""
     table, blobs, offset = [], [], 0
     for a in arrays:
@@ -58,7 +60,7 @@ def pack_file(header: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
         blobs.append(raw + b"\0" * (_align(len(raw)) - len(raw)))
         offset += _align(len(raw))
     head = json.dumps({**header, "arrays": table}, separators=(",", ":")).encode("utf-8")
-    pre = MAGIC + struct.pack("<IQ", FORMAT_VERSION, len(head)) + head
+    pre = MAGIC + struct.pack("<IQ", version, len(head)) + head
     body = pre + b"\0" * (_align(len(pre)) - len(pre)) + b"".join(blobs)
     return body + hashlib.sha256(body).digest()
 
@@ -134,10 +136,19 @@ def _program_header(program: Program) -> tuple[dict[str, Any], list[np.ndarray]]
     return header, arrays
 
 
+def required_version(program: Program) -> int:
+    """The oldest format version that holds ``program`` (1 unless it uses a newer op kind)."""
+    return 2 if any(op.kind in V2_KINDS for op in program.ops) else 1
+
+
 def save(program: Program, path: str | os.PathLike[str]) -> int:
-    """Write ``program`` to ``path`` atomically; returns the file size in bytes."""
+    """Write ``program`` to ``path`` atomically; returns the file size in bytes.
+
+    The file gets the oldest format version that can hold the program, so a program
+    without the newer op kinds stays readable by older bnnprune releases.
+    """
     header, arrays = _program_header(program)
-    data = pack_file(header, arrays)
+    data = pack_file(header, arrays, required_version(program))
     atomic_write_bytes(path, data)
     return len(data)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnnprune.engine.errors import EngineError
-from bnnprune.nn import BinaryConv2d, BinaryLinear
+from bnnprune.nn import BinaryConv2d, BinaryLinear, RSign
 
 __all__ = ["export_onnx"]
 
@@ -50,12 +50,25 @@ class _ExportLinear(nn.Module):
         return F.linear(_sign(x) if self.binarize_input else x, self.weight, self.bias)
 
 
+class _ExportRSign(nn.Module):
+    """RSign as ``sign(x + shift)`` without its autograd function."""
+
+    def __init__(self, m: RSign) -> None:
+        super().__init__()
+        self.register_buffer("shift", m.shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _sign(x + self.shift.view(1, -1, *([1] * (x.dim() - 2))))
+
+
 def _swap_binary_layers(model: nn.Module) -> nn.Module:
     for name, child in list(model.named_children()):
         if isinstance(child, BinaryConv2d):
             setattr(model, name, _ExportConv(child))
         elif isinstance(child, BinaryLinear):
             setattr(model, name, _ExportLinear(child))
+        elif isinstance(child, RSign):
+            setattr(model, name, _ExportRSign(child))
         else:
             _swap_binary_layers(child)
     return model

@@ -143,6 +143,9 @@ class Plan:
                                 a["ceil_mode"], out, threads=th)]
         if kind == "sign":
             return [K.affine_pack_call(x, out, threads=th)]
+        if kind == "concat_bits":
+            chans = [self.program.values[i].c for i in op.inputs]
+            return [K.concat_bits_call(xs, chans, out, threads=th)]
         if kind == "fconv":  # conv + bias + affine, packed to bits or not, in one kernel
             return self._fconv(idx, op, x, out)
         pack = bool(a.get("pack"))
@@ -220,6 +223,11 @@ class Plan:
         if kind == "add":
             b = xs[1]
             return [lambda: np.add(x, b, out=y)]
+        if kind == "concat":
+            return self._concat(xs, y)
+        if kind == "prelu":
+            return [K.prelu_call(x, op.arrays["shift"], op.arrays["slope"], op.arrays["bias"], y,
+                                 threads=th)]
         if kind == "affine":
             if pack:  # packing applies the affine itself
                 return [lambda: np.copyto(y, x)]
@@ -242,6 +250,21 @@ class Plan:
 
             return [clamp]
         raise EngineError(f"unknown op kind {kind!r}")
+
+    @staticmethod
+    def _concat(xs: list[np.ndarray], y: np.ndarray) -> list[Call]:
+        """Copy each float input into its channel slice of ``y`` (views fixed at plan time)."""
+        pairs, off = [], 0
+        for x in xs:
+            c = int(x.shape[-1])
+            pairs.append((y[..., off:off + c], x))
+            off += c
+
+        def concat() -> None:
+            for dst, src in pairs:
+                np.copyto(dst, src)
+
+        return [concat]
 
     # ------------------------------------------------------------------ inspection
     def env(self) -> dict[int, np.ndarray]:

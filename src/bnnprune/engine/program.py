@@ -30,6 +30,7 @@ __all__ = ["Op", "Program", "ValueInfo", "validate"]
 MAX_DIM = 1 << 16
 MAX_CHANNELS = 1 << 20
 MAX_WINDOW = 64
+MAX_INPUTS = 256  # inputs of one concatenation
 MAX_PLANS = 8  # cached execution plans per program (batch size x thread count x caller)
 MAX_PLAN_BYTES = 1 << 28  # larger plans (huge batch sizes) are rebuilt for every call
 
@@ -53,8 +54,11 @@ def _threads(threads: int | None) -> Iterator[int]:
     finally:
         numba.set_num_threads(cur)
 
-FLOAT_OPS = ("fconv", "avgpool", "adaptive_avgpool", "maxpool", "add", "affine", "clamp")
-OP_KINDS = FLOAT_OPS + ("bconv", "maxpool_bits", "sign", "flatten")
+FLOAT_OPS = ("fconv", "avgpool", "adaptive_avgpool", "maxpool", "add", "affine", "clamp",
+             "concat", "prelu")
+OP_KINDS = FLOAT_OPS + ("bconv", "maxpool_bits", "sign", "flatten", "concat_bits")
+# op kinds added in .bnn format version 2 (a file using none of them is written as version 1)
+V2_KINDS = frozenset({"concat", "concat_bits", "prelu"})
 
 
 @dataclass
@@ -149,8 +153,11 @@ def _same_shape(a: ValueInfo, b: ValueInfo) -> bool:
 
 def _check_op(op: Op, ins: list[ValueInfo], out: ValueInfo) -> None:  # noqa: C901
     kind = op.kind
-    n_in = 2 if kind == "add" else 1
-    _expect(len(ins) == n_in, op, f"takes {n_in} input(s), got {len(ins)}")
+    if kind in ("concat", "concat_bits"):
+        _expect(2 <= len(ins) <= MAX_INPUTS, op, f"takes 2 to {MAX_INPUTS} inputs, got {len(ins)}")
+    else:
+        n_in = 2 if kind == "add" else 1
+        _expect(len(ins) == n_in, op, f"takes {n_in} input(s), got {len(ins)}")
     x = ins[0]
     packs = kind in FLOAT_OPS and _bool(op.attrs, "pack")
     if kind in FLOAT_OPS:
@@ -223,6 +230,21 @@ def _check_op(op: Op, ins: list[ValueInfo], out: ValueInfo) -> None:  # noqa: C9
             v = op.attrs.get(key)
             _expect(v is None or (isinstance(v, float | int) and not isinstance(v, bool)
                                   and math.isfinite(v)), op, f"{key} must be a number or null")
+    elif kind in ("concat", "concat_bits"):
+        want = "bits" if kind == "concat_bits" else "float"
+        _expect(all(v.kind == want for v in ins), op, f"concatenates {want} values")
+        _expect(all((v.h, v.w, v.flat) == (x.h, x.w, x.flat) for v in ins), op,
+                "inputs of different sizes")
+        _expect(not x.flat or x.h * x.w == 1, op, "concatenation of flattened images")
+        _expect((out.h, out.w, out.flat) == (x.h, x.w, x.flat)
+                and out.c == sum(v.c for v in ins), op, "wrong output shape")
+        if kind == "concat_bits":
+            _expect(out.kind == "bits", op, "bit concatenation outputs bits")
+    elif kind == "prelu":
+        _expect(x.kind == "float" and (out.h, out.w, out.c, out.flat) == (x.h, x.w, x.c, x.flat),
+                op, "wrong input/output")
+        for name in ("shift", "slope", "bias"):
+            _array(op, name, np.dtype(np.float32), (x.c,))
     elif kind == "sign":
         _expect(x.kind == "float" and out.kind == "bits" and _same_shape(x, out), op,
                 "sign maps a float value to bits of the same shape")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnnprune.nn import BinaryConv2d, BinaryLinear
+from bnnprune.nn import PER_CHANNEL_TYPES, BinaryConv2d, BinaryLinear, RPReLU, RSign
 
 __all__ = [
     "build_from_config",
@@ -139,6 +139,13 @@ def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
                 if m.track_running_stats:
                     m.running_mean = torch.zeros(n)
                     m.running_var = torch.ones(n)
+        elif isinstance(m, (nn.PReLU, *PER_CHANNEL_TYPES)):
+            for pname, p in list(m.named_parameters(recurse=False)):
+                new = state_dict.get(f"{name}.{pname}" if name else pname)
+                if new is not None and new.shape != p.shape:
+                    setattr(m, pname, nn.Parameter(p.new_zeros(new.shape)))
+            if isinstance(m, nn.PReLU):
+                m.num_parameters = int(m.weight.numel())
     return model
 
 
@@ -422,3 +429,118 @@ def resnet18(
     _check_common(width, in_channels, num_classes, image_size)
     widths = [_ch(c, width) for c in (64, 128, 256, 512)]
     return ResNet([2, 2, 2, 2], widths, in_channels, num_classes, pad_value=pad_value, scale=scale)
+
+
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    """Real-valued shortcut: identity, or avg-pool (stride) + 1x1 full-precision conv + BN."""
+    pool = (nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride != 1
+            else nn.Identity())
+    if cin == cout:
+        return pool
+    return nn.Sequential(pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+class BiRealUnit(nn.Module):
+    """Bi-Real Net unit: ``bn(bconv3x3(sign(x))) + shortcut(x)``, one shortcut per binary conv."""
+
+    def __init__(self, cin: int, cout: int, stride: int, **bk: Any) -> None:
+        super().__init__()
+        self.conv = BinaryConv2d(cin, cout, 3, stride=stride, padding=1, **bk)
+        self.bn = nn.BatchNorm2d(cout)
+        self.shortcut = _shortcut(cin, cout, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) + self.shortcut(x)
+
+
+@register_model("birealnet18")
+def birealnet18(
+    width: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    image_size: int = 32,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
+    """Bi-Real Net-18 at CIFAR size: fp 3x3 stem, 16 binary 3x3 convs with a real-valued
+    shortcut each (avg-pool + 1x1 fp conv + BN where they downsample), avg-pool, fp linear.
+
+    The units of a stage share its width through their shortcuts: one channel group per stage.
+    """
+    _check_common(width, in_channels, num_classes, image_size)
+    widths = [_ch(c, width) for c in (64, 128, 256, 512)]
+    bk = {"pad_value": pad_value, "scale": scale}
+    layers: list[tuple[str, nn.Module]] = [
+        ("conv1", nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)),
+        ("bn1", nn.BatchNorm2d(widths[0])),
+    ]
+    cin = widths[0]
+    for i, c in enumerate(widths):
+        units = []
+        for j in range(4):
+            stride = 2 if (i > 0 and j == 0) else 1
+            units.append(BiRealUnit(cin, c, stride, **bk))
+            cin = c
+        layers.append((f"layer{i + 1}", nn.Sequential(*units)))
+    layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+               ("fc", nn.Linear(cin, num_classes))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+class ReActBlock(nn.Module):
+    """ReActNet-A block: RSign -> binary 3x3 -> BN, + shortcut, RPReLU; then RSign -> binary
+    1x1 -> BN, + shortcut, RPReLU.
+
+    Stride 2 is taken by the 3x3 conv (shortcut: avg-pool). Where the width grows, the 1x1
+    part has a real-valued 1x1 conv + BN shortcut (ReActNet-A instead concatenates two 1x1
+    convs that share one shortcut, which ties every stage to the stem's channels and leaves
+    nothing prunable); each stage is then one channel group.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, **bk: Any) -> None:
+        super().__init__()
+        self.sign1 = RSign(cin)
+        self.conv3x3 = BinaryConv2d(cin, cin, 3, stride=stride, padding=1, **bk)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.shortcut1 = _shortcut(cin, cin, stride)
+        self.act1 = RPReLU(cin)
+        self.sign2 = RSign(cin)
+        self.conv1x1 = BinaryConv2d(cin, cout, 1, **bk)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut2 = _shortcut(cin, cout, 1)
+        self.act2 = RPReLU(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv3x3(self.sign1(x))) + self.shortcut1(x))
+        return self.act2(self.bn2(self.conv1x1(self.sign2(x))) + self.shortcut2(x))
+
+
+# ReActNet-A (MobileNet-V1 layout): (output channels, stride) of the 13 blocks
+_REACTNET_A = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
+               (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
+
+
+@register_model("reactnet")
+def reactnet(
+    width: float = 1.0,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    image_size: int = 32,
+    pad_value: float = 1.0,
+    scale: bool = False,
+) -> nn.Module:
+    """ReActNet-A-style BNN at CIFAR size: fp 3x3 stem (stride 1), 13 blocks with RSign
+    learnable thresholds and RPReLU activations (:class:`ReActBlock`), avg-pool, fp linear."""
+    _check_common(width, in_channels, num_classes, image_size)
+    bk = {"pad_value": pad_value, "scale": scale}
+    cin = _ch(32, width)
+    layers: list[tuple[str, nn.Module]] = [
+        ("conv1", nn.Conv2d(in_channels, cin, 3, padding=1, bias=False)),
+        ("bn1", nn.BatchNorm2d(cin)),
+    ]
+    for i, (c, stride) in enumerate(_REACTNET_A):
+        layers.append((f"block{i + 1}", ReActBlock(cin, _ch(c, width), stride, **bk)))
+        cin = _ch(c, width)
+    layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+               ("fc", nn.Linear(cin, num_classes))]
+    return nn.Sequential(OrderedDict(layers))

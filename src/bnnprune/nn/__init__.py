@@ -14,6 +14,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 __all__ = [
+    "PER_CHANNEL_TYPES",
+    "RPReLU",
+    "RSign",
     "BinaryConv2d",
     "BinaryLinear",
     "ClippingHook",
@@ -146,6 +149,54 @@ class BinaryLinear(nn.Linear):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", scale={self.scale}, clip={self.clip}"
 
+
+def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (C,) parameter shaped to broadcast over the channel dimension of (N, C, ...) ``x``."""
+    return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class RSign(nn.Module):
+    """ReActNet's RSign: ``sign(x + shift_c)``, a sign with a learnable per-channel threshold.
+
+    The straight-through gradient reaches ``x`` and ``shift``. A binary layer after it
+    binarizes ±1 again without change; the engine folds ``shift`` into its thresholds.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(int(channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return binarize(x + _per_channel(self.shift, x))
+
+    def extra_repr(self) -> str:
+        return f"{self.shift.numel()}"
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU: ``prelu(x + shift_in_c, slope_c) + shift_out_c`` (per channel).
+
+    A learnable activation for real-valued paths (after a residual add).
+    """
+
+    def __init__(self, channels: int, slope: float = 0.25) -> None:
+        super().__init__()
+        c = int(channels)
+        self.shift_in = nn.Parameter(torch.zeros(c))
+        self.slope = nn.Parameter(torch.full((c,), float(slope)))
+        self.shift_out = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.prelu(x + _per_channel(self.shift_in, x), self.slope)
+        return y + _per_channel(self.shift_out, x)
+
+    def extra_repr(self) -> str:
+        return f"{self.slope.numel()}"
+
+
+# Modules whose parameters are all (C,) vectors over the channels of their input and output:
+# channel surgery slices them, and resizing a pruned model rebuilds them at the new width.
+PER_CHANNEL_TYPES = (RSign, RPReLU)
 
 BINARY_LAYER_TYPES = (BinaryConv2d, BinaryLinear)
 

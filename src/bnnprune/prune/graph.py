@@ -19,13 +19,13 @@ import torch_pruning as tp
 from torch import nn
 
 from bnnprune.metrics.ops import is_bop_layer, layer_macs
-from bnnprune.nn import binary_layers
+from bnnprune.nn import PER_CHANNEL_TYPES, binary_layers
 
 __all__ = ["ChannelGroup", "PruningSpace", "analyze", "check_supported", "prune_channels"]
 
 InputShape = tuple[int, int, int]
 
-_SUPPORTED = "Conv2d (groups=1), Linear and BatchNorm"
+_SUPPORTED = "Conv2d (groups=1), Linear, BatchNorm, PReLU, RSign and RPReLU"
 _UNUSUAL = {  # graph ops whose channel mapping Torch-Pruning may not follow
     tp.ops.OPTYPE.SLICE,
     tp.ops.OPTYPE.SPLIT,
@@ -109,7 +109,8 @@ def check_supported(model: nn.Module) -> None:
                     f"cannot prune channels of this model: {name!r} is a grouped/depthwise "
                     f"convolution (groups={m.groups}); channel surgery supports {_SUPPORTED}"
                 )
-        elif isinstance(m, (nn.Linear, nn.modules.batchnorm._BatchNorm)):
+        elif isinstance(m, (nn.Linear, nn.modules.batchnorm._BatchNorm, nn.PReLU,
+                            *PER_CHANNEL_TYPES)):
             continue
         elif any(p.numel() > 1 for p in m.parameters(recurse=False)):
             raise ValueError(
@@ -117,6 +118,27 @@ def check_supported(model: nn.Module) -> None:
                 f"({type(m).__name__}) holds parameters surgery cannot resize; "
                 f"it supports {_SUPPORTED}"
             )
+
+
+class _PerChannelPruner(tp.pruner.BasePruningFunc):
+    """Torch-Pruning handler of :data:`bnnprune.nn.PER_CHANNEL_TYPES`: slices every (C,)
+    parameter; input and output channels are the same channels (as for BatchNorm)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(self.get_out_channels(layer))) - {int(i) for i in idxs})
+        for pname, p in list(layer.named_parameters(recurse=False)):
+            setattr(layer, pname, self._prune_parameter_and_grad(p, keep, 0))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return int(next(layer.parameters()).shape[0])
+
+    get_in_channels = get_out_channels
+
+
+_PRUNERS = {t: _PerChannelPruner() for t in PER_CHANNEL_TYPES}
 
 
 def example_input(model: nn.Module, input_shape: InputShape) -> torch.Tensor:
@@ -132,7 +154,10 @@ def build_graph(model: nn.Module, input_shape: InputShape) -> tp.DependencyGraph
     try:
         with _quiet(), torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=(example_input(model, input_shape),), verbose=False
+                model,
+                example_inputs=(example_input(model, input_shape),),
+                customized_pruners=_PRUNERS,
+                verbose=False,
             )
     except Exception as e:  # tracing runs arbitrary user code
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -1,0 +1,81 @@
+"""Numba kernels of the packed engine: XNOR-popcount convolution, bit pooling, float helpers.
+
+Layout: activations are channels-last. Binary activations are packed per pixel into
+``words(C)`` 64-bit words (bit ``j`` of word ``w`` is channel ``64*w + j``; bit 1 = -1,
+bit 0 = +1; unused high bits of the last word are always 0). Kernels never check bounds
+themselves: the ``*_call`` builders (and the ``run_*`` wrappers over them) check every shape
+and index range first and raise :class:`EngineError`; they return a zero-argument callable,
+so a validated call can be repeated on the same (preallocated) arrays without re-checking.
+
+One module per kernel family: :mod:`.intrinsics` (the LLVM IR inner loops), :mod:`.bconv`
+(XNOR-popcount GEMM), :mod:`.bitpatch` (dense bit patch matrix), :mod:`.fconv` (fused float
+conv, im2col), :mod:`.pack` (sign packing), :mod:`.pool` (pooling), :mod:`.pad` (padding),
+:mod:`.concat` (channel concatenation of bits), :mod:`.act` (per-channel PReLU);
+:mod:`.base` holds what they share, including :func:`~.base.twins`, which compiles the serial
+and the ``prange`` driver of each row function, and :func:`use_parallel`, which picks one.
+"""
+
+from bnnprune.engine.kernels.act import prelu_call
+from bnnprune.engine.kernels.base import (
+    BLOCK_CH,
+    PAR_MIN_WORK,
+    block_channels,
+    use_parallel,
+    words,
+)
+from bnnprune.engine.kernels.bconv import bconv_call, block_weights, run_bconv, threshold_init
+from bnnprune.engine.kernels.bitpatch import dense_bits, im2col_bits_call
+from bnnprune.engine.kernels.concat import concat_bits_call
+from bnnprune.engine.kernels.fconv import (
+    block_float_weights,
+    channel_masks,
+    fconv_call,
+    fconv_pack_call,
+    run_im2col,
+)
+from bnnprune.engine.kernels.intrinsics import popcount64
+from bnnprune.engine.kernels.pack import affine_pack_call, run_affine_pack
+from bnnprune.engine.kernels.pad import pad_call, pad_fill, run_pad_bits
+from bnnprune.engine.kernels.pool import (
+    adaptive_avgpool_call,
+    pool_call,
+    pool_out_size,
+    run_adaptive_avgpool,
+    run_avgpool,
+    run_maxpool_bits,
+    run_maxpool_float,
+)
+
+__all__ = [
+    "BLOCK_CH",
+    "PAR_MIN_WORK",
+    "adaptive_avgpool_call",
+    "affine_pack_call",
+    "bconv_call",
+    "block_channels",
+    "block_float_weights",
+    "block_weights",
+    "channel_masks",
+    "concat_bits_call",
+    "dense_bits",
+    "fconv_call",
+    "fconv_pack_call",
+    "im2col_bits_call",
+    "pad_call",
+    "pad_fill",
+    "pool_call",
+    "pool_out_size",
+    "prelu_call",
+    "popcount64",
+    "run_adaptive_avgpool",
+    "run_affine_pack",
+    "run_avgpool",
+    "run_bconv",
+    "run_im2col",
+    "run_maxpool_bits",
+    "run_maxpool_float",
+    "run_pad_bits",
+    "threshold_init",
+    "use_parallel",
+    "words",
+]

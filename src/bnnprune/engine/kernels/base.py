@@ -1,0 +1,100 @@
+"""What every kernel family shares: word counts, precondition checks, the serial/parallel split.
+
+Every row-parallel kernel is one *row function* ``f(*args, r_lo, r_hi)`` (njit) that does
+rows ``r_lo .. r_hi`` of its output. :func:`twins` compiles two drivers from it: ``par``
+(``parallel=True``, a ``prange`` over chunks of rows) and ``ser`` (one call on the calling
+thread, no thread-pool round trip). :func:`use_parallel` picks one from the amount of work, so
+small layers at batch 1 do not pay a parallel region.
+"""
+
+from __future__ import annotations
+
+import types as pytypes
+from collections.abc import Callable
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from bnnprune.engine.errors import EngineError
+
+BLOCK_CH = 16  # output channels per register block (4 x <4 x i64> or 2 x <8 x float>)
+TILE_PIX = 32  # output pixels that reuse one weight block while it sits in L1
+FPIX = 4  # pixels per register block of the float conv
+
+# Work (roughly: nanoseconds of one core) below which a kernel runs on the calling thread.
+# A parallel region costs a thread hand-off and a barrier (~5 us on an idle machine, far
+# more when the cores are shared), which the smallest layers at batch 1 cannot win back.
+PAR_MIN_WORK = 20_000
+
+EMPTY_U64 = np.zeros((1, 1), np.uint64)
+EMPTY_F32 = np.zeros((1, 1), np.float32)
+F1 = np.zeros(1, np.float32)
+U1 = np.zeros(1, np.uint64)
+
+
+def words(channels: int) -> int:
+    """Number of 64-bit words holding ``channels`` bits."""
+    return (int(channels) + 63) // 64
+
+
+def need(cond: bool, what: str) -> None:
+    """Raise :class:`EngineError` unless a kernel precondition holds."""
+    if not cond:
+        raise EngineError(f"kernel precondition failed: {what}")
+
+
+def noop() -> None:
+    """The bound call of a kernel with nothing to do (an empty batch)."""
+    return None
+
+
+def block_channels(v: np.ndarray, fill: float) -> np.ndarray:
+    """A per-channel float32 vector padded to whole 16-channel blocks."""
+    co = int(v.shape[0])
+    out = np.full(-(-co // BLOCK_CH) * BLOCK_CH, fill, np.float32)
+    out[:co] = v
+    return out
+
+
+def use_parallel(work: float, threads: int | None) -> bool:
+    """Whether a kernel with ``work`` (~ns on one core) should use the numba thread pool."""
+    t = numba.get_num_threads() if threads is None else int(threads)
+    return t > 1 and work >= PAR_MIN_WORK
+
+
+def chunks(rows: int) -> int:
+    """Chunks of rows for a parallel driver: a few per thread, for load balance."""
+    return max(1, min(rows, 4 * numba.get_num_threads()))
+
+
+def _par(nrows, nchunks, *args):
+    for c in prange(nchunks):
+        ROWS(*args, c * nrows // nchunks, (c + 1) * nrows // nchunks)  # noqa: F821
+
+
+def _ser(nrows, nchunks, *args):  # noqa: ARG001
+    ROWS(*args, 0, nrows)  # noqa: F821
+
+
+def twins(rows: Callable) -> tuple[Callable, Callable]:
+    """The ``(par, ser)`` drivers of the njit row function ``rows(*args, r_lo, r_hi)``.
+
+    Both are called as ``driver(nrows, nchunks, *args)``; ``par`` gives chunk ``c`` the rows
+    ``c*nrows//nchunks .. (c+1)*nrows//nchunks`` in a ``prange``, ``ser`` does all rows in one
+    call. They are compiled from the two templates above with ``rows`` bound as the global
+    ``ROWS``, named after ``rows`` and attributed to its source file, so numba's on-disk
+    cache gives each its own entry and drops it when that file changes.
+    """
+    src = rows.py_func
+    out = []
+    for template, suffix, parallel in ((_par, "par", True), (_ser, "ser", False)):
+        name = f"{src.__name__}_{suffix}"
+        code = template.__code__.replace(co_filename=src.__code__.co_filename, co_name=name,
+                                         co_firstlineno=src.__code__.co_firstlineno)
+        glb = {"ROWS": rows, "prange": prange, "__name__": src.__module__}
+        fn = pytypes.FunctionType(code, glb, name)
+        fn.__module__ = src.__module__
+        fn.__qualname__ = name
+        out.append(njit(parallel=parallel, cache=True)(fn))
+    return out[0], out[1]

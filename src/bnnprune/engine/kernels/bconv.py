@@ -1,0 +1,206 @@
+"""XNOR-popcount convolution (GEMM over packed bits) with a threshold or affine epilogue.
+
+Output pixels go in tiles of :data:`TILE_PIX` that reuse one 16-channel weight block while it
+sits in L1; the inner loop is :func:`~bnnprune.engine.kernels.intrinsics.xpc16`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+from bnnprune.engine.kernels.base import (
+    BLOCK_CH,
+    EMPTY_F32,
+    EMPTY_U64,
+    F1,
+    TILE_PIX,
+    U1,
+    block_channels,
+    need,
+    noop,
+    twins,
+    use_parallel,
+    words,
+)
+from bnnprune.engine.kernels.intrinsics import affine_store16, signbits16, xpc16
+
+
+def block_weights(w: np.ndarray) -> np.ndarray:
+    """(Co, KH, L) packed weights -> (ceil(Co/16), KH, L, 16), zero-padded channels.
+
+    Each activation word is then XORed with 16 contiguous weight words (four vectors).
+    """
+    co, kh, seg = w.shape
+    cb = -(-co // BLOCK_CH)
+    out = np.zeros((cb * BLOCK_CH, kh, seg), np.uint64)
+    out[:co] = w
+    return np.ascontiguousarray(out.reshape(cb, BLOCK_CH, kh, seg).transpose(0, 2, 3, 1))
+
+
+def threshold_init(thr: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulator start values and per-block output masks for ``(popcount > thr) xor flip``.
+
+    A channel's accumulator starts at ``-(thr+1)``, so it ends negative exactly when
+    ``popcount <= thr``; the bit is then ``sign xor (not flip)``. Padding channels start very
+    negative with flip 0 and so always give bit 0.
+    """
+    co = int(thr.shape[0])
+    cb = -(-co // BLOCK_CH)
+    init = np.full(cb * BLOCK_CH, -(1 << 62), np.int64)
+    init[:co] = -(thr.astype(np.int64) + 1)
+    keep = np.ones(cb * BLOCK_CH, np.uint64)
+    keep[:co] = 1 - (flip.astype(np.uint64) & np.uint64(1))
+    shifts = np.arange(BLOCK_CH, dtype=np.uint64)
+    xmask = np.bitwise_or.reduce(keep.reshape(cb, BLOCK_CH) << shifts, axis=1)
+    return init, np.ascontiguousarray(xmask, dtype=np.uint64)
+
+
+@njit(cache=True)
+def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, use_bits, nbits,
+                 m1, a1, m2, a2, co, out_b, out_f, t_lo, t_hi):
+    m_total = out_b.shape[0] if use_bits else out_f.shape[0]
+    hw = ho * wo
+    rowstep = wp * wd
+    kk = kh * seg * BLOCK_CH
+    out_flat = out_f.reshape(-1)
+    scratch = np.empty(BLOCK_CH, np.float32)
+    bases = np.empty(TILE_PIX, np.int64)
+    for tile in range(t_lo, t_hi):
+        t0 = tile * TILE_PIX
+        t1 = min(t0 + TILE_PIX, m_total)
+        for m in range(t0, t1):
+            n = m // hw
+            r = m - n * hw
+            oy = r // wo
+            bases[m - t0] = ((n * hp + oy * sh) * wp + (r - oy * wo) * sw) * wd
+            if use_bits:
+                for j in range(out_b.shape[1]):
+                    out_b[m, j] = 0
+        for cb in range(ncb):
+            c0 = cb * BLOCK_CH
+            if use_bits:
+                xm = xmask[cb]
+                wi = c0 >> 6
+                sft = np.uint64(c0 & 63)
+                for m in range(t0, t1):
+                    acc = xpc16(x, bases[m - t0], rowstep, kh, seg, w, cb * kk, init, c0)
+                    out_b[m, wi] |= (signbits16(acc) ^ xm) << sft
+            else:
+                nc = min(BLOCK_CH, co - c0)
+                for m in range(t0, t1):
+                    acc = xpc16(x, bases[m - t0], rowstep, kh, seg, w, cb * kk, init, c0)
+                    if nc == BLOCK_CH:
+                        affine_store16(acc, out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
+                    else:  # last, partial block: through a 16-float scratch row
+                        affine_store16(acc, scratch, 0, nbits, m1, a1, m2, a2, c0)
+                        for q in range(nc):
+                            out_f[m, c0 + q] = scratch[q]
+
+
+_bconv_par, _bconv_ser = twins(_bconv_tiles)
+
+
+def bconv_call(
+    xp: np.ndarray,
+    wb: np.ndarray,
+    co: int,
+    stride: tuple[int, int],
+    nbits: int,
+    out: np.ndarray,
+    init: np.ndarray,
+    *,
+    xmask: np.ndarray | None = None,
+    affine: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    threads: int | None = None,
+) -> Callable[[], None]:
+    """Validate an XNOR-popcount convolution of ``xp`` (N, Hp, Wp, Wd) into ``out``.
+
+    ``wb`` holds the weights blocked by :func:`block_weights`: (ceil(Co/16), KH, KW*Wd, 16).
+    With ``xmask`` (and ``init`` from :func:`threshold_init`) ``out`` is packed bits
+    (N, Ho, Wo, words(Co)); with ``affine`` = (m1, a1, m2, a2) and a zero ``init`` it is
+    float32 (N, Ho, Wo, Co) = ((K - 2*popcount) * m1 + a1) * m2 + a2 with K = ``nbits``.
+    Returns the kernel call, bound to these arrays.
+    """
+    need(xp.dtype == np.uint64 and xp.ndim == 4 and xp.flags.c_contiguous, "xp uint64 4-D")
+    need(wb.dtype == np.uint64 and wb.ndim == 4 and wb.flags.c_contiguous, "w uint64 4-D")
+    n, hp, wp, wd = (int(s) for s in xp.shape)
+    ncb, kh, seg, blk = (int(s) for s in wb.shape)
+    sh, sw = (int(s) for s in stride)
+    co = int(co)
+    need(out.ndim == 4 and out.flags.c_contiguous and int(out.shape[0]) == n, "out 4-D (N, ...)")
+    ho, wo = int(out.shape[1]), int(out.shape[2])
+    need(blk == BLOCK_CH and ncb == -(-co // BLOCK_CH), "weight blocks match Co")
+    need(wd >= 1 and seg % wd == 0, "weight row length is a multiple of the input words")
+    kw = seg // wd
+    need(min(co, kh, kw, sh, sw, ho, wo) >= 1 and n >= 0, "positive sizes")
+    need((ho - 1) * sh + kh <= hp and (wo - 1) * sw + kw <= wp, "window inside padded input")
+    need(0 <= nbits <= kh * kw * wd * 64 and nbits < 2**31, "bit count fits the words")
+    need(init.dtype == np.int64 and init.shape == (ncb * BLOCK_CH,)
+         and init.flags.c_contiguous, "init int64 (blocks*16,)")
+    m_total = n * ho * wo
+    ntiles = -(-m_total // TILE_PIX)
+    flat = xp.reshape(-1)
+    wflat = wb.reshape(-1)
+    if xmask is not None:
+        need(affine is None, "threshold mode takes no affine arrays")
+        need(xmask.dtype == np.uint64 and xmask.shape == (ncb,), "xmask uint64 (blocks,)")
+        need(out.dtype == np.uint64 and int(out.shape[3]) == words(co), "out bits (.., words)")
+        args = (flat, wflat, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, True, nbits,
+                F1, F1, F1, F1, co, out.reshape(m_total, -1), EMPTY_F32)
+    else:
+        need(affine is not None and len(affine) == 4, "float mode needs the affine arrays")
+        for a in affine:
+            need(a.dtype == np.float32 and a.shape == (co,), "affine float32 (Co,)")
+        need(out.dtype == np.float32 and int(out.shape[3]) == co, "out float (.., Co)")
+        blocked = tuple(block_channels(a, 0.0) for a in affine)  # whole blocks are read
+        args = (flat, wflat, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, U1, False, nbits,
+                *blocked, co, EMPTY_U64, out.reshape(m_total, co))
+    if not m_total:
+        return noop
+    work = m_total * ncb * kh * seg * 4.0  # ns: 16 XOR-popcounts of one word
+    fn = _bconv_par if use_parallel(work, threads) else _bconv_ser
+    return functools.partial(fn, ntiles, ntiles, *args)  # one tile per chunk
+
+
+def run_bconv(
+    xp: np.ndarray,
+    wb: np.ndarray,
+    co: int,
+    stride: tuple[int, int],
+    nbits: int,
+    out_hw: tuple[int, int],
+    *,
+    thr: np.ndarray | None = None,
+    flip: np.ndarray | None = None,
+    affine: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """XNOR-popcount convolution of the padded packed input ``xp`` (N, Hp, Wp, Wd).
+
+    ``wb`` holds the weights blocked by :func:`block_weights`: (ceil(Co/16), KH, KW*Wd, 16).
+    With ``thr``/``flip`` the result is packed bits (N, Ho, Wo, words(Co)), bit =
+    (popcount > thr) xor flip. With ``affine`` = (m1, a1, m2, a2) it is float32
+    (N, Ho, Wo, Co) = ((K - 2*popcount) * m1 + a1) * m2 + a2 with K = ``nbits``.
+    """
+    need(xp.ndim == 4, "xp 4-D")
+    co = int(co)
+    ho, wo = (int(s) for s in out_hw)
+    need(ho >= 1 and wo >= 1 and co >= 1, "positive sizes")
+    shape = (int(xp.shape[0]), ho, wo)
+    if thr is not None:
+        need(flip is not None and affine is None, "threshold mode needs thr and flip only")
+        need(thr.dtype == np.int32 and thr.shape == (co,), "thr int32 (Co,)")
+        need(flip.dtype == np.uint8 and flip.shape == (co,), "flip uint8 (Co,)")
+        init, xmask = threshold_init(thr, flip)
+        out = np.empty((*shape, words(co)), np.uint64)
+        bconv_call(xp, wb, co, stride, nbits, out, init, xmask=xmask, threads=threads)()
+        return out
+    need(affine is not None and flip is None, "float mode needs the affine arrays")
+    out = np.empty((*shape, co), np.float32)
+    init = np.zeros(-(-co // BLOCK_CH) * BLOCK_CH, np.int64)
+    bconv_call(xp, wb, co, stride, nbits, out, init, affine=affine, threads=threads)()
+    return out

@@ -1,0 +1,179 @@
+"""Full-precision convolution: the fused float conv + epilogue (+ sign packing), and im2col.
+
+The fused kernel does the float conv (4 pixels x 16 channels of ``<8 x float>`` FMA
+accumulators, :mod:`~bnnprune.engine.kernels.intrinsics`) and ``(conv + b) * alpha + beta``
+and either packs the sign bits (no float tensor) or stores the floats.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+from bnnprune.engine.kernels.base import (
+    BLOCK_CH,
+    EMPTY_F32,
+    EMPTY_U64,
+    FPIX,
+    TILE_PIX,
+    need,
+    noop,
+    twins,
+    use_parallel,
+    words,
+)
+from bnnprune.engine.kernels.intrinsics import fconv_bits4, fconv_store4
+
+
+@njit(cache=True)
+def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, vmask, use_bits,
+                 co, out_b, out_f, t_lo, t_hi):
+    m_total = out_b.shape[0] if use_bits else out_f.shape[0]
+    hw = ho * wo
+    rowstep = wp * c
+    kk = kh * seg * BLOCK_CH
+    bases = np.empty(TILE_PIX, np.int64)
+    vals = np.empty(FPIX * BLOCK_CH, np.float32)
+    for tile in range(t_lo, t_hi):
+        t0 = tile * TILE_PIX
+        t1 = min(t0 + TILE_PIX, m_total)
+        npx = t1 - t0
+        for m in range(t0, t1):
+            n = m // hw
+            r = m - n * hw
+            oy = r // wo
+            bases[m - t0] = ((n * hp + oy * sh) * wp + (r - oy * wo) * sw) * c
+            if use_bits:
+                for j in range(out_b.shape[1]):
+                    out_b[m, j] = 0
+        for i in range(npx, TILE_PIX):
+            bases[i] = bases[npx - 1]
+        for cb in range(ncb):
+            c0 = cb * BLOCK_CH
+            if use_bits:
+                vm = vmask[cb]
+                wi = c0 >> 6
+                sft = np.uint64(c0 & 63)
+                for g in range(0, npx, FPIX):
+                    r4 = fconv_bits4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
+                                      beta, c0)
+                    for p in range(min(FPIX, npx - g)):
+                        out_b[t0 + g + p, wi] |= (r4[p] & vm) << sft
+            else:
+                nc = min(BLOCK_CH, co - c0)
+                for g in range(0, npx, FPIX):
+                    fconv_store4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha, beta,
+                                  c0, vals)
+                    for p in range(min(FPIX, npx - g)):
+                        for q in range(nc):
+                            out_f[t0 + g + p, c0 + q] = vals[p * BLOCK_CH + q]
+
+
+_fconv_par, _fconv_ser = twins(_fconv_tiles)
+
+
+def block_float_weights(w: np.ndarray, co: int) -> np.ndarray:
+    """(KH*KW*Cin, Co) float weights -> (ceil(Co/16), KH*KW*Cin, 16), zero-padded channels."""
+    taps = int(w.shape[0])
+    cb = -(-co // BLOCK_CH)
+    out = np.zeros((taps, cb * BLOCK_CH), np.float32)
+    out[:, :co] = w
+    return np.ascontiguousarray(out.reshape(taps, cb, BLOCK_CH).transpose(1, 0, 2))
+
+
+def channel_masks(co: int) -> np.ndarray:
+    """Per 16-channel block, the mask of channels that exist."""
+    cb = -(-co // BLOCK_CH)
+    m = np.full(cb, (1 << BLOCK_CH) - 1, np.uint64)
+    if co % BLOCK_CH:
+        m[-1] = (1 << (co % BLOCK_CH)) - 1
+    return m
+
+
+def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
+               stride: tuple[int, int], epilogue: tuple[np.ndarray, ...], out: np.ndarray,
+               threads: int | None = None) -> Callable[[], None]:
+    """Validate a float conv of padded NHWC ``xp`` with its bias and affine epilogue.
+
+    ``wf`` is (ceil(Co/16), KH*KW*C, 16) from :func:`block_float_weights`; ``epilogue`` is
+    (bias, alpha, beta) padded by :func:`~bnnprune.engine.kernels.base.block_channels` and
+    the block masks of :func:`channel_masks`. ``v = (conv + bias) * alpha + beta``; a uint64
+    ``out`` (N, Ho, Wo, words(Co)) gets the sign bits ``not v >= 0``, a float32 ``out``
+    (N, Ho, Wo, Co) gets ``v``.
+    """
+    need(xp.dtype == np.float32 and xp.ndim == 4 and xp.flags.c_contiguous, "xp float32 4-D")
+    need(wf.dtype == np.float32 and wf.ndim == 3 and wf.flags.c_contiguous, "w float32 3-D")
+    n, hp, wp, c = (int(s) for s in xp.shape)
+    kh, kw = (int(s) for s in k)
+    sh, sw = (int(s) for s in stride)
+    co = int(co)
+    ncb = -(-co // BLOCK_CH)
+    need(min(kh, kw, sh, sw, co, c) >= 1, "positive sizes")
+    need(wf.shape == (ncb, kh * kw * c, BLOCK_CH), "weight blocks (Co/16, KH*KW*C, 16)")
+    need(out.ndim == 4 and out.flags.c_contiguous and int(out.shape[0]) == n, "out 4-D")
+    ho, wo = int(out.shape[1]), int(out.shape[2])
+    use_bits = out.dtype == np.uint64
+    need(use_bits or out.dtype == np.float32, "out bits or float32")
+    need(int(out.shape[3]) == (words(co) if use_bits else co) and ho >= 1 and wo >= 1,
+         "out (N, Ho, Wo, words(Co) or Co)")
+    need((ho - 1) * sh + kh <= hp and (wo - 1) * sw + kw <= wp, "window inside padded input")
+    bias, alpha, beta, vmask = epilogue
+    for a in (bias, alpha, beta):
+        need(a.dtype == np.float32 and a.shape == (ncb * BLOCK_CH,), "epilogue (blocks*16,)")
+    need(vmask.dtype == np.uint64 and vmask.shape == (ncb,), "masks (blocks,)")
+    m_total = n * ho * wo
+    if not m_total:
+        return noop
+    out2 = out.reshape(m_total, -1)
+    out_b, out_f = (out2, EMPTY_F32) if use_bits else (EMPTY_U64, out2)
+    work = m_total * ncb * kh * kw * c * 0.42  # ns: 2 FMA vectors per tap
+    fn = _fconv_par if use_parallel(work, threads) else _fconv_ser
+    ntiles = -(-m_total // TILE_PIX)
+    return functools.partial(fn, ntiles, ntiles, xp.reshape(-1), wf.reshape(-1), ncb, kh, kw * c,
+                             c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, vmask, use_bits, co,
+                             out_b, out_f)  # one tile per chunk
+
+
+fconv_pack_call = fconv_call  # the packing variant (``out`` uint64)
+
+
+@njit(cache=True)
+def _im2col_rows(x, kh, kw, sh, sw, ph, pw, ho, wo, out, r_lo, r_hi):
+    n, h, w, c = x.shape
+    for t in range(r_lo, r_hi):
+        b = t // ho
+        oy = t - b * ho
+        for ox in range(wo):
+            row = (b * ho + oy) * wo + ox
+            col = 0
+            for ky in range(kh):
+                yy = oy * sh - ph + ky
+                for kx in range(kw):
+                    xx = ox * sw - pw + kx
+                    inside = 0 <= yy < h and 0 <= xx < w
+                    for k in range(c):
+                        out[row, col] = x[b, yy, xx, k] if inside else np.float32(0.0)
+                        col += 1
+
+
+_im2col_par, _ = twins(_im2col_rows)
+
+
+def run_im2col(x: np.ndarray, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int],
+               out_hw: tuple[int, int]) -> np.ndarray:
+    """Patches of NHWC float input as rows (N*Ho*Wo, KH*KW*C), zero padded."""
+    need(x.dtype == np.float32 and x.ndim == 4 and x.flags.c_contiguous, "float32 4-D")
+    kh, kw = k
+    sh, sw = s
+    ph, pw = p
+    ho, wo = out_hw
+    need(min(kh, kw, sh, sw, ho, wo) >= 1 and min(ph, pw) >= 0, "positive sizes")
+    n, h, w, c = x.shape
+    need((ho - 1) * sh + kh <= h + 2 * ph and (wo - 1) * sw + kw <= w + 2 * pw, "window fits")
+    out = np.empty((n * ho * wo, kh * kw * c), np.float32)
+    if n:
+        _im2col_par(n * ho, n * ho, x, kh, kw, sh, sw, ph, pw, ho, wo, out)  # a row per chunk
+    return out

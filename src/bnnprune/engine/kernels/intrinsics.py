@@ -1,0 +1,285 @@
+"""LLVM IR intrinsics of the inner loops (``numba.extending.intrinsic`` over vector registers).
+
+The XNOR-popcount GEMM keeps four ``<4 x i64>`` accumulators per 16-channel block: each
+activation word is broadcast and XORed with four vectors of weight words, and
+``llvm.ctpop.v4i64`` (lowered to the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2, as in
+the roofline loop) counts the bits. The threshold epilogue starts the accumulators at
+``-(thr+1)`` so the output bits are the accumulators' sign bits (``vmovmskpd``). The fused
+float conv keeps 4 pixels x 16 channels of ``<8 x float>`` FMA accumulators.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from bnnprune.engine.kernels.base import BLOCK_CH, FPIX
+
+
+@intrinsic
+def popcount64(typingctx, x):  # noqa: ARG001
+    """Population count of a 64-bit integer via LLVM's ``llvm.ctpop.i64`` (returns int64)."""
+    if not (isinstance(x, types.Integer) and x.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+        return builder.call(fn, [args[0]])
+
+    return types.int64(x), codegen
+
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+_V4I64 = ir.VectorType(_I64, 4)
+_V8F32 = ir.VectorType(_F32, 8)
+
+
+def _is_vec(t: types.Type, dtype: types.Type) -> bool:
+    return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
+
+
+def _ints(context, builder, sig_args, args, idx):
+    return [context.cast(builder, args[i], sig_args[i], types.int64) for i in idx]
+
+
+def _data(context, builder, ty, val):
+    return context.make_array(ty)(context, builder, val).data
+
+
+def _vload(builder, ptr, off, vty, align):
+    p = builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer())
+    return builder.load(p, align=align)
+
+
+def _splat(builder, x, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(_I32, 0))
+    mask = ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count)
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), mask)
+
+
+def _concat_masks(builder, masks):
+    """Concatenate ``<n x i1>`` masks into one integer of n*len(masks) bits (lane 0 = bit 0)."""
+    while len(masks) > 1:
+        nxt = []
+        for a, b in zip(masks[::2], masks[1::2], strict=True):
+            n = a.type.count
+            sel = ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n)))
+            nxt.append(builder.shuffle_vector(a, b, sel))
+        masks = nxt
+    m = masks[0]
+    return builder.zext(builder.bitcast(m, ir.IntType(m.type.count)), _I64)
+
+
+@intrinsic
+def xpc16(typingctx, x, base, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
+    """16 accumulators ``init[ioff+q] + sum popcount(x[row words] ^ w[...16k+q])``.
+
+    Rows: ``kh`` rows of ``seg`` words, row ``r`` starting at ``x[base + r*rowstep]``; the
+    weights of the 16 channels are interleaved: word ``k`` of channel ``q`` at
+    ``w[woff + 16*k + q]``.
+    """
+    ints = (base, rowstep, kh, seg, woff, ioff)
+    if not (_is_vec(x, types.uint64) and _is_vec(w, types.uint64) and _is_vec(init, types.int64)
+            and all(isinstance(t, types.Integer) for t in ints)):
+        return None
+    sig = types.UniTuple(types.int64, BLOCK_CH)(x, base, rowstep, kh, seg, w, woff, init, ioff)
+
+    def codegen(context, builder, signature, args):
+        sa = signature.args
+        xp = _data(context, builder, sa[0], args[0])
+        wp = _data(context, builder, sa[5], args[5])
+        ip = _data(context, builder, sa[7], args[7])
+        base_, rowstep_, kh_, seg_, woff_, ioff_ = _ints(context, builder, sa, args,
+                                                          (1, 2, 3, 4, 6, 8))
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
+                                               "llvm.ctpop.v4i64")
+        nv = BLOCK_CH // 4
+        accs = []
+        for j in range(nv):
+            v0 = _vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, 4 * j)), _V4I64, 8)
+            accs.append(cgutils.alloca_once_value(builder, v0))
+        step = ir.Constant(_I64, BLOCK_CH)
+        with cgutils.for_range(builder, kh_) as ky:
+            o = builder.add(base_, builder.mul(ky.index, rowstep_))
+            wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
+            with cgutils.for_range(builder, seg_) as it:
+                xb = _splat(builder, builder.load(builder.gep(xp, [builder.add(o, it.index)])),
+                            _V4I64)
+                wk = builder.add(wrow, builder.mul(it.index, step))
+                for j in range(nv):
+                    wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, 4 * j)), _V4I64, 8)
+                    c = builder.call(ctpop, [builder.xor(xb, wv)])
+                    builder.store(builder.add(builder.load(accs[j]), c), accs[j])
+        vals = []
+        for j in range(nv):
+            a = builder.load(accs[j])
+            vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(4)]
+        return context.make_tuple(builder, signature.return_type, vals)
+
+    return sig, codegen
+
+
+@intrinsic
+def signbits16(typingctx, acc):  # noqa: ARG001
+    """Bit q set where accumulator q is negative (one ``vmovmskpd`` per 4 lanes)."""
+    if not (isinstance(acc, types.UniTuple) and acc.count == BLOCK_CH
+            and acc.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = ir.Constant(_I64, 0)
+        for j in range(BLOCK_CH // 4):
+            v = ir.Constant(_V4I64, ir.Undefined)
+            for e in range(4):
+                v = builder.insert_element(v, builder.extract_value(args[0], 4 * j + e),
+                                           ir.Constant(_I32, e))
+            neg = builder.icmp_signed("<", v, ir.Constant(_V4I64, [0] * 4))
+            nib = builder.zext(builder.bitcast(neg, ir.IntType(4)), _I64)  # vmovmskpd
+            bits = builder.or_(bits, builder.shl(nib, ir.Constant(_I64, 4 * j)))
+        return bits
+
+    return types.uint64(acc), codegen
+
+
+@intrinsic
+def affine_store16(typingctx, acc, out, ooff, nbits, m1, a1, m2, a2, c0):  # noqa: ARG001
+    """``out[ooff+q] = (float32(nbits - 2*acc[q]) * m1[c] + a1[c]) * m2[c] + a2[c]``, c = c0+q.
+
+    All 16 channels are written (the caller handles a partial last block).
+    """
+    ints = (ooff, nbits, c0)
+    if not (isinstance(acc, types.UniTuple) and acc.count == BLOCK_CH
+            and acc.dtype == types.int64 and _is_vec(out, types.float32)
+            and all(_is_vec(t, types.float32) for t in (m1, a1, m2, a2))
+            and all(isinstance(t, types.Integer) for t in ints)):
+        return None
+    sig = types.none(acc, out, ooff, nbits, m1, a1, m2, a2, c0)
+
+    def codegen(context, builder, signature, args):
+        sa = signature.args
+        op = _data(context, builder, sa[1], args[1])
+        ooff_, nbits_, c0_ = _ints(context, builder, sa, args, (2, 3, 8))
+        par = [_data(context, builder, sa[i], args[i]) for i in (4, 5, 6, 7)]
+        v8i64 = ir.VectorType(_I64, 8)
+        kvec = _splat(builder, nbits_, v8i64)
+        one = ir.Constant(v8i64, [1] * 8)
+        for j in range(BLOCK_CH // 8):
+            p = ir.Constant(v8i64, ir.Undefined)
+            for e in range(8):
+                p = builder.insert_element(p, builder.extract_value(args[0], 8 * j + e),
+                                           ir.Constant(_I32, e))
+            # |K - 2p| <= K < 2**31 (checked by bconv_call): exact through int32
+            d32 = builder.trunc(builder.sub(kvec, builder.shl(p, one)),
+                                ir.VectorType(_I32, 8))
+            d = builder.sitofp(d32, _V8F32)
+            off = builder.add(c0_, ir.Constant(_I64, 8 * j))
+            m1v, a1v, m2v, a2v = (_vload(builder, q, off, _V8F32, 4) for q in par)
+            r = builder.fadd(builder.fmul(builder.fadd(builder.fmul(d, m1v), a1v), m2v), a2v)
+            dst = builder.gep(op, [builder.add(ooff_, ir.Constant(_I64, 8 * j))])
+            builder.store(r, builder.bitcast(dst, _V8F32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
+    return (_is_vec(x, types.float32) and _is_vec(bases, types.int64)
+            and _is_vec(w, types.float32) and _is_vec(bias, types.float32)
+            and _is_vec(alpha, types.float32) and _is_vec(beta, types.float32)
+            and all(isinstance(t, types.Integer) for t in ints))
+
+
+def _fconv_epilogue(context, builder, sa, args):
+    """The float conv of 4 pixels x 16 channels (FMA) and ``(acc + bias) * alpha + beta``.
+
+    Returns ``v[p][h]``: the ``<8 x float>`` results of pixel ``p``, channels ``8h..8h+7``.
+    """
+    xp = _data(context, builder, sa[0], args[0])
+    bp = _data(context, builder, sa[1], args[1])
+    wp = _data(context, builder, sa[6], args[6])
+    boff_, rowstep_, kh_, seg_, woff_, poff_ = _ints(context, builder, sa, args,
+                                                      (2, 3, 4, 5, 7, 11))
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
+    pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
+             for p in range(FPIX)]
+    zero = ir.Constant(_V8F32, [0.0] * 8)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(FPIX)]
+    step = ir.Constant(_I64, BLOCK_CH)
+    with cgutils.for_range(builder, kh_) as ky:
+        roff = builder.mul(ky.index, rowstep_)
+        rows = [builder.add(b, roff) for b in pbase]
+        wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
+        with cgutils.for_range(builder, seg_) as it:
+            wk = builder.add(wrow, builder.mul(it.index, step))
+            wv = [_vload(builder, wp, builder.add(wk, ir.Constant(_I64, 8 * h)), _V8F32, 4)
+                  for h in range(2)]
+            for p in range(FPIX):
+                xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
+                xb = _splat(builder, xv, _V8F32)
+                for h in range(2):
+                    a = accs[p][h]
+                    builder.store(builder.call(fma, [xb, wv[h], builder.load(a)]), a)
+    vecs = []
+    for i in (8, 9, 10):
+        ptr = _data(context, builder, sa[i], args[i])
+        vecs.append([_vload(builder, ptr, builder.add(poff_, ir.Constant(_I64, 8 * h)),
+                            _V8F32, 4) for h in range(2)])
+    vb, va, vbeta = vecs
+    out = []
+    for p in range(FPIX):
+        row = []
+        for h in range(2):
+            y = builder.fadd(builder.load(accs[p][h]), vb[h])
+            row.append(builder.fadd(builder.fmul(y, va[h]), vbeta[h]))
+        out.append(row)
+    return out
+
+
+@intrinsic
+def fconv_bits4(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta,  # noqa: ARG001
+                 poff):
+    """Sign bits of a float conv for 4 pixels x 16 channels (16-bit mask per pixel).
+
+    Pixel ``p`` reads ``kh`` rows of ``seg`` floats at ``x[bases[boff+p] + r*rowstep]``; the
+    16 channels' weights are interleaved (``w[woff + 16*k + q]``). The epilogue is PyTorch's
+    ``y = acc + bias; v = y*alpha + beta`` (separate roundings) and the bit is ``not v >= 0``.
+    """
+    if not _fconv_typed(x, bases, w, bias, alpha, beta, (boff, rowstep, kh, seg, woff, poff)):
+        return None
+    sig = types.UniTuple(types.uint64, FPIX)(x, bases, boff, rowstep, kh, seg, w, woff, bias,
+                                             alpha, beta, poff)
+
+    def codegen(context, builder, signature, args):
+        vals = _fconv_epilogue(context, builder, signature.args, args)
+        zero = ir.Constant(_V8F32, [0.0] * 8)
+        out = [_concat_masks(builder, [builder.fcmp_unordered("<", v, zero) for v in row])
+               for row in vals]
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return sig, codegen
+
+
+@intrinsic
+def fconv_store4(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta,  # noqa: ARG001
+                  poff, dst):
+    """As :func:`fconv_bits4`, but stores the 4 x 16 float results to ``dst[16*p + q]``."""
+    if not (_fconv_typed(x, bases, w, bias, alpha, beta, (boff, rowstep, kh, seg, woff, poff))
+            and _is_vec(dst, types.float32)):
+        return None
+    sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta, poff, dst)
+
+    def codegen(context, builder, signature, args):
+        vals = _fconv_epilogue(context, builder, signature.args, args)
+        dp = _data(context, builder, signature.args[12], args[12])
+        for p, row in enumerate(vals):
+            for h, v in enumerate(row):
+                ptr = builder.gep(dp, [ir.Constant(_I64, BLOCK_CH * p + 8 * h)])
+                builder.store(v, builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

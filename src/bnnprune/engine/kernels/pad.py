@@ -1,0 +1,70 @@
+"""Spatial padding of NHWC buffers (the border filled once, the interior copied per call)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+from bnnprune.engine.kernels.base import chunks, need, noop, twins, use_parallel
+
+
+@njit(cache=True)
+def _pad_rows(x, ph, pw, out, r_lo, r_hi):
+    h = x.shape[1]
+    w = x.shape[2]
+    c = x.shape[3]
+    for t in range(r_lo, r_hi):
+        b = t // h
+        y = t - b * h
+        for xx in range(w):
+            for k in range(c):
+                out[b, y + ph, xx + pw, k] = x[b, y, xx, k]
+
+
+_pad_par, _pad_ser = twins(_pad_rows)
+
+
+def pad_fill(out: np.ndarray, pad: tuple[int, int], pad_words: np.ndarray) -> None:
+    """Fill the border of a padded (N, Hp, Wp, C) buffer with the per-pixel ``pad_words``."""
+    ph, pw = pad
+    out[:, :ph] = pad_words
+    out[:, out.shape[1] - ph:] = pad_words
+    out[:, :, :pw] = pad_words
+    out[:, :, out.shape[2] - pw:] = pad_words
+
+
+def pad_call(x: np.ndarray, pad: tuple[int, int], out: np.ndarray,
+             threads: int | None = None) -> Callable[[], None]:
+    """Validate copying ``x`` (N, H, W, C) into the interior of ``out`` (N, H+2ph, W+2pw, C).
+
+    The border of ``out`` is not written (fill it once with :func:`pad_fill`).
+    """
+    need(x.ndim == 4 and x.flags.c_contiguous and out.flags.c_contiguous, "4-D contiguous")
+    need(x.dtype == out.dtype, "same dtype")
+    ph, pw = (int(p) for p in pad)
+    n, h, w, c = (int(v) for v in x.shape)
+    need(ph >= 0 and pw >= 0, "non-negative padding")
+    need(out.shape == (n, h + 2 * ph, w + 2 * pw, c), "padded output shape")
+    if not n:
+        return noop
+    par = use_parallel(n * h * w * c * 0.5, threads)
+    fn = _pad_par if par else _pad_ser
+    return functools.partial(fn, n * h, chunks(n * h) if par else 1, x, ph, pw, out)
+
+
+def run_pad_bits(x: np.ndarray, pad: tuple[int, int], pad_words: np.ndarray) -> np.ndarray:
+    """Pad packed (N, H, W, Wd) bits spatially with the per-pixel words ``pad_words`` (Wd,)."""
+    need(x.dtype == np.uint64 and x.ndim == 4 and x.flags.c_contiguous, "bits 4-D")
+    ph, pw = (int(p) for p in pad)
+    need(ph >= 0 and pw >= 0, "non-negative padding")
+    need(pad_words.dtype == np.uint64 and pad_words.shape == (x.shape[3],), "pad words (Wd,)")
+    if ph == 0 and pw == 0:
+        return x
+    n, h, w, wd = x.shape
+    out = np.empty((n, h + 2 * ph, w + 2 * pw, wd), np.uint64)
+    pad_fill(out, (ph, pw), pad_words)
+    pad_call(x, (ph, pw), out)()
+    return out
