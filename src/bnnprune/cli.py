@@ -7,6 +7,7 @@ and exit code 2 (set BNNPRUNE_DEBUG=1 to see the traceback instead).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 from bnnprune.config import ConfigError, ExperimentConfig, load_config
 from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset
+from bnnprune.lock import FolderBusy, hold_folder
 from bnnprune.models import MODELS, build_model
 from bnnprune.train import (
     CheckpointError,
@@ -140,6 +142,16 @@ def _check_out_dir(path: str | Path) -> Path:
 # --------------------------------------------------------------------------- commands
 
 
+def _hold_output(stack: contextlib.ExitStack, out: Path, args: argparse.Namespace) -> Path:
+    """Hold ``out`` until ``stack`` closes (one writer per folder; under torchrun rank 0
+    holds it for all); a live holder makes this raise FolderBusy naming its PID."""
+    held = stack.enter_context(hold_folder(out, " ".join(["bnnprune", *args.argv])[:200]))
+    if held.took_over is not None:
+        print(f"note: took over the lock of {out} left by {held.took_over.describe()}, "
+              "which is no longer running", flush=True)
+    return out
+
+
 def _say(*parts: Any, **kw: Any) -> None:
     """print() on rank 0 only: under torchrun, one process speaks for all."""
     if dist.is_main():
@@ -148,14 +160,15 @@ def _say(*parts: Any, **kw: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
-    with dist.distributed_from_env(resolve_device(cfg.train.device)):
-        return _train(args, cfg)
+    device = resolve_device(cfg.train.device)
+    with dist.distributed_from_env(device), contextlib.ExitStack() as held:
+        return _train(args, cfg, held)
 
 
-def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+def _train(args: argparse.Namespace, cfg: ExperimentConfig, held: contextlib.ExitStack) -> int:
     ds = dist.main_first(lambda: cfg.data.load(cfg.train.seed))
     model = cfg.model.build(ds, cfg.train.seed)
-    out = dist.main_decides(lambda: _check_out_dir(args.output))
+    out = dist.main_decides(lambda: _hold_output(held, _check_out_dir(args.output), args))
     world = dist.world_size()
     _say(
         f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
@@ -751,6 +764,7 @@ USER_ERRORS = (
     DatasetError,
     CheckpointError,
     TrainingError,
+    FolderBusy,
     ValueError,
     OSError,
 )
