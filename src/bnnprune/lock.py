@@ -13,7 +13,8 @@ machine). A machine that dies while holding a lock on NFS frees it only when its
 expires (about 90 s on NFSv4). Where flock is refused (``ENOLCK``/``EOPNOTSUPP``) the lock
 falls back to the file's content: a live PID on this host or any PID on another host keeps
 the folder busy, a dead PID on this host is taken over. That fallback has a check-then-write
-race between two commands started at the same instant; see docs/bad-inputs.md.
+race between two commands started at the same instant; see docs/bad-inputs.md. The lock file
+is the one file not written through :mod:`bnnprune.atomic`: its inode is the lock.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from bnnprune.atomic import WriteError
 
 __all__ = ["LOCK_NAME", "FolderBusy", "LockInfo", "claim", "hold_folder", "read_holder"]
 
@@ -110,10 +113,15 @@ def _holder_of_busy(folder: Path) -> LockInfo | None:
     return None
 
 
-def _write_info(fd: int, info: LockInfo) -> None:
+def _write_info(fd: int, path: Path, info: LockInfo) -> None:
+    """Record the holder in the (already locked) lock file; on failure release it again."""
     data = json.dumps(asdict(info)).encode() + b"\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as e:
+        os.close(fd)
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -147,7 +155,7 @@ def _acquire(folder: Path, command: str) -> tuple[int, Held]:
             os.close(fd)
             continue
         previous = read_holder(folder)
-        _write_info(fd, me)
+        _write_info(fd, path, me)
         return fd, Held(path, me, previous)
 
 
@@ -158,7 +166,7 @@ def _acquire_by_content(fd: int, path: Path, me: LockInfo) -> Held:
         if previous.host != me.host or _pid_alive(previous.pid):
             os.close(fd)
             raise FolderBusy(path.parent, previous)
-    _write_info(fd, me)
+    _write_info(fd, path, me)
     return Held(path, me, previous)
 
 
