@@ -1,9 +1,10 @@
 """Bounded fuzzing of every reader of untrusted bytes: IDX files, CIFAR-10 batches (restricted
-unpickler + batch parser) and the `.bnn` loader.
+unpickler + batch parser), the `.bnn` loader, checkpoints (`load_model`) and TOML configs.
 
 Each reader may accept an input or refuse it with its documented exception (DatasetError,
-BnnFormatError); anything else (another exception, a hang, a crash) fails. The examples are
-derandomized so CI is reproducible; set BNNPRUNE_FUZZ_EXAMPLES=N for a longer, random run.
+BnnFormatError, CheckpointError, ConfigError); anything else (another exception, a hang, a
+crash) fails. The examples are derandomized so CI is reproducible; set
+BNNPRUNE_FUZZ_EXAMPLES=N for a longer, random run.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bnnprune import engine
+from bnnprune.config import ConfigError, load_config
 from bnnprune.data import DatasetError
 from bnnprune.data.cifar import parse_batch, safe_unpickle
 from bnnprune.data.idx import read_idx
 from bnnprune.engine import BnnFormatError
 from bnnprune.engine.fileformat import MAGIC
 from bnnprune.models import build_model
+from bnnprune.train.checkpoint import CheckpointError, load_model
 
 _ENV_EXAMPLES = os.environ.get("BNNPRUNE_FUZZ_EXAMPLES")
 EXAMPLES = int(_ENV_EXAMPLES or 200)
@@ -334,3 +337,121 @@ def test_base_program_round_trips(scratch, bnn):
     assert engine.load(path)(x).shape == (2, 4)
     with io.BytesIO(base) as f:
         assert f.read(len(MAGIC)) == MAGIC
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_bytes(payload: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format": "bnnprune-checkpoint", "version": 1, **payload}, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    """A real (tiny) checkpoint payload and its bytes."""
+    model = build_model("small", width=0.125, in_channels=1, num_classes=3, image_size=8)
+    payload = {
+        "arch": model.arch,
+        "state_dict": model.state_dict(),
+        "dataset": {"name": "synthetic", "input_shape": [1, 8, 8], "num_classes": 3},
+        "flips": None,
+    }
+    return _Base(_checkpoint_bytes(payload), payload)
+
+
+def _load_ckpt(scratch, data: bytes) -> None:
+    path = scratch / "f.pt"
+    path.write_bytes(data)
+    with no_hang():
+        try:
+            model, loaded = load_model(path)
+        except CheckpointError as e:
+            assert "\n" not in str(e)
+            return
+    # accepted: the rebuilt model holds exactly the stored weights
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded["state_dict"][key]), key
+
+
+@fuzz(EXAMPLES // 2)
+@given(st.data())
+def test_checkpoint_reader_byte_mutations(scratch, ckpt, data):
+    _load_ckpt(scratch, data.draw(mutated(ckpt[0])))
+
+
+ODD_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.lists(st.integers(-3, 10**6), max_size=4)
+    | st.just({})
+    | st.builds(torch.zeros, st.lists(st.integers(0, 5), max_size=4).map(tuple))
+)
+
+
+@fuzz(EXAMPLES // 4)
+@given(st.data())
+def test_checkpoint_reader_field_edits(scratch, ckpt, data):
+    """Well-formed checkpoints whose spec, weights or keys are replaced by odd values."""
+    payload = {**ckpt[1], "arch": json.loads(json.dumps(ckpt[1]["arch"])),
+               "state_dict": dict(ckpt[1]["state_dict"])}
+    slots = [("arch", "name"), ("arch", "kwargs"), ("state_dict", None), ("top", "arch")]
+    slots += [("kwargs", k) for k in payload["arch"]["kwargs"]]
+    slots += [("state_dict", k) for k in payload["state_dict"]]
+    for _ in range(data.draw(st.integers(1, 3))):
+        where, key = data.draw(st.sampled_from(slots))
+        value = data.draw(ODD_VALUES)
+        if where == "top":
+            payload[key] = value
+        elif where == "arch" and isinstance(payload["arch"], dict):
+            payload["arch"][key] = value
+        elif where == "kwargs" and isinstance(payload["arch"], dict):
+            if isinstance(payload["arch"].get("kwargs"), dict):
+                payload["arch"]["kwargs"][key] = value
+        elif where == "state_dict" and key is None:
+            payload["state_dict"] = value
+        elif isinstance(payload["state_dict"], dict):
+            payload["state_dict"][key] = value
+    _load_ckpt(scratch, _checkpoint_bytes(payload))
+
+
+# ----------------------------------------------------------------------- TOML config
+
+CONFIG = b'[model]\nname = "small"\nwidth = 0.25\n[data]\nname = "synthetic"\n[train]\nepochs = 2\n'
+
+
+def _load_toml(scratch, data: bytes) -> None:
+    path = scratch / "c.toml"
+    path.write_bytes(data)
+    with no_hang():
+        try:
+            cfg = load_config(path)
+            cfg.validate()
+        except (ConfigError, DatasetError) as e:
+            assert "\n" not in str(e).strip()
+            return
+    assert cfg.train.epochs >= 1 and cfg.model.width > 0
+
+
+@fuzz()
+@given(mutated(CONFIG))
+def test_config_loader_mutations(scratch, data):
+    _load_toml(scratch, data)
+
+
+@fuzz(EXAMPLES // 2)
+@given(
+    st.lists(
+        st.sampled_from(["[", "]", "{", "}", "=", "a", " ", "\n", '"', "1", ",", ".", "#",
+                         "[train]", "epochs", "[[x]]", "1e999", "0x", "inf", "nan"]),
+        max_size=60,
+    ).map("".join),
+    st.integers(0, 20_000),
+)
+def test_config_loader_odd_text(scratch, text, depth):
+    """Token soup, plus arrays nested ``depth`` deep (RecursionError must not escape)."""
+    _load_toml(scratch, ("x = " + "[" * depth + "]" * depth + "\n" + text).encode())

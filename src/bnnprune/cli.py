@@ -7,6 +7,7 @@ and exit code 2 (set BNNPRUNE_DEBUG=1 to see the traceback instead).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 from bnnprune.config import ConfigError, ExperimentConfig, load_config
 from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset, load_from_config
+from bnnprune.lock import FolderBusy, hold_folder
 from bnnprune.models import MODELS, build_from_config, build_model
 from bnnprune.train import (
     CheckpointError,
@@ -140,6 +142,16 @@ def _check_out_dir(path: str | Path) -> Path:
 # --------------------------------------------------------------------------- commands
 
 
+def _hold_output(stack: contextlib.ExitStack, out: Path, args: argparse.Namespace) -> Path:
+    """Hold ``out`` until ``stack`` closes (one writer per folder; under torchrun rank 0
+    holds it for all); a live holder makes this raise FolderBusy naming its PID."""
+    held = stack.enter_context(hold_folder(out, " ".join(["bnnprune", *args.argv])[:200]))
+    if held.took_over is not None:
+        print(f"note: took over the lock of {out} left by {held.took_over.describe()}, "
+              "which is no longer running", flush=True)
+    return out
+
+
 def _say(*parts: Any, **kw: Any) -> None:
     """print() on rank 0 only: under torchrun, one process speaks for all."""
     if dist.is_main():
@@ -148,14 +160,15 @@ def _say(*parts: Any, **kw: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
-    with dist.distributed_from_env(resolve_device(cfg.train.device)):
-        return _train(args, cfg)
+    device = resolve_device(cfg.train.device)
+    with dist.distributed_from_env(device), contextlib.ExitStack() as held:
+        return _train(args, cfg, held)
 
 
-def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+def _train(args: argparse.Namespace, cfg: ExperimentConfig, held: contextlib.ExitStack) -> int:
     ds = dist.main_first(lambda: load_from_config(cfg.data, cfg.train.seed))
     model = build_from_config(cfg.model, ds, cfg.train.seed)
-    out = dist.main_decides(lambda: _check_out_dir(args.output))
+    out = dist.main_decides(lambda: _hold_output(held, _check_out_dir(args.output), args))
     world = dist.world_size()
     _say(
         f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
@@ -407,13 +420,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bnnprune.config import RunConfig
+
+    cfg = _experiment_config(args, RunConfig)
+    with contextlib.ExitStack() as held:  # one writer per run folder, until the report is out
+        return _run(args, cfg, held)
+
+
+def _run(args: argparse.Namespace, cfg: Any, held: contextlib.ExitStack) -> int:
     from bnnprune.pipeline import run_pipeline
     from bnnprune.report.markdown import methods_table, write_report
     from bnnprune.report.plots import write_flip_plots
 
-    cfg = _experiment_config(args, RunConfig)
     with dist.distributed_from_env(resolve_device(cfg.train.device)):
-        out = dist.main_decides(lambda: _check_out_dir(args.output))
+        out = dist.main_decides(lambda: _hold_output(held, _check_out_dir(args.output), args))
         t0 = time.perf_counter()
         results = run_pipeline(
             cfg, out, log=lambda s: _say(s, flush=True), progress=sys.stderr.isatty(),
@@ -433,7 +452,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"\n{results['method']}: {results['bops_reduction']:.1%} fewer BOPs, accuracy "
         f"{base['test_acc']:.2%} -> {final['test_acc']:.2%} "
-        f"(wall time {(time.perf_counter() - t0) / 60:.1f} min)"
+        f"(wall time {(time.perf_counter() - t0) / 60:.1f} min; one seed: see bnnprune sweep "
+        "for multi-seed comparisons)"
     )
     print(f"wrote {out / 'results.json'}, {report} and plots in {out}")
     return 0
@@ -447,18 +467,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from bnnprune.sweep import run_sweep
 
     cfg = _experiment_config(args, SweepConfig)
-    out = _check_out_dir(args.output)
-    command = shlex.join(["bnnprune", *args.argv])
-    results = run_sweep(cfg, out, jobs=args.jobs, log=lambda s: _say(s, flush=True),
-                        progress=sys.stderr.isatty(), command=command,
-                        compute=not args.report_only)
-    report = write_sweep_report(results, out / "report.md")
-    print(f"\nwrote {out / 'results.json'}, {report} and plots in {out}")
-    if args.docs:
-        docs = Path(args.docs)
-        page = write_sweep_report(results, docs / "results.md", docs / "results",
-                                  docs_command=shlex.join(_docs_command(args)))
-        print(f"wrote {page} and plots in {docs / 'results'}")
+    with contextlib.ExitStack() as held:  # spawned cell workers run under this lock
+        out = _hold_output(held, _check_out_dir(args.output), args)
+        command = shlex.join(["bnnprune", *args.argv])
+        results = run_sweep(cfg, out, jobs=args.jobs, log=lambda s: _say(s, flush=True),
+                            progress=sys.stderr.isatty(), command=command,
+                            compute=not args.report_only)
+        report = write_sweep_report(results, out / "report.md")
+        print(f"\nwrote {out / 'results.json'}, {report} and plots in {out}")
+        if args.docs:
+            docs = Path(args.docs)
+            page = write_sweep_report(results, docs / "results.md", docs / "results",
+                                      docs_command=shlex.join(_docs_command(args)))
+            print(f"wrote {page} and plots in {docs / 'results'}")
     print(f"wall time {results['invocations'][-1]['wall_seconds'] / 60:.1f} min")
     return 0
 
@@ -891,6 +912,7 @@ USER_ERRORS = (
     DatasetError,
     CheckpointError,
     TrainingError,
+    FolderBusy,
     ValueError,
     OSError,
 )

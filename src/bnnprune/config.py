@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 class ConfigError(ValueError):
     """A configuration key or value is not valid."""
 
@@ -375,9 +378,19 @@ def load_config(path: str | Path | None, cls: type = ExperimentConfig) -> Any:
         return cfg
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: a huge file is refused unread
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {p}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {p} is larger than {MAX_CONFIG_BYTES} bytes; a bnnprune config "
+            "is a few hundred bytes"
+        )
+    try:  # TOMLDecodeError, bad UTF-8 and integers of thousands of digits are ValueErrors
+        data = tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ConfigError(f"config file {p} is not valid TOML: nested too deeply") from None
+    except ValueError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     return apply_sections(cfg, data, from_file=True)

@@ -50,6 +50,8 @@ CIFAR10_CLASSES = (
     "truck",
 )
 _IMAGE_BYTES = 3 * 32 * 32
+# an official batch file is about 31 MB (10,000 images); anything far larger is refused unread
+MAX_BATCH_BYTES = 64 << 20
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
@@ -168,10 +170,24 @@ def _read_folder(folder: Path) -> dict[str, bytes]:
                 f"{folder}: CIFAR-10 folder is missing {name} "
                 "(it needs data_batch_1..5 and test_batch)"
             )
-        files[name] = path.read_bytes()
+        files[name] = _read_batch_file(path)
     if (folder / META_FILE).is_file():
-        files[META_FILE] = (folder / META_FILE).read_bytes()
+        files[META_FILE] = _read_batch_file(folder / META_FILE)
     return files
+
+
+def _too_large(source: str, size: int) -> DatasetError:
+    return DatasetError(
+        f"{source}: {size} bytes is far more than a CIFAR-10 batch holds (about 31 MB; "
+        f"limit {MAX_BATCH_BYTES}); refusing to read it"
+    )
+
+
+def _read_batch_file(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_BATCH_BYTES:
+        raise _too_large(str(path), size)
+    return path.read_bytes()
 
 
 def _read_archive(archive: Path) -> dict[str, bytes]:
@@ -182,6 +198,8 @@ def _read_archive(archive: Path) -> dict[str, bytes]:
             for member in tar:  # one sequential pass: no re-decompression
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in wanted and base not in files:
+                    if member.size > MAX_BATCH_BYTES:
+                        raise _too_large(f"{archive}:{member.name}", member.size)
                     fh = tar.extractfile(member)
                     if fh is not None:
                         files[base] = fh.read()

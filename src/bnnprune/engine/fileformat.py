@@ -31,6 +31,7 @@ import numpy as np
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import BnnFormatError, EngineError
 from bnnprune.engine.program import V2_KINDS, Op, Program, ValueInfo
+from bnnprune.limits import memory_bytes
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "load", "pack_file", "required_version", "save",
            "unpack_file"]
@@ -197,6 +198,10 @@ def program_from_header(header: dict[str, Any], arrays: list[np.ndarray]) -> Pro
 def load(path: str | os.PathLike[str]) -> Program:
     """Read and fully validate a ``.bnn`` file; raises :class:`BnnFormatError` on any fault."""
     try:
+        size = os.stat(path).st_size
+        if size > memory_bytes():
+            raise _fail(f"not a .bnn file bnnprune can load: {size} bytes, more than this "
+                        f"machine's memory ({memory_bytes()} bytes)")
         data = Path(path).read_bytes()
     except OSError as e:
         raise _fail(f"cannot read {path}: {e.strerror or e}") from None
