@@ -25,6 +25,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from bnnprune.engine.errors import EngineError
+from bnnprune.metrics.ops import is_bop_layer
 from bnnprune.engine.fold import bn_affine, fold_threshold
 from bnnprune.engine.pack import pack_weights
 from bnnprune.engine.program import Op, Program, ValueInfo
@@ -276,7 +277,7 @@ class _Lowering:
         r = self.req[n.node]
         if n.kind == "output":
             return {_FLOAT}
-        if n.kind in ("bconv", "blinear") and n.module.binarize_input:
+        if n.kind in ("bconv", "blinear") and is_bop_layer(n.module):
             return {_BITS}
         if n.kind in ("identity", "flatten"):
             return set(r)
@@ -372,7 +373,7 @@ class _Lowering:
 
     def _lower_bconv(self, n: _N) -> None:
         m = n.module
-        if not m.binarize_input:
+        if not is_bop_layer(m):  # binary weights on real inputs: float MACs (one cost rule)
             self._lower_conv(n, binary_weight=True)
             return
         xid = self.bits_of(n.inputs[0])

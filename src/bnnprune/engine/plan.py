@@ -14,18 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bnnprune.engine import kernels as K
 from bnnprune.engine.errors import EngineError
+from bnnprune.engine.ir import Op
 from bnnprune.engine.pack import tail_mask, words
 
-if TYPE_CHECKING:
-    from bnnprune.engine.program import Op, Program
-
-__all__ = ["Plan", "PreparedBconv", "PreparedFconv", "prepare_bconv", "prepare_fconv"]
+__all__ = ["ExecutionPlan", "PreparedBconv", "PreparedFconv", "prepare_bconv", "prepare_fconv"]
 
 Call = Callable[[], Any]
 
@@ -83,10 +81,10 @@ def prepare_fconv(op: Op) -> PreparedFconv:
     return PreparedFconv(K.block_float_weights(op.arrays["w"], co), ep)
 
 
-class Plan:
+class ExecutionPlan:
     """Buffers and validated kernel calls of ``program`` for batches of ``n`` images."""
 
-    def __init__(self, program: Program, n: int, threads: int | None) -> None:
+    def __init__(self, program: Any, n: int, threads: int | None) -> None:
         self.n = int(n)
         self.threads = threads
         self.program = program

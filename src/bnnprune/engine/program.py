@@ -14,7 +14,6 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numba
@@ -22,8 +21,9 @@ import numpy as np
 
 from bnnprune.engine import kernels as K
 from bnnprune.engine.errors import EngineError
+from bnnprune.engine.ir import Op, ValueInfo
 from bnnprune.engine.pack import tail_mask, unpack_signs, words
-from bnnprune.engine.plan import Plan, prepare_bconv, prepare_fconv
+from bnnprune.engine.plan import ExecutionPlan, prepare_bconv, prepare_fconv
 
 __all__ = ["Op", "Program", "ValueInfo", "validate"]
 
@@ -59,34 +59,6 @@ FLOAT_OPS = ("fconv", "avgpool", "adaptive_avgpool", "maxpool", "add", "affine",
 OP_KINDS = FLOAT_OPS + ("bconv", "maxpool_bits", "sign", "flatten", "concat_bits")
 # op kinds added in .bnn format version 2 (a file using none of them is written as version 1)
 V2_KINDS = frozenset({"concat", "concat_bits", "prelu"})
-
-
-@dataclass
-class ValueInfo:
-    """Shape and representation of one program value (batch dimension excluded)."""
-
-    kind: str  # "float" or "bits"
-    h: int
-    w: int
-    c: int
-    flat: bool = False
-    source: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "h": self.h, "w": self.w, "c": self.c, "flat": self.flat,
-                "source": self.source}
-
-
-@dataclass
-class Op:
-    """One instruction: ``output = kind(inputs; attrs, arrays)``."""
-
-    kind: str
-    inputs: list[int]
-    output: int
-    attrs: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    name: str = ""
 
 
 def _pair(attrs: dict[str, Any], key: str) -> tuple[int, int]:
@@ -296,7 +268,7 @@ class Program:
         self.meta = dict(meta or {})
         validate(self)
         self._prepared: dict[int, Any] = {}
-        self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, int, int], ExecutionPlan] = OrderedDict()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ running
@@ -374,7 +346,7 @@ class Program:
                 raise EngineError(f"op {op.name or op.kind} has no kernel weights")
         return self._prepared[idx]
 
-    def plan(self, n: int, threads: int | None = None) -> Plan:
+    def plan(self, n: int, threads: int | None = None) -> ExecutionPlan:
         """The validated execution plan for batches of ``n`` images (cached per thread)."""
         th = numba.get_num_threads() if threads is None else int(threads)
         key = (threading.get_ident(), int(n), th)
@@ -383,7 +355,7 @@ class Program:
             if plan is not None:
                 self._plans.move_to_end(key)
                 return plan
-        plan = Plan(self, n, th)
+        plan = ExecutionPlan(self, n, th)
         if plan.nbytes <= MAX_PLAN_BYTES:  # a huge batch's buffers are not kept around
             with self._lock:
                 self._plans[key] = plan

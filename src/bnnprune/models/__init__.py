@@ -267,7 +267,7 @@ def nin(
     pad_value: float = 1.0,
     scale: bool = False,
 ) -> nn.Module:
-    """Binary Network-in-Network, the 9-convolution XNOR-Net CIFAR-10 layout (METHOD.md)."""
+    """Binary Network-in-Network, the 9-convolution XNOR-Net CIFAR-10 layout."""
     _check_common(width, in_channels, num_classes, image_size)
     spec = [
         ("F", 192, 5),

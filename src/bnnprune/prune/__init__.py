@@ -16,12 +16,10 @@ from bnnprune.prune.criteria import (
     WFF,
     BNScale,
     Criterion,
+    FlipMagnitude,
     Magnitude,
     Random,
-    check_criterion,
-    get_criterion,
     register_criterion,
-    select_channels,
 )
 from bnnprune.prune.graph import ChannelGroup, PruningSpace, analyze, check_supported
 from bnnprune.prune.interop import (
@@ -35,12 +33,18 @@ from bnnprune.prune.interop import (
 from bnnprune.prune.policies import (
     DEFAULT_TOLERANCE,
     POLICIES,
-    Plan,
+    ChannelPlan,
     make_plan,
     plan_manual,
     plan_paper,
     plan_target,
     plan_uniform,
+)
+from bnnprune.prune.selection import (
+    check_criterion,
+    get_criterion,
+    select_channels,
+    with_gradient_data,
 )
 from bnnprune.prune.sensitivity import (
     DEFAULT_THRESHOLD,
@@ -59,6 +63,8 @@ __all__ = [
     "POLICIES",
     "RECORD_HINT",
     "WFF",
+    "FlipMagnitude",
+    "with_gradient_data",
     "BNScale",
     "BNScaleImportance",
     "ChannelGroup",
@@ -66,7 +72,7 @@ __all__ = [
     "CriterionImportance",
     "Magnitude",
     "MagnitudeImportance",
-    "Plan",
+    "ChannelPlan",
     "PruneResult",
     "PruningSpace",
     "Random",

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from bnnprune.prune.graph import ChannelGroup
-from bnnprune.prune.policies import Plan
 from bnnprune.prune.sensitivity import RECORD_HINT, Sensitivity
 
 __all__ = [
@@ -29,10 +28,8 @@ __all__ = [
     "Magnitude",
     "Random",
     "WFF",
-    "check_criterion",
-    "get_criterion",
+    "FlipMagnitude",
     "register_criterion",
-    "select_channels",
 ]
 
 
@@ -204,45 +201,3 @@ class Random(Criterion):
     ) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed ^ zlib.crc32(group.name.encode()))
         return -torch.rand(group.channels, generator=gen, dtype=torch.float64)
-
-
-def get_criterion(criterion: str | Criterion, **kwargs: Any) -> Criterion:
-    """A criterion instance (kwargs go to its constructor) from a registered name, from
-    ``tp:NAME`` (a Torch-Pruning importance: taylor, lamp, magnitude, ...) or from an import
-    path ``pkg.module:Class`` (a :class:`Criterion` or a Torch-Pruning ``Importance``)."""
-    if isinstance(criterion, Criterion):
-        return criterion
-    if criterion in CRITERIA:
-        return CRITERIA[criterion](**kwargs)
-    if ":" in criterion:
-        from bnnprune.prune.interop import criterion_from_spec
-
-        return criterion_from_spec(criterion, **kwargs)
-    raise ValueError(
-        f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}, "
-        "tp:NAME (a Torch-Pruning importance) or pkg.module:Class"
-    )
-
-
-def check_criterion(criterion: str) -> None:
-    """Raise ValueError unless ``criterion`` names a usable criterion (see get_criterion)."""
-    get_criterion(criterion)
-
-
-def select_channels(
-    model: nn.Module,
-    plan: Plan,
-    criterion: str | Criterion = "wff",
-    sensitivity: Sensitivity | None = None,
-    **criterion_kwargs: Any,
-) -> dict[str, list[int]]:
-    """Group name -> output channel indices to remove so the group keeps its planned count."""
-    crit = get_criterion(criterion, **criterion_kwargs)
-    removed: dict[str, list[int]] = {}
-    keep: Mapping[str, int] = plan.group_keep()
-    with crit.scoring(model, plan.input_shape):
-        for g in plan.groups:
-            n_remove = g.channels - keep[g.name]
-            if n_remove > 0:
-                removed[g.name] = crit.choose(model, g, n_remove, sensitivity)
-    return removed

@@ -28,12 +28,12 @@ from torch import nn
 
 from bnnprune.nn import binary_layers
 from bnnprune.prune.criteria import (
+    CRITERIA,
     WFF,
     BNScale,
     Criterion,
     Magnitude,
     Random,
-    get_criterion,
 )
 from bnnprune.prune.graph import ChannelGroup, build_graph, out_pruning_fn
 from bnnprune.prune.sensitivity import Sensitivity
@@ -49,7 +49,6 @@ __all__ = [
     "channel_group",
     "criterion_from_spec",
     "gradient_batches",
-    "with_gradient_data",
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -112,7 +111,8 @@ class CriterionImportance(tp.importance.Importance):
         sensitivity: Sensitivity | None = None,
         **criterion_kwargs: Any,
     ) -> None:
-        self.criterion = get_criterion(criterion, **criterion_kwargs)
+        self.criterion = (CRITERIA[criterion](**criterion_kwargs)
+                          if isinstance(criterion, str) else criterion)
         self.model = model
         self.sensitivity = sensitivity
 
@@ -288,13 +288,3 @@ def gradient_batches(ds: Any, n_batches: int = 4, batch_size: int = 64) -> list[
     x = normalize(ds.train_x[:n], ds.mean, ds.std)
     y = ds.train_y[:n]
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
-
-
-def with_gradient_data(criterion: str | Criterion, ds: Any, **kwargs: Any) -> str | Criterion:
-    """``criterion`` as given, or, when it needs gradients, an instance holding a few
-    training batches of ``ds`` to compute them on."""
-    crit = get_criterion(criterion, **kwargs)
-    if not crit.needs_grads:
-        return criterion
-    crit.use_data(gradient_batches(ds))  # type: ignore[attr-defined]
-    return crit

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnnprune.prune.criteria import CRITERIA, get_criterion
+from bnnprune.prune.criteria import CRITERIA
 from bnnprune.prune.policies import POLICIES
+from bnnprune.prune.selection import get_criterion
 from bnnprune.prune.sensitivity import RECORD_HINT
 
 __all__ = ["POLICY_NEEDS", "Method", "MethodError", "parse_method", "parse_methods"]

@@ -1,6 +1,6 @@
 """Pruning policies: how many output channels each prunable group keeps.
 
-- ``paper``: C' = round(C * (1 - p)), p the group's insensitive fraction (METHOD.md step 3).
+- ``paper``: C' = round(C * (1 - p)), p the group's insensitive fraction (the paper's step 3).
 - ``target``: one shot to a BOPs reduction; each group is cut by ``s * p`` of its channels,
   the common scale ``s`` found by bisection.
 - ``uniform``: the same cut ratio in every group, to a BOPs reduction (width scaling).
@@ -26,7 +26,7 @@ from bnnprune.prune.sensitivity import RECORD_HINT, Sensitivity
 __all__ = [
     "DEFAULT_TOLERANCE",
     "POLICIES",
-    "Plan",
+    "ChannelPlan",
     "make_plan",
     "plan_manual",
     "plan_paper",
@@ -41,7 +41,7 @@ _TOUCH_UP_STEPS = 100
 
 
 @dataclass
-class Plan:
+class ChannelPlan:
     """Output channels to keep per binary layer, with the BOPs they will give."""
 
     policy: str
@@ -238,9 +238,9 @@ class _Planner:
                     out.append(one[:j] + [k2] + one[j + 1 :])
         return out
 
-    def plan(self, policy: str, keep: list[int], **extra: Any) -> Plan:
+    def plan(self, policy: str, keep: list[int], **extra: Any) -> ChannelPlan:
         groups = self.space.groups
-        return Plan(
+        return ChannelPlan(
             policy=policy,
             input_shape=self.space.input_shape,
             groups=groups,
@@ -298,7 +298,7 @@ def plan_paper(
     round_to: int = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
-) -> Plan:
+) -> ChannelPlan:
     """The paper's rule: each group keeps round(C * (1 - p)) channels."""
     pl = _Planner(model, input_shape, round_to, min_channels, exclude, DEFAULT_TOLERANCE)
     ps = pl.group_p(sensitivity)
@@ -317,7 +317,7 @@ def plan_target(
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
     tolerance: float = DEFAULT_TOLERANCE,
-) -> Plan:
+) -> ChannelPlan:
     """Reach a BOPs reduction ``target`` in one shot, cutting groups in proportion to p.
 
     Groups with p = 0 are never cut; if the target cannot be reached, the plan is the
@@ -349,7 +349,7 @@ def plan_uniform(
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
     tolerance: float = DEFAULT_TOLERANCE,
-) -> Plan:
+) -> ChannelPlan:
     """Cut every group by the same ratio, found by bisection to reach ``target``."""
     target = _check_target(target)
     pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance)
@@ -363,7 +363,7 @@ def plan_uniform(
     return pl.plan("uniform", keep, target=target, scale=ratio)
 
 
-def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, int]) -> Plan:
+def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, int]) -> ChannelPlan:
     """A plan from explicit counts (binary layer -> channels); a group takes its layers' count.
 
     Counts below 1 are clamped to 1 and recorded; conflicting counts within a group or
@@ -404,7 +404,7 @@ def make_plan(
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
     tolerance: float = DEFAULT_TOLERANCE,
-) -> Plan:
+) -> ChannelPlan:
     """Dispatch to a policy by name (``paper``, ``target`` or ``uniform``)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")

@@ -20,9 +20,10 @@ from torch import nn
 
 from bnnprune.metrics import count_bops
 from bnnprune.nn import binary_layers
-from bnnprune.prune.criteria import Criterion, get_criterion, select_channels
+from bnnprune.prune.criteria import Criterion
 from bnnprune.prune.graph import output_shape, prune_channels
-from bnnprune.prune.policies import Plan
+from bnnprune.prune.policies import ChannelPlan
+from bnnprune.prune.selection import get_criterion, select_channels
 from bnnprune.prune.sensitivity import Sensitivity
 
 __all__ = ["PruneResult", "apply_plan", "carry_flip_counts", "prune_channels"]
@@ -33,7 +34,7 @@ class PruneResult:
     """A pruned model and what was removed from it."""
 
     model: nn.Module
-    plan: Plan
+    plan: ChannelPlan
     criterion: str
     removed: dict[str, list[int]]  # group name -> removed output channels (original indices)
     kept_out: dict[str, list[int]]  # binary layer -> surviving output channels
@@ -47,7 +48,7 @@ class PruneResult:
         return 1.0 - self.bops_after / self.bops_before if self.bops_before else 0.0
 
 
-def _check_plan_fits(model: nn.Module, plan: Plan) -> None:
+def _check_plan_fits(model: nn.Module, plan: ChannelPlan) -> None:
     layers = binary_layers(model)
     for name, width in plan.channels.items():
         m = layers.get(name)
@@ -59,7 +60,7 @@ def _check_plan_fits(model: nn.Module, plan: Plan) -> None:
 
 def apply_plan(
     model: nn.Module,
-    plan: Plan,
+    plan: ChannelPlan,
     criterion: str | Criterion = "wff",
     sensitivity: Sensitivity | None = None,
     *,
