@@ -25,10 +25,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from bnnprune.engine.errors import EngineError
-from bnnprune.metrics.ops import is_bop_layer
 from bnnprune.engine.fold import bn_affine, fold_threshold
 from bnnprune.engine.pack import pack_weights
 from bnnprune.engine.program import Op, Program, ValueInfo
+from bnnprune.metrics.ops import is_bop_layer
 from bnnprune.nn import BinaryConv2d, BinaryLinear, RPReLU, RSign
 
 __all__ = ["compile_model"]
