@@ -100,6 +100,7 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     assert [d["a"] for d in res["paired"]] == ["target+wff"]  # wff vs random, 2 paired seeds
     assert res["paired"][0]["n"] == 2 and set(res["convergence"]) == {"0", "1"}
     assert set(res["thresholds"]) == {"0", "1", "2", "4"} and res["correlation"]
+    assert set(res["intervals"]) == {"1"}  # track_last = 1: one interval length
     prem = res["premise"]
     assert prem["percents"] == [5.0, 20.0]
     assert set(prem["curves"]) == {"highest_wff", "lowest_wff", "random", "smallest_magnitude"}

@@ -35,6 +35,7 @@ import torch
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import ConfigError, SweepConfig
 from bnnprune.data import load_from_config, normalize
+from bnnprune.flips import FlipTracker
 from bnnprune.models import build_from_config
 from bnnprune.phases import (
     RECORD_VERSION,
@@ -212,6 +213,21 @@ def _threshold_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple
     return table
 
 
+def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
+                    threshold: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """p_l per layer and the paper policy's planned BOPs reduction when the interval is only
+    the last k epochs of the recorded one (k = 1 .. its length)."""
+    tracker = FlipTracker(model)
+    tracker.load_state_dict(flips)
+    table = {}
+    for k in range(1, len(tracker.epoch_counts) + 1):
+        counts, steps = tracker.last_epochs_counts(k)
+        sens = compute_sensitivity(counts, model, steps=steps, threshold=threshold)
+        plan = make_plan(model, shape, "paper", sensitivity=sens, **opts)
+        table[str(k)] = {"p": dict(sens.p), "paper_reduction": plan.reduction, "steps": steps}
+    return table
+
+
 def _ensure_baseline(cfg: SweepConfig, out: Path, seed: int) -> tuple[torch.nn.Module, Any]:
     """The seed's trained baseline (trained again, deterministically, when a fresh clone
     has its committed record but not its checkpoint)."""
@@ -247,6 +263,7 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         if sens is not None:
             rec["sensitivity"] = sens.to_dict()
             rec["thresholds"] = _threshold_table(base, flips, shape, p.plan_options)
+            rec["intervals"] = _interval_table(base, flips, shape, p.threshold, p.plan_options)
             rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
         return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
@@ -540,6 +557,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "convergence": {str(r["seed"]): r["convergence"] for r in base if r.get("convergence")},
         "correlation": _mean_correlation(base),
         "thresholds": _mean_thresholds(base),
+        "intervals": _mean_thresholds(base, "intervals"),
         "paper_rounds": {str(r["seed"]): r.get("rounds") for r in by_kind.get("prune", [])
                          if r["method_key"] and r["method_key"].startswith("paper+")},
         "machines": _machines(records),
@@ -596,10 +614,11 @@ def _mean_correlation(base: list[dict[str, Any]]) -> dict[str, Any]:
     return {n: {k: _ms(v) for k, v in d.items()} for n, d in layers.items()}
 
 
-def _mean_thresholds(base: list[dict[str, Any]]) -> dict[str, Any]:
+def _mean_thresholds(base: list[dict[str, Any]], field: str = "thresholds") -> dict[str, Any]:
+    """Mean over seeds of a baseline table keyed by flip threshold (or interval length)."""
     out: dict[str, Any] = {}
     for r in base:
-        for t, v in (r.get("thresholds") or {}).items():
+        for t, v in (r.get(field) or {}).items():
             e = out.setdefault(t, {"p": {}, "paper_reduction": []})
             e["paper_reduction"].append(v["paper_reduction"])
             for n, p in v["p"].items():

@@ -102,3 +102,39 @@ def test_errors():
     other = nn.Sequential(BinaryConv2d(1, 3, 1), nn.Flatten(), BinaryLinear(3, 1))
     with pytest.raises(ValueError, match="shape"):
         FlipTracker(other).load_state_dict(t.state_dict())
+
+
+def test_counts_of_the_last_epochs_of_the_interval() -> None:
+    """Per-epoch snapshots give the counts of any suffix of the interval exactly."""
+    import torch
+    from torch import nn
+
+    from bnnprune.flips import FlipTracker
+    from bnnprune.nn import BinaryLinear
+
+    model = nn.Sequential(BinaryLinear(2, 1))
+    w = model[0].weight
+    # epoch 1 (outside the window): 1 step; epochs 2-4 inside: sign sequences per step
+    seq = [[1, 1], [-1, 1], [1, 1], [1, -1], [-1, -1], [-1, 1], [1, 1]]
+    epochs = [[0], [1, 2], [3, 4], [5, 6]]
+    with torch.no_grad():
+        w.copy_(torch.tensor([[1.0, 1.0]]))
+    tracker = FlipTracker(model, window=(2, None))
+    for steps in epochs:
+        for i in steps:
+            with torch.no_grad():
+                w.copy_(torch.tensor([seq[i]], dtype=torch.float32))
+            tracker.step()
+        tracker.end_epoch()
+    name = next(iter(tracker.counts))
+    # flips: w0 at steps 2, 3, 5, 7; w1 at steps 4, 6 (step 1 is outside the window)
+    assert tracker.counts[name].tolist() == [[4, 2]]
+    last1, s1 = tracker.last_epochs_counts(1)  # epoch 4: steps 6, 7
+    last2, s2 = tracker.last_epochs_counts(2)  # epochs 3-4: steps 4-7
+    last3, s3 = tracker.last_epochs_counts(3)  # the whole interval
+    assert (last1[name].tolist(), s1) == ([[1, 1]], 2)
+    assert (last2[name].tolist(), s2) == ([[2, 2]], 4)
+    assert (last3[name].tolist(), s3) == ([[4, 2]], 6)
+    restored = FlipTracker(model, window=(2, None))
+    restored.load_state_dict(tracker.state_dict())
+    assert restored.last_epochs_counts(2)[0][name].tolist() == [[2, 2]]

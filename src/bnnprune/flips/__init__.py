@@ -56,6 +56,10 @@ class FlipTracker:
         self.numel = {n: p.numel() for n, p in self.prev.items()}
         self.ratios: list[list[float]] = []  # per step: one ratio per layer (layer order)
         self.epoch_ends: list[int] = []  # step_count at the end of each epoch
+        # counts (and steps in the window) at the end of each epoch that had window steps:
+        # the counts of the last k epochs of the interval are counts - epoch_counts[-k - 1]
+        self.epoch_counts: list[dict[str, torch.Tensor]] = []
+        self.epoch_window_steps: list[int] = []
         self._pending: list[torch.Tensor] = []  # per-step flip sums, not yet moved to host
         self._hook: RemovableHandle | None = None
 
@@ -128,6 +132,21 @@ class FlipTracker:
     def end_epoch(self) -> None:
         self._flush()
         self.epoch_ends.append(self.step_count)
+        if self.steps_in_window > 0:
+            self.epoch_counts.append({n: c.cpu().clone() for n, c in self.counts.items()})
+            self.epoch_window_steps.append(self.steps_in_window)
+
+    def last_epochs_counts(self, k: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Flip counts and window steps of the last ``k`` epochs of the interval only."""
+        n = len(self.epoch_counts)
+        if not 1 <= k <= n:
+            raise ValueError(f"the interval holds {n} finished epochs, asked for the last {k}")
+        if k == n:
+            return {name: c.clone() for name, c in self.epoch_counts[-1].items()}, \
+                self.epoch_window_steps[-1]
+        before, steps = self.epoch_counts[-k - 1], self.epoch_window_steps[-k - 1]
+        return ({name: c - before[name] for name, c in self.epoch_counts[-1].items()},
+                self.epoch_window_steps[-1] - steps)
 
     def ratio_history(self) -> dict[str, np.ndarray]:
         """Per layer: flip ratio of every recorded step, shape (steps,)."""
@@ -160,6 +179,8 @@ class FlipTracker:
             "counts": {n: t.cpu().clone() for n, t in self.counts.items()},
             "ratios": torch.tensor(self.ratios, dtype=torch.float64).reshape(-1, len(self.layers)),
             "epoch_ends": list(self.epoch_ends),
+            "epoch_counts": [{n: t.clone() for n, t in d.items()} for d in self.epoch_counts],
+            "epoch_window_steps": list(self.epoch_window_steps),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -178,6 +199,9 @@ class FlipTracker:
         self.ratios = [list(map(float, r)) for r in state["ratios"].tolist()]
         self._pending = []
         self.epoch_ends = [int(x) for x in state["epoch_ends"]]
+        self.epoch_counts = [{n: d[n].int() for n in names}
+                             for d in state.get("epoch_counts") or []]
+        self.epoch_window_steps = [int(x) for x in state.get("epoch_window_steps") or []]
 
     def export_npz(self, path: str | Path | BinaryIO) -> None:
         """Write counts, flip ratios and window to ``.npz`` (one array per layer)."""

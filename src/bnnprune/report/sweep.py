@@ -551,12 +551,13 @@ def _correlation_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _thresholds_table(results: dict[str, Any]) -> list[str]:
-    th = results.get("thresholds") or {}
+def _thresholds_table(results: dict[str, Any], field: str = "thresholds",
+                      head: str = "flips >") -> list[str]:
+    th = results.get(field) or {}
     if not th:
         return []
     layers = list(next(iter(th.values()))["p"])
-    lines = ["| flips > | " + " | ".join(f"p_l {n}" for n in layers) + " | paper policy BOPs "
+    lines = [f"| {head} | " + " | ".join(f"p_l {n}" for n in layers) + " | paper policy BOPs "
              "reduction (one round) |", "|---:|" + "---:|" * (len(layers) + 1)]
     for t, e in sorted(th.items(), key=lambda kv: int(kv[0])):
         cells = " | ".join(f"{100 * e['p'][n]['mean']:.2f}%" for n in layers)
@@ -592,9 +593,16 @@ def _near_convergence(results: dict[str, Any], n: int) -> list[str]:
         "",
         *_correlation_table(results),
         "",
-        "### Flip threshold sensitivity",
+        "### Flip threshold and interval sensitivity",
+        "",
+        "Mean over seeds; insensitive = flipped more than the threshold inside the interval.",
         "",
         *_thresholds_table(results),
+        "",
+        "The same with the interval cut to its last k epochs (threshold "
+        f"{results['config']['prune']['threshold']}):",
+        "",
+        *_thresholds_table(results, "intervals", "last k epochs"),
         "",
     ]
 
