@@ -29,7 +29,13 @@ from bnnprune.config import ConfigError, PruneConfig, RunConfig, TrainConfig
 from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
 from bnnprune.metrics import binary_channels, summarize
-from bnnprune.prune import Sensitivity, apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune import (
+    Sensitivity,
+    apply_plan,
+    compute_sensitivity,
+    make_plan,
+    with_gradient_data,
+)
 from bnnprune.prune.methods import Method
 from bnnprune.train import TrainResult, dist, evaluate, load_checkpoint, resolve_device, train
 
@@ -236,11 +242,13 @@ def reinit(model: nn.Module) -> None:
 
 
 def pruned_copy(source: nn.Module, plan: Any, criterion: str, sens: Sensitivity | None,
-                p: PruneConfig, seed: int) -> nn.Module:
-    """``source`` pruned to ``plan`` by ``criterion`` (seeded when random), re-initialised
-    when ``p.from_scratch``."""
+                p: PruneConfig, seed: int, ds: Dataset | None = None) -> nn.Module:
+    """``source`` pruned to ``plan`` by ``criterion`` (seeded when random; a criterion that
+    needs gradients, e.g. ``tp:taylor``, gets a few training batches of ``ds``),
+    re-initialised when ``p.from_scratch``."""
     kwargs = {"seed": seed} if criterion == "random" else {}
-    model = apply_plan(source, plan, criterion, sens, **kwargs).model
+    crit = with_gradient_data(criterion, ds, **kwargs) if ds is not None else criterion
+    model = apply_plan(source, plan, crit, sens, **({} if crit is not criterion else kwargs)).model
     if p.from_scratch:
         reinit(model)
     return model
@@ -278,7 +286,7 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
             break
         for note in plan.notes():
             log(f"round {r}: {note}")
-        pruned = pruned_copy(model, plan, method.criterion, cur, p, seed)
+        pruned = pruned_copy(model, plan, method.criterion, cur, p, seed, ds)
         name = folder_of(r).name
         res = train_phase(name, pruned, ds, tcfg, folder_of(r), cfg, log, progress,
                           plan.to_dict())

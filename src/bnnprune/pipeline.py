@@ -105,7 +105,7 @@ def run_pipeline(
     for m in p.compare_methods:
         plan = make_plan(base, shape, m.policy, sensitivity=sens, target=achieved,
                          **p.plan_options)
-        pruned = pruned_copy(base, plan, m.criterion, sens, p, cfg.train.seed)
+        pruned = pruned_copy(base, plan, m.criterion, sens, p, cfg.train.seed, ds)
         name = f"compare-{m.spec}"
         timed_phase(name, pruned, retrain_cfg, plan)
         rec = measure(m.spec, pruned, ds, device, plan=plan.to_dict(),

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bnnprune.cli import main
-from bnnprune.config import ConfigError
+from bnnprune.config import ConfigError, RunConfig
 from bnnprune.data import load_dataset
-from bnnprune.pipeline import RunConfig, run_pipeline
+from bnnprune.pipeline import run_pipeline
 from bnnprune.prune import apply_plan, compute_sensitivity, get_criterion, make_plan
 from bnnprune.prune.interop import gradient_batches
 from bnnprune.train import load_model
@@ -74,9 +74,9 @@ def test_run_prunes_with_tp_taylor(tmp_path):
     cfg.data.name, cfg.data.train_subset, cfg.data.test_subset = "synthetic", 256, 64
     cfg.train.epochs, cfg.train.track_last, cfg.train.batch_size = 1, 1, 64
     cfg.prune.criterion, cfg.prune.target, cfg.prune.retrain_epochs = "tp:taylor", 0.4, 1
-    cfg.prune.compare, cfg.prune.budget_baseline = "", False
+    cfg.prune.compare, cfg.prune.budget_baseline = [], False
     res = run_pipeline(cfg, tmp_path)
-    assert res["pruned"]["method"] == "target + tp:taylor"
+    assert res["pruned"]["label"] == "target+tp:taylor"
     assert res["pruned"]["bops"] < res["baseline"]["bops"]
 
 
