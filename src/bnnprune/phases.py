@@ -28,6 +28,7 @@ from torch import nn
 from bnnprune.config import ConfigError, PruneConfig, RunConfig, TrainConfig
 from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
+from bnnprune.machine import cpu_name
 from bnnprune.metrics import binary_channels, summarize
 from bnnprune.prune import (
     Sensitivity,
@@ -120,18 +121,10 @@ class MachineRecord:
 
     @classmethod
     def here(cls, device: str | torch.device) -> MachineRecord:
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
         dev = str(device)
         if dev.startswith("cuda") and torch.cuda.is_available():
             dev = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
-        return cls(cpu, os.cpu_count(), torch.get_num_threads(), dev, platform.platform(),
+        return cls(cpu_name(), os.cpu_count(), torch.get_num_threads(), dev, platform.platform(),
                    torch.__version__)
 
     @classmethod

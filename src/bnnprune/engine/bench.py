@@ -30,6 +30,7 @@ from bnnprune.engine.kernels.base import need
 from bnnprune.engine.kernels.intrinsics import popcount64
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
+from bnnprune.machine import cpu_name
 
 __all__ = ["benchmark", "compare_latency", "format_benchmark", "machine_info", "op_times",
            "program_bops", "roofline", "stream_xor_popcount"]
@@ -37,15 +38,7 @@ __all__ = ["benchmark", "compare_latency", "format_benchmark", "machine_info", "
 
 def machine_info() -> dict[str, Any]:
     """CPU model, core and thread counts, and library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(),
+    return {"cpu": cpu_name(), "logical_cores": os.cpu_count(),
             "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
             "numba_threads": numba.get_num_threads(),
             "torch_threads": torch.get_num_threads(),
