@@ -37,7 +37,7 @@ def test_same_config_twice_gives_identical_results(tmp_path, capsys, one_thread)
         del a[key], b[key]
     assert a == b
     assert 0 < a["bops_reduction"] < 1 and a["compared"]
-    for phase in ("baseline", "pruned", "compare-random"):
+    for phase in ("baseline", "pruned", "compare-target+random"):
         sa, sb = (
             torch.load(out / phase / "model.pt", weights_only=True)["state_dict"] for out in runs
         )
