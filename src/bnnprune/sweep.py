@@ -12,8 +12,8 @@ finished cell is never recomputed and an interrupted one resumes from its last e
 run in ``jobs`` processes (each with ``cores / jobs`` threads); pruned cells of a seed start
 as soon as its baseline is done. A cell is computed under its claim
 (``.claims/seed0/target-wff-30``, :func:`bnnprune.lock.claim`): processes sharing a sweep
-folder never compute one cell at the same time; one that finds a cell claimed waits for it
-and then reads its record.
+folder never compute one cell at the same time; one that finds a cell claimed computes
+other cells meanwhile, then polls the claim and reads the record the holder wrote.
 """
 
 from __future__ import annotations
@@ -248,10 +248,13 @@ def _ensure_baseline(cfg: SweepConfig, out: Path, seed: int,
     return model, res
 
 
-def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
-    """Compute one cell under its claim (its baseline is trained first when missing). A cell
-    that another process finished meanwhile is read back, marked ``"reused": True``."""
-    with _claimed(out, cell):
+def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
+    """Compute one cell under its claim (its baseline is trained first when missing); None
+    when another process holds the claim (try again later). A cell that another process
+    finished before the claim was taken is read back, marked ``"reused": True``."""
+    with claim(out / CLAIMS / cell.folder, f"bnnprune sweep cell {cell.folder}") as held:
+        if held is None:
+            return None
         old = _finished(cfg, out, cell)
         baseline_ready = (out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
         if old is not None and (cell.kind != "baseline" or baseline_ready):
@@ -405,6 +408,7 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
         ex = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads,))
     pending: dict[Future, Cell] = {}
+    deferred: list[Cell] = []  # claimed by another process: tried again when idle
 
     def finish(cell: Cell, rec: dict[str, Any], reused: bool) -> None:
         rec = {**rec, "reused": reused or rec.get("reused", False)}
@@ -433,11 +437,21 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
     try:
         for b in baselines:
             submit(b)
-        while pending:
+        while pending or deferred:
+            if not pending:  # only cells that other processes compute are left: poll them
+                time.sleep(CLAIM_POLL_SECONDS)
+                retry, deferred[:] = list(deferred), []
+                for cell in retry:
+                    submit(cell)
+                continue
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for f in done:
                 cell = pending.pop(f)
-                finish(cell, f.result(), False)
+                rec = f.result()
+                if rec is None:
+                    deferred.append(cell)
+                else:
+                    finish(cell, rec, False)
     finally:
         ex.shutdown(cancel_futures=True)
         if bar is not None:
