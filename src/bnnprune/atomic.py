@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from bnnprune.killpoint import kill_point
+
 __all__ = ["WriteError", "atomic_write_bytes"]
 
 
@@ -47,6 +49,7 @@ def _write_and_rename(path: Path, data: bytes) -> None:
         try:
             _write_all(fd, data)
             os.fsync(fd)
+            kill_point(f"write:{path.name}")
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -21,6 +21,7 @@ from torch import nn
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import RunConfig, TrainConfig
 from bnnprune.data import load_from_config
+from bnnprune.killpoint import kill_point
 from bnnprune.models import build_from_config
 from bnnprune.phases import (
     RECORD_VERSION,
@@ -77,6 +78,7 @@ def run_pipeline(
     device = next(base.parameters()).device
     if flips is not None and dist.is_main() and on_baseline is not None:
         on_baseline(flips, out)
+    kill_point("run:baseline-done")
     sens = compute_sensitivity(flips, base, threshold=p.threshold) if flips else None
     baseline = measure("baseline (unpruned)", base, ds, device, epochs=cfg.train.epochs)
     log(f"baseline: test {baseline.test_acc:.2%}, {baseline.bops / 1e6:.2f} M BOPs")
@@ -142,4 +144,5 @@ def run_pipeline(
     }
     if dist.is_main():
         atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+        kill_point("run:results-written")
     return results

@@ -10,11 +10,15 @@ and timed against its unpruned baseline, one model after another with nothing el
 Every cell writes its own folder (``seed0/target-wff-30/`` ...) with a ``result.json``; a
 finished cell is never recomputed and an interrupted one resumes from its last epoch. Cells
 run in ``jobs`` processes (each with ``cores / jobs`` threads); pruned cells of a seed start
-as soon as its baseline is done.
+as soon as its baseline is done. A cell is computed under its claim
+(``.claims/seed0/target-wff-30``, :func:`bnnprune.lock.claim`): processes sharing a sweep
+folder never compute one cell at the same time; one that finds a cell claimed computes
+other cells meanwhile, then polls the claim and reads the record the holder wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -24,7 +28,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,8 @@ from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import ConfigError, SweepConfig
 from bnnprune.data import load_from_config, normalize
 from bnnprune.flips import FlipTracker
+from bnnprune.killpoint import kill_point
+from bnnprune.lock import claim
 from bnnprune.models import build_from_config
 from bnnprune.phases import (
     RECORD_VERSION,
@@ -60,6 +66,8 @@ __all__ = ["Cell", "aggregate", "run_sweep"]
 
 Log = Callable[[str], None]
 THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
+CLAIMS = ".claims"  # under the sweep folder: one claim per cell, while a process computes it
+CLAIM_POLL_SECONDS = 0.5  # how often a process waiting for a cell claimed elsewhere retries
 
 
 # ---------------------------------------------------------------- cells
@@ -163,6 +171,7 @@ def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(normalized(rec), indent=1, sort_keys=True) + "\n")
                        .encode())
+    kill_point(f"sweep:recorded:{cell.folder}")
     return rec
 
 
@@ -228,19 +237,49 @@ def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[
     return table
 
 
-def _ensure_baseline(cfg: SweepConfig, out: Path, seed: int) -> tuple[torch.nn.Module, Any]:
+@contextlib.contextmanager
+def _claimed(out: Path, cell: Cell) -> Iterator[None]:
+    """Hold ``cell``'s claim for the block, waiting while another process holds it."""
+    item = out / CLAIMS / cell.folder
+    while True:
+        with claim(item, f"bnnprune sweep cell {cell.folder}") as held:
+            if held is not None:
+                yield
+                return
+        time.sleep(CLAIM_POLL_SECONDS)
+
+
+def _ensure_baseline(cfg: SweepConfig, out: Path, seed: int,
+                     claimed: bool) -> tuple[torch.nn.Module, Any]:
     """The seed's trained baseline (trained again, deterministically, when a fresh clone
-    has its committed record but not its checkpoint)."""
+    has its committed record but not its checkpoint). Unless the caller holds the baseline
+    cell's claim (``claimed``), a baseline still to train is trained under that claim."""
     ds = _dataset(cfg)
     scfg = _seed_cfg(cfg, seed)
     folder = out / f"seed{seed}" / "baseline"
     model = build_from_config(cfg.model, ds, seed)
-    res = train_phase("baseline", model, ds, scfg.train, folder, scfg, lambda s: None, False)
+    wait = not claimed and not (folder / "model.pt").is_file()
+    with _claimed(out, Cell("baseline", seed)) if wait else contextlib.nullcontext():
+        res = train_phase("baseline", model, ds, scfg.train, folder, scfg, lambda s: None, False)
     return model, res
 
 
-def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
-    """Compute one cell (its baseline is trained first when missing)."""
+def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
+    """Compute one cell under its claim (its baseline is trained first when missing); None
+    when another process holds the claim (try again later). A cell that another process
+    finished before the claim was taken is read back, marked ``"reused": True``."""
+    with claim(out / CLAIMS / cell.folder, f"bnnprune sweep cell {cell.folder}") as held:
+        if held is None:
+            return None
+        old = _finished(cfg, out, cell)
+        baseline_ready = (out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
+        if old is not None and (cell.kind != "baseline" or baseline_ready):
+            return {**old, "reused": True}
+        return _compute_cell(cfg, out, cell)
+
+
+def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
+    """Compute one cell; the caller holds its claim."""
     t0 = time.perf_counter()
     ds = _dataset(cfg)
     scfg = _seed_cfg(cfg, cell.seed)
@@ -248,7 +287,7 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
     shape = tuple(ds.input_shape)
     quiet: Log = lambda s: None  # noqa: E731 (per-epoch logs are in each metrics.jsonl)
     p = cfg.prune
-    base, res = _ensure_baseline(cfg, out, cell.seed)
+    base, res = _ensure_baseline(cfg, out, cell.seed, claimed=cell.kind == "baseline")
     device = next(base.parameters()).device
     ck = load_checkpoint(seed_dir / "baseline" / "model.pt")
     flips = ck.get("flips")
@@ -386,11 +425,13 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
         ex = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads,))
     pending: dict[Future, Cell] = {}
+    deferred: list[Cell] = []  # claimed by another process: tried again when idle
 
     def finish(cell: Cell, rec: dict[str, Any], reused: bool) -> None:
-        records.append({**rec, "reused": reused})
+        rec = {**rec, "reused": reused or rec.get("reused", False)}
+        records.append(rec)
         msg = f"[{len(records)}/{total}] {cell.title}: {_describe(rec)}" + (
-            " (reused)" if reused else "")
+            " (reused)" if rec["reused"] else "")
         if bar is not None:
             bar.update(1)
             bar.write(msg)
@@ -413,11 +454,21 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
     try:
         for b in baselines:
             submit(b)
-        while pending:
+        while pending or deferred:
+            if not pending:  # only cells that other processes compute are left: poll them
+                time.sleep(CLAIM_POLL_SECONDS)
+                retry, deferred[:] = list(deferred), []
+                for cell in retry:
+                    submit(cell)
+                continue
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for f in done:
                 cell = pending.pop(f)
-                finish(cell, f.result(), False)
+                rec = f.result()
+                if rec is None:
+                    deferred.append(cell)
+                else:
+                    finish(cell, rec, False)
     finally:
         ex.shutdown(cancel_futures=True)
         if bar is not None:
@@ -663,6 +714,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         f"{jobs} job(s) x {max(1, (os.cpu_count() or 1) // jobs)} thread(s)")
     if compute:
         records = _train_cells(cfg, out, jobs, log, progress)
+        kill_point("sweep:cells-done")
         timed = _speed(cfg, out, records, log, progress) if cfg.sweep.speed else 0
         pending = 0
     else:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from bnnprune.config import TrainConfig
 from bnnprune.data import Dataset, augment, batches, normalize
 from bnnprune.flips import FlipTracker
+from bnnprune.killpoint import kill_point
 from bnnprune.nn import attach_clipping, binary_layers
 from bnnprune.seeding import seed_everything
 from bnnprune.train import dist
@@ -200,8 +201,9 @@ def train(
     """Train ``model`` on ``ds``; track flips over the last ``cfg.track_last`` epochs.
 
     With ``out_dir``: a checkpoint is written atomically after every epoch
-    (``checkpoint.pt``), the metrics log to ``metrics.jsonl``, and at the end ``model.pt``
-    (weights, architecture, flip data) and ``flips.npz``. ``resume=True`` continues from
+    (``checkpoint.pt``), the metrics log to ``metrics.jsonl``, and at the end ``flips.npz``
+    and then ``model.pt`` (weights, architecture, flip data; written last, so its presence
+    means every file of the run is complete). ``resume=True`` continues from
     ``checkpoint.pt`` and ends with the same weights as an uninterrupted run (CPU, same seed).
     ``meta`` is stored in every checkpoint (e.g. the experiment config). ``tensorboard``: a
     folder for TensorBoard event files (see :mod:`bnnprune.train.tensorboard`; rank 0 only).
@@ -284,6 +286,7 @@ def train(
         ):
             if i >= steps_per_epoch:
                 break
+            kill_point(f"{desc}:epoch{epoch + 1}:step{i}")
             if augment_data:  # the whole global batch, so every rank draws the same numbers
                 xb = augment(xb, g, ds.crop_pad, ds.hflip)
             n_global = len(yb)
@@ -376,6 +379,11 @@ def train(
     if out is not None:
         final = out / "model.pt"
         if main:
+            kill_point(f"{desc}:trained")
+            if tracker is not None:  # before model.pt, which marks the phase finished
+                buf = io.BytesIO()
+                tracker.export_npz(buf)
+                atomic_write_bytes(out / "flips.npz", buf.getvalue())
             save_checkpoint(
                 final,
                 {
@@ -386,10 +394,6 @@ def train(
                     "flips": tracker.state_dict() if tracker is not None else None,
                 },
             )
-            if tracker is not None:
-                buf = io.BytesIO()
-                tracker.export_npz(buf)
-                atomic_write_bytes(out / "flips.npz", buf.getvalue())
     del net
     dist.barrier()  # every rank returns once rank 0's files are complete
     return TrainResult(history=history, tracker=tracker, seconds=seconds, checkpoint=final)
