@@ -52,7 +52,11 @@ def _epilog(*lines: str) -> str:
 def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [model], [data], [train] tables")
     g = p.add_argument_group("model")
-    g.add_argument("--model", dest="model.name", help=f"one of: {', '.join(sorted(MODELS))}")
+    g.add_argument("--model", dest="model.name",
+                   help=f"one of: {', '.join(sorted(MODELS))}, or your own factory as "
+                   "package.module:function (see docs/own-models.md)")
+    g.add_argument("--model-kwargs", dest="model.kwargs", metavar="JSON",
+                   help='keyword arguments of the model, e.g. \'{"width": 2}\'')
     g.add_argument(
         "--width", dest="model.width", type=float, help="width multiplier (1.0 = paper size)"
     )
@@ -171,7 +175,7 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig, held: contextlib.Exi
     out = dist.main_decides(lambda: _hold_output(held, _check_out_dir(args.output), args))
     world = dist.world_size()
     _say(
-        f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
+        f"model {cfg.model.label} on {ds.name}: "
         f"{len(ds.train_x)} train / {len(ds.test_x)} test images, device "
         f"{resolve_device(cfg.train.device)}" + (f" x {world} processes" if world > 1 else ""),
         flush=True,

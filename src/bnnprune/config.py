@@ -46,17 +46,37 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    # a zoo model, or a factory "package.module:function" (see bnnprune.models.resolve_factory)
     name: str = "small"
-    width: float = 0.5
+    width: float = 0.5  # width, pad_value and scale: zoo models only (a factory takes kwargs)
     pad_value: float = 1.0
     scale: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the model
+
+    @property
+    def label(self) -> str:
+        """How messages name the model: the zoo name and width, or the factory and kwargs."""
+        from bnnprune.imports import is_import_spec
+
+        if is_import_spec(self.name):
+            args = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.kwargs.items())
+            return f"{self.name}({args})"
+        return f"{self.name} (width {self.width})"
 
     def validate(self) -> None:
-        from bnnprune.models import MODELS
+        from bnnprune.imports import is_import_spec
+        from bnnprune.models import MODELS, check_plain_kwargs, resolve_factory
 
-        if self.name not in MODELS:
+        try:
+            check_plain_kwargs(self.kwargs, "model.kwargs")
+            if is_import_spec(self.name):
+                resolve_factory(self.name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not is_import_spec(self.name) and self.name not in MODELS:
             raise ConfigError(
-                f"unknown model {self.name!r}; choose from {', '.join(sorted(MODELS))}"
+                f"unknown model {self.name!r}; choose from {', '.join(sorted(MODELS))} "
+                "or name a factory as package.module:function"
             )
         if not self.width > 0:
             raise ConfigError(f"model.width must be > 0, got {self.width}")
@@ -308,6 +328,15 @@ def _coerce(value: Any, tp: Any, key: str, from_file: bool = False) -> Any:
     command-line flags), with a deprecation note when it comes from a TOML file.
     """
     args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict:  # a TOML table, or JSON text on the command line
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise ConfigError(f"{key} must be a JSON object, got {value!r} ({e})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table (JSON object), got {value!r}")
+        return dict(value)
     if typing.get_origin(tp) is list:
         if isinstance(value, str):
             items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
