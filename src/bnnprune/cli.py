@@ -471,6 +471,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from bnnprune.sweep import run_sweep
 
     cfg = _experiment_config(args, SweepConfig)
+    if args.list_cells or args.cell is not None:
+        return _sweep_one_cell(args, cfg)
     with contextlib.ExitStack() as held:  # spawned cell workers run under this lock
         out = _hold_output(held, _check_out_dir(args.output), args)
         command = shlex.join(["bnnprune", *args.argv])
@@ -485,6 +487,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                       docs_command=shlex.join(_docs_command(args)))
             print(f"wrote {page} and plots in {docs / 'results'}")
     print(f"wall time {results['invocations'][-1]['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
+def _sweep_one_cell(args: argparse.Namespace, cfg: Any) -> int:
+    """--list-cells / --cell K: workers of a batch system share the sweep folder, so neither
+    holds it; --cell claims its baseline and cell folders instead."""
+    import shlex
+
+    from bnnprune.sweep import cell_status, compute_cell
+
+    if args.jobs != 1 or args.docs:
+        raise CliError("--jobs and --docs apply to a whole sweep, not to --list-cells or --cell")
+    if args.list_cells:
+        status = cell_status(cfg, args.output)
+        for i, (cell, done) in enumerate(status):
+            print(f"{i}\t{cell.folder}\t{'finished' if done else 'pending'}")
+        n, done = len(status), sum(d for _, d in status)
+        print(f"{n} cells, {done} finished (SLURM: #SBATCH --array=0-{n - 1})", file=sys.stderr)
+        return 0
+    out = _check_out_dir(args.output)
+    compute_cell(cfg, out, args.cell, log=lambda s: print(s, flush=True),
+                 command=shlex.join(["bnnprune", *args.argv])[:200])
     return 0
 
 
@@ -841,8 +865,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--docs", help="also write DIR/results.md and DIR/results/*.png")
     g.add_argument("--records", dest="sweep.records",
                    help="folder of the cells' JSON records (commit it; a fresh clone resumes)")
-    g.add_argument("--report-only", action="store_true",
-                   help="train and time nothing: write the page from the finished records")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--report-only", action="store_true",
+                     help="train and time nothing: write the page from the finished records")
+    one.add_argument("--list-cells", action="store_true",
+                     help="print every cell (index, folder, finished or pending) and stop")
+    one.add_argument("--cell", type=int, metavar="K",
+                     help="compute cell K of --list-cells alone (its baseline first when "
+                     "missing): one job of a SLURM array; see docs/scaling.md")
     sw.add_argument("-o", "--output", default="runs/sweep",
                     help="sweep folder (default runs/sweep)")
     sw.set_defaults(func=cmd_sweep)

@@ -10,11 +10,13 @@ and timed against its unpruned baseline, one model after another with nothing el
 Every cell writes its own folder (``seed0/target-wff-30/`` ...) with a ``result.json``; a
 finished cell is never recomputed and an interrupted one resumes from its last epoch. Cells
 run in ``jobs`` processes (each with ``cores / jobs`` threads); pruned cells of a seed start
-as soon as its baseline is done.
+as soon as its baseline is done. Or a batch system spreads them over machines: each worker
+computes one cell (:func:`compute_cell`, ``bnnprune sweep --cell K``), see docs/scaling.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -24,7 +26,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +57,7 @@ from bnnprune.seeding import seed_everything
 from bnnprune.stats import paired_difference, spearman
 from bnnprune.train import evaluate, load_checkpoint, load_model, resolve_device
 
-__all__ = ["Cell", "aggregate", "run_sweep"]
+__all__ = ["Cell", "aggregate", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
 
 Log = Callable[[str], None]
 THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
@@ -683,3 +685,71 @@ def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
     if isinstance(old, dict) and isinstance(old.get("invocations"), list):
         return old["invocations"]
     return []
+
+
+# ---------------------------------------------------------------- one cell per worker
+
+CLAIM_POLL_SECONDS = 5.0  # how often a worker looks again at a cell another worker holds
+
+
+def sweep_cells(cfg: SweepConfig) -> list[Cell]:
+    """Every cell in a fixed order, the baselines first: the index ``--cell K`` takes, the
+    same on every machine given the same config."""
+    baselines, deps = _cells(cfg)
+    return [*baselines, *(c for v in deps.values() for c in v)]
+
+
+def cell_status(cfg: SweepConfig, out_dir: str | Path) -> list[tuple[Cell, bool]]:
+    """Each cell of :func:`sweep_cells` with whether its record is finished."""
+    return [(c, _finished(cfg, Path(out_dir), c) is not None) for c in sweep_cells(cfg)]
+
+
+@contextlib.contextmanager
+def _claimed(folder: Path, command: str, log: Log, poll: float) -> Iterator[None]:
+    """Hold the claim of ``folder`` (a cell or baseline folder) for the block, waiting while
+    another worker holds it (its claim ends with its process, even on SIGKILL)."""
+    from bnnprune.lock import claim, read_holder
+
+    told = False
+    while True:
+        with claim(folder, command) as held:
+            if held is not None:
+                yield
+                return
+        if not told:
+            holder = read_holder(folder)
+            log(f"waiting for {folder}: in use by "
+                f"{holder.describe() if holder else 'another worker'}")
+            told = True
+        time.sleep(poll)
+
+
+def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = lambda s: None,
+                 command: str = "bnnprune sweep --cell",
+                 poll: float = CLAIM_POLL_SECONDS) -> dict[str, Any]:
+    """Compute cell ``index`` of :func:`sweep_cells` alone and return its record (a finished
+    cell is returned as it stands): one job of a batch array whose workers share ``out_dir``.
+
+    The seed's baseline is trained first when its checkpoint is missing. Workers claim the
+    baseline folder while they make sure of it, and the cell's folder while they compute it
+    (:func:`bnnprune.lock.claim`): a second worker waits, then reuses what the first wrote.
+    """
+    cfg.validate()
+    cells = sweep_cells(cfg)
+    if not 0 <= index < len(cells):
+        raise ConfigError(f"cell {index} does not exist: this sweep has {len(cells)} cells, "
+                          f"0 to {len(cells) - 1} (see bnnprune sweep --list-cells)")
+    cell, out = cells[index], Path(out_dir)
+    rec = _finished(cfg, out, cell)
+    if rec is None:
+        t0 = time.perf_counter()
+        if cell.kind != "baseline":
+            with _claimed(out / f"seed{cell.seed}" / "baseline", command, log, poll):
+                _ensure_baseline(cfg, out, cell.seed)
+        with _claimed(out / cell.folder, command, log, poll):
+            rec = _finished(cfg, out, cell) or run_cell(cfg, out, cell)
+        log(f"cell {index} {cell.title}: {_describe(rec)}, "
+            f"{time.perf_counter() - t0:.0f}s with its baseline")
+    else:
+        log(f"cell {index} {cell.title}: already finished ({_describe(rec)})")
+    return rec
