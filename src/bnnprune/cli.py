@@ -734,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
             "bnnprune train --config experiments/nin_cifar10.toml "
             "--data-dir ~/data/cifar10 -o runs/nin",
             "bnnprune train -o runs/a --resume   # continue after a crash",
+            "bnnprune train --model mypkg.nets:build_bnn --model-kwargs '{\"width\": 2}' -o runs/m",
         ),
     )
     _add_experiment_flags(t)
@@ -846,6 +847,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(
             "bnnprune sweep --config experiments/sweep_fashion_mnist.toml --jobs 2 --docs docs",
             "bnnprune sweep --seeds 0 --reductions 0.3 --methods target+wff,target+random",
+            "bnnprune sweep --config C.toml -o /shared/s --list-cells",
+            "bnnprune sweep --config C.toml -o /shared/s --cell $SLURM_ARRAY_TASK_ID",
         ),
     )
     _add_experiment_flags(sw)

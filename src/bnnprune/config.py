@@ -56,12 +56,7 @@ class ModelConfig:
     @property
     def label(self) -> str:
         """How messages name the model: the zoo name and width, or the factory and kwargs."""
-        from bnnprune.imports import is_import_spec
-
-        if is_import_spec(self.name):
-            args = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.kwargs.items())
-            return f"{self.name}({args})"
-        return f"{self.name} (width {self.width})"
+        return model_label(dataclasses.asdict(self))
 
     def validate(self) -> None:
         from bnnprune.imports import is_import_spec
@@ -82,6 +77,18 @@ class ModelConfig:
             raise ConfigError(f"model.width must be > 0, got {self.width}")
         if self.pad_value not in (1.0, -1.0):
             raise ConfigError(f"model.pad_value must be 1 or -1, got {self.pad_value}")
+
+
+def model_label(model: dict[str, Any], quote: str = "") -> str:
+    """A model config (a ModelConfig as a dict, as results files store it) in one phrase:
+    ``small (width 0.5)``, or a factory with its kwargs ``pkg.nets:build(width=2)``;
+    ``quote`` (e.g. a backtick) surrounds the name."""
+    from bnnprune.imports import is_import_spec
+
+    if is_import_spec(model["name"]):
+        args = ", ".join(f"{k}={json.dumps(v)}" for k, v in (model.get("kwargs") or {}).items())
+        return f"{quote}{model['name']}({args}){quote}"
+    return f"{quote}{model['name']}{quote} (width {model['width']})"
 
 
 @dataclass
