@@ -53,6 +53,14 @@ class ModelConfig:
     scale: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the model
 
+    def key(self) -> dict[str, Any]:
+        """The settings as resume keys record them; no ``kwargs`` entry when there are none,
+        so folders written before kwargs existed still resume."""
+        d = dataclasses.asdict(self)
+        if not d["kwargs"]:
+            del d["kwargs"]
+        return d
+
     @property
     def label(self) -> str:
         """How messages name the model: the zoo name and width, or the factory and kwargs."""

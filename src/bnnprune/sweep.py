@@ -107,7 +107,7 @@ def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
     """What a finished cell depends on: everything but the sweep's own lists."""
     key = {
         "cell": [cell.kind, cell.seed, cell.method.spec if cell.method else None, cell.reduction],
-        "model": dataclasses.asdict(cfg.model),
+        "model": cfg.model.key(),
         "data": dataclasses.asdict(cfg.data),
         "train": dataclasses.asdict(cfg.train),
         "prune": dataclasses.asdict(cfg.prune),

@@ -231,3 +231,14 @@ def test_cli_round_trip_train_prune_export_bench(own_pkg, tmp_path, capsys) -> N
     assert r.stderr.strip().splitlines() == [
         f"bnnprune: error: {pruned / 'model.pt'}: cannot import model factory '{SPEC}': no "
         f"module named '{PKG}' on the Python path (install it, or add its folder to PYTHONPATH)"]
+
+
+def test_resume_keys_of_zoo_models_are_those_written_before_kwargs_existed() -> None:
+    from bnnprune.config import RunConfig
+    from bnnprune.phases import phase_key
+
+    cfg = RunConfig()
+    assert phase_key(cfg, cfg.train, None)["model"] == {
+        "name": "small", "width": 0.5, "pad_value": 1.0, "scale": False}
+    cfg.model.kwargs = {"width": 2}
+    assert phase_key(cfg, cfg.train, None)["model"]["kwargs"] == {"width": 2}
