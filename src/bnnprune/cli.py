@@ -52,7 +52,11 @@ def _epilog(*lines: str) -> str:
 def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [model], [data], [train] tables")
     g = p.add_argument_group("model")
-    g.add_argument("--model", dest="model.name", help=f"one of: {', '.join(sorted(MODELS))}")
+    g.add_argument("--model", dest="model.name",
+                   help=f"one of: {', '.join(sorted(MODELS))}, or your own factory as "
+                   "package.module:function (see docs/own-models.md)")
+    g.add_argument("--model-kwargs", dest="model.kwargs", metavar="JSON",
+                   help='keyword arguments of the model, e.g. \'{"width": 2}\'')
     g.add_argument(
         "--width", dest="model.width", type=float, help="width multiplier (1.0 = paper size)"
     )
@@ -171,7 +175,7 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig, held: contextlib.Exi
     out = dist.main_decides(lambda: _hold_output(held, _check_out_dir(args.output), args))
     world = dist.world_size()
     _say(
-        f"model {cfg.model.name} (width {cfg.model.width}) on {ds.name}: "
+        f"model {cfg.model.label} on {ds.name}: "
         f"{len(ds.train_x)} train / {len(ds.test_x)} test images, device "
         f"{resolve_device(cfg.train.device)}" + (f" x {world} processes" if world > 1 else ""),
         flush=True,
@@ -467,6 +471,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from bnnprune.sweep import run_sweep
 
     cfg = _experiment_config(args, SweepConfig)
+    if args.list_cells or args.cell is not None:
+        return _sweep_one_cell(args, cfg)
     with contextlib.ExitStack() as held:  # spawned cell workers run under this lock
         out = _hold_output(held, _check_out_dir(args.output), args)
         command = shlex.join(["bnnprune", *args.argv])
@@ -481,6 +487,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                       docs_command=shlex.join(_docs_command(args)))
             print(f"wrote {page} and plots in {docs / 'results'}")
     print(f"wall time {results['invocations'][-1]['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
+def _sweep_one_cell(args: argparse.Namespace, cfg: Any) -> int:
+    """--list-cells / --cell K: workers of a batch system share the sweep folder, so neither
+    holds it; --cell claims its baseline and cell folders instead."""
+
+    from bnnprune.sweep import cell_status, compute_cell
+
+    if args.jobs != 1 or args.docs:
+        raise CliError("--jobs and --docs apply to a whole sweep, not to --list-cells or --cell")
+    if args.list_cells:
+        status = cell_status(cfg, args.output)
+        for i, (cell, done) in enumerate(status):
+            print(f"{i}\t{cell.folder}\t{'finished' if done else 'pending'}")
+        n, done = len(status), sum(d for _, d in status)
+        print(f"{n} cells, {done} finished (SLURM: #SBATCH --array=0-{n - 1})", file=sys.stderr)
+        return 0
+    out = _check_out_dir(args.output)
+    compute_cell(cfg, out, args.cell, log=lambda s: print(s, flush=True))
     return 0
 
 
@@ -706,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
             "bnnprune train --config experiments/nin_cifar10.toml "
             "--data-dir ~/data/cifar10 -o runs/nin",
             "bnnprune train -o runs/a --resume   # continue after a crash",
+            "bnnprune train --model mypkg.nets:build_bnn --model-kwargs '{\"width\": 2}' -o runs/m",
         ),
     )
     _add_experiment_flags(t)
@@ -818,6 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(
             "bnnprune sweep --config experiments/sweep_fashion_mnist.toml --jobs 2 --docs docs",
             "bnnprune sweep --seeds 0 --reductions 0.3 --methods target+wff,target+random",
+            "bnnprune sweep --config C.toml -o /shared/s --list-cells",
+            "bnnprune sweep --config C.toml -o /shared/s --cell $SLURM_ARRAY_TASK_ID",
         ),
     )
     _add_experiment_flags(sw)
@@ -837,8 +866,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--docs", help="also write DIR/results.md and DIR/results/*.png")
     g.add_argument("--records", dest="sweep.records",
                    help="folder of the cells' JSON records (commit it; a fresh clone resumes)")
-    g.add_argument("--report-only", action="store_true",
-                   help="train and time nothing: write the page from the finished records")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--report-only", action="store_true",
+                     help="train and time nothing: write the page from the finished records")
+    one.add_argument("--list-cells", action="store_true",
+                     help="print every cell (index, folder, finished or pending) and stop")
+    one.add_argument("--cell", type=int, metavar="K",
+                     help="compute cell K of --list-cells alone (its baseline first when "
+                     "missing): one job of a SLURM array; see docs/scaling.md")
     sw.add_argument("-o", "--output", default="runs/sweep",
                     help="sweep folder (default runs/sweep)")
     sw.set_defaults(func=cmd_sweep)

@@ -46,22 +46,57 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    # a zoo model, or a factory "package.module:function" (see bnnprune.models.resolve_factory)
     name: str = "small"
-    width: float = 0.5
+    width: float = 0.5  # width, pad_value and scale: zoo models only (a factory takes kwargs)
     pad_value: float = 1.0
     scale: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments of the model
+
+    def key(self) -> dict[str, Any]:
+        """The settings as resume keys record them; no ``kwargs`` entry when there are none,
+        so folders written before kwargs existed still resume."""
+        d = dataclasses.asdict(self)
+        if not d["kwargs"]:
+            del d["kwargs"]
+        return d
+
+    @property
+    def label(self) -> str:
+        """How messages name the model: the zoo name and width, or the factory and kwargs."""
+        return model_label(dataclasses.asdict(self))
 
     def validate(self) -> None:
-        from bnnprune.models import MODELS
+        from bnnprune.imports import is_import_spec
+        from bnnprune.models import MODELS, check_plain_kwargs, resolve_factory
 
-        if self.name not in MODELS:
+        try:
+            check_plain_kwargs(self.kwargs, "model.kwargs")
+            if is_import_spec(self.name):
+                resolve_factory(self.name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not is_import_spec(self.name) and self.name not in MODELS:
             raise ConfigError(
-                f"unknown model {self.name!r}; choose from {', '.join(sorted(MODELS))}"
+                f"unknown model {self.name!r}; choose from {', '.join(sorted(MODELS))} "
+                "or name a factory as package.module:function"
             )
         if not self.width > 0:
             raise ConfigError(f"model.width must be > 0, got {self.width}")
         if self.pad_value not in (1.0, -1.0):
             raise ConfigError(f"model.pad_value must be 1 or -1, got {self.pad_value}")
+
+
+def model_label(model: dict[str, Any], quote: str = "") -> str:
+    """A model config (a ModelConfig as a dict, as results files store it) in one phrase:
+    ``small (width 0.5)``, or a factory with its kwargs ``pkg.nets:build(width=2)``;
+    ``quote`` (e.g. a backtick) surrounds the name."""
+    from bnnprune.imports import is_import_spec
+
+    if is_import_spec(model["name"]):
+        args = ", ".join(f"{k}={json.dumps(v)}" for k, v in (model.get("kwargs") or {}).items())
+        return f"{quote}{model['name']}({args}){quote}"
+    return f"{quote}{model['name']}{quote} (width {model['width']})"
 
 
 @dataclass
@@ -308,6 +343,15 @@ def _coerce(value: Any, tp: Any, key: str, from_file: bool = False) -> Any:
     command-line flags), with a deprecation note when it comes from a TOML file.
     """
     args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict:  # a TOML table, or JSON text on the command line
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise ConfigError(f"{key} must be a JSON object, got {value!r} ({e})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table (JSON object), got {value!r}")
+        return dict(value)
     if typing.get_origin(tp) is list:
         if isinstance(value, str):
             items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]

@@ -193,6 +193,9 @@ def hold_folder(folder: str | Path, command: str) -> Iterator[Held]:
         _release(fd, held)
 
 
+_CLAIMED: dict[Path, Held] = {}  # items this process holds through claim()
+
+
 @contextlib.contextmanager
 def claim(item: str | Path, command: str = "claim") -> Iterator[Held | None]:
     """Claim one work item (a sweep cell's folder) for the block: yield the claim, or None
@@ -200,13 +203,21 @@ def claim(item: str | Path, command: str = "claim") -> Iterator[Held | None]:
 
     A claim says who works on an item, not whether it is done: after claiming, check the
     item's finished record, since another worker may have completed it before you claimed.
+    Claims nest: inside this process's own claim of an item, claiming it again yields the
+    outer claim (a second flock on a new descriptor would refuse its own process).
     """
+    key = Path(item).absolute()
+    if key in _CLAIMED:
+        yield _CLAIMED[key]
+        return
     try:
-        fd, held = _acquire(Path(item), command)
+        fd, held = _acquire(key, command)
     except FolderBusy:
         yield None
         return
+    _CLAIMED[key] = held
     try:
         yield held
     finally:
+        del _CLAIMED[key]
         _release(fd, held)

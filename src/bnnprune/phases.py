@@ -144,7 +144,7 @@ def normalized(x: Any) -> Any:
 def phase_key(cfg: RunConfig, tcfg: TrainConfig, plan: dict[str, Any] | None) -> Any:
     """What a trained phase depends on: model, data, training settings, the plan it trains."""
     return normalized({
-        "model": dataclasses.asdict(cfg.model),
+        "model": cfg.model.key(),
         "data": dataclasses.asdict(cfg.data),
         "train": dataclasses.asdict(tcfg),
         "plan": plan,

@@ -7,13 +7,15 @@ On each baseline, the premise check flips the signs of chosen weights without re
 (:mod:`bnnprune.prune.premise`). Finally every pruned model is compiled to the packed engine
 and timed against its unpruned baseline, one model after another with nothing else running.
 
-Every cell writes its own folder (``seed0/target-wff-30/`` ...) with a ``result.json``; a
+Every cell writes its own folder (``seed0/target+wff-30/`` ...) with a ``result.json``; a
 finished cell is never recomputed and an interrupted one resumes from its last epoch. Cells
 run in ``jobs`` processes (each with ``cores / jobs`` threads); pruned cells of a seed start
 as soon as its baseline is done. A cell is computed under its claim
-(``.claims/seed0/target-wff-30``, :func:`bnnprune.lock.claim`): processes sharing a sweep
+(``.claims/seed0/target+wff-30``, :func:`bnnprune.lock.claim`): processes sharing a sweep
 folder never compute one cell at the same time; one that finds a cell claimed computes
-other cells meanwhile, then polls the claim and reads the record the holder wrote.
+other cells meanwhile, then polls the claim and reads the record the holder wrote. Or a
+batch system spreads them over machines: each worker computes one cell
+(:func:`compute_cell`, ``bnnprune sweep --cell K``), see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from bnnprune.seeding import seed_everything
 from bnnprune.stats import paired_difference, spearman
 from bnnprune.train import evaluate, load_checkpoint, load_model, resolve_device
 
-__all__ = ["Cell", "aggregate", "run_sweep"]
+__all__ = ["Cell", "aggregate", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
 
 Log = Callable[[str], None]
 THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
@@ -114,7 +116,7 @@ def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
     """What a finished cell depends on: everything but the sweep's own lists."""
     key = {
         "cell": [cell.kind, cell.seed, cell.method.spec if cell.method else None, cell.reduction],
-        "model": dataclasses.asdict(cfg.model),
+        "model": cfg.model.key(),
         "data": dataclasses.asdict(cfg.data),
         "train": dataclasses.asdict(cfg.train),
         "prune": dataclasses.asdict(cfg.prune),
@@ -754,3 +756,51 @@ def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
     if isinstance(old, dict) and isinstance(old.get("invocations"), list):
         return old["invocations"]
     return []
+
+
+# ---------------------------------------------------------------- one cell per worker
+
+WORKER_POLL_SECONDS = 5.0  # how often a --cell worker looks again at a cell held elsewhere
+
+
+def sweep_cells(cfg: SweepConfig) -> list[Cell]:
+    """Every cell in a fixed order, the baselines first: the index ``--cell K`` takes, the
+    same on every machine given the same config."""
+    baselines, deps = _cells(cfg)
+    return [*baselines, *(c for v in deps.values() for c in v)]
+
+
+def cell_status(cfg: SweepConfig, out_dir: str | Path) -> list[tuple[Cell, bool]]:
+    """Each cell of :func:`sweep_cells` with whether its record is finished."""
+    return [(c, _finished(cfg, Path(out_dir), c) is not None) for c in sweep_cells(cfg)]
+
+
+def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = lambda s: None,
+                 poll: float = WORKER_POLL_SECONDS) -> dict[str, Any]:
+    """Compute cell ``index`` of :func:`sweep_cells` alone and return its record (a finished
+    cell is returned as it stands): one job of a batch array whose workers share ``out_dir``.
+
+    The seed's baseline is trained first when its checkpoint is missing. Workers claim the
+    baseline folder while they make sure of it, and the cell's folder while they compute it
+    (:func:`bnnprune.lock.claim`): a second worker waits, then reuses what the first wrote.
+    """
+    cfg.validate()
+    cells = sweep_cells(cfg)
+    if not 0 <= index < len(cells):
+        raise ConfigError(f"cell {index} does not exist: this sweep has {len(cells)} cells, "
+                          f"0 to {len(cells) - 1} (see bnnprune sweep --list-cells)")
+    cell, out = cells[index], Path(out_dir)
+    rec = _finished(cfg, out, cell)
+    if rec is None:
+        t0 = time.perf_counter()
+        told = False
+        while (rec := run_cell(cfg, out, cell)) is None:  # another worker holds the cell
+            if not told:
+                log(f"cell {index} {cell.title}: computed by another worker; waiting for it")
+                told = True
+            time.sleep(poll)
+        log(f"cell {index} {cell.title}: {_describe(rec)}, "
+            f"{time.perf_counter() - t0:.0f}s with its baseline")
+    else:
+        log(f"cell {index} {cell.title}: already finished ({_describe(rec)})")
+    return rec

@@ -267,7 +267,7 @@ def test_hessian_runs_on_given_batches() -> None:
         ("tp:nope", "unknown Torch-Pruning importance 'tp:nope'"),
         ("no_such_pkg.mod:X", "cannot import criterion 'no_such_pkg.mod:X'"),
         ("torch.nn:Linear", "neither a bnnprune Criterion nor a Torch-Pruning Importance"),
-        (":X", "write an import path as pkg.module:Class"),
+        (":X", "write an import path as pkg.module:"),
         ("nope", "unknown criterion 'nope'"),
     ],
 )

@@ -4,11 +4,20 @@ and ``image_size``; first and last layers are full precision by default.
 A model built here carries its architecture spec in ``model.arch`` (a plain dict), so a
 checkpoint can rebuild it; pruned models are rebuilt from the same spec and then resized to
 the shapes in their state_dict (:func:`resize_to_state_dict`).
+
+Besides the zoo, a model can come from any importable **model factory** named
+``package.module:name``: an ``nn.Module`` class, a function annotated ``-> nn.Module`` (or a
+subclass), or one decorated with :func:`model_factory`. Its spec is the reference and its
+keyword arguments (plain data), never pickled code. Since checkpoints name their factory and
+a checkpoint file may come from anyone, bnnprune calls nothing else by name: no
+standard-library callable, no unannotated function (``os:system`` is refused unread).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
+import typing
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -16,14 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnnprune.imports import import_from_spec, is_import_spec
 from bnnprune.nn import PER_CHANNEL_TYPES, BinaryConv2d, BinaryLinear, RPReLU, RSign
 
 __all__ = [
     "build_from_config",
     "MODELS",
     "build_model",
+    "check_plain_kwargs",
+    "model_factory",
     "model_from_arch",
     "register_model",
+    "resolve_factory",
     "resize_to_state_dict",
 ]
 
@@ -53,33 +66,113 @@ def _check_common(width: float, in_channels: int, num_classes: int, image_size: 
         raise ValueError(f"image_size must be >= 8, got {image_size}")
 
 
+_FACTORY_MARK = "__bnnprune_model_factory__"
+_DATA_ARGS = ("in_channels", "num_classes", "image_size")  # what a dataset tells a factory
+
+
+def model_factory(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Mark ``fn`` as a model factory that bnnprune may call by name (for factories without
+    a ``-> nn.Module`` return annotation)."""
+    setattr(fn, _FACTORY_MARK, True)
+    return fn
+
+
+def _returns_module(fn: Any) -> bool:
+    """True when ``fn`` is an nn.Module class, is marked by :func:`model_factory`, or is
+    annotated to return an nn.Module (sub)class."""
+    if isinstance(fn, type):
+        return issubclass(fn, nn.Module)
+    if getattr(fn, _FACTORY_MARK, False):
+        return True
+    try:
+        ret = typing.get_type_hints(fn).get("return")
+    except Exception:  # unresolvable annotations (TYPE_CHECKING names) or not a function
+        return False
+    return isinstance(ret, type) and issubclass(ret, nn.Module)
+
+
+def resolve_factory(spec: str) -> Callable[..., nn.Module]:
+    """The model factory ``package.module:name`` names; ValueError (one line) when it cannot
+    be imported or is not a model factory (see the module docstring for what qualifies)."""
+    module = spec.partition(":")[0].split(".")[0]
+    if module in sys.stdlib_module_names or module == "builtins":
+        raise ValueError(f"model factory {spec!r}: {module} is a standard-library module, "
+                         "not a model factory")
+    fn = import_from_spec(spec, "model factory")
+    if not callable(fn) or not _returns_module(fn):
+        raise ValueError(
+            f"{spec} is not a model factory: make it an nn.Module class, annotate the "
+            "function '-> torch.nn.Module' or decorate it with @bnnprune.models.model_factory"
+        )
+    return fn
+
+
+def check_plain_kwargs(kwargs: Any, what: str = "model kwargs") -> None:
+    """ValueError unless ``kwargs`` is a dict of plain data (str keys; str, int, float, bool,
+    None, lists and dicts of them): what a checkpoint stores and TOML or JSON can write."""
+    def bad(x: Any) -> bool:
+        if isinstance(x, dict):
+            return any(not isinstance(k, str) or bad(v) for k, v in x.items())
+        if isinstance(x, (list, tuple)):
+            return any(bad(v) for v in x)
+        return x is not None and not isinstance(x, (str, int, float, bool))
+
+    if not isinstance(kwargs, dict) or bad(kwargs):
+        raise ValueError(f"{what} must be a table of plain values (text, numbers, booleans, "
+                         f"lists, tables), got {str(kwargs)[:120]}")
+
+
 def build_from_config(cfg: Any, dataset: Any, seed: int) -> nn.Module:
-    """The zoo model a :class:`bnnprune.config.ModelConfig` names, sized for ``dataset``'s
-    inputs and classes, initialised from ``seed``."""
+    """The model a :class:`bnnprune.config.ModelConfig` names, sized for ``dataset``'s inputs
+    and classes, initialised from ``seed``.
+
+    A zoo model gets width, pad_value, scale and the dataset's shape, then ``cfg.kwargs``
+    on top; a factory gets ``cfg.kwargs`` plus those of ``in_channels``, ``num_classes``
+    and ``image_size`` that its signature names and ``cfg.kwargs`` does not set.
+    """
     from bnnprune.seeding import seed_everything
 
+    data = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes,
+            "image_size": dataset.image_size}
+    if is_import_spec(cfg.name):
+        params = inspect.signature(resolve_factory(cfg.name)).parameters
+        kwargs = {k: v for k, v in data.items() if k in params}
+    else:
+        kwargs = {"width": cfg.width, **data, "pad_value": cfg.pad_value, "scale": cfg.scale}
     seed_everything(seed)
-    return build_model(
-        cfg.name,
-        width=cfg.width,
-        in_channels=dataset.in_channels,
-        num_classes=dataset.num_classes,
-        image_size=dataset.image_size,
-        pad_value=cfg.pad_value,
-        scale=cfg.scale,
-    )
+    return build_model(cfg.name, **{**kwargs, **cfg.kwargs})
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model; unknown names or arguments raise ValueError."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
-    fn = MODELS[name]
-    allowed = set(inspect.signature(fn).parameters)
-    bad = sorted(set(kwargs) - allowed)
+    """Build a zoo model, or call the model factory ``package.module:name`` (see
+    :func:`resolve_factory`); unknown names or arguments raise ValueError, and so does a
+    factory that fails or returns no nn.Module. The spec goes to ``model.arch``."""
+    check_plain_kwargs(kwargs)
+    if is_import_spec(name):
+        fn = resolve_factory(name)
+        what = f"model factory {name}"
+    elif name in MODELS:
+        fn, what = MODELS[name], f"model {name!r}"
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))} "
+                         "or name a factory as package.module:function")
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    bad = [] if takes_any else sorted(set(kwargs) - set(params))
     if bad:
-        raise ValueError(f"model {name!r} takes no argument(s) {bad}; it takes {sorted(allowed)}")
-    model = fn(**kwargs)
+        raise ValueError(f"{what} takes no argument(s) {bad}; it takes {sorted(params)}")
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"{what}: {e}") from None
+    try:
+        model = fn(**kwargs)
+    except ValueError:
+        raise
+    except Exception as e:  # the factory's own code failed: one line (BNNPRUNE_DEBUG shows it)
+        raise ValueError(f"{what} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{what} returned {type(model).__name__}, not a torch.nn.Module")
     model.arch = {"name": name, "kwargs": dict(kwargs)}
     return model
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from bnnprune.imports import import_from_spec
 from bnnprune.nn import binary_layers
 from bnnprune.prune.criteria import (
     CRITERIA,
@@ -262,12 +262,7 @@ def criterion_from_spec(spec: str, **kwargs: Any) -> Criterion:
                 + ", ".join(f"tp:{k}" for k in TP_IMPORTANCES)
             )
         return TorchPruningCriterion(TP_IMPORTANCES[attr](), name=spec, **kwargs)
-    if not prefix or not attr:
-        raise ValueError(f"criterion {spec!r}: write an import path as pkg.module:Class")
-    try:
-        obj = getattr(importlib.import_module(prefix), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import criterion {spec!r}: {e}") from None
+    obj = import_from_spec(spec, "criterion")
     if isinstance(obj, type) and issubclass(obj, Criterion):
         return obj(**kwargs)
     if isinstance(obj, type) and issubclass(obj, tp.importance.Importance):

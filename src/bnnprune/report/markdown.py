@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnprune.atomic import atomic_write_bytes
+from bnnprune.config import model_label
 from bnnprune.metrics import format_bytes
 from bnnprune.phases import MachineRecord, ModelRecord
 
@@ -77,7 +78,7 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
     lines = [
         "# bnnprune run report",
         "",
-        f"Model `{cfg['model']['name']}` (width {cfg['model']['width']}) on {ds['name']} "
+        f"Model {model_label(cfg['model'], '`')} on {ds['name']} "
         f"({ds['train']} train / {ds['test']} test images), method **{results['method']}**, "
         f"baseline {cfg['train']['epochs']} epochs, pruned models retrained "
         f"{results['retrain_epochs']} epochs. Wall time {results['wall_seconds'] / 60:.1f} min on "

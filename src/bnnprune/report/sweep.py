@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnprune.atomic import atomic_write_bytes
+from bnnprune.config import model_label
 from bnnprune.report.plots import plt, save_figure
 
 __all__ = ["plot_pareto", "plot_premise", "plot_speed", "render_sweep_report",
@@ -313,7 +314,7 @@ def _setup(results: dict[str, Any]) -> list[str]:
         "|---|---|",
         f"| data | {ds['name']}: {ds['train']} training images (the same subset for every "
         f"seed), {ds['test']} test images, input {tuple(ds['input_shape'])} |",
-        f"| model | `{cfg['model']['name']}`, width {cfg['model']['width']} |",
+        f"| model | {model_label(cfg['model'], '`')} |",
         f"| baseline | {t['epochs']} epochs, Adam lr {t['lr']:g}, {t['schedule']}{plateau}, "
         f"batch {t['batch_size']}; flips recorded over the last {t['track_last']} epochs |",
         f"| insensitive weight | flipped more than {p['threshold']} times in that interval |",
