@@ -156,6 +156,8 @@ class PruneConfig:
     round_to: int = 1  # keep channel counts multiples of this
     min_channels: int = 1
     exclude: list[str] = field(default_factory=list)  # binary layers never pruned
+    # keep full-precision producers (a first conv feeding only binary layers) unpruned
+    keep_fp: bool = False
     max_rounds: int = 4  # paper policy: train -> prune -> retrain rounds at most
     retrain_epochs: int = 2
     retrain_lr: float = 1e-3
@@ -201,7 +203,7 @@ class PruneConfig:
     def plan_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`bnnprune.prune.make_plan` set by this config."""
         return {"round_to": self.round_to, "min_channels": self.min_channels,
-                "exclude": list(self.exclude)}
+                "exclude": list(self.exclude), "keep_fp": self.keep_fp}
 
     @property
     def rounds(self) -> int:
