@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +31,8 @@ from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
 from bnnprune.engine.kernels.base import need
 from bnnprune.engine.kernels.intrinsics import FMA_CHAINS, fma_chains, popcount64
+from bnnprune.engine.latency import build_cost_model, op_channels
+from bnnprune.engine.machine import machine_info
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
 
@@ -39,25 +40,6 @@ __all__ = ["benchmark", "compare_latency", "compare_pair", "fma_peak", "format_b
            "format_pair",
            "machine_info", "op_times", "program_bops", "program_float_macs", "roofline",
            "stream_xor_popcount"]
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core and thread counts, and library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(),
-            "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "numba_threads": numba.get_num_threads(),
-            "torch_threads": torch.get_num_threads(),
-            "numba": numba.__version__,
-            "numpy": np.__version__, "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def program_bops(program: Program) -> int:
@@ -280,8 +262,6 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
     limit: binary MACs at the XOR+popcount roofline plus float MACs at the FMA peak. Also
     the BOPs and float MAC ratios. JSON-ready.
     """
-    from bnnprune.engine.latency import build_cost_model, op_channels
-
     if baseline.input_shape != program.input_shape:
         raise EngineError("baseline program has a different input shape")
     if [(o.kind, o.name) for o in program.ops] != [(o.kind, o.name) for o in baseline.ops]:

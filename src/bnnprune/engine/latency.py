@@ -35,6 +35,7 @@ import numpy as np
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.ir import Op, ValueInfo
+from bnnprune.engine.machine import machine_info
 from bnnprune.engine.pack import tail_mask, words
 from bnnprune.engine.program import Program, _threads
 
@@ -58,8 +59,6 @@ def _kernels_fingerprint() -> str:
 def machine_key() -> str:
     """CPU model, logical cores and numba version as a file-name-safe key."""
     import numba
-
-    from bnnprune.engine.bench import machine_info
 
     m = machine_info()
     raw = f"{m['cpu']}-{m['logical_cores']}c-numba{numba.__version__}"
