@@ -337,8 +337,14 @@ def _print_plan(plan: Any) -> None:
         print(f"{name:<22}{plan.channels[name]:>8}{after:>8}")
     print(
         f"BOPs {plan.bops_before / 1e6:.3f} M -> {plan.bops_after / 1e6:.3f} M "
-        f"({plan.reduction:.1%} fewer)"
+        f"({plan.reduction:.1%} fewer), float MACs {plan.float_macs_before / 1e6:.3f} M -> "
+        f"{plan.float_macs_after / 1e6:.3f} M"
     )
+    if plan.latency is not None:
+        lat = plan.latency
+        print(f"predicted engine latency (batch {lat['batch']}, {lat['threads']} thread(s)) "
+              f"{lat['predicted_before_s'] * 1e3:.3f} ms -> {lat['predicted_after_s'] * 1e3:.3f}"
+              f" ms = {lat['ratio']:.3f} of the unpruned")
     for note in plan.notes():
         print(f"note: {note}")
 
@@ -361,8 +367,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     shape = tuple(info.get("input_shape", ()))
     if len(shape) != 3:
         raise CliError(f"{args.checkpoint} does not record its input shape")
+    if args.target_latency is not None and args.target_bops is not None:
+        raise CliError("give --target-bops or --target-latency, not both")
+    if min(args.latency_batch, args.latency_threads) < 1:
+        raise CliError("--latency-batch and --latency-threads must be >= 1")
     if args.policy is None:
-        args.policy = "paper" if args.target_bops is None else "target"
+        args.policy = ("paper" if args.target_bops is None and args.target_latency is None
+                       else "target")
+    if args.target_latency is not None and args.policy == "paper":
+        raise CliError("--target-latency needs --policy target or uniform")
     method = Method(args.policy, args.criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
     kw = {"seed": args.seed} if args.criterion == "random" else {}
@@ -373,6 +386,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if method.needs_flips:
         sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
     exclude = [x for x in (args.exclude or "").split(",") if x]
+    lm = None
+    if args.target_latency is not None:
+        from bnnprune.prune.latency import latency_model
+
+        lm = latency_model(model, shape, batch=args.latency_batch, threads=args.latency_threads,
+                           keep_fp=args.keep_fp, progress=lambda s: _say(s, flush=True))
     plan = make_plan(
         model,
         shape,
@@ -382,6 +401,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         min_channels=args.min_channels,
         exclude=exclude,
+        keep_fp=args.keep_fp,
+        target_latency=args.target_latency,
+        latency_model=lm,
     )
     pruned = apply_plan(model, plan, crit, sens).model
     _print_plan(plan)
@@ -645,13 +667,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
     if args.repeats < 1:
         raise CliError(f"--repeats must be >= 1, got {args.repeats}")
+    if baseline is not None and ([(o.kind, o.name) for o in program.ops]
+                                 != [(o.kind, o.name) for o in baseline.ops]):
+        raise CliError(f"{args.program} is not a channel-pruned copy of {args.baseline} "
+                       "(their ops differ)")
     result = engine.benchmark(program, compare, baseline=baseline, repeats=args.repeats)
     result["file_bytes"] = Path(args.program).stat().st_size
+    if baseline is not None:  # interleaved at batch 1 and 64, ratios, share of the limit
+        from bnnprune.engine.bench import compare_pair, format_pair
+
+        result["pair"] = compare_pair(program, baseline, repeats=args.repeats,
+                                      table_repeats=max(1, args.repeats // 4))
+    if args.json == "-":  # JSON on stdout, nothing else
+        print(json.dumps(result, indent=2))
+        return 0
     print(engine.format_benchmark(result))
+    if "pair" in result:
+        print()
+        print(format_pair(result["pair"]))
     if args.json:
         atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
         print(f"wrote {args.json}")
     return 0
+
+
+def _latency_target(text: str) -> float:
+    """--target-latency: a fraction in (0, 1), else a one-line usage error."""
+    from bnnprune.prune.latency import check_latency_target
+
+    try:
+        return check_latency_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
@@ -665,6 +712,12 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
             type=float,
             help="BOPs reduction to reach, in (0, 1) (target and uniform policies)",
         )
+        g.add_argument("--target-latency", dest="prune.target_latency", type=_latency_target,
+                       help="prune to this fraction of the unpruned engine latency, in (0, 1)")
+        g.add_argument("--latency-batch", dest="prune.latency_batch", type=int,
+                       help="batch size of the latency target (default 1)")
+        g.add_argument("--latency-threads", dest="prune.latency_threads", type=int,
+                       help="engine threads of the latency target (default 1)")
         g.add_argument(
             "--criterion",
             dest="prune.criterion",
@@ -682,6 +735,8 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     )
     g.add_argument("--min-channels", dest="prune.min_channels", type=int)
     g.add_argument("--exclude", dest="prune.exclude", help="comma-separated layers not to prune")
+    g.add_argument("--keep-fp", dest="prune.keep_fp", action="store_const", const=True,
+                   help="do not prune full-precision layers that feed only binary layers")
     if method:
         g.add_argument(
             "--max-rounds", dest="prune.max_rounds", type=int, help="paper policy rounds"
@@ -806,6 +861,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True)
     pr.add_argument("--policy", choices=["paper", "target", "uniform"], default=None)
     pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
+    pr.add_argument("--target-latency", type=_latency_target,
+                    help="fraction of the unpruned engine latency to reach, in (0, 1)")
+    pr.add_argument("--latency-batch", type=int, default=1,
+                    help="batch size the latency target is measured at")
+    pr.add_argument("--latency-threads", type=int, default=1,
+                    help="engine threads the latency target is measured at")
     pr.add_argument("--criterion", default="wff",
                     help="wff, random, magnitude, bn_scale, tp:NAME (tp:taylor, tp:lamp, ...) "
                     "or pkg.module:Class")
@@ -813,6 +874,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=int, default=1)
     pr.add_argument("--min-channels", type=int, default=None)
     pr.add_argument("--exclude", help="comma-separated layer names not to prune")
+    pr.add_argument("--keep-fp", action="store_true",
+                    help="do not prune full-precision layers that feed only binary layers")
     pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     pr.add_argument("--retrain-epochs", type=int, default=0, help="fine-tune after pruning")
     pr.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
@@ -904,13 +967,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(
             "bnnprune bench model.bnn --compare runs/a/model.pt",
             "bnnprune bench pruned.bnn --baseline unpruned.bnn --json bench.json",
+            "bnnprune bench pruned.bnn --baseline unpruned.bnn --json   # JSON on stdout",
         ),
     )
     b.add_argument("program", help=".bnn file")
     b.add_argument("--compare", help="model.pt to time in PyTorch float eager on the same inputs")
     b.add_argument("--baseline", help="unpruned .bnn: pruned vs unpruned latency and BOPs ratios")
     b.add_argument("--repeats", type=int, default=20)
-    b.add_argument("--json", help="also write the measurements to this JSON file")
+    b.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="also write the measurements to FILE; without FILE print them as JSON "
+                        "on stdout instead of the table")
     b.set_defaults(func=cmd_bench)
 
     fe = sub.add_parser(

@@ -191,6 +191,12 @@ class PruneConfig:
     round_to: int = 1  # keep channel counts multiples of this
     min_channels: int = 1
     exclude: list[str] = field(default_factory=list)  # binary layers never pruned
+    # keep full-precision producers (a first conv feeding only binary layers) unpruned
+    keep_fp: bool = False
+    # prune to this fraction of the unpruned engine latency (replaces the BOPs target)
+    target_latency: float | None = None
+    latency_batch: int = 1  # batch size and threads the latency target is measured at
+    latency_threads: int = 1
     max_rounds: int = 4  # paper policy: train -> prune -> retrain rounds at most
     retrain_epochs: int = 2
     retrain_lr: float = 1e-3
@@ -229,6 +235,18 @@ class PruneConfig:
                 raise ConfigError(f"prune.{key} must be >= 1, got {getattr(self, key)}")
         if self.threshold < 0:
             raise ConfigError(f"prune.threshold must be >= 0, got {self.threshold}")
+        if self.target_latency is not None:
+            from bnnprune.prune.latency import check_latency_target
+
+            try:
+                check_latency_target(self.target_latency)
+            except ValueError as e:
+                raise ConfigError(f"prune.target_latency: {e}") from None
+            if self.policy == "paper":
+                raise ConfigError("prune.target_latency needs the target or uniform policy")
+        for key in ("latency_batch", "latency_threads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"prune.{key} must be >= 1, got {getattr(self, key)}")
         if not self.retrain_lr > 0:
             raise ConfigError(f"prune.retrain_lr must be > 0, got {self.retrain_lr}")
 
@@ -236,7 +254,7 @@ class PruneConfig:
     def plan_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`bnnprune.prune.make_plan` set by this config."""
         return {"round_to": self.round_to, "min_channels": self.min_channels,
-                "exclude": list(self.exclude)}
+                "exclude": list(self.exclude), "keep_fp": self.keep_fp}
 
     @property
     def rounds(self) -> int:

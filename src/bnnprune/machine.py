@@ -1,11 +1,14 @@
-"""What machine a measurement ran on: one reader of the CPU's name for every record."""
+"""What machine a measurement ran on: the CPU's name and the library/thread settings, read
+in one place for every benchmark, cost model and result record."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cpu_name"]
+__all__ = ["cpu_name", "machine_info"]
 
 
 def cpu_name() -> str:
@@ -17,3 +20,18 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core and thread counts, and library versions."""
+    import numba
+    import numpy as np
+    import torch
+
+    return {"cpu": cpu_name(), "logical_cores": os.cpu_count(),
+            "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "numba_threads": numba.get_num_threads(),
+            "torch_threads": torch.get_num_threads(),
+            "numba": numba.__version__,
+            "numpy": np.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}

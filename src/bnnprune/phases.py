@@ -258,10 +258,11 @@ class Rounds:
 
 def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: Dataset,
                  cfg: RunConfig, target: float | None, folder_of: Callable[[int], Path],
-                 log: Log, progress: bool, seed: int) -> Rounds:
+                 log: Log, progress: bool, seed: int, latency_model: Any = None) -> Rounds:
     """Prune ``base`` with ``method`` and retrain, once; for the paper policy repeat
     (retraining with flip tracking) until the largest p_l stops decreasing or
-    ``prune.max_rounds`` rounds are done. Round r trains in ``folder_of(r)``."""
+    ``prune.max_rounds`` rounds are done. Round r trains in ``folder_of(r)``. With
+    ``prune.target_latency`` the plan is searched on ``latency_model`` (built for ``base``)."""
     p = cfg.prune
     paper = method.policy == "paper"
     rounds = p.max_rounds if paper else 1
@@ -271,8 +272,11 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
     model, cur = base, sens
     stop = "one round"
     for r in range(1, rounds + 1):
+        by_latency = p.target_latency is not None
         plan = make_plan(model, tuple(ds.input_shape), method.policy, sensitivity=cur,
-                         target=target, **p.plan_options)
+                         target=None if by_latency else target,
+                         target_latency=p.target_latency, latency_model=latency_model,
+                         **p.plan_options)
         if plan.bops_after >= plan.bops_before:
             stop = f"round {r}: the plan removes no channel"
             log(stop)

@@ -89,10 +89,16 @@ def run_pipeline(
     # ---- the chosen method (paper: iterate; target/uniform: one shot)
     method = p.method
     t0 = time.perf_counter()
+    lm = None
+    if p.target_latency is not None:  # the engine's latency tables of this machine
+        from bnnprune.prune.latency import latency_model
+
+        lm = latency_model(base, shape, batch=p.latency_batch, threads=p.latency_threads,
+                           keep_fp=p.keep_fp, progress=log)
     res = prune_rounds(
         method, base, sens, ds, cfg, p.target,
         lambda r: out / (f"pruned-round{r}" if method.policy == "paper" else "pruned"),
-        log, progress, cfg.train.seed)
+        log, progress, cfg.train.seed, latency_model=lm)
     phases["pruned"] = time.perf_counter() - t0
     rounds = res.records
     for r in rounds:

@@ -170,10 +170,20 @@ def test_tp_metapruner_with_our_importance_matches_apply_plan(
 def test_our_importance_skips_groups_without_binary_layers(zoo: Callable) -> None:
     model, shape = zoo("small")
     dg = build_graph(model, shape)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # feeds no binary layer
+    group = dg.get_pruning_group(head, tp.prune_linear_out_channels, [0, 1])
+    assert MagnitudeImportance(model)(group) is None
+
+
+def test_our_importance_scores_a_fp_producer_from_its_binary_consumer(zoo: Callable) -> None:
+    model, shape = zoo("small")
+    dg = build_graph(model, shape)
     stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     assert not isinstance(stem, BinaryConv2d)
     group = dg.get_pruning_group(stem, tp.prune_conv_out_channels, [0, 1])
-    assert MagnitudeImportance(model)(group) is None
+    consumer = model.get_submodule("bconv2")  # the stem's only consumer
+    want = consumer.weight.detach().abs().transpose(0, 1).flatten(1).mean(dim=1)[:2]
+    torch.testing.assert_close(MagnitudeImportance(model)(group), want.float())
 
 
 # ---- Torch-Pruning's importances as our criteria

@@ -53,12 +53,18 @@ def test_paper_policy_rounds_and_clamps_to_the_minimum() -> None:
     counts = counts_with_fraction(model, {"2": 0.25, "4": 0.35, "6": 1.0})
     sens = compute_sensitivity(counts, model, steps=1)
     plan = plan_paper(model, SHAPE, sens)
-    # 8 * (1 - 0.25) = 6; 10 * (1 - 0.35) = 6.5 -> 7 (half up); 6 * (1 - 1) = 0 -> clamped to 1
-    assert plan.keep == {"2": 6, "4": 7, "6": 1}
-    assert plan.channels == {"2": 8, "4": 10, "6": 6}
+    # 8 * (1 - 0.25) = 6; 10 * (1 - 0.35) = 6.5 -> 7 (half up); 6 * (1 - 1) = 0 -> clamped to 1;
+    # the fp conv "0" feeds only "2": p of its consumer, 4 * (1 - 0.25) = 3
+    assert plan.keep == {"0": 3, "2": 6, "4": 7, "6": 1}
+    assert plan.channels == {"0": 4, "2": 8, "4": 10, "6": 6}
     assert plan.clamped == {"6": 0}
     assert plan.notes() == ["6: the paper policy asked for 0 channel(s); clamped to the minimum 1"]
-    assert plan.bops_after == analyze(model, SHAPE).bops_for([6, 7, 1]) < plan.bops_before
+    assert plan.bops_after == analyze(model, SHAPE).bops_for([3, 6, 7, 1]) < plan.bops_before
+    kept = plan_paper(model, SHAPE, sens, keep_fp=True)  # the pre-fp-pruning plan
+    assert kept.keep == {"2": 6, "4": 7, "6": 1}
+    # float MACs: fp conv 3*9*4 per pixel on 8x8 = 6912, classifier 6*3 = 18
+    assert (kept.float_macs_before, kept.float_macs_after) == (6912 + 18, 6912 + 1 * 3)
+    assert plan.float_macs_after == 3 * 9 * 3 * 64 + 1 * 3
     summary = json.loads(json.dumps(plan.to_dict()))
     assert summary["layers"]["6"] == {"before": 6, "after": 1}
     assert summary["clamped"] == {"6": 0} and summary["bops_after"] == plan.bops_after
@@ -69,7 +75,8 @@ def test_paper_policy_respects_min_channels_and_exclude() -> None:
     sens = compute_sensitivity(counts_with_fraction(model, {"2": 0.9, "4": 0.9, "6": 0.9}), model,
                                steps=1)
     plan = plan_paper(model, SHAPE, sens, min_channels=3, exclude=["4"])
-    assert plan.keep == {"2": 3, "4": 10, "6": 3}  # round(0.8) = 1 and round(0.6) = 1 -> 3
+    # round(0.4) = 0, round(0.8) = 1 and round(0.6) = 1 -> 3
+    assert plan.keep == {"0": 3, "2": 3, "4": 10, "6": 3}
     assert plan.excluded == ("4",)
     with pytest.raises(ValueError, match="no such layer"):
         plan_paper(model, SHAPE, sens, exclude=["nope"])
@@ -120,7 +127,7 @@ def test_unreachable_target_gives_the_nearest_plan_and_says_so() -> None:
     sens = compute_sensitivity(counts_with_fraction(model, {"2": 0.0, "4": 0.0, "6": 0.5}), model,
                                steps=1)
     plan = plan_target(model, SHAPE, sens, 0.9)
-    assert plan.keep == {"2": 8, "4": 10, "6": 1}
+    assert plan.keep == {"0": 4, "2": 8, "4": 10, "6": 1}  # "0" feeds "2", which never flips
     assert not plan.reached and plan.reduction < 0.9
     assert plan.notes()[-1] == (
         "target BOPs reduction 90.0% not reached: the target policy with these options came "

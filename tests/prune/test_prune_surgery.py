@@ -24,7 +24,9 @@ from bnnprune.prune import (
 
 
 def widths(model: nn.Module) -> dict[str, int]:
-    return {n: int(m.weight.shape[0]) for n, m in binary_layers(model).items()}
+    """Output channels of every conv / linear layer (binary or not)."""
+    return {n: int(m.weight.shape[0]) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -64,7 +66,7 @@ def test_channels_and_bops_after_surgery_equal_a_hand_computation() -> None:
     assert after == 677_376 + 423_360 + 211_680 == 1_312_416
     assert plan.bops_before == before and plan.bops_after == after
     pruned = apply_plan(model, plan, "magnitude").model
-    assert widths(pruned) == {b1: 12, b2: 20, b3: 24}
+    assert widths(pruned) == {"conv1": 8, b1: 12, b2: 20, b3: 24, "fc1": 10}
     assert [m.weight.shape[1] for m in binary_layers(pruned).values()] == [8, 12, 20]
     bns = [m for m in pruned.modules() if isinstance(m, nn.BatchNorm2d)]
     assert [bn.num_features for bn in bns] == [8, 12, 20, 24]

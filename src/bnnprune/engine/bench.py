@@ -1,17 +1,20 @@
 """Speed measurements of the packed engine, all taken in one run on this machine.
 
 - roofline: a streaming XOR+popcount kernel over L1-resident rows on every numba thread;
+- FMA peak: independent register-resident ``<8 x float>`` FMA chains on every numba thread;
 - kernel: each XNOR-popcount conv of the program alone, in useful binary MACs/s
   (``cin*kh*kw`` bits per output, the BOPs definition of :func:`bnnprune.metrics.count_bops`);
 - end to end: latency at batch 1 and throughput at batch 64, packed engine vs PyTorch float
   eager on the same model (measurements interleaved, medians reported);
-- pruned vs unpruned: packed latency ratio next to the BOPs ratio.
+- pruned vs unpruned: packed latency ratio next to the BOPs ratio;
+- pair (:func:`compare_pair`): a model and its pruned copy measured interleaved at batch 1 and
+  64 with BOPs, float MAC and predicted latency ratios and the share of the physical limit
+  (binary MACs at the roofline plus float MACs at the FMA peak).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,24 +30,16 @@ from torch import nn
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
 from bnnprune.engine.kernels.base import need
-from bnnprune.engine.kernels.intrinsics import popcount64
+from bnnprune.engine.kernels.intrinsics import FMA_CHAINS, fma_chains, popcount64
+from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
-from bnnprune.machine import cpu_name
+from bnnprune.machine import machine_info
 
-__all__ = ["benchmark", "compare_latency", "format_benchmark", "machine_info", "op_times",
-           "program_bops", "roofline", "stream_xor_popcount"]
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, core and thread counts, and library versions."""
-    return {"cpu": cpu_name(), "logical_cores": os.cpu_count(),
-            "openblas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "numba_threads": numba.get_num_threads(),
-            "torch_threads": torch.get_num_threads(),
-            "numba": numba.__version__,
-            "numpy": np.__version__, "torch": torch.__version__,
-            "python": platform.python_version()}
+__all__ = ["benchmark", "compare_latency", "compare_pair", "fma_peak", "format_benchmark",
+           "format_pair",
+           "machine_info", "op_times", "program_bops", "program_float_macs", "roofline",
+           "stream_xor_popcount"]
 
 
 def program_bops(program: Program) -> int:
@@ -52,6 +47,18 @@ def program_bops(program: Program) -> int:
     total = 0
     for op in program.ops:
         if op.kind == "bconv":
+            kh, kw = op.attrs["kernel"]
+            v = program.values[op.output]
+            total += op.attrs["cin"] * kh * kw * op.attrs["cout"] * v.h * v.w
+    return total
+
+
+def program_float_macs(program: Program) -> int:
+    """Float MACs of one image: cin*kh*kw per output of every full-precision conv / linear
+    (a binary layer on real inputs is one too: the cost rule of :mod:`bnnprune.metrics.ops`)."""
+    total = 0
+    for op in program.ops:
+        if op.kind == "fconv":
             kh, kw = op.attrs["kernel"]
             v = program.values[op.output]
             total += op.attrs["cin"] * kh * kw * op.attrs["cout"] * v.h * v.w
@@ -118,6 +125,38 @@ def roofline(seconds: float = 0.2, row_words: int = 512, probe_s: float = 0.004,
         times.append(probe(reps))
     wps = threads * row_words * reps / min(times)
     return {"words_per_s": wps, "bmacs_per_s": 64 * wps}
+
+
+@njit(parallel=True, cache=True)
+def _fma_probe(reps, out):
+    for t in prange(out.shape[0]):
+        out[t] = fma_chains(reps, np.float32(1.0 + t))
+
+
+def fma_peak(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
+             ) -> dict[str, float]:
+    """Float FMA rate with register-resident accumulators on every numba thread (MACs/s).
+
+    Each thread runs :data:`~bnnprune.engine.kernels.intrinsics.FMA_CHAINS` independent
+    ``<8 x float>`` FMA chains (the engine's vector width); the best probe counts, as in
+    :func:`roofline`.
+    """
+    threads = numba.get_num_threads()
+    out = np.zeros(threads, np.float32)
+    _fma_probe(1, out)
+    reps = 64
+
+    def probe(r: int, rows: int = threads) -> float:
+        return _time(lambda: _fma_probe(r, out[:rows]))
+
+    with _threads(1):
+        while probe(reps, 1) < probe_s:
+            reps *= 2
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while len(times) < min_probes or time.perf_counter() < t_end:
+        times.append(probe(reps))
+    return {"fmacs_per_s": threads * reps * FMA_CHAINS * 8 / min(times), "threads": threads}
 
 
 def _random_bits(rng: np.random.Generator, buf: np.ndarray, channels: int) -> None:
@@ -206,6 +245,78 @@ def compare_latency(program: Program, baseline: Program, batch: int = 1, repeats
             "bops_ratio": bops / bops_b if bops_b else float("nan"),
             "latency_s": statistics.median(s_p), "baseline_latency_s": statistics.median(s_b),
             "latency_ratio": statistics.median(s_p) / statistics.median(s_b)}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...] = (1, 64),
+                 repeats: int = 20, table_repeats: int = 5, probe_s: float = 0.2,
+                 cache: Any = None) -> dict[str, Any]:
+    """A pruned ``program`` against its unpruned ``baseline``, measured interleaved in one run.
+
+    Per batch size: both latencies (medians) and their ratio, the latency ratio the engine's
+    cost model predicts (:mod:`bnnprune.engine.latency`, op tables timed with
+    ``table_repeats`` or read from ``cache``), and each program's share of the physical
+    limit: binary MACs at the XOR+popcount roofline plus float MACs at the FMA peak. Also
+    the BOPs and float MAC ratios. JSON-ready.
+    """
+    if baseline.input_shape != program.input_shape:
+        raise EngineError("baseline program has a different input shape")
+    if [(o.kind, o.name) for o in program.ops] != [(o.kind, o.name) for o in baseline.ops]:
+        raise EngineError("the program is not a channel-pruned copy of the baseline (its ops "
+                          "differ); compare a model with its own pruned copy")
+    if repeats < 1 or table_repeats < 1 or not batches or min(batches) < 1:
+        raise EngineError("repeats and batch sizes must be >= 1")
+    counts = {i: ([c], [o]) for i, (c, o) in
+              enumerate(op_channels(program, i) for i in range(len(program.ops)))}
+    roof = roofline(seconds=probe_s)["bmacs_per_s"]
+    fma = fma_peak(seconds=probe_s)["fmacs_per_s"]
+    work = {"pruned": (program_bops(program), program_float_macs(program)),
+            "unpruned": (program_bops(baseline), program_float_macs(baseline))}
+    out: dict[str, Any] = {
+        "threads": numba.get_num_threads(),
+        "bops": {"pruned": work["pruned"][0], "unpruned": work["unpruned"][0],
+                 "ratio": _ratio(work["pruned"][0], work["unpruned"][0])},
+        "float_macs": {"pruned": work["pruned"][1], "unpruned": work["unpruned"][1],
+                       "ratio": _ratio(work["pruned"][1], work["unpruned"][1])},
+        "physical_limit": {"bmacs_per_s": roof, "fmacs_per_s": fma},
+        "batches": {},
+    }
+    for batch in batches:
+        lat = compare_latency(program, baseline, batch, repeats)
+        model = build_cost_model(baseline, counts, batch=batch, threads=numba.get_num_threads(),
+                                 repeats=table_repeats, cache=cache)
+        entry: dict[str, Any] = {
+            "pruned_s": lat["latency_s"], "unpruned_s": lat["baseline_latency_s"],
+            "ratio": lat["latency_ratio"],
+            "predicted_ratio": model.predict(program) / model.predict(baseline),
+        }
+        for key, prog_s in (("pruned", lat["latency_s"]), ("unpruned", lat["baseline_latency_s"])):
+            bops, macs = work[key]
+            limit = batch * (bops / roof + macs / fma)
+            entry[f"{key}_limit_s"] = limit
+            entry[f"{key}_fraction_of_limit"] = limit / prog_s
+        out["batches"][str(batch)] = entry
+    return out
+
+
+def format_pair(pair: dict[str, Any]) -> str:
+    """Render :func:`compare_pair`'s dict as plain text."""
+    lines = [f"pruned vs unpruned ({pair['threads']} thread(s)): BOPs ratio "
+             f"{pair['bops']['ratio']:.3f}, float MAC ratio {pair['float_macs']['ratio']:.3f}",
+             f"{'batch':>7}{'pruned ms':>11}{'unpruned ms':>13}{'ratio':>8}{'predicted':>11}"
+             f"{'% limit':>9}{'% limit (unpr.)':>17}"]
+    for b, e in pair["batches"].items():
+        lines.append(f"{b:>7}{e['pruned_s'] * 1e3:>11.3f}{e['unpruned_s'] * 1e3:>13.3f}"
+                     f"{e['ratio']:>8.3f}{e['predicted_ratio']:>11.3f}"
+                     f"{100 * e['pruned_fraction_of_limit']:>8.0f}%"
+                     f"{100 * e['unpruned_fraction_of_limit']:>16.0f}%")
+    lim = pair["physical_limit"]
+    lines.append(f"physical limit: {lim['bmacs_per_s'] / 1e9:.1f} G binary MACs/s (XOR+popcount "
+                 f"roofline) + {lim['fmacs_per_s'] / 1e9:.1f} G float MACs/s (FMA peak)")
+    return "\n".join(lines)
 
 
 def _stats(s: list[float]) -> dict[str, float]:

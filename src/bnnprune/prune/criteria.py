@@ -6,6 +6,11 @@ Torch-Pruning's convention ("lower score = pruned"), so our criteria and Torch-P
 importances plug into each other (:mod:`bnnprune.prune.interop`). Scores of a group with
 several layers (a ResNet stage) are pooled over the group, so one channel set is chosen for
 all of them. Any criterion combines with any policy.
+
+A full-precision producer group (a first conv feeding only binary layers) has no binary
+filters of its own: a per-weight criterion scores each of its channels from the binary
+consumers' weights on that *input* channel (WFF: their mean flip frequency), which is what
+the channel's removal deletes from the binary part of the network.
 """
 
 from __future__ import annotations
@@ -89,14 +94,26 @@ def register_criterion(cls: type[Criterion]) -> type[Criterion]:
 def _pooled_filter_mean(
     model: nn.Module, group: ChannelGroup, per_weight: Callable[[str, nn.Module], torch.Tensor]
 ) -> torch.Tensor:
-    """Mean over all weights of each channel's filters in the group's binary layers."""
+    """Mean over all weights of each channel's filters in the group's binary layers; for a
+    full-precision producer, over the consumers' weights on each input channel."""
     total = torch.zeros(group.channels, dtype=torch.float64)
     count = 0
-    for name in group.binary:
+    for name in group.binary or group.consumers:
         w = per_weight(name, model.get_submodule(name)).detach().double().cpu()
+        if group.fp_producer:
+            w = w.transpose(0, 1)  # input channel first
         total += w.flatten(1).sum(dim=1)
         count += w[0].numel()
     return total / count
+
+
+def _flip_frequency(sensitivity: Sensitivity, name: str, m: nn.Module) -> torch.Tensor:
+    """Per-weight flip frequency of one binary layer (count / steps in the interval)."""
+    counts = None if sensitivity.counts is None else sensitivity.counts.get(name)
+    if counts is None or tuple(counts.shape) != tuple(m.weight.shape):
+        raise ValueError(f"flip data for {name!r} does not match the layer's weights; "
+                         f"{RECORD_HINT} for this model")
+    return counts.double().cpu() / max(sensitivity.steps, 1)
 
 
 @register_criterion
@@ -111,6 +128,9 @@ class WFF(Criterion):
     ) -> torch.Tensor:
         if sensitivity is None:
             raise ValueError(f"criterion 'wff' needs flip data; {RECORD_HINT}")
+        if group.fp_producer:  # mean WFF of the consumers' weights on each input channel
+            return -_pooled_filter_mean(
+                model, group, lambda name, m: _flip_frequency(sensitivity, name, m))
         missing = [n for n in group.binary if n not in sensitivity.channel_scores]
         if missing:
             raise ValueError(

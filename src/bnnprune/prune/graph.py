@@ -2,8 +2,13 @@
 
 :func:`analyze` finds the *channel groups* (output channels that must be pruned together,
 e.g. every block output of a ResNet stage plus its shortcut) and builds an exact analytic
-model of the binary operations (BOPs) as a function of the channels kept per group, so
-policies can search plans quickly and predict the BOPs that surgery will produce.
+model of the binary operations (BOPs) and float MACs as a function of the channels kept per
+group (both by the one cost rule of :mod:`bnnprune.metrics.ops`), so policies can search
+plans quickly and predict what surgery will produce.
+
+A full-precision conv whose outputs feed only binary layers (the first layer of NIN or
+AlexNet) is a group of its own (a *full-precision producer*): pruning its output channels
+removes the binary consumers' input channels, so it is scored from the consumers' weights.
 """
 
 from __future__ import annotations
@@ -37,19 +42,33 @@ _UNUSUAL = {  # graph ops whose channel mapping Torch-Pruning may not follow
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Output channels that are pruned together; named after its first binary layer."""
+    """Output channels that are pruned together; named after its first binary layer (a
+    full-precision producer group: after its conv, and ``binary`` is empty)."""
 
     name: str
     binary: tuple[str, ...]  # binary layers whose output channels belong to the group
     layers: tuple[str, ...]  # every conv / linear whose output channels belong to the group
     norms: tuple[str, ...]  # batch norms that lose the same channels
     channels: int
+    consumers: tuple[str, ...] = ()  # fp producer: binary layers whose inputs are the channels
+
+    @property
+    def fp_producer(self) -> bool:
+        """True for a full-precision conv feeding only binary layers (no binary member)."""
+        return not self.binary
+
+    @property
+    def planned(self) -> tuple[str, ...]:
+        """The layers a plan lists for this group: its binary layers, else its own layers."""
+        return self.binary or self.layers
 
 
 @dataclass(frozen=True)
 class _LayerCost:
-    """BOPs of one binary layer: ``positions * out_kept * (in_elems - sum(coef * removed))``."""
+    """MACs of one conv / linear: ``positions * out_kept * (in_elems - sum(coef * removed))``,
+    BOPs when ``bop`` (:func:`~bnnprune.metrics.ops.is_bop_layer`), float MACs otherwise."""
 
+    bop: bool
     positions: int  # output positions per channel (H*W for a conv, 1 for a linear)
     out_channels: int
     in_elems: int  # weights per output channel (cin*kh*kw or in_features)
@@ -59,13 +78,14 @@ class _LayerCost:
 
 @dataclass
 class PruningSpace:
-    """The prunable channel groups of a model and an exact BOPs model over them."""
+    """The prunable channel groups of a model and an exact BOPs / float MACs model over them."""
 
     input_shape: InputShape
     groups: tuple[ChannelGroup, ...]
     fixed: dict[str, str]  # binary layer -> why its output channels cannot be pruned
     bops: int  # binary operations of the model as it is
     _costs: tuple[_LayerCost, ...] = field(repr=False, default=())
+    float_macs: int = 0  # float multiply-accumulates of the model as it is
 
     def group(self, name: str) -> ChannelGroup:
         for g in self.groups:
@@ -79,9 +99,18 @@ class PruningSpace:
 
     def bops_for(self, keep: Sequence[int]) -> int:
         """BOPs after keeping ``keep[i]`` channels of ``groups[i]`` (exact, no forward pass)."""
+        return self._macs(keep, bop=True)
+
+    def float_macs_for(self, keep: Sequence[int]) -> int:
+        """Float MACs after keeping ``keep[i]`` channels of ``groups[i]`` (exact)."""
+        return self._macs(keep, bop=False)
+
+    def _macs(self, keep: Sequence[int], bop: bool) -> int:
         removed = [g.channels - k for g, k in zip(self.groups, keep, strict=True)]
         total = 0
         for c in self._costs:
+            if c.bop != bop:
+                continue
             out = c.out_channels - (removed[c.out_group] if c.out_group is not None else 0)
             k = c.in_elems - sum(coef * removed[gi] for gi, coef in c.in_terms)
             total += c.positions * out * k
@@ -190,6 +219,11 @@ def _weights_per_input(module: nn.Module) -> int:
     return int(w[0].numel() // w.shape[1])
 
 
+def _mac_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every conv / linear layer by qualified name (binary or not): the layers that do MACs."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
 def _reaches_output(dg: tp.DependencyGraph, module: nn.Module) -> bool:
     """True if the module's output flows to a model output without another conv/linear."""
     stack = [dg.module2node[module]]
@@ -208,20 +242,23 @@ def _reaches_output(dg: tp.DependencyGraph, module: nn.Module) -> bool:
 
 
 class _Recorder:
-    """Forward hooks: each binary layer's output elements and BOPs (by the one cost rule of
-    :mod:`bnnprune.metrics.ops`: 0 for a binary layer fed real inputs), the output shape."""
+    """Forward hooks: each conv / linear layer's output elements, BOPs and float MACs (by the
+    one cost rule of :mod:`bnnprune.metrics.ops`), and the model's output shape."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.sizes: dict[str, int] = {}
         self.bops: dict[str, int] = {}
+        self.macs: dict[str, int] = {}
         self.out_shape: tuple[int, ...] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _layer_hook(self, name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def fn(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             self.sizes[name] = int(out[0].numel())
-            self.bops[name] = layer_macs(m, inp, out[:1]) if is_bop_layer(m) else 0
+            macs = layer_macs(m, inp, out[:1])
+            self.bops[name] = macs if is_bop_layer(m) else 0
+            self.macs[name] = 0 if is_bop_layer(m) else macs
 
         return fn
 
@@ -229,7 +266,7 @@ class _Recorder:
         self.out_shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
     def __enter__(self) -> _Recorder:
-        layers = binary_layers(self.model).items()
+        layers = _mac_layers(self.model).items()
         self._handles = [m.register_forward_hook(self._layer_hook(n)) for n, m in layers]
         self._handles.append(self.model.register_forward_hook(self._model_hook))
         return self
@@ -250,12 +287,14 @@ class _Recorder:
         return self
 
 
-def analyze(model: nn.Module, input_shape: InputShape) -> PruningSpace:
-    """Find the prunable channel groups of ``model`` and its analytic BOPs model.
+def analyze(model: nn.Module, input_shape: InputShape, keep_fp: bool = False) -> PruningSpace:
+    """Find the prunable channel groups of ``model`` and its analytic BOPs / float MACs model.
 
     A group is prunable when it contains the output channels of at least one binary layer
     and none of its layers feeds a model output directly (the classifier keeps its classes).
     Full-precision layers coupled to a binary group (a ResNet stem or shortcut) follow it.
+    Unless ``keep_fp``, a full-precision conv / linear whose outputs feed only binary layers
+    (directly or through BN, pooling and activations) is a group of its own.
     """
     input_shape = tuple(int(s) for s in input_shape)  # type: ignore[assignment]
     if len(input_shape) != 3:
@@ -266,84 +305,128 @@ def analyze(model: nn.Module, input_shape: InputShape) -> PruningSpace:
     with _Recorder(model) as rec:  # records during the tracing forward pass
         dg = build_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
-    out_elems = rec.sizes
-
-    groups: list[ChannelGroup] = []
-    fixed: dict[str, str] = {}
-    in_terms: dict[str, dict[int | None, int]] = {n: {} for n in layers}
-    out_group: dict[str, int | None] = {}
-    seen: set[str] = set()
+    order = {n: i for i, n in enumerate(names.values())}
+    scan = _GroupScan(dg, names, layers)
     with _quiet():
         for name, layer in layers.items():
-            if name in seen:
-                continue
-            group = dg.get_pruning_group(layer, out_pruning_fn(layer), [0])
-            members, norms, inputs = [], [], []
-            for item in group.items:
-                mod = item.dep.target.module
-                if not isinstance(mod, nn.Module) or mod not in names:
-                    continue
-                is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
-                if isinstance(mod, (nn.Conv2d, nn.Linear)) and is_out:
-                    if list(item.idxs) != [0]:
-                        raise ValueError(
-                            f"cannot prune channels of this model: {names[mod]!r} is coupled to "
-                            f"{name!r} with reordered channels"
-                        )
-                    members.append(mod)
-                elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                    norms.append(names[mod])
-                elif isinstance(mod, (nn.Conv2d, nn.Linear)) and names[mod] in layers:
-                    inputs.append((names[mod], len(item.idxs) * _weights_per_input(mod)))
-            order = {m: i for i, m in enumerate(names)}
-            members.sort(key=order.__getitem__)
-            bin_members = tuple(names[m] for m in members if names[m] in layers)
-            seen.update(bin_members)
-            channels = {int(m.weight.shape[0]) for m in members}
-            output = next((names[m] for m in members if _reaches_output(dg, m)), None)
-            if output is not None or len(channels) != 1:
-                why = (
-                    f"its outputs feed the model output through {output!r}"
-                    if output is not None
-                    else "it is coupled to layers of different widths"
-                )
-                fixed.update({b: why for b in bin_members})
-                gi: int | None = None
-            else:
-                gi = len(groups)
-                groups.append(
-                    ChannelGroup(
-                        name=bin_members[0],
-                        binary=bin_members,
-                        layers=tuple(names[m] for m in members),
-                        norms=tuple(sorted(set(norms), key=list(names.values()).index)),
-                        channels=channels.pop(),
-                    )
-                )
-            for b in bin_members:
-                out_group[b] = gi
-            if gi is not None:
-                for lname, coef in inputs:
-                    in_terms[lname][gi] = in_terms[lname].get(gi, 0) + coef
+            if name not in scan.seen:
+                scan.add_binary(name, layer)
+        if not keep_fp:
+            for name, layer in _mac_layers(model).items():
+                if name not in layers and name not in scan.seen:
+                    scan.add_fp_producer(name, layer)
+    # groups in model order (by their first layer), indices remapped
+    perm = sorted(range(len(scan.groups)), key=lambda i: order[scan.groups[i].layers[0]])
+    new_index = {old: new for new, old in enumerate(perm)}
+    groups = tuple(scan.groups[i] for i in perm)
 
     costs = []
-    for name, layer in layers.items():
-        if not is_bop_layer(layer):  # binary weights on real inputs: float MACs, no BOPs
+    for name, layer in _mac_layers(model).items():
+        if name not in rec.sizes:  # not called by the forward pass: no cost
             continue
         cout = int(layer.weight.shape[0])
+        gi = scan.out_group.get(name)
+        terms = scan.in_terms.get(name, {})
         costs.append(
             _LayerCost(
-                positions=out_elems[name] // cout,
+                bop=is_bop_layer(layer),
+                positions=rec.sizes[name] // cout,
                 out_channels=cout,
                 in_elems=int(layer.weight[0].numel()),
-                out_group=out_group.get(name),
-                in_terms=tuple((g, c) for g, c in in_terms[name].items() if g is not None),
+                out_group=None if gi is None else new_index[gi],
+                in_terms=tuple((new_index[g], c) for g, c in terms.items()),
             )
         )
-    space = PruningSpace(input_shape, tuple(groups), fixed, 0, tuple(costs))
-    space.bops = space.bops_for([g.channels for g in groups])
+    space = PruningSpace(input_shape, groups, scan.fixed, 0, tuple(costs))
+    full = [g.channels for g in groups]
+    space.bops = space.bops_for(full)
+    space.float_macs = space.float_macs_for(full)
     _trial(model, space, dg, rec.out_shape)
     return space
+
+
+class _GroupScan:
+    """Builds the channel groups one root layer at a time from the dependency graph."""
+
+    def __init__(self, dg: tp.DependencyGraph, names: dict[nn.Module, str],
+                 layers: dict[str, nn.Module]) -> None:
+        self.dg, self.names, self.layers = dg, names, layers
+        self.groups: list[ChannelGroup] = []
+        self.fixed: dict[str, str] = {}
+        self.in_terms: dict[str, dict[int, int]] = {}  # layer -> group -> weights per channel
+        self.out_group: dict[str, int] = {}  # layer -> group of its output channels
+        self.seen: set[str] = set()
+
+    def _items(self, root: str, layer: nn.Module) -> tuple[list[nn.Module], list[str],
+                                                           list[tuple[str, int]]]:
+        """Coupled output layers, batch norms and (consumer, weights lost per channel)."""
+        group = self.dg.get_pruning_group(layer, out_pruning_fn(layer), [0])
+        members, norms, inputs = [], [], []
+        for item in group.items:
+            mod = item.dep.target.module
+            if not isinstance(mod, nn.Module) or mod not in self.names:
+                continue
+            is_out = self.dg.is_out_channel_pruning_fn(item.dep.handler)
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and is_out:
+                if list(item.idxs) != [0]:
+                    raise ValueError(
+                        f"cannot prune channels of this model: {self.names[mod]!r} is coupled "
+                        f"to {root!r} with reordered channels"
+                    )
+                members.append(mod)
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                norms.append(self.names[mod])
+            elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+                inputs.append((self.names[mod], len(item.idxs) * _weights_per_input(mod)))
+        order = {m: i for i, m in enumerate(self.names)}
+        members.sort(key=order.__getitem__)
+        norms = sorted(set(norms), key=list(self.names.values()).index)
+        return members, norms, inputs
+
+    def _add(self, group: ChannelGroup, inputs: list[tuple[str, int]]) -> None:
+        gi = len(self.groups)
+        self.groups.append(group)
+        for lname in group.layers:
+            self.out_group[lname] = gi
+        for lname, coef in inputs:
+            terms = self.in_terms.setdefault(lname, {})
+            terms[gi] = terms.get(gi, 0) + coef
+
+    def add_binary(self, name: str, layer: nn.Module) -> None:
+        """The group of a binary layer's output channels (or why it is fixed)."""
+        members, norms, inputs = self._items(name, layer)
+        member_names = tuple(self.names[m] for m in members)
+        bin_members = tuple(n for n in member_names if n in self.layers)
+        self.seen.update(member_names)
+        channels = {int(m.weight.shape[0]) for m in members}
+        output = next((self.names[m] for m in members if _reaches_output(self.dg, m)), None)
+        if output is not None or len(channels) != 1:
+            why = (
+                f"its outputs feed the model output through {output!r}"
+                if output is not None
+                else "it is coupled to layers of different widths"
+            )
+            self.fixed.update({b: why for b in bin_members})
+            return
+        self._add(ChannelGroup(name=bin_members[0], binary=bin_members, layers=member_names,
+                               norms=tuple(norms), channels=channels.pop()), inputs)
+
+    def add_fp_producer(self, name: str, layer: nn.Module) -> None:
+        """A group for a full-precision layer whose outputs feed only binary layers, one input
+        channel of each per output channel (no flatten in between); otherwise nothing."""
+        members, norms, inputs = self._items(name, layer)
+        member_names = tuple(self.names[m] for m in members)
+        self.seen.update(member_names)
+        consumers = tuple(n for n, _ in inputs)
+        if (not consumers or any(n not in self.layers for n in consumers)
+                or any(n in self.layers for n in member_names)
+                or len({int(m.weight.shape[0]) for m in members}) != 1
+                or any(_reaches_output(self.dg, m) for m in members)
+                or any(coef != _weights_per_input(self.layers[n]) for n, coef in inputs)):
+            return  # (a consumer seeing several inputs per channel, e.g. a flatten: not supported)
+        self._add(ChannelGroup(name=member_names[0], binary=(), layers=member_names,
+                               norms=tuple(norms), channels=int(members[0].weight.shape[0]),
+                               consumers=tuple(dict.fromkeys(consumers))), inputs)
 
 
 def _unusual_ops(dg: tp.DependencyGraph, module: nn.Module) -> list[str]:
@@ -379,6 +462,8 @@ def _try_removal(
         return "the output shape changes"
     if sum(rec.bops.values()) != space.bops_for(keep):
         return "its BOPs differ from the dependency analysis"
+    if sum(rec.macs.values()) != space.float_macs_for(keep):
+        return "its float MACs differ from the dependency analysis"
     return None
 
 
@@ -454,5 +539,5 @@ def prune_channels(
 
 
 def group_keep_to_layers(space: PruningSpace, keep: Mapping[str, int]) -> dict[str, int]:
-    """Expand channels kept per group (by group name) to every binary layer of the group."""
-    return {b: int(keep[g.name]) for g in space.groups for b in g.binary}
+    """Expand channels kept per group (by group name) to every planned layer of the group."""
+    return {b: int(keep[g.name]) for g in space.groups for b in g.planned}

@@ -62,21 +62,25 @@ TP_IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "hessian": tp.importance.HessianImportance,
 }
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+_IN_FNS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 _GRADIENT_TYPES = (tp.importance.GroupTaylorImportance, tp.importance.GroupHessianImportance)
 
 
 def channel_group(model: nn.Module, group: tp.Group) -> ChannelGroup | None:
     """Our :class:`ChannelGroup` for a Torch-Pruning group of ``model`` (None when the group
-    holds no binary layer's output channels, so Torch-Pruning skips it)."""
+    holds no binary layer's output channels and is no full-precision producer feeding only
+    binary layers, so Torch-Pruning skips it)."""
     names = {m: n for n, m in model.named_modules()}
     binary = binary_layers(model)
     root = group[0].dep.target.module
     root_idxs = list(group[0].idxs)
-    members, norms = [], []
+    members, norms, consumers = [], [], []
     for item in group.items:
         mod = item.dep.target.module
         if not isinstance(mod, nn.Module) or mod not in names:
             continue
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) and item.dep.handler in _IN_FNS:
+            consumers.append((names[mod], list(item.idxs) == root_idxs))
         if isinstance(mod, (nn.Conv2d, nn.Linear)) and item.dep.handler in _OUT_FNS:
             if list(item.idxs) != root_idxs:
                 raise ValueError(
@@ -89,13 +93,18 @@ def channel_group(model: nn.Module, group: tp.Group) -> ChannelGroup | None:
     order = list(names.values())
     members.sort(key=order.index)
     bin_members = tuple(n for n in members if n in binary)
+    norms_t = tuple(sorted(set(norms), key=order.index))
     if not bin_members:
+        if consumers and all(n in binary and same for n, same in consumers):
+            return ChannelGroup(name=members[0], binary=(), layers=tuple(members), norms=norms_t,
+                                channels=int(root.weight.shape[0]),
+                                consumers=tuple(dict.fromkeys(n for n, _ in consumers)))
         return None
     return ChannelGroup(
         name=bin_members[0],
         binary=bin_members,
         layers=tuple(members),
-        norms=tuple(sorted(set(norms), key=order.index)),
+        norms=norms_t,
         channels=int(root.weight.shape[0]),
     )
 

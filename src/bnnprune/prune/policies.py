@@ -4,6 +4,9 @@
 - ``target``: one shot to a BOPs reduction; each group is cut by ``s * p`` of its channels,
   the common scale ``s`` found by bisection.
 - ``uniform``: the same cut ratio in every group, to a BOPs reduction (width scaling).
+- a latency target (``target_latency``, with a :class:`~bnnprune.prune.latency.LatencyModel`):
+  the ``target`` allocation (or the ``uniform`` one) scaled until the engine's predicted
+  latency is that fraction of the unpruned, on the counts the latency table allows.
 
 Counts are rounded to the nearest allowed value: a multiple of ``round_to`` (in groups with
 at least ``round_to`` channels) or the unchanged count. The group's p is the insensitive
@@ -28,6 +31,7 @@ __all__ = [
     "POLICIES",
     "ChannelPlan",
     "make_plan",
+    "plan_latency",
     "plan_manual",
     "plan_paper",
     "plan_target",
@@ -42,15 +46,19 @@ _TOUCH_UP_STEPS = 100
 
 @dataclass
 class ChannelPlan:
-    """Output channels to keep per binary layer, with the BOPs they will give."""
+    """Output channels to keep per planned layer (binary, or a full-precision producer),
+    with the BOPs and float MACs they will give."""
 
     policy: str
     input_shape: InputShape
     groups: tuple[ChannelGroup, ...]
-    keep: dict[str, int]  # binary layer -> output channels to keep (equal within a group)
-    channels: dict[str, int]  # binary layer -> output channels now
+    keep: dict[str, int]  # planned layer -> output channels to keep (equal within a group)
+    channels: dict[str, int]  # planned layer -> output channels now
     bops_before: int
     bops_after: int  # exact prediction; surgery verifies it
+    float_macs_before: int = 0
+    float_macs_after: int = 0  # exact prediction; surgery verifies it
+    latency: dict[str, Any] | None = None  # predicted engine latency (latency targets)
     clamped: dict[str, int] = field(default_factory=dict)  # group -> count asked for (< min)
     excluded: tuple[str, ...] = ()  # groups left unchanged on request
     target: float | None = None
@@ -66,7 +74,10 @@ class ChannelPlan:
 
     @property
     def reached(self) -> bool:
-        """True if there is no target or the reduction is within tolerance of it."""
+        """True if there is no target or the reduction is within tolerance of it (a latency
+        target: the predicted ratio is at most the target plus the tolerance)."""
+        if self.latency is not None and self.latency.get("target") is not None:
+            return self.latency["ratio"] <= self.latency["target"] + self.tolerance + 1e-12
         return self.target is None or abs(self.reduction - self.target) <= self.tolerance + 1e-12
 
     def group_keep(self) -> dict[str, int]:
@@ -80,7 +91,13 @@ class ChannelPlan:
             f"clamped to the minimum {self.keep[g]}"
             for g, req in self.clamped.items()
         ]
-        if not self.reached:
+        lat = self.latency
+        if lat is not None and lat.get("target") is not None and not self.reached:
+            lines.append(
+                f"target latency {lat['target']:.2f} of the unpruned not reached: the "
+                f"{self.policy} policy came closest at {lat['ratio']:.3f} (predicted)"
+            )
+        elif not self.reached:
             lines.append(
                 f"target BOPs reduction {self.target:.1%} not reached: the {self.policy} policy "
                 f"with these options came closest at {self.reduction:.1%}"
@@ -100,8 +117,12 @@ class ChannelPlan:
             "min_channels": self.min_channels,
             "bops_before": self.bops_before,
             "bops_after": self.bops_after,
+            "float_macs_before": self.float_macs_before,
+            "float_macs_after": self.float_macs_after,
+            "latency": None if self.latency is None else dict(self.latency),
             "layers": {n: {"before": self.channels[n], "after": self.keep[n]} for n in self.keep},
             "groups": {g.name: list(g.layers) for g in self.groups},
+            "fp_producers": {g.name: list(g.consumers) for g in self.groups if g.fp_producer},
             "excluded": list(self.excluded),
             "clamped": dict(self.clamped),
             "notes": self.notes(),
@@ -110,11 +131,13 @@ class ChannelPlan:
 
 @dataclass(frozen=True)
 class _Allowed:
-    """Allowed channel counts of one group: multiples of ``step`` in [lo, C], plus C."""
+    """Allowed channel counts of one group: multiples of ``step`` in [lo, C], plus C; or,
+    when ``counts`` is given (a latency table's choice), exactly those counts (C included)."""
 
     channels: int
     step: int
     lo: int
+    counts: tuple[int, ...] = ()
 
     @property
     def top(self) -> int:
@@ -123,15 +146,23 @@ class _Allowed:
     def nearest(self, raw: float) -> int:
         """Nearest allowed count >= 0 (ties keep more channels), before the minimum applies."""
         raw = min(max(raw, 0.0), float(self.channels))
+        if self.counts:
+            return min(self.counts, key=lambda k: (abs(k - raw), -k))
         if raw >= (self.top + self.channels) / 2:
             return self.channels
         return min(int(math.floor(raw / self.step + 0.5)) * self.step, self.top)
 
     def down(self, k: int) -> int | None:
+        if self.counts:
+            below = [c for c in self.counts if c < k and c >= self.lo]
+            return max(below) if below else None
         nxt = self.top if k == self.channels and self.top != k else k - self.step
         return nxt if nxt >= self.lo else None
 
     def up(self, k: int) -> int | None:
+        if self.counts:
+            above = [c for c in self.counts if c > k]
+            return min(above) if above else None
         if k >= self.channels:
             return None
         return k + self.step if k + self.step <= self.top else self.channels
@@ -148,6 +179,7 @@ class _Planner:
         min_channels: int | None,
         exclude: Iterable[str],
         tolerance: float,
+        keep_fp: bool = False,
     ) -> None:
         if int(round_to) != round_to or round_to < 1:
             raise ValueError(f"round_to must be a whole number >= 1, got {round_to}")
@@ -155,7 +187,7 @@ class _Planner:
             raise ValueError(f"min_channels must be a whole number >= 1, got {min_channels}")
         if not 0 < tolerance < 1:
             raise ValueError(f"tolerance must lie in (0, 1), got {tolerance}")
-        self.space: PruningSpace = analyze(model, input_shape)
+        self.space: PruningSpace = analyze(model, input_shape, keep_fp=keep_fp)
         if not self.space.groups:
             raise ValueError("model has no prunable channels (no binary layer with free outputs)")
         self.round_to, self.min_channels, self.tolerance = int(round_to), min_channels, tolerance
@@ -191,22 +223,29 @@ class _Planner:
         return keep
 
     def search(
-        self, raws_at: Callable[[float], list[float]], hi: float, target: float, movable: list[int]
+        self, raws_at: Callable[[float], list[float]], hi: float, target: float, movable: list[int],
+        cost: Callable[[list[int]], float] | None = None,
     ) -> tuple[list[int], float]:
         """Bisection on the scale; if rounding leaves the result off target by more than half
-        the tolerance, a greedy touch-up moves one or two groups a step at a time."""
-        goal = (1.0 - target) * self.space.bops
+        the tolerance, a greedy touch-up moves one or two groups a step at a time.
+
+        ``cost`` is the quantity whose reduction ``target`` is, as a fraction of the unpruned
+        model's (default: BOPs)."""
+        if cost is None:
+            def cost(keep: list[int]) -> float:
+                return self.space.bops_for(keep) / self.space.bops
+        goal = 1.0 - target
 
         def err(keep: list[int]) -> float:
-            return abs(self.space.bops_for(keep) - goal) / self.space.bops
+            return abs(cost(keep) - goal)
 
         lo_s, hi_s = 0.0, hi
-        if self.space.bops_for(self.quantize(raws_at(hi))) > goal:
+        if cost(self.quantize(raws_at(hi))) > goal:
             lo_s = hi
         else:
             for _ in range(_BISECTION_STEPS):
                 mid = (lo_s + hi_s) / 2
-                if self.space.bops_for(self.quantize(raws_at(mid))) <= goal:
+                if cost(self.quantize(raws_at(mid))) <= goal:
                     hi_s = mid
                 else:
                     lo_s = mid
@@ -244,10 +283,12 @@ class _Planner:
             policy=policy,
             input_shape=self.space.input_shape,
             groups=groups,
-            keep={b: keep[i] for i, g in enumerate(groups) for b in g.binary},
-            channels={b: g.channels for g in groups for b in g.binary},
+            keep={b: keep[i] for i, g in enumerate(groups) for b in g.planned},
+            channels={b: g.channels for g in groups for b in g.planned},
             bops_before=self.space.bops,
             bops_after=self.space.bops_for(keep),
+            float_macs_before=self.space.float_macs,
+            float_macs_after=self.space.float_macs_for(keep),
             clamped={  # a touch-up may have lifted a group off its minimum
                 g.name: req
                 for i, g in enumerate(groups)
@@ -261,11 +302,13 @@ class _Planner:
         )
 
     def group_p(self, sensitivity: Sensitivity) -> list[float]:
-        """Insensitive share of all weights of each active group's binary layers."""
+        """Insensitive share of all weights of each active group's binary layers (of a
+        full-precision producer: of its binary consumers, whose inputs it feeds)."""
         ps = []
         for i in self.active():
             g = self.space.groups[i]
-            missing = [b for b in g.binary if b not in sensitivity.p]
+            source = g.binary or g.consumers
+            missing = [b for b in source if b not in sensitivity.p]
             if missing:
                 raise ValueError(
                     f"flip data does not match the model's binary layers (missing {missing}); "
@@ -278,8 +321,8 @@ class _Planner:
                     f"model's; {RECORD_HINT} for this model"
                 )
             ps.append(
-                sum(sensitivity.insensitive[b] for b in g.binary)
-                / sum(sensitivity.numel[b] for b in g.binary)
+                sum(sensitivity.insensitive[b] for b in source)
+                / sum(sensitivity.numel[b] for b in source)
             )
         return ps
 
@@ -298,9 +341,11 @@ def plan_paper(
     round_to: int = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
+    keep_fp: bool = False,
 ) -> ChannelPlan:
     """The paper's rule: each group keeps round(C * (1 - p)) channels."""
-    pl = _Planner(model, input_shape, round_to, min_channels, exclude, DEFAULT_TOLERANCE)
+    pl = _Planner(model, input_shape, round_to, min_channels, exclude, DEFAULT_TOLERANCE,
+                  keep_fp)
     ps = pl.group_p(sensitivity)
     chans = [pl.space.groups[i].channels for i in pl.active()]
     keep = pl.quantize([c * (1.0 - p) for c, p in zip(chans, ps, strict=True)], record=True)
@@ -316,6 +361,7 @@ def plan_target(
     round_to: int = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
+    keep_fp: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ChannelPlan:
     """Reach a BOPs reduction ``target`` in one shot, cutting groups in proportion to p.
@@ -324,7 +370,7 @@ def plan_target(
     nearest achievable one and ``plan.reached`` is False (``plan.notes()`` says so).
     """
     target = _check_target(target)
-    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance)
+    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance, keep_fp)
     ps = pl.group_p(sensitivity)
     active = pl.active()
     chans = [pl.space.groups[i].channels for i in active]
@@ -348,11 +394,12 @@ def plan_uniform(
     round_to: int = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
+    keep_fp: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ChannelPlan:
     """Cut every group by the same ratio, found by bisection to reach ``target``."""
     target = _check_target(target)
-    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance)
+    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance, keep_fp)
     active = pl.active()
     chans = [pl.space.groups[i].channels for i in active]
 
@@ -363,13 +410,14 @@ def plan_uniform(
     return pl.plan("uniform", keep, target=target, scale=ratio)
 
 
-def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, int]) -> ChannelPlan:
-    """A plan from explicit counts (binary layer -> channels); a group takes its layers' count.
+def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, int],
+                keep_fp: bool = False) -> ChannelPlan:
+    """A plan from explicit counts (layer -> channels); a group takes its layers' count.
 
     Counts below 1 are clamped to 1 and recorded; conflicting counts within a group or
     counts above the current width raise ValueError.
     """
-    pl = _Planner(model, input_shape, 1, None, (), DEFAULT_TOLERANCE)
+    pl = _Planner(model, input_shape, 1, None, (), DEFAULT_TOLERANCE, keep_fp)
     group_of = pl.space.group_of()
     unknown = sorted(n for n in keep if n not in group_of)
     if unknown:
@@ -393,6 +441,64 @@ def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, in
     return pl.plan("manual", counts)
 
 
+def plan_latency(
+    model: nn.Module,
+    input_shape: InputShape,
+    target_latency: float,
+    latency_model: Any,
+    sensitivity: Sensitivity | None = None,
+    *,
+    policy: str = "target",
+    min_channels: int | None = None,
+    exclude: Iterable[str] = (),
+    keep_fp: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ChannelPlan:
+    """Reach a predicted engine latency of ``target_latency`` x the unpruned one.
+
+    The ``target`` policy scales the flip-frequency allocation (groups cut in proportion to
+    their p); ``uniform`` cuts every group by one ratio. Counts are those
+    ``latency_model.allowed`` says buy a saving (the kernels' granularity, from the table).
+    """
+    from bnnprune.prune.latency import check_latency_target
+
+    target_latency = check_latency_target(target_latency)
+    if policy not in ("target", "uniform"):
+        raise ValueError(f"a latency target needs the target or uniform policy, not {policy!r}")
+    pl = _Planner(model, input_shape, 1, min_channels, exclude, tolerance, keep_fp)
+    lm = latency_model
+    if [(g.name, g.channels) for g in lm.space.groups] != [
+            (g.name, g.channels) for g in pl.space.groups]:
+        raise ValueError("the latency model was built for another model or keep_fp setting")
+    for i, a in enumerate(pl.allowed):
+        counts = tuple(k for k in lm.allowed(i) if k >= a.lo) or (a.channels,)
+        pl.allowed[i] = _Allowed(a.channels, 1, counts[0], counts)
+    active = pl.active()
+    chans = [pl.space.groups[i].channels for i in active]
+    if policy == "target":
+        if sensitivity is None:
+            raise ValueError(f"the target policy needs flip data; {RECORD_HINT}")
+        ps = pl.group_p(sensitivity)
+        positive = [p for p in ps if p > 0]
+        movable = [i for i, p in zip(active, ps, strict=True) if p > 0]
+        hi = 1.0 / min(positive) if positive else 1.0
+
+        def raws_at(s: float) -> list[float]:
+            return [c * (1.0 - min(1.0, s * p)) for c, p in zip(chans, ps, strict=True)]
+    else:
+        movable, hi = active, 1.0
+
+        def raws_at(s: float) -> list[float]:
+            return [c * (1.0 - s) for c in chans]
+
+    if not movable:
+        keep, scale = pl.quantize(chans), 0.0
+    else:
+        keep, scale = pl.search(raws_at, hi, 1.0 - target_latency, movable, cost=lm.ratio)
+    plan = pl.plan(policy, keep, scale=scale, latency=lm.report(keep, target_latency))
+    return plan
+
+
 def make_plan(
     model: nn.Module,
     input_shape: InputShape,
@@ -403,12 +509,26 @@ def make_plan(
     round_to: int = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
+    keep_fp: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
+    target_latency: float | None = None,
+    latency_model: Any = None,
 ) -> ChannelPlan:
-    """Dispatch to a policy by name (``paper``, ``target`` or ``uniform``)."""
+    """Dispatch to a policy by name (``paper``, ``target`` or ``uniform``); with
+    ``target_latency`` (and its ``latency_model``) to :func:`plan_latency`."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-    opts: dict[str, Any] = {"round_to": round_to, "min_channels": min_channels, "exclude": exclude}
+    if target_latency is not None:
+        if target is not None:
+            raise ValueError("give a BOPs target or a latency target, not both")
+        if latency_model is None:
+            raise ValueError("a latency target needs a latency model "
+                             "(bnnprune.prune.latency.latency_model)")
+        return plan_latency(model, input_shape, target_latency, latency_model, sensitivity,
+                            policy=policy, min_channels=min_channels, exclude=exclude,
+                            keep_fp=keep_fp, tolerance=tolerance)
+    opts: dict[str, Any] = {"round_to": round_to, "min_channels": min_channels, "exclude": exclude,
+                            "keep_fp": keep_fp}
     if policy == "uniform":
         if target is None:
             raise ValueError("the uniform policy needs a target BOPs reduction in (0, 1)")

@@ -3,7 +3,8 @@
 Removing a group's output channels also removes the matching BatchNorm entries and the
 next layers' input channels (through pooling, flatten -> linear and residual adds).
 :func:`apply_plan` then checks the result: the forward pass works and keeps its output
-shape, every binary layer has the planned width, and ``count_bops`` equals the plan.
+shape, every planned layer has the planned width, and the BOPs and float MACs of
+:func:`bnnprune.metrics.summarize` equal the plan's.
 The model object (and its ``arch`` attribute) is kept, so ``model_from_arch(arch,
 state_dict)`` rebuilds the pruned model.
 """
@@ -18,8 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnnprune.metrics import count_bops
-from bnnprune.nn import binary_layers
+from bnnprune.metrics import summarize
 from bnnprune.prune.criteria import Criterion
 from bnnprune.prune.graph import output_shape, prune_channels
 from bnnprune.prune.policies import ChannelPlan
@@ -49,10 +49,11 @@ class PruneResult:
 
 
 def _check_plan_fits(model: nn.Module, plan: ChannelPlan) -> None:
-    layers = binary_layers(model)
+    layers = dict(model.named_modules())
     for name, width in plan.channels.items():
         m = layers.get(name)
-        if m is None or int(m.weight.shape[0]) != width:
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor) or int(w.shape[0]) != width:
             raise ValueError(
                 f"the plan does not fit this model (layer {name!r}); make the plan for this model"
             )
@@ -91,11 +92,14 @@ def apply_plan(
             f"channel surgery changed the output shape {out_shape} -> {new_shape}; the model "
             "contains an operation it cannot follow"
         )
-    layers = binary_layers(pruned)
+    layers = dict(pruned.named_modules())
     wrong = [n for n, k in plan.keep.items() if int(layers[n].weight.shape[0]) != k]
-    bops = count_bops(pruned, plan.input_shape)
-    if wrong or bops != plan.bops_after:
-        what = f"widths of {wrong}" if wrong else f"BOPs {bops} != planned {plan.bops_after}"
+    summary = summarize(pruned, plan.input_shape)
+    bops, macs = summary.bops, summary.float_macs
+    if wrong or bops != plan.bops_after or macs != plan.float_macs_after:
+        what = (f"widths of {wrong}" if wrong else f"BOPs {bops} != planned {plan.bops_after}"
+                if bops != plan.bops_after
+                else f"float MACs {macs} != planned {plan.float_macs_after}")
         raise ValueError(
             f"channel surgery did not produce the plan ({what}); the model contains an "
             "operation it cannot follow"

@@ -283,3 +283,36 @@ def fconv_store4(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alp
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+FMA_CHAINS = 10  # independent <8 x float> accumulators: enough to hide the FMA latency
+
+
+@intrinsic
+def fma_chains(typingctx, reps, seed):  # noqa: ARG001
+    """``reps`` rounds of ``acc = fma(acc, m, a)`` on :data:`FMA_CHAINS` independent
+    ``<8 x float>`` accumulators kept in registers (the FMA peak probe); returns their sum."""
+    if not (isinstance(reps, types.Integer) and seed == types.float32):
+        return None
+    sig = types.float32(reps, seed)
+
+    def codegen(context, builder, signature, args):
+        (n,) = _ints(context, builder, signature.args, args, (0,))
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
+        start = _splat(builder, args[1], _V8F32)
+        mul = ir.Constant(_V8F32, [0.9999999] * 8)
+        add = ir.Constant(_V8F32, [1e-7] * 8)
+        accs = [cgutils.alloca_once_value(builder, start) for _ in range(FMA_CHAINS)]
+        with cgutils.for_range(builder, n):
+            for a in accs:
+                builder.store(builder.call(fma, [builder.load(a), mul, add]), a)
+        total = builder.load(accs[0])
+        for a in accs[1:]:
+            total = builder.fadd(total, builder.load(a))
+        out = builder.extract_element(total, ir.Constant(_I32, 0))
+        for e in range(1, 8):
+            out = builder.fadd(out, builder.extract_element(total, ir.Constant(_I32, e)))
+        return out
+
+    return sig, codegen

@@ -1,0 +1,387 @@
+"""Per-machine latency tables of the packed engine (NetAdapt-style lookup tables).
+
+Each op of a program is timed alone, on random inputs and weights, at the channel counts a
+caller asks for: a one-op program (with a ``sign``/``flatten`` in front and a cheap terminal
+op behind where the op needs them) is planned for the batch size and thread count, and only
+the op's own kernel calls (its padding / patch matrix included) are timed; the best of
+``repeats`` runs counts. A program's predicted latency is the sum of its ops' table entries
+(bilinear between measured counts) plus the measured per-run overhead of the unpruned
+program (input copy, Python dispatch): by construction the unpruned prediction equals its
+measured latency.
+
+Measurements are cached as JSON in the user cache folder, one file per machine
+(``~/.cache/bnnprune/latency/<machine-key>.json``; ``BNNPRUNE_CACHE_DIR`` or
+``XDG_CACHE_HOME`` move it). Entries are keyed by the op's geometry, channel counts, batch
+size and threads, and the file records a fingerprint of the kernel sources: kernels that
+changed invalidate it. An unreadable or corrupt file is rebuilt, never an error.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnnprune.atomic import atomic_write_bytes
+from bnnprune.engine.errors import EngineError
+from bnnprune.engine.ir import Op, ValueInfo
+from bnnprune.engine.pack import tail_mask, words
+from bnnprune.engine.program import Program, _threads
+from bnnprune.machine import machine_info
+
+__all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build_cost_model",
+           "cache_path", "machine_key", "op_channels"]
+
+CACHE_VERSION = 1
+CONV_KINDS = ("bconv", "fconv")
+
+
+def _kernels_fingerprint() -> str:
+    """Hash of the kernel and plan sources: a cache built by other kernels is not reused."""
+    root = Path(__file__).parent
+    h = hashlib.sha1()
+    for p in sorted([*root.joinpath("kernels").glob("*.py"), root / "plan.py"]):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def machine_key() -> str:
+    """CPU model, logical cores and numba version as a file-name-safe key."""
+    import numba
+
+    m = machine_info()
+    raw = f"{m['cpu']}-{m['logical_cores']}c-numba{numba.__version__}"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", raw).strip("-")[:80]
+    return f"{slug}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+
+
+def cache_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The latency cache file of this machine."""
+    if cache_dir is None:
+        env = os.environ.get("BNNPRUNE_CACHE_DIR")
+        base = (Path(env) if env else
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnnprune")
+        cache_dir = base / "latency"
+    return Path(cache_dir) / f"{machine_key()}.json"
+
+
+class LatencyCache:
+    """Measured op times of this machine, read from and written back to one JSON file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.kernels = _kernels_fingerprint()
+        self.entries: dict[str, float] = {}
+        self.rebuilt = False  # True when a damaged or outdated file was discarded
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+            ok = (isinstance(data, dict) and data.get("version") == CACHE_VERSION
+                  and isinstance(data.get("entries"), dict)
+                  and all(isinstance(v, float) and v > 0 for v in data["entries"].values()))
+        except (OSError, UnicodeDecodeError, ValueError):
+            ok = False
+        if not ok:
+            warnings.warn(f"latency cache {self.path} is unreadable; rebuilding it", stacklevel=3)
+            self.rebuilt = True
+            return
+        if data.get("kernels") != self.kernels:  # other kernels: their times do not apply
+            self.rebuilt = True
+            return
+        self.entries = {str(k): float(v) for k, v in data["entries"].items()}
+
+    def save(self) -> None:
+        """Write the file atomically (a failure to write is a warning: the run goes on)."""
+        data = {"version": CACHE_VERSION, "kernels": self.kernels, "machine": machine_key(),
+                "entries": dict(sorted(self.entries.items()))}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path, json.dumps(data, indent=0).encode())
+        except OSError as e:
+            warnings.warn(f"cannot write the latency cache {self.path}: {e}", stacklevel=2)
+
+
+# --------------------------------------------------------------------------- one-op programs
+
+
+def op_channels(program: Program, idx: int) -> tuple[int, int]:
+    """(input channels, output channels) of op ``idx`` (a concatenation: its output twice)."""
+    op = program.ops[idx]
+    out = program.values[op.output].c
+    if op.kind in ("concat", "concat_bits"):
+        return out, out
+    return program.values[op.inputs[0]].c, out
+
+
+def _signature(program: Program, idx: int) -> str:
+    """What an op's time depends on besides its channel counts."""
+    op = program.ops[idx]
+    x, y = program.values[op.inputs[0]], program.values[op.output]
+    attrs = {k: v for k, v in sorted(op.attrs.items()) if k not in ("cin", "cout")}
+    return json.dumps([op.kind, len(op.inputs), x.kind, x.h, x.w, x.flat, y.kind, y.h, y.w,
+                       attrs], separators=(",", ":"))
+
+
+def _entry_key(sig: str, cin: int, cout: int, batch: int, threads: int) -> str:
+    return f"{sig}|{cin}|{cout}|b{batch}|t{threads}"
+
+
+def _random_arrays(op: Op, cin: int, cout: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Weights and per-channel arrays of ``op`` resized to (cin, cout), random contents."""
+    kh, kw = op.attrs.get("kernel", (1, 1))
+    f32 = np.float32
+    if op.kind == "bconv":
+        w = rng.integers(0, 2**63, size=(cout, kh, kw * words(cin)), dtype=np.int64)
+        arrays = {"w": w.view(np.uint64) & np.tile(tail_mask(cin), kw)}
+        if op.attrs["mode"] == "bits":
+            arrays.update(thr=np.full(cout, (cin * kh * kw) // 2, np.int32),
+                          flip=np.zeros(cout, np.uint8))
+        else:
+            arrays.update({k: np.ones(cout, f32) for k in ("m1", "a1", "m2", "a2")})
+        return arrays
+    if op.kind == "fconv":
+        return {"w": rng.standard_normal((kh * kw * cin, cout)).astype(f32),
+                **{k: np.ones(cout, f32) for k in ("b", "alpha", "beta")}}
+    return {k: np.ones(cout, f32) for k in op.arrays}  # affine, prelu: per channel
+
+
+def _one_op_program(program: Program, idx: int, cin: int, cout: int,
+                    rng: np.random.Generator) -> tuple[Program, int]:
+    """A program whose op ``t`` is op ``idx`` at (cin, cout) channels; returns (program, t)."""
+    op = program.ops[idx]
+    x, y = program.values[op.inputs[0]], program.values[op.output]
+    values = [ValueInfo("float", x.h, x.w, cin, False, "input")]
+    ops: list[Op] = []
+
+    def add(kind: str, inputs: list[int], v: ValueInfo, attrs: dict[str, Any] | None = None,
+            arrays: dict[str, Any] | None = None) -> int:
+        values.append(v)
+        ops.append(Op(kind, inputs, len(values) - 1, attrs or {}, arrays or {}, kind))
+        return len(values) - 1
+
+    src = 0
+    if x.kind == "bits":
+        src = add("sign", [src], ValueInfo("bits", x.h, x.w, cin))
+    if x.flat:
+        src = add("flatten", [src], ValueInfo(x.kind, x.h, x.w, cin, True))
+    attrs = dict(op.attrs)
+    if op.kind in CONV_KINDS:
+        attrs.update(cin=cin, cout=cout)
+    n_in = len(op.inputs)
+    out = add(op.kind, [src] * n_in, ValueInfo(y.kind, y.h, y.w, cout * (n_in if op.kind in (
+        "concat", "concat_bits") else 1), y.flat), attrs, _random_arrays(op, cin, cout, rng))
+    target = len(ops) - 1
+    v = values[out]
+    if v.kind == "bits":  # a program ends in floats: a cheap full-window op closes it
+        kw = words(v.c)
+        add("bconv", [out], ValueInfo("float", 1, 1, 1, v.flat),
+            {"kernel": [v.h, v.w], "stride": [1, 1], "padding": [0, 0], "cin": v.c, "cout": 1,
+             "pad_value": 1, "mode": "float"},
+            {"w": np.zeros((1, v.h, v.w * kw), np.uint64),
+             **{k: np.ones(1, np.float32) for k in ("m1", "a1", "m2", "a2")}})
+    return Program((cin, x.h, x.w), values, ops, len(values) - 1), target
+
+
+def _best_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def time_op(program: Program, idx: int, cin: int, cout: int, batch: int, threads: int,
+            repeats: int) -> float:
+    """Best time of op ``idx`` alone at (cin, cout) channels on ``batch`` random images."""
+    rng = np.random.default_rng(cin * 7919 + cout)
+    if program.ops[idx].kind in ("concat", "concat_bits"):
+        n = len(program.ops[idx].inputs)  # n equal parts of the output channels
+        cin = cout = max(1, cout // n)
+    mini, t = _one_op_program(program, idx, cin, cout, rng)
+    plan = mini.plan(batch, threads)
+    x = rng.standard_normal((batch, *mini.input_shape)).astype(np.float32)
+    plan.run(x)
+    calls = plan.op_calls(t)
+
+    def run() -> None:
+        for c in calls:
+            c()
+
+    return max(_best_time(run, repeats), 1e-9)
+
+
+def time_program(program: Program, batch: int, threads: int, repeats: int) -> float:
+    """Best time of a whole run of ``program`` on ``batch`` random images."""
+    x = np.random.default_rng(5).standard_normal((batch, *program.input_shape))
+    x = x.astype(np.float32)
+    return max(_best_time(lambda: program(x, batch_size=batch, threads=threads), repeats), 1e-9)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _interp(xs: Sequence[int], x: float) -> tuple[int, int, float]:
+    """Indices of the measured counts around ``x`` and the weight of the upper one (linear
+    extrapolation beyond the ends)."""
+    if len(xs) == 1:
+        return 0, 0, 0.0
+    j = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    lo, hi = xs[j - 1], xs[j]
+    return j - 1, j, (x - lo) / (hi - lo)
+
+
+@dataclass
+class OpTable:
+    """Measured seconds of one op on a grid of (input, output) channel counts."""
+
+    kind: str
+    cin: list[int]
+    cout: list[int]
+    seconds: list[list[float]]  # [input index][output index] (one row: output counts only)
+    proportional: bool = False  # one measured point: time scales with the output channels
+
+    def at(self, cin: float, cout: float) -> float:
+        """Seconds at (cin, cout): bilinear between measured counts, never below 0."""
+        if self.proportional:
+            return self.seconds[0][0] * cout / self.cout[0]
+        i0, i1, a = _interp(self.cin, cin)
+        j0, j1, b = _interp(self.cout, cout)
+        s = self.seconds
+        top = s[i0][j0] * (1 - b) + s[i0][j1] * b
+        bot = s[i1][j0] * (1 - b) + s[i1][j1] * b
+        return max(top * (1 - a) + bot * a, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "cin": self.cin, "cout": self.cout, "seconds": self.seconds,
+                "proportional": self.proportional}
+
+
+@dataclass
+class EngineCostModel:
+    """Latency tables of every op of ``program`` at one batch size and thread count."""
+
+    program: Program
+    batch: int
+    threads: int
+    tables: list[OpTable]
+    overhead_s: float  # measured run minus the sum of its ops alone (unpruned program)
+    measured_s: float  # measured latency of the unpruned program
+    cache_file: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def op_seconds(self, idx: int, cin: float, cout: float) -> float:
+        return self.tables[idx].at(cin, cout)
+
+    def predict_counts(self, counts: Sequence[tuple[float, float]]) -> float:
+        """Predicted latency (s) with op ``i`` at ``counts[i]`` = (input, output) channels."""
+        if len(counts) != len(self.tables):
+            raise EngineError(f"{len(counts)} op counts for a program of {len(self.tables)} ops")
+        return self.overhead_s + sum(t.at(ci, co) for t, (ci, co) in zip(self.tables, counts,
+                                                                         strict=True))
+
+    def predict(self, program: Program) -> float:
+        """Predicted latency (s) of ``program``: the unpruned program with fewer channels."""
+        if [(o.kind, o.name) for o in program.ops] != [(o.kind, o.name) for o in
+                                                       self.program.ops]:
+            raise EngineError("the program is not a channel-pruned copy of the cost model's "
+                              "program (its ops differ)")
+        return self.predict_counts([op_channels(program, i) for i in range(len(program.ops))])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "threads": self.threads, "overhead_s": self.overhead_s,
+                "measured_s": self.measured_s, "cache_file": self.cache_file,
+                "ops": [{"op": o.name or o.kind, **t.to_dict()}
+                        for o, t in zip(self.program.ops, self.tables, strict=True)]}
+
+
+def _check_counts(program: Program, grids: dict[int, tuple[Iterable[int], Iterable[int]]]
+                  ) -> dict[int, tuple[list[int], list[int]]]:
+    out = {}
+    for idx in range(len(program.ops)):
+        cin, cout = op_channels(program, idx)
+        gi, go = grids.get(idx, ((cin,), (cout,)))
+        ins = sorted({int(c) for c in gi} | {cin})
+        outs = sorted({int(c) for c in go} | {cout})
+        if ins[0] < 1 or outs[0] < 1 or ins[-1] > cin or outs[-1] > cout:
+            raise EngineError(f"op {idx}: channel counts must lie in [1, {cin}] x [1, {cout}]")
+        out[idx] = (ins, outs)
+    return out
+
+
+def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Iterable[int]]]
+                     | None = None, *, batch: int = 1, threads: int = 1, repeats: int = 10,
+                     cache: LatencyCache | str | os.PathLike[str] | None = None,
+                     progress: Callable[[str], None] | None = None) -> EngineCostModel:
+    """Time every op of ``program`` at the counts of ``grids`` (op index -> (input counts,
+    output counts); the program's own counts are always included) and the whole program.
+
+    Entries found in ``cache`` (a :class:`LatencyCache`, a file path, or None for this
+    machine's default file) are reused; new ones are written back.
+    """
+    for name, v in (("batch", batch), ("threads", threads), ("repeats", repeats)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise EngineError(f"{name} must be a positive integer, got {v!r}")
+    store = cache if isinstance(cache, LatencyCache) else LatencyCache(
+        cache if cache is not None else cache_path())
+    counts = _check_counts(program, grids or {})
+    tables: list[OpTable] = []
+    fresh = 0
+    with _threads(threads) as th:
+        for idx, (ins, outs) in counts.items():
+            op = program.ops[idx]
+            sig = _signature(program, idx)
+            prop = op.kind in ("concat", "concat_bits")
+            if prop or op.kind not in CONV_KINDS:
+                ins = outs if not prop else outs[-1:]  # one channel count: the output's
+                outs = ins
+            grid: list[list[float]] = []
+            for ci in (ins if op.kind in CONV_KINDS else [None]):
+                row = []
+                for co in outs:
+                    c_in = ci if ci is not None else co
+                    key = _entry_key(sig, c_in, co, batch, th)
+                    if key not in store.entries:
+                        store.entries[key] = time_op(program, idx, c_in, co, batch, th, repeats)
+                        fresh += 1
+                    row.append(store.entries[key])
+                grid.append(row)
+            tables.append(OpTable(op.kind, list(ins) if op.kind in CONV_KINDS else outs[-1:],
+                                  list(outs), grid, prop))
+            if progress is not None:
+                progress(f"latency table: op {idx + 1}/{len(counts)} ({op.name or op.kind})")
+        whole_key = f"program:{_program_hash(program)}|b{batch}|t{th}"
+        if whole_key not in store.entries:
+            store.entries[whole_key] = time_program(program, batch, th, repeats)
+            fresh += 1
+    if fresh or store.rebuilt:
+        store.save()
+    full = [op_channels(program, i) for i in range(len(program.ops))]
+    ops_s = sum(t.at(ci, co) for t, (ci, co) in zip(tables, full, strict=True))
+    measured = store.entries[whole_key]
+    return EngineCostModel(program, batch, th, tables, measured - ops_s, measured,
+                           str(store.path))
+
+
+def _program_hash(program: Program) -> str:
+    h = hashlib.sha1()
+    for i in range(len(program.ops)):
+        h.update(_signature(program, i).encode())
+        h.update(str(op_channels(program, i)).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,171 @@
+"""The engine's latency tables: one-op timing, the per-machine JSON cache (a corrupt file is
+rebuilt), predictions from the tables, and plans searched against them. Timing runs only with
+one repeat and nothing asserts on speed: synthetic tables stand in where numbers matter."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnnprune.engine import compile_model
+from bnnprune.engine import latency as L
+from bnnprune.engine.bench import program_float_macs
+from bnnprune.metrics import summarize
+from bnnprune.models import build_model
+from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune.latency import check_latency_target, latency_model
+
+SHAPE = (3, 32, 32)
+
+
+def _nin(width: float = 0.125) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("nin", width=width).eval()
+
+
+def _synthetic(block: int):
+    """A deterministic stand-in for time_op: conv time grows with input and output channels
+    in whole blocks of ``block``; other ops in proportion to their channels."""
+
+    def up(c: int) -> int:
+        return math.ceil(c / block) * block
+
+    def fake(program, idx, cin, cout, batch, threads, repeats):
+        op = program.ops[idx]
+        v = program.values[op.output]
+        if op.kind in L.CONV_KINDS:
+            kh, kw = op.attrs["kernel"]
+            return batch * v.h * v.w * up(cin) * kh * kw * up(cout) * 1e-9
+        return batch * v.h * v.w * cout * 1e-10
+
+    return fake
+
+
+@pytest.fixture
+def fake_timing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("BNNPRUNE_CACHE_DIR", str(tmp_path))  # fake times in their own cache
+
+    def use(block: int) -> None:
+        fake = _synthetic(block)
+
+        def whole(program, batch, threads, repeats):  # the ops' sum and a fixed cost
+            return 1e-5 + sum(fake(program, i, *L.op_channels(program, i), batch, threads, 1)
+                              for i in range(len(program.ops)))
+
+        monkeypatch.setattr(L, "time_op", fake)
+        monkeypatch.setattr(L, "time_program", whole)
+    return use
+
+
+def test_corrupt_cache_file_is_rebuilt_and_then_reused(tmp_path: Path, monkeypatch) -> None:
+    program = compile_model(_nin(), SHAPE)
+    path = tmp_path / "machine.json"
+    path.write_bytes(b"{not json\x00\xff")
+    with pytest.warns(UserWarning, match="unreadable; rebuilding"):
+        model = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
+    data = json.loads(path.read_text())
+    assert data["version"] == L.CACHE_VERSION and data["kernels"] == L._kernels_fingerprint()
+    assert len(data["entries"]) == len(program.ops) + 1  # every op once, and the program
+    assert len(model.tables) == len(program.ops) and model.measured_s > 0
+
+    def no_timing(*a, **k):
+        raise AssertionError("timed again although the cache holds the entry")
+
+    monkeypatch.setattr(L, "time_op", no_timing)
+    monkeypatch.setattr(L, "time_program", no_timing)
+    again = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
+    assert again.measured_s == model.measured_s
+    # another shape of damage: valid JSON, wrong content
+    path.write_text(json.dumps({"version": L.CACHE_VERSION, "entries": {"x": "fast"}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert L.LatencyCache(path).rebuilt and not L.LatencyCache(path).entries
+
+
+def test_cache_from_other_kernels_is_discarded(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"version": L.CACHE_VERSION, "kernels": "other",
+                                "entries": {"k": 1.0}}))
+    cache = L.LatencyCache(path)
+    assert cache.rebuilt and cache.entries == {}
+
+
+def test_cache_file_lives_in_the_cache_folder_under_the_machine_key(monkeypatch,
+                                                                    tmp_path: Path) -> None:
+    monkeypatch.setenv("BNNPRUNE_CACHE_DIR", str(tmp_path))
+    path = L.cache_path()
+    assert path.parent == tmp_path / "latency" and path.name == f"{L.machine_key()}.json"
+    assert all(c.isalnum() or c in "-." for c in path.stem)
+
+
+def test_predictions_follow_the_groups_of_a_pruned_copy_exactly(fake_timing) -> None:
+    fake_timing(16)
+    model = _nin()
+    lm = latency_model(model, SHAPE, repeats=1)
+    plan = make_plan(model, SHAPE, "uniform", target=0.3)
+    keep = [plan.keep[g.planned[0]] for g in lm.space.groups]
+    pruned = compile_model(apply_plan(model, plan, "magnitude").model.eval(), SHAPE)
+    assert lm.counts(keep) == [L.op_channels(pruned, i) for i in range(len(pruned.ops))]
+    assert lm.predict(keep) == pytest.approx(lm.engine.predict(pruned))
+    assert lm.predict(lm.full) == pytest.approx(lm.engine.measured_s)  # calibrated to it
+    assert lm.engine.overhead_s == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_allowed_counts_are_the_table_plateaus(fake_timing, block: int) -> None:
+    fake_timing(block)
+    lm = latency_model(_nin(0.25), SHAPE, repeats=1, step=4)  # groups of 48 / 40 / 24 channels
+    i = [g.name for g in lm.space.groups].index("bconv4")  # feeds 48 channels into bconv5
+    allowed = lm.allowed(i)
+    assert all(k % block == 0 for k in allowed) and allowed[-1] == 48
+    assert lm.granularity(i) == block
+
+
+def test_latency_plan_reaches_the_target_on_the_tables(fake_timing) -> None:
+    fake_timing(16)
+    model = _nin(0.25)
+    lm = latency_model(model, SHAPE, repeats=1, step=4)
+    torch.manual_seed(1)
+    counts = {n: torch.randint(0, 3, m.weight.shape, dtype=torch.int32)
+              for n, m in model.named_modules() if hasattr(m, "binarize_input")}
+    sens = compute_sensitivity(counts, model, steps=20)
+    plan = make_plan(model, SHAPE, "target", sensitivity=sens, target_latency=0.6,
+                     latency_model=lm)
+    assert plan.reached and plan.latency["ratio"] <= 0.6 + plan.tolerance
+    keep = [plan.keep[g.planned[0]] for g in lm.space.groups]
+    assert plan.latency["ratio"] == pytest.approx(lm.ratio(keep))
+    assert all(plan.keep[g.planned[0]] in lm.allowed(i) for i, g in enumerate(lm.space.groups))
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["latency"]["target"] == 0.6 and d["latency"]["batch"] == 1
+    pruned = apply_plan(model, plan, "wff", sens).model
+    s = summarize(pruned, SHAPE)
+    assert (s.bops, s.float_macs) == (plan.bops_after, plan.float_macs_after)
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.5, 1.5, math.nan, math.inf, "fast", None, True])
+def test_bad_latency_targets_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        check_latency_target(bad)
+
+
+def test_one_op_timing_runs_every_op_kind_of_the_zoo() -> None:
+    """Every op of two zoo programs builds as a one-op program and times (1 repeat)."""
+    for name in ("nin", "reactnet"):
+        torch.manual_seed(0)
+        program = compile_model(build_model(name, width=0.125).eval(), SHAPE)
+        for idx in range(len(program.ops)):
+            cin, cout = L.op_channels(program, idx)
+            assert L.time_op(program, idx, max(1, cin // 2), max(1, cout // 2), 1, 1, 1) > 0
+
+
+@pytest.mark.parametrize("name", ["nin", "alexnet", "small", "birealnet18"])
+def test_program_float_macs_follow_the_one_cost_rule(name: str) -> None:
+    shape = (1, 28, 28) if name == "small" else SHAPE
+    torch.manual_seed(0)
+    model = build_model(name, width=0.125, in_channels=shape[0], image_size=shape[1]).eval()
+    assert program_float_macs(compile_model(model, shape)) == summarize(model, shape).float_macs
