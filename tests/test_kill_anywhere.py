@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tests.checks import assert_same
 
 from bnnprune.cli import main
 from bnnprune.killpoint import ENV
@@ -155,21 +156,6 @@ def _no_seconds(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [_without(h, "seconds") for h in history]
 
 
-def _assert_same(a: Any, b: Any, where: str) -> None:
-    """Exact equality of nested checkpoint data (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
 
 def _assert_same_models(ref: Path, got: Path) -> int:
     """Every phase's model, flips and optimizer state equal the reference's; return the count."""
@@ -177,12 +163,12 @@ def _assert_same_models(ref: Path, got: Path) -> int:
     assert ref_models == sorted(p.relative_to(got) for p in got.rglob("model.pt"))
     for rel in ref_models:
         r, g = load_checkpoint(ref / rel), load_checkpoint(got / rel)
-        _assert_same(r["state_dict"], g["state_dict"], f"{rel} state_dict")
-        _assert_same(r["flips"], g["flips"], f"{rel} flips")
+        assert_same(r["state_dict"], g["state_dict"], f"{rel} state_dict")
+        assert_same(r["flips"], g["flips"], f"{rel} flips")
         assert _no_seconds(r["history"]) == _no_seconds(g["history"]), rel
         rc, gc = load_checkpoint(ref / rel.parent / "checkpoint.pt"), \
             load_checkpoint(got / rel.parent / "checkpoint.pt")
-        _assert_same(rc["optimizer"], gc["optimizer"], f"{rel.parent} optimizer")
+        assert_same(rc["optimizer"], gc["optimizer"], f"{rel.parent} optimizer")
         if (ref / rel.parent / "flips.npz").is_file():
             with np.load(ref / rel.parent / "flips.npz") as a, \
                     np.load(got / rel.parent / "flips.npz") as b:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from tests.checks import assert_same, load, no_seconds
 
 from bnnprune import atomic
 from bnnprune.atomic import atomic_write_bytes
@@ -58,30 +59,6 @@ def _wait_for(path, proc, timeout=240.0):
         time.sleep(0.02)
 
 
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _assert_same(a, b, where=""):
-    """Exact equality of nested checkpoint data (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def _without_seconds(history):
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
@@ -96,7 +73,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
             proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
-    epoch_at_kill = _load(killed / "checkpoint.pt")["epoch"]
+    epoch_at_kill = load(killed / "checkpoint.pt")["epoch"]
     assert epoch_at_kill < 3
     with open(tmp_path / "resume.log", "wb") as log:
         resumed = _cli(killed, "--resume", log=log)
@@ -110,19 +87,19 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     finally:
         torch.set_num_threads(before)
 
-    ref_model, got_model = _load(reference / "model.pt"), _load(killed / "model.pt")
+    ref_model, got_model = load(reference / "model.pt"), load(killed / "model.pt")
     # weights and BatchNorm statistics (running mean/var, batches tracked)
     assert any("running_var" in k for k in ref_model["state_dict"])
-    _assert_same(ref_model["state_dict"], got_model["state_dict"], "state_dict")
+    assert_same(ref_model["state_dict"], got_model["state_dict"], "state_dict")
     # full flip-tracker state: counts, window, per-step ratios, epoch ends
-    _assert_same(ref_model["flips"], got_model["flips"], "flips")
+    assert_same(ref_model["flips"], got_model["flips"], "flips")
     assert ref_model["flips"]["steps_in_window"] == 2 * (512 // 32)
-    assert _without_seconds(ref_model["history"]) == _without_seconds(got_model["history"])
+    assert no_seconds(ref_model["history"]) == no_seconds(got_model["history"])
     # optimizer state after the final epoch (Adam moments and step counts)
-    ref_ck, got_ck = _load(reference / "checkpoint.pt"), _load(killed / "checkpoint.pt")
+    ref_ck, got_ck = load(reference / "checkpoint.pt"), load(killed / "checkpoint.pt")
     assert got_ck["epoch"] == 3
-    _assert_same(ref_ck["optimizer"], got_ck["optimizer"], "optimizer")
-    _assert_same(ref_ck["state_dict"], got_ck["state_dict"], "checkpoint state_dict")
+    assert_same(ref_ck["optimizer"], got_ck["optimizer"], "optimizer")
+    assert_same(ref_ck["state_dict"], got_ck["state_dict"], "checkpoint state_dict")
     ref_npz, got_npz = np.load(reference / "flips.npz"), np.load(killed / "flips.npz")
     assert sorted(ref_npz.files) == sorted(got_npz.files)
     for name in ref_npz.files:

@@ -12,7 +12,7 @@ import sys
 import time
 
 import numpy as np
-import torch
+from tests.checks import assert_same, load, no_seconds
 
 from bnnprune.lock import LOCK_NAME
 
@@ -60,28 +60,6 @@ def _kill_all(proc: subprocess.Popen) -> list[int]:
     return pids
 
 
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _same(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            _same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def _no_seconds(history):
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-
 
 def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
@@ -107,7 +85,7 @@ def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path)
         except FileNotFoundError:
             pass
     assert not (killed / "model.pt").exists(), "the run finished before it could be killed"
-    assert _load(killed / "checkpoint.pt")["epoch"] < 3
+    assert load(killed / "checkpoint.pt")["epoch"] < 3
     assert (killed / LOCK_NAME).exists()  # the dead rank 0's lock, taken over on resume
 
     with open(tmp_path / "resumed.log", "wb") as log:
@@ -120,15 +98,15 @@ def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path)
             tmp_path / "reference.log"
         ).read_text()
 
-    ref, got = _load(reference / "model.pt"), _load(killed / "model.pt")
-    _same(ref["state_dict"], got["state_dict"], "state_dict")
-    _same(ref["flips"], got["flips"], "flips")
+    ref, got = load(reference / "model.pt"), load(killed / "model.pt")
+    assert_same(ref["state_dict"], got["state_dict"], "state_dict")
+    assert_same(ref["flips"], got["flips"], "flips")
     assert ref["flips"]["steps_in_window"] == 2 * (512 // 32)
     assert sum(int(c.sum()) for c in ref["flips"]["counts"].values()) > 0
-    assert _no_seconds(ref["history"]) == _no_seconds(got["history"])
-    ref_ck, got_ck = _load(reference / "checkpoint.pt"), _load(killed / "checkpoint.pt")
+    assert no_seconds(ref["history"]) == no_seconds(got["history"])
+    ref_ck, got_ck = load(reference / "checkpoint.pt"), load(killed / "checkpoint.pt")
     assert got_ck["epoch"] == 3
-    _same(ref_ck["optimizer"], got_ck["optimizer"], "optimizer")
+    assert_same(ref_ck["optimizer"], got_ck["optimizer"], "optimizer")
     ref_npz, got_npz = np.load(reference / "flips.npz"), np.load(killed / "flips.npz")
     assert sorted(ref_npz.files) == sorted(got_npz.files)
     for name in ref_npz.files:

@@ -42,27 +42,26 @@ __all__ = ["benchmark", "compare_latency", "compare_pair", "fma_peak", "format_b
            "stream_xor_popcount"]
 
 
-def program_bops(program: Program) -> int:
-    """Binary MACs of one image: cin*kh*kw per output of every XNOR-popcount op."""
+def _program_macs(program: Program, kind: str) -> int:
+    """MACs of one image in every ``kind`` op: cin*kh*kw per output element."""
     total = 0
     for op in program.ops:
-        if op.kind == "bconv":
+        if op.kind == kind:
             kh, kw = op.attrs["kernel"]
             v = program.values[op.output]
             total += op.attrs["cin"] * kh * kw * op.attrs["cout"] * v.h * v.w
     return total
+
+
+def program_bops(program: Program) -> int:
+    """Binary MACs of one image: every XNOR-popcount op (``bconv``)."""
+    return _program_macs(program, "bconv")
 
 
 def program_float_macs(program: Program) -> int:
-    """Float MACs of one image: cin*kh*kw per output of every full-precision conv / linear
-    (a binary layer on real inputs is one too: the cost rule of :mod:`bnnprune.metrics.ops`)."""
-    total = 0
-    for op in program.ops:
-        if op.kind == "fconv":
-            kh, kw = op.attrs["kernel"]
-            v = program.values[op.output]
-            total += op.attrs["cin"] * kh * kw * op.attrs["cout"] * v.h * v.w
-    return total
+    """Float MACs of one image: every full-precision conv / linear (``fconv``; a binary layer
+    on real inputs is one too: the cost rule of :mod:`bnnprune.metrics.ops`)."""
+    return _program_macs(program, "fconv")
 
 
 def _time(fn: Callable[[], Any]) -> float:
