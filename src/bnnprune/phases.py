@@ -153,10 +153,13 @@ def phase_key(cfg: RunConfig, tcfg: TrainConfig, plan: dict[str, Any] | None) ->
 
 
 def retrain_config(cfg: RunConfig, epochs: int, track: bool) -> TrainConfig:
-    """The training settings of a retraining phase of ``epochs`` epochs."""
+    """The training settings of a retraining phase of ``epochs`` epochs: the baseline's
+    schedule shape at ``prune.retrain_lr``; when it ends on a plateau, flips are tracked on
+    that plateau only (as in the baseline), so the paper policy compares like with like."""
     t = dataclasses.replace(cfg.train, epochs=epochs, lr=cfg.prune.retrain_lr,
                             plateau_epochs=min(cfg.train.plateau_epochs, epochs - 1))
-    t.track_last = min(cfg.train.track_last, epochs) if track else 0
+    window = t.plateau_epochs if t.plateau_epochs else epochs
+    t.track_last = min(cfg.train.track_last, window) if track else 0
     return t
 
 

@@ -301,6 +301,8 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         rec = measure("baseline (unpruned)", base, ds, device, epochs=cfg.train.epochs).to_dict()
         rec["dataset"] = dataclasses.asdict(DatasetRecord.of(ds))
         rec["convergence"] = convergence(history_of(res), cfg.train.track_last)
+        # the training time itself (also when this record is rebuilt from a finished phase)
+        rec["train_seconds"] = sum(h.get("seconds") or 0.0 for h in history_of(res))
         if sens is not None:
             rec["sensitivity"] = sens.to_dict()
             rec["thresholds"] = _threshold_table(base, flips, shape, p.plan_options)
@@ -614,7 +616,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "paper_rounds": {str(r["seed"]): r.get("rounds") for r in by_kind.get("prune", [])
                          if r["method_key"] and r["method_key"].startswith("paper+")},
         "machines": _machines(records),
-        "cell_seconds": sum(r.get("seconds") or 0.0 for r in records),
+        "cell_seconds": sum(_compute_seconds(r) for r in records),
     }
 
 
@@ -680,6 +682,12 @@ def _mean_thresholds(base: list[dict[str, Any]], field: str = "thresholds") -> d
                 "p": {n: _ms(v) for n, v in e["p"].items()}} for t, e in out.items()}
 
 
+def _compute_seconds(rec: dict[str, Any]) -> float:
+    """A cell's compute: its wall time, or its phase's training time when the record was
+    rebuilt from a phase trained earlier (baselines)."""
+    return max(rec.get("seconds") or 0.0, rec.get("train_seconds") or 0.0)
+
+
 def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every machine that computed cells, with its cell count and compute time."""
     seen: dict[str, dict[str, Any]] = {}
@@ -690,7 +698,7 @@ def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         label = f"{m.get('cpu')}, {m.get('torch_threads')} threads, {m.get('device')}"
         e = seen.setdefault(label, {"machine": label, "cells": 0, "seconds": 0.0})
         e["cells"] += 1
-        e["seconds"] += r.get("seconds") or 0.0
+        e["seconds"] += _compute_seconds(r)
     return sorted(seen.values(), key=lambda e: e["machine"])
 
 
