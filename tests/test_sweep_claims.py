@@ -103,3 +103,55 @@ def test_two_sweeps_sharing_a_folder_compute_each_cell_once(tmp_path: Path) -> N
     for c in CELLS:  # and no claim is left held
         with claim(out / CLAIMS / "seed0" / c) as held:
             assert held is not None and held.took_over is None, c
+
+
+def _children(pid: int) -> set[int]:
+    """PIDs whose parent is ``pid`` (Linux /proc)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_die_with_a_killed_sweep(tmp_path: Path) -> None:
+    """SIGTERM to the sweep alone (not its process group) ends its cell workers too, so no
+    orphan goes on writing records with settings the user has since changed."""
+    if not sys.platform.startswith("linux"):
+        return
+    config = tmp_path / "sweep.toml"
+    config.write_text(CONFIG.replace("epochs = 1\ntrack_last", "epochs = 30\ntrack_last"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnnprune", "sweep", "--config", str(config), "--jobs", "2",
+         "-o", str(tmp_path / "s")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the workers have run their initializer and started the baseline
+        workers = {w for w in _children(proc.pid) if _alive(w)}
+        assert len(workers) >= 2, "the sweep did not start its workers"
+        proc.terminate()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a cell worker outlived the sweep"
+    finally:  # never leave a process behind, whatever failed
+        proc.kill()
+        for w in workers | _children(proc.pid):
+            if _alive(w):
+                os.kill(w, 9)

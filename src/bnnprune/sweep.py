@@ -374,8 +374,18 @@ def measure_bops(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return count_bops(model, shape)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    """A cell worker: ``threads`` torch threads, and it dies with the sweep process (Linux),
+    so a killed sweep never leaves workers computing (and writing) on their own."""
     torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os._exit(1)
 
 
 def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]]]:
@@ -427,7 +437,7 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
         ex: Any = _Inline()
     else:
         ex = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,))
+                                 initializer=_init_worker, initargs=(threads, os.getpid()))
     pending: dict[Future, Cell] = {}
     deferred: list[Cell] = []  # claimed by another process: tried again when idle
 
