@@ -462,7 +462,7 @@ def _run(args: argparse.Namespace, cfg: Any, held: contextlib.ExitStack) -> int:
         t0 = time.perf_counter()
         results = run_pipeline(
             cfg, out, log=lambda s: _say(s, flush=True), progress=sys.stderr.isatty(),
-            on_baseline=write_flip_plots,
+            on_baseline=write_flip_plots, tensorboard=args.tensorboard,
         )
         main = dist.is_main()
     if not main:
@@ -899,6 +899,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_flags(r)
     _add_prune_flags(r)
     r.add_argument("-o", "--output", default="runs/run", help="run folder (default runs/run)")
+    r.add_argument("--tensorboard", metavar="DIR",
+                   help="one TensorBoard run per training phase under DIR (loss, accuracy, lr, "
+                   "flip ratios, flip histograms; pip install 'bnnprune[tensorboard]')")
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser(

@@ -180,9 +180,11 @@ def _phase_state(folder: Path, key: Any) -> tuple[str, dict[str, Any] | None]:
 
 def train_phase(name: str, model: nn.Module, ds: Dataset, tcfg: TrainConfig, folder: Path,
                 cfg: RunConfig, log: Log, progress: bool,
-                plan: dict[str, Any] | None = None) -> TrainResult | dict[str, Any]:
+                plan: dict[str, Any] | None = None,
+                tensorboard: Path | None = None) -> TrainResult | dict[str, Any]:
     """Train one phase in ``folder``; reuse it when finished with the same settings, resume
-    it after a crash. A folder written with other settings is an error, never overwritten."""
+    it after a crash. A folder written with other settings is an error, never overwritten.
+    ``tensorboard``: a folder for this phase's TensorBoard event files."""
     key = phase_key(cfg, tcfg, plan)
     state, ck = dist.main_decides(lambda: _phase_state(folder, key))
     if state == "done":
@@ -199,7 +201,8 @@ def train_phase(name: str, model: nn.Module, ds: Dataset, tcfg: TrainConfig, fol
 
     return train(model, ds, tcfg, out_dir=folder, resume=resume, progress=progress,
                  meta={"phase_key": key, "run_config": cfg.to_dict()}, desc=name,
-                 on_epoch=on_epoch, augment_data=cfg.data.augment)
+                 on_epoch=on_epoch, augment_data=cfg.data.augment,
+                 tensorboard=tensorboard)
 
 
 def tracker_of(res: TrainResult | dict[str, Any], model: nn.Module) -> FlipTracker | None:
@@ -261,7 +264,8 @@ class Rounds:
 
 def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: Dataset,
                  cfg: RunConfig, target: float | None, folder_of: Callable[[int], Path],
-                 log: Log, progress: bool, seed: int, latency_model: Any = None) -> Rounds:
+                 log: Log, progress: bool, seed: int, latency_model: Any = None,
+                 tensorboard: Path | None = None) -> Rounds:
     """Prune ``base`` with ``method`` and retrain, once; for the paper policy repeat
     (retraining with flip tracking) until the largest p_l stops decreasing or
     ``prune.max_rounds`` rounds are done. Round r trains in ``folder_of(r)``. With
@@ -289,7 +293,7 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
         pruned = pruned_copy(model, plan, method.criterion, cur, p, seed, ds)
         name = folder_of(r).name
         res = train_phase(name, pruned, ds, tcfg, folder_of(r), cfg, log, progress,
-                          plan.to_dict())
+                          plan.to_dict(), tensorboard / name if tensorboard else None)
         label = method.spec + (f" (round {r})" if paper else "")
         rec = measure(label, pruned, ds, device, plan=plan.to_dict(), round=r,
                       epochs=cfg.train.epochs + r * p.retrain_epochs,

@@ -45,12 +45,14 @@ Log = Callable[[str], None]
 def run_pipeline(
     cfg: RunConfig, out_dir: str | Path, log: Log = lambda s: None, progress: bool = False,
     on_baseline: Callable[[Any, Path], None] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole job; write results.json (and return it). Plots and report are separate
     (``on_baseline(tracker, out)`` is called once the baseline's flip data exists).
 
     Under torchrun every process runs this; training phases use DistributedDataParallel,
     everything else is computed identically on every rank, and only rank 0 writes files.
+        ``tensorboard``: a folder that gets one TensorBoard run per training phase.
     """
     cfg.validate()  # every method's data needs are checked here, before anything trains
     out = Path(out_dir)
@@ -66,11 +68,13 @@ def run_pipeline(
     base = build_from_config(cfg.model, ds, cfg.train.seed)
     phases: dict[str, float] = {}
     p = cfg.prune
+    tb = Path(tensorboard) if tensorboard is not None and dist.is_main() else None
 
     def timed_phase(name: str, model: nn.Module, tcfg: TrainConfig, plan: Any = None) -> Any:
         t0 = time.perf_counter()
         res = train_phase(name, model, ds, tcfg, out / name, cfg, log, progress,
-                          plan.to_dict() if plan is not None else None)
+                          plan.to_dict() if plan is not None else None,
+                          tb / name if tb else None)
         phases[name] = time.perf_counter() - t0
         return res
 
@@ -98,7 +102,7 @@ def run_pipeline(
     res = prune_rounds(
         method, base, sens, ds, cfg, p.target,
         lambda r: out / (f"pruned-round{r}" if method.policy == "paper" else "pruned"),
-        log, progress, cfg.train.seed, latency_model=lm)
+        log, progress, cfg.train.seed, latency_model=lm, tensorboard=tb)
     phases["pruned"] = time.perf_counter() - t0
     rounds = res.records
     for r in rounds:

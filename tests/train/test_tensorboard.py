@@ -96,3 +96,19 @@ def test_missing_tensorboard_is_one_line(monkeypatch, tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "pip install 'bnnprune[tensorboard]'" in err
+
+
+def test_run_logs_one_tensorboard_run_per_phase(tmp_path) -> None:
+    argv = ["run", *TINY, "--epochs", "1", "--track-last", "1", "--retrain-epochs", "1",
+            "--target-bops", "0.4", "--compare", "target+random", "--no-budget-baseline",
+            "-o", str(tmp_path / "run"), "--tensorboard", str(tmp_path / "tb")]  # fmt: skip
+    assert main(argv) == 0
+    phases = sorted(p.name for p in (tmp_path / "tb").iterdir())
+    assert phases == ["baseline", "compare-target+random", "pruned"]
+    for name in phases:
+        acc = EventAccumulator(str(tmp_path / "tb" / name), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert len(acc.Scalars("train/loss")) == STEPS  # one epoch of steps per phase
+        history = json.loads((tmp_path / "run" / name / "metrics.jsonl").read_text()
+                             .splitlines()[-1])
+        assert acc.Scalars("test/accuracy")[-1].value == pytest.approx(history["test_acc"])
