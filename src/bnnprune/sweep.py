@@ -44,6 +44,7 @@ from bnnprune.data import load_from_config, normalize
 from bnnprune.flips import FlipTracker
 from bnnprune.killpoint import kill_point
 from bnnprune.lock import claim
+from bnnprune.metrics import count_bops
 from bnnprune.models import build_from_config
 from bnnprune.phases import (
     RECORD_VERSION,
@@ -359,19 +360,13 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
     final = rounds.records[-1]
     rec = final.to_dict()
     rec["label"] = m.spec
-    rec["bops_reduction"] = 1 - final.bops / measure_bops(base, shape)
+    rec["bops_reduction"] = 1 - final.bops / count_bops(base, shape)
     rec["rounds"] = [r.to_dict() for r in rounds.records]
     rec["stop"] = rounds.stop
     rec["epochs"] = cfg.train.epochs + len(rounds.records) * p.retrain_epochs
     n = len(rounds.records)
     rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
     return _write(cfg, out, cell, rec, time.perf_counter() - t0)
-
-
-def measure_bops(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
-    from bnnprune.metrics import count_bops
-
-    return count_bops(model, shape)
 
 
 def _init_worker(threads: int, parent: int) -> None:
