@@ -146,6 +146,8 @@ def _se_diff(a: dict[str, float], b: dict[str, float]) -> float:
 
 def _compare(a: dict[str, Any], b: dict[str, Any]) -> str:
     d = a["test_acc"]["mean"] - b["test_acc"]["mean"]
+    if min(a["test_acc"]["n"], b["test_acc"]["n"]) < 2:
+        return f"{100 * d:+.2f} pp (1 seed so far: no error estimate)"
     se = _se_diff(a["test_acc"], b["test_acc"])
     verdict = "a clear difference" if se > 0 and abs(d) > 2 * se else "within noise"
     return f"{100 * d:+.2f} pp (± {100 * se:.2f} pp standard error: {verdict})"
@@ -180,9 +182,12 @@ def _headline(results: dict[str, Any]) -> list[str]:
     if paper:
         red = paper["bops_reduction"]["mean"]
         diff = paper["test_acc"]["mean"] - base["mean"]
+        rounds = [len(r or []) for r in (results.get("paper_rounds") or {}).values()]
+        how = (f"iterated: {min(rounds)}-{max(rounds)} rounds" if rounds else "one round")
         out.append(
-            f"- **Paper policy** (one round, threshold {results['config']['prune']['threshold']}"
-            f"): it pruned only what its insensitive fractions allow, {100 * red:.1f}% "
+            f"- **Paper policy** ({how}, threshold {results['config']['prune']['threshold']}"
+            f"; {paper['test_acc']['n']} seeds): it pruned only what its insensitive fractions "
+            f"allow, {100 * red:.1f}% "
             f"(± {100 * paper['bops_reduction']['std']:.1f}) fewer BOPs, at "
             f"{100 * diff:+.2f} pp vs baseline ({_pct(paper['test_acc'])}%)."
         )
@@ -197,7 +202,8 @@ def _contradictions(results: dict[str, Any], reds: list[float]) -> list[str]:
     """Plain statements where these measurements go against the paper's claims."""
     out = []
     worse = [r for r in reds if (w := _by(results, "target+wff", r)) and (
-        x := _by(results, "target+random", r)) and w["test_acc"]["mean"] <= x["test_acc"]["mean"]]
+        x := _by(results, "target+random", r)) and w["test_acc"]["mean"] <= x["test_acc"]["mean"]
+        and min(w["test_acc"]["n"], x["test_acc"]["n"]) >= 2]  # one seed decides nothing
     if worse:
         out.append(
             f"- **Flip frequency did not pick better channels than chance:** at "
@@ -251,7 +257,9 @@ def _paper_verdict(results: dict[str, Any]) -> list[str]:
         diff = e["test_acc"]["mean"] - ref["mean"]
         parts.append(f"reached {e['bops_reduction']['mean']:.0%} fewer BOPs within 1.0 pp of "
                      f"{name} ({100 * diff:+.2f} pp)")
-    return [f"- **Against the paper:** {PAPER}. Here target+wff " + "; it ".join(parts) + "."]
+    n = min(e["test_acc"]["n"] for e in rows)
+    return [f"- **Against the paper:** {PAPER}. Here target+wff ({n} seed"
+            f"{'' if n == 1 else 's'}) " + "; it ".join(parts) + "."]
 
 
 def _premise_verdict(results: dict[str, Any]) -> list[str]:
