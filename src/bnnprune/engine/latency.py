@@ -375,7 +375,10 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     full = [op_channels(program, i) for i in range(len(program.ops))]
     ops_s = sum(t.at(ci, co) for t, (ci, co) in zip(tables, full, strict=True))
     measured = store.entries[whole_key]
-    return EngineCostModel(program, batch, th, tables, measured - ops_s, measured,
+    # the per-run overhead is what the whole run costs beyond its ops timed alone; timing
+    # noise (a loaded machine, few repeats) can make that difference negative: it is 0 then,
+    # so every prediction stays a positive time
+    return EngineCostModel(program, batch, th, tables, max(0.0, measured - ops_s), measured,
                            str(store.path))
 
 
