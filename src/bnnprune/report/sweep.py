@@ -585,8 +585,9 @@ def _near_convergence(results: dict[str, Any], n: int) -> list[str]:
     return [
         "## Near convergence: the four questions",
         "",
-        f"Paired differences of test accuracy (A - B) over the seeds (same baseline per seed, "
-        f"same BOPs, same epochs), with 95% t intervals; {n} seeds.",
+        f"Paired differences of test accuracy (A - B) over the seeds where both were measured "
+        f"(same baseline per seed, same BOPs, same epochs), with 95% t intervals; {n} seeds "
+        "planned, the seeds column counts those finished.",
         "",
         *_verdicts(results),
         "",
