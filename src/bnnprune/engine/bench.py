@@ -110,20 +110,28 @@ def roofline(seconds: float = 0.2, row_words: int = 512, probe_s: float = 0.004,
     rng = np.random.default_rng(0)
     a, b = _rng_words(rng, (threads, row_words)), _rng_words(rng, (threads, row_words))
     stream_xor_popcount(a, b, 1)
-    reps = 16
+    reps, best = _best_probe(lambda r, rows: stream_xor_popcount(a[:rows], b[:rows], r),
+                             threads, 16, seconds, probe_s, min_probes)
+    wps = threads * row_words * reps / best
+    return {"words_per_s": wps, "bmacs_per_s": 64 * wps}
 
-    def probe(r: int, rows: int = threads) -> float:
-        return _time(lambda: stream_xor_popcount(a[:rows], b[:rows], r))
 
-    with _threads(1):  # calibrate the probe length on one row, without the thread pool
+def _best_probe(run: Callable[[int, int], Any], threads: int, reps: int, seconds: float,
+                probe_s: float, min_probes: int) -> tuple[int, float]:
+    """``run(reps, rows)`` calibrated on one row (without the thread pool) to last about
+    ``probe_s``, then repeated on all rows for ``seconds`` (at least ``min_probes`` times):
+    the repetition count and the best time, so a preempted probe does not count."""
+    def probe(r: int, rows: int) -> float:
+        return _time(lambda: run(r, rows))
+
+    with _threads(1):
         while probe(reps, 1) < probe_s:
             reps *= 2
     times: list[float] = []
     t_end = time.perf_counter() + seconds
     while len(times) < min_probes or time.perf_counter() < t_end:
-        times.append(probe(reps))
-    wps = threads * row_words * reps / min(times)
-    return {"words_per_s": wps, "bmacs_per_s": 64 * wps}
+        times.append(probe(reps, threads))
+    return reps, min(times)
 
 
 @njit(parallel=True, cache=True)
@@ -143,19 +151,9 @@ def fma_peak(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
     threads = numba.get_num_threads()
     out = np.zeros(threads, np.float32)
     _fma_probe(1, out)
-    reps = 64
-
-    def probe(r: int, rows: int = threads) -> float:
-        return _time(lambda: _fma_probe(r, out[:rows]))
-
-    with _threads(1):
-        while probe(reps, 1) < probe_s:
-            reps *= 2
-    times: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while len(times) < min_probes or time.perf_counter() < t_end:
-        times.append(probe(reps))
-    return {"fmacs_per_s": threads * reps * FMA_CHAINS * 8 / min(times), "threads": threads}
+    reps, best = _best_probe(lambda r, rows: _fma_probe(r, out[:rows]), threads, 64, seconds,
+                             probe_s, min_probes)
+    return {"fmacs_per_s": threads * reps * FMA_CHAINS * 8 / best, "threads": threads}
 
 
 def _random_bits(rng: np.random.Generator, buf: np.ndarray, channels: int) -> None:
