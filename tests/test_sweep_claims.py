@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bnnprune.config import SweepConfig, load_config
 from bnnprune.lock import claim
 from bnnprune.prune.methods import parse_method
@@ -130,7 +132,7 @@ def test_workers_die_with_a_killed_sweep(tmp_path: Path) -> None:
     """SIGTERM to the sweep alone (not its process group) ends its cell workers too, so no
     orphan goes on writing records with settings the user has since changed."""
     if not sys.platform.startswith("linux"):
-        return
+        pytest.skip("PR_SET_PDEATHSIG is Linux-only")
     config = tmp_path / "sweep.toml"
     config.write_text(CONFIG.replace("epochs = 1\ntrack_last", "epochs = 30\ntrack_last"))
     proc = subprocess.Popen(

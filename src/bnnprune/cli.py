@@ -357,8 +357,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         compute_sensitivity,
         get_criterion,
         make_plan,
+        with_gradient_data,
     )
-    from bnnprune.prune.interop import gradient_batches
     from bnnprune.prune.methods import Method
     from bnnprune.train.checkpoint import save_checkpoint
 
@@ -381,7 +381,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     kw = {"seed": args.seed} if args.criterion == "random" else {}
     crit = get_criterion(args.criterion, **kw)
     if crit.needs_grads:  # e.g. tp:taylor: gradients on a few training batches
-        crit.use_data(gradient_batches(_dataset_for_checkpoint(ckpt, args)))  # type: ignore[attr-defined]
+        crit = with_gradient_data(crit, _dataset_for_checkpoint(ckpt, args))
     sens = None
     if method.needs_flips:
         sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)

@@ -21,9 +21,14 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["ENV", "kill_point"]
+__all__ = ["ENV", "armed", "kill_point"]
 
 ENV = "BNNPRUNE_TEST_KILL_AT"
+
+
+def armed() -> bool:
+    """True when a test has set a kill point (hot loops check this once, not every step)."""
+    return bool(os.environ.get(ENV))
 
 
 def kill_point(event: str) -> None:

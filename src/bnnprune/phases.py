@@ -246,8 +246,7 @@ def pruned_copy(source: nn.Module, plan: Any, criterion: str, sens: Sensitivity 
     needs gradients, e.g. ``tp:taylor``, gets a few training batches of ``ds``),
     re-initialised when ``p.from_scratch``."""
     kwargs = {"seed": seed} if criterion == "random" else {}
-    crit = with_gradient_data(criterion, ds, **kwargs) if ds is not None else criterion
-    model = apply_plan(source, plan, crit, sens, **({} if crit is not criterion else kwargs)).model
+    model = apply_plan(source, plan, with_gradient_data(criterion, ds, **kwargs), sens).model
     if p.from_scratch:
         reinit(model)
     return model

@@ -56,6 +56,7 @@ from bnnprune.phases import (
     prune_rounds,
     reinit,
     retrain_config,
+    tracker_of,
     train_phase,
 )
 from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
@@ -63,7 +64,7 @@ from bnnprune.prune.methods import Method
 from bnnprune.prune.premise import premise_curve
 from bnnprune.seeding import seed_everything
 from bnnprune.stats import paired_difference, spearman
-from bnnprune.train import evaluate, load_checkpoint, load_model, resolve_device
+from bnnprune.train import evaluate, load_model, resolve_device
 
 __all__ = ["Cell", "aggregate", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
 
@@ -127,16 +128,24 @@ def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
     return normalized(key)
 
 
-def _record_path(cfg: SweepConfig, out: Path, cell: Cell) -> Path:
-    """Where a cell's record lives: under ``sweep.records`` (small JSON files meant to be
-    committed, so a fresh clone resumes) or else in the run folder."""
+def _record_path(cfg: SweepConfig, out: Path, folder: str) -> Path:
+    """Where the record of the cell in ``folder`` (``seed0/target+wff-30``) lives: under
+    ``sweep.records`` (small JSON files meant to be committed, so a fresh clone resumes) or
+    else in the run folder."""
     if cfg.sweep.records:
-        return Path(cfg.sweep.records) / f"seed{cell.seed}" / f"{cell.name}.json"
-    return out / cell.folder / "result.json"
+        return Path(cfg.sweep.records) / f"{folder}.json"
+    return out / folder / "result.json"
+
+
+def _save_record(path: Path, rec: dict[str, Any]) -> None:
+    """One record, as committed: sorted keys, one line per key, a final newline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(normalized(rec), indent=1, sort_keys=True) + "\n")
+                       .encode())
 
 
 def _finished(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
-    path = _record_path(cfg, out, cell)
+    path = _record_path(cfg, out, cell.folder)
     if not path.is_file():
         return None
     try:
@@ -170,10 +179,7 @@ def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
            "seed": cell.seed, "method_key": cell.method.spec if cell.method else None,
            "target_reduction": cell.reduction, "folder": cell.folder,
            "seconds": seconds, "machine": dataclasses.asdict(MachineRecord.here(device))}
-    path = _record_path(cfg, out, cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(normalized(rec), indent=1, sort_keys=True) + "\n")
-                       .encode())
+    _save_record(_record_path(cfg, out, cell.folder), rec)
     kill_point(f"sweep:recorded:{cell.folder}")
     return rec
 
@@ -292,8 +298,8 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
     p = cfg.prune
     base, res = _ensure_baseline(cfg, out, cell.seed, claimed=cell.kind == "baseline")
     device = next(base.parameters()).device
-    ck = load_checkpoint(seed_dir / "baseline" / "model.pt")
-    flips = ck.get("flips")
+    tracker = tracker_of(res, base)  # from the phase just trained or reused: no second read
+    flips = tracker.state_dict() if tracker is not None else None
     sens = compute_sensitivity(flips, base, threshold=p.threshold) if flips else None
 
     if cell.kind == "baseline":
@@ -538,11 +544,8 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         speed["ops_batch64"] = op_times(prog, 64, 10)
         speed["baseline_ops_batch64"] = base_ops[seed]
         rec["speed"] = speed
-        path = (Path(cfg.sweep.records) / f"seed{seed}" / f"{Path(rec['folder']).name}.json"
-                if cfg.sweep.records else out / rec["folder"] / "result.json")
-        saved = {k: v for k, v in rec.items() if k != "reused"}
-        atomic_write_bytes(path, (json.dumps(normalized(saved), indent=1, sort_keys=True)
-                                  + "\n").encode())
+        _save_record(_record_path(cfg, out, rec["folder"]),
+                     {k: v for k, v in rec.items() if k != "reused"})
     return len(todo)
 
 

@@ -60,11 +60,10 @@ def select_channels(
     return removed
 
 
-def with_gradient_data(criterion: str | Criterion, ds: Any, **kwargs: Any) -> str | Criterion:
-    """``criterion`` as given, or, when it needs gradients, an instance holding a few
-    training batches of ``ds`` to compute them on."""
+def with_gradient_data(criterion: str | Criterion, ds: Any = None, **kwargs: Any) -> Criterion:
+    """``criterion`` as an instance (kwargs go to its constructor); one that needs gradients
+    (e.g. ``tp:taylor``) holds a few training batches of ``ds`` to compute them on."""
     crit = get_criterion(criterion, **kwargs)
-    if not crit.needs_grads:
-        return criterion
-    crit.use_data(gradient_batches(ds))  # type: ignore[attr-defined]
+    if crit.needs_grads and ds is not None:
+        crit.use_data(gradient_batches(ds))  # type: ignore[attr-defined]
     return crit
