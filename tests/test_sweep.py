@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bnnprune.cli import main
 from bnnprune.config import ConfigError, SweepConfig
 from bnnprune.prune.methods import Method, MethodError, parse_method
 from bnnprune.report.sweep import render_sweep_report, write_sweep_report
 from bnnprune.stats import paired_difference, spearman
-from bnnprune.sweep import aggregate, run_sweep
+from bnnprune.sweep import aggregate, run_sweep, sweep_cells
 
 
 def _cfg(**sweep) -> SweepConfig:
@@ -209,3 +210,55 @@ def test_cli_sweep_in_two_processes_and_bad_flags(tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0]
         assert not (tmp_path / "bad").exists()
+
+
+def test_paper_policy_from_scratch_runs_last_on_the_baseline_schedule(tmp_path) -> None:
+    cfg = _cfg(methods=["paper+wff", "target+wff"], seeds=[0], flip_percents=[],
+               speed=False, paper_scratch=True)
+    cfg.prune.budget_baseline, cfg.prune.max_rounds, cfg.prune.threshold = False, 2, 0
+    cells = sweep_cells(cfg)
+    assert [c.folder for c in cells] == ["seed0/baseline", "seed0/paper+wff",
+                                         "seed0/target+wff-30", "seed0/paper+wff-scratch"]
+    res = run_sweep(cfg, tmp_path / "s", command="bnnprune sweep (test)")
+    recs = {r["folder"]: r for r in res["records"]}
+    fine, scratch = recs["seed0/paper+wff"], recs["seed0/paper+wff-scratch"]
+    assert scratch["retrain"] == "scratch" and "retrain" not in fine
+    assert scratch["key"]["retrain"] == "scratch" and "retrain" not in fine["key"]
+    # every from-scratch round trains the baseline's epochs; fine-tuning prune.retrain_epochs
+    n = len(scratch["rounds"])
+    assert scratch["epochs"] == cfg.train.epochs * (1 + n)
+    assert [r["epochs"] for r in scratch["rounds"]] == [
+        cfg.train.epochs * (1 + r) for r in range(1, n + 1)]
+    assert fine["epochs"] == cfg.train.epochs + len(fine["rounds"]) * cfg.prune.retrain_epochs
+    ck = torch.load(tmp_path / "s" / "seed0" / "paper+wff-scratch" / "model.pt",
+                    weights_only=False)
+    assert ck["meta"]["phase_key"]["from_scratch"] is True
+    assert ck["meta"]["phase_key"]["train"]["epochs"] == cfg.train.epochs
+    rows = {e["method_key"] for e in res["table"]}
+    assert {"paper+wff", "paper+wff, from scratch", "target+wff"} == rows
+    assert set(res["paper_rounds"]) == {"paper+wff", "paper+wff, from scratch"}
+    text = render_sweep_report(res, {})
+    assert "**Paper policy, fine-tuned**" in text
+    assert "**Paper policy, retrained from scratch**" in text
+    assert "| from scratch | 0 | 1 |" in text and "| fine-tuning | 0 | 1 |" in text
+
+    cfg.sweep.methods = ["target+wff"]
+    with pytest.raises(ConfigError, match="paper_scratch"):
+        cfg.validate()
+
+
+def test_pruned_copy_from_scratch_is_seeded() -> None:
+    from bnnprune.config import PruneConfig
+    from bnnprune.models import build_model
+    from bnnprune.phases import pruned_copy
+    from bnnprune.prune import make_plan
+
+    base = build_model("small", width=0.25)
+    plan = make_plan(base, (1, 28, 28), "uniform", target=0.3)
+    fine = pruned_copy(base, plan, "magnitude", None, PruneConfig(), seed=0)
+    a, b, c = (pruned_copy(base, plan, "magnitude", None, PruneConfig(from_scratch=True),
+                           seed=s) for s in (3, 3, 4))
+    wa, wb, wc, wf = (dict(m.state_dict()) for m in (a, b, c, fine))
+    conv = next(k for k in wa if k.endswith("weight") and wa[k].dim() == 4)
+    assert torch.equal(wa[conv], wb[conv])  # same seed, same fresh weights
+    assert not torch.equal(wa[conv], wc[conv]) and not torch.equal(wa[conv], wf[conv])

@@ -304,6 +304,9 @@ class SweepSection:
     speed_repeats: int = 30
     # uniform-width networks trained from scratch at every reduction for the same total epochs
     scratch: bool = False
+    # the paper policy also retrained from scratch: every round trains the shrunk network
+    # from a fresh initialisation for the baseline's epochs (run after all other cells)
+    paper_scratch: bool = False
     # folder of the cells' small JSON records (commit it: a fresh clone resumes from it);
     # "" keeps them in the run folder
     records: str = ""
@@ -337,6 +340,9 @@ class SweepSection:
             raise ConfigError(f"unknown sweep.flip_choices {bad}; choose from {', '.join(CHOICES)}")
         if self.speed_repeats < 1:
             raise ConfigError("sweep.speed_repeats must be >= 1")
+        if self.paper_scratch and not any(m.policy == "paper" for m in self.method_list):
+            raise ConfigError("sweep.paper_scratch retrains the paper policy from scratch: "
+                              "add a paper method (e.g. paper+wff) to sweep.methods")
 
 
 def _sweep_prune_defaults() -> PruneConfig:

@@ -38,6 +38,7 @@ from bnnprune.prune import (
     with_gradient_data,
 )
 from bnnprune.prune.methods import Method
+from bnnprune.seeding import seed_everything
 from bnnprune.train import TrainResult, dist, evaluate, load_checkpoint, resolve_device, train
 
 __all__ = [
@@ -244,10 +245,11 @@ def pruned_copy(source: nn.Module, plan: Any, criterion: str, sens: Sensitivity 
                 p: PruneConfig, seed: int, ds: Dataset | None = None) -> nn.Module:
     """``source`` pruned to ``plan`` by ``criterion`` (seeded when random; a criterion that
     needs gradients, e.g. ``tp:taylor``, gets a few training batches of ``ds``),
-    re-initialised when ``p.from_scratch``."""
+    re-initialised (seeded by ``seed``) when ``p.from_scratch``."""
     kwargs = {"seed": seed} if criterion == "random" else {}
     model = apply_plan(source, plan, with_gradient_data(criterion, ds, **kwargs), sens).model
     if p.from_scratch:
+        seed_everything(seed)  # the fresh weights depend on the seed, not on what ran before
         reinit(model)
     return model
 

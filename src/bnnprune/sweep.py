@@ -83,10 +83,15 @@ class Cell:
     seed: int
     method: Method | None = None
     reduction: float | None = None  # target BOPs reduction (None: the policy's own)
+    # how a prune cell retrains: fine-tuning the surviving weights, or every round from a
+    # fresh initialisation on the baseline's own schedule (sweep.paper_scratch)
+    retrain: str = "finetune"
 
     @property
     def name(self) -> str:
         suffix = "" if self.reduction is None else f"-{round(100 * self.reduction)}"
+        if self.retrain == "scratch":
+            suffix += "-scratch"
         if self.kind == "prune":
             assert self.method is not None
             return f"{self.method.spec}{suffix}"
@@ -104,7 +109,8 @@ class Cell:
         red = "own" if self.reduction is None else f"-{self.reduction:.0%}"
         if self.kind == "prune":
             assert self.method is not None
-            return f"seed {self.seed} {self.method.spec} ({red})"
+            how = ", from scratch" if self.retrain == "scratch" else ""
+            return f"seed {self.seed} {self.method.spec}{how} ({red})"
         if self.kind == "scratch":
             return f"seed {self.seed} uniform width from scratch ({red})"
         return f"seed {self.seed} {self.kind}"
@@ -125,7 +131,27 @@ def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
     }
     if cell.kind == "premise":
         key["flips"] = [cfg.sweep.flip_percents, cfg.sweep.flip_choices]
+    if cell.retrain != "finetune":  # fine-tuned cells keep the keys they were recorded with
+        key["retrain"] = cell.retrain
     return normalized(key)
+
+
+def _retrain_cfg(cfg: SweepConfig, cell: Cell) -> SweepConfig:
+    """The settings a cell retrains with: ``prune.*`` as configured when fine-tuning; from
+    scratch, every round trains a fresh initialisation for the baseline's own epochs and
+    learning rate (so a round costs what the baseline cost)."""
+    if cell.retrain == "finetune":
+        return cfg
+    p = dataclasses.replace(cfg.prune, from_scratch=True, retrain_epochs=cfg.train.epochs,
+                            retrain_lr=cfg.train.lr)
+    return dataclasses.replace(cfg, prune=p)
+
+
+def row_key(rec: dict[str, Any]) -> str:
+    """The row of a prune or scratch record in the tables: its method, marked when the
+    cell retrained from scratch."""
+    key = rec["method_key"] or "scratch"
+    return f"{key}, from scratch" if rec.get("retrain") == "scratch" else key
 
 
 def _record_path(cfg: SweepConfig, out: Path, folder: str) -> Path:
@@ -359,6 +385,8 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
 
     assert cell.method is not None
     m = cell.method
+    scfg = _retrain_cfg(scfg, cell)
+    p = scfg.prune
     rounds = prune_rounds(
         m, base, sens, ds, scfg, cell.reduction,
         lambda r: seed_dir / (cell.name if r == 1 else f"{cell.name}-round{r}"),
@@ -369,6 +397,8 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
     rec["bops_reduction"] = 1 - final.bops / count_bops(base, shape)
     rec["rounds"] = [r.to_dict() for r in rounds.records]
     rec["stop"] = rounds.stop
+    if cell.retrain != "finetune":
+        rec["retrain"] = cell.retrain
     rec["epochs"] = cfg.train.epochs + len(rounds.records) * p.retrain_epochs
     n = len(rounds.records)
     rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
@@ -389,7 +419,10 @@ def _init_worker(threads: int, parent: int) -> None:
             os._exit(1)
 
 
-def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]]]:
+def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Cell]]:
+    """The baselines, each seed's cells (run once its baseline exists) and the cells run
+    after all of those (the paper policy retrained from scratch: the costliest, and not
+    needed by the factorial comparisons)."""
     s = cfg.sweep
     baselines = [Cell("baseline", seed) for seed in s.seeds]
     deps: dict[int, list[Cell]] = {}
@@ -405,7 +438,9 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]]]:
         if cfg.prune.budget_baseline:
             cells.append(Cell("budget", seed))
         deps[seed] = cells
-    return baselines, deps
+    late = [Cell("prune", seed, m, None, "scratch") for seed in s.seeds
+            for m in s.method_list if m.policy == "paper" and s.paper_scratch]
+    return baselines, deps, late
 
 
 class _Inline:
@@ -425,8 +460,8 @@ class _Inline:
 
 def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
                  progress: bool) -> list[dict[str, Any]]:
-    baselines, deps = _cells(cfg)
-    total = len(baselines) + sum(len(v) for v in deps.values())
+    baselines, deps, late = _cells(cfg)
+    total = len(baselines) + sum(len(v) for v in deps.values()) + len(late)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     records: list[dict[str, Any]] = []
     bar = None
@@ -441,6 +476,7 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
                                  initializer=_init_worker, initargs=(threads, os.getpid()))
     pending: dict[Future, Cell] = {}
     deferred: list[Cell] = []  # claimed by another process: tried again when idle
+    baselines_done: set[int] = set()
 
     def finish(cell: Cell, rec: dict[str, Any], reused: bool) -> None:
         rec = {**rec, "reused": reused or rec.get("reused", False)}
@@ -455,11 +491,16 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
         if cell.kind == "baseline":
             for d in deps[cell.seed]:
                 submit(d)
+            baselines_done.add(cell.seed)
+            if len(baselines_done) == len(baselines):  # queued behind every seed's cells
+                for d in late:
+                    submit(d)
 
     def submit(cell: Cell) -> None:
         rec = _finished(cfg, out, cell)
         todo = cell.kind == "baseline" and rec is not None and any(
-            _finished(cfg, out, d) is None for d in deps[cell.seed]) and not (
+            _finished(cfg, out, d) is None
+            for d in [*deps[cell.seed], *(c for c in late if c.seed == cell.seed)]) and not (
             out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
         if rec is not None and not todo:
             finish(cell, rec, True)
@@ -569,7 +610,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     base_bops = {r["seed"]: r["bops"] for r in base}
     rows: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for r in [*by_kind.get("prune", []), *by_kind.get("scratch", [])]:
-        key = r["method_key"] or "scratch"
+        key = row_key(r)
         rows.setdefault((key, r["target_reduction"]), []).append(r)
     table = []
     for (key, target), rs in rows.items():
@@ -582,6 +623,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             "bops": _ms([r["bops"] for r in rs]),
             "memory_bytes": _ms([r["memory_bytes"] for r in rs]),
             "channels_by_seed": {str(r["seed"]): r["channels"] for r in rs},
+            "epochs": sorted({r["epochs"] for r in rs if r.get("epochs")}),
         }
         for b in ("batch1", "batch64"):
             sp = [r["speed"][b] for r in rs if r.get("speed")]
@@ -621,8 +663,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "correlation": _mean_correlation(base),
         "thresholds": _mean_thresholds(base),
         "intervals": _mean_thresholds(base, "intervals"),
-        "paper_rounds": {str(r["seed"]): r.get("rounds") for r in by_kind.get("prune", [])
-                         if r["method_key"] and r["method_key"].startswith("paper+")},
+        "paper_rounds": _paper_rounds(by_kind.get("prune", [])),
         "machines": _machines(records),
         "cell_seconds": sum(_compute_seconds(r) for r in records),
     }
@@ -646,7 +687,7 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     acc: dict[tuple[str, Any], dict[int, float]] = {}
     for r in records:
         if r["kind"] in ("prune", "scratch"):
-            key = r["method_key"] or "scratch"
+            key = row_key(r)
             acc.setdefault((key, r["target_reduction"]), {})[r["seed"]] = r["test_acc"]
     criteria = sorted({k.split("+", 1)[1] for k, _ in acc if "+" in k})
     out = []
@@ -665,6 +706,15 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 d = paired_difference([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
                 out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
                             "seeds": seeds, **d})
+    return out
+
+
+def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Round by round records of the paper policy, per row (retraining) and seed."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in sorted(prune, key=lambda r: r["seed"]):
+        if (r["method_key"] or "").startswith("paper+"):
+            out.setdefault(row_key(r), {})[str(r["seed"])] = r.get("rounds")
     return out
 
 
@@ -736,8 +786,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         timed = _speed(cfg, out, records, log, progress) if cfg.sweep.speed else 0
         pending = 0
     else:
-        baselines, deps = _cells(cfg)
-        cells = [*baselines, *(c for v in deps.values() for c in v)]
+        cells = sweep_cells(cfg)
         found = [_finished(cfg, out, c) for c in cells]
         records = [{**r, "reused": True} for r in found if r is not None]
         pending, timed = len(cells) - len(records), 0
@@ -782,8 +831,8 @@ WORKER_POLL_SECONDS = 5.0  # how often a --cell worker looks again at a cell hel
 def sweep_cells(cfg: SweepConfig) -> list[Cell]:
     """Every cell in a fixed order, the baselines first: the index ``--cell K`` takes, the
     same on every machine given the same config."""
-    baselines, deps = _cells(cfg)
-    return [*baselines, *(c for v in deps.values() for c in v)]
+    baselines, deps, late = _cells(cfg)
+    return [*baselines, *(c for v in deps.values() for c in v), *late]
 
 
 def cell_status(cfg: SweepConfig, out_dir: str | Path) -> list[tuple[Cell, bool]]:

@@ -178,18 +178,23 @@ def _headline(results: dict[str, Any]) -> list[str]:
             line += f"; wff minus magnitude: {_compare(wff, mag)}"
         out.append(line + ".")
     out += _ranks(results, reds)
-    paper = _by(results, "paper+wff", None)
-    if paper:
+    for key, retrain in (("paper+wff", "fine-tuned"), ("paper+wff, from scratch",
+                                                      "retrained from scratch")):
+        paper = _by(results, key, None)
+        if not paper:
+            continue
         red = paper["bops_reduction"]["mean"]
         diff = paper["test_acc"]["mean"] - base["mean"]
-        rounds = [len(r or []) for r in (results.get("paper_rounds") or {}).values()]
+        rounds = [len(r or []) for r in ((results.get("paper_rounds") or {}).get(key) or {})
+                  .values()]
         how = (f"iterated: {min(rounds)}-{max(rounds)} rounds" if rounds else "one round")
         out.append(
-            f"- **Paper policy** ({how}, threshold {results['config']['prune']['threshold']}"
-            f"; {paper['test_acc']['n']} seeds): it pruned only what its insensitive fractions "
-            f"allow, {100 * red:.1f}% "
+            f"- **Paper policy, {retrain}** ({how}, threshold "
+            f"{results['config']['prune']['threshold']}; {paper['test_acc']['n']} seeds): it "
+            f"pruned only what its insensitive fractions allow, {100 * red:.1f}% "
             f"(± {100 * paper['bops_reduction']['std']:.1f}) fewer BOPs, at "
-            f"{100 * diff:+.2f} pp vs baseline ({_pct(paper['test_acc'])}%)."
+            f"{100 * diff:+.2f} pp vs baseline ({_pct(paper['test_acc'])}%), after "
+            f"{_epochs(paper)} epochs in all."
         )
     out += _paper_verdict(results)
     out += _premise_verdict(results)
@@ -542,13 +547,24 @@ def _rounds_table(results: dict[str, Any]) -> list[str]:
     pr = results.get("paper_rounds") or {}
     if not pr:
         return []
-    lines = ["| seed | round | p_l per layer (%) | BOPs | test acc |", "|---:|---:|---|---:|---:|"]
-    for seed, rounds in sorted(pr.items(), key=lambda kv: int(kv[0])):
-        for r in rounds or []:
-            p = " ".join(f"{k}: {100 * v:.1f}" for k, v in (r.get("p") or {}).items())
-            lines.append(f"| {seed} | {r['round']} | {p} | {r['bops'] / 1e6:.2f} M | "
-                         f"{r['test_acc']:.2%} |")
+    lines = ["| retraining | seed | round | p_l per layer (%) | BOPs | test acc | epochs |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for key, by_seed in sorted(pr.items()):
+        how = "from scratch" if key.endswith("from scratch") else "fine-tuning"
+        for seed, rounds in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
+            for r in rounds or []:
+                p = " ".join(f"{k}: {100 * v:.1f}" for k, v in (r.get("p") or {}).items())
+                lines.append(f"| {how} | {seed} | {r['round']} | {p} | {r['bops'] / 1e6:.2f} M "
+                             f"| {r['test_acc']:.2%} | {r.get('epochs', '')} |")
     return lines
+
+
+def _epochs(entry: dict[str, Any]) -> str:
+    """The total training epochs of a row's final models (a range when seeds differ)."""
+    eps = entry.get("epochs") or []
+    if not eps:
+        return "?"
+    return str(eps[0]) if len(eps) == 1 else f"{eps[0]}-{eps[-1]}"
 
 
 def _correlation_table(results: dict[str, Any]) -> list[str]:
