@@ -262,3 +262,34 @@ def test_pruned_copy_from_scratch_is_seeded() -> None:
     conv = next(k for k in wa if k.endswith("weight") and wa[k].dim() == 4)
     assert torch.equal(wa[conv], wb[conv])  # same seed, same fresh weights
     assert not torch.equal(wa[conv], wc[conv]) and not torch.equal(wa[conv], wf[conv])
+
+
+def test_a_fresh_clone_retrains_the_baseline_and_checks_it_against_its_record(
+        tmp_path, monkeypatch) -> None:
+    import shutil
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(methods=["target+wff"], seeds=[0], flip_percents=[], speed=False,
+               records="committed")
+    cfg.prune.budget_baseline = False
+    run_sweep(cfg, "run")
+    base = tmp_path / "committed" / "seed0" / "baseline.json"
+    assert base.is_file()
+    # a fresh clone: the records are there, the run folder is not; a new cell needs the
+    # baseline, which trains again and reproduces its record exactly (no warning)
+    shutil.rmtree("run")
+    cfg.sweep.methods = ["target+wff", "target+random"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = run_sweep(cfg, "run")
+    assert {r["folder"] for r in res["records"]} == {
+        "seed0/baseline", "seed0/target+wff-30", "seed0/target+random-30"}
+    # a record from another machine (other accuracy): the rebuilt baseline says so
+    rec = json.loads(base.read_text())
+    rec["test_acc"] -= 0.01
+    base.write_text(json.dumps(rec))
+    shutil.rmtree("run")
+    (tmp_path / "committed" / "seed0" / "target+random-30.json").unlink()
+    with pytest.warns(UserWarning, match="seed 0: the baseline trained again reaches"):
+        run_sweep(cfg, "run")

@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -330,6 +331,7 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
 
     if cell.kind == "baseline":
         if (old := _finished(cfg, out, cell)) is not None:
+            _check_rebuilt(base, ds, device, old)
             return old  # the committed record stands; the checkpoint was only rebuilt
         rec = measure("baseline (unpruned)", base, ds, device, epochs=cfg.train.epochs).to_dict()
         rec["dataset"] = dataclasses.asdict(DatasetRecord.of(ds))
@@ -403,6 +405,20 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
     n = len(rounds.records)
     rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
     return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+
+
+def _check_rebuilt(model: torch.nn.Module, ds: Any, device: torch.device,
+                   old: dict[str, Any]) -> None:
+    """Warn when a baseline trained again for its committed record (a fresh clone) does not
+    reproduce that record's test accuracy: its cells would pair with another model (another
+    machine or library version gives other float sums)."""
+    _, acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
+    if acc != old["test_acc"]:
+        warnings.warn(
+            f"seed {old['seed']}: the baseline trained again reaches {acc:.2%} test accuracy, "
+            f"its committed record says {old['test_acc']:.2%} (recorded on "
+            f"{(old.get('machine') or {}).get('cpu', '?')}); cells computed now prune the "
+            "new model", stacklevel=2)
 
 
 def _init_worker(threads: int, parent: int) -> None:
