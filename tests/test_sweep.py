@@ -293,3 +293,47 @@ def test_a_fresh_clone_retrains_the_baseline_and_checks_it_against_its_record(
     (tmp_path / "committed" / "seed0" / "target+random-30.json").unlink()
     with pytest.warns(UserWarning, match="seed 0: the baseline trained again reaches"):
         run_sweep(cfg, "run")
+
+
+def test_identical_arms_are_called_identical_not_unresolved() -> None:
+    records = [_rec("baseline", s, 0.9) for s in (0, 1, 2)]
+    for s, (m, f, w) in enumerate([(0.85, 0.85, 0.84), (0.86, 0.86, 0.87), (0.84, 0.84, 0.80)]):
+        records += [_rec("prune", s, m, 70, "target+magnitude", 0.3),
+                    _rec("prune", s, f, 70, "target+flip_magnitude", 0.3),
+                    _rec("prune", s, w, 70, "target+wff", 0.3)]
+    agg = aggregate(records)
+    results = {**agg, "config": SweepConfig().to_dict(), "records": records, "dataset": {
+        "name": "x", "train": 1, "test": 1, "input_shape": [1, 2, 2]}, "command": "c"}
+    text = render_sweep_report(results, {})
+    assert "**does |w|/(1+flips) beat magnitude?** identical" in text
+    assert "| target+flip_magnitude | target+magnitude | -30% | 3 | +0.00 | [+0.00, +0.00] " \
+           "| identical |" in text
+    assert "**does WFF channel choice beat latent magnitude?** no difference resolved" in text
+
+
+def test_the_recommended_default_is_the_best_ranked_pruning_method_with_paired_evidence() -> None:
+    records = [_rec("baseline", s, 0.9) for s in (0, 1, 2)]
+    accs = {"target+magnitude": (0.86, 0.87, 0.85), "target+wff": (0.83, 0.85, 0.82),
+            "uniform+random": (0.855, 0.855, 0.855)}
+    for red, shift in ((0.3, 0.0), (0.5, -0.02)):
+        for key, a in accs.items():
+            records += [_rec("prune", s, x + shift, 70, key, red) for s, x in enumerate(a)]
+        records += [_rec("scratch", s, 0.95, 70, None, red) for s in (0, 1, 2)]  # not a method
+    rec = aggregate(records)["recommendation"]
+    assert rec["method"] == "target+magnitude" and rec["reductions"] == [0.3, 0.5]
+    # scratch ranks first: it is ranked, not recommended (not a way to prune a trained model)
+    assert rec["mean_ranks"] == {"scratch": 1.0, "target+magnitude": 2.0,
+                                 "uniform+random": 3.0, "target+wff": 4.0}
+    vs = {(d["b"], d["reduction"]): d for d in rec["against"]}
+    assert vs[("target+wff", 0.3)]["mean"] == pytest.approx(0.0267, abs=1e-4)
+    assert vs[("target+wff", 0.3)]["resolved"] and not vs[("uniform+random", 0.5)]["resolved"]
+    assert vs[("scratch", 0.5)]["resolved"] and vs[("scratch", 0.5)]["mean"] < 0
+    results = {**aggregate(records), "config": SweepConfig().to_dict(), "records": records,
+               "dataset": {"name": "x", "train": 1, "test": 1, "input_shape": [1, 2, 2]},
+               "command": "c"}
+    text = render_sweep_report(results, {})
+    assert ("**Default method:** target+magnitude ranks best among the pruning methods (mean "
+            "rank 2.00); paired against the other rows at each reduction it is resolved better "
+            "than target+wff and resolved worse than scratch") in text
+    assert "`bnnprune run` defaults to target+wff; target+magnitude would follow" in text
+    assert aggregate(records[:6])["recommendation"] is None  # one row: nothing to compare

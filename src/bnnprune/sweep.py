@@ -675,6 +675,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "premise": premise,
         "p_layers": {n: _ms(v) for n, v in p_layers.items()},
         "paired": paired_comparisons(records),
+        "recommendation": recommendation(records),
         "convergence": {str(r["seed"]): r["convergence"] for r in base if r.get("convergence")},
         "correlation": _mean_correlation(base),
         "thresholds": _mean_thresholds(base),
@@ -723,6 +724,38 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
                             "seeds": seeds, **d})
     return out
+
+
+def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean accuracy ranks over the reductions of every row measured at every reduction
+    (pruning methods at a BOPs target and uniform width from scratch), and the pruning
+    method ranked best, with its paired differences against every other row: what
+    ``bnnprune run``'s default should be. None before two rows are comparable."""
+    acc: dict[str, dict[float, dict[int, float]]] = {}
+    for r in records:
+        if r["kind"] in ("prune", "scratch") and r["target_reduction"] is not None:
+            acc.setdefault(row_key(r), {}).setdefault(r["target_reduction"], {})[r["seed"]] = \
+                r["test_acc"]
+    reds = sorted({red for by in acc.values() for red in by})
+    full = {m: by for m, by in acc.items() if set(by) == set(reds)}
+    if len(full) < 2:
+        return None
+    ranks: dict[str, list[int]] = {m: [] for m in full}
+    for red in reds:
+        order = sorted(full, key=lambda m: (-statistics.fmean(full[m][red].values()), m))
+        for i, m in enumerate(order, 1):
+            ranks[m].append(i)
+    mean_rank = {m: statistics.fmean(v) for m, v in ranks.items()}
+    best = min(sorted(m for m in full if m != "scratch"), key=lambda m: mean_rank[m])
+    against = []
+    for m in sorted(full):
+        for red in reds if m != best else []:
+            seeds = sorted(set(full[best][red]) & set(full[m][red]))
+            d = paired_difference([full[best][red][s] for s in seeds],
+                                  [full[m][red][s] for s in seeds])
+            against.append({"b": m, "reduction": red, "seeds": seeds, **d})
+    return {"method": best, "mean_rank": mean_rank[best], "reductions": reds,
+            "mean_ranks": mean_rank, "against": against}
 
 
 def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
 from bnnprune.atomic import atomic_write_bytes
-from bnnprune.config import model_label
+from bnnprune.config import PruneConfig, model_label
 from bnnprune.report.plots import plt, save_figure
 
 __all__ = ["plot_pareto", "plot_premise", "plot_speed", "render_sweep_report",
@@ -177,7 +176,7 @@ def _headline(results: dict[str, Any]) -> list[str]:
         if wff and mag:
             line += f"; wff minus magnitude: {_compare(wff, mag)}"
         out.append(line + ".")
-    out += _ranks(results, reds)
+    out += _ranks(results)
     for key, retrain in (("paper+wff", "fine-tuned"), ("paper+wff, from scratch",
                                                       "retrained from scratch")):
         paper = _by(results, key, None)
@@ -227,20 +226,32 @@ def _contradictions(results: dict[str, Any], reds: list[float]) -> list[str]:
     return out
 
 
-def _ranks(results: dict[str, Any], reds: list[float]) -> list[str]:
-    """Mean rank (1 = most accurate) of every method present at every reduction."""
-    ranks: dict[str, list[int]] = {}
-    for r in reds:
-        rows = sorted((e for e in results["table"] if e["target_reduction"] == r),
-                      key=lambda e: -e["test_acc"]["mean"])
-        for i, e in enumerate(rows, 1):
-            ranks.setdefault(e["method"], []).append(i)
-    full = {m: statistics.fmean(v) for m, v in ranks.items() if len(v) == len(reds)}
-    if len(reds) < 2 or len(full) < 2:
+def _ranks(results: dict[str, Any]) -> list[str]:
+    """Mean rank (1 = most accurate) of every row present at every reduction, and the
+    pruning method that ranks best against the default of ``bnnprune run``."""
+    rec = results.get("recommendation")
+    if not rec or len(rec["reductions"]) < 2:
         return []
-    order = sorted(full, key=lambda m: full[m])
-    return [f"- **Mean rank over the {len(reds)} reductions** (1 = most accurate of "
-            f"{len(full)}): " + ", ".join(f"{m} {full[m]:.2f}" for m in order) + "."]
+    labels = {e["method_key"]: e["method"] for e in results["table"]}
+    ranks = rec["mean_ranks"]
+    order = sorted(ranks, key=lambda m: (ranks[m], m))
+    out = [f"- **Mean rank over the {len(rec['reductions'])} reductions** (1 = most accurate "
+           f"of {len(ranks)}): " + ", ".join(f"{labels.get(m, m)} {ranks[m]:.2f}"
+                                              for m in order) + "."]
+    wins = [d for d in rec["against"] if d["resolved"] and d["mean"] > 0]
+    losses = [d for d in rec["against"] if d["resolved"] and d["mean"] < 0]
+    default = PruneConfig().method.spec
+    beaten = sorted({d["b"] for d in wins})
+    line = (f"- **Default method:** {rec['method']} ranks best among the pruning methods "
+            f"(mean rank {rec['mean_rank']:.2f}); paired against the other rows at each "
+            f"reduction it is resolved better than "
+            f"{', '.join(beaten) if beaten else 'none'}")
+    if losses:
+        line += f" and resolved worse than {', '.join(sorted({d['b'] for d in losses}))}"
+    line += (f". `bnnprune run` defaults to {default}"
+             + (" (the same)." if default == rec["method"] else
+                f"; {rec['method']} would follow this evidence."))
+    return [*out, line]
 
 
 def _paper_verdict(results: dict[str, Any]) -> list[str]:
@@ -491,7 +502,10 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
         wins = [d for d in ds if d["resolved"] and d["mean"] > 0]
         losses = [d for d in ds if d["resolved"] and d["mean"] < 0]
         n = min(d["n"] for d in ds)
-        if not wins and not losses:
+        if all(_identical(d) for d in ds):
+            verdict = ("identical: A and B reached the same accuracy on every seed (they kept "
+                       "the same channels)")
+        elif not wins and not losses:
             verdict = "no difference resolved"
         elif wins and not losses:
             verdict = "yes"
@@ -520,8 +534,19 @@ def _paired_table(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {d['question']} | {d['a']} | {d['b']} | -{d['reduction']:.0%} | {d['n']} | "
             f"{_pp(d['mean'])} | [{_pp(d['lo'])}, {_pp(d['hi'])}] | "
-            f"{'resolved' if d['resolved'] else 'no difference resolved'} |")
+            f"{_label(d)} |")
     return lines
+
+
+def _identical(d: dict[str, Any]) -> bool:
+    """Every paired seed gave exactly the same accuracy (a zero-width interval at 0)."""
+    return d["mean"] == 0 and (d["n"] == 1 or d["lo"] == d["hi"] == 0)
+
+
+def _label(d: dict[str, Any]) -> str:
+    if _identical(d):
+        return "identical"
+    return "resolved" if d["resolved"] else "no difference resolved"
 
 
 def _convergence_table(results: dict[str, Any]) -> list[str]:
