@@ -108,6 +108,15 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     assert all(len(v) == 2 and v[0]["n"] == 2 for v in prem["curves"].values())
     assert res["baseline"]["test_acc"]["n"] == 2 and res["budget"]["test_acc"]["n"] == 2
 
+    # the factorial prune cells of every seed come first, then the paper policy, the premise
+    # check and the budget baseline
+    order = [line.split("] ", 1)[1].split(":")[0] for line in logs if line.startswith("[")]
+    assert sorted(order[:2]) == ["seed 0 baseline", "seed 1 baseline"]
+    assert order[2:] == ["seed 0 target+wff (-30%)", "seed 0 target+random (-30%)",
+                         "seed 1 target+wff (-30%)", "seed 1 target+random (-30%)",
+                         "seed 0 paper+wff (own)", "seed 1 paper+wff (own)",
+                         "seed 0 premise", "seed 1 premise", "seed 0 budget", "seed 1 budget"]
+
     # a second start recomputes nothing and gives the same numbers
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.pt")}
     logs.clear()

@@ -474,6 +474,18 @@ class _Inline:
         pass
 
 
+def _priority(cell: Cell) -> tuple[int, int]:
+    """The order cells are computed in once their baselines exist: the factorial prune
+    cells of every seed first (the trial's questions need them), then uniform width from
+    scratch, the paper policy, the premise check, the budget baseline, and last the paper
+    policy retrained from scratch; seed by seed within each."""
+    if cell.kind == "prune":
+        rank = 5 if cell.retrain != "finetune" else 2 if cell.reduction is None else 0
+    else:
+        rank = {"scratch": 1, "premise": 3, "budget": 4}.get(cell.kind, 0)
+    return rank, cell.seed
+
+
 def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
                  progress: bool) -> list[dict[str, Any]]:
     baselines, deps, late = _cells(cfg)
@@ -493,6 +505,7 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
     pending: dict[Future, Cell] = {}
     deferred: list[Cell] = []  # claimed by another process: tried again when idle
     baselines_done: set[int] = set()
+    ready: list[Cell] = []  # cells whose baseline is finished, not yet queued
 
     def finish(cell: Cell, rec: dict[str, Any], reused: bool) -> None:
         rec = {**rec, "reused": reused or rec.get("reused", False)}
@@ -505,12 +518,17 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
         else:
             log(msg)
         if cell.kind == "baseline":
-            for d in deps[cell.seed]:
-                submit(d)
+            ready.extend(deps[cell.seed])
             baselines_done.add(cell.seed)
-            if len(baselines_done) == len(baselines):  # queued behind every seed's cells
-                for d in late:
-                    submit(d)
+            if len(baselines_done) == len(baselines):
+                ready.extend(late)
+
+    def flush() -> None:
+        """Queue the cells whose baselines are ready, most needed first (across seeds)."""
+        todo = sorted(ready, key=_priority)
+        ready.clear()
+        for d in todo:
+            submit(d)
 
     def submit(cell: Cell) -> None:
         rec = _finished(cfg, out, cell)
@@ -526,7 +544,11 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
     try:
         for b in baselines:
             submit(b)
-        while pending or deferred:
+        flush()
+        while pending or deferred or ready:
+            flush()
+            if not pending and not deferred:
+                continue
             if not pending:  # only cells that other processes compute are left: poll them
                 time.sleep(CLAIM_POLL_SECONDS)
                 retry, deferred[:] = list(deferred), []
@@ -534,7 +556,7 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
                     submit(cell)
                 continue
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for f in done:
+            for f in [f for f in pending if f in done]:  # in the order they were queued
                 cell = pending.pop(f)
                 rec = f.result()
                 if rec is None:
