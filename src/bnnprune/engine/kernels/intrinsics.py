@@ -1,6 +1,7 @@
 """LLVM IR intrinsics of the inner loops (``numba.extending.intrinsic`` over vector registers).
 
-The XNOR-popcount GEMM keeps four ``<4 x i64>`` accumulators per 16-channel block: each
+The XNOR-popcount GEMM keeps four ``<4 x i64>`` accumulators per 16-channel block and pixel
+(two pixels at once, sharing each weight vector load): each
 activation word is broadcast and XORed with four vectors of weight words, and
 ``llvm.ctpop.v4i64`` (lowered to the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2, as in
 the roofline loop) counts the bits. The threshold epilogue starts the accumulators at
@@ -74,53 +75,77 @@ def _concat_masks(builder, masks):
     return builder.zext(builder.bitcast(m, ir.IntType(m.type.count)), _I64)
 
 
-@intrinsic
-def xpc16(typingctx, x, base, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
-    """16 accumulators ``init[ioff+q] + sum popcount(x[row words] ^ w[...16k+q])``.
+def _xpc_codegen(npix: int):
+    """Codegen of the XOR-popcount loop for ``npix`` pixels sharing each weight vector load.
 
-    Rows: ``kh`` rows of ``seg`` words, row ``r`` starting at ``x[base + r*rowstep]``; the
-    weights of the 16 channels are interleaved: word ``k`` of channel ``q`` at
-    ``w[woff + 16*k + q]``.
+    Arguments: x, base_0 .. base_{npix-1}, rowstep, kh, seg, w, woff, init, ioff; returns a
+    tuple of ``npix`` tuples of 16 accumulators.
     """
-    ints = (base, rowstep, kh, seg, woff, ioff)
-    if not (_is_vec(x, types.uint64) and _is_vec(w, types.uint64) and _is_vec(init, types.int64)
-            and all(isinstance(t, types.Integer) for t in ints)):
-        return None
-    sig = types.UniTuple(types.int64, BLOCK_CH)(x, base, rowstep, kh, seg, w, woff, init, ioff)
-
     def codegen(context, builder, signature, args):
         sa = signature.args
+        nb = npix
         xp = _data(context, builder, sa[0], args[0])
-        wp = _data(context, builder, sa[5], args[5])
-        ip = _data(context, builder, sa[7], args[7])
-        base_, rowstep_, kh_, seg_, woff_, ioff_ = _ints(context, builder, sa, args,
-                                                          (1, 2, 3, 4, 6, 8))
+        wp = _data(context, builder, sa[nb + 4], args[nb + 4])
+        ip = _data(context, builder, sa[nb + 6], args[nb + 6])
+        bases = _ints(context, builder, sa, args, range(1, nb + 1))
+        rowstep_, kh_, seg_, woff_, ioff_ = _ints(context, builder, sa, args,
+                                                   (nb + 1, nb + 2, nb + 3, nb + 5, nb + 7))
         ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
                                                "llvm.ctpop.v4i64")
         nv = BLOCK_CH // 4
-        accs = []
-        for j in range(nv):
-            v0 = _vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, 4 * j)), _V4I64, 8)
-            accs.append(cgutils.alloca_once_value(builder, v0))
+        init = [_vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, 4 * j)), _V4I64, 8)
+                for j in range(nv)]
+        accs = [[cgutils.alloca_once_value(builder, v) for v in init] for _ in range(nb)]
         step = ir.Constant(_I64, BLOCK_CH)
         with cgutils.for_range(builder, kh_) as ky:
-            o = builder.add(base_, builder.mul(ky.index, rowstep_))
+            roff = builder.mul(ky.index, rowstep_)
+            rows = [builder.add(b, roff) for b in bases]
             wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
             with cgutils.for_range(builder, seg_) as it:
-                xb = _splat(builder, builder.load(builder.gep(xp, [builder.add(o, it.index)])),
-                            _V4I64)
+                xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, it.index)])),
+                              _V4I64) for o in rows]
                 wk = builder.add(wrow, builder.mul(it.index, step))
                 for j in range(nv):
                     wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, 4 * j)), _V4I64, 8)
-                    c = builder.call(ctpop, [builder.xor(xb, wv)])
-                    builder.store(builder.add(builder.load(accs[j]), c), accs[j])
-        vals = []
-        for j in range(nv):
-            a = builder.load(accs[j])
-            vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(4)]
-        return context.make_tuple(builder, signature.return_type, vals)
+                    for p in range(nb):
+                        c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
+                        builder.store(builder.add(builder.load(accs[p][j]), c), accs[p][j])
+        tuples = []
+        rt = signature.return_type
+        one_t = rt.types[0]
+        for p in range(nb):
+            vals = []
+            for j in range(nv):
+                a = builder.load(accs[p][j])
+                vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(4)]
+            tuples.append(context.make_tuple(builder, one_t, vals))
+        return context.make_tuple(builder, rt, tuples)
 
-    return sig, codegen
+    return codegen
+
+
+def _xpc_typed(x, w, init, ints) -> bool:
+    return (_is_vec(x, types.uint64) and _is_vec(w, types.uint64) and _is_vec(init, types.int64)
+            and all(isinstance(t, types.Integer) for t in ints))
+
+
+_ACC16 = types.UniTuple(types.int64, BLOCK_CH)
+
+
+@intrinsic
+def xpc16x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
+    """16 accumulators ``init[ioff+q] + sum popcount(x[row words] ^ w[...16k+q])`` for each
+    of two pixels.
+
+    Rows: ``kh`` rows of ``seg`` words, row ``r`` of pixel ``p`` starting at
+    ``x[base_p + r*rowstep]``; the weights of the 16 channels are interleaved: word ``k`` of
+    channel ``q`` at ``w[woff + 16*k + q]``. Each weight vector is loaded once for both
+    pixels. Returns the two accumulator tuples.
+    """
+    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, woff, ioff)):
+        return None
+    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, w, woff, init, ioff)
+    return sig, _xpc_codegen(2)
 
 
 @intrinsic
