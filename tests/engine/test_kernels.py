@@ -198,3 +198,18 @@ def test_threads_must_be_positive(threads):
     _, program = _program()
     with pytest.raises(EngineError, match="threads"):
         program(np.zeros((1, 3, 32, 32), np.float32), threads=threads)
+
+
+@pytest.mark.parametrize("kh,kw,cin,cout,dense", [
+    (5, 5, 96, 192, True),    # NIN's 5x5: 38 words instead of 50, for 12 output blocks
+    (5, 5, 61, 121, False),   # 24 words instead of 25: not worth building the matrix
+    (3, 3, 45, 90, False),    # 7 instead of 9 words for 6 blocks < 1.8 * 9 tap words
+    (3, 3, 21, 45, True),     # 3 instead of 9 words for 3 blocks
+    (3, 3, 128, 128, False),  # whole words: nothing saved
+    (1, 1, 7, 512, False),    # a 1x1 conv has no window to pack
+])
+def test_patch_matrix_only_where_it_saves_more_than_it_costs(kh, kw, cin, cout, dense):
+    direct, kp = kh * kw * K.words(cin), K.words(kh * kw * cin)
+    saved = -(-cout // K.BLOCK_CH) * (direct - kp)
+    assert (saved > K.PATCH_WORD_COST * direct) == dense
+    assert K.use_patch_matrix(kh, kw, cin, cout) == dense
