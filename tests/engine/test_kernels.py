@@ -46,6 +46,10 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (1, 5, 5, 20, 4, 3, 1, 1, 1),
     (2, 5, 6, 70, 22, 3, 1, 1, -1),
     (1, 6, 5, 9, 27, 3, 2, 1, 1),
+    # fewer than 16 channels over many 32-pixel tiles (float stores spill into later pixels
+    # of the same tile only), big enough for the parallel driver
+    (4, 12, 12, 20, 5, 3, 1, 1, 1),
+    (3, 11, 11, 70, 37, 3, 1, 1, -1),
 ]
 
 

@@ -93,33 +93,43 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
             for m in range(t0, t1):
                 for j in range(out_b.shape[1]):
                     out_b[m, j] = 0
-        for cb in range(ncb):
-            c0 = cb * BLOCK_CH
-            woff = cb * kk
-            if use_bits:
+        if use_bits:
+            for cb in range(ncb):
+                c0 = cb * BLOCK_CH
                 xm = xmask[cb]
                 wi = c0 >> 6
                 sft = np.uint64(c0 & 63)
                 for i in range(0, npx, 2):  # two pixels share each weight vector load
-                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, woff, init,
+                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
                                   c0)
                     out_b[t0 + i, wi] |= (signbits16(acc[0]) ^ xm) << sft
                     if i + 1 < npx:
                         out_b[t0 + i + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
-            else:
-                nc = min(BLOCK_CH, co - c0)
-                for i in range(0, npx, 2):
-                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, woff, init,
-                                  c0)
-                    for p in range(min(2, npx - i)):
-                        m = t0 + i + p
-                        a = acc[0] if p == 0 else acc[1]
-                        if nc == BLOCK_CH:
-                            affine_store16(a, out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
-                        else:  # last, partial block: through a 16-float scratch row
-                            affine_store16(a, scratch, 0, nbits, m1, a1, m2, a2, c0)
-                            for q in range(nc):
-                                out_f[m, c0 + q] = scratch[q]
+            continue
+        # float mode, last block first: a partial block stores all 16 floats, the extra ones
+        # landing on the next pixels' first channels, which their own stores overwrite later
+        # (in this tile, on this thread); where they would leave the tile, a scratch row
+        end = t1 * co
+        for cb in range(ncb - 1, -1, -1):
+            c0 = cb * BLOCK_CH
+            nc = min(BLOCK_CH, co - c0)
+            for i in range(0, npx, 2):
+                acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init, c0)
+                m = t0 + i
+                if m * co + c0 + BLOCK_CH <= end:
+                    affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
+                else:
+                    affine_store16(acc[0], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                    for q in range(nc):
+                        out_f[m, c0 + q] = scratch[q]
+                if i + 1 < npx:
+                    if (m + 1) * co + c0 + BLOCK_CH <= end:
+                        affine_store16(acc[1], out_flat, (m + 1) * co + c0, nbits, m1, a1, m2,
+                                       a2, c0)
+                    else:
+                        affine_store16(acc[1], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                        for q in range(nc):
+                            out_f[m + 1, c0 + q] = scratch[q]
 
 
 _bconv_par, _bconv_ser = twins(_bconv_tiles)
