@@ -94,7 +94,10 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
 
 
 FCONVS = [(2, 9, 7, 3, 37, 5, 1, 2), (1, 12, 12, 3, 192, 5, 1, 2), (3, 6, 6, 5, 20, 3, 2, 1),
-          (1, 4, 4, 7, 16, 4, 1, 0)]
+          (1, 4, 4, 7, 16, 4, 1, 0),
+          # last blocks of 7, 8 (half blocks), 9 channels and a lone half block
+          (2, 7, 7, 1, 23, 3, 1, 1), (1, 6, 6, 2, 24, 3, 1, 1), (1, 6, 6, 2, 25, 3, 1, 1),
+          (1, 5, 6, 3, 8, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("n,h,w,c,co,k,s,p", FCONVS)

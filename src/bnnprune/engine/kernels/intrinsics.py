@@ -218,8 +218,9 @@ def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
             and all(isinstance(t, types.Integer) for t in ints))
 
 
-def _fconv_epilogue(context, builder, sa, args):
-    """The float conv of 4 pixels x 16 channels (FMA) and ``(acc + bias) * alpha + beta``.
+def _fconv_epilogue(context, builder, sa, args, halves):
+    """The float conv of 4 pixels x ``8*halves`` channels (FMA) and
+    ``(acc + bias) * alpha + beta``.
 
     Returns ``v[p][h]``: the ``<8 x float>`` results of pixel ``p``, channels ``8h..8h+7``.
     """
@@ -233,7 +234,8 @@ def _fconv_epilogue(context, builder, sa, args):
     pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
              for p in range(FPIX)]
     zero = ir.Constant(_V8F32, [0.0] * 8)
-    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(FPIX)]
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(halves)]
+            for _ in range(FPIX)]
     step = ir.Constant(_I64, BLOCK_CH)
     with cgutils.for_range(builder, kh_) as ky:
         roff = builder.mul(ky.index, rowstep_)
@@ -242,72 +244,93 @@ def _fconv_epilogue(context, builder, sa, args):
         with cgutils.for_range(builder, seg_) as it:
             wk = builder.add(wrow, builder.mul(it.index, step))
             wv = [_vload(builder, wp, builder.add(wk, ir.Constant(_I64, 8 * h)), _V8F32, 4)
-                  for h in range(2)]
+                  for h in range(halves)]
             for p in range(FPIX):
                 xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
                 xb = _splat(builder, xv, _V8F32)
-                for h in range(2):
+                for h in range(halves):
                     a = accs[p][h]
                     builder.store(builder.call(fma, [xb, wv[h], builder.load(a)]), a)
     vecs = []
     for i in (8, 9, 10):
         ptr = _data(context, builder, sa[i], args[i])
         vecs.append([_vload(builder, ptr, builder.add(poff_, ir.Constant(_I64, 8 * h)),
-                            _V8F32, 4) for h in range(2)])
+                            _V8F32, 4) for h in range(halves)])
     vb, va, vbeta = vecs
     out = []
     for p in range(FPIX):
         row = []
-        for h in range(2):
+        for h in range(halves):
             y = builder.fadd(builder.load(accs[p][h]), vb[h])
             row.append(builder.fadd(builder.fmul(y, va[h]), vbeta[h]))
         out.append(row)
     return out
 
 
-@intrinsic
-def fconv_bits4(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta,  # noqa: ARG001
-                 poff):
-    """Sign bits of a float conv for 4 pixels x 16 channels (16-bit mask per pixel).
+def _fconv_bits(halves: int):
+    """The intrinsic of the sign bits of a float conv over 4 pixels x ``8*halves`` channels."""
+    @intrinsic
+    def fconv_bits(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha,  # noqa: ARG001
+                   beta, poff):
+        if not _fconv_typed(x, bases, w, bias, alpha, beta,
+                            (boff, rowstep, kh, seg, woff, poff)):
+            return None
+        sig = types.UniTuple(types.uint64, FPIX)(x, bases, boff, rowstep, kh, seg, w, woff,
+                                                 bias, alpha, beta, poff)
 
-    Pixel ``p`` reads ``kh`` rows of ``seg`` floats at ``x[bases[boff+p] + r*rowstep]``; the
-    16 channels' weights are interleaved (``w[woff + 16*k + q]``). The epilogue is PyTorch's
-    ``y = acc + bias; v = y*alpha + beta`` (separate roundings) and the bit is ``not v >= 0``.
-    """
-    if not _fconv_typed(x, bases, w, bias, alpha, beta, (boff, rowstep, kh, seg, woff, poff)):
-        return None
-    sig = types.UniTuple(types.uint64, FPIX)(x, bases, boff, rowstep, kh, seg, w, woff, bias,
-                                             alpha, beta, poff)
+        def codegen(context, builder, signature, args):
+            vals = _fconv_epilogue(context, builder, signature.args, args, halves)
+            zero = ir.Constant(_V8F32, [0.0] * 8)
+            out = [_concat_masks(builder, [builder.fcmp_unordered("<", v, zero) for v in row])
+                   for row in vals]
+            return context.make_tuple(builder, signature.return_type, out)
 
-    def codegen(context, builder, signature, args):
-        vals = _fconv_epilogue(context, builder, signature.args, args)
-        zero = ir.Constant(_V8F32, [0.0] * 8)
-        out = [_concat_masks(builder, [builder.fcmp_unordered("<", v, zero) for v in row])
-               for row in vals]
-        return context.make_tuple(builder, signature.return_type, out)
+        return sig, codegen
 
-    return sig, codegen
+    return fconv_bits
 
 
-@intrinsic
-def fconv_store4(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta,  # noqa: ARG001
-                  poff, dst):
-    """As :func:`fconv_bits4`, but stores the 4 x 16 float results to ``dst[16*p + q]``."""
-    if not (_fconv_typed(x, bases, w, bias, alpha, beta, (boff, rowstep, kh, seg, woff, poff))
-            and _is_vec(dst, types.float32)):
-        return None
-    sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta, poff, dst)
+def _fconv_store(halves: int):
+    """The intrinsic storing the 4 pixels x ``8*halves`` float results to ``dst[16*p + q]``."""
+    @intrinsic
+    def fconv_store(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha,  # noqa: ARG001
+                    beta, poff, dst):
+        if not (_fconv_typed(x, bases, w, bias, alpha, beta,
+                             (boff, rowstep, kh, seg, woff, poff))
+                and _is_vec(dst, types.float32)):
+            return None
+        sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta, poff,
+                         dst)
 
-    def codegen(context, builder, signature, args):
-        vals = _fconv_epilogue(context, builder, signature.args, args)
-        dp = _data(context, builder, signature.args[12], args[12])
-        for p, row in enumerate(vals):
-            for h, v in enumerate(row):
-                ptr = builder.gep(dp, [ir.Constant(_I64, BLOCK_CH * p + 8 * h)])
-                builder.store(v, builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            vals = _fconv_epilogue(context, builder, signature.args, args, halves)
+            dp = _data(context, builder, signature.args[12], args[12])
+            for p, row in enumerate(vals):
+                for h, v in enumerate(row):
+                    ptr = builder.gep(dp, [ir.Constant(_I64, BLOCK_CH * p + 8 * h)])
+                    builder.store(v, builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return fconv_store
+
+
+fconv_bits4 = _fconv_bits(2)
+fconv_bits4.__doc__ = """Sign bits of a float conv for 4 pixels x 16 channels (16-bit masks).
+
+Pixel ``p`` reads ``kh`` rows of ``seg`` floats at ``x[bases[boff+p] + r*rowstep]``; the
+16 channels' weights are interleaved (``w[woff + 16*k + q]``). The epilogue is PyTorch's
+``y = acc + bias; v = y*alpha + beta`` (separate roundings) and the bit is ``not v >= 0``.
+"""
+fconv_bits4h = _fconv_bits(1)
+fconv_bits4h.__doc__ = """:func:`fconv_bits4` for the first 8 channels of a block only (a
+last block of at most 8 channels: half the FMAs; 8-bit masks)."""
+fconv_store4 = _fconv_store(2)
+fconv_store4.__doc__ = """As :func:`fconv_bits4`, but stores the 4 x 16 float results to
+``dst[16*p + q]``."""
+fconv_store4h = _fconv_store(1)
+fconv_store4h.__doc__ = """:func:`fconv_store4` for the first 8 channels of a block only."""
 
 
 FMA_CHAINS = 10  # independent <8 x float> accumulators: enough to hide the FMA latency
