@@ -50,6 +50,9 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     # of the same tile only), big enough for the parallel driver
     (4, 12, 12, 20, 5, 3, 1, 1, 1),
     (3, 11, 11, 70, 37, 3, 1, 1, -1),
+    # last blocks of exactly 8 and of 9 channels (half-block kernel up to 8)
+    (2, 5, 5, 20, 24, 3, 1, 1, 1),
+    (1, 5, 5, 130, 25, 1, 1, 0, -1),
 ]
 
 

@@ -27,7 +27,7 @@ from bnnprune.engine.kernels.base import (
     use_parallel,
     words,
 )
-from bnnprune.engine.kernels.intrinsics import affine_store16, signbits16, xpc16x2
+from bnnprune.engine.kernels.intrinsics import affine_store16, signbits16, xpc8x2, xpc16x2
 
 
 def block_weights(w: np.ndarray) -> np.ndarray:
@@ -99,9 +99,14 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
                 xm = xmask[cb]
                 wi = c0 >> 6
                 sft = np.uint64(c0 & 63)
+                half = co - c0 <= BLOCK_CH // 2  # a last block of <= 8 channels: half the work
                 for i in range(0, npx, 2):  # two pixels share each weight vector load
-                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
-                                  c0)
+                    if half:
+                        acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
+                                     init, c0)
+                    else:
+                        acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
+                                      init, c0)
                     out_b[t0 + i, wi] |= (signbits16(acc[0]) ^ xm) << sft
                     if i + 1 < npx:
                         out_b[t0 + i + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
@@ -114,7 +119,12 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
             c0 = cb * BLOCK_CH
             nc = min(BLOCK_CH, co - c0)
             for i in range(0, npx, 2):
-                acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init, c0)
+                if nc <= BLOCK_CH // 2:
+                    acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
+                                 c0)
+                else:
+                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
+                                  c0)
                 m = t0 + i
                 if m * co + c0 + BLOCK_CH <= end:
                     affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)

@@ -75,8 +75,10 @@ def _concat_masks(builder, masks):
     return builder.zext(builder.bitcast(m, ir.IntType(m.type.count)), _I64)
 
 
-def _xpc_codegen(npix: int):
-    """Codegen of the XOR-popcount loop for ``npix`` pixels sharing each weight vector load.
+def _xpc_codegen(npix: int, nvec: int = BLOCK_CH // 4):
+    """Codegen of the XOR-popcount loop for ``npix`` pixels sharing each weight vector load,
+    over the first ``nvec`` vectors (4 channels each) of a block; the other lanes return
+    their ``init`` values.
 
     Arguments: x, base_0 .. base_{npix-1}, rowstep, kh, seg, w, woff, init, ioff; returns a
     tuple of ``npix`` tuples of 16 accumulators.
@@ -105,7 +107,7 @@ def _xpc_codegen(npix: int):
                 xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, it.index)])),
                               _V4I64) for o in rows]
                 wk = builder.add(wrow, builder.mul(it.index, step))
-                for j in range(nv):
+                for j in range(nvec):
                     wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, 4 * j)), _V4I64, 8)
                     for p in range(nb):
                         c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
@@ -146,6 +148,16 @@ def xpc16x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff): 
         return None
     sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, w, woff, init, ioff)
     return sig, _xpc_codegen(2)
+
+
+@intrinsic
+def xpc8x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
+    """:func:`xpc16x2` over the first 8 channels of the block only (a last block of at most
+    8 channels: half the work); lanes 8..15 keep their ``init`` values."""
+    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, woff, ioff)):
+        return None
+    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, w, woff, init, ioff)
+    return sig, _xpc_codegen(2, 2)
 
 
 @intrinsic
