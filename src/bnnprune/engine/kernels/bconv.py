@@ -99,17 +99,23 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
                 xm = xmask[cb]
                 wi = c0 >> 6
                 sft = np.uint64(c0 & 63)
-                half = co - c0 <= BLOCK_CH // 2  # a last block of <= 8 channels: half the work
-                for i in range(0, npx, 2):  # two pixels share each weight vector load
-                    if half:
+                # two pixels share each weight vector load; a last block of <= 8 channels
+                # does half the work (separate loops: a branch around the call would make
+                # the accumulator tuples leave the registers)
+                if co - c0 <= BLOCK_CH // 2:
+                    for i in range(0, npx, 2):
                         acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
                                      init, c0)
-                    else:
+                        out_b[t0 + i, wi] |= (signbits16(acc[0]) ^ xm) << sft
+                        if i + 1 < npx:
+                            out_b[t0 + i + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
+                else:
+                    for i in range(0, npx, 2):
                         acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
                                       init, c0)
-                    out_b[t0 + i, wi] |= (signbits16(acc[0]) ^ xm) << sft
-                    if i + 1 < npx:
-                        out_b[t0 + i + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
+                        out_b[t0 + i, wi] |= (signbits16(acc[0]) ^ xm) << sft
+                        if i + 1 < npx:
+                            out_b[t0 + i + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
             continue
         # float mode, last block first: a partial block stores all 16 floats, the extra ones
         # landing on the next pixels' first channels, which their own stores overwrite later
@@ -118,28 +124,44 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
         for cb in range(ncb - 1, -1, -1):
             c0 = cb * BLOCK_CH
             nc = min(BLOCK_CH, co - c0)
-            for i in range(0, npx, 2):
-                if nc <= BLOCK_CH // 2:
+            if nc <= BLOCK_CH // 2:
+                for i in range(0, npx, 2):
                     acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
                                  c0)
-                else:
+                    m = t0 + i
+                    if m * co + c0 + BLOCK_CH <= end:
+                        affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
+                    else:
+                        affine_store16(acc[0], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                        for q in range(nc):
+                            out_f[m, c0 + q] = scratch[q]
+                    if i + 1 < npx:
+                        if (m + 1) * co + c0 + BLOCK_CH <= end:
+                            affine_store16(acc[1], out_flat, (m + 1) * co + c0, nbits, m1, a1,
+                                           m2, a2, c0)
+                        else:
+                            affine_store16(acc[1], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                            for q in range(nc):
+                                out_f[m + 1, c0 + q] = scratch[q]
+            else:
+                for i in range(0, npx, 2):
                     acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
                                   c0)
-                m = t0 + i
-                if m * co + c0 + BLOCK_CH <= end:
-                    affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
-                else:
-                    affine_store16(acc[0], scratch, 0, nbits, m1, a1, m2, a2, c0)
-                    for q in range(nc):
-                        out_f[m, c0 + q] = scratch[q]
-                if i + 1 < npx:
-                    if (m + 1) * co + c0 + BLOCK_CH <= end:
-                        affine_store16(acc[1], out_flat, (m + 1) * co + c0, nbits, m1, a1, m2,
-                                       a2, c0)
+                    m = t0 + i
+                    if m * co + c0 + BLOCK_CH <= end:
+                        affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
                     else:
-                        affine_store16(acc[1], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                        affine_store16(acc[0], scratch, 0, nbits, m1, a1, m2, a2, c0)
                         for q in range(nc):
-                            out_f[m + 1, c0 + q] = scratch[q]
+                            out_f[m, c0 + q] = scratch[q]
+                    if i + 1 < npx:
+                        if (m + 1) * co + c0 + BLOCK_CH <= end:
+                            affine_store16(acc[1], out_flat, (m + 1) * co + c0, nbits, m1, a1,
+                                           m2, a2, c0)
+                        else:
+                            affine_store16(acc[1], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                            for q in range(nc):
+                                out_f[m + 1, c0 + q] = scratch[q]
 
 
 _bconv_par, _bconv_ser = twins(_bconv_tiles)
