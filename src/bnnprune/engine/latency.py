@@ -44,6 +44,7 @@ __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build
 
 CACHE_VERSION = 1
 CONV_KINDS = ("bconv", "fconv")
+WHOLE_REPEATS = 20  # at least this many runs of the whole program (its overhead is fragile)
 
 
 def _kernels_fingerprint() -> str:
@@ -344,6 +345,11 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     tables: list[OpTable] = []
     fresh = 0
     with _threads(threads) as th:
+        whole_key = f"program:{_program_hash(program)}|b{batch}|t{th}"
+        # the whole run is timed before and after the ops (the best of both counts): one
+        # disturbed measurement would otherwise bias every prediction through the overhead
+        whole_s = (None if whole_key in store.entries else
+                   time_program(program, batch, th, max(repeats, WHOLE_REPEATS)))
         for idx, (ins, outs) in counts.items():
             op = program.ops[idx]
             sig = _signature(program, idx)
@@ -366,9 +372,9 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
                                   list(outs), grid, prop))
             if progress is not None:
                 progress(f"latency table: op {idx + 1}/{len(counts)} ({op.name or op.kind})")
-        whole_key = f"program:{_program_hash(program)}|b{batch}|t{th}"
-        if whole_key not in store.entries:
-            store.entries[whole_key] = time_program(program, batch, th, repeats)
+        if whole_s is not None:
+            store.entries[whole_key] = min(whole_s, time_program(program, batch, th,
+                                                                 max(repeats, WHOLE_REPEATS)))
             fresh += 1
     if fresh or store.rebuilt:
         store.save()
