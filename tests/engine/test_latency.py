@@ -169,3 +169,36 @@ def test_program_float_macs_follow_the_one_cost_rule(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, width=0.125, in_channels=shape[0], image_size=shape[1]).eval()
     assert program_float_macs(compile_model(model, shape)) == summarize(model, shape).float_macs
+
+
+def test_an_interrupted_table_build_resumes_from_the_cache(tmp_path: Path, monkeypatch) -> None:
+    program = compile_model(_nin(), SHAPE)
+    path = tmp_path / "m.json"
+    fake = _synthetic(16)
+    calls: list[int] = []
+
+    def dies_after_three(program, idx, *args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(idx)
+        return fake(program, idx, *args)
+
+    monkeypatch.setattr(L, "SAVE_EVERY_S", 0.0)  # write after every new entry
+    monkeypatch.setattr(L, "time_op", dies_after_three)
+    monkeypatch.setattr(L, "time_program", lambda *a: 1e-3)
+    with pytest.raises(KeyboardInterrupt):
+        L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
+    assert len(L.LatencyCache(path).entries) == 3  # the three ops timed so far
+    timed: list[int] = []
+    monkeypatch.setattr(L, "time_op", lambda program, idx, *a: timed.append(idx) or 1e-6)
+    L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
+    assert len(timed) == len(program.ops) - 3 and not set(timed) & set(calls)
+
+
+def test_the_whole_run_is_the_best_of_two_timings(tmp_path: Path, monkeypatch) -> None:
+    program = compile_model(_nin(), SHAPE)
+    runs = iter([5e-3, 2e-3])  # a disturbed first timing does not count
+    monkeypatch.setattr(L, "time_op", lambda *a: 1e-6)
+    monkeypatch.setattr(L, "time_program", lambda *a: next(runs))
+    model = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=tmp_path / "m.json")
+    assert model.measured_s == 2e-3

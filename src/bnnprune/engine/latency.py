@@ -44,6 +44,7 @@ __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build
 
 CACHE_VERSION = 1
 CONV_KINDS = ("bconv", "fconv")
+SAVE_EVERY_S = 20.0  # a long table build writes the cache this often
 WHOLE_REPEATS = 20  # at least this many runs of the whole program (its overhead is fragile)
 
 
@@ -344,6 +345,7 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     counts = _check_counts(program, grids or {})
     tables: list[OpTable] = []
     fresh = 0
+    saved_at = time.perf_counter()
     with _threads(threads) as th:
         whole_key = f"program:{_program_hash(program)}|b{batch}|t{th}"
         # the whole run is timed before and after the ops (the best of both counts): one
@@ -366,6 +368,9 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
                     if key not in store.entries:
                         store.entries[key] = time_op(program, idx, c_in, co, batch, th, repeats)
                         fresh += 1
+                        if time.perf_counter() - saved_at > SAVE_EVERY_S:
+                            store.save()  # an interrupted build resumes from here
+                            saved_at = time.perf_counter()
                     row.append(store.entries[key])
                 grid.append(row)
             tables.append(OpTable(op.kind, list(ins) if op.kind in CONV_KINDS else outs[-1:],
