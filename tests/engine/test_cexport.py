@@ -44,9 +44,10 @@ ARM_CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
 
 
 class EdgeNet(nn.Module):
-    """Every C op kind: fp stem, sign, dense 5x5 stride-2 bconv with -1 padding (float mode),
-    float max-pool, residual add, ReLU, standalone BatchNorm, packed average pool, bit
-    max-pool, flatten, dense binary linear with BatchNorm1d, Hardtanh, fp linear head."""
+    """Every C op kind: fp stem, sign, direct 5x5 stride-2 bconv with -1 padding (float mode),
+    float max-pool, residual add, ReLU, standalone BatchNorm, packed average pool, dense (patch
+    matrix) 3x3 bconv with -1 padding, bit max-pool, flatten, binary linear with BatchNorm1d,
+    Hardtanh, fp linear head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +57,8 @@ class EdgeNet(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, 1)
         self.bn2 = nn.BatchNorm2d(21)
         self.avg = nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False)
-        self.b2, self.bn3 = BinaryConv2d(21, 45, 3, padding=1), nn.BatchNorm2d(45)
+        self.b2 = BinaryConv2d(21, 45, 3, padding=1, pad_value=-1.0)
+        self.bn3 = nn.BatchNorm2d(45)
         self.mpool = nn.MaxPool2d(2)
         self.fc1, self.bnf = BinaryLinear(45 * 2 * 2, 33, bias=True), nn.BatchNorm1d(33)
         self.head = nn.Linear(33, 6)

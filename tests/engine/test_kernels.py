@@ -46,6 +46,13 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (1, 5, 5, 20, 4, 3, 1, 1, 1),
     (2, 5, 6, 70, 22, 3, 1, 1, -1),
     (1, 6, 5, 9, 27, 3, 2, 1, 1),
+    # fewer than 16 channels over many 32-pixel tiles (float stores spill into later pixels
+    # of the same tile only), big enough for the parallel driver
+    (4, 12, 12, 20, 5, 3, 1, 1, 1),
+    (3, 11, 11, 70, 37, 3, 1, 1, -1),
+    # last blocks of exactly 8 and of 9 channels (half-block kernel up to 8)
+    (2, 5, 5, 20, 24, 3, 1, 1, 1),
+    (1, 5, 5, 130, 25, 1, 1, 0, -1),
 ]
 
 
@@ -90,7 +97,10 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
 
 
 FCONVS = [(2, 9, 7, 3, 37, 5, 1, 2), (1, 12, 12, 3, 192, 5, 1, 2), (3, 6, 6, 5, 20, 3, 2, 1),
-          (1, 4, 4, 7, 16, 4, 1, 0)]
+          (1, 4, 4, 7, 16, 4, 1, 0),
+          # last blocks of 7, 8 (half blocks), 9 channels and a lone half block
+          (2, 7, 7, 1, 23, 3, 1, 1), (1, 6, 6, 2, 24, 3, 1, 1), (1, 6, 6, 2, 25, 3, 1, 1),
+          (1, 5, 6, 3, 8, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("n,h,w,c,co,k,s,p", FCONVS)
@@ -198,3 +208,18 @@ def test_threads_must_be_positive(threads):
     _, program = _program()
     with pytest.raises(EngineError, match="threads"):
         program(np.zeros((1, 3, 32, 32), np.float32), threads=threads)
+
+
+@pytest.mark.parametrize("kh,kw,cin,cout,dense", [
+    (5, 5, 96, 192, True),    # NIN's 5x5: 38 words instead of 50, for 12 output blocks
+    (5, 5, 61, 121, False),   # 24 words instead of 25: not worth building the matrix
+    (3, 3, 45, 90, False),    # 7 instead of 9 words for 6 blocks < 1.8 * 9 tap words
+    (3, 3, 21, 45, True),     # 3 instead of 9 words for 3 blocks
+    (3, 3, 128, 128, False),  # whole words: nothing saved
+    (1, 1, 7, 512, False),    # a 1x1 conv has no window to pack
+])
+def test_patch_matrix_only_where_it_saves_more_than_it_costs(kh, kw, cin, cout, dense):
+    direct, kp = kh * kw * K.words(cin), K.words(kh * kw * cin)
+    saved = -(-cout // K.BLOCK_CH) * (direct - kp)
+    assert (saved > K.PATCH_WORD_COST * direct) == dense
+    assert K.use_patch_matrix(kh, kw, cin, cout) == dense

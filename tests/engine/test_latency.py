@@ -57,8 +57,13 @@ def fake_timing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
             return 1e-5 + sum(fake(program, i, *L.op_channels(program, i), batch, threads, 1)
                               for i in range(len(program.ops)))
 
+        def context(program, batch, threads, repeats):  # inside a run as alone
+            return [fake(program, i, *L.op_channels(program, i), batch, threads, 1)
+                    for i in range(len(program.ops))]
+
         monkeypatch.setattr(L, "time_op", fake)
         monkeypatch.setattr(L, "time_program", whole)
+        monkeypatch.setattr(L, "time_ops_in_context", context)
     return use
 
 
@@ -70,7 +75,8 @@ def test_corrupt_cache_file_is_rebuilt_and_then_reused(tmp_path: Path, monkeypat
         model = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
     data = json.loads(path.read_text())
     assert data["version"] == L.CACHE_VERSION and data["kernels"] == L._kernels_fingerprint()
-    assert len(data["entries"]) == len(program.ops) + 1  # every op once, and the program
+    # every op alone and inside a run, and the program
+    assert len(data["entries"]) == 2 * len(program.ops) + 1
     assert len(model.tables) == len(program.ops) and model.measured_s > 0
 
     def no_timing(*a, **k):
@@ -78,6 +84,7 @@ def test_corrupt_cache_file_is_rebuilt_and_then_reused(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(L, "time_op", no_timing)
     monkeypatch.setattr(L, "time_program", no_timing)
+    monkeypatch.setattr(L, "time_ops_in_context", no_timing)
     again = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
     assert again.measured_s == model.measured_s
     # another shape of damage: valid JSON, wrong content
@@ -169,3 +176,60 @@ def test_program_float_macs_follow_the_one_cost_rule(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, width=0.125, in_channels=shape[0], image_size=shape[1]).eval()
     assert program_float_macs(compile_model(model, shape)) == summarize(model, shape).float_macs
+
+
+def test_an_interrupted_table_build_resumes_from_the_cache(tmp_path: Path, monkeypatch) -> None:
+    program = compile_model(_nin(), SHAPE)
+    path = tmp_path / "m.json"
+    fake = _synthetic(16)
+    calls: list[int] = []
+
+    def dies_after_three(program, idx, *args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(idx)
+        return fake(program, idx, *args)
+
+    monkeypatch.setattr(L, "SAVE_EVERY_S", 0.0)  # write after every new entry
+    monkeypatch.setattr(L, "time_op", dies_after_three)
+    monkeypatch.setattr(L, "time_program", lambda *a: 1e-3)
+    monkeypatch.setattr(L, "time_ops_in_context", lambda program, *a: [1e-6] * len(program.ops))
+    with pytest.raises(KeyboardInterrupt):
+        L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
+    # the ops inside a run (timed first) and the three ops timed alone so far
+    assert len(L.LatencyCache(path).entries) == len(program.ops) + 3
+    timed: list[int] = []
+    monkeypatch.setattr(L, "time_op", lambda program, idx, *a: timed.append(idx) or 1e-6)
+    L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
+    assert len(timed) == len(program.ops) - 3 and not set(timed) & set(calls)
+
+
+def test_the_whole_run_is_the_best_of_two_timings(tmp_path: Path, monkeypatch) -> None:
+    program = compile_model(_nin(), SHAPE)
+    runs = iter([5e-3, 2e-3])  # a disturbed first timing does not count
+    monkeypatch.setattr(L, "time_op", lambda *a: 1e-6)
+    monkeypatch.setattr(L, "time_program", lambda *a: next(runs))
+    monkeypatch.setattr(L, "time_ops_in_context", lambda program, *a: [1e-6] * len(program.ops))
+    model = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=tmp_path / "m.json")
+    assert model.measured_s == 2e-3
+
+
+def test_ops_slower_inside_a_run_scale_their_tables(tmp_path: Path, monkeypatch) -> None:
+    program = compile_model(_nin(), SHAPE)
+    fake = _synthetic(16)
+    full = [L.op_channels(program, i) for i in range(len(program.ops))]
+    alone = [fake(program, i, *full[i], 1, 1, 1) for i in range(len(program.ops))]
+    conv = next(i for i, op in enumerate(program.ops) if op.kind == "bconv")
+    ctx = list(alone)
+    ctx[conv] *= 2.5  # its weights come from colder caches inside a run
+    monkeypatch.setattr(L, "time_op", fake)
+    monkeypatch.setattr(L, "time_program", lambda *a: sum(ctx) + 1e-5)
+    monkeypatch.setattr(L, "time_ops_in_context", lambda *a: ctx)
+    ci, co = full[conv]
+    model = L.build_cost_model(program, {conv: ([ci], [co // 2, co])}, batch=1, threads=1,
+                               repeats=1, cache=tmp_path / "m.json")
+    assert model.tables[conv].context == pytest.approx(2.5)
+    assert all(t.context == pytest.approx(1.0) for i, t in enumerate(model.tables) if i != conv)
+    assert model.overhead_s == pytest.approx(1e-5)
+    half = fake(program, conv, ci, co // 2, 1, 1, 1)
+    assert model.op_seconds(conv, ci, co // 2) == pytest.approx(2.5 * half)

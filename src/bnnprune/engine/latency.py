@@ -4,10 +4,13 @@ Each op of a program is timed alone, on random inputs and weights, at the channe
 caller asks for: a one-op program (with a ``sign``/``flatten`` in front and a cheap terminal
 op behind where the op needs them) is planned for the batch size and thread count, and only
 the op's own kernel calls (its padding / patch matrix included) are timed; the best of
-``repeats`` runs counts. A program's predicted latency is the sum of its ops' table entries
-(bilinear between measured counts) plus the measured per-run overhead of the unpruned
-program (input copy, Python dispatch): by construction the unpruned prediction equals its
-measured latency.
+``repeats`` runs counts. Each op is also timed inside whole runs of the unpruned program,
+where it finds the caches colder (weights and activations evicted by the ops before it):
+that ratio (>= 1) multiplies its table, as the cold share shrinks with the channels too. A
+program's predicted latency is the sum of its ops' table entries (bilinear between measured
+counts, times that ratio) plus the measured per-run overhead of the unpruned program (input
+copy, Python dispatch): by construction the unpruned prediction equals its measured
+latency.
 
 Measurements are cached as JSON in the user cache folder, one file per machine
 (``~/.cache/bnnprune/latency/<machine-key>.json``; ``BNNPRUNE_CACHE_DIR`` or
@@ -44,6 +47,11 @@ __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build
 
 CACHE_VERSION = 1
 CONV_KINDS = ("bconv", "fconv")
+SAVE_EVERY_S = 20.0  # a long table build writes the cache this often
+WHOLE_REPEATS = 20  # at least this many runs of the whole program (its overhead is fragile)
+MIN_WINDOW_S = 0.03  # an op's best time is taken over at least this long ...
+MAX_RUNS = 1000  # ... unless it ran this often
+CONTEXT_MAX = 4.0  # an op's time in a whole run is taken as at most this times its time alone
 
 
 def _kernels_fingerprint() -> str:
@@ -198,12 +206,17 @@ def _one_op_program(program: Program, idx: int, cin: int, cout: int,
 
 
 def _best_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Best of at least ``repeats`` runs spread over at least :data:`MIN_WINDOW_S` (at most
+    :data:`MAX_RUNS` runs): on a shared machine a preemption can outlast a few short runs."""
     fn()
     best = float("inf")
-    for _ in range(repeats):
+    start = time.perf_counter()
+    runs = 0
+    while runs < repeats or (time.perf_counter() - start < MIN_WINDOW_S and runs < MAX_RUNS):
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
+        runs += 1
     return best
 
 
@@ -234,6 +247,30 @@ def time_program(program: Program, batch: int, threads: int, repeats: int) -> fl
     return max(_best_time(lambda: program(x, batch_size=batch, threads=threads), repeats), 1e-9)
 
 
+def time_ops_in_context(program: Program, batch: int, threads: int,
+                        repeats: int) -> list[float]:
+    """Best time of every op of ``program`` inside whole runs (its calls timed one step at a
+    time): unlike an op timed alone, it pays for what the ops before it evicted from the
+    caches (weights, activations), as a real run does."""
+    x = np.random.default_rng(5).standard_normal((batch, *program.input_shape))
+    x = x.astype(np.float32)
+    with _threads(threads) as th:
+        plan = program.plan(batch, th)
+        plan.run(x)
+        best = [float("inf")] * len(program.ops)
+        start, runs = time.perf_counter(), 0
+        while runs < repeats or (time.perf_counter() - start < MIN_WINDOW_S
+                                 and runs < MAX_RUNS):
+            runs += 1
+            np.copyto(plan.bufs[0], x.transpose(0, 2, 3, 1))
+            for idx, calls in plan.steps:
+                t = time.perf_counter()
+                for c in calls:
+                    c()
+                best[idx] = min(best[idx], time.perf_counter() - t)
+    return best
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -256,9 +293,10 @@ class OpTable:
     cout: list[int]
     seconds: list[list[float]]  # [input index][output index] (one row: output counts only)
     proportional: bool = False  # one measured point: time scales with the output channels
+    context: float = 1.0  # the op's time inside a whole run over its time alone (full width)
 
-    def at(self, cin: float, cout: float) -> float:
-        """Seconds at (cin, cout): bilinear between measured counts, never below 0."""
+    def alone(self, cin: float, cout: float) -> float:
+        """Seconds of the op alone at (cin, cout): bilinear between measured counts, >= 0."""
         if self.proportional:
             return self.seconds[0][0] * cout / self.cout[0]
         i0, i1, a = _interp(self.cin, cin)
@@ -268,9 +306,13 @@ class OpTable:
         bot = s[i1][j0] * (1 - b) + s[i1][j1] * b
         return max(top * (1 - a) + bot * a, 0.0)
 
+    def at(self, cin: float, cout: float) -> float:
+        """Seconds at (cin, cout) inside a whole run: the time alone times ``context``."""
+        return self.alone(cin, cout) * self.context
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "cin": self.cin, "cout": self.cout, "seconds": self.seconds,
-                "proportional": self.proportional}
+                "proportional": self.proportional, "context": self.context}
 
 
 @dataclass
@@ -343,7 +385,21 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     counts = _check_counts(program, grids or {})
     tables: list[OpTable] = []
     fresh = 0
+    saved_at = time.perf_counter()
     with _threads(threads) as th:
+        whole_key = f"program:{_program_hash(program)}|b{batch}|t{th}"
+        # the whole run is timed before and after the ops (the best of both counts): one
+        # disturbed measurement would otherwise bias every prediction through the overhead
+        whole_s = (None if whole_key in store.entries else
+                   time_program(program, batch, th, max(repeats, WHOLE_REPEATS)))
+        ctx_keys = [f"context:{_program_hash(program)}|{i}|b{batch}|t{th}"
+                    for i in range(len(program.ops))]
+        if any(k not in store.entries for k in ctx_keys):
+            for k, t in zip(ctx_keys, time_ops_in_context(program, batch, th,
+                                                          max(repeats, WHOLE_REPEATS)),
+                            strict=True):
+                store.entries[k] = max(t, 1e-9)
+            fresh += 1
         for idx, (ins, outs) in counts.items():
             op = program.ops[idx]
             sig = _signature(program, idx)
@@ -360,24 +416,32 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
                     if key not in store.entries:
                         store.entries[key] = time_op(program, idx, c_in, co, batch, th, repeats)
                         fresh += 1
+                        if time.perf_counter() - saved_at > SAVE_EVERY_S:
+                            store.save()  # an interrupted build resumes from here
+                            saved_at = time.perf_counter()
                     row.append(store.entries[key])
                 grid.append(row)
             tables.append(OpTable(op.kind, list(ins) if op.kind in CONV_KINDS else outs[-1:],
                                   list(outs), grid, prop))
             if progress is not None:
                 progress(f"latency table: op {idx + 1}/{len(counts)} ({op.name or op.kind})")
-        whole_key = f"program:{_program_hash(program)}|b{batch}|t{th}"
-        if whole_key not in store.entries:
-            store.entries[whole_key] = time_program(program, batch, th, repeats)
+        if whole_s is not None:
+            store.entries[whole_key] = min(whole_s, time_program(program, batch, th,
+                                                                 max(repeats, WHOLE_REPEATS)))
             fresh += 1
     if fresh or store.rebuilt:
         store.save()
     full = [op_channels(program, i) for i in range(len(program.ops))]
+    for t, (ci, co), k in zip(tables, full, ctx_keys, strict=True):
+        # an op inside a run finds colder caches than alone; that share scales with its time
+        # (weights and activations shrink with the channels), so it multiplies its table
+        alone = t.alone(ci, co)
+        t.context = min(max(store.entries[k] / alone, 1.0), CONTEXT_MAX) if alone > 0 else 1.0
     ops_s = sum(t.at(ci, co) for t, (ci, co) in zip(tables, full, strict=True))
     measured = store.entries[whole_key]
-    # the per-run overhead is what the whole run costs beyond its ops timed alone; timing
-    # noise (a loaded machine, few repeats) can make that difference negative: it is 0 then,
-    # so every prediction stays a positive time
+    # the per-run overhead (input copy, Python dispatch) is what the whole run costs beyond
+    # its ops in context; timing noise can make that negative: it is 0 then, so every
+    # prediction stays a positive time
     return EngineCostModel(program, batch, th, tables, max(0.0, measured - ops_s), measured,
                            str(store.path))
 

@@ -33,8 +33,8 @@ class PreparedBconv:
     """Weights of one XNOR-popcount op in kernel layout.
 
     ``dense``: the op runs on a bit patch matrix (taps packed back to back, see
-    :func:`kernels.im2col_bits_call`), chosen when that needs fewer words per window than
-    the per-pixel word layout (channel counts that are not multiples of 64).
+    :func:`kernels.im2col_bits_call`), chosen by :func:`kernels.use_patch_matrix` when the
+    GEMM words it saves (channel counts that are not multiples of 64) outweigh building it.
     """
 
     dense: bool
@@ -54,7 +54,7 @@ def prepare_bconv(op: Op) -> PreparedBconv:
     wd = words(cin)
     w = op.arrays["w"]
     kp = words(kh * kw * cin)
-    dense = kh * kw > 1 and kp < kh * kw * wd
+    dense = K.use_patch_matrix(kh, kw, cin, a["cout"])
     wb = K.block_weights(K.dense_bits(w, cin) if dense else w)
     pad_words = tail_mask(cin) if a["pad_value"] == -1 else np.zeros(wd, np.uint64)
     if a["mode"] == "bits":

@@ -19,8 +19,10 @@ from bnnprune.engine.kernels.act import prelu_call
 from bnnprune.engine.kernels.base import (
     BLOCK_CH,
     PAR_MIN_WORK,
+    PATCH_WORD_COST,
     block_channels,
     use_parallel,
+    use_patch_matrix,
     words,
 )
 from bnnprune.engine.kernels.bconv import bconv_call, block_weights, run_bconv, threshold_init
@@ -49,6 +51,7 @@ from bnnprune.engine.kernels.pool import (
 __all__ = [
     "BLOCK_CH",
     "PAR_MIN_WORK",
+    "PATCH_WORD_COST",
     "adaptive_avgpool_call",
     "affine_pack_call",
     "bconv_call",
@@ -77,5 +80,6 @@ __all__ = [
     "run_pad_bits",
     "threshold_init",
     "use_parallel",
+    "use_patch_matrix",
     "words",
 ]

@@ -27,6 +27,11 @@ FPIX = 4  # pixels per register block of the float conv
 # more when the cores are shared), which the smallest layers at batch 1 cannot win back.
 PAR_MIN_WORK = 20_000
 
+# Cost of building one tap word of a dense bit patch matrix, in units of one XNOR-popcount
+# word of one 16-channel block (both per output pixel; measured on AVX2/AVX-512 x86). A patch
+# matrix pays off only when the GEMM words it saves over all output blocks cost more.
+PATCH_WORD_COST = 1.8
+
 EMPTY_U64 = np.zeros((1, 1), np.uint64)
 EMPTY_F32 = np.zeros((1, 1), np.float32)
 F1 = np.zeros(1, np.float32)
@@ -55,6 +60,16 @@ def block_channels(v: np.ndarray, fill: float) -> np.ndarray:
     out = np.full(-(-co // BLOCK_CH) * BLOCK_CH, fill, np.float32)
     out[:co] = v
     return out
+
+
+def use_patch_matrix(kh: int, kw: int, cin: int, cout: int) -> bool:
+    """Whether a ``kh x kw`` binary conv should run on a dense bit patch matrix: it saves
+    ``kh*kw*words(cin) - words(kh*kw*cin)`` words per block and pixel, and costs
+    ``kh*kw*words(cin)`` tap words per pixel to build."""
+    direct = kh * kw * words(cin)
+    saved = direct - words(kh * kw * cin)
+    blocks = -(-int(cout) // BLOCK_CH)
+    return kh * kw > 1 and blocks * saved > PATCH_WORD_COST * direct
 
 
 def use_parallel(work: float, threads: int | None) -> bool:

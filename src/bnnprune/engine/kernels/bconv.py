@@ -1,7 +1,8 @@
 """XNOR-popcount convolution (GEMM over packed bits) with a threshold or affine epilogue.
 
 Output pixels go in tiles of :data:`TILE_PIX` that reuse one 16-channel weight block while it
-sits in L1; the inner loop is :func:`~bnnprune.engine.kernels.intrinsics.xpc16`.
+sits in L1; the inner loop is :func:`~bnnprune.engine.kernels.intrinsics.xpc16x2`
+(two pixels per weight vector load).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bnnprune.engine.kernels.base import (
     use_parallel,
     words,
 )
-from bnnprune.engine.kernels.intrinsics import affine_store16, signbits16, xpc16
+from bnnprune.engine.kernels.intrinsics import affine_store16, signbits16, xpc8x2, xpc16x2
 
 
 def block_weights(w: np.ndarray) -> np.ndarray:
@@ -68,37 +69,99 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
     scratch = np.empty(BLOCK_CH, np.float32)
-    bases = np.empty(TILE_PIX, np.int64)
+    bases = np.empty(TILE_PIX + 1, np.int64)
     for tile in range(t_lo, t_hi):
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
-        for m in range(t0, t1):
-            n = m // hw
-            r = m - n * hw
-            oy = r // wo
-            bases[m - t0] = ((n * hp + oy * sh) * wp + (r - oy * wo) * sw) * wd
-            if use_bits:
+        npx = t1 - t0
+        # pixel coordinates by counting (one division per tile, not two per pixel)
+        n = t0 // hw
+        r = t0 - n * hw
+        oy = r // wo
+        ox = r - oy * wo
+        for i in range(npx):
+            bases[i] = ((n * hp + oy * sh) * wp + ox * sw) * wd
+            ox += 1
+            if ox == wo:
+                ox = 0
+                oy += 1
+                if oy == ho:
+                    oy = 0
+                    n += 1
+        bases[npx] = bases[npx - 1]  # an odd tile's last pair repeats its pixel
+        if use_bits:
+            for m in range(t0, t1):
                 for j in range(out_b.shape[1]):
                     out_b[m, j] = 0
-        for cb in range(ncb):
-            c0 = cb * BLOCK_CH
-            if use_bits:
+        if use_bits:
+            for cb in range(ncb):
+                c0 = cb * BLOCK_CH
                 xm = xmask[cb]
                 wi = c0 >> 6
                 sft = np.uint64(c0 & 63)
-                for m in range(t0, t1):
-                    acc = xpc16(x, bases[m - t0], rowstep, kh, seg, w, cb * kk, init, c0)
-                    out_b[m, wi] |= (signbits16(acc) ^ xm) << sft
-            else:
-                nc = min(BLOCK_CH, co - c0)
-                for m in range(t0, t1):
-                    acc = xpc16(x, bases[m - t0], rowstep, kh, seg, w, cb * kk, init, c0)
-                    if nc == BLOCK_CH:
-                        affine_store16(acc, out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
-                    else:  # last, partial block: through a 16-float scratch row
-                        affine_store16(acc, scratch, 0, nbits, m1, a1, m2, a2, c0)
+                # two pixels share each weight vector load; a last block of <= 8 channels
+                # does half the work (separate loops: a branch around the call would make
+                # the accumulator tuples leave the registers)
+                if co - c0 <= BLOCK_CH // 2:
+                    for i in range(0, npx, 2):
+                        acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
+                                     init, c0)
+                        out_b[t0 + i, wi] |= (signbits16(acc[0]) ^ xm) << sft
+                        if i + 1 < npx:
+                            out_b[t0 + i + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
+                else:
+                    for i in range(0, npx, 2):
+                        acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
+                                      init, c0)
+                        out_b[t0 + i, wi] |= (signbits16(acc[0]) ^ xm) << sft
+                        if i + 1 < npx:
+                            out_b[t0 + i + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
+            continue
+        # float mode, last block first: a partial block stores all 16 floats, the extra ones
+        # landing on the next pixels' first channels, which their own stores overwrite later
+        # (in this tile, on this thread); where they would leave the tile, a scratch row
+        end = t1 * co
+        for cb in range(ncb - 1, -1, -1):
+            c0 = cb * BLOCK_CH
+            nc = min(BLOCK_CH, co - c0)
+            if nc <= BLOCK_CH // 2:
+                for i in range(0, npx, 2):
+                    acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
+                                 c0)
+                    m = t0 + i
+                    if m * co + c0 + BLOCK_CH <= end:
+                        affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
+                    else:
+                        affine_store16(acc[0], scratch, 0, nbits, m1, a1, m2, a2, c0)
                         for q in range(nc):
                             out_f[m, c0 + q] = scratch[q]
+                    if i + 1 < npx:
+                        if (m + 1) * co + c0 + BLOCK_CH <= end:
+                            affine_store16(acc[1], out_flat, (m + 1) * co + c0, nbits, m1, a1,
+                                           m2, a2, c0)
+                        else:
+                            affine_store16(acc[1], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                            for q in range(nc):
+                                out_f[m + 1, c0 + q] = scratch[q]
+            else:
+                for i in range(0, npx, 2):
+                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
+                                  c0)
+                    m = t0 + i
+                    if m * co + c0 + BLOCK_CH <= end:
+                        affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
+                    else:
+                        affine_store16(acc[0], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                        for q in range(nc):
+                            out_f[m, c0 + q] = scratch[q]
+                    if i + 1 < npx:
+                        if (m + 1) * co + c0 + BLOCK_CH <= end:
+                            affine_store16(acc[1], out_flat, (m + 1) * co + c0, nbits, m1, a1,
+                                           m2, a2, c0)
+                        else:
+                            affine_store16(acc[1], scratch, 0, nbits, m1, a1, m2, a2, c0)
+                            for q in range(nc):
+                                out_f[m + 1, c0 + q] = scratch[q]
 
 
 _bconv_par, _bconv_ser = twins(_bconv_tiles)

@@ -22,36 +22,52 @@ def _im2col_bits_rows(x, padw, kh, kw, sh, sw, ph, pw, cin, ho, wo, out, r_lo, r
     kp = out.shape[1]
     xf = x.reshape(-1)
     of = out.reshape(-1)
+    last = cin - (wd - 1) * 64  # bits in a tap's last word (1..64)
     for t in range(r_lo, r_hi):
         b = t // ho
         oy = t - b * ho
-        for ox in range(wo):
-            o = (t * wo + ox) * kp
-            for j in range(kp):
-                of[o + j] = 0
-            pos = 0
-            for ky in range(kh):
-                yy = oy * sh - ph + ky
-                for kx in range(kw):
-                    xx = ox * sw - pw + kx
-                    inside = 0 <= yy < h and 0 <= xx < w
-                    src = ((b * h + yy) * w + xx) * wd
-                    i0 = pos >> 6
+        o0 = t * wo * kp
+        for j in range(wo * kp):
+            of[o0 + j] = 0
+        # one tap word at a time over the whole output row: its place in the patch row
+        # (word wi, shift s, spill into wi + 1) is the same for every pixel
+        for ky in range(kh):
+            yy = oy * sh - ph + ky
+            row_in = 0 <= yy < h
+            rb = (b * h + yy) * w
+            for kx in range(kw):
+                # output pixels whose tap lies inside the row: lo <= ox < hi
+                lo = min(max(0, -((kx - pw) // sw)), wo) if row_in else wo
+                hi = max(min(wo, (w - 1 - kx + pw) // sw + 1), lo) if row_in else wo
+                for k in range(wd):
+                    pos = (ky * kw + kx) * cin + 64 * k
+                    wi = pos >> 6
                     s = pos & 63
-                    if s == 0:  # the tap starts on a word boundary: plain copy (or OR)
-                        for k in range(wd):
-                            v = xf[src + k] if inside else padw[k]
-                            of[o + i0 + k] |= v
+                    nb = 64 if k < wd - 1 else last
+                    sl = np.uint64(s)
+                    sr = np.uint64(64 - s)
+                    spill = s + nb > 64
+                    pv = padw[k]
+                    for ox in range(0, lo):
+                        o = o0 + ox * kp + wi
+                        of[o] |= pv << sl
+                        if spill:
+                            of[o + 1] |= pv >> sr
+                    src = (rb + kx - pw) * wd + k
+                    if spill:
+                        for ox in range(lo, hi):
+                            v = xf[src + ox * sw * wd]
+                            o = o0 + ox * kp + wi
+                            of[o] |= v << sl
+                            of[o + 1] |= v >> sr
                     else:
-                        sl = np.uint64(s)
-                        sr = np.uint64(64 - s)
-                        for k in range(wd):
-                            v = xf[src + k] if inside else padw[k]
-                            i = i0 + k
-                            of[o + i] |= v << sl
-                            if i + 1 < kp:
-                                of[o + i + 1] |= v >> sr
-                    pos += cin
+                        for ox in range(lo, hi):
+                            of[o0 + ox * kp + wi] |= xf[src + ox * sw * wd] << sl
+                    for ox in range(hi, wo):
+                        o = o0 + ox * kp + wi
+                        of[o] |= pv << sl
+                        if spill:
+                            of[o + 1] |= pv >> sr
 
 
 _im2col_bits_par, _im2col_bits_ser = twins(_im2col_bits_rows)

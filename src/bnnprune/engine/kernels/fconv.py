@@ -25,7 +25,12 @@ from bnnprune.engine.kernels.base import (
     use_parallel,
     words,
 )
-from bnnprune.engine.kernels.intrinsics import fconv_bits4, fconv_store4
+from bnnprune.engine.kernels.intrinsics import (
+    fconv_bits4,
+    fconv_bits4h,
+    fconv_store4,
+    fconv_store4h,
+)
 
 
 @njit(cache=True)
@@ -53,20 +58,29 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
             bases[i] = bases[npx - 1]
         for cb in range(ncb):
             c0 = cb * BLOCK_CH
+            half = co - c0 <= BLOCK_CH // 2  # a last block of <= 8 channels: half the FMAs
             if use_bits:
                 vm = vmask[cb]
                 wi = c0 >> 6
                 sft = np.uint64(c0 & 63)
                 for g in range(0, npx, FPIX):
-                    r4 = fconv_bits4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
-                                      beta, c0)
+                    if half:
+                        r4 = fconv_bits4h(x, bases, g, rowstep, kh, seg, w, cb * kk, bias,
+                                          alpha, beta, c0)
+                    else:
+                        r4 = fconv_bits4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias,
+                                         alpha, beta, c0)
                     for p in range(min(FPIX, npx - g)):
                         out_b[t0 + g + p, wi] |= (r4[p] & vm) << sft
             else:
                 nc = min(BLOCK_CH, co - c0)
                 for g in range(0, npx, FPIX):
-                    fconv_store4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha, beta,
-                                  c0, vals)
+                    if half:
+                        fconv_store4h(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
+                                      beta, c0, vals)
+                    else:
+                        fconv_store4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
+                                     beta, c0, vals)
                     for p in range(min(FPIX, npx - g)):
                         for q in range(nc):
                             out_f[t0 + g + p, c0 + q] = vals[p * BLOCK_CH + q]

@@ -1,6 +1,7 @@
 """LLVM IR intrinsics of the inner loops (``numba.extending.intrinsic`` over vector registers).
 
-The XNOR-popcount GEMM keeps four ``<4 x i64>`` accumulators per 16-channel block: each
+The XNOR-popcount GEMM keeps four ``<4 x i64>`` accumulators per 16-channel block and pixel
+(two pixels at once, sharing each weight vector load): each
 activation word is broadcast and XORed with four vectors of weight words, and
 ``llvm.ctpop.v4i64`` (lowered to the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2, as in
 the roofline loop) counts the bits. The threshold epilogue starts the accumulators at
@@ -74,53 +75,89 @@ def _concat_masks(builder, masks):
     return builder.zext(builder.bitcast(m, ir.IntType(m.type.count)), _I64)
 
 
-@intrinsic
-def xpc16(typingctx, x, base, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
-    """16 accumulators ``init[ioff+q] + sum popcount(x[row words] ^ w[...16k+q])``.
+def _xpc_codegen(npix: int, nvec: int = BLOCK_CH // 4):
+    """Codegen of the XOR-popcount loop for ``npix`` pixels sharing each weight vector load,
+    over the first ``nvec`` vectors (4 channels each) of a block; the other lanes return
+    their ``init`` values.
 
-    Rows: ``kh`` rows of ``seg`` words, row ``r`` starting at ``x[base + r*rowstep]``; the
-    weights of the 16 channels are interleaved: word ``k`` of channel ``q`` at
-    ``w[woff + 16*k + q]``.
+    Arguments: x, base_0 .. base_{npix-1}, rowstep, kh, seg, w, woff, init, ioff; returns a
+    tuple of ``npix`` tuples of 16 accumulators.
     """
-    ints = (base, rowstep, kh, seg, woff, ioff)
-    if not (_is_vec(x, types.uint64) and _is_vec(w, types.uint64) and _is_vec(init, types.int64)
-            and all(isinstance(t, types.Integer) for t in ints)):
-        return None
-    sig = types.UniTuple(types.int64, BLOCK_CH)(x, base, rowstep, kh, seg, w, woff, init, ioff)
-
     def codegen(context, builder, signature, args):
         sa = signature.args
+        nb = npix
         xp = _data(context, builder, sa[0], args[0])
-        wp = _data(context, builder, sa[5], args[5])
-        ip = _data(context, builder, sa[7], args[7])
-        base_, rowstep_, kh_, seg_, woff_, ioff_ = _ints(context, builder, sa, args,
-                                                          (1, 2, 3, 4, 6, 8))
+        wp = _data(context, builder, sa[nb + 4], args[nb + 4])
+        ip = _data(context, builder, sa[nb + 6], args[nb + 6])
+        bases = _ints(context, builder, sa, args, range(1, nb + 1))
+        rowstep_, kh_, seg_, woff_, ioff_ = _ints(context, builder, sa, args,
+                                                   (nb + 1, nb + 2, nb + 3, nb + 5, nb + 7))
         ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
                                                "llvm.ctpop.v4i64")
         nv = BLOCK_CH // 4
-        accs = []
-        for j in range(nv):
-            v0 = _vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, 4 * j)), _V4I64, 8)
-            accs.append(cgutils.alloca_once_value(builder, v0))
+        init = [_vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, 4 * j)), _V4I64, 8)
+                for j in range(nv)]
+        accs = [[cgutils.alloca_once_value(builder, v) for v in init] for _ in range(nb)]
         step = ir.Constant(_I64, BLOCK_CH)
         with cgutils.for_range(builder, kh_) as ky:
-            o = builder.add(base_, builder.mul(ky.index, rowstep_))
+            roff = builder.mul(ky.index, rowstep_)
+            rows = [builder.add(b, roff) for b in bases]
             wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
             with cgutils.for_range(builder, seg_) as it:
-                xb = _splat(builder, builder.load(builder.gep(xp, [builder.add(o, it.index)])),
-                            _V4I64)
+                xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, it.index)])),
+                              _V4I64) for o in rows]
                 wk = builder.add(wrow, builder.mul(it.index, step))
-                for j in range(nv):
+                for j in range(nvec):
                     wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, 4 * j)), _V4I64, 8)
-                    c = builder.call(ctpop, [builder.xor(xb, wv)])
-                    builder.store(builder.add(builder.load(accs[j]), c), accs[j])
-        vals = []
-        for j in range(nv):
-            a = builder.load(accs[j])
-            vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(4)]
-        return context.make_tuple(builder, signature.return_type, vals)
+                    for p in range(nb):
+                        c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
+                        builder.store(builder.add(builder.load(accs[p][j]), c), accs[p][j])
+        tuples = []
+        rt = signature.return_type
+        one_t = rt.types[0]
+        for p in range(nb):
+            vals = []
+            for j in range(nv):
+                a = builder.load(accs[p][j])
+                vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(4)]
+            tuples.append(context.make_tuple(builder, one_t, vals))
+        return context.make_tuple(builder, rt, tuples)
 
-    return sig, codegen
+    return codegen
+
+
+def _xpc_typed(x, w, init, ints) -> bool:
+    return (_is_vec(x, types.uint64) and _is_vec(w, types.uint64) and _is_vec(init, types.int64)
+            and all(isinstance(t, types.Integer) for t in ints))
+
+
+_ACC16 = types.UniTuple(types.int64, BLOCK_CH)
+
+
+@intrinsic
+def xpc16x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
+    """16 accumulators ``init[ioff+q] + sum popcount(x[row words] ^ w[...16k+q])`` for each
+    of two pixels.
+
+    Rows: ``kh`` rows of ``seg`` words, row ``r`` of pixel ``p`` starting at
+    ``x[base_p + r*rowstep]``; the weights of the 16 channels are interleaved: word ``k`` of
+    channel ``q`` at ``w[woff + 16*k + q]``. Each weight vector is loaded once for both
+    pixels. Returns the two accumulator tuples.
+    """
+    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, woff, ioff)):
+        return None
+    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, w, woff, init, ioff)
+    return sig, _xpc_codegen(2)
+
+
+@intrinsic
+def xpc8x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
+    """:func:`xpc16x2` over the first 8 channels of the block only (a last block of at most
+    8 channels: half the work); lanes 8..15 keep their ``init`` values."""
+    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, woff, ioff)):
+        return None
+    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, w, woff, init, ioff)
+    return sig, _xpc_codegen(2, 2)
 
 
 @intrinsic
@@ -193,8 +230,9 @@ def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
             and all(isinstance(t, types.Integer) for t in ints))
 
 
-def _fconv_epilogue(context, builder, sa, args):
-    """The float conv of 4 pixels x 16 channels (FMA) and ``(acc + bias) * alpha + beta``.
+def _fconv_epilogue(context, builder, sa, args, halves):
+    """The float conv of 4 pixels x ``8*halves`` channels (FMA) and
+    ``(acc + bias) * alpha + beta``.
 
     Returns ``v[p][h]``: the ``<8 x float>`` results of pixel ``p``, channels ``8h..8h+7``.
     """
@@ -208,7 +246,8 @@ def _fconv_epilogue(context, builder, sa, args):
     pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
              for p in range(FPIX)]
     zero = ir.Constant(_V8F32, [0.0] * 8)
-    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(FPIX)]
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(halves)]
+            for _ in range(FPIX)]
     step = ir.Constant(_I64, BLOCK_CH)
     with cgutils.for_range(builder, kh_) as ky:
         roff = builder.mul(ky.index, rowstep_)
@@ -217,72 +256,93 @@ def _fconv_epilogue(context, builder, sa, args):
         with cgutils.for_range(builder, seg_) as it:
             wk = builder.add(wrow, builder.mul(it.index, step))
             wv = [_vload(builder, wp, builder.add(wk, ir.Constant(_I64, 8 * h)), _V8F32, 4)
-                  for h in range(2)]
+                  for h in range(halves)]
             for p in range(FPIX):
                 xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
                 xb = _splat(builder, xv, _V8F32)
-                for h in range(2):
+                for h in range(halves):
                     a = accs[p][h]
                     builder.store(builder.call(fma, [xb, wv[h], builder.load(a)]), a)
     vecs = []
     for i in (8, 9, 10):
         ptr = _data(context, builder, sa[i], args[i])
         vecs.append([_vload(builder, ptr, builder.add(poff_, ir.Constant(_I64, 8 * h)),
-                            _V8F32, 4) for h in range(2)])
+                            _V8F32, 4) for h in range(halves)])
     vb, va, vbeta = vecs
     out = []
     for p in range(FPIX):
         row = []
-        for h in range(2):
+        for h in range(halves):
             y = builder.fadd(builder.load(accs[p][h]), vb[h])
             row.append(builder.fadd(builder.fmul(y, va[h]), vbeta[h]))
         out.append(row)
     return out
 
 
-@intrinsic
-def fconv_bits4(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta,  # noqa: ARG001
-                 poff):
-    """Sign bits of a float conv for 4 pixels x 16 channels (16-bit mask per pixel).
+def _fconv_bits(halves: int):
+    """The intrinsic of the sign bits of a float conv over 4 pixels x ``8*halves`` channels."""
+    @intrinsic
+    def fconv_bits(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha,  # noqa: ARG001
+                   beta, poff):
+        if not _fconv_typed(x, bases, w, bias, alpha, beta,
+                            (boff, rowstep, kh, seg, woff, poff)):
+            return None
+        sig = types.UniTuple(types.uint64, FPIX)(x, bases, boff, rowstep, kh, seg, w, woff,
+                                                 bias, alpha, beta, poff)
 
-    Pixel ``p`` reads ``kh`` rows of ``seg`` floats at ``x[bases[boff+p] + r*rowstep]``; the
-    16 channels' weights are interleaved (``w[woff + 16*k + q]``). The epilogue is PyTorch's
-    ``y = acc + bias; v = y*alpha + beta`` (separate roundings) and the bit is ``not v >= 0``.
-    """
-    if not _fconv_typed(x, bases, w, bias, alpha, beta, (boff, rowstep, kh, seg, woff, poff)):
-        return None
-    sig = types.UniTuple(types.uint64, FPIX)(x, bases, boff, rowstep, kh, seg, w, woff, bias,
-                                             alpha, beta, poff)
+        def codegen(context, builder, signature, args):
+            vals = _fconv_epilogue(context, builder, signature.args, args, halves)
+            zero = ir.Constant(_V8F32, [0.0] * 8)
+            out = [_concat_masks(builder, [builder.fcmp_unordered("<", v, zero) for v in row])
+                   for row in vals]
+            return context.make_tuple(builder, signature.return_type, out)
 
-    def codegen(context, builder, signature, args):
-        vals = _fconv_epilogue(context, builder, signature.args, args)
-        zero = ir.Constant(_V8F32, [0.0] * 8)
-        out = [_concat_masks(builder, [builder.fcmp_unordered("<", v, zero) for v in row])
-               for row in vals]
-        return context.make_tuple(builder, signature.return_type, out)
+        return sig, codegen
 
-    return sig, codegen
+    return fconv_bits
 
 
-@intrinsic
-def fconv_store4(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta,  # noqa: ARG001
-                  poff, dst):
-    """As :func:`fconv_bits4`, but stores the 4 x 16 float results to ``dst[16*p + q]``."""
-    if not (_fconv_typed(x, bases, w, bias, alpha, beta, (boff, rowstep, kh, seg, woff, poff))
-            and _is_vec(dst, types.float32)):
-        return None
-    sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta, poff, dst)
+def _fconv_store(halves: int):
+    """The intrinsic storing the 4 pixels x ``8*halves`` float results to ``dst[16*p + q]``."""
+    @intrinsic
+    def fconv_store(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha,  # noqa: ARG001
+                    beta, poff, dst):
+        if not (_fconv_typed(x, bases, w, bias, alpha, beta,
+                             (boff, rowstep, kh, seg, woff, poff))
+                and _is_vec(dst, types.float32)):
+            return None
+        sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha, beta, poff,
+                         dst)
 
-    def codegen(context, builder, signature, args):
-        vals = _fconv_epilogue(context, builder, signature.args, args)
-        dp = _data(context, builder, signature.args[12], args[12])
-        for p, row in enumerate(vals):
-            for h, v in enumerate(row):
-                ptr = builder.gep(dp, [ir.Constant(_I64, BLOCK_CH * p + 8 * h)])
-                builder.store(v, builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            vals = _fconv_epilogue(context, builder, signature.args, args, halves)
+            dp = _data(context, builder, signature.args[12], args[12])
+            for p, row in enumerate(vals):
+                for h, v in enumerate(row):
+                    ptr = builder.gep(dp, [ir.Constant(_I64, BLOCK_CH * p + 8 * h)])
+                    builder.store(v, builder.bitcast(ptr, _V8F32.as_pointer()), align=4)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return fconv_store
+
+
+fconv_bits4 = _fconv_bits(2)
+fconv_bits4.__doc__ = """Sign bits of a float conv for 4 pixels x 16 channels (16-bit masks).
+
+Pixel ``p`` reads ``kh`` rows of ``seg`` floats at ``x[bases[boff+p] + r*rowstep]``; the
+16 channels' weights are interleaved (``w[woff + 16*k + q]``). The epilogue is PyTorch's
+``y = acc + bias; v = y*alpha + beta`` (separate roundings) and the bit is ``not v >= 0``.
+"""
+fconv_bits4h = _fconv_bits(1)
+fconv_bits4h.__doc__ = """:func:`fconv_bits4` for the first 8 channels of a block only (a
+last block of at most 8 channels: half the FMAs; 8-bit masks)."""
+fconv_store4 = _fconv_store(2)
+fconv_store4.__doc__ = """As :func:`fconv_bits4`, but stores the 4 x 16 float results to
+``dst[16*p + q]``."""
+fconv_store4h = _fconv_store(1)
+fconv_store4h.__doc__ = """:func:`fconv_store4` for the first 8 channels of a block only."""
 
 
 FMA_CHAINS = 10  # independent <8 x float> accumulators: enough to hide the FMA latency

@@ -1,0 +1,89 @@
+"""The speed targets of pruning for measured speed, each measured in one interleaved run.
+
+    .venv/bin/python benchmarks/bench_speed_targets.py [--threads N] [--repeats 30]
+        [--json out.json] [--quick]
+
+1. ``nin`` with a uniform plan that removes 60% of the BOPs (full-precision producers
+   pruned, the default) against the unpruned ``nin``: latency ratio at batch 1 and 64;
+2. ``small`` at -50% BOPs against the unpruned ``small``: the same;
+3. the unpruned ``nin``'s share of the physical limit at batch 1 and 64;
+4. the unpruned ``nin`` against PyTorch float eager at batch 1 (speed-up).
+
+Pairs are measured by :func:`bnnprune.engine.bench.compare_pair` (interleaved medians, with the
+cost model's predicted ratio); BN statistics are randomized so no channel is trivially
+constant. ``--quick`` checks the script on tiny models with few repeats: its numbers mean
+nothing. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from bnnprune import engine
+from bnnprune.engine.bench import _interleaved, compare_pair, format_pair
+from bnnprune.models import build_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import pruned_copy, randomize_bn  # noqa: E402
+
+CASES = (("nin", (3, 32, 32), 0.6), ("small", (1, 28, 28), 0.5))
+
+
+def torch_speedup(model: torch.nn.Module, program: engine.Program, shape: tuple[int, ...],
+                  repeats: int) -> dict[str, float]:
+    """Median batch-1 latency of PyTorch eager and the engine, interleaved."""
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    xt = torch.from_numpy(x)
+
+    def eager() -> None:
+        with torch.inference_mode():
+            model(xt)
+
+    s_e, s_t = _interleaved([lambda: program(x, batch_size=1), eager], repeats)
+    e, t = statistics.median(s_e), statistics.median(s_t)
+    return {"engine_s": e, "torch_s": t, "speedup": t / e}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None, help="numba and torch threads")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="tiny models, 2 repeats")
+    args = ap.parse_args()
+    if args.threads:
+        numba.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    width, repeats = (0.125, 2) if args.quick else (1.0, args.repeats)
+    out = {}
+    for name, shape, target in CASES:
+        torch.manual_seed(0)
+        model = randomize_bn(build_model(name, width=width, in_channels=shape[0],
+                                         image_size=shape[1]))
+        base = engine.compile_model(model, shape)
+        pruned = engine.compile_model(pruned_copy(model, shape, target, 1), shape)
+        pair = compare_pair(pruned, base, batches=(1, 64), repeats=repeats,
+                            table_repeats=3 if not args.quick else 1)
+        out[name] = {"bops_reduction": target, "pair": pair}
+        print(f"== {name}: uniform plan, {target:.0%} fewer BOPs (target ratio: "
+              f"{'<= 0.55' if name == 'nin' else '<= 0.65'})")
+        print(format_pair(pair))
+        if name == "nin":
+            sp = torch_speedup(model, base, shape, repeats)
+            out[name]["torch_batch1"] = sp
+            print(f"unpruned nin at batch 1: engine {sp['engine_s'] * 1e3:.3f} ms, PyTorch eager "
+                  f"{sp['torch_s'] * 1e3:.3f} ms, speed-up {sp['speedup']:.1f}x (target >= 3x)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
