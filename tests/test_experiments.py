@@ -23,3 +23,14 @@ def test_recipe_parses_validates_and_builds_its_model(path):
     model = build_model(cfg.model.name, width=cfg.model.width, in_channels=c, num_classes=k,
                         image_size=h)
     assert count_bops(model, (c, h, h)) > 0
+
+
+def test_the_default_job_written_out_is_the_default_job():
+    """`experiments/small_fashion_mnist.toml` documents what `bnnprune run` does without a
+    config: its methods are the defaults (one place decides them: PruneConfig)."""
+    path = Path(__file__).parents[1] / "experiments" / "small_fashion_mnist.toml"
+    written, default = load_config(path, RunConfig), RunConfig()
+    assert written.prune.method == default.prune.method
+    assert written.prune.compare_methods == default.prune.compare_methods
+    assert written.model == default.model and written.train == default.train
+    assert written.prune.target == default.prune.target

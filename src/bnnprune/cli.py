@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bnnprune.config import ConfigError, ExperimentConfig, load_config
+from bnnprune.config import ConfigError, ExperimentConfig, PruneConfig, load_config
 from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset, load_from_config
 from bnnprune.lock import FolderBusy, hold_folder
 from bnnprune.models import MODELS, build_from_config, build_model
@@ -371,9 +371,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CliError("give --target-bops or --target-latency, not both")
     if min(args.latency_batch, args.latency_threads) < 1:
         raise CliError("--latency-batch and --latency-threads must be >= 1")
-    if args.policy is None:
+    if args.policy is None:  # the paper's method without a target, else run's default
         args.policy = ("paper" if args.target_bops is None and args.target_latency is None
-                       else "target")
+                       else PruneConfig().policy)
+    if args.criterion is None:
+        args.criterion = "wff" if args.policy == "paper" else PruneConfig().criterion
     if args.target_latency is not None and args.policy == "paper":
         raise CliError("--target-latency needs --policy target or uniform")
     method = Method(args.policy, args.criterion)
@@ -867,9 +869,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="batch size the latency target is measured at")
     pr.add_argument("--latency-threads", type=int, default=1,
                     help="engine threads the latency target is measured at")
-    pr.add_argument("--criterion", default="wff",
-                    help="wff, random, magnitude, bn_scale, tp:NAME (tp:taylor, tp:lamp, ...) "
-                    "or pkg.module:Class")
+    pr.add_argument("--criterion", default=None,
+                    help="wff, random, magnitude, bn_scale, flip_magnitude, tp:NAME (tp:taylor, "
+                    "tp:lamp, ...) or pkg.module:Class (default: wff with the paper policy, "
+                    "else the default of bnnprune run)")
     pr.add_argument("--threshold", type=int, default=0)
     pr.add_argument("--round-to", type=int, default=1)
     pr.add_argument("--min-channels", type=int, default=None)
