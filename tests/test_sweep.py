@@ -186,7 +186,9 @@ def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
         "name": "x", "train": 1, "test": 1, "input_shape": [1, 2, 2]},
         "command": "bnnprune sweep"}
     text = render_sweep_report(results, {})
-    assert "target+wff minus target+random: +21.00 pp" in text and "a clear difference" in text
+    # the headline quotes the paired interval (the page's one statistic): t(1) = 12.706
+    assert "target+wff minus target+random: +21.00 pp, 95% interval [+8.29, +33.71] over 2 " \
+           "paired seeds: resolved" in text
     assert "The premise holds" in text and "smallest latent magnitudes are an even safer" in text
     assert "lost more than 1.0 pp against the baseline" in text
     assert "did not pick better channels than chance" not in text

@@ -139,17 +139,16 @@ def _by(results: dict[str, Any], key: str, target: float | None) -> dict[str, An
     return None
 
 
-def _se_diff(a: dict[str, float], b: dict[str, float]) -> float:
-    return math.sqrt(a["std"] ** 2 / max(a["n"], 1) + b["std"] ** 2 / max(b["n"], 1))
-
-
-def _compare(a: dict[str, Any], b: dict[str, Any]) -> str:
-    d = a["test_acc"]["mean"] - b["test_acc"]["mean"]
-    if min(a["test_acc"]["n"], b["test_acc"]["n"]) < 2:
-        return f"{100 * d:+.2f} pp (1 seed so far: no error estimate)"
-    se = _se_diff(a["test_acc"], b["test_acc"])
-    verdict = "a clear difference" if se > 0 and abs(d) > 2 * se else "within noise"
-    return f"{100 * d:+.2f} pp (± {100 * se:.2f} pp standard error: {verdict})"
+def _compare(results: dict[str, Any], a: str, b: str, red: float) -> str:
+    """A - B at one reduction as the paired table states it (the page's one statistic)."""
+    d = next((d for d in results.get("paired") or []
+              if d["a"] == a and d["b"] == b and d["reduction"] == red), None)
+    if d is None:
+        return "not compared"
+    if d["n"] < 2:
+        return f"{_pp(d['mean'])} pp (1 paired seed so far: no interval)"
+    return (f"{_pp(d['mean'])} pp, 95% interval [{_pp(d['lo'])}, {_pp(d['hi'])}] over "
+            f"{d['n']} paired seeds: {_label(d)}")
 
 
 def _headline(results: dict[str, Any]) -> list[str]:
@@ -169,12 +168,10 @@ def _headline(results: dict[str, Any]) -> list[str]:
         if budget["n"]:
             line += f", {100 * (acc - budget['mean']):+.2f} pp vs same budget"
         line += ")"
-        wff, rnd = _by(results, "target+wff", r), _by(results, "target+random", r)
-        if wff and rnd:
-            line += f"; target+wff minus target+random: {_compare(wff, rnd)}"
-        mag = _by(results, "target+magnitude", r)
-        if wff and mag:
-            line += f"; wff minus magnitude: {_compare(wff, mag)}"
+        for other in ("target+random", "target+magnitude"):
+            if _by(results, "target+wff", r) and _by(results, other, r):
+                line += (f"; target+wff minus {other}: "
+                         f"{_compare(results, 'target+wff', other, r)}")
         out.append(line + ".")
     out += _ranks(results)
     for key, retrain in (("paper+wff", "fine-tuned"), ("paper+wff, from scratch",
