@@ -14,6 +14,7 @@ def _cfg(**prune):
     cfg.data.name, cfg.data.train_subset, cfg.data.test_subset = "synthetic", 384, 96
     cfg.train.epochs, cfg.train.track_last, cfg.train.batch_size, cfg.train.lr = 2, 1, 64, 5e-3
     cfg.prune.retrain_epochs = 1
+    cfg.prune.policy, cfg.prune.criterion = "target", "wff"  # the comparisons below assume it
     for k, v in prune.items():
         setattr(cfg.prune, k, v)
     return cfg

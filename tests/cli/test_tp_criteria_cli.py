@@ -36,8 +36,8 @@ def _library_prune(ckpt_path, criterion):
 @pytest.mark.parametrize("spec", ["tp:lamp", "tp:taylor"])
 def test_prune_with_a_tp_importance_equals_the_library_call(trained, tmp_path, spec, capsys):
     out = tmp_path / "p"
-    assert main(["prune", str(trained), "--target-bops", "0.4", "--criterion", spec,
-                 "-o", str(out)]) == 0  # fmt: skip
+    assert main(["prune", str(trained), "--target-bops", "0.4", "--policy", "target",
+                 "--criterion", spec, "-o", str(out)]) == 0  # fmt: skip
     capsys.readouterr()
     got, _ = load_model(out / "model.pt")
     crit = get_criterion(spec)
@@ -76,7 +76,7 @@ def test_run_prunes_with_tp_taylor(tmp_path):
     cfg.prune.criterion, cfg.prune.target, cfg.prune.retrain_epochs = "tp:taylor", 0.4, 1
     cfg.prune.compare, cfg.prune.budget_baseline = [], False
     res = run_pipeline(cfg, tmp_path)
-    assert res["pruned"]["label"] == "target+tp:taylor"
+    assert res["pruned"]["label"] == f"{cfg.prune.policy}+tp:taylor"
     assert res["pruned"]["bops"] < res["baseline"]["bops"]
 
 
