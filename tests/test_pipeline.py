@@ -88,3 +88,17 @@ def test_uniform_without_flips_fails_before_training(tmp_path):
     assert not (tmp_path / "baseline").exists()
     cfg.prune.criterion = "magnitude"  # needs no flips: accepted
     cfg.validate()
+
+
+def test_the_default_methods_run_end_to_end(tmp_path):
+    cfg = RunConfig()  # the default prune section, on a tiny model and data
+    cfg.model.name, cfg.model.width = "small", 0.25
+    cfg.data.name, cfg.data.train_subset, cfg.data.test_subset = "synthetic", 256, 64
+    cfg.train.epochs, cfg.train.track_last, cfg.train.batch_size = 2, 1, 64
+    cfg.prune.retrain_epochs, cfg.prune.budget_baseline = 1, False
+    res = run_pipeline(cfg, tmp_path)
+    assert res["pruned"]["label"] == cfg.prune.method.spec
+    assert [c["label"] for c in res["compared"]] == [m.spec for m in cfg.prune.compare_methods]
+    assert len(res["compared"]) == len(RunConfig().prune.compare) == 2
+    for r in (res["pruned"], *res["compared"]):
+        assert r["bops"] == pytest.approx(0.5 * res["baseline"]["bops"], rel=0.05)
