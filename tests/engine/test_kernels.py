@@ -213,7 +213,9 @@ def test_threads_must_be_positive(threads):
 @pytest.mark.parametrize("kh,kw,cin,cout,dense", [
     (5, 5, 96, 192, True),    # NIN's 5x5: 38 words instead of 50, for 12 output blocks
     (5, 5, 61, 121, False),   # 24 words instead of 25: not worth building the matrix
-    (3, 3, 45, 90, False),    # 7 instead of 9 words for 6 blocks < 1.8 * 9 tap words
+    (3, 3, 45, 90, True),     # 7 instead of 9 words for 6 blocks > 0.58 * 9 tap words
+    (3, 3, 61, 16, False),    # 9 instead of 9 words: nothing saved
+    (3, 3, 56, 16, False),    # 8 instead of 9 words for 1 block < 0.58 * 9 tap words
     (3, 3, 21, 45, True),     # 3 instead of 9 words for 3 blocks
     (3, 3, 128, 128, False),  # whole words: nothing saved
     (1, 1, 7, 512, False),    # a 1x1 conv has no window to pack
