@@ -8,7 +8,8 @@ For each 3x3 layer shape below (those of ``small`` unpruned and at -50% BOPs) it
 random bits and interleaved, the patch matrix build alone and the direct XNOR conv (padding
 included), and prints both per pixel: ns per tap word built, ns per block-word of the direct
 GEMM, their ratio, and the time of the whole dense conv (build + GEMM) over the direct one
-(padding + GEMM) next to what :func:`use_patch_matrix` chooses. The constant in ``kernels/base.py`` is the median of that ratio.
+(padding + GEMM) next to what :func:`use_patch_matrix` chooses. The constant in
+``kernels/base.py`` is the median of that ratio.
 ``--quick`` checks the script at a tiny batch: its numbers mean nothing.
 """
 
