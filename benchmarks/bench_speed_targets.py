@@ -1,7 +1,7 @@
 """The speed targets of pruning for measured speed, each measured in one interleaved run.
 
     .venv/bin/python benchmarks/bench_speed_targets.py [--threads N] [--repeats 30]
-        [--json out.json] [--quick]
+        [--json out.json] [--quick] [--models nin,small]
 
 1. ``nin`` with a uniform plan that removes 60% of the BOPs (full-precision producers
    pruned, the default) against the unpruned ``nin``: latency ratio at batch 1 and 64;
@@ -58,13 +58,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="tiny models, 2 repeats")
+    ap.add_argument("--models", default=",".join(c[0] for c in CASES),
+                    help="comma-separated cases to run (default: all)")
     args = ap.parse_args()
     if args.threads:
         numba.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
     width, repeats = (0.125, 2) if args.quick else (1.0, args.repeats)
     out = {}
-    for name, shape, target in CASES:
+    chosen = args.models.split(",")
+    unknown = set(chosen) - {c[0] for c in CASES}
+    if unknown:
+        ap.error(f"unknown models: {', '.join(sorted(unknown))}")
+    for name, shape, target in (c for c in CASES if c[0] in chosen):
         torch.manual_seed(0)
         model = randomize_bn(build_model(name, width=width, in_channels=shape[0],
                                          image_size=shape[1]))

@@ -131,6 +131,18 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
     assert not np.any(out & ~tail_mask(co))  # no bits beyond the channels
 
 
+@pytest.mark.parametrize("c,k,s,p,ceil", [(90, 2, 2, 0, False), (130, 3, 2, 1, True),
+                                           (23, 2, 2, 1, True), (64, 3, 1, 1, False)])
+def test_bit_maxpool_is_and_of_window_and_float_maxpool_matches_torch(c, k, s, p, ceil, rng):
+    x = rng.standard_normal((2, 7, 9, c)).astype(np.float32)
+    t = torch.from_numpy(x.transpose(0, 3, 1, 2))
+    ref = F.max_pool2d(t, k, s, p, ceil_mode=ceil).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(K.run_maxpool_float(x, (k, k), (s, s), (p, p), ceil), ref)
+    # on signs (bit 1 = -1) the max of a window is the AND of its bits
+    bits = K.run_maxpool_bits(pack_signs(x), (k, k), (s, s), (p, p), ceil)
+    assert np.array_equal(bits, pack_signs(np.ascontiguousarray(ref)))
+
+
 def test_float_pools_match_torch(rng):
     x = rng.standard_normal((2, 7, 9, 13)).astype(np.float32)
     x[0, 1, 2, 3] = np.nan
@@ -213,7 +225,9 @@ def test_threads_must_be_positive(threads):
 @pytest.mark.parametrize("kh,kw,cin,cout,dense", [
     (5, 5, 96, 192, True),    # NIN's 5x5: 38 words instead of 50, for 12 output blocks
     (5, 5, 61, 121, False),   # 24 words instead of 25: not worth building the matrix
-    (3, 3, 45, 90, False),    # 7 instead of 9 words for 6 blocks < 1.8 * 9 tap words
+    (3, 3, 45, 90, True),     # 7 instead of 9 words for 6 blocks > 0.58 * 9 tap words
+    (3, 3, 61, 16, False),    # 9 instead of 9 words: nothing saved
+    (3, 3, 56, 16, False),    # 8 instead of 9 words for 1 block < 0.58 * 9 tap words
     (3, 3, 21, 45, True),     # 3 instead of 9 words for 3 blocks
     (3, 3, 128, 128, False),  # whole words: nothing saved
     (1, 1, 7, 512, False),    # a 1x1 conv has no window to pack
@@ -223,3 +237,24 @@ def test_patch_matrix_only_where_it_saves_more_than_it_costs(kh, kw, cin, cout, 
     saved = -(-cout // K.BLOCK_CH) * (direct - kp)
     assert (saved > K.PATCH_WORD_COST * direct) == dense
     assert K.use_patch_matrix(kh, kw, cin, cout) == dense
+
+
+@pytest.mark.parametrize("n,h,w,cin,k,s,p,pv", [
+    (10, 24, 24, 23, 3, 1, 1, -1),  # big enough for the parallel driver (bands of rows)
+    (10, 23, 25, 90, 3, 2, 1, 1),   # stride 2: one output row per run, 2 words per tap
+    (2, 6, 7, 45, 2, 1, 0, 1),      # no padding, even window
+])
+def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
+    wd = K.words(cin)
+    x = _random_bits(rng, (n, h, w, wd), cin)
+    pad_words = tail_mask(cin) if pv == -1 else np.zeros(wd, np.uint64)
+    signs = np.pad(unpack_signs(x, cin), ((0, 0), (p, p), (p, p), (0, 0)),
+                   constant_values=float(pv))
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    win = np.stack([signs[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+                    for ky in range(k) for kx in range(k)], axis=3)
+    expect = pack_signs(win.reshape(n * ho * wo, k * k * cin))
+    for threads in (1, 2):
+        cols = np.full((n * ho * wo, K.words(k * k * cin)), 7, np.uint64)
+        K.im2col_bits_call(x, cin, (k, k), (s, s), (p, p), pad_words, cols, threads=threads)()
+        assert np.array_equal(cols, expect)

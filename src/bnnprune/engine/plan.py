@@ -174,8 +174,12 @@ class ExecutionPlan:
         if prep.dense:
             v = self.program.values[op.output]
             cols = self._keep(np.zeros((self.n * v.h * v.w, prep.kp), np.uint64))
+            padded = None
+            if pad != (0, 0):
+                padded = self._keep(np.empty((self.n, x.shape[1] + 2 * pad[0],
+                                              x.shape[2] + 2 * pad[1], x.shape[3]), np.uint64))
             calls.append(K.im2col_bits_call(x, a["cin"], (kh, kw), stride, pad, prep.pad_words,
-                                            cols, threads=th))
+                                            cols, threads=th, padded=padded))
             src = cols.reshape(self.n, v.h, v.w, prep.kp)
             stride = (1, 1)
         elif pad != (0, 0):

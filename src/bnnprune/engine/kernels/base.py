@@ -27,10 +27,13 @@ FPIX = 4  # pixels per register block of the float conv
 # more when the cores are shared), which the smallest layers at batch 1 cannot win back.
 PAR_MIN_WORK = 20_000
 
-# Cost of building one tap word of a dense bit patch matrix, in units of one XNOR-popcount
-# word of one 16-channel block (both per output pixel; measured on AVX2/AVX-512 x86). A patch
-# matrix pays off only when the GEMM words it saves over all output blocks cost more.
-PATCH_WORD_COST = 1.8
+# Cost of building one tap word of a dense bit patch matrix (its padding copy included), in
+# units of one XNOR-popcount word of one 16-channel block of the direct GEMM (both per output
+# pixel). A patch matrix pays off only when the GEMM words it saves over all output blocks cost
+# more. Measured by ``benchmarks/bench_patch_cost.py --threads 1`` (batch 64, the 3x3 layers of
+# ``small`` unpruned and at -50% BOPs, AVX-512 x86): the median of its per-layer ratios,
+# 0.35-0.39 on 28x28 maps, 0.56-0.59 on 14x14, 1.2-1.3 on 7x7 (short runs).
+PATCH_WORD_COST = 0.58
 
 EMPTY_U64 = np.zeros((1, 1), np.uint64)
 EMPTY_F32 = np.zeros((1, 1), np.float32)

@@ -3,6 +3,10 @@
 When a window of per-pixel words wastes bits (channel counts that are not multiples of 64),
 each output pixel's taps go into ``words(KH*KW*Cin)`` words and the GEMM runs on that matrix
 (the weights repacked the same way by :func:`dense_bits`).
+
+The builder reads a padded input (no border tests) and assembles each patch word in a register
+from a fixed schedule (:func:`patch_schedule`): the tap words that land in it, each shifted
+into place, ORed together and stored once.
 """
 
 from __future__ import annotations
@@ -14,60 +18,91 @@ import numpy as np
 from numba import njit
 
 from bnnprune.engine.kernels.base import chunks, need, noop, twins, use_parallel, words
+from bnnprune.engine.kernels.pad import pad_call, pad_fill
+
+
+def patch_schedule(kh: int, kw: int, cin: int,
+                   row_words: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where the bits of patch word ``j`` come from: contributions ``start[j] .. start[j+1]``,
+    each ``(x[base + rel] << shl) >> shr`` of a tap word at offset ``rel`` from the window's
+    first word (``row_words`` words per input row).
+
+    Tap word ``k`` of tap ``(ky, kx)`` holds ``nb`` bits (64, or the rest of ``cin``) and starts
+    at bit ``pos = (ky*kw + kx)*cin + 64*k`` of the patch: its low part lands in word
+    ``pos // 64`` shifted left by ``pos % 64``, the part that does not fit in the next word
+    shifted right by ``64 - pos % 64``. Unused high bits of a tap's last word must be 0.
+    """
+    wd = words(cin)
+    kp = words(kh * kw * cin)
+    per_word: list[list[tuple[int, int, int]]] = [[] for _ in range(kp)]
+    for ky in range(kh):
+        for kx in range(kw):
+            for k in range(wd):
+                pos = (ky * kw + kx) * cin + 64 * k
+                nb = min(64, cin - 64 * k)
+                rel = ky * row_words + kx * wd + k
+                s = pos & 63
+                per_word[pos >> 6].append((rel, s, 0))
+                if s + nb > 64:
+                    per_word[(pos >> 6) + 1].append((rel, 0, 64 - s))
+    flat = [c for word in per_word for c in word]
+    start = np.cumsum([0] + [len(word) for word in per_word]).astype(np.int64)
+    rel = np.array([c[0] for c in flat], np.int64)
+    shl = np.array([c[1] for c in flat], np.uint64)
+    shr = np.array([c[2] for c in flat], np.uint64)
+    return start, rel, shl, shr
 
 
 @njit(cache=True)
-def _im2col_bits_rows(x, padw, kh, kw, sh, sw, ph, pw, cin, ho, wo, out, r_lo, r_hi):
-    n, h, w, wd = x.shape
+def _im2col_bits_rows(xp, start, rel, shl, shr, sh, sw, ho, wo, band, out, r_lo, r_hi):
+    n, hp, wp, wd = xp.shape
     kp = out.shape[1]
-    xf = x.reshape(-1)
+    xf = xp.reshape(-1)
     of = out.reshape(-1)
-    last = cin - (wd - 1) * 64  # bits in a tap's last word (1..64)
+    nband = -(-ho // band)
+    # stride 1: a band of output rows is one run over the padded rows (wp positions per
+    # output row, the last kw - 1 of each row unused); otherwise one output row per run
+    pstep = np.uint64(wd if sh == 1 and sw == 1 else sw * wd)
+    pitch = wp if sh == 1 and sw == 1 else wo
+    buf = np.empty(band * pitch, np.uint64)
+    ukp = np.uint64(kp)
     for t in range(r_lo, r_hi):
-        b = t // ho
-        oy = t - b * ho
-        o0 = t * wo * kp
-        for j in range(wo * kp):
-            of[o0 + j] = 0
-        # one tap word at a time over the whole output row: its place in the patch row
-        # (word wi, shift s, spill into wi + 1) is the same for every pixel
-        for ky in range(kh):
-            yy = oy * sh - ph + ky
-            row_in = 0 <= yy < h
-            rb = (b * h + yy) * w
-            for kx in range(kw):
-                # output pixels whose tap lies inside the row: lo <= ox < hi
-                lo = min(max(0, -((kx - pw) // sw)), wo) if row_in else wo
-                hi = max(min(wo, (w - 1 - kx + pw) // sw + 1), lo) if row_in else wo
-                for k in range(wd):
-                    pos = (ky * kw + kx) * cin + 64 * k
-                    wi = pos >> 6
-                    s = pos & 63
-                    nb = 64 if k < wd - 1 else last
-                    sl = np.uint64(s)
-                    sr = np.uint64(64 - s)
-                    spill = s + nb > 64
-                    pv = padw[k]
-                    for ox in range(0, lo):
-                        o = o0 + ox * kp + wi
-                        of[o] |= pv << sl
-                        if spill:
-                            of[o + 1] |= pv >> sr
-                    src = (rb + kx - pw) * wd + k
-                    if spill:
-                        for ox in range(lo, hi):
-                            v = xf[src + ox * sw * wd]
-                            o = o0 + ox * kp + wi
-                            of[o] |= v << sl
-                            of[o + 1] |= v >> sr
-                    else:
-                        for ox in range(lo, hi):
-                            of[o0 + ox * kp + wi] |= xf[src + ox * sw * wd] << sl
-                    for ox in range(hi, wo):
-                        o = o0 + ox * kp + wi
-                        of[o] |= pv << sl
-                        if spill:
-                            of[o + 1] |= pv >> sr
+        b = t // nband
+        oy0 = (t - b * nband) * band
+        rows = min(band, ho - oy0)
+        base = (b * hp + oy0 * sh) * wp * wd
+        run = np.uint64((rows - 1) * pitch + wo)
+        o0 = (b * ho + oy0) * wo * kp
+        for j in range(kp):
+            # each patch word: the tap words that land in it, shifted into place (vectors of
+            # consecutive pixels), ORed in the run buffer, then stored once per pixel
+            c = start[j]
+            a = shl[c]
+            s = shr[c]
+            src = np.uint64(base + rel[c])
+            if pstep == 1:
+                for i in range(run):
+                    buf[i] = (xf[src + i] << a) >> s
+            else:
+                for i in range(run):
+                    buf[i] = (xf[src + i * pstep] << a) >> s
+            for c in range(start[j] + 1, start[j + 1]):
+                a = shl[c]
+                s = shr[c]
+                src = np.uint64(base + rel[c])
+                if pstep == 1:
+                    for i in range(run):
+                        buf[i] |= (xf[src + i] << a) >> s
+                else:
+                    for i in range(run):
+                        buf[i] |= (xf[src + i * pstep] << a) >> s
+            dst = np.uint64(o0 + j)
+            for r in range(rows):
+                q = np.uint64(r * pitch)
+                for _ in range(wo):
+                    of[dst] = buf[q]
+                    dst += ukp
+                    q += np.uint64(1)
 
 
 _im2col_bits_par, _im2col_bits_ser = twins(_im2col_bits_rows)
@@ -75,10 +110,14 @@ _im2col_bits_par, _im2col_bits_ser = twins(_im2col_bits_rows)
 
 def im2col_bits_call(x: np.ndarray, cin: int, k: tuple[int, int], s: tuple[int, int],
                      p: tuple[int, int], pad_words: np.ndarray, out: np.ndarray,
-                     threads: int | None = None) -> Callable[[], None]:
+                     threads: int | None = None,
+                     padded: np.ndarray | None = None) -> Callable[[], None]:
     """Validate a dense bit im2col: every window of packed ``x`` (N, H, W, words(cin)) as one
     row of ``out`` (N*Ho*Wo, words(KH*KW*cin)), the ``cin`` bits of each tap placed right
     after the previous tap's (order ky, kx, channel); taps outside ``x`` read ``pad_words``.
+
+    With padding, ``x`` is first copied into the interior of ``padded`` (N, H+2ph, W+2pw, Wd),
+    whose border is filled with ``pad_words`` here, once (allocated here when not given).
     """
     need(x.dtype == np.uint64 and x.ndim == 4 and x.flags.c_contiguous, "bits 4-D")
     n, h, w, wd = (int(v) for v in x.shape)
@@ -97,11 +136,34 @@ def im2col_bits_call(x: np.ndarray, cin: int, k: tuple[int, int], s: tuple[int, 
     need(pad_words.dtype == np.uint64 and pad_words.shape == (wd,), "pad words (Wd,)")
     if not n:
         return noop
-    work = n * ho * wo * (kh * kw * wd * 2 + kp) * 0.3
+    pshape = (n, h + 2 * ph, w + 2 * pw, wd)
+    copy: Callable[[], None] = noop
+    src = x
+    if ph or pw:
+        if padded is None:
+            padded = np.empty(pshape, np.uint64)
+        need(padded.dtype == np.uint64 and padded.shape == pshape
+             and padded.flags.c_contiguous, "padded input (N, H+2ph, W+2pw, Wd)")
+        pad_fill(padded, (ph, pw), pad_words)
+        copy = pad_call(x, (ph, pw), padded, threads=threads)
+        src = padded
+    sched = patch_schedule(kh, kw, cin, pshape[2] * wd)
+    work = n * ho * wo * (kh * kw * wd + kp) * 0.3
     par = use_parallel(work, threads)
     fn = _im2col_bits_par if par else _im2col_bits_ser
-    return functools.partial(fn, n * ho, chunks(n * ho) if par else 1, x, pad_words, kh, kw,
-                             sh, sw, ph, pw, cin, ho, wo, out)
+    # stride 1: bands of output rows, whole images when serial (longer vector runs)
+    band = (ho if not par else max(1, ho // 4)) if sh == 1 and sw == 1 else 1
+    nrows = n * -(-ho // band)
+    build = functools.partial(fn, nrows, chunks(nrows) if par else 1, src, *sched, sh, sw,
+                              ho, wo, band, out)
+    if copy is noop:
+        return build
+
+    def pad_and_build() -> None:
+        copy()
+        build()
+
+    return pad_and_build
 
 
 def dense_bits(w: np.ndarray, cin: int) -> np.ndarray:
@@ -116,5 +178,6 @@ def dense_bits(w: np.ndarray, cin: int) -> np.ndarray:
     kw = seg // wd
     src = np.ascontiguousarray(w.reshape(co, 1, kh * kw, wd))
     out = np.empty((co, words(kh * kw * cin)), np.uint64)
-    _im2col_bits_rows(src, np.zeros(wd, np.uint64), 1, kh * kw, 1, 1, 0, 0, cin, 1, 1, out, 0, co)
+    _im2col_bits_rows(src, *patch_schedule(1, kh * kw, cin, kh * kw * wd), 1, 1, 1, 1, 1, out,
+                      0, co)
     return out.reshape(co, 1, -1)

@@ -27,7 +27,7 @@ from bnnprune.engine.kernels.base import (
 )
 from bnnprune.engine.kernels.intrinsics import (
     fconv_bits4,
-    fconv_bits4h,
+    fconv_bits8h,
     fconv_store4,
     fconv_store4h,
 )
@@ -46,12 +46,22 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
-        for m in range(t0, t1):
-            n = m // hw
-            r = m - n * hw
-            oy = r // wo
-            bases[m - t0] = ((n * hp + oy * sh) * wp + (r - oy * wo) * sw) * c
-            if use_bits:
+        # pixel coordinates by counting (one division per tile, not two per pixel)
+        n = t0 // hw
+        r = t0 - n * hw
+        oy = r // wo
+        ox = r - oy * wo
+        for i in range(npx):
+            bases[i] = ((n * hp + oy * sh) * wp + ox * sw) * c
+            ox += 1
+            if ox == wo:
+                ox = 0
+                oy += 1
+                if oy == ho:
+                    oy = 0
+                    n += 1
+        if use_bits:
+            for m in range(t0, t1):
                 for j in range(out_b.shape[1]):
                     out_b[m, j] = 0
         for i in range(npx, TILE_PIX):
@@ -63,15 +73,20 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
                 vm = vmask[cb]
                 wi = c0 >> 6
                 sft = np.uint64(c0 & 63)
-                for g in range(0, npx, FPIX):
-                    if half:
-                        r4 = fconv_bits4h(x, bases, g, rowstep, kh, seg, w, cb * kk, bias,
+                # a half block takes 8 pixels at once (8 FMA chains, as a full block of 4);
+                # separate loops keep the result tuples in registers
+                if half:
+                    for g in range(0, npx, 2 * FPIX):
+                        r8 = fconv_bits8h(x, bases, g, rowstep, kh, seg, w, cb * kk, bias,
                                           alpha, beta, c0)
-                    else:
+                        for p in range(min(2 * FPIX, npx - g)):
+                            out_b[t0 + g + p, wi] |= (r8[p] & vm) << sft
+                else:
+                    for g in range(0, npx, FPIX):
                         r4 = fconv_bits4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias,
                                          alpha, beta, c0)
-                    for p in range(min(FPIX, npx - g)):
-                        out_b[t0 + g + p, wi] |= (r4[p] & vm) << sft
+                        for p in range(min(FPIX, npx - g)):
+                            out_b[t0 + g + p, wi] |= (r4[p] & vm) << sft
             else:
                 nc = min(BLOCK_CH, co - c0)
                 for g in range(0, npx, FPIX):

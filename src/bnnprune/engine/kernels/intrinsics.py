@@ -230,8 +230,8 @@ def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
             and all(isinstance(t, types.Integer) for t in ints))
 
 
-def _fconv_epilogue(context, builder, sa, args, halves):
-    """The float conv of 4 pixels x ``8*halves`` channels (FMA) and
+def _fconv_epilogue(context, builder, sa, args, halves, npix=FPIX):
+    """The float conv of ``npix`` pixels x ``8*halves`` channels (FMA) and
     ``(acc + bias) * alpha + beta``.
 
     Returns ``v[p][h]``: the ``<8 x float>`` results of pixel ``p``, channels ``8h..8h+7``.
@@ -244,10 +244,10 @@ def _fconv_epilogue(context, builder, sa, args, halves):
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
     pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
-             for p in range(FPIX)]
+             for p in range(npix)]
     zero = ir.Constant(_V8F32, [0.0] * 8)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(halves)]
-            for _ in range(FPIX)]
+            for _ in range(npix)]
     step = ir.Constant(_I64, BLOCK_CH)
     with cgutils.for_range(builder, kh_) as ky:
         roff = builder.mul(ky.index, rowstep_)
@@ -257,7 +257,7 @@ def _fconv_epilogue(context, builder, sa, args, halves):
             wk = builder.add(wrow, builder.mul(it.index, step))
             wv = [_vload(builder, wp, builder.add(wk, ir.Constant(_I64, 8 * h)), _V8F32, 4)
                   for h in range(halves)]
-            for p in range(FPIX):
+            for p in range(npix):
                 xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
                 xb = _splat(builder, xv, _V8F32)
                 for h in range(halves):
@@ -270,7 +270,7 @@ def _fconv_epilogue(context, builder, sa, args, halves):
                             _V8F32, 4) for h in range(halves)])
     vb, va, vbeta = vecs
     out = []
-    for p in range(FPIX):
+    for p in range(npix):
         row = []
         for h in range(halves):
             y = builder.fadd(builder.load(accs[p][h]), vb[h])
@@ -279,19 +279,20 @@ def _fconv_epilogue(context, builder, sa, args, halves):
     return out
 
 
-def _fconv_bits(halves: int):
-    """The intrinsic of the sign bits of a float conv over 4 pixels x ``8*halves`` channels."""
+def _fconv_bits(halves: int, npix: int = FPIX):
+    """The intrinsic of the sign bits of a float conv over ``npix`` pixels x ``8*halves``
+    channels."""
     @intrinsic
     def fconv_bits(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha,  # noqa: ARG001
                    beta, poff):
         if not _fconv_typed(x, bases, w, bias, alpha, beta,
                             (boff, rowstep, kh, seg, woff, poff)):
             return None
-        sig = types.UniTuple(types.uint64, FPIX)(x, bases, boff, rowstep, kh, seg, w, woff,
+        sig = types.UniTuple(types.uint64, npix)(x, bases, boff, rowstep, kh, seg, w, woff,
                                                  bias, alpha, beta, poff)
 
         def codegen(context, builder, signature, args):
-            vals = _fconv_epilogue(context, builder, signature.args, args, halves)
+            vals = _fconv_epilogue(context, builder, signature.args, args, halves, npix)
             zero = ir.Constant(_V8F32, [0.0] * 8)
             out = [_concat_masks(builder, [builder.fcmp_unordered("<", v, zero) for v in row])
                    for row in vals]
@@ -338,6 +339,10 @@ Pixel ``p`` reads ``kh`` rows of ``seg`` floats at ``x[bases[boff+p] + r*rowstep
 fconv_bits4h = _fconv_bits(1)
 fconv_bits4h.__doc__ = """:func:`fconv_bits4` for the first 8 channels of a block only (a
 last block of at most 8 channels: half the FMAs; 8-bit masks)."""
+fconv_bits8h = _fconv_bits(1, 2 * FPIX)
+fconv_bits8h.__doc__ = """:func:`fconv_bits4h` for 8 pixels (``bases[boff] .. bases[boff+7]``):
+as many independent FMA chains as a full block of 4 pixels, so short reductions (a first conv
+of 1-3 input channels) are not bound by the FMA latency."""
 fconv_store4 = _fconv_store(2)
 fconv_store4.__doc__ = """As :func:`fconv_bits4`, but stores the 4 x 16 float results to
 ``dst[16*p + q]``."""

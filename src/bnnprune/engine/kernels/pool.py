@@ -25,18 +25,30 @@ def _maxpool_bits_rows(x, kh, kw, sh, sw, ph, pw, out, r_lo, r_hi):
     n, h, w, wd = x.shape
     ho = out.shape[1]
     wo = out.shape[2]
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    uwd = np.uint64(wd)
     for t in range(r_lo, r_hi):
         b = t // ho
         oy = t - b * ho
         y0 = oy * sh - ph
+        ylo = max(y0, 0)
+        yhi = min(y0 + kh, h)
+        o = np.uint64(t * wo * wd)
         for ox in range(wo):
             x0 = ox * sw - pw
+            xlo = max(x0, 0)
+            xhi = min(x0 + kw, w)
             for k in range(wd):
                 acc = ~np.uint64(0)
-                for yy in range(max(y0, 0), min(y0 + kh, h)):
-                    for xx in range(max(x0, 0), min(x0 + kw, w)):
-                        acc &= x[b, yy, xx, k]
-                out[b, oy, ox, k] = acc
+                for yy in range(ylo, yhi):
+                    # flat unsigned indices: no negative-index wraparound in the inner loop
+                    src = np.uint64(((b * h + yy) * w + xlo) * wd + k)
+                    for _ in range(xlo, xhi):
+                        acc &= xf[src]
+                        src += uwd
+                of[o] = acc
+                o += np.uint64(1)
 
 
 @njit(cache=True)
@@ -44,21 +56,26 @@ def _maxpool_float_rows(x, kh, kw, sh, sw, ph, pw, out, r_lo, r_hi):
     n, h, w, c = x.shape
     ho = out.shape[1]
     wo = out.shape[2]
+    # the running maxima live in a scratch row (whole 64-byte lines, the output row may split
+    # them) and each output row is written once, contiguously
+    acc = np.empty(-(-c // 16) * 16, np.float32)
     for t in range(r_lo, r_hi):
         b = t // ho
         oy = t - b * ho
         y0 = oy * sh - ph
         for ox in range(wo):
             x0 = ox * sw - pw
-            o = out[b, oy, ox]
-            o[:] = -np.inf
+            acc[:] = -np.inf
             for yy in range(max(y0, 0), min(y0 + kh, h)):
                 for xx in range(max(x0, 0), min(x0 + kw, w)):
                     row = x[b, yy, xx]
                     for k in range(c):  # per channel: the same sequence of comparisons
                         v = row[k]
-                        if v > o[k] or np.isnan(v):
-                            o[k] = v
+                        if v > acc[k] or np.isnan(v):
+                            acc[k] = v
+            o = out[b, oy, ox]
+            for k in range(c):
+                o[k] = acc[k]
 
 
 @njit(cache=True)
