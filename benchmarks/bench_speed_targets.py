@@ -4,8 +4,9 @@
         [--json out.json] [--quick] [--models nin,small]
 
 1. ``nin`` with a uniform plan that removes 60% of the BOPs (full-precision producers
-   pruned, the default) against the unpruned ``nin``: latency ratio at batch 1 and 64;
-2. ``small`` at -50% BOPs against the unpruned ``small``: the same;
+   pruned, the default) against the unpruned ``nin``: latency ratio at batch 1 and 64, with
+   the default channel rounding (none) and with ``--round-to 16`` (the engine's output blocks);
+2. ``small`` at -50% BOPs against the unpruned ``small``: the same, default rounding;
 3. the unpruned ``nin``'s share of the physical limit at batch 1 and 64;
 4. the unpruned ``nin`` against PyTorch float eager at batch 1 (speed-up).
 
@@ -34,7 +35,9 @@ from bnnprune.models import build_model
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import pruned_copy, randomize_bn  # noqa: E402
 
-CASES = (("nin", (3, 32, 32), 0.6), ("small", (1, 28, 28), 0.5))
+# (model, input shape, BOPs reduction, round_to)
+CASES = (("nin", (3, 32, 32), 0.6, 1), ("nin", (3, 32, 32), 0.6, 16),
+         ("small", (1, 28, 28), 0.5, 1))
 
 
 def torch_speedup(model: torch.nn.Module, program: engine.Program, shape: tuple[int, ...],
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="tiny models, 2 repeats")
-    ap.add_argument("--models", default=",".join(c[0] for c in CASES),
+    ap.add_argument("--models", default=",".join(dict.fromkeys(c[0] for c in CASES)),
                     help="comma-separated cases to run (default: all)")
     args = ap.parse_args()
     if args.threads:
@@ -70,21 +73,22 @@ def main() -> None:
     unknown = set(chosen) - {c[0] for c in CASES}
     if unknown:
         ap.error(f"unknown models: {', '.join(sorted(unknown))}")
-    for name, shape, target in (c for c in CASES if c[0] in chosen):
+    for name, shape, target, round_to in (c for c in CASES if c[0] in chosen):
         torch.manual_seed(0)
         model = randomize_bn(build_model(name, width=width, in_channels=shape[0],
                                          image_size=shape[1]))
         base = engine.compile_model(model, shape)
-        pruned = engine.compile_model(pruned_copy(model, shape, target, 1), shape)
+        pruned = engine.compile_model(pruned_copy(model, shape, target, round_to), shape)
         pair = compare_pair(pruned, base, batches=(1, 64), repeats=repeats,
                             table_repeats=3 if not args.quick else 1)
-        out[name] = {"bops_reduction": target, "pair": pair}
-        print(f"== {name}: uniform plan, {target:.0%} fewer BOPs (target ratio: "
+        case = name if round_to == 1 else f"{name}, round_to {round_to}"
+        out[case] = {"bops_reduction": target, "round_to": round_to, "pair": pair}
+        print(f"== {case}: uniform plan, {target:.0%} fewer BOPs (target ratio: "
               f"{'<= 0.55' if name == 'nin' else '<= 0.65'})")
         print(format_pair(pair))
-        if name == "nin":
+        if case == "nin":
             sp = torch_speedup(model, base, shape, repeats)
-            out[name]["torch_batch1"] = sp
+            out[case]["torch_batch1"] = sp
             print(f"unpruned nin at batch 1: engine {sp['engine_s'] * 1e3:.3f} ms, PyTorch eager "
                   f"{sp['torch_s'] * 1e3:.3f} ms, speed-up {sp['speedup']:.1f}x (target >= 3x)")
     if args.json:

@@ -142,6 +142,11 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     other.train.lr = 1e-2
     with pytest.raises(ConfigError, match="other settings"):
         run_sweep(other, out)
+    # but the method settings of `bnnprune run`, which no cell reads, move no cell
+    moved = _cfg()
+    moved.prune.policy, moved.prune.criterion, moved.prune.target = "paper", "random", 0.2
+    moved.prune.compare = ["uniform+magnitude"]
+    assert run_sweep(moved, out)["invocations"][-1]["cells_computed"] == 0
 
     page = write_sweep_report(third, tmp_path / "docs" / "results.md", tmp_path / "docs" / "r")
     text = page.read_text()

@@ -865,16 +865,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
     pr.add_argument("--target-latency", type=_latency_target,
                     help="fraction of the unpruned engine latency to reach, in (0, 1)")
-    pr.add_argument("--latency-batch", type=int, default=1,
+    pr.add_argument("--latency-batch", type=int, default=PruneConfig.latency_batch,
                     help="batch size the latency target is measured at")
-    pr.add_argument("--latency-threads", type=int, default=1,
+    pr.add_argument("--latency-threads", type=int, default=PruneConfig.latency_threads,
                     help="engine threads the latency target is measured at")
     pr.add_argument("--criterion", default=None,
                     help="wff, random, magnitude, bn_scale, flip_magnitude, tp:NAME (tp:taylor, "
                     "tp:lamp, ...) or pkg.module:Class (default: wff with the paper policy, "
                     "else the default of bnnprune run)")
-    pr.add_argument("--threshold", type=int, default=0)
-    pr.add_argument("--round-to", type=int, default=1)
+    pr.add_argument("--threshold", type=int, default=PruneConfig.threshold)
+    pr.add_argument("--round-to", type=int, default=PruneConfig.round_to,
+                    help="keep channel counts multiples of N (16: the engine's output blocks)")
     pr.add_argument("--min-channels", type=int, default=None)
     pr.add_argument("--exclude", help="comma-separated layer names not to prune")
     pr.add_argument("--keep-fp", action="store_true",

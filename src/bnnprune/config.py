@@ -350,10 +350,9 @@ class SweepSection:
 
 def _sweep_prune_defaults() -> PruneConfig:
     """A sweep's prune section: every cell names its own method (sweep.methods), so the
-    chosen method of ``bnnprune run`` is unused here; it is pinned, because the cell records
-    (committed, keyed by these settings) must not move when run's default does."""
-    return PruneConfig(policy="target", criterion="wff", compare=[], budget_baseline=True,
-                       max_rounds=1)
+    method settings of ``bnnprune run`` are unused (and not part of a cell's key); the paper
+    policy runs one round unless ``max_rounds`` says more."""
+    return PruneConfig(max_rounds=1)
 
 
 @dataclass

@@ -121,14 +121,20 @@ def _seed_cfg(cfg: SweepConfig, seed: int) -> SweepConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
 
 
+# prune settings no sweep cell reads: each cell names its own method and BOPs reduction
+UNKEYED_PRUNE = ("policy", "criterion", "target", "compare")
+
+
 def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
-    """What a finished cell depends on: everything but the sweep's own lists."""
+    """What a finished cell depends on: everything but the sweep's own lists and the
+    ``bnnprune run`` method settings it does not read (:data:`UNKEYED_PRUNE`)."""
+    prune = {k: v for k, v in dataclasses.asdict(cfg.prune).items() if k not in UNKEYED_PRUNE}
     key = {
         "cell": [cell.kind, cell.seed, cell.method.spec if cell.method else None, cell.reduction],
         "model": cfg.model.key(),
         "data": dataclasses.asdict(cfg.data),
         "train": dataclasses.asdict(cfg.train),
-        "prune": dataclasses.asdict(cfg.prune),
+        "prune": prune,
     }
     if cell.kind == "premise":
         key["flips"] = [cfg.sweep.flip_percents, cfg.sweep.flip_choices]
