@@ -12,7 +12,7 @@ from bnnprune.config import ConfigError, PruneConfig, SweepConfig
 from bnnprune.prune.methods import Method, MethodError, parse_method
 from bnnprune.report.sweep import render_sweep_report, write_sweep_report
 from bnnprune.stats import paired_difference, spearman
-from bnnprune.sweep import aggregate, run_sweep, sweep_cells
+from bnnprune.sweep import aggregate, paper_retraining, run_sweep, sweep_cells
 
 
 def _cfg(**sweep) -> SweepConfig:
@@ -257,10 +257,37 @@ def test_paper_policy_from_scratch_runs_last_on_the_baseline_schedule(tmp_path) 
     assert "**Paper policy, fine-tuned**" in text
     assert "**Paper policy, retrained from scratch**" in text
     assert "| from scratch | 0 | 1 |" in text and "| fine-tuning | 0 | 1 |" in text
+    (cmp,) = res["paper_retraining"]  # the first round: the same plan, retrained two ways
+    assert cmp["method"] == "paper+wff" and cmp["seeds"] == [0] and cmp["bops_equal"]
+    assert cmp["epochs"] == [cfg.train.epochs + cfg.prune.retrain_epochs, 2 * cfg.train.epochs]
+    assert cmp["diff"]["mean"] == pytest.approx(
+        fine["rounds"][0]["test_acc"] - scratch["rounds"][0]["test_acc"])
+    assert "**Fine-tuning vs retraining from scratch** (paper+wff, first round: the same plan" \
+        in text
 
     cfg.sweep.methods = ["target+wff"]
     with pytest.raises(ConfigError, match="paper_scratch"):
         cfg.validate()
+
+
+def test_paper_retraining_is_paired_on_the_first_round() -> None:
+    def paper(seed, accs, bops, epochs, scratch):
+        rounds = [{"round": i + 1, "test_acc": a, "bops": b, "epochs": e}
+                  for i, (a, b, e) in enumerate(zip(accs, bops, epochs, strict=True))]
+        extra = {"retrain": "scratch"} if scratch else {}
+        return _rec("prune", seed, accs[-1], bops[-1], "paper+wff", None, rounds=rounds,
+                    **extra)
+
+    records = [paper(0, [0.86, 0.87], [80, 70], [16, 20], False),
+               paper(1, [0.88], [80], [16], False),
+               paper(0, [0.85], [80], [24], True), paper(1, [0.86], [80], [24], True),
+               paper(2, [0.80], [80], [24], True)]  # no fine-tuned partner: left out
+    (cmp,) = paper_retraining(records)
+    assert cmp["seeds"] == [0, 1] and cmp["bops_equal"] and cmp["epochs"] == [16, 24]
+    assert cmp["diff"]["mean"] == pytest.approx(0.015) and cmp["diff"]["n"] == 2
+    assert cmp["rounds"] == [[1, 2], [1, 1, 1]]
+    records[2]["rounds"][0]["bops"] = 81
+    assert not paper_retraining(records)[0]["bops_equal"]
 
 
 def test_pruned_copy_from_scratch_is_seeded() -> None:

@@ -709,6 +709,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "thresholds": _mean_thresholds(base),
         "intervals": _mean_thresholds(base, "intervals"),
         "paper_rounds": _paper_rounds(by_kind.get("prune", [])),
+        "paper_retraining": paper_retraining(by_kind.get("prune", [])),
         "machines": _machines(records),
         "cell_seconds": sum(_compute_seconds(r) for r in records),
     }
@@ -792,6 +793,34 @@ def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for r in sorted(prune, key=lambda r: r["seed"]):
         if (r["method_key"] or "").startswith("paper+"):
             out.setdefault(row_key(r), {})[str(r["seed"])] = r.get("rounds")
+    return out
+
+
+def paper_retraining(prune: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fine-tuning minus retraining from scratch in the paper policy's first round, paired by
+    seed: both prune the seed's baseline by its own p_l (the same plan), so only the
+    retraining differs. Also where each policy stopped and after how many epochs."""
+    first: dict[str, dict[int, dict[str, Any]]] = {}
+    stops: dict[str, list[int]] = {}
+    for r in prune:
+        if (r["method_key"] or "").startswith("paper+") and r.get("rounds"):
+            first.setdefault(row_key(r), {})[r["seed"]] = r["rounds"][0]
+            stops.setdefault(row_key(r), []).append(len(r["rounds"]))
+    out = []
+    for key in sorted(first):
+        scratch = first.get(f"{key}, from scratch")
+        if key.endswith("from scratch") or not scratch:
+            continue
+        seeds = sorted(set(first[key]) & set(scratch))
+        ft = [first[key][s] for s in seeds]
+        sc = [scratch[s] for s in seeds]
+        out.append({
+            "method": key, "seeds": seeds,
+            "diff": paired_difference([r["test_acc"] for r in ft], [r["test_acc"] for r in sc]),
+            "epochs": [ft[0].get("epochs"), sc[0].get("epochs")] if seeds else [None, None],
+            "bops_equal": all(a["bops"] == b["bops"] for a, b in zip(ft, sc, strict=True)),
+            "rounds": [sorted(stops[key]), sorted(stops[f"{key}, from scratch"])],
+        })
     return out
 
 

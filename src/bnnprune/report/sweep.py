@@ -143,8 +143,11 @@ def _compare(results: dict[str, Any], a: str, b: str, red: float) -> str:
     """A - B at one reduction as the paired table states it (the page's one statistic)."""
     d = next((d for d in results.get("paired") or []
               if d["a"] == a and d["b"] == b and d["reduction"] == red), None)
-    if d is None:
-        return "not compared"
+    return "not compared" if d is None else _paired_text(d)
+
+
+def _paired_text(d: dict[str, Any]) -> str:
+    """A paired difference as the page states it: mean, 95% interval, verdict."""
     if d["n"] < 2:
         return f"{_pp(d['mean'])} pp (1 paired seed so far: no interval)"
     return (f"{_pp(d['mean'])} pp, 95% interval [{_pp(d['lo'])}, {_pp(d['hi'])}] over "
@@ -183,7 +186,8 @@ def _headline(results: dict[str, Any]) -> list[str]:
         diff = paper["test_acc"]["mean"] - base["mean"]
         rounds = [len(r or []) for r in ((results.get("paper_rounds") or {}).get(key) or {})
                   .values()]
-        how = (f"iterated: {min(rounds)}-{max(rounds)} rounds" if rounds else "one round")
+        how = (f"iterated: {_span(rounds)} round{'s' if max(rounds) > 1 else ''}" if rounds
+               else "one round")
         out.append(
             f"- **Paper policy, {retrain}** ({how}, threshold "
             f"{results['config']['prune']['threshold']}; {paper['test_acc']['n']} seeds): it "
@@ -192,10 +196,33 @@ def _headline(results: dict[str, Any]) -> list[str]:
             f"{100 * diff:+.2f} pp vs baseline ({_pct(paper['test_acc'])}%), after "
             f"{_epochs(paper)} epochs in all."
         )
+    out += _retraining_lines(results)
     out += _paper_verdict(results)
     out += _premise_verdict(results)
     out += _speed_verdict(results)
     out += _contradictions(results, reds)
+    return out
+
+
+def _span(values: list[int]) -> str:
+    """``"3"`` or ``"2-4"``: the range of a few whole numbers."""
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _retraining_lines(results: dict[str, Any]) -> list[str]:
+    """The paper policy fine-tuned vs retrained from scratch, on the same first-round plan."""
+    out = []
+    for c in results.get("paper_retraining") or []:
+        if not c["seeds"]:
+            continue
+        ft, sc = c["rounds"]
+        out.append(
+            f"- **Fine-tuning vs retraining from scratch** ({c['method']}, first round: the same "
+            f"plan{'' if c['bops_equal'] else ' (BOPs differ!)'}, {c['epochs'][0]} vs "
+            f"{c['epochs'][1]} epochs in all): fine-tuned minus from scratch "
+            f"{_paired_text(c['diff'])}. The policy ran {_span(ft)} rounds fine-tuned and "
+            f"{_span(sc)} from scratch.")
     return out
 
 
