@@ -53,6 +53,11 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     # last blocks of exactly 8 and of 9 channels (half-block kernel up to 8)
     (2, 5, 5, 20, 24, 3, 1, 1, 1),
     (1, 5, 5, 130, 25, 1, 1, 0, -1),
+    # several 64-channel output words, each computed whole: 64 + 64 + 2 channels (a lone half
+    # block), 64 + 56 (four blocks, the last half), 64 + 26 (a pruned 7x7 layer)
+    (2, 6, 5, 40, 130, 3, 1, 1, -1),
+    (1, 5, 5, 64, 120, 3, 2, 1, 1),
+    (2, 7, 7, 90, 90, 3, 1, 1, -1),
 ]
 
 
@@ -76,6 +81,12 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
 
     got = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), thr=thr, flip=flip)
     assert np.array_equal(got, expect)
+    # every output word is written whole (nothing relies on a zeroed buffer), also in parallel
+    init, xmask = K.threshold_init(thr, flip)
+    dirty = np.full_like(expect, ~np.uint64(0))
+    K.bconv_call(xp, K.block_weights(wt), co, (s, s), nbits, dirty, init, xmask=xmask,
+                 threads=2)()
+    assert np.array_equal(dirty, expect)
     got_f = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), affine=aff)
     assert np.array_equal(got_f, expect_f)
 
@@ -100,7 +111,9 @@ FCONVS = [(2, 9, 7, 3, 37, 5, 1, 2), (1, 12, 12, 3, 192, 5, 1, 2), (3, 6, 6, 5, 
           (1, 4, 4, 7, 16, 4, 1, 0),
           # last blocks of 7, 8 (half blocks), 9 channels and a lone half block
           (2, 7, 7, 1, 23, 3, 1, 1), (1, 6, 6, 2, 24, 3, 1, 1), (1, 6, 6, 2, 25, 3, 1, 1),
-          (1, 5, 6, 3, 8, 3, 1, 1)]
+          (1, 5, 6, 3, 8, 3, 1, 1),
+          # words of 6 and 7 vectors of 8 channels (45; 64 + 56), a second word of 5 (64 + 36)
+          (2, 7, 7, 1, 45, 3, 1, 1), (1, 6, 6, 2, 120, 3, 2, 1), (1, 5, 5, 3, 100, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("n,h,w,c,co,k,s,p", FCONVS)
@@ -123,7 +136,7 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
     expect_f = ((cols @ wm + b) * alpha + beta).reshape(n, ho, wo, co)
     out_f = np.empty((n, ho, wo, co), np.float32)
     for threads in (1, None):
-        out[:] = 0
+        out[:] = ~np.uint64(0)  # every output word is written whole
         K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out, threads=threads)()
         assert np.array_equal(out, expect)
         K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out_f, threads=threads)()
