@@ -145,7 +145,10 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
 
 
 @pytest.mark.parametrize("c,k,s,p,ceil", [(90, 2, 2, 0, False), (130, 3, 2, 1, True),
-                                           (23, 2, 2, 1, True), (64, 3, 1, 1, False)])
+                                           (23, 2, 2, 1, True), (64, 3, 1, 1, False),
+                                           # 2x2 windows: whole ones take the unrolled path,
+                                           # clipped last row/column (ceil), stride 1
+                                           (64, 2, 2, 0, True), (200, 2, 1, 0, False)])
 def test_bit_maxpool_is_and_of_window_and_float_maxpool_matches_torch(c, k, s, p, ceil, rng):
     x = rng.standard_normal((2, 7, 9, c)).astype(np.float32)
     t = torch.from_numpy(x.transpose(0, 3, 1, 2))
