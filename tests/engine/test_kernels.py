@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
+from bnnprune.engine.kernels.base import pixel_bases
 from bnnprune.engine.pack import pack_signs, tail_mask, unpack_signs
 from bnnprune.models import build_model
 
@@ -274,3 +275,16 @@ def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
         cols = np.full((n * ho * wo, K.words(k * k * cin)), 7, np.uint64)
         K.im2col_bits_call(x, cin, (k, k), (s, s), (p, p), pad_words, cols, threads=threads)()
         assert np.array_equal(cols, expect)
+
+
+@pytest.mark.parametrize("t0,npx,ho,wo,sh,sw", [(0, 32, 5, 7, 1, 1), (29, 32, 5, 7, 2, 1),
+                                                (64, 5, 3, 3, 1, 2), (3, 1, 1, 4, 1, 1)])
+def test_pixel_bases_are_the_window_offsets_across_rows_and_images(t0, npx, ho, wo, sh, sw):
+    hp, wp, c = ho * sh + 2, wo * sw + 2, 3
+    bases = np.full(40, -1, np.int64)
+    pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c)
+    m = np.arange(t0, t0 + npx)
+    n, oy, ox = m // (ho * wo), m // wo % ho, m % wo
+    expect = ((n * hp + oy * sh) * wp + ox * sw) * c
+    assert np.array_equal(bases[:npx], expect)
+    assert np.all(bases[npx:] == expect[-1])  # the rest repeats the last pixel

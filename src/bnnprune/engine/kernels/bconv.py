@@ -23,6 +23,7 @@ from bnnprune.engine.kernels.base import (
     block_channels,
     need,
     noop,
+    pixel_bases,
     twins,
     use_parallel,
     words,
@@ -70,7 +71,6 @@ def threshold_init(thr: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.nd
 def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, use_bits, nbits,
                  m1, a1, m2, a2, co, out_b, out_f, t_lo, t_hi):
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
-    hw = ho * wo
     rowstep = wp * wd
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
@@ -80,21 +80,8 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
-        # pixel coordinates by counting (one division per tile, not two per pixel)
-        n = t0 // hw
-        r = t0 - n * hw
-        oy = r // wo
-        ox = r - oy * wo
-        for i in range(npx):
-            bases[i] = ((n * hp + oy * sh) * wp + ox * sw) * wd
-            ox += 1
-            if ox == wo:
-                ox = 0
-                oy += 1
-                if oy == ho:
-                    oy = 0
-                    n += 1
-        bases[npx] = bases[npx - 1]  # an odd tile's last pair repeats its pixel
+        # an odd tile's last pair repeats its pixel
+        pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, wd)
         if use_bits:
             # one 64-channel output word at a time, all of its blocks in registers: each
             # word is stored once (no zeroing, no read-modify-write per block)

@@ -21,6 +21,7 @@ from bnnprune.engine.kernels.base import (
     TILE_PIX,
     need,
     noop,
+    pixel_bases,
     twins,
     use_parallel,
     words,
@@ -40,7 +41,6 @@ _fword_pix = njit(inline="always")(fword_pix)
 def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, vmask, use_bits,
                  co, out_b, out_f, t_lo, t_hi):
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
-    hw = ho * wo
     rowstep = wp * c
     kk = kh * seg * BLOCK_CH
     bases = np.empty(TILE_PIX + FWORD_MAX_PIX, np.int64)
@@ -51,22 +51,7 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
-        # pixel coordinates by counting (one division per tile, not two per pixel)
-        n = t0 // hw
-        r = t0 - n * hw
-        oy = r // wo
-        ox = r - oy * wo
-        for i in range(npx):
-            bases[i] = ((n * hp + oy * sh) * wp + ox * sw) * c
-            ox += 1
-            if ox == wo:
-                ox = 0
-                oy += 1
-                if oy == ho:
-                    oy = 0
-                    n += 1
-        for i in range(npx, TILE_PIX + FWORD_MAX_PIX):
-            bases[i] = bases[npx - 1]
+        pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c)
         if use_bits:
             # one 64-channel output word at a time, in 8-channel vectors (a partial word
             # costs its channels rounded up to 8): each word is stored once
