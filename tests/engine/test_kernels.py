@@ -288,3 +288,13 @@ def test_pixel_bases_are_the_window_offsets_across_rows_and_images(t0, npx, ho, 
     expect = ((n * hp + oy * sh) * wp + ox * sw) * c
     assert np.array_equal(bases[:npx], expect)
     assert np.all(bases[npx:] == expect[-1])  # the rest repeats the last pixel
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.float32])
+@pytest.mark.parametrize("ph,pw,c", [(1, 2, 3), (2, 0, 1), (0, 1, 2)])
+def test_pad_copies_the_interior_and_leaves_the_border(dtype, ph, pw, c, rng):
+    x = rng.integers(1, 1000, size=(3, 4, 5, c)).astype(dtype)
+    out = np.full((3, 4 + 2 * ph, 5 + 2 * pw, c), 7, dtype)
+    K.pad_call(x, (ph, pw), out)()
+    expect = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=7)
+    assert np.array_equal(out, expect)
