@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
+from bnnprune.engine.kernels.base import pixel_bases
 from bnnprune.engine.pack import pack_signs, tail_mask, unpack_signs
 from bnnprune.models import build_model
 
@@ -53,6 +54,11 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     # last blocks of exactly 8 and of 9 channels (half-block kernel up to 8)
     (2, 5, 5, 20, 24, 3, 1, 1, 1),
     (1, 5, 5, 130, 25, 1, 1, 0, -1),
+    # several 64-channel output words, each computed whole: 64 + 64 + 2 channels (a lone half
+    # block), 64 + 56 (four blocks, the last half), 64 + 26 (a pruned 7x7 layer)
+    (2, 6, 5, 40, 130, 3, 1, 1, -1),
+    (1, 5, 5, 64, 120, 3, 2, 1, 1),
+    (2, 7, 7, 90, 90, 3, 1, 1, -1),
 ]
 
 
@@ -76,6 +82,12 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
 
     got = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), thr=thr, flip=flip)
     assert np.array_equal(got, expect)
+    # every output word is written whole (nothing relies on a zeroed buffer), also in parallel
+    init, xmask = K.threshold_init(thr, flip)
+    dirty = np.full_like(expect, ~np.uint64(0))
+    K.bconv_call(xp, K.block_weights(wt), co, (s, s), nbits, dirty, init, xmask=xmask,
+                 threads=2)()
+    assert np.array_equal(dirty, expect)
     got_f = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), affine=aff)
     assert np.array_equal(got_f, expect_f)
 
@@ -100,7 +112,9 @@ FCONVS = [(2, 9, 7, 3, 37, 5, 1, 2), (1, 12, 12, 3, 192, 5, 1, 2), (3, 6, 6, 5, 
           (1, 4, 4, 7, 16, 4, 1, 0),
           # last blocks of 7, 8 (half blocks), 9 channels and a lone half block
           (2, 7, 7, 1, 23, 3, 1, 1), (1, 6, 6, 2, 24, 3, 1, 1), (1, 6, 6, 2, 25, 3, 1, 1),
-          (1, 5, 6, 3, 8, 3, 1, 1)]
+          (1, 5, 6, 3, 8, 3, 1, 1),
+          # words of 6 and 7 vectors of 8 channels (45; 64 + 56), a second word of 5 (64 + 36)
+          (2, 7, 7, 1, 45, 3, 1, 1), (1, 6, 6, 2, 120, 3, 2, 1), (1, 5, 5, 3, 100, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("n,h,w,c,co,k,s,p", FCONVS)
@@ -123,7 +137,7 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
     expect_f = ((cols @ wm + b) * alpha + beta).reshape(n, ho, wo, co)
     out_f = np.empty((n, ho, wo, co), np.float32)
     for threads in (1, None):
-        out[:] = 0
+        out[:] = ~np.uint64(0)  # every output word is written whole
         K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out, threads=threads)()
         assert np.array_equal(out, expect)
         K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out_f, threads=threads)()
@@ -132,7 +146,10 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
 
 
 @pytest.mark.parametrize("c,k,s,p,ceil", [(90, 2, 2, 0, False), (130, 3, 2, 1, True),
-                                           (23, 2, 2, 1, True), (64, 3, 1, 1, False)])
+                                           (23, 2, 2, 1, True), (64, 3, 1, 1, False),
+                                           # 2x2 windows: whole ones take the unrolled path,
+                                           # clipped last row/column (ceil), stride 1
+                                           (64, 2, 2, 0, True), (200, 2, 1, 0, False)])
 def test_bit_maxpool_is_and_of_window_and_float_maxpool_matches_torch(c, k, s, p, ceil, rng):
     x = rng.standard_normal((2, 7, 9, c)).astype(np.float32)
     t = torch.from_numpy(x.transpose(0, 3, 1, 2))
@@ -258,3 +275,26 @@ def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
         cols = np.full((n * ho * wo, K.words(k * k * cin)), 7, np.uint64)
         K.im2col_bits_call(x, cin, (k, k), (s, s), (p, p), pad_words, cols, threads=threads)()
         assert np.array_equal(cols, expect)
+
+
+@pytest.mark.parametrize("t0,npx,ho,wo,sh,sw", [(0, 32, 5, 7, 1, 1), (29, 32, 5, 7, 2, 1),
+                                                (64, 5, 3, 3, 1, 2), (3, 1, 1, 4, 1, 1)])
+def test_pixel_bases_are_the_window_offsets_across_rows_and_images(t0, npx, ho, wo, sh, sw):
+    hp, wp, c = ho * sh + 2, wo * sw + 2, 3
+    bases = np.full(40, -1, np.int64)
+    pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c)
+    m = np.arange(t0, t0 + npx)
+    n, oy, ox = m // (ho * wo), m // wo % ho, m % wo
+    expect = ((n * hp + oy * sh) * wp + ox * sw) * c
+    assert np.array_equal(bases[:npx], expect)
+    assert np.all(bases[npx:] == expect[-1])  # the rest repeats the last pixel
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.float32])
+@pytest.mark.parametrize("ph,pw,c", [(1, 2, 3), (2, 0, 1), (0, 1, 2)])
+def test_pad_copies_the_interior_and_leaves_the_border(dtype, ph, pw, c, rng):
+    x = rng.integers(1, 1000, size=(3, 4, 5, c)).astype(dtype)
+    out = np.full((3, 4 + 2 * ph, 5 + 2 * pw, c), 7, dtype)
+    K.pad_call(x, (ph, pw), out)()
+    expect = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=7)
+    assert np.array_equal(out, expect)

@@ -65,6 +65,35 @@ def block_channels(v: np.ndarray, fill: float) -> np.ndarray:
     return out
 
 
+@njit(inline="always")
+def pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c):
+    """Flat offsets in a padded (N, Hp, Wp, C) input of the windows of output pixels
+    ``t0 .. t0+npx-1`` (N, Ho, Wo order) into ``bases``; the rest of ``bases`` repeats the last.
+
+    One run per output row (no per-pixel branch): the tile prologue of the conv kernels.
+    """
+    hw = ho * wo
+    n = t0 // hw
+    r = t0 - n * hw
+    oy = r // wo
+    ox = r - oy * wo
+    step = sw * c
+    i = 0
+    while i < npx:
+        run = min(wo - ox, npx - i)
+        b0 = ((n * hp + oy * sh) * wp + ox * sw) * c
+        for j in range(run):
+            bases[i + j] = b0 + j * step
+        i += run
+        ox = 0
+        oy += 1
+        if oy == ho:
+            oy = 0
+            n += 1
+    for j in range(npx, bases.shape[0]):
+        bases[j] = bases[npx - 1]
+
+
 def use_patch_matrix(kh: int, kw: int, cin: int, cout: int) -> bool:
     """Whether a ``kh x kw`` binary conv should run on a dense bit patch matrix: it saves
     ``kh*kw*words(cin) - words(kh*kw*cin)`` words per block and pixel, and costs

@@ -23,11 +23,18 @@ from bnnprune.engine.kernels.base import (
     block_channels,
     need,
     noop,
+    pixel_bases,
     twins,
     use_parallel,
     words,
 )
-from bnnprune.engine.kernels.intrinsics import affine_store16, signbits16, xpc8x2, xpc16x2
+from bnnprune.engine.kernels.intrinsics import (
+    WORD_BLOCKS,
+    affine_store16,
+    xpc8x2,
+    xpc16x2,
+    xpc_word2,
+)
 
 
 def block_weights(w: np.ndarray) -> np.ndarray:
@@ -60,19 +67,10 @@ def threshold_init(thr: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.nd
     return init, np.ascontiguousarray(xmask, dtype=np.uint64)
 
 
-@njit(inline="always")
-def _or_bits(out_b, m, wi, sft, xm, acc, both):
-    """OR one 16-channel block's threshold bits of pixel ``m`` (and ``m+1``) into word ``wi``."""
-    out_b[m, wi] |= (signbits16(acc[0]) ^ xm) << sft
-    if both:
-        out_b[m + 1, wi] |= (signbits16(acc[1]) ^ xm) << sft
-
-
 @njit(cache=True)
 def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, use_bits, nbits,
                  m1, a1, m2, a2, co, out_b, out_f, t_lo, t_hi):
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
-    hw = ho * wo
     rowstep = wp * wd
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
@@ -82,44 +80,21 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
-        # pixel coordinates by counting (one division per tile, not two per pixel)
-        n = t0 // hw
-        r = t0 - n * hw
-        oy = r // wo
-        ox = r - oy * wo
-        for i in range(npx):
-            bases[i] = ((n * hp + oy * sh) * wp + ox * sw) * wd
-            ox += 1
-            if ox == wo:
-                ox = 0
-                oy += 1
-                if oy == ho:
-                    oy = 0
-                    n += 1
-        bases[npx] = bases[npx - 1]  # an odd tile's last pair repeats its pixel
+        # an odd tile's last pair repeats its pixel
+        pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, wd)
         if use_bits:
-            for m in range(t0, t1):
-                for j in range(out_b.shape[1]):
-                    out_b[m, j] = 0
-        if use_bits:
-            for cb in range(ncb):
-                c0 = cb * BLOCK_CH
-                xm = xmask[cb]
-                wi = c0 >> 6
-                sft = np.uint64(c0 & 63)
-                # two pixels share each weight vector load; a last block of <= 8 channels
-                # does half the work (separate loops: a branch around the call would make
-                # the accumulator tuples leave the registers)
-                if co - c0 <= BLOCK_CH // 2:
-                    for i in range(0, npx, 2):
-                        acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
-                                     init, c0)
-                        _or_bits(out_b, t0 + i, wi, sft, xm, acc, i + 1 < npx)
-                else:
-                    for i in range(0, npx, 2):
-                        acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk,
-                                      init, c0)
-                        _or_bits(out_b, t0 + i, wi, sft, xm, acc, i + 1 < npx)
+            # one 64-channel output word at a time, all of its blocks in registers: each
+            # word is stored once (no zeroing, no read-modify-write per block)
+            for wi in range(out_b.shape[1]):
+                cb0 = wi * WORD_BLOCKS
+                nb = min(WORD_BLOCKS, ncb - cb0)
+                half = 1 if co - (cb0 + nb - 1) * BLOCK_CH <= BLOCK_CH // 2 else 0
+                for i in range(0, npx, 2):
+                    r = xpc_word2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb0 * kk, kk,
+                                  init, cb0 * BLOCK_CH, xmask, cb0, nb, half)
+                    out_b[t0 + i, wi] = r[0]
+                    if i + 1 < npx:
+                        out_b[t0 + i + 1, wi] = r[1]
             continue
         # float mode, last block first: a partial block stores all 16 floats, the extra ones
         # landing on the next pixels' first channels, which their own stores overwrite later

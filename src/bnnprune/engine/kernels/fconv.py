@@ -21,84 +21,65 @@ from bnnprune.engine.kernels.base import (
     TILE_PIX,
     need,
     noop,
+    pixel_bases,
     twins,
     use_parallel,
     words,
 )
 from bnnprune.engine.kernels.intrinsics import (
-    fconv_bits4,
-    fconv_bits8h,
+    FWORD_MAX_PIX,
     fconv_store4,
     fconv_store4h,
+    fconv_word,
+    fword_pix,
 )
+
+_fword_pix = njit(inline="always")(fword_pix)
 
 
 @njit(cache=True)
 def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, vmask, use_bits,
                  co, out_b, out_f, t_lo, t_hi):
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
-    hw = ho * wo
     rowstep = wp * c
     kk = kh * seg * BLOCK_CH
-    bases = np.empty(TILE_PIX, np.int64)
+    bases = np.empty(TILE_PIX + FWORD_MAX_PIX, np.int64)
     vals = np.empty(FPIX * BLOCK_CH, np.float32)
+    nw = out_b.shape[1]
+    ob_flat = out_b.reshape(-1)
     for tile in range(t_lo, t_hi):
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
-        # pixel coordinates by counting (one division per tile, not two per pixel)
-        n = t0 // hw
-        r = t0 - n * hw
-        oy = r // wo
-        ox = r - oy * wo
-        for i in range(npx):
-            bases[i] = ((n * hp + oy * sh) * wp + ox * sw) * c
-            ox += 1
-            if ox == wo:
-                ox = 0
-                oy += 1
-                if oy == ho:
-                    oy = 0
-                    n += 1
+        pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c)
         if use_bits:
-            for m in range(t0, t1):
-                for j in range(out_b.shape[1]):
-                    out_b[m, j] = 0
-        for i in range(npx, TILE_PIX):
-            bases[i] = bases[npx - 1]
+            # one 64-channel output word at a time, in 8-channel vectors (a partial word
+            # costs its channels rounded up to 8): each word is stored once
+            for wi in range(nw):
+                cb0 = wi * 4
+                nvec = (min(64, co - 64 * wi) + 7) // 8
+                step = _fword_pix(nvec)
+                wm = np.uint64(0)
+                for b in range(min(4, ncb - cb0)):
+                    wm |= vmask[cb0 + b] << np.uint64(BLOCK_CH * b)
+                for g in range(0, npx, step):
+                    fconv_word(x, bases, g, rowstep, kh, seg, w, cb0 * kk, kk, bias, alpha, beta,
+                               64 * wi, nvec, ob_flat, (t0 + g) * nw + wi, nw, npx - g, wm)
+            continue
         for cb in range(ncb):
             c0 = cb * BLOCK_CH
             half = co - c0 <= BLOCK_CH // 2  # a last block of <= 8 channels: half the FMAs
-            if use_bits:
-                vm = vmask[cb]
-                wi = c0 >> 6
-                sft = np.uint64(c0 & 63)
-                # a half block takes 8 pixels at once (8 FMA chains, as a full block of 4);
-                # separate loops keep the result tuples in registers
+            nc = min(BLOCK_CH, co - c0)
+            for g in range(0, npx, FPIX):
                 if half:
-                    for g in range(0, npx, 2 * FPIX):
-                        r8 = fconv_bits8h(x, bases, g, rowstep, kh, seg, w, cb * kk, bias,
-                                          alpha, beta, c0)
-                        for p in range(min(2 * FPIX, npx - g)):
-                            out_b[t0 + g + p, wi] |= (r8[p] & vm) << sft
+                    fconv_store4h(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
+                                  beta, c0, vals)
                 else:
-                    for g in range(0, npx, FPIX):
-                        r4 = fconv_bits4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias,
-                                         alpha, beta, c0)
-                        for p in range(min(FPIX, npx - g)):
-                            out_b[t0 + g + p, wi] |= (r4[p] & vm) << sft
-            else:
-                nc = min(BLOCK_CH, co - c0)
-                for g in range(0, npx, FPIX):
-                    if half:
-                        fconv_store4h(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
-                                      beta, c0, vals)
-                    else:
-                        fconv_store4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
-                                     beta, c0, vals)
-                    for p in range(min(FPIX, npx - g)):
-                        for q in range(nc):
-                            out_f[t0 + g + p, c0 + q] = vals[p * BLOCK_CH + q]
+                    fconv_store4(x, bases, g, rowstep, kh, seg, w, cb * kk, bias, alpha,
+                                 beta, c0, vals)
+                for p in range(min(FPIX, npx - g)):
+                    for q in range(nc):
+                        out_f[t0 + g + p, c0 + q] = vals[p * BLOCK_CH + q]
 
 
 _fconv_par, _fconv_ser = twins(_fconv_tiles)

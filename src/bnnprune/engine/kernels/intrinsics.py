@@ -381,3 +381,196 @@ def fma_chains(typingctx, reps, seed):  # noqa: ARG001
         return out
 
     return sig, codegen
+
+
+WORD_BLOCKS = 64 // BLOCK_CH  # 16-channel blocks per 64-bit output word
+
+
+def _word_cases() -> list[tuple[int, bool]]:
+    """The (blocks, last block half) variants of :func:`xpc_word2`, in switch order."""
+    return [(nb, half) for nb in range(1, WORD_BLOCKS + 1) for half in (False, True)]
+
+
+def _xpc_word_codegen(context, builder, signature, args):
+    """Codegen of :func:`xpc_word2`: a switch over :func:`_word_cases`, each a loop with all
+    of its accumulators in registers."""
+    sa = signature.args
+    xp = _data(context, builder, sa[0], args[0])
+    wp = _data(context, builder, sa[6], args[6])
+    ip = _data(context, builder, sa[9], args[9])
+    mp = _data(context, builder, sa[11], args[11])
+    base0, base1, rowstep_, kh_, seg_, woff_, bstep_, ioff_, moff_, nb_, half_ = _ints(
+        context, builder, sa, args, (1, 2, 3, 4, 5, 7, 8, 10, 12, 13, 14))
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
+                                           "llvm.ctpop.v4i64")
+    res = [cgutils.alloca_once_value(builder, ir.Constant(_I64, 0)) for _ in range(2)]
+    step = ir.Constant(_I64, BLOCK_CH)
+    nv = BLOCK_CH // 4
+    zero4 = ir.Constant(_V4I64, [0] * 4)
+    one = ir.Constant(_I64, 1)
+    case_idx = builder.add(builder.shl(builder.sub(nb_, one), one), builder.and_(half_, one))
+    merge = builder.append_basic_block("xw_merge")
+    cases = _word_cases()
+    blocks = [builder.append_basic_block(f"xw_case{i}") for i in range(len(cases))]
+    sw = builder.switch(case_idx, blocks[-2])
+    for i, b in enumerate(blocks):
+        sw.add_case(ir.Constant(_I64, i), b)
+    for (nb, half), bb in zip(cases, blocks, strict=True):
+        builder.position_at_end(bb)
+        # two pixels share each weight load while the accumulators fit the registers
+        groups = [[0, 1]] if nb * 2 * nv <= 24 else [[0], [1]]
+        for pix in groups:
+            accs = {}
+            for p in pix:
+                for b in range(nb):
+                    for j in range(nv):
+                        off = builder.add(ioff_, ir.Constant(_I64, BLOCK_CH * b + 4 * j))
+                        accs[p, b, j] = cgutils.alloca_once_value(
+                            builder, _vload(builder, ip, off, _V4I64, 8))
+            bases = [base0 if p == 0 else base1 for p in pix]
+            with cgutils.for_range(builder, kh_) as ky:
+                roff = builder.mul(ky.index, rowstep_)
+                rows = [builder.add(b, roff) for b in bases]
+                wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
+                with cgutils.for_range(builder, seg_) as it:
+                    xbs = [_splat(builder, builder.load(
+                        builder.gep(xp, [builder.add(o, it.index)])), _V4I64) for o in rows]
+                    wk = builder.add(wrow, builder.mul(it.index, step))
+                    for b in range(nb):
+                        wb = builder.add(wk, builder.mul(bstep_, ir.Constant(_I64, b)))
+                        for j in range(2 if half and b == nb - 1 else nv):
+                            wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, 4 * j)),
+                                        _V4I64, 8)
+                            for q, p in enumerate(pix):
+                                c = builder.call(ctpop, [builder.xor(xbs[q], wv)])
+                                a = accs[p, b, j]
+                                builder.store(builder.add(builder.load(a), c), a)
+            for p in pix:
+                word = ir.Constant(_I64, 0)
+                for b in range(nb):
+                    bits = ir.Constant(_I64, 0)
+                    for j in range(nv):
+                        neg = builder.icmp_signed("<", builder.load(accs[p, b, j]), zero4)
+                        nib = builder.zext(builder.bitcast(neg, ir.IntType(4)), _I64)
+                        bits = builder.or_(bits, builder.shl(nib, ir.Constant(_I64, 4 * j)))
+                    xm = builder.load(builder.gep(mp, [builder.add(moff_, ir.Constant(_I64, b))]))
+                    word = builder.or_(word, builder.shl(builder.xor(bits, xm),
+                                                         ir.Constant(_I64, BLOCK_CH * b)))
+                builder.store(word, res[p])
+        builder.branch(merge)
+    builder.position_at_end(merge)
+    return context.make_tuple(builder, signature.return_type, [builder.load(r) for r in res])
+
+
+@intrinsic
+def xpc_word2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, bstep, init, ioff,  # noqa: ARG001
+              xmask, moff, nb, half):
+    """The threshold bits of one 64-channel output word for each of two pixels.
+
+    ``nb`` (1..4) 16-channel blocks, block ``b``'s weights at ``w[woff + b*bstep ...]`` (the
+    layout of :func:`xpc16x2`), accumulators starting at ``init[ioff + 16b + q]``; with
+    ``half`` the last block does its first 8 channels only. Bit ``16b + q`` of a pixel's word
+    is ``(acc < 0) xor`` bit q of ``xmask[moff + b]``; blocks past ``nb`` give 0 bits. All
+    blocks' accumulators stay in registers, so each word is computed and stored once.
+    """
+    ints = (base0, base1, rowstep, kh, seg, woff, bstep, ioff, moff, nb, half)
+    if not (_xpc_typed(x, w, init, ints) and _is_vec(xmask, types.uint64)):
+        return None
+    sig = types.UniTuple(types.uint64, 2)(x, base0, base1, rowstep, kh, seg, w, woff, bstep,
+                                          init, ioff, xmask, moff, nb, half)
+    return sig, _xpc_word_codegen
+
+
+def fword_pix(nvec: int) -> int:
+    """Pixels per call of :func:`fconv_word` for ``nvec`` vectors of 8 channels: enough
+    independent FMA chains to hide the FMA latency, few enough to stay in the registers."""
+    return 8 if nvec <= 2 else (16 // nvec if nvec <= 5 else 2)
+
+
+FWORD_MAX_PIX = 8
+
+
+def _fconv_word_codegen(context, builder, signature, args):
+    """Codegen of :func:`fconv_word`: a switch over ``nvec`` = 1..8, each case a loop over
+    :func:`fword_pix` pixels x ``nvec`` ``<8 x float>`` accumulators."""
+    sa = signature.args
+    xp = _data(context, builder, sa[0], args[0])
+    bp = _data(context, builder, sa[1], args[1])
+    wp = _data(context, builder, sa[6], args[6])
+    par = [_data(context, builder, sa[i], args[i]) for i in (9, 10, 11)]
+    op = _data(context, builder, sa[14], args[14])
+    boff_, rowstep_, kh_, seg_, woff_, bstep_, poff_, nvec_, ooff_, ostride_, count_, wm_ = (
+        _ints(context, builder, sa, args, (2, 3, 4, 5, 7, 8, 12, 13, 15, 16, 17, 18)))
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
+    zero = ir.Constant(_V8F32, [0.0] * 8)
+    step = ir.Constant(_I64, BLOCK_CH)
+    merge = builder.append_basic_block("fw_merge")
+    blocks = [builder.append_basic_block(f"fw_case{v}") for v in range(1, 9)]
+    sw = builder.switch(nvec_, blocks[-1])
+    for v, bb in enumerate(blocks, start=1):
+        sw.add_case(ir.Constant(_I64, v), bb)
+    for nv, bb in enumerate(blocks, start=1):
+        builder.position_at_end(bb)
+        npix = fword_pix(nv)
+        pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
+                 for p in range(npix)]
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)]
+                for _ in range(npix)]
+        # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
+        vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
+                            ir.Constant(_I64, 8 * (h % 2))) for h in range(nv)]
+        with cgutils.for_range(builder, kh_) as ky:
+            roff = builder.mul(ky.index, rowstep_)
+            rows = [builder.add(b, roff) for b in pbase]
+            wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
+            with cgutils.for_range(builder, seg_) as it:
+                wk = builder.add(wrow, builder.mul(it.index, step))
+                wv = [_vload(builder, wp, builder.add(wk, vofs[h]), _V8F32, 4)
+                      for h in range(nv)]
+                for p in range(npix):
+                    xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
+                    xb = _splat(builder, xv, _V8F32)
+                    for h in range(nv):
+                        a = accs[p][h]
+                        builder.store(builder.call(fma, [xb, wv[h], builder.load(a)]), a)
+        vb, va, vbeta = ([_vload(builder, q, builder.add(poff_, ir.Constant(_I64, 8 * h)),
+                                 _V8F32, 4) for h in range(nv)] for q in par)
+        for p in range(npix):
+            masks = []
+            for h in range(nv):
+                y = builder.fadd(builder.load(accs[p][h]), vb[h])
+                v = builder.fadd(builder.fmul(y, va[h]), vbeta[h])
+                masks.append(builder.fcmp_unordered("<", v, zero))
+            word = ir.Constant(_I64, 0)
+            for h, m in enumerate(masks):
+                byte = builder.zext(builder.bitcast(m, ir.IntType(8)), _I64)
+                word = builder.or_(word, builder.shl(byte, ir.Constant(_I64, 8 * h)))
+            pp = ir.Constant(_I64, p)
+            with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
+                dst = builder.gep(op, [builder.add(ooff_, builder.mul(pp, ostride_))])
+                builder.store(builder.and_(word, wm_), dst)
+        builder.branch(merge)
+    builder.position_at_end(merge)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def fconv_word(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias, alpha,  # noqa: ARG001
+               beta, poff, nvec, out, ooff, ostride, count, wm):
+    """Sign bits of a float conv for :func:`fword_pix` (``nvec``) pixels x the first
+    ``8*nvec`` channels of one 64-channel output word (``nvec`` 1..8).
+
+    Pixel ``p`` reads as in :func:`fconv_bits4` (``bases[boff+p]``); channel ``16b + q`` of
+    the word has its weights in block ``b`` at ``w[woff + b*bstep + 16*k + q]`` and its
+    epilogue at ``bias[poff + 16b + q]`` (likewise alpha, beta). The word of pixel ``p``
+    (``p < count``), ANDed with ``wm`` (the channels that exist), is stored to
+    ``out[ooff + p*ostride]``: stores here, as a tuple indexed by a loop variable would
+    branch per pixel.
+    """
+    ints = (boff, rowstep, kh, seg, woff, bstep, poff, nvec, ooff, ostride, count, wm)
+    if not (_fconv_typed(x, bases, w, bias, alpha, beta, ints) and _is_vec(out, types.uint64)):
+        return None
+    sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias, alpha, beta, poff,
+                     nvec, out, ooff, ostride, count, wm)
+    return sig, _fconv_word_codegen

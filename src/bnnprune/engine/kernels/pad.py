@@ -13,15 +13,20 @@ from bnnprune.engine.kernels.base import chunks, need, noop, twins, use_parallel
 
 @njit(cache=True)
 def _pad_rows(x, ph, pw, out, r_lo, r_hi):
-    h = x.shape[1]
-    w = x.shape[2]
-    c = x.shape[3]
+    n, h, w, c = x.shape
+    hp = out.shape[1]
+    wp = out.shape[2]
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    run = w * c  # an input row is one contiguous run of the output row
     for t in range(r_lo, r_hi):
         b = t // h
         y = t - b * h
-        for xx in range(w):
-            for k in range(c):
-                out[b, y + ph, xx + pw, k] = x[b, y, xx, k]
+        # flat unsigned indices: a vectorised copy, no negative-index wraparound
+        src = np.uint64(t * run)
+        dst = np.uint64(((b * hp + y + ph) * wp + pw) * c)
+        for i in range(np.uint64(run)):
+            of[dst + i] = xf[src + i]
 
 
 _pad_par, _pad_ser = twins(_pad_rows)
