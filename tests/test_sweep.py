@@ -158,6 +158,10 @@ def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     assert "Where the time goes: target+wff at -30% BOPs, seed 0" in text
     assert "does WFF channel choice beat random?" in text
     assert "Channels kept per binary layer (seed 0)" in text
+    # every cell's machine and wall time: one machine here, 2 seeds x 6 cells
+    cells = text.split("## Cells: machine and wall time", 1)[1]
+    assert "Every cell ran on" in cells and "| cell | seed 0 | seed 1 |" in cells
+    assert cells.count("\n| ") == 1 + len({r["folder"].split("/")[1] for r in third["records"]})
 
 
 def _rec(kind, seed, acc, bops=100, key=None, red=None, **extra):

@@ -711,6 +711,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "paper_rounds": _paper_rounds(by_kind.get("prune", [])),
         "paper_retraining": paper_retraining(by_kind.get("prune", [])),
         "machines": _machines(records),
+        "cells": _cell_times(records),
         "cell_seconds": sum(_compute_seconds(r) for r in records),
     }
 
@@ -852,6 +853,18 @@ def _compute_seconds(rec: dict[str, Any]) -> float:
     return max(rec.get("seconds") or 0.0, rec.get("train_seconds") or 0.0)
 
 
+def _cell_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every cell's compute time and machine, for the page."""
+    return [{"cell": r["folder"].split("/", 1)[-1], "seed": r["seed"],
+             "seconds": _compute_seconds(r),
+             "machine": _machine_label(r["machine"]) if r.get("machine") else None}
+            for r in records if r.get("folder")]
+
+
+def _machine_label(m: dict[str, Any]) -> str:
+    return f"{m.get('cpu')}, {m.get('torch_threads')} threads, {m.get('device')}"
+
+
 def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every machine that computed cells, with its cell count and compute time."""
     seen: dict[str, dict[str, Any]] = {}
@@ -859,7 +872,7 @@ def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m = r.get("machine")
         if not m:
             continue
-        label = f"{m.get('cpu')}, {m.get('torch_threads')} threads, {m.get('device')}"
+        label = _machine_label(m)
         e = seen.setdefault(label, {"machine": label, "cells": 0, "seconds": 0.0})
         e["cells"] += 1
         e["seconds"] += _compute_seconds(r)

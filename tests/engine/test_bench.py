@@ -1,11 +1,14 @@
-"""compare_latency: the pruned-vs-unpruned measurement behind `bnnprune bench` and the sweep."""
+"""compare_latency (the pruned-vs-unpruned measurement behind `bnnprune bench` and the sweep)
+and the roofline probe."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bnnprune.engine import EngineError, compile_model
-from bnnprune.engine.bench import compare_latency, program_bops
+from bnnprune.engine.bench import _xpc_probe, compare_latency, program_bops, roofline
+from bnnprune.engine.kernels.intrinsics import XPC_CHAINS
 from bnnprune.models import build_model
 
 
@@ -28,3 +31,22 @@ def test_compare_latency_reports_medians_and_the_bops_ratio() -> None:
 def test_compare_latency_refuses_another_input_shape() -> None:
     with pytest.raises(EngineError, match="input shape"):
         compare_latency(_program(0.25), _program(0.25, image_size=32))
+
+
+def test_xor_popcount_peak_probe_counts_what_it_runs() -> None:
+    """The roofline probe's chains do real XOR-popcounts (nothing hoisted or dropped): its
+    result equals the same recurrence in NumPy."""
+    w = np.array([0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7],
+                 np.int64).view(np.uint64)
+    step = np.array([0x9E3779B97F4A7C15 >> 2, 3, 5, 11], np.uint64)
+    reps, seed = 37, 1
+    expect = 0
+    for i in range(XPC_CHAINS):
+        v = np.full(4, seed + i, np.uint64)
+        for _ in range(reps):
+            v = v + step
+            expect += sum(bin(int(x)).count("1") for x in v ^ w)
+    out = np.zeros(2, np.int64)
+    _xpc_probe(reps, out)
+    assert out[0] == expect  # thread t runs from seed t + 1
+    assert roofline(seconds=0.01, min_probes=2)["bmacs_per_s"] > 0

@@ -1,6 +1,6 @@
 """Speed measurements of the packed engine, all taken in one run on this machine.
 
-- roofline: a streaming XOR+popcount kernel over L1-resident rows on every numba thread;
+- roofline: the XOR+popcount peak with register-resident operands on every numba thread;
 - FMA peak: independent register-resident ``<8 x float>`` FMA chains on every numba thread;
 - kernel: each XNOR-popcount conv of the program alone, in useful binary MACs/s
   (``cin*kh*kw`` bits per output, the BOPs definition of :func:`bnnprune.metrics.count_bops`);
@@ -29,17 +29,15 @@ from torch import nn
 
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
-from bnnprune.engine.kernels.base import need
-from bnnprune.engine.kernels.intrinsics import FMA_CHAINS, fma_chains, popcount64
+from bnnprune.engine.kernels.intrinsics import FMA_CHAINS, XPC_CHAINS, fma_chains, xpc_chains
 from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
 from bnnprune.machine import machine_info
 
 __all__ = ["benchmark", "compare_latency", "compare_pair", "fma_peak", "format_benchmark",
-           "format_pair",
-           "machine_info", "op_times", "program_bops", "program_float_macs", "roofline",
-           "stream_xor_popcount"]
+           "format_pair", "machine_info", "op_times", "program_bops", "program_float_macs",
+           "roofline"]
 
 
 def _program_macs(program: Program, kind: str) -> int:
@@ -74,45 +72,28 @@ def _rng_words(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return rng.integers(0, 2**63, size=shape, dtype=np.int64).view(np.uint64)
 
 
-@njit(inline="always")
-def _stream_one(a, b, reps):
-    s = 0
-    for _ in range(reps):
-        for i in range(a.shape[0]):
-            s += popcount64(a[i] ^ b[i])
-    return s
-
-
 @njit(parallel=True, cache=True)
-def _stream(a, b, reps, out):
-    for t in prange(a.shape[0]):
-        out[t] = _stream_one(a[t], b[t], reps)
+def _xpc_probe(reps, out):
+    for t in prange(out.shape[0]):
+        out[t] = xpc_chains(reps, t + 1)
 
 
-def stream_xor_popcount(a: np.ndarray, b: np.ndarray, reps: int) -> np.ndarray:
-    """Roofline probe: each thread row streams popcount(a ^ b) over its (L1-sized) row."""
-    need(a.dtype == np.uint64 and b.dtype == np.uint64 and a.shape == b.shape, "equal rows")
-    need(a.ndim == 2 and a.flags.c_contiguous and b.flags.c_contiguous, "2-D rows")
-    out = np.zeros(a.shape[0], np.int64)
-    _stream(a, b, int(reps), out)
-    return out
+def roofline(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
+             ) -> dict[str, float]:
+    """XOR+popcount peak with register-resident operands on every numba thread.
 
-
-def roofline(seconds: float = 0.2, row_words: int = 512, probe_s: float = 0.004,
-             min_probes: int = 10) -> dict[str, float]:
-    """Streaming XOR+popcount rate over L1-resident rows (2 x 4 KiB per thread).
-
-    Every numba thread streams ``popcount(a ^ b)`` over its own row pair; a probe lasts about
-    ``probe_s`` and the best of the probes run in ``seconds`` (at least ``min_probes``) counts,
-    so a probe that was preempted on a shared machine does not lower the reference.
+    Each thread runs :data:`~bnnprune.engine.kernels.intrinsics.XPC_CHAINS` independent
+    ``<4 x i64>`` chains of the GEMM's XOR, popcount and accumulate (its operand loads replaced
+    by a register add, so no memory limits it): an upper bound for any kernel built from them.
+    The best probe counts, so a probe that was preempted on a shared machine does not lower
+    the reference (as in :func:`fma_peak`).
     """
     threads = numba.get_num_threads()
-    rng = np.random.default_rng(0)
-    a, b = _rng_words(rng, (threads, row_words)), _rng_words(rng, (threads, row_words))
-    stream_xor_popcount(a, b, 1)
-    reps, best = _best_probe(lambda r, rows: stream_xor_popcount(a[:rows], b[:rows], r),
-                             threads, 16, seconds, probe_s, min_probes)
-    wps = threads * row_words * reps / best
+    out = np.zeros(threads, np.int64)
+    _xpc_probe(1, out)
+    reps, best = _best_probe(lambda r, rows: _xpc_probe(r, out[:rows]), threads, 64, seconds,
+                             probe_s, min_probes)
+    wps = threads * reps * XPC_CHAINS * 4 / best
     return {"words_per_s": wps, "bmacs_per_s": 64 * wps}
 
 

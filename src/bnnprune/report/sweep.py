@@ -767,8 +767,35 @@ def render_sweep_report(results: dict[str, Any], plots: dict[str, str],
         "",
         *(f"![{t}]({f})" for t, f in plots.items() if t == "speed"),
         "",
+        *_cells_table(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cells_table(results: dict[str, Any]) -> list[str]:
+    """Every cell's compute time (minutes) by seed, and the machine it ran on."""
+    cells = results.get("cells") or []
+    if not cells:
+        return []
+    machines = sorted({c["machine"] for c in cells if c["machine"]})
+    tag = {m: f" ({chr(65 + i)})" for i, m in enumerate(machines)} if len(machines) > 1 else {}
+    seeds = sorted({c["seed"] for c in cells})
+    by = {(c["cell"], c["seed"]): c for c in cells}
+    where = (f"Every cell ran on {machines[0]}." if len(machines) == 1 else
+             "Machines: " + "; ".join(f"{t.strip()} {m}" for m, t in tag.items()) + ".")
+    lines = ["## Cells: machine and wall time", "",
+             "Compute of every cell in minutes (its wall time; a baseline rebuilt from an "
+             f"earlier phase counts that phase's training time). {where}", "",
+             "| cell | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---:|" * len(seeds)]
+    for name in sorted({c["cell"] for c in cells}):
+        vals = []
+        for s in seeds:
+            c = by.get((name, s))
+            vals.append("" if c is None else
+                        f"{c['seconds'] / 60:.1f}{tag.get(c['machine'], '')}")
+        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+    return [*lines, ""]
 
 
 def write_sweep_report(results: dict[str, Any], md_path: str | Path,

@@ -1,8 +1,10 @@
 """XNOR-popcount convolution (GEMM over packed bits) with a threshold or affine epilogue.
 
-Output pixels go in tiles of :data:`TILE_PIX` that reuse one 16-channel weight block while it
-sits in L1; the inner loop is :func:`~bnnprune.engine.kernels.intrinsics.xpc16x2`
-(two pixels per weight vector load).
+Output pixels go in tiles of :data:`TILE_PIX` that reuse the weights of one output word (up
+to four 16-channel blocks) while they sit in L1. The inner loops are LLVM IR from
+:mod:`~bnnprune.engine.kernels.intrinsics`: ``xpc_word2`` in threshold mode (a whole 64-channel
+output word per pixel pair), ``xpc16x2`` / ``xpc8x2`` in float mode (one 16- or 8-channel
+block); two pixels share each weight vector load.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
         # landing on the next pixels' first channels, which their own stores overwrite later
         # (in this tile, on this thread); where they would leave the tile, a scratch row.
         # The stores stay written out twice: through an inlined helper taking the 16-lane
-        # accumulator tuple (as _or_bits does) this mode ran 5-7x slower.
+        # accumulator tuple this mode ran 5-7x slower.
         end = t1 * co
         for cb in range(ncb - 1, -1, -1):
             c0 = cb * BLOCK_CH
