@@ -38,15 +38,14 @@ def test_xor_popcount_peak_probe_counts_what_it_runs() -> None:
     result equals the same recurrence in NumPy."""
     w = np.array([0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7],
                  np.int64).view(np.uint64)
-    step = np.array([0x9E3779B97F4A7C15 >> 2, 3, 5, 11], np.uint64)
     reps, seed = 37, 1
-    expect = 0
+    expect = np.uint64(0)
     for i in range(XPC_CHAINS):
-        v = np.full(4, seed + i, np.uint64)
+        acc = np.uint64(seed) * np.array([2 * i + 1, 3, 5, 7], np.uint64)
         for _ in range(reps):
-            v = v + step
-            expect += sum(bin(int(x)).count("1") for x in v ^ w)
+            acc = acc + np.array([bin(int(v)).count("1") for v in acc ^ w], np.uint64)
+        expect += acc.sum()
     out = np.zeros(2, np.int64)
     _xpc_probe(reps, out)
-    assert out[0] == expect  # thread t runs from seed t + 1
+    assert out[0] == np.int64(expect)  # thread t runs from seed t + 1
     assert roofline(seconds=0.01, min_probes=2)["bmacs_per_s"] > 0

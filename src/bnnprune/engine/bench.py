@@ -83,8 +83,8 @@ def roofline(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
     """XOR+popcount peak with register-resident operands on every numba thread.
 
     Each thread runs :data:`~bnnprune.engine.kernels.intrinsics.XPC_CHAINS` independent
-    ``<4 x i64>`` chains of the GEMM's XOR, popcount and accumulate (its operand loads replaced
-    by a register add, so no memory limits it): an upper bound for any kernel built from them.
+    ``<4 x i64>`` chains of the GEMM's XOR, popcount and accumulate without its operand loads,
+    so no memory limits it: an upper bound for any kernel built from them.
     The best probe counts, so a probe that was preempted on a shared machine does not lower
     the reference (as in :func:`fma_peak`).
     """

@@ -383,14 +383,15 @@ def fma_chains(typingctx, reps, seed):  # noqa: ARG001
     return sig, codegen
 
 
-XPC_CHAINS = 12  # independent <4 x i64> XOR-popcount accumulators (the ctpop latency hidden)
+XPC_CHAINS = 12  # independent <4 x i64> XOR-popcount chains (the ctpop latency hidden)
 
 
 @intrinsic
 def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
-    """``reps`` rounds of ``v += step; acc += ctpop(v ^ w)`` on :data:`XPC_CHAINS` independent
-    ``<4 x i64>`` lanes kept in registers (the XOR+popcount peak probe: the GEMM's operations
-    with its operand loads replaced by a register add); returns the sum of the counts."""
+    """``reps`` rounds of ``acc += ctpop(acc ^ w)`` on :data:`XPC_CHAINS` independent
+    ``<4 x i64>`` chains kept in registers (the XOR+popcount peak probe): exactly the GEMM's
+    XOR, popcount and accumulate per 256 bits, without its operand loads, and nothing to
+    hoist (each round reads the last); returns the sum of the final lanes."""
     if not (isinstance(reps, types.Integer) and isinstance(seed, types.Integer)):
         return None
     sig = types.int64(reps, seed)
@@ -400,18 +401,14 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
         ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
                                                "llvm.ctpop.v4i64")
         w = ir.Constant(_V4I64, [0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7])
-        step = ir.Constant(_V4I64, [0x9E3779B97F4A7C15 >> 2, 3, 5, 11])
         start = _splat(builder, s, _V4I64)
-        vs = [cgutils.alloca_once_value(builder, builder.add(start, ir.Constant(_V4I64, [i] * 4)))
-              for i in range(XPC_CHAINS)]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_V4I64, [0] * 4))
-                for _ in range(XPC_CHAINS)]
+        accs = [cgutils.alloca_once_value(
+            builder, builder.mul(start, ir.Constant(_V4I64, [2 * i + 1, 3, 5, 7])))
+            for i in range(XPC_CHAINS)]
         with cgutils.for_range(builder, n):
-            for v, a in zip(vs, accs, strict=True):
-                x = builder.add(builder.load(v), step)
-                builder.store(x, v)
-                c = builder.call(ctpop, [builder.xor(x, w)])
-                builder.store(builder.add(builder.load(a), c), a)
+            for a in accs:
+                x = builder.load(a)
+                builder.store(builder.add(x, builder.call(ctpop, [builder.xor(x, w)])), a)
         total = builder.load(accs[0])
         for a in accs[1:]:
             total = builder.add(total, builder.load(a))
