@@ -1,12 +1,14 @@
 """LLVM IR intrinsics of the inner loops (``numba.extending.intrinsic`` over vector registers).
 
 The XNOR-popcount GEMM keeps four ``<4 x i64>`` accumulators per 16-channel block and pixel
-(two pixels at once, sharing each weight vector load): each
-activation word is broadcast and XORed with four vectors of weight words, and
-``llvm.ctpop.v4i64`` (lowered to the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2, as in
-the roofline loop) counts the bits. The threshold epilogue starts the accumulators at
-``-(thr+1)`` so the output bits are the accumulators' sign bits (``vmovmskpd``). The fused
-float conv keeps 4 pixels x 16 channels of ``<8 x float>`` FMA accumulators.
+(two pixels at once, sharing each weight vector load): each activation word is broadcast and
+XORed with four vectors of weight words, and ``llvm.ctpop.v4i64`` (the ``vpshufb`` nibble
+lookup + ``vpsadbw`` on AVX2, ``vpopcntq`` with AVX-512 VPOPCNTDQ) counts the bits. In
+threshold mode (:func:`xpc_word2`) the accumulators start at ``-(thr+1)``, so the output bits
+are their sign bits (``vmovmskpd``), and a whole 64-channel output word is computed per call.
+The fused float conv keeps ``<8 x float>`` FMA accumulators: :func:`fconv_word` packs the sign
+bits of a 64-channel word, ``fconv_store4`` writes floats. :func:`xpc_chains` and
+:func:`fma_chains` are the peak probes of :mod:`bnnprune.engine.bench`.
 """
 
 from __future__ import annotations
@@ -60,19 +62,6 @@ def _splat(builder, x, vty):
     v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(_I32, 0))
     mask = ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count)
     return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), mask)
-
-
-def _concat_masks(builder, masks):
-    """Concatenate ``<n x i1>`` masks into one integer of n*len(masks) bits (lane 0 = bit 0)."""
-    while len(masks) > 1:
-        nxt = []
-        for a, b in zip(masks[::2], masks[1::2], strict=True):
-            n = a.type.count
-            sel = ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n)))
-            nxt.append(builder.shuffle_vector(a, b, sel))
-        masks = nxt
-    m = masks[0]
-    return builder.zext(builder.bitcast(m, ir.IntType(m.type.count)), _I64)
 
 
 def _xpc_codegen(npix: int, nvec: int = BLOCK_CH // 4):
@@ -161,28 +150,6 @@ def xpc8x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff):  
 
 
 @intrinsic
-def signbits16(typingctx, acc):  # noqa: ARG001
-    """Bit q set where accumulator q is negative (one ``vmovmskpd`` per 4 lanes)."""
-    if not (isinstance(acc, types.UniTuple) and acc.count == BLOCK_CH
-            and acc.dtype == types.int64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        bits = ir.Constant(_I64, 0)
-        for j in range(BLOCK_CH // 4):
-            v = ir.Constant(_V4I64, ir.Undefined)
-            for e in range(4):
-                v = builder.insert_element(v, builder.extract_value(args[0], 4 * j + e),
-                                           ir.Constant(_I32, e))
-            neg = builder.icmp_signed("<", v, ir.Constant(_V4I64, [0] * 4))
-            nib = builder.zext(builder.bitcast(neg, ir.IntType(4)), _I64)  # vmovmskpd
-            bits = builder.or_(bits, builder.shl(nib, ir.Constant(_I64, 4 * j)))
-        return bits
-
-    return types.uint64(acc), codegen
-
-
-@intrinsic
 def affine_store16(typingctx, acc, out, ooff, nbits, m1, a1, m2, a2, c0):  # noqa: ARG001
     """``out[ooff+q] = (float32(nbits - 2*acc[q]) * m1[c] + a1[c]) * m2[c] + a2[c]``, c = c0+q.
 
@@ -230,8 +197,8 @@ def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
             and all(isinstance(t, types.Integer) for t in ints))
 
 
-def _fconv_epilogue(context, builder, sa, args, halves, npix=FPIX):
-    """The float conv of ``npix`` pixels x ``8*halves`` channels (FMA) and
+def _fconv_epilogue(context, builder, sa, args, halves):
+    """The float conv of ``FPIX`` pixels x ``8*halves`` channels (FMA) and
     ``(acc + bias) * alpha + beta``.
 
     Returns ``v[p][h]``: the ``<8 x float>`` results of pixel ``p``, channels ``8h..8h+7``.
@@ -244,10 +211,10 @@ def _fconv_epilogue(context, builder, sa, args, halves, npix=FPIX):
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
     pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
-             for p in range(npix)]
+             for p in range(FPIX)]
     zero = ir.Constant(_V8F32, [0.0] * 8)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(halves)]
-            for _ in range(npix)]
+            for _ in range(FPIX)]
     step = ir.Constant(_I64, BLOCK_CH)
     with cgutils.for_range(builder, kh_) as ky:
         roff = builder.mul(ky.index, rowstep_)
@@ -257,7 +224,7 @@ def _fconv_epilogue(context, builder, sa, args, halves, npix=FPIX):
             wk = builder.add(wrow, builder.mul(it.index, step))
             wv = [_vload(builder, wp, builder.add(wk, ir.Constant(_I64, 8 * h)), _V8F32, 4)
                   for h in range(halves)]
-            for p in range(npix):
+            for p in range(FPIX):
                 xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
                 xb = _splat(builder, xv, _V8F32)
                 for h in range(halves):
@@ -270,37 +237,13 @@ def _fconv_epilogue(context, builder, sa, args, halves, npix=FPIX):
                             _V8F32, 4) for h in range(halves)])
     vb, va, vbeta = vecs
     out = []
-    for p in range(npix):
+    for p in range(FPIX):
         row = []
         for h in range(halves):
             y = builder.fadd(builder.load(accs[p][h]), vb[h])
             row.append(builder.fadd(builder.fmul(y, va[h]), vbeta[h]))
         out.append(row)
     return out
-
-
-def _fconv_bits(halves: int, npix: int = FPIX):
-    """The intrinsic of the sign bits of a float conv over ``npix`` pixels x ``8*halves``
-    channels."""
-    @intrinsic
-    def fconv_bits(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bias, alpha,  # noqa: ARG001
-                   beta, poff):
-        if not _fconv_typed(x, bases, w, bias, alpha, beta,
-                            (boff, rowstep, kh, seg, woff, poff)):
-            return None
-        sig = types.UniTuple(types.uint64, npix)(x, bases, boff, rowstep, kh, seg, w, woff,
-                                                 bias, alpha, beta, poff)
-
-        def codegen(context, builder, signature, args):
-            vals = _fconv_epilogue(context, builder, signature.args, args, halves, npix)
-            zero = ir.Constant(_V8F32, [0.0] * 8)
-            out = [_concat_masks(builder, [builder.fcmp_unordered("<", v, zero) for v in row])
-                   for row in vals]
-            return context.make_tuple(builder, signature.return_type, out)
-
-        return sig, codegen
-
-    return fconv_bits
 
 
 def _fconv_store(halves: int):
@@ -329,23 +272,13 @@ def _fconv_store(halves: int):
     return fconv_store
 
 
-fconv_bits4 = _fconv_bits(2)
-fconv_bits4.__doc__ = """Sign bits of a float conv for 4 pixels x 16 channels (16-bit masks).
+fconv_store4 = _fconv_store(2)
+fconv_store4.__doc__ = """A float conv for 4 pixels x 16 channels, results to ``dst[16*p + q]``.
 
 Pixel ``p`` reads ``kh`` rows of ``seg`` floats at ``x[bases[boff+p] + r*rowstep]``; the
 16 channels' weights are interleaved (``w[woff + 16*k + q]``). The epilogue is PyTorch's
-``y = acc + bias; v = y*alpha + beta`` (separate roundings) and the bit is ``not v >= 0``.
+``y = acc + bias; v = y*alpha + beta`` (separate roundings).
 """
-fconv_bits4h = _fconv_bits(1)
-fconv_bits4h.__doc__ = """:func:`fconv_bits4` for the first 8 channels of a block only (a
-last block of at most 8 channels: half the FMAs; 8-bit masks)."""
-fconv_bits8h = _fconv_bits(1, 2 * FPIX)
-fconv_bits8h.__doc__ = """:func:`fconv_bits4h` for 8 pixels (``bases[boff] .. bases[boff+7]``):
-as many independent FMA chains as a full block of 4 pixels, so short reductions (a first conv
-of 1-3 input channels) are not bound by the FMA latency."""
-fconv_store4 = _fconv_store(2)
-fconv_store4.__doc__ = """As :func:`fconv_bits4`, but stores the 4 x 16 float results to
-``dst[16*p + q]``."""
 fconv_store4h = _fconv_store(1)
 fconv_store4h.__doc__ = """:func:`fconv_store4` for the first 8 channels of a block only."""
 
@@ -598,12 +531,13 @@ def fconv_word(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias
     """Sign bits of a float conv for :func:`fword_pix` (``nvec``) pixels x the first
     ``8*nvec`` channels of one 64-channel output word (``nvec`` 1..8).
 
-    Pixel ``p`` reads as in :func:`fconv_bits4` (``bases[boff+p]``); channel ``16b + q`` of
+    Pixel ``p`` reads as in :func:`fconv_store4` (``bases[boff+p]``); channel ``16b + q`` of
     the word has its weights in block ``b`` at ``w[woff + b*bstep + 16*k + q]`` and its
     epilogue at ``bias[poff + 16b + q]`` (likewise alpha, beta). The word of pixel ``p``
     (``p < count``), ANDed with ``wm`` (the channels that exist), is stored to
     ``out[ooff + p*ostride]``: stores here, as a tuple indexed by a loop variable would
-    branch per pixel.
+    branch per pixel. The bit of channel c is ``not v >= 0`` (the sign of PyTorch's epilogue,
+    NaN giving 1).
     """
     ints = (boff, rowstep, kh, seg, woff, bstep, poff, nvec, ooff, ostride, count, wm)
     if not (_fconv_typed(x, bases, w, bias, alpha, beta, ints) and _is_vec(out, types.uint64)):
