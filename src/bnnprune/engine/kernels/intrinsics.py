@@ -13,6 +13,8 @@ bits of a 64-channel word, ``fconv_store4`` writes floats. :func:`xpc_chains` an
 
 from __future__ import annotations
 
+import contextlib
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -87,20 +89,14 @@ def _xpc_codegen(npix: int, nvec: int = BLOCK_CH // 4):
         init = [_vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, 4 * j)), _V4I64, 8)
                 for j in range(nv)]
         accs = [[cgutils.alloca_once_value(builder, v) for v in init] for _ in range(nb)]
-        step = ir.Constant(_I64, BLOCK_CH)
-        with cgutils.for_range(builder, kh_) as ky:
-            roff = builder.mul(ky.index, rowstep_)
-            rows = [builder.add(b, roff) for b in bases]
-            wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
-            with cgutils.for_range(builder, seg_) as it:
-                xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, it.index)])),
-                              _V4I64) for o in rows]
-                wk = builder.add(wrow, builder.mul(it.index, step))
-                for j in range(nvec):
-                    wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, 4 * j)), _V4I64, 8)
-                    for p in range(nb):
-                        c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
-                        builder.store(builder.add(builder.load(accs[p][j]), c), accs[p][j])
+        with _window(builder, bases, rowstep_, kh_, seg_, woff_) as (rows, k, wk):
+            xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), _V4I64)
+                   for o in rows]
+            for j in range(nvec):
+                wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, 4 * j)), _V4I64, 8)
+                for p in range(nb):
+                    c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
+                    builder.store(builder.add(builder.load(accs[p][j]), c), accs[p][j])
         tuples = []
         rt = signature.return_type
         one_t = rt.types[0]
@@ -197,6 +193,33 @@ def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
             and all(isinstance(t, types.Integer) for t in ints))
 
 
+@contextlib.contextmanager
+def _window(builder, bases, rowstep, kh, seg, woff):
+    """The loop over a window's ``kh`` rows of ``seg`` words: yields, per word, each pixel's
+    row offset (``bases[p] + r*rowstep``), the word's index ``k`` in the row, and the offset
+    of its 16 weights (``woff + 16*(r*seg + k)``)."""
+    step = ir.Constant(_I64, BLOCK_CH)
+    with cgutils.for_range(builder, kh) as ky:
+        roff = builder.mul(ky.index, rowstep)
+        rows = [builder.add(b, roff) for b in bases]
+        wrow = builder.add(woff, builder.mul(builder.mul(ky.index, seg), step))
+        with cgutils.for_range(builder, seg) as it:
+            yield rows, it.index, builder.add(wrow, builder.mul(it.index, step))
+
+
+def _fma_window(builder, fma, xp, wp, pbase, rowstep, kh, seg, woff, vofs, accs):
+    """``accs[p][h] += x * w`` (FMA) over the ``kh`` rows of ``seg`` floats of pixel ``p``'s
+    window (``x[pbase[p] + r*rowstep + k]``), the weights of vector ``h`` at
+    ``w[woff + 16*(r*seg + k) + vofs[h]]``: the float conv's inner loop."""
+    with _window(builder, pbase, rowstep, kh, seg, woff) as (rows, k, wk):
+        wv = [_vload(builder, wp, builder.add(wk, o), _V8F32, 4) for o in vofs]
+        for p, row in enumerate(rows):
+            xb = _splat(builder, builder.load(builder.gep(xp, [builder.add(row, k)])), _V8F32)
+            for h, wvec in enumerate(wv):
+                a = accs[p][h]
+                builder.store(builder.call(fma, [xb, wvec, builder.load(a)]), a)
+
+
 def _fconv_epilogue(context, builder, sa, args, halves):
     """The float conv of ``FPIX`` pixels x ``8*halves`` channels (FMA) and
     ``(acc + bias) * alpha + beta``.
@@ -215,21 +238,8 @@ def _fconv_epilogue(context, builder, sa, args, halves):
     zero = ir.Constant(_V8F32, [0.0] * 8)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(halves)]
             for _ in range(FPIX)]
-    step = ir.Constant(_I64, BLOCK_CH)
-    with cgutils.for_range(builder, kh_) as ky:
-        roff = builder.mul(ky.index, rowstep_)
-        rows = [builder.add(b, roff) for b in pbase]
-        wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
-        with cgutils.for_range(builder, seg_) as it:
-            wk = builder.add(wrow, builder.mul(it.index, step))
-            wv = [_vload(builder, wp, builder.add(wk, ir.Constant(_I64, 8 * h)), _V8F32, 4)
-                  for h in range(halves)]
-            for p in range(FPIX):
-                xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
-                xb = _splat(builder, xv, _V8F32)
-                for h in range(halves):
-                    a = accs[p][h]
-                    builder.store(builder.call(fma, [xb, wv[h], builder.load(a)]), a)
+    _fma_window(builder, fma, xp, wp, pbase, rowstep_, kh_, seg_, woff_,
+                [ir.Constant(_I64, 8 * h) for h in range(halves)], accs)
     vecs = []
     for i in (8, 9, 10):
         ptr = _data(context, builder, sa[i], args[i])
@@ -286,6 +296,21 @@ fconv_store4h.__doc__ = """:func:`fconv_store4` for the first 8 channels of a bl
 FMA_CHAINS = 10  # independent <8 x float> accumulators: enough to hide the FMA latency
 
 
+def _run_chains(builder, n, accs, step, add):
+    """``n`` rounds of ``acc = step(acc)`` on every register chain ``accs``, then the sum of
+    all their lanes (``add``: ``builder.add`` or ``builder.fadd``): the peak probes' loop."""
+    with cgutils.for_range(builder, n):
+        for a in accs:
+            builder.store(step(builder.load(a)), a)
+    total = builder.load(accs[0])
+    for a in accs[1:]:
+        total = add(total, builder.load(a))
+    out = builder.extract_element(total, ir.Constant(_I32, 0))
+    for e in range(1, total.type.count):
+        out = add(out, builder.extract_element(total, ir.Constant(_I32, e)))
+    return out
+
+
 @intrinsic
 def fma_chains(typingctx, reps, seed):  # noqa: ARG001
     """``reps`` rounds of ``acc = fma(acc, m, a)`` on :data:`FMA_CHAINS` independent
@@ -302,16 +327,8 @@ def fma_chains(typingctx, reps, seed):  # noqa: ARG001
         mul = ir.Constant(_V8F32, [0.9999999] * 8)
         add = ir.Constant(_V8F32, [1e-7] * 8)
         accs = [cgutils.alloca_once_value(builder, start) for _ in range(FMA_CHAINS)]
-        with cgutils.for_range(builder, n):
-            for a in accs:
-                builder.store(builder.call(fma, [builder.load(a), mul, add]), a)
-        total = builder.load(accs[0])
-        for a in accs[1:]:
-            total = builder.fadd(total, builder.load(a))
-        out = builder.extract_element(total, ir.Constant(_I32, 0))
-        for e in range(1, 8):
-            out = builder.fadd(out, builder.extract_element(total, ir.Constant(_I32, e)))
-        return out
+        return _run_chains(builder, n, accs, lambda x: builder.call(fma, [x, mul, add]),
+                           builder.fadd)
 
     return sig, codegen
 
@@ -338,17 +355,9 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
         accs = [cgutils.alloca_once_value(
             builder, builder.mul(start, ir.Constant(_V4I64, [2 * i + 1, 3, 5, 7])))
             for i in range(XPC_CHAINS)]
-        with cgutils.for_range(builder, n):
-            for a in accs:
-                x = builder.load(a)
-                builder.store(builder.add(x, builder.call(ctpop, [builder.xor(x, w)])), a)
-        total = builder.load(accs[0])
-        for a in accs[1:]:
-            total = builder.add(total, builder.load(a))
-        out = builder.extract_element(total, ir.Constant(_I32, 0))
-        for e in range(1, 4):
-            out = builder.add(out, builder.extract_element(total, ir.Constant(_I32, e)))
-        return out
+        return _run_chains(builder, n, accs,
+                           lambda x: builder.add(x, builder.call(ctpop, [builder.xor(x, w)])),
+                           builder.add)
 
     return sig, codegen
 
@@ -374,7 +383,6 @@ def _xpc_word_codegen(context, builder, signature, args):
     ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
                                            "llvm.ctpop.v4i64")
     res = [cgutils.alloca_once_value(builder, ir.Constant(_I64, 0)) for _ in range(2)]
-    step = ir.Constant(_I64, BLOCK_CH)
     nv = BLOCK_CH // 4
     zero4 = ir.Constant(_V4I64, [0] * 4)
     one = ir.Constant(_I64, 1)
@@ -398,23 +406,18 @@ def _xpc_word_codegen(context, builder, signature, args):
                         accs[p, b, j] = cgutils.alloca_once_value(
                             builder, _vload(builder, ip, off, _V4I64, 8))
             bases = [base0 if p == 0 else base1 for p in pix]
-            with cgutils.for_range(builder, kh_) as ky:
-                roff = builder.mul(ky.index, rowstep_)
-                rows = [builder.add(b, roff) for b in bases]
-                wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
-                with cgutils.for_range(builder, seg_) as it:
-                    xbs = [_splat(builder, builder.load(
-                        builder.gep(xp, [builder.add(o, it.index)])), _V4I64) for o in rows]
-                    wk = builder.add(wrow, builder.mul(it.index, step))
-                    for b in range(nb):
-                        wb = builder.add(wk, builder.mul(bstep_, ir.Constant(_I64, b)))
-                        for j in range(2 if half and b == nb - 1 else nv):
-                            wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, 4 * j)),
-                                        _V4I64, 8)
-                            for q, p in enumerate(pix):
-                                c = builder.call(ctpop, [builder.xor(xbs[q], wv)])
-                                a = accs[p, b, j]
-                                builder.store(builder.add(builder.load(a), c), a)
+            with _window(builder, bases, rowstep_, kh_, seg_, woff_) as (rows, k, wk):
+                xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])),
+                              _V4I64) for o in rows]
+                for b in range(nb):
+                    wb = builder.add(wk, builder.mul(bstep_, ir.Constant(_I64, b)))
+                    for j in range(2 if half and b == nb - 1 else nv):
+                        wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, 4 * j)),
+                                    _V4I64, 8)
+                        for q, p in enumerate(pix):
+                            c = builder.call(ctpop, [builder.xor(xbs[q], wv)])
+                            a = accs[p, b, j]
+                            builder.store(builder.add(builder.load(a), c), a)
             for p in pix:
                 word = ir.Constant(_I64, 0)
                 for b in range(nb):
@@ -474,7 +477,6 @@ def _fconv_word_codegen(context, builder, signature, args):
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
     zero = ir.Constant(_V8F32, [0.0] * 8)
-    step = ir.Constant(_I64, BLOCK_CH)
     merge = builder.append_basic_block("fw_merge")
     blocks = [builder.append_basic_block(f"fw_case{v}") for v in range(1, 9)]
     sw = builder.switch(nvec_, blocks[-1])
@@ -490,20 +492,7 @@ def _fconv_word_codegen(context, builder, signature, args):
         # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
         vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
                             ir.Constant(_I64, 8 * (h % 2))) for h in range(nv)]
-        with cgutils.for_range(builder, kh_) as ky:
-            roff = builder.mul(ky.index, rowstep_)
-            rows = [builder.add(b, roff) for b in pbase]
-            wrow = builder.add(woff_, builder.mul(builder.mul(ky.index, seg_), step))
-            with cgutils.for_range(builder, seg_) as it:
-                wk = builder.add(wrow, builder.mul(it.index, step))
-                wv = [_vload(builder, wp, builder.add(wk, vofs[h]), _V8F32, 4)
-                      for h in range(nv)]
-                for p in range(npix):
-                    xv = builder.load(builder.gep(xp, [builder.add(rows[p], it.index)]))
-                    xb = _splat(builder, xv, _V8F32)
-                    for h in range(nv):
-                        a = accs[p][h]
-                        builder.store(builder.call(fma, [xb, wv[h], builder.load(a)]), a)
+        _fma_window(builder, fma, xp, wp, pbase, rowstep_, kh_, seg_, woff_, vofs, accs)
         vb, va, vbeta = ([_vload(builder, q, builder.add(poff_, ir.Constant(_I64, 8 * h)),
                                  _V8F32, 4) for h in range(nv)] for q in par)
         for p in range(npix):
