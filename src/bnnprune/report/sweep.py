@@ -769,7 +769,9 @@ def render_sweep_report(results: dict[str, Any], plots: dict[str, str],
         "",
         *_cells_table(results),
     ]
-    return "\n".join(lines) + "\n"
+    # sections with nothing to show leave no run of blank lines behind
+    lines = [ln for i, ln in enumerate(lines) if ln or i == 0 or lines[i - 1]]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _cells_table(results: dict[str, Any]) -> list[str]:
