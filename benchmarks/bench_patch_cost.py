@@ -43,9 +43,10 @@ def measure(hw: int, cin: int, cout: int, batch: int, repeats: int) -> dict[str,
     pad = np.zeros(wd, np.uint64)
     kp = K.words(9 * cin)
     cols = np.empty((batch * hw * hw, kp), np.uint64)
-    build = K.im2col_bits_call(x, cin, (3, 3), (1, 1), (1, 1), pad, cols)
     xp = np.zeros((batch, hw + 2, hw + 2, wd), np.uint64)
+    K.pad_fill(xp, (1, 1), pad)
     padcall = K.pad_call(x, (1, 1), xp)
+    patch = K.im2col_bits_call(xp, cin, (3, 3), (1, 1), cols)
     thr = np.full(cout, 9 * cin // 2, np.int32)
     init, xmask = K.threshold_init(thr, np.zeros(cout, np.uint8))
     out = np.empty((batch, hw, hw, K.words(cout)), np.uint64)
@@ -53,6 +54,10 @@ def measure(hw: int, cin: int, cout: int, batch: int, repeats: int) -> dict[str,
 
     dconv = K.bconv_call(cols.reshape(batch, hw, hw, kp), K.block_weights(K.dense_bits(w, cin)),
                          cout, (1, 1), 9 * cin, out, init, xmask=xmask)
+
+    def build() -> None:  # the padding copy included, as the constant is defined
+        padcall()
+        patch()
 
     def direct() -> None:
         padcall()

@@ -96,7 +96,7 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
     kp = dense.shape[2]
     assert kp == K.words(nbits)
     cols = np.empty((n * ho * wo, kp), np.uint64)
-    K.im2col_bits_call(x, cin, (k, k), (s, s), (p, p), pad_words, cols)()
+    K.im2col_bits_call(xp, cin, (k, k), (s, s), cols)()
     cols4 = cols.reshape(n, ho, wo, kp)
     wb = K.block_weights(dense)
     assert np.array_equal(K.run_bconv(cols4, wb, co, (1, 1), nbits, (ho, wo), thr=thr,
@@ -194,11 +194,9 @@ def test_kernel_calls_validate_shapes(rng):
     with pytest.raises(EngineError, match="bit count"):
         K.bconv_call(x, wb, co, (1, 1), 10**6, out, init, xmask=xmask)
     with pytest.raises(EngineError, match="input words"):
-        K.im2col_bits_call(x, 140, (3, 3), (1, 1), (0, 0), np.zeros(2, np.uint64),
-                           np.empty((16, K.words(9 * 140)), np.uint64))
+        K.im2col_bits_call(x, 140, (3, 3), (1, 1), np.empty((16, K.words(9 * 140)), np.uint64))
     with pytest.raises(EngineError, match="out"):
-        K.im2col_bits_call(x, cin, (3, 3), (1, 1), (0, 0), np.zeros(2, np.uint64),
-                           np.empty((16, 3), np.uint64))
+        K.im2col_bits_call(x, cin, (3, 3), (1, 1), np.empty((16, 3), np.uint64))
     with pytest.raises(EngineError, match="padded output"):
         K.pad_call(x, (1, 1), np.empty((1, 8, 7, 2), np.uint64))
     xf = np.zeros((1, 6, 6, 3), np.float32)
@@ -271,9 +269,10 @@ def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
     win = np.stack([signs[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
                     for ky in range(k) for kx in range(k)], axis=3)
     expect = pack_signs(win.reshape(n * ho * wo, k * k * cin))
+    xp = K.run_pad_bits(x, (p, p), pad_words)
     for threads in (1, 2):
         cols = np.full((n * ho * wo, K.words(k * k * cin)), 7, np.uint64)
-        K.im2col_bits_call(x, cin, (k, k), (s, s), (p, p), pad_words, cols, threads=threads)()
+        K.im2col_bits_call(xp, cin, (k, k), (s, s), cols, threads=threads)()
         assert np.array_equal(cols, expect)
 
 

@@ -171,24 +171,18 @@ class ExecutionPlan:
         kwargs: dict[str, Any] = ({"xmask": prep.xmask} if prep.xmask is not None
                                   else {"affine": prep.affine})
         calls: list[Call] = []
-        if prep.dense:
-            v = self.program.values[op.output]
-            cols = self._keep(np.zeros((self.n * v.h * v.w, prep.kp), np.uint64))
-            padded = None
-            if pad != (0, 0):
-                padded = self._keep(np.empty((self.n, x.shape[1] + 2 * pad[0],
-                                              x.shape[2] + 2 * pad[1], x.shape[3]), np.uint64))
-            calls.append(K.im2col_bits_call(x, a["cin"], (kh, kw), stride, pad, prep.pad_words,
-                                            cols, threads=th, padded=padded))
-            src = cols.reshape(self.n, v.h, v.w, prep.kp)
-            stride = (1, 1)
-        elif pad != (0, 0):
+        src = x
+        if pad != (0, 0):
             src = self._keep(np.empty((self.n, x.shape[1] + 2 * pad[0],
                                        x.shape[2] + 2 * pad[1], x.shape[3]), np.uint64))
             K.pad_fill(src, pad, prep.pad_words)
             calls.append(K.pad_call(x, pad, src, threads=th))
-        else:
-            src = x
+        if prep.dense:
+            v = self.program.values[op.output]
+            cols = self._keep(np.zeros((self.n * v.h * v.w, prep.kp), np.uint64))
+            calls.append(K.im2col_bits_call(src, a["cin"], (kh, kw), stride, cols, threads=th))
+            src = cols.reshape(self.n, v.h, v.w, prep.kp)
+            stride = (1, 1)
         calls.append(K.bconv_call(src, prep.wb, a["cout"], stride, nbits, out, prep.init,
                                   threads=th, **kwargs))
         return calls

@@ -18,7 +18,6 @@ import numpy as np
 from numba import njit
 
 from bnnprune.engine.kernels.base import chunks, need, noop, twins, use_parallel, words
-from bnnprune.engine.kernels.pad import pad_call, pad_fill
 
 
 def patch_schedule(kh: int, kw: int, cin: int,
@@ -108,62 +107,37 @@ def _im2col_bits_rows(xp, start, rel, shl, shr, sh, sw, ho, wo, band, out, r_lo,
 _im2col_bits_par, _im2col_bits_ser = twins(_im2col_bits_rows)
 
 
-def im2col_bits_call(x: np.ndarray, cin: int, k: tuple[int, int], s: tuple[int, int],
-                     p: tuple[int, int], pad_words: np.ndarray, out: np.ndarray,
-                     threads: int | None = None,
-                     padded: np.ndarray | None = None) -> Callable[[], None]:
-    """Validate a dense bit im2col: every window of packed ``x`` (N, H, W, words(cin)) as one
-    row of ``out`` (N*Ho*Wo, words(KH*KW*cin)), the ``cin`` bits of each tap placed right
-    after the previous tap's (order ky, kx, channel); taps outside ``x`` read ``pad_words``.
-
-    With padding, ``x`` is first copied into the interior of ``padded`` (N, H+2ph, W+2pw, Wd),
-    whose border is filled with ``pad_words`` here, once (allocated here when not given).
+def im2col_bits_call(xp: np.ndarray, cin: int, k: tuple[int, int], s: tuple[int, int],
+                     out: np.ndarray, threads: int | None = None) -> Callable[[], None]:
+    """Validate a dense bit im2col: every window of the padded packed input ``xp``
+    (N, Hp, Wp, words(cin); pad it with :func:`~bnnprune.engine.kernels.pad.pad_call`, as for
+    the direct conv) as one row of ``out`` (N*Ho*Wo, words(KH*KW*cin)), the ``cin`` bits of
+    each tap placed right after the previous tap's (order ky, kx, channel).
     """
-    need(x.dtype == np.uint64 and x.ndim == 4 and x.flags.c_contiguous, "bits 4-D")
-    n, h, w, wd = (int(v) for v in x.shape)
+    need(xp.dtype == np.uint64 and xp.ndim == 4 and xp.flags.c_contiguous, "bits 4-D")
+    n, hp, wp, wd = (int(v) for v in xp.shape)
     cin = int(cin)
     need(cin >= 1 and wd == words(cin), "input words match the channels")
     kh, kw = (int(v) for v in k)
     sh, sw = (int(v) for v in s)
-    ph, pw = (int(v) for v in p)
-    need(min(kh, kw, sh, sw) >= 1 and min(ph, pw) >= 0, "positive window")
-    ho = (h + 2 * ph - kh) // sh + 1
-    wo = (w + 2 * pw - kw) // sw + 1
+    need(min(kh, kw, sh, sw) >= 1, "positive window")
+    ho = (hp - kh) // sh + 1
+    wo = (wp - kw) // sw + 1
     need(ho >= 1 and wo >= 1, "window fits the padded input")
     kp = words(kh * kw * cin)
     need(out.dtype == np.uint64 and out.shape == (n * ho * wo, kp) and out.flags.c_contiguous,
          "out (N*Ho*Wo, words(KH*KW*Cin))")
-    need(pad_words.dtype == np.uint64 and pad_words.shape == (wd,), "pad words (Wd,)")
     if not n:
         return noop
-    pshape = (n, h + 2 * ph, w + 2 * pw, wd)
-    copy: Callable[[], None] = noop
-    src = x
-    if ph or pw:
-        if padded is None:
-            padded = np.empty(pshape, np.uint64)
-        need(padded.dtype == np.uint64 and padded.shape == pshape
-             and padded.flags.c_contiguous, "padded input (N, H+2ph, W+2pw, Wd)")
-        pad_fill(padded, (ph, pw), pad_words)
-        copy = pad_call(x, (ph, pw), padded, threads=threads)
-        src = padded
-    sched = patch_schedule(kh, kw, cin, pshape[2] * wd)
+    sched = patch_schedule(kh, kw, cin, wp * wd)
     work = n * ho * wo * (kh * kw * wd + kp) * 0.3
     par = use_parallel(work, threads)
     fn = _im2col_bits_par if par else _im2col_bits_ser
     # stride 1: bands of output rows, whole images when serial (longer vector runs)
     band = (ho if not par else max(1, ho // 4)) if sh == 1 and sw == 1 else 1
     nrows = n * -(-ho // band)
-    build = functools.partial(fn, nrows, chunks(nrows) if par else 1, src, *sched, sh, sw,
-                              ho, wo, band, out)
-    if copy is noop:
-        return build
-
-    def pad_and_build() -> None:
-        copy()
-        build()
-
-    return pad_and_build
+    return functools.partial(fn, nrows, chunks(nrows) if par else 1, xp, *sched, sh, sw,
+                             ho, wo, band, out)
 
 
 def dense_bits(w: np.ndarray, cin: int) -> np.ndarray:
