@@ -132,7 +132,7 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
     K.pad_call(x, (p, p), xp)()
     out = np.empty((n, ho, wo, K.words(co)), np.uint64)
     ep = (K.block_channels(b, 0.0), K.block_channels(alpha, 0.0), K.block_channels(beta, 0.0),
-          K.channel_masks(co))
+          tail_mask(co))
     wf = K.block_float_weights(wm, co)
     expect_f = ((cols @ wm + b) * alpha + beta).reshape(n, ho, wo, co)
     out_f = np.empty((n, ho, wo, co), np.float32)
@@ -200,7 +200,7 @@ def test_kernel_calls_validate_shapes(rng):
     with pytest.raises(EngineError, match="padded output"):
         K.pad_call(x, (1, 1), np.empty((1, 8, 7, 2), np.uint64))
     xf = np.zeros((1, 6, 6, 3), np.float32)
-    ep = (np.zeros(32, np.float32),) * 3 + (K.channel_masks(co),)
+    ep = (np.zeros(32, np.float32),) * 3 + (tail_mask(co),)
     with pytest.raises(EngineError, match="weight blocks"):
         K.fconv_pack_call(xf, np.zeros((2, 26, 16), np.float32), co, (3, 3), (1, 1), ep,
                           np.empty((1, 4, 4, 1), np.uint64))

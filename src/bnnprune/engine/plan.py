@@ -77,7 +77,7 @@ def prepare_fconv(op: Op) -> PreparedFconv:
     """Kernel layout of a validated ``fconv`` op."""
     co = op.attrs["cout"]
     ep = (K.block_channels(op.arrays["b"], 0.0), K.block_channels(op.arrays["alpha"], 0.0),
-          K.block_channels(op.arrays["beta"], 0.0), K.channel_masks(co))
+          K.block_channels(op.arrays["beta"], 0.0), tail_mask(co))
     return PreparedFconv(K.block_float_weights(op.arrays["w"], co), ep)
 
 

@@ -30,7 +30,6 @@ from bnnprune.engine.kernels.bitpatch import dense_bits, im2col_bits_call
 from bnnprune.engine.kernels.concat import concat_bits_call
 from bnnprune.engine.kernels.fconv import (
     block_float_weights,
-    channel_masks,
     fconv_call,
     fconv_pack_call,
     run_im2col,
@@ -58,7 +57,6 @@ __all__ = [
     "block_channels",
     "block_float_weights",
     "block_weights",
-    "channel_masks",
     "concat_bits_call",
     "dense_bits",
     "fconv_call",

@@ -28,6 +28,7 @@ from bnnprune.engine.kernels.base import (
 )
 from bnnprune.engine.kernels.intrinsics import (
     FWORD_MAX_PIX,
+    WORD_BLOCKS,
     fconv_store4,
     fconv_store4h,
     fconv_word,
@@ -38,7 +39,7 @@ _fword_pix = njit(inline="always")(fword_pix)
 
 
 @njit(cache=True)
-def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, vmask, use_bits,
+def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, wmask, use_bits,
                  co, out_b, out_f, t_lo, t_hi):
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
     rowstep = wp * c
@@ -56,15 +57,12 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
             # one 64-channel output word at a time, in 8-channel vectors (a partial word
             # costs its channels rounded up to 8): each word is stored once
             for wi in range(nw):
-                cb0 = wi * 4
                 nvec = (min(64, co - 64 * wi) + 7) // 8
                 step = _fword_pix(nvec)
-                wm = np.uint64(0)
-                for b in range(min(4, ncb - cb0)):
-                    wm |= vmask[cb0 + b] << np.uint64(BLOCK_CH * b)
                 for g in range(0, npx, step):
-                    fconv_word(x, bases, g, rowstep, kh, seg, w, cb0 * kk, kk, bias, alpha, beta,
-                               64 * wi, nvec, ob_flat, (t0 + g) * nw + wi, nw, npx - g, wm)
+                    fconv_word(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk, kk, bias,
+                               alpha, beta, 64 * wi, nvec, ob_flat, (t0 + g) * nw + wi, nw,
+                               npx - g, wmask[wi])
             continue
         for cb in range(ncb):
             c0 = cb * BLOCK_CH
@@ -94,15 +92,6 @@ def block_float_weights(w: np.ndarray, co: int) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(taps, cb, BLOCK_CH).transpose(1, 0, 2))
 
 
-def channel_masks(co: int) -> np.ndarray:
-    """Per 16-channel block, the mask of channels that exist."""
-    cb = -(-co // BLOCK_CH)
-    m = np.full(cb, (1 << BLOCK_CH) - 1, np.uint64)
-    if co % BLOCK_CH:
-        m[-1] = (1 << (co % BLOCK_CH)) - 1
-    return m
-
-
 def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
                stride: tuple[int, int], epilogue: tuple[np.ndarray, ...], out: np.ndarray,
                threads: int | None = None) -> Callable[[], None]:
@@ -110,9 +99,9 @@ def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
 
     ``wf`` is (ceil(Co/16), KH*KW*C, 16) from :func:`block_float_weights`; ``epilogue`` is
     (bias, alpha, beta) padded by :func:`~bnnprune.engine.kernels.base.block_channels` and
-    the block masks of :func:`channel_masks`. ``v = (conv + bias) * alpha + beta``; a uint64
-    ``out`` (N, Ho, Wo, words(Co)) gets the sign bits ``not v >= 0``, a float32 ``out``
-    (N, Ho, Wo, Co) gets ``v``.
+    the per-word masks of the channels that exist (:func:`bnnprune.engine.pack.tail_mask`).
+    ``v = (conv + bias) * alpha + beta``; a uint64 ``out`` (N, Ho, Wo, words(Co)) gets the
+    sign bits ``not v >= 0``, a float32 ``out`` (N, Ho, Wo, Co) gets ``v``.
     """
     need(xp.dtype == np.float32 and xp.ndim == 4 and xp.flags.c_contiguous, "xp float32 4-D")
     need(wf.dtype == np.float32 and wf.ndim == 3 and wf.flags.c_contiguous, "w float32 3-D")
@@ -130,10 +119,10 @@ def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
     need(int(out.shape[3]) == (words(co) if use_bits else co) and ho >= 1 and wo >= 1,
          "out (N, Ho, Wo, words(Co) or Co)")
     need((ho - 1) * sh + kh <= hp and (wo - 1) * sw + kw <= wp, "window inside padded input")
-    bias, alpha, beta, vmask = epilogue
+    bias, alpha, beta, wmask = epilogue
     for a in (bias, alpha, beta):
         need(a.dtype == np.float32 and a.shape == (ncb * BLOCK_CH,), "epilogue (blocks*16,)")
-    need(vmask.dtype == np.uint64 and vmask.shape == (ncb,), "masks (blocks,)")
+    need(wmask.dtype == np.uint64 and wmask.shape == (words(co),), "masks (words(Co),)")
     m_total = n * ho * wo
     if not m_total:
         return noop
@@ -143,7 +132,7 @@ def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
     fn = _fconv_par if use_parallel(work, threads) else _fconv_ser
     ntiles = -(-m_total // TILE_PIX)
     return functools.partial(fn, ntiles, ntiles, xp.reshape(-1), wf.reshape(-1), ncb, kh, kw * c,
-                             c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, vmask, use_bits, co,
+                             c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, wmask, use_bits, co,
                              out_b, out_f)  # one tile per chunk
 
 
