@@ -207,10 +207,20 @@ def _window(builder, bases, rowstep, kh, seg, woff):
             yield rows, it.index, builder.add(wrow, builder.mul(it.index, step))
 
 
-def _fma_window(builder, fma, xp, wp, pbase, rowstep, kh, seg, woff, vofs, accs):
-    """``accs[p][h] += x * w`` (FMA) over the ``kh`` rows of ``seg`` floats of pixel ``p``'s
-    window (``x[pbase[p] + r*rowstep + k]``), the weights of vector ``h`` at
-    ``w[woff + 16*(r*seg + k) + vofs[h]]``: the float conv's inner loop."""
+def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, par, poff):
+    """The float conv of ``npix`` pixels (``x[bases[boff+p] + r*rowstep + k]``) x the weight
+    vectors at ``w[woff + 16*(r*seg + k) + vofs[h]]`` (FMA accumulators in registers) and
+    PyTorch's epilogue ``y = acc + bias; v = y*alpha + beta`` (separate roundings), the
+    parameters ``par`` = (bias, alpha, beta) of vector ``h`` at ``poff + 8h``.
+
+    Returns ``v[p][h]``, ``<8 x float>``.
+    """
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
+    pbase = [builder.load(builder.gep(bp, [builder.add(boff, ir.Constant(_I64, p))]))
+             for p in range(npix)]
+    zero = ir.Constant(_V8F32, [0.0] * 8)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in vofs] for _ in range(npix)]
     with _window(builder, pbase, rowstep, kh, seg, woff) as (rows, k, wk):
         wv = [_vload(builder, wp, builder.add(wk, o), _V8F32, 4) for o in vofs]
         for p, row in enumerate(rows):
@@ -218,42 +228,21 @@ def _fma_window(builder, fma, xp, wp, pbase, rowstep, kh, seg, woff, vofs, accs)
             for h, wvec in enumerate(wv):
                 a = accs[p][h]
                 builder.store(builder.call(fma, [xb, wvec, builder.load(a)]), a)
+    vb, va, vbeta = ([_vload(builder, q, builder.add(poff, ir.Constant(_I64, 8 * h)), _V8F32, 4)
+                      for h in range(len(vofs))] for q in par)
+    return [[builder.fadd(builder.fmul(builder.fadd(builder.load(accs[p][h]), vb[h]), va[h]),
+                          vbeta[h]) for h in range(len(vofs))] for p in range(npix)]
 
 
 def _fconv_epilogue(context, builder, sa, args, halves):
-    """The float conv of ``FPIX`` pixels x ``8*halves`` channels (FMA) and
-    ``(acc + bias) * alpha + beta``.
-
-    Returns ``v[p][h]``: the ``<8 x float>`` results of pixel ``p``, channels ``8h..8h+7``.
-    """
-    xp = _data(context, builder, sa[0], args[0])
-    bp = _data(context, builder, sa[1], args[1])
-    wp = _data(context, builder, sa[6], args[6])
+    """:func:`_float_conv` of ``FPIX`` pixels x ``8*halves`` channels of one 16-channel block,
+    for the argument layout of :func:`fconv_store4`."""
+    xp, bp, wp = (_data(context, builder, sa[i], args[i]) for i in (0, 1, 6))
+    par = [_data(context, builder, sa[i], args[i]) for i in (8, 9, 10)]
     boff_, rowstep_, kh_, seg_, woff_, poff_ = _ints(context, builder, sa, args,
                                                       (2, 3, 4, 5, 7, 11))
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
-    pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
-             for p in range(FPIX)]
-    zero = ir.Constant(_V8F32, [0.0] * 8)
-    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(halves)]
-            for _ in range(FPIX)]
-    _fma_window(builder, fma, xp, wp, pbase, rowstep_, kh_, seg_, woff_,
-                [ir.Constant(_I64, 8 * h) for h in range(halves)], accs)
-    vecs = []
-    for i in (8, 9, 10):
-        ptr = _data(context, builder, sa[i], args[i])
-        vecs.append([_vload(builder, ptr, builder.add(poff_, ir.Constant(_I64, 8 * h)),
-                            _V8F32, 4) for h in range(halves)])
-    vb, va, vbeta = vecs
-    out = []
-    for p in range(FPIX):
-        row = []
-        for h in range(halves):
-            y = builder.fadd(builder.load(accs[p][h]), vb[h])
-            row.append(builder.fadd(builder.fmul(y, va[h]), vbeta[h]))
-        out.append(row)
-    return out
+    return _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_,
+                       [ir.Constant(_I64, 8 * h) for h in range(halves)], FPIX, par, poff_)
 
 
 def _fconv_store(halves: int):
@@ -474,8 +463,6 @@ def _fconv_word_codegen(context, builder, signature, args):
     op = _data(context, builder, sa[14], args[14])
     boff_, rowstep_, kh_, seg_, woff_, bstep_, poff_, nvec_, ooff_, ostride_, count_, wm_ = (
         _ints(context, builder, sa, args, (2, 3, 4, 5, 7, 8, 12, 13, 15, 16, 17, 18)))
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
     zero = ir.Constant(_V8F32, [0.0] * 8)
     merge = builder.append_basic_block("fw_merge")
     blocks = [builder.append_basic_block(f"fw_case{v}") for v in range(1, 9)]
@@ -485,24 +472,15 @@ def _fconv_word_codegen(context, builder, signature, args):
     for nv, bb in enumerate(blocks, start=1):
         builder.position_at_end(bb)
         npix = fword_pix(nv)
-        pbase = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
-                 for p in range(npix)]
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)]
-                for _ in range(npix)]
         # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
         vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
                             ir.Constant(_I64, 8 * (h % 2))) for h in range(nv)]
-        _fma_window(builder, fma, xp, wp, pbase, rowstep_, kh_, seg_, woff_, vofs, accs)
-        vb, va, vbeta = ([_vload(builder, q, builder.add(poff_, ir.Constant(_I64, 8 * h)),
-                                 _V8F32, 4) for h in range(nv)] for q in par)
-        for p in range(npix):
-            masks = []
-            for h in range(nv):
-                y = builder.fadd(builder.load(accs[p][h]), vb[h])
-                v = builder.fadd(builder.fmul(y, va[h]), vbeta[h])
-                masks.append(builder.fcmp_unordered("<", v, zero))
+        vals = _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_, vofs, npix,
+                           par, poff_)
+        for p, row in enumerate(vals):
             word = ir.Constant(_I64, 0)
-            for h, m in enumerate(masks):
+            for h, v in enumerate(row):
+                m = builder.fcmp_unordered("<", v, zero)
                 byte = builder.zext(builder.bitcast(m, ir.IntType(8)), _I64)
                 word = builder.or_(word, builder.shl(byte, ir.Constant(_I64, 8 * h)))
             pp = ir.Constant(_I64, p)
