@@ -550,7 +550,6 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
     try:
         for b in baselines:
             submit(b)
-        flush()
         while pending or deferred or ready:
             flush()
             if not pending and not deferred:
@@ -728,14 +727,19 @@ QUESTIONS = (
 )
 
 
-def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per question, reduction and variant: the paired difference in test accuracy (A - B)
-    over the seeds where both were measured, with its 95% interval."""
+def _accuracies(records: list[dict[str, Any]]) -> dict[tuple[str, Any], dict[int, float]]:
+    """Test accuracy of every prune and scratch cell by (row, target reduction), then seed."""
     acc: dict[tuple[str, Any], dict[int, float]] = {}
     for r in records:
         if r["kind"] in ("prune", "scratch"):
-            key = row_key(r)
-            acc.setdefault((key, r["target_reduction"]), {})[r["seed"]] = r["test_acc"]
+            acc.setdefault((row_key(r), r["target_reduction"]), {})[r["seed"]] = r["test_acc"]
+    return acc
+
+
+def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per question, reduction and variant: the paired difference in test accuracy (A - B)
+    over the seeds where both were measured, with its 95% interval."""
+    acc = _accuracies(records)
     criteria = sorted({k.split("+", 1)[1] for k, _ in acc if "+" in k})
     out = []
     for question, a_t, b_t in QUESTIONS:
@@ -762,10 +766,9 @@ def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     method ranked best, with its paired differences against every other row: what
     ``bnnprune run``'s default should be. None before two rows are comparable."""
     acc: dict[str, dict[float, dict[int, float]]] = {}
-    for r in records:
-        if r["kind"] in ("prune", "scratch") and r["target_reduction"] is not None:
-            acc.setdefault(row_key(r), {}).setdefault(r["target_reduction"], {})[r["seed"]] = \
-                r["test_acc"]
+    for (m, red), by_seed in _accuracies(records).items():
+        if red is not None:
+            acc.setdefault(m, {})[red] = by_seed
     reds = sorted({red for by in acc.values() for red in by})
     full = {m: by for m, by in acc.items() if set(by) == set(reds)}
     if len(full) < 2:
@@ -800,27 +803,22 @@ def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def paper_retraining(prune: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fine-tuning minus retraining from scratch in the paper policy's first round, paired by
     seed: both prune the seed's baseline by its own p_l (the same plan), so only the
-    retraining differs. Also where each policy stopped and after how many epochs."""
-    first: dict[str, dict[int, dict[str, Any]]] = {}
-    stops: dict[str, list[int]] = {}
-    for r in prune:
-        if (r["method_key"] or "").startswith("paper+") and r.get("rounds"):
-            first.setdefault(row_key(r), {})[r["seed"]] = r["rounds"][0]
-            stops.setdefault(row_key(r), []).append(len(r["rounds"]))
+    retraining differs. Also how many rounds each ran and after how many epochs."""
+    rounds = _paper_rounds(prune)
     out = []
-    for key in sorted(first):
-        scratch = first.get(f"{key}, from scratch")
+    for key in sorted(rounds):
+        fine, scratch = rounds[key], rounds.get(f"{key}, from scratch")
         if key.endswith("from scratch") or not scratch:
             continue
-        seeds = sorted(set(first[key]) & set(scratch))
-        ft = [first[key][s] for s in seeds]
-        sc = [scratch[s] for s in seeds]
+        seeds = sorted((s for s in set(fine) & set(scratch) if fine[s] and scratch[s]), key=int)
+        ft = [fine[s][0] for s in seeds]
+        sc = [scratch[s][0] for s in seeds]
         out.append({
-            "method": key, "seeds": seeds,
+            "method": key, "seeds": [int(s) for s in seeds],
             "diff": paired_difference([r["test_acc"] for r in ft], [r["test_acc"] for r in sc]),
             "epochs": [ft[0].get("epochs"), sc[0].get("epochs")] if seeds else [None, None],
             "bops_equal": all(a["bops"] == b["bops"] for a, b in zip(ft, sc, strict=True)),
-            "rounds": [sorted(stops[key]), sorted(stops[f"{key}, from scratch"])],
+            "rounds": [sorted(len(r) for r in by.values() if r) for by in (fine, scratch)],
         })
     return out
 

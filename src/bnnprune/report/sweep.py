@@ -611,9 +611,7 @@ def _rounds_table(results: dict[str, Any]) -> list[str]:
 def _epochs(entry: dict[str, Any]) -> str:
     """The total training epochs of a row's final models (a range when seeds differ)."""
     eps = entry.get("epochs") or []
-    if not eps:
-        return "?"
-    return str(eps[0]) if len(eps) == 1 else f"{eps[0]}-{eps[-1]}"
+    return _span(eps) if eps else "?"
 
 
 def _correlation_table(results: dict[str, Any]) -> list[str]:
@@ -783,8 +781,8 @@ def _cells_table(results: dict[str, Any]) -> list[str]:
     tag = {m: f" ({chr(65 + i)})" for i, m in enumerate(machines)} if len(machines) > 1 else {}
     seeds = sorted({c["seed"] for c in cells})
     by = {(c["cell"], c["seed"]): c for c in cells}
-    where = (f"Every cell ran on {machines[0]}." if len(machines) == 1 else
-             "Machines: " + "; ".join(f"{t.strip()} {m}" for m, t in tag.items()) + ".")
+    where = ("" if not machines else f"Every cell ran on {machines[0]}." if len(machines) == 1
+             else "Machines: " + "; ".join(f"{t.strip()} {m}" for m, t in tag.items()) + ".")
     lines = ["## Cells: machine and wall time", "",
              "Compute of every cell in minutes (its wall time; a baseline rebuilt from an "
              f"earlier phase counts that phase's training time). {where}", "",
