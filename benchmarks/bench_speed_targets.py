@@ -1,7 +1,7 @@
 """The speed targets of pruning for measured speed, each measured in one interleaved run.
 
     .venv/bin/python benchmarks/bench_speed_targets.py [--threads N] [--repeats 30]
-        [--json out.json] [--quick] [--models nin,small]
+        [--json out.json] [--quick] [--models nin,small] [--ops]
 
 1. ``nin`` with a uniform plan that removes 60% of the BOPs (full-precision producers
    pruned, the default) against the unpruned ``nin``: latency ratio at batch 1 and 64, with
@@ -9,7 +9,8 @@
 2. ``small`` at -50% BOPs against the unpruned ``small``: the same, default rounding and
    ``--round-to 16``;
 3. the unpruned ``nin``'s share of the physical limit at batch 1 and 64;
-4. the unpruned ``nin`` against PyTorch float eager at batch 1 (speed-up).
+4. the unpruned ``nin`` against PyTorch float eager at batch 1 (speed-up);
+5. with ``--ops``, every op's median time inside whole runs at batch 64, unpruned -> pruned.
 
 Pairs are measured by :func:`bnnprune.engine.bench.compare_pair` (interleaved medians, with the
 cost model's predicted ratio); BN statistics are randomized so no channel is trivially
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from bnnprune import engine
-from bnnprune.engine.bench import _interleaved, compare_pair, format_pair
+from bnnprune.engine.bench import _interleaved, compare_pair, format_pair, op_times
 from bnnprune.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,6 +57,26 @@ def torch_speedup(model: torch.nn.Module, program: engine.Program, shape: tuple[
     return {"engine_s": e, "torch_s": t, "speedup": t / e}
 
 
+def op_profile(base: engine.Program, pruned: engine.Program,
+               repeats: int) -> list[dict[str, float | str]]:
+    """Median time of every op inside whole runs at batch 64, unpruned and pruned (the two
+    programs have the same ops; only their channel counts differ)."""
+    rows = zip(op_times(base, 64, repeats), op_times(pruned, 64, repeats), strict=True)
+    return [{"op": a["op"], "kind": a["kind"], "unpruned_s": a["median_s"],
+             "pruned_s": b["median_s"]} for a, b in rows]
+
+
+def format_ops(ops: list[dict[str, float | str]]) -> str:
+    lines = [f"  {'op':<12}{'kind':<18}{'unpruned ms':>12}{'pruned ms':>11}{'ratio':>7}"]
+    for r in [*ops, {"op": "total", "kind": "",
+                     "unpruned_s": sum(r["unpruned_s"] for r in ops),
+                     "pruned_s": sum(r["pruned_s"] for r in ops)}]:
+        u, p = float(r["unpruned_s"]), float(r["pruned_s"])
+        lines.append(f"  {r['op']:<12}{r['kind']:<18}{u * 1e3:>12.3f}{p * 1e3:>11.3f}"
+                     f"{p / u if u else float('nan'):>7.2f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="numba and torch threads")
@@ -64,6 +85,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny models, 2 repeats")
     ap.add_argument("--models", default=",".join(dict.fromkeys(c[0] for c in CASES)),
                     help="comma-separated cases to run (default: all)")
+    ap.add_argument("--ops", action="store_true",
+                    help="also time every op inside whole runs at batch 64, unpruned -> pruned")
     args = ap.parse_args()
     if args.threads:
         numba.set_num_threads(args.threads)
@@ -87,6 +110,9 @@ def main() -> None:
         print(f"== {case}: uniform plan, {target:.0%} fewer BOPs (target ratio: "
               f"{'<= 0.55' if name == 'nin' else '<= 0.65'})")
         print(format_pair(pair))
+        if args.ops:
+            out[case]["ops"] = ops = op_profile(base, pruned, repeats)
+            print(format_ops(ops))
         if case == "nin":
             sp = torch_speedup(model, base, shape, repeats)
             out[case]["torch_batch1"] = sp
