@@ -1,7 +1,7 @@
 """Benchmark the generated C against the numba engine, single thread, batch 1, in one run.
 
     .venv/bin/python benchmarks/bench_c.py [--model small] [--width 1.0] [--target 0.5]
-        [--round-to 1] [--rounds 10] [--repeats 30] [--json out.json] [--quick]
+        [--round-to auto] [--rounds 10] [--repeats 30] [--json out.json] [--quick]
 
 Exports the model (BatchNorm statistics randomized, as in bench_engine.py) and a pruned copy
 (uniform plan for ``--target`` BOPs reduction, magnitude criterion) with
@@ -34,6 +34,7 @@ from bnnprune import engine  # noqa: E402
 from bnnprune.engine.bench import machine_info, program_bops  # noqa: E402
 from bnnprune.engine.cexport import export_c  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
+from bnnprune.prune.policies import AUTO, check_round_to  # noqa: E402
 
 CFLAGS = ["-std=c99", "-O3", "-march=native"]
 
@@ -121,7 +122,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--target", type=float, default=0.5,
                     help="BOPs reduction of the pruned copy (uniform plan)")
-    ap.add_argument("--round-to", type=int, default=1)
+    ap.add_argument("--round-to", type=check_round_to, default=AUTO)
     ap.add_argument("--rounds", type=int, default=10, help="alternations of C and engine")
     ap.add_argument("--repeats", type=int, default=30, help="samples per round and build")
     ap.add_argument("--inner", type=int, default=20, help="model runs per sample")

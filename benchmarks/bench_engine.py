@@ -1,13 +1,14 @@
 """Benchmark the packed XNOR-popcount engine against PyTorch float eager, in one run.
 
-    .venv/bin/python benchmarks/bench_engine.py [--model nin] [--target 0.6] [--round-to 1]
+    .venv/bin/python benchmarks/bench_engine.py [--model nin] [--target 0.6] [--round-to auto]
         [--threads N] [--json out.json]
 
 Prints the machine, the roofline and kernel throughput, batch-1 latency and batch-64
 throughput (packed vs PyTorch eager on the same full-width model, BN statistics randomized
 so no channel is trivially constant), and a pruned copy's packed latency next to its BOPs
 ratio. The pruned copy is made by ``bnnprune.prune`` (uniform plan for ``--target`` BOPs
-reduction, magnitude criterion; ``--round-to 64`` keeps whole 64-bit words of channels).
+reduction, magnitude criterion; ``--round-to`` as in ``bnnprune prune``: ``auto``, the
+default, keeps counts the kernels pay for, ``64`` whole 64-bit words of channels).
 Speeds are ratios measured in this run on this machine.
 """
 
@@ -32,6 +33,7 @@ from bnnprune import engine  # noqa: E402
 from bnnprune.metrics import binary_channels, count_bops  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune import apply_plan, plan_uniform  # noqa: E402
+from bnnprune.prune.policies import AUTO, check_round_to  # noqa: E402
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -49,7 +51,7 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def pruned_copy(model: nn.Module, shape: tuple[int, int, int], target: float,
-                round_to: int) -> nn.Module:
+                round_to: int | str) -> nn.Module:
     """A real pruned copy: uniform plan for ``target`` BOPs reduction, magnitude criterion."""
     plan = plan_uniform(model, shape, target, round_to=round_to)
     return apply_plan(model, plan, "magnitude").model.eval()
@@ -61,8 +63,8 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--target", type=float, default=0.6,
                     help="BOPs reduction of the pruned copy (uniform plan)")
-    ap.add_argument("--round-to", type=int, default=1,
-                    help="round pruned channel counts to a multiple of this (64: whole words)")
+    ap.add_argument("--round-to", type=check_round_to, default=AUTO,
+                    help="channel rounding of the pruned copy: auto or N (64: whole words)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for numba, torch and OpenBLAS (default: all cores)")

@@ -5,9 +5,9 @@
 
 1. ``nin`` with a uniform plan that removes 60% of the BOPs (full-precision producers
    pruned, the default) against the unpruned ``nin``: latency ratio at batch 1 and 64, with
-   the default channel rounding (none) and with ``--round-to 16`` (the engine's output blocks);
-2. ``small`` at -50% BOPs against the unpruned ``small``: the same, default rounding and
-   ``--round-to 16``;
+   the default channel rounding (``auto``: counts the kernels pay for), with none
+   (``--round-to 1``) and with ``--round-to 16`` (the engine's output blocks);
+2. ``small`` at -50% BOPs against the unpruned ``small``: the same three roundings;
 3. the unpruned ``nin``'s share of the physical limit at batch 1 and 64;
 4. the unpruned ``nin`` against PyTorch float eager at batch 1 (speed-up);
 5. with ``--ops``, every op's median time inside whole runs at batch 64, unpruned -> pruned.
@@ -33,13 +33,15 @@ import torch
 from bnnprune import engine
 from bnnprune.engine.bench import _interleaved, compare_pair, format_pair, op_times
 from bnnprune.models import build_model
+from bnnprune.prune.policies import AUTO
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import pruned_copy, randomize_bn  # noqa: E402
 
-# (model, input shape, BOPs reduction, round_to)
-CASES = (("nin", (3, 32, 32), 0.6, 1), ("nin", (3, 32, 32), 0.6, 16),
-         ("small", (1, 28, 28), 0.5, 1), ("small", (1, 28, 28), 0.5, 16))
+# (model, input shape, BOPs reduction, round_to): the default rounding ("auto"), none, 16
+CASES = tuple((name, shape, cut, rt) for name, shape, cut in (("nin", (3, 32, 32), 0.6),
+                                                              ("small", (1, 28, 28), 0.5))
+              for rt in (AUTO, 1, 16))
 
 
 def torch_speedup(model: torch.nn.Module, program: engine.Program, shape: tuple[int, ...],
@@ -105,7 +107,7 @@ def main() -> None:
         pruned = engine.compile_model(pruned_copy(model, shape, target, round_to), shape)
         pair = compare_pair(pruned, base, batches=(1, 64), repeats=repeats,
                             table_repeats=3 if not args.quick else 1)
-        case = name if round_to == 1 else f"{name}, round_to {round_to}"
+        case = name if round_to == AUTO else f"{name}, round_to {round_to}"
         out[case] = {"bops_reduction": target, "round_to": round_to, "pair": pair}
         print(f"== {case}: uniform plan, {target:.0%} fewer BOPs (target ratio: "
               f"{'<= 0.55' if name == 'nin' else '<= 0.65'})")

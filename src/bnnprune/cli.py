@@ -703,6 +703,21 @@ def _latency_target(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+ROUND_TO_HELP = ("channel counts: 'auto' (default) keeps counts the engine's kernels pay for "
+                 "(8-channel output vectors, 64-bit input words); N keeps multiples of N")
+
+
+def _round_to(text: str) -> int | str:
+    """--round-to: 'auto' or a whole number >= 1, else a one-line usage error."""
+    from bnnprune.prune.policies import check_round_to
+
+    try:
+        return check_round_to(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or a whole number >= 1, got {text!r}") from None
+
+
 def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     """Pruning flags; ``method=False`` leaves out those choosing one method (sweep)."""
     g = p.add_argument_group("pruning")
@@ -732,9 +747,7 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
         type=int,
         help="insensitive = flipped more than this many times",
     )
-    g.add_argument(
-        "--round-to", dest="prune.round_to", type=int, help="keep channel counts multiples of N"
-    )
+    g.add_argument("--round-to", dest="prune.round_to", type=_round_to, help=ROUND_TO_HELP)
     g.add_argument("--min-channels", dest="prune.min_channels", type=int)
     g.add_argument("--exclude", dest="prune.exclude", help="comma-separated layers not to prune")
     g.add_argument("--keep-fp", dest="prune.keep_fp", action="store_const", const=True,
@@ -874,8 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "tp:lamp, ...) or pkg.module:Class (default: wff with the paper policy, "
                     "else the default of bnnprune run)")
     pr.add_argument("--threshold", type=int, default=PruneConfig.threshold)
-    pr.add_argument("--round-to", type=int, default=PruneConfig.round_to,
-                    help="keep channel counts multiples of N (16: the engine's output blocks)")
+    pr.add_argument("--round-to", type=_round_to, default=PruneConfig.round_to,
+                    help=ROUND_TO_HELP)
     pr.add_argument("--min-channels", type=int, default=None)
     pr.add_argument("--exclude", help="comma-separated layer names not to prune")
     pr.add_argument("--keep-fp", action="store_true",

@@ -190,7 +190,9 @@ class PruneConfig:
     target: float = 0.5  # BOPs reduction for target / uniform
     criterion: str = "flip_magnitude"  # which channels go (see bnnprune.prune.CRITERIA)
     threshold: int = 0  # a weight is insensitive when it flipped more than this
-    round_to: int = 1  # keep channel counts multiples of this
+    # channel counts: "auto" keeps those the engine's kernels pay for (8-channel output
+    # vectors, 64-bit input words, dense patch rows); N keeps multiples of N
+    round_to: int | str = "auto"
     min_channels: int = 1
     exclude: list[str] = field(default_factory=list)  # binary layers never pruned
     # keep full-precision producers (a first conv feeding only binary layers) unpruned
@@ -233,7 +235,13 @@ class PruneConfig:
             raise ConfigError(f"prune: {e}") from None
         if not 0 < self.target < 1:
             raise ConfigError(f"prune.target must be a BOPs reduction in (0, 1), got {self.target}")
-        for key in ("round_to", "min_channels", "max_rounds", "retrain_epochs"):
+        from bnnprune.prune.policies import check_round_to
+
+        try:
+            check_round_to(self.round_to)
+        except ValueError as e:
+            raise ConfigError(f"prune.{e}") from None
+        for key in ("min_channels", "max_rounds", "retrain_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"prune.{key} must be >= 1, got {getattr(self, key)}")
         if self.threshold < 0:
@@ -351,8 +359,9 @@ class SweepSection:
 def _sweep_prune_defaults() -> PruneConfig:
     """A sweep's prune section: every cell names its own method (sweep.methods), so the
     method settings of ``bnnprune run`` are unused (and not part of a cell's key); the paper
-    policy runs one round unless ``max_rounds`` says more."""
-    return PruneConfig(max_rounds=1)
+    policy runs one round unless ``max_rounds`` says more, and channel counts are not
+    rounded (methods are compared at the counts they ask for, not at the engine's)."""
+    return PruneConfig(max_rounds=1, round_to=1)
 
 
 @dataclass
@@ -405,7 +414,16 @@ def _coerce(value: Any, tp: Any, key: str, from_file: bool = False) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for tp_ in inner[:-1]:
+            try:
+                return _coerce(value, tp_, key)
+            except ConfigError:
+                pass
+        try:
+            return _coerce(value, inner[-1], key)
+        except ConfigError:
+            names = " or ".join(t.__name__ for t in inner)
+            raise ConfigError(f"{key} must be of type {names}, got {value!r}") from None
     if tp is bool:
         if isinstance(value, bool):
             return value

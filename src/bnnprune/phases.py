@@ -314,6 +314,7 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
     if not records:
         raise ConfigError(
             f"method {method.spec}: the plan removes no channel; lower prune.threshold, "
-            "track more epochs or use the target policy"
+            "track more epochs, use the target policy or prune.round_to = 1 (channel "
+            "rounding can swallow small cuts)"
         )
     return Rounds(records, model, stop)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bnnprune.cli import main
-from bnnprune.config import ConfigError, RunConfig
+from bnnprune.config import ConfigError, PruneConfig, RunConfig
 from bnnprune.data import load_dataset
 from bnnprune.pipeline import run_pipeline
 from bnnprune.prune import apply_plan, compute_sensitivity, get_criterion, make_plan
@@ -29,7 +29,8 @@ def _library_prune(ckpt_path, criterion):
     model, ckpt = load_model(ckpt_path)
     sens = compute_sensitivity(ckpt["flips"], model)
     shape = tuple(ckpt["dataset"]["input_shape"])
-    plan = make_plan(model, shape, "target", sensitivity=sens, target=0.4)
+    plan = make_plan(model, shape, "target", sensitivity=sens, target=0.4,
+                     round_to=PruneConfig.round_to)  # the CLI's default rounding
     return apply_plan(model, plan, criterion, sens).model
 
 

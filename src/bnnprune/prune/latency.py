@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from bnnprune.engine.compile import compile_model
@@ -29,7 +30,8 @@ from bnnprune.engine.latency import (
 )
 from bnnprune.prune.graph import InputShape, PruningSpace, analyze
 
-__all__ = ["DEFAULT_STEP", "LatencyModel", "check_latency_target", "latency_model"]
+__all__ = ["DEFAULT_STEP", "LatencyModel", "check_latency_target", "kernel_counts",
+           "latency_model"]
 
 DEFAULT_STEP = 8  # table resolution (channels) of groups wider than 16
 _PLATEAU = 0.002  # a smaller count must save this share of the unpruned latency
@@ -95,14 +97,8 @@ class LatencyModel:
         """Counts of group ``gi`` that buy a saving: every larger candidate is slower by more
         than 0.2% of the unpruned latency (the group's full width always)."""
         full = self.full
-        eps = _PLATEAU * self.predict(full)
         times = {k: self.predict(full[:gi] + [k] + full[gi + 1:]) for k in self.grids[gi]}
-        out, best_above = [], math.inf
-        for k in sorted(times, reverse=True):
-            if k == full[gi] or times[k] < best_above - eps:
-                out.append(k)
-                best_above = min(best_above, times[k])
-        return tuple(sorted(out))
+        return _saving_counts(times, _PLATEAU * self.predict(full))
 
     def granularity(self, gi: int) -> int:
         """The most common step between allowed counts of group ``gi`` (its full width when
@@ -120,6 +116,17 @@ class LatencyModel:
                 "granularity": {g.name: self.granularity(i)
                                 for i, g in enumerate(self.space.groups)},
                 "cache_file": self.engine.cache_file}
+
+
+def _saving_counts(cost: dict[int, float], eps: float) -> tuple[int, ...]:
+    """The counts whose ``cost`` is lower by more than ``eps`` than that of every larger
+    count (the largest count always): cutting to any other count saves nothing."""
+    out, best_above = [], math.inf
+    for k in sorted(cost, reverse=True):
+        if not out or cost[k] < best_above - eps:
+            out.append(k)
+            best_above = min(best_above, cost[k])
+    return tuple(sorted(out))
 
 
 def _expressions(space: PruningSpace, program: Any) -> tuple[list[Expr], list[Expr]]:
@@ -161,6 +168,58 @@ def _axis(expr: Expr, grids: list[list[int]], space: PruningSpace) -> list[int]:
     return [base]
 
 
+def _compile(model: nn.Module, input_shape: InputShape) -> Any:
+    """The engine program of ``model`` in eval mode (its mode is restored). Compiling starts
+    numba's OpenMP threads, which resets the OpenMP thread count PyTorch shares (e.g. set by
+    OMP_NUM_THREADS); PyTorch's count is restored for the training that follows."""
+    was_training, threads = model.training, torch.get_num_threads()
+    try:
+        return compile_model(model.eval(), input_shape)
+    finally:
+        model.train(was_training)
+        torch.set_num_threads(threads)
+
+
+def kernel_counts(model: nn.Module, input_shape: InputShape, *,
+                  keep_fp: bool = False) -> list[tuple[int, ...]]:
+    """Per pruning group, the channel counts at which the engine's kernels do less work than
+    at every larger count (:func:`~bnnprune.engine.kernels.conv_work`: 8-channel output
+    vectors, 64-bit input words, dense patch rows), so a plan rounded to them pays for every
+    channel it keeps. No timing: the same counts on every machine.
+
+    Only convolutions whose work has plateaus count; one that pays for every channel (a
+    classifier reading flattened features) would allow every count. A group no such
+    convolution touches allows every count. Raises EngineError when the engine cannot compile
+    the model, ValueError when its channels do not follow the pruning groups.
+    """
+    from bnnprune.engine.kernels import conv_work
+
+    space = analyze(model, input_shape, keep_fp=keep_fp)
+    program = _compile(model, input_shape)
+    ins, outs = _expressions(space, program)
+    full = [g.channels for g in space.groups]
+    steps: list[set[int]] = [{c} for c in full]
+    for op, i_expr, o_expr in zip(program.ops, ins, outs, strict=True):
+        if op.kind not in CONV_KINDS:
+            continue
+        kh, kw = op.attrs["kernel"]
+        for gi, c in enumerate(full):
+            if not any(g == gi for g, _ in (*i_expr[1], *o_expr[1])):
+                continue
+            keep = full[:gi] + [0] + full[gi + 1:]
+            work = {}
+            for k in range(1, c + 1):
+                keep[gi] = k
+                removed = [f - x for f, x in zip(full, keep, strict=True)]
+                work[k] = conv_work(op.kind, kh, kw, _count(i_expr, removed),
+                                    _count(o_expr, removed))
+            counts = _saving_counts(work, 0.0)
+            if len(counts) < c:  # a convolution that pays for every channel says nothing
+                steps[gi].update(counts)
+    return [tuple(sorted(s)) if len(s) > 1 else tuple(range(1, c + 1))
+            for s, c in zip(steps, full, strict=True)]
+
+
 def latency_model(model: nn.Module, input_shape: InputShape, *, batch: int = 1,
                   threads: int = 1, step: int = DEFAULT_STEP, repeats: int = 10,
                   keep_fp: bool = False, cache: LatencyCache | str | None = None,
@@ -171,11 +230,7 @@ def latency_model(model: nn.Module, input_shape: InputShape, *, batch: int = 1,
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be a whole number >= 1, got {step!r}")
     space = analyze(model, input_shape, keep_fp=keep_fp)
-    was_training = model.training
-    try:
-        program = compile_model(model.eval(), input_shape)
-    finally:
-        model.train(was_training)
+    program = _compile(model, input_shape)
     ins, outs = _expressions(space, program)
     grids = [_grid(g.channels, step) for g in space.groups]
     op_grids = {}

@@ -9,7 +9,9 @@
   latency is that fraction of the unpruned, on the counts the latency table allows.
 
 Counts are rounded to the nearest allowed value: a multiple of ``round_to`` (in groups with
-at least ``round_to`` channels) or the unchanged count. The group's p is the insensitive
+at least ``round_to`` channels) or the unchanged count; with ``round_to="auto"``, a count at
+which the engine's kernels do less work than at every larger one
+(:func:`~bnnprune.prune.latency.kernel_counts`). The group's p is the insensitive
 share of all weights of its binary layers. Predicted BOPs are exact (see
 :class:`~bnnprune.prune.graph.PruningSpace`); surgery checks them against ``count_bops``.
 """
@@ -27,9 +29,11 @@ from bnnprune.prune.graph import ChannelGroup, InputShape, PruningSpace, analyze
 from bnnprune.prune.sensitivity import RECORD_HINT, Sensitivity
 
 __all__ = [
+    "AUTO",
     "DEFAULT_TOLERANCE",
     "POLICIES",
     "ChannelPlan",
+    "check_round_to",
     "make_plan",
     "plan_latency",
     "plan_manual",
@@ -39,6 +43,7 @@ __all__ = [
 ]
 
 POLICIES = ("paper", "target", "uniform")
+AUTO = "auto"  # round_to: the counts the engine's kernels pay for (prune.latency.kernel_counts)
 DEFAULT_TOLERANCE = 0.01  # 1 percentage point of BOPs reduction
 _BISECTION_STEPS = 40
 _TOUCH_UP_STEPS = 100
@@ -64,8 +69,9 @@ class ChannelPlan:
     target: float | None = None
     tolerance: float = DEFAULT_TOLERANCE
     scale: float | None = None  # common scale (target) or cut ratio (uniform)
-    round_to: int = 1
+    round_to: int | str = 1
     min_channels: int | None = None
+    round_note: str = ""  # why round_to "auto" could not apply
 
     @property
     def reduction(self) -> float:
@@ -91,6 +97,8 @@ class ChannelPlan:
             f"clamped to the minimum {self.keep[g]}"
             for g, req in self.clamped.items()
         ]
+        if self.round_note:
+            lines.append(self.round_note)
         lat = self.latency
         if lat is not None and lat.get("target") is not None and not self.reached:
             lines.append(
@@ -175,14 +183,13 @@ class _Planner:
         self,
         model: nn.Module,
         input_shape: InputShape,
-        round_to: int,
+        round_to: int | str,
         min_channels: int | None,
         exclude: Iterable[str],
         tolerance: float,
         keep_fp: bool = False,
     ) -> None:
-        if int(round_to) != round_to or round_to < 1:
-            raise ValueError(f"round_to must be a whole number >= 1, got {round_to}")
+        round_to = check_round_to(round_to)
         if min_channels is not None and (int(min_channels) != min_channels or min_channels < 1):
             raise ValueError(f"min_channels must be a whole number >= 1, got {min_channels}")
         if not 0 < tolerance < 1:
@@ -190,9 +197,22 @@ class _Planner:
         self.space: PruningSpace = analyze(model, input_shape, keep_fp=keep_fp)
         if not self.space.groups:
             raise ValueError("model has no prunable channels (no binary layer with free outputs)")
-        self.round_to, self.min_channels, self.tolerance = int(round_to), min_channels, tolerance
+        self.round_to, self.min_channels, self.tolerance = round_to, min_channels, tolerance
         self.excluded = self._excluded(model, exclude)
         self.allowed = [self._allowed(g.channels) for g in self.space.groups]
+        self.round_note = ""
+        if round_to == AUTO:
+            from bnnprune.engine.errors import EngineError
+            from bnnprune.prune.latency import kernel_counts
+
+            try:
+                counts = kernel_counts(model, input_shape, keep_fp=keep_fp)
+            except (EngineError, ValueError) as e:
+                self.round_note = (f"round_to auto: the engine cannot run this model ({e}); "
+                                   "channel counts are not rounded")
+            else:
+                for i, c in enumerate(counts):
+                    self.restrict(i, c)
         self.clamped: dict[str, int] = {}
 
     def _excluded(self, model: nn.Module, exclude: Iterable[str]) -> set[int]:
@@ -203,8 +223,16 @@ class _Planner:
             raise ValueError(f"cannot exclude {unknown}: no such layer in the model")
         return {i for i, g in enumerate(self.space.groups) if set(g.layers) & set(exclude)}
 
+    def restrict(self, gi: int, counts: Iterable[int]) -> None:
+        """Allow group ``gi`` only ``counts`` (those at or above its minimum; its full width
+        when none is)."""
+        a = self.allowed[gi]
+        kept = tuple(k for k in sorted(counts) if k >= a.lo) or (a.channels,)
+        self.allowed[gi] = _Allowed(a.channels, 1, kept[0], kept)
+
     def _allowed(self, channels: int) -> _Allowed:
-        step = self.round_to if channels >= self.round_to else 1
+        step = self.round_to if isinstance(self.round_to, int) else 1
+        step = step if channels >= step else 1
         want = step if self.min_channels is None else self.min_channels
         return _Allowed(channels, step, min(-(-want // step) * step, channels))
 
@@ -298,6 +326,7 @@ class _Planner:
             tolerance=self.tolerance,
             round_to=self.round_to,
             min_channels=self.min_channels,
+            round_note=self.round_note,
             **extra,
         )
 
@@ -327,6 +356,19 @@ class _Planner:
         return ps
 
 
+def check_round_to(value: Any) -> int | str:
+    """``round_to`` as a whole number >= 1 or ``"auto"`` (also as command-line text), else
+    ValueError (one line)."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if (isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value
+            or value < 1):
+        raise ValueError(f"round_to must be a whole number >= 1 or {AUTO!r}, got {value!r}")
+    return int(value)
+
+
 def _check_target(target: float) -> float:
     if not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
         raise ValueError(f"target BOPs reduction must lie strictly between 0 and 1, got {target}")
@@ -338,7 +380,7 @@ def plan_paper(
     input_shape: InputShape,
     sensitivity: Sensitivity,
     *,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
     keep_fp: bool = False,
@@ -358,7 +400,7 @@ def plan_target(
     sensitivity: Sensitivity,
     target: float,
     *,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
     keep_fp: bool = False,
@@ -391,7 +433,7 @@ def plan_uniform(
     input_shape: InputShape,
     target: float,
     *,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
     keep_fp: bool = False,
@@ -470,9 +512,8 @@ def plan_latency(
     if [(g.name, g.channels) for g in lm.space.groups] != [
             (g.name, g.channels) for g in pl.space.groups]:
         raise ValueError("the latency model was built for another model or keep_fp setting")
-    for i, a in enumerate(pl.allowed):
-        counts = tuple(k for k in lm.allowed(i) if k >= a.lo) or (a.channels,)
-        pl.allowed[i] = _Allowed(a.channels, 1, counts[0], counts)
+    for i in range(len(pl.allowed)):
+        pl.restrict(i, lm.allowed(i))
     active = pl.active()
     chans = [pl.space.groups[i].channels for i in active]
     if policy == "target":
@@ -506,7 +547,7 @@ def make_plan(
     *,
     sensitivity: Sensitivity | None = None,
     target: float | None = None,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_channels: int | None = None,
     exclude: Iterable[str] = (),
     keep_fp: bool = False,

@@ -351,6 +351,16 @@ def _speed_verdict(results: dict[str, Any]) -> list[str]:
     return [line + "."]
 
 
+
+def _rounding(round_to: int | str) -> str:
+    """How a config rounds channel counts, for the settings table."""
+    from bnnprune.prune.policies import AUTO
+
+    if round_to == AUTO:
+        return "those the engine's kernels pay for"
+    return f"multiples of {round_to}"
+
+
 def _setup(results: dict[str, Any]) -> list[str]:
     cfg, ds = results["config"], results["dataset"]
     t, p = cfg["train"], cfg["prune"]
@@ -368,7 +378,7 @@ def _setup(results: dict[str, Any]) -> list[str]:
         f"| insensitive weight | flipped more than {p['threshold']} times in that interval |",
         f"| pruned models | pruned from their seed's baseline "
         f"({'then re-initialised' if p['from_scratch'] else 'keeping the surviving weights'}"
-        f"; channel counts multiples of {p['round_to']}), retrained {p['retrain_epochs']} "
+        f"; channel counts {_rounding(p['round_to'])}), retrained {p['retrain_epochs']} "
         f"epochs at lr {p['retrain_lr']:g} per round (the same for every method); the paper "
         f"policy iterates up to {p['max_rounds']} rounds |",
         f"| equal budget | the unpruned model trained {p['retrain_epochs']} more epochs the "

@@ -104,6 +104,24 @@ def use_patch_matrix(kh: int, kw: int, cin: int, cout: int) -> bool:
     return kh * kw > 1 and blocks * saved > PATCH_WORD_COST * direct
 
 
+def conv_work(kind: str, kh: int, kw: int, cin: int, cout: int) -> float:
+    """Work of one output pixel of a ``bconv`` or ``fconv`` op on the path the engine takes,
+    counted in the units its kernels pay for: a binary conv pays XNOR-popcount words (per
+    tap, or dense patch rows plus :data:`PATCH_WORD_COST` per tap word to build them) times
+    8-channel half blocks; a float conv pays taps x input channels x 8-channel vectors.
+
+    The two units are not comparable; what counts is where the work steps with the channel
+    counts (the planner's ``round_to="auto"`` keeps only counts where it does).
+    """
+    halves = -(-int(cout) // (BLOCK_CH // 2)) / 2
+    if kind == "fconv":
+        return kh * kw * cin * halves
+    direct = kh * kw * words(cin)
+    if use_patch_matrix(kh, kw, cin, cout):
+        return words(kh * kw * cin) * halves + PATCH_WORD_COST * direct
+    return direct * halves
+
+
 def use_parallel(work: float, threads: int | None) -> bool:
     """Whether a kernel with ``work`` (~ns on one core) should use the numba thread pool."""
     t = numba.get_num_threads() if threads is None else int(threads)
