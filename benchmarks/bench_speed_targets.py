@@ -68,6 +68,13 @@ def op_profile(base: engine.Program, pruned: engine.Program,
              "pruned_s": b["median_s"]} for a, b in rows]
 
 
+def kept_channels(base: engine.Program, pruned: engine.Program) -> dict[str, list[int]]:
+    """Output channels of every pruned conv: [kept, unpruned]."""
+    return {p.name: [p.attrs["cout"], b.attrs["cout"]] for b, p in zip(base.ops, pruned.ops,
+                                                                      strict=True)
+            if p.kind in ("bconv", "fconv") and p.attrs["cout"] != b.attrs["cout"]}
+
+
 def format_ops(ops: list[dict[str, float | str]]) -> str:
     lines = [f"  {'op':<12}{'kind':<18}{'unpruned ms':>12}{'pruned ms':>11}{'ratio':>7}"]
     for r in [*ops, {"op": "total", "kind": "",
@@ -108,9 +115,12 @@ def main() -> None:
         pair = compare_pair(pruned, base, batches=(1, 64), repeats=repeats,
                             table_repeats=3 if not args.quick else 1)
         case = name if round_to == AUTO else f"{name}, round_to {round_to}"
-        out[case] = {"bops_reduction": target, "round_to": round_to, "pair": pair}
+        kept = kept_channels(base, pruned)
+        out[case] = {"bops_reduction": target, "round_to": round_to, "channels": kept,
+                     "pair": pair}
         print(f"== {case}: uniform plan, {target:.0%} fewer BOPs (target ratio: "
               f"{'<= 0.55' if name == 'nin' else '<= 0.65'})")
+        print("channels kept: " + ", ".join(f"{n} {k}/{c}" for n, (k, c) in kept.items()))
         print(format_pair(pair))
         if args.ops:
             out[case]["ops"] = ops = op_profile(base, pruned, repeats)

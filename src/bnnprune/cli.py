@@ -713,9 +713,8 @@ def _round_to(text: str) -> int | str:
 
     try:
         return check_round_to(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be 'auto' or a whole number >= 1, got {text!r}") from None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:

@@ -414,16 +414,15 @@ def _coerce(value: Any, tp: Any, key: str, from_file: bool = False) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for tp_ in inner[:-1]:
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key)
+        for tp_ in inner:  # X | Y: the first type the value is
             try:
                 return _coerce(value, tp_, key)
             except ConfigError:
                 pass
-        try:
-            return _coerce(value, inner[-1], key)
-        except ConfigError:
-            names = " or ".join(t.__name__ for t in inner)
-            raise ConfigError(f"{key} must be of type {names}, got {value!r}") from None
+        names = " or ".join(t.__name__ for t in inner)
+        raise ConfigError(f"{key} must be of type {names}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -134,7 +134,12 @@ class MachineRecord:
 
     @property
     def short(self) -> str:
-        return f"{self.cpu}, {self.torch_threads} threads, {self.device}"
+        return machine_label(self.__dict__)
+
+
+def machine_label(m: dict[str, Any]) -> str:
+    """A machine record (or its dict in a result file) in a few words: CPU, threads, device."""
+    return f"{m.get('cpu')}, {m.get('torch_threads')} threads, {m.get('device')}"
 
 
 def normalized(x: Any) -> Any:

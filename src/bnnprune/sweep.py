@@ -52,6 +52,7 @@ from bnnprune.phases import (
     DatasetRecord,
     MachineRecord,
     history_of,
+    machine_label,
     measure,
     normalized,
     prune_rounds,
@@ -855,12 +856,8 @@ def _cell_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every cell's compute time and machine, for the page."""
     return [{"cell": r["folder"].split("/", 1)[-1], "seed": r["seed"],
              "seconds": _compute_seconds(r),
-             "machine": _machine_label(r["machine"]) if r.get("machine") else None}
+             "machine": machine_label(r["machine"]) if r.get("machine") else None}
             for r in records if r.get("folder")]
-
-
-def _machine_label(m: dict[str, Any]) -> str:
-    return f"{m.get('cpu')}, {m.get('torch_threads')} threads, {m.get('device')}"
 
 
 def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -870,7 +867,7 @@ def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m = r.get("machine")
         if not m:
             continue
-        label = _machine_label(m)
+        label = machine_label(m)
         e = seen.setdefault(label, {"machine": label, "cells": 0, "seconds": 0.0})
         e["cells"] += 1
         e["seconds"] += _compute_seconds(r)

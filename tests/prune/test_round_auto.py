@@ -14,7 +14,7 @@ from bnnprune.engine import kernels as K
 from bnnprune.metrics import binary_channels
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d
-from bnnprune.prune import apply_plan, plan_uniform
+from bnnprune.prune import analyze, apply_plan, plan_uniform
 from bnnprune.prune.latency import kernel_counts
 from bnnprune.prune.policies import check_round_to
 
@@ -34,7 +34,8 @@ def test_conv_work_steps_where_the_kernels_pay() -> None:
 
 
 def test_kernel_counts_of_the_small_model() -> None:
-    counts = kernel_counts(build_model("small", in_channels=1, image_size=28), SMALL)
+    model = build_model("small", in_channels=1, image_size=28)
+    counts = kernel_counts(model, analyze(model, SMALL))
     # conv1 (float, 32 outputs in 8-channel vectors) feeds bconv2's dense 3x3 patch rows of
     # 9*k bits: multiples of 8, and the largest k that fits 1..4 words (floor(64m/9))
     assert counts[0] == (7, 8, 14, 16, 21, 24, 28, 32)
@@ -46,7 +47,7 @@ def test_kernel_counts_of_the_small_model() -> None:
 def test_auto_plan_keeps_kernel_counts_and_reaches_the_bops_target() -> None:
     torch.manual_seed(0)
     model = build_model("small", in_channels=1, image_size=28)
-    allowed = kernel_counts(model, SMALL)
+    allowed = kernel_counts(model, analyze(model, SMALL))
     plan = plan_uniform(model, SMALL, 0.5, round_to="auto")
     assert plan.reached and plan.round_to == "auto" and not plan.round_note
     for g, ok in zip(plan.groups, allowed, strict=True):
@@ -83,7 +84,8 @@ def test_auto_falls_back_to_no_rounding_when_the_engine_cannot_run_the_model() -
     assert any("round_to auto" in n and "sin" in n for n in plan.notes()), plan.notes()
 
 
-@pytest.mark.parametrize("bad", [0, -16, 1.5, "fast", "", True, None])
+@pytest.mark.parametrize("bad", [0, -16, 1.5, float("nan"), float("inf"), "fast", "", True,
+                                 None])
 def test_bad_round_to_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="round_to must be"):
         check_round_to(bad)
@@ -113,4 +115,4 @@ def test_bad_round_to_on_the_command_line_exits_2(bad: str, tmp_path: Path,
                  ["run", "-o", str(tmp_path / "r")]):
         assert main([*argv, "--round-to", bad]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "must be 'auto' or a whole number" in err, err
+        assert len(err.splitlines()) == 1 and "must be a whole number >= 1 or 'auto'" in err, err

@@ -180,9 +180,9 @@ def _compile(model: nn.Module, input_shape: InputShape) -> Any:
         torch.set_num_threads(threads)
 
 
-def kernel_counts(model: nn.Module, input_shape: InputShape, *,
-                  keep_fp: bool = False) -> list[tuple[int, ...]]:
-    """Per pruning group, the channel counts at which the engine's kernels do less work than
+def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]]:
+    """Per pruning group of ``space`` (the model's :func:`~bnnprune.prune.graph.analyze`),
+    the channel counts at which the engine's kernels do less work than
     at every larger count (:func:`~bnnprune.engine.kernels.conv_work`: 8-channel output
     vectors, 64-bit input words, dense patch rows), so a plan rounded to them pays for every
     channel it keeps. No timing: the same counts on every machine.
@@ -194,8 +194,7 @@ def kernel_counts(model: nn.Module, input_shape: InputShape, *,
     """
     from bnnprune.engine.kernels import conv_work
 
-    space = analyze(model, input_shape, keep_fp=keep_fp)
-    program = _compile(model, input_shape)
+    program = _compile(model, space.input_shape)
     ins, outs = _expressions(space, program)
     full = [g.channels for g in space.groups]
     steps: list[set[int]] = [{c} for c in full]
@@ -206,11 +205,10 @@ def kernel_counts(model: nn.Module, input_shape: InputShape, *,
         for gi, c in enumerate(full):
             if not any(g == gi for g, _ in (*i_expr[1], *o_expr[1])):
                 continue
-            keep = full[:gi] + [0] + full[gi + 1:]
+            removed = [0] * len(full)
             work = {}
             for k in range(1, c + 1):
-                keep[gi] = k
-                removed = [f - x for f, x in zip(full, keep, strict=True)]
+                removed[gi] = c - k
                 work[k] = conv_work(op.kind, kh, kw, _count(i_expr, removed),
                                     _count(o_expr, removed))
             counts = _saving_counts(work, 0.0)

@@ -206,7 +206,7 @@ class _Planner:
             from bnnprune.prune.latency import kernel_counts
 
             try:
-                counts = kernel_counts(model, input_shape, keep_fp=keep_fp)
+                counts = kernel_counts(model, self.space)
             except (EngineError, ValueError) as e:
                 self.round_note = (f"round_to auto: the engine cannot run this model ({e}); "
                                    "channel counts are not rounded")
@@ -363,8 +363,8 @@ def check_round_to(value: Any) -> int | str:
         return AUTO
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if (isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value
-            or value < 1):
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not float(value).is_integer() or value < 1):
         raise ValueError(f"round_to must be a whole number >= 1 or {AUTO!r}, got {value!r}")
     return int(value)
 

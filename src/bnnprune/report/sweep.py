@@ -351,7 +351,6 @@ def _speed_verdict(results: dict[str, Any]) -> list[str]:
     return [line + "."]
 
 
-
 def _rounding(round_to: int | str) -> str:
     """How a config rounds channel counts, for the settings table."""
     from bnnprune.prune.policies import AUTO

@@ -94,14 +94,19 @@ def pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c):
         bases[j] = bases[npx - 1]
 
 
+def _bconv_paths(kh: int, kw: int, cin: int, blocks: float) -> tuple[float, float]:
+    """Work per output pixel of a binary conv with ``blocks`` output blocks, run direct
+    (``kh*kw*words(cin)`` words per block) and on a dense patch matrix (``words(kh*kw*cin)``
+    words per block, plus :data:`PATCH_WORD_COST` per tap word to build it)."""
+    taps = kh * kw * words(cin)
+    return taps * blocks, words(kh * kw * cin) * blocks + PATCH_WORD_COST * taps
+
+
 def use_patch_matrix(kh: int, kw: int, cin: int, cout: int) -> bool:
-    """Whether a ``kh x kw`` binary conv should run on a dense bit patch matrix: it saves
-    ``kh*kw*words(cin) - words(kh*kw*cin)`` words per block and pixel, and costs
-    ``kh*kw*words(cin)`` tap words per pixel to build."""
-    direct = kh * kw * words(cin)
-    saved = direct - words(kh * kw * cin)
-    blocks = -(-int(cout) // BLOCK_CH)
-    return kh * kw > 1 and blocks * saved > PATCH_WORD_COST * direct
+    """Whether a ``kh x kw`` binary conv should run on a dense bit patch matrix: when the GEMM
+    words it saves over all (whole) 16-channel output blocks cost more than building it."""
+    direct, dense = _bconv_paths(kh, kw, cin, -(-int(cout) // BLOCK_CH))
+    return kh * kw > 1 and dense < direct
 
 
 def conv_work(kind: str, kh: int, kw: int, cin: int, cout: int) -> float:
@@ -116,10 +121,8 @@ def conv_work(kind: str, kh: int, kw: int, cin: int, cout: int) -> float:
     halves = -(-int(cout) // (BLOCK_CH // 2)) / 2
     if kind == "fconv":
         return kh * kw * cin * halves
-    direct = kh * kw * words(cin)
-    if use_patch_matrix(kh, kw, cin, cout):
-        return words(kh * kw * cin) * halves + PATCH_WORD_COST * direct
-    return direct * halves
+    direct, dense = _bconv_paths(kh, kw, cin, halves)
+    return dense if use_patch_matrix(kh, kw, cin, cout) else direct
 
 
 def use_parallel(work: float, threads: int | None) -> bool:
