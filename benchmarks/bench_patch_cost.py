@@ -41,8 +41,7 @@ def measure(hw: int, cin: int, cout: int, batch: int, repeats: int) -> dict[str,
     x = _bits(rng, (batch, hw, hw, wd), cin)
     w = _bits(rng, (cout, 3, 3 * wd), cin)
     pad = np.zeros(wd, np.uint64)
-    kp = K.words(9 * cin)
-    cols = np.empty((batch * hw * hw, kp), np.uint64)
+    cols = np.zeros(K.patch_planes_shape(batch, hw + 2, hw + 2, cin, (3, 3), (1, 1)), np.uint64)
     xp = np.zeros((batch, hw + 2, hw + 2, wd), np.uint64)
     K.pad_fill(xp, (1, 1), pad)
     padcall = K.pad_call(x, (1, 1), xp)
@@ -52,8 +51,8 @@ def measure(hw: int, cin: int, cout: int, batch: int, repeats: int) -> dict[str,
     out = np.empty((batch, hw, hw, K.words(cout)), np.uint64)
     conv = K.bconv_call(xp, K.block_weights(w), cout, (1, 1), 9 * cin, out, init, xmask=xmask)
 
-    dconv = K.bconv_call(cols.reshape(batch, hw, hw, kp), K.block_weights(K.dense_bits(w, cin)),
-                         cout, (1, 1), 9 * cin, out, init, xmask=xmask)
+    dconv = K.bconv_patch_call(cols, K.block_weights(K.dense_bits(w, cin)), cout, 9 * cin, out,
+                               init, xmask=xmask)
 
     def build() -> None:  # the padding copy included, as the constant is defined
         padcall()

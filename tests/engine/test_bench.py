@@ -8,7 +8,7 @@ import pytest
 
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine.bench import _xpc_probe, compare_latency, program_bops
-from bnnprune.engine.kernels.intrinsics import XPC_CHAINS
+from bnnprune.engine.kernels.intrinsics import XPC_CHAINS, XPC_LANES
 from bnnprune.models import build_model
 
 
@@ -36,12 +36,15 @@ def test_compare_latency_refuses_another_input_shape() -> None:
 def test_xor_popcount_peak_probe_counts_what_it_runs() -> None:
     """The roofline probe's chains do real XOR-popcounts (nothing hoisted or dropped): its
     result equals the same recurrence in NumPy."""
-    w = np.array([0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7],
-                 np.int64).view(np.uint64)
+    consts = [0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7]
+    lanes = np.arange(XPC_LANES)
+    w = np.array([consts[e % 4] + e // 4 for e in lanes], np.int64).view(np.uint64)
     reps, seed = 37, 1
     expect = np.uint64(0)
     for i in range(XPC_CHAINS):
-        acc = np.uint64(seed) * np.array([2 * i + 1, 3, 5, 7], np.uint64)
+        mult = 2 * lanes + 1
+        mult[0] = 2 * i + 1
+        acc = np.uint64(seed) * mult.astype(np.uint64)
         for _ in range(reps):
             acc = acc + np.array([bin(int(v)).count("1") for v in acc ^ w], np.uint64)
         expect += acc.sum()

@@ -95,14 +95,16 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
     dense = K.dense_bits(wt, cin)
     kp = dense.shape[2]
     assert kp == K.words(nbits)
-    cols = np.empty((n * ho * wo, kp), np.uint64)
-    K.im2col_bits_call(xp, cin, (k, k), (s, s), cols)()
-    cols4 = cols.reshape(n, ho, wo, kp)
+    planes = np.zeros(K.patch_planes_shape(n, *xp.shape[1:3], cin, (k, k), (s, s)), np.uint64)
+    K.im2col_bits_call(xp, cin, (k, k), (s, s), planes)()
     wb = K.block_weights(dense)
-    assert np.array_equal(K.run_bconv(cols4, wb, co, (1, 1), nbits, (ho, wo), thr=thr,
-                                      flip=flip), expect)
-    assert np.array_equal(K.run_bconv(cols4, wb, co, (1, 1), nbits, (ho, wo), affine=aff),
-                          expect_f)
+    dirty = np.full_like(expect, ~np.uint64(0))
+    K.bconv_patch_call(planes, wb, co, nbits, dirty, init, xmask=xmask)()
+    assert np.array_equal(dirty, expect)
+    got_f = np.empty_like(expect_f)
+    K.bconv_patch_call(planes, wb, co, nbits, got_f, np.zeros_like(init),
+                       affine=aff, threads=1)()
+    assert np.array_equal(got_f, expect_f)
     # the same on one thread
     assert np.array_equal(K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo),
                                       thr=thr, flip=flip, threads=1), expect)
@@ -195,8 +197,16 @@ def test_kernel_calls_validate_shapes(rng):
         K.bconv_call(x, wb, co, (1, 1), 10**6, out, init, xmask=xmask)
     with pytest.raises(EngineError, match="input words"):
         K.im2col_bits_call(x, 140, (3, 3), (1, 1), np.empty((16, K.words(9 * 140)), np.uint64))
-    with pytest.raises(EngineError, match="out"):
-        K.im2col_bits_call(x, cin, (3, 3), (1, 1), np.empty((16, 3), np.uint64))
+    with pytest.raises(EngineError, match="out patch planes"):
+        K.im2col_bits_call(x, cin, (3, 3), (1, 1), np.empty((16, 10), np.uint64))
+    planes = np.zeros(K.patch_planes_shape(1, 6, 6, cin, (3, 3), (1, 1)), np.uint64)
+    dense = K.block_weights(K.dense_bits(_random_bits(rng, (co, 3, 6), cin), cin))
+    K.bconv_patch_call(planes, dense, co, cin * 9, out, init, xmask=xmask)  # fine
+    with pytest.raises(EngineError, match="dense weights"):
+        K.bconv_patch_call(planes, wb, co, cin * 9, out, init, xmask=xmask)
+    with pytest.raises(EngineError, match="window inside"):
+        K.bconv_patch_call(planes, dense, co, cin * 9, np.empty((1, 4, 7, 1), np.uint64), init,
+                           xmask=xmask)
     with pytest.raises(EngineError, match="padded output"):
         K.pad_call(x, (1, 1), np.empty((1, 8, 7, 2), np.uint64))
     xf = np.zeros((1, 6, 6, 3), np.float32)
@@ -239,10 +249,11 @@ def test_threads_must_be_positive(threads):
 
 @pytest.mark.parametrize("kh,kw,cin,cout,dense", [
     (5, 5, 96, 192, True),    # NIN's 5x5: 38 words instead of 50, for 12 output blocks
-    (5, 5, 61, 121, False),   # 24 words instead of 25: not worth building the matrix
-    (3, 3, 45, 90, True),     # 7 instead of 9 words for 6 blocks > 0.58 * 9 tap words
+    (5, 5, 61, 121, True),    # 24 words instead of 25 for 8 blocks > 0.28 * 25 tap words
+    (5, 5, 61, 32, False),    # the same for 2 blocks: not worth building the matrix
+    (3, 3, 45, 90, True),     # 7 instead of 9 words for 6 blocks > 0.28 * 9 tap words
     (3, 3, 61, 16, False),    # 9 instead of 9 words: nothing saved
-    (3, 3, 56, 16, False),    # 8 instead of 9 words for 1 block < 0.58 * 9 tap words
+    (3, 3, 56, 16, False),    # 8 instead of 9 words for 1 block < 0.28 * 9 tap words
     (3, 3, 21, 45, True),     # 3 instead of 9 words for 3 blocks
     (3, 3, 128, 128, False),  # whole words: nothing saved
     (1, 1, 7, 512, False),    # a 1x1 conv has no window to pack
@@ -270,10 +281,16 @@ def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
                     for ky in range(k) for kx in range(k)], axis=3)
     expect = pack_signs(win.reshape(n * ho * wo, k * k * cin))
     xp = K.run_pad_bits(x, (p, p), pad_words)
+    shape = K.patch_planes_shape(n, *xp.shape[1:3], cin, (k, k), (s, s))
+    assert shape[:3] == (K.words(k * k * cin), n, ho)
+    assert shape[3] == (xp.shape[2] if s == 1 else wo)
     for threads in (1, 2):
-        cols = np.full((n * ho * wo, K.words(k * k * cin)), 7, np.uint64)
-        K.im2col_bits_call(xp, cin, (k, k), (s, s), cols, threads=threads)()
-        assert np.array_equal(cols, expect)
+        planes = np.full(shape, 7, np.uint64)
+        K.im2col_bits_call(xp, cin, (k, k), (s, s), planes, threads=threads)()
+        # plane j, pixel (b, oy, ox) is word j of that pixel's patch (the words past wo in
+        # each row are the runs' don't-care positions)
+        got = planes[:, :, :, :wo].reshape(shape[0], -1).T
+        assert np.array_equal(got, expect)
 
 
 @pytest.mark.parametrize("t0,npx,ho,wo,sh,sw", [(0, 32, 5, 7, 1, 1), (29, 32, 5, 7, 2, 1),

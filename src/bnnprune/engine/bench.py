@@ -29,7 +29,13 @@ from torch import nn
 
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
-from bnnprune.engine.kernels.intrinsics import FMA_CHAINS, XPC_CHAINS, fma_chains, xpc_chains
+from bnnprune.engine.kernels.intrinsics import (
+    FMA_CHAINS,
+    XPC_CHAINS,
+    XPC_LANES,
+    fma_chains,
+    xpc_chains,
+)
 from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
@@ -83,8 +89,8 @@ def roofline(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
     """XOR+popcount peak with register-resident operands on every numba thread.
 
     Each thread runs :data:`~bnnprune.engine.kernels.intrinsics.XPC_CHAINS` independent
-    ``<4 x i64>`` chains of the GEMM's XOR, popcount and accumulate without its operand loads,
-    so no memory limits it: an upper bound for any kernel built from them.
+    vector chains (the GEMM's vector width) of the GEMM's XOR, popcount and accumulate without
+    its operand loads, so no memory limits it: an upper bound for any kernel built from them.
     The best probe counts, so a probe that was preempted on a shared machine does not lower
     the reference (as in :func:`fma_peak`).
     """
@@ -93,7 +99,7 @@ def roofline(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
     _xpc_probe(1, out)
     reps, best = _best_probe(lambda r, rows: _xpc_probe(r, out[:rows]), threads, 64, seconds,
                              probe_s, min_probes)
-    wps = threads * reps * XPC_CHAINS * 4 / best
+    wps = threads * reps * XPC_CHAINS * XPC_LANES / best
     return {"words_per_s": wps, "bmacs_per_s": 64 * wps}
 
 

@@ -178,11 +178,13 @@ class ExecutionPlan:
             K.pad_fill(src, pad, prep.pad_words)
             calls.append(K.pad_call(x, pad, src, threads=th))
         if prep.dense:
-            v = self.program.values[op.output]
-            cols = self._keep(np.zeros((self.n * v.h * v.w, prep.kp), np.uint64))
-            calls.append(K.im2col_bits_call(src, a["cin"], (kh, kw), stride, cols, threads=th))
-            src = cols.reshape(self.n, v.h, v.w, prep.kp)
-            stride = (1, 1)
+            planes = self._keep(np.zeros(K.patch_planes_shape(self.n, *src.shape[1:3],
+                                                              a["cin"], (kh, kw), stride),
+                                         np.uint64))
+            calls.append(K.im2col_bits_call(src, a["cin"], (kh, kw), stride, planes, threads=th))
+            calls.append(K.bconv_patch_call(planes, prep.wb, a["cout"], nbits, out, prep.init,
+                                            threads=th, **kwargs))
+            return calls
         calls.append(K.bconv_call(src, prep.wb, a["cout"], stride, nbits, out, prep.init,
                                   threads=th, **kwargs))
         return calls

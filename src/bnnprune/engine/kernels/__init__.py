@@ -26,8 +26,14 @@ from bnnprune.engine.kernels.base import (
     use_patch_matrix,
     words,
 )
-from bnnprune.engine.kernels.bconv import bconv_call, block_weights, run_bconv, threshold_init
-from bnnprune.engine.kernels.bitpatch import dense_bits, im2col_bits_call
+from bnnprune.engine.kernels.bconv import (
+    bconv_call,
+    bconv_patch_call,
+    block_weights,
+    run_bconv,
+    threshold_init,
+)
+from bnnprune.engine.kernels.bitpatch import dense_bits, im2col_bits_call, patch_planes_shape
 from bnnprune.engine.kernels.concat import concat_bits_call
 from bnnprune.engine.kernels.fconv import (
     block_float_weights,
@@ -55,6 +61,7 @@ __all__ = [
     "adaptive_avgpool_call",
     "affine_pack_call",
     "bconv_call",
+    "bconv_patch_call",
     "block_channels",
     "block_float_weights",
     "block_weights",
@@ -66,6 +73,7 @@ __all__ = [
     "im2col_bits_call",
     "pad_call",
     "pad_fill",
+    "patch_planes_shape",
     "pool_call",
     "pool_out_size",
     "prelu_call",

@@ -31,9 +31,9 @@ PAR_MIN_WORK = 20_000
 # units of one XNOR-popcount word of one 16-channel block of the direct GEMM (both per output
 # pixel). A patch matrix pays off only when the GEMM words it saves over all output blocks cost
 # more. Measured by ``benchmarks/bench_patch_cost.py --threads 1`` (batch 64, the 3x3 layers of
-# ``small`` unpruned and at -50% BOPs, AVX-512 x86): the median of its per-layer ratios,
-# 0.35-0.39 on 28x28 maps, 0.56-0.59 on 14x14, 1.2-1.3 on 7x7 (short runs).
-PATCH_WORD_COST = 0.58
+# ``small`` unpruned and at -50% BOPs, AVX-512 x86): the median of its per-layer ratios, 0.275
+# in two runs (0.19-0.23 on 28x28 maps, 0.24-0.32 on 14x14, 0.8-1.15 on 7x7: short runs).
+PATCH_WORD_COST = 0.28
 
 EMPTY_U64 = np.zeros((1, 1), np.uint64)
 EMPTY_F32 = np.zeros((1, 1), np.float32)

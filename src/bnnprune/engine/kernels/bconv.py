@@ -70,10 +70,9 @@ def threshold_init(thr: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 @njit(cache=True)
-def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, use_bits, nbits,
-                 m1, a1, m2, a2, co, out_b, out_f, t_lo, t_hi):
+def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride, init, xmask,
+                 use_bits, nbits, m1, a1, m2, a2, co, out_b, out_f, t_lo, t_hi):
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
-    rowstep = wp * wd
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
     scratch = np.empty(BLOCK_CH, np.float32)
@@ -92,8 +91,8 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
                 nb = min(WORD_BLOCKS, ncb - cb0)
                 half = 1 if co - (cb0 + nb - 1) * BLOCK_CH <= BLOCK_CH // 2 else 0
                 for i in range(0, npx, 2):
-                    r = xpc_word2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb0 * kk, kk,
-                                  init, cb0 * BLOCK_CH, xmask, cb0, nb, half)
+                    r = xpc_word2(x, bases[i], bases[i + 1], rowstep, kh, seg, kstride, w, cb0 * kk,
+                                  kk, init, cb0 * BLOCK_CH, xmask, cb0, nb, half)
                     out_b[t0 + i, wi] = r[0]
                     if i + 1 < npx:
                         out_b[t0 + i + 1, wi] = r[1]
@@ -109,8 +108,8 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
             nc = min(BLOCK_CH, co - c0)
             if nc <= BLOCK_CH // 2:
                 for i in range(0, npx, 2):
-                    acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
-                                 c0)
+                    acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, kstride, w, cb * kk,
+                                 init, c0)
                     m = t0 + i
                     if m * co + c0 + BLOCK_CH <= end:
                         affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
@@ -128,8 +127,8 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, us
                                 out_f[m + 1, c0 + q] = scratch[q]
             else:
                 for i in range(0, npx, 2):
-                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, w, cb * kk, init,
-                                  c0)
+                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, kstride, w, cb * kk,
+                                  init, c0)
                     m = t0 + i
                     if m * co + c0 + BLOCK_CH <= end:
                         affine_store16(acc[0], out_flat, m * co + c0, nbits, m1, a1, m2, a2, c0)
@@ -174,37 +173,76 @@ def bconv_call(
     need(xp.dtype == np.uint64 and xp.ndim == 4 and xp.flags.c_contiguous, "xp uint64 4-D")
     need(wb.dtype == np.uint64 and wb.ndim == 4 and wb.flags.c_contiguous, "w uint64 4-D")
     n, hp, wp, wd = (int(s) for s in xp.shape)
-    ncb, kh, seg, blk = (int(s) for s in wb.shape)
-    sh, sw = (int(s) for s in stride)
+    _, kh, seg, _ = (int(s) for s in wb.shape)
+    need(wd >= 1 and seg % wd == 0, "weight row length is a multiple of the input words")
+    geometry = (n, kh, seg // wd, seg, wd, hp, wp, *(int(s) for s in stride), wp * wd, 1)
+    return _bind(xp, wb, co, geometry, nbits, out, init, xmask, affine, threads)
+
+
+def bconv_patch_call(
+    planes: np.ndarray,
+    wb: np.ndarray,
+    co: int,
+    nbits: int,
+    out: np.ndarray,
+    init: np.ndarray,
+    *,
+    xmask: np.ndarray | None = None,
+    affine: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    threads: int | None = None,
+) -> Callable[[], None]:
+    """:func:`bconv_call` on the patch planes (Kp, N, Ho, pitch) of
+    :func:`~bnnprune.engine.kernels.bitpatch.im2col_bits_call`, with the dense weights
+    ``block_weights(dense_bits(w, cin))`` (ceil(Co/16), 1, Kp, 16): each output pixel reads
+    its ``Kp`` words one plane apart."""
+    need(planes.dtype == np.uint64 and planes.ndim == 4 and planes.flags.c_contiguous,
+         "patch planes uint64 4-D")
+    need(wb.dtype == np.uint64 and wb.ndim == 4 and wb.flags.c_contiguous, "w uint64 4-D")
+    kp, n, ho, pitch = (int(s) for s in planes.shape)
+    need(int(wb.shape[1]) == 1 and int(wb.shape[2]) == kp, "dense weights (.., 1, Kp, 16)")
+    # the planes as an (N, Ho, pitch) image of one word per pixel and a 1 x 1 window of Kp
+    # words, one plane apart
+    geometry = (n, 1, 1, kp, 1, ho, pitch, 1, 1, 0, n * ho * pitch)
+    return _bind(planes, wb, co, geometry, nbits, out, init, xmask, affine, threads)
+
+
+def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbits: int,
+          out: np.ndarray, init: np.ndarray, xmask: np.ndarray | None,
+          affine: tuple[np.ndarray, ...] | None, threads: int | None) -> Callable[[], None]:
+    """The checks and the bound kernel call shared by :func:`bconv_call` and
+    :func:`bconv_patch_call`; ``geometry`` = (n, kh, kw, seg, wd, hp, wp, sh, sw, rowstep,
+    kstride): the window as the kernel walks it, ``kh`` rows ``rowstep`` apart of ``seg``
+    words ``kstride`` apart, in an (n, hp, wp) image of ``wd`` words per pixel."""
+    ncb, _, _, blk = (int(s) for s in wb.shape)
+    n, kh, kw, seg, wd, hp, wp, sh, sw, rowstep, kstride = geometry
     co = int(co)
     need(out.ndim == 4 and out.flags.c_contiguous and int(out.shape[0]) == n, "out 4-D (N, ...)")
     ho, wo = int(out.shape[1]), int(out.shape[2])
     need(blk == BLOCK_CH and ncb == -(-co // BLOCK_CH), "weight blocks match Co")
-    need(wd >= 1 and seg % wd == 0, "weight row length is a multiple of the input words")
-    kw = seg // wd
     need(min(co, kh, kw, sh, sw, ho, wo) >= 1 and n >= 0, "positive sizes")
     need((ho - 1) * sh + kh <= hp and (wo - 1) * sw + kw <= wp, "window inside padded input")
-    need(0 <= nbits <= kh * kw * wd * 64 and nbits < 2**31, "bit count fits the words")
+    need(0 <= nbits <= kh * seg * 64 and nbits < 2**31, "bit count fits the words")
     need(init.dtype == np.int64 and init.shape == (ncb * BLOCK_CH,)
          and init.flags.c_contiguous, "init int64 (blocks*16,)")
     m_total = n * ho * wo
     ntiles = -(-m_total // TILE_PIX)
-    flat = xp.reshape(-1)
+    flat = x.reshape(-1)
     wflat = wb.reshape(-1)
+    shape = (ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride)
     if xmask is not None:
         need(affine is None, "threshold mode takes no affine arrays")
         need(xmask.dtype == np.uint64 and xmask.shape == (ncb,), "xmask uint64 (blocks,)")
         need(out.dtype == np.uint64 and int(out.shape[3]) == words(co), "out bits (.., words)")
-        args = (flat, wflat, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, xmask, True, nbits,
-                F1, F1, F1, F1, co, out.reshape(m_total, -1), EMPTY_F32)
+        args = (flat, wflat, *shape, init, xmask, True, nbits, F1, F1, F1, F1, co,
+                out.reshape(m_total, -1), EMPTY_F32)
     else:
         need(affine is not None and len(affine) == 4, "float mode needs the affine arrays")
         for a in affine:
             need(a.dtype == np.float32 and a.shape == (co,), "affine float32 (Co,)")
         need(out.dtype == np.float32 and int(out.shape[3]) == co, "out float (.., Co)")
         blocked = tuple(block_channels(a, 0.0) for a in affine)  # whole blocks are read
-        args = (flat, wflat, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, init, U1, False, nbits,
-                *blocked, co, EMPTY_U64, out.reshape(m_total, co))
+        args = (flat, wflat, *shape, init, U1, False, nbits, *blocked, co, EMPTY_U64,
+                out.reshape(m_total, co))
     if not m_total:
         return noop
     work = m_total * ncb * kh * seg * 4.0  # ns: 16 XOR-popcounts of one word

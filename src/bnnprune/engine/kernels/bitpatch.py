@@ -2,7 +2,9 @@
 
 When a window of per-pixel words wastes bits (channel counts that are not multiples of 64),
 each output pixel's taps go into ``words(KH*KW*Cin)`` words and the GEMM runs on that matrix
-(the weights repacked the same way by :func:`dense_bits`).
+(the weights repacked the same way by :func:`dense_bits`). The matrix is stored as planes,
+one per patch word, so the builder writes long runs of consecutive pixels and nothing is
+transposed.
 
 The builder reads a padded input (no border tests) and assembles each patch word in a register
 from a fixed schedule (:func:`patch_schedule`): the tap words that land in it, each shifted
@@ -55,80 +57,88 @@ def patch_schedule(kh: int, kw: int, cin: int,
 @njit(cache=True)
 def _im2col_bits_rows(xp, start, rel, shl, shr, sh, sw, ho, wo, band, out, r_lo, r_hi):
     n, hp, wp, wd = xp.shape
-    kp = out.shape[1]
+    kp, _, _, pitch = out.shape
     xf = xp.reshape(-1)
     of = out.reshape(-1)
     nband = -(-ho // band)
-    # stride 1: a band of output rows is one run over the padded rows (wp positions per
-    # output row, the last kw - 1 of each row unused); otherwise one output row per run
-    pstep = np.uint64(wd if sh == 1 and sw == 1 else sw * wd)
-    pitch = wp if sh == 1 and sw == 1 else wo
-    buf = np.empty(band * pitch, np.uint64)
-    ukp = np.uint64(kp)
+    plane = n * ho * pitch
+    # stride 1: a band of output rows is one run over the padded rows (the output pitch is the
+    # padded width, its last kw - 1 words of each row unused); otherwise one output row per run
+    pstep = np.uint64(sw * wd)
     for t in range(r_lo, r_hi):
         b = t // nband
         oy0 = (t - b * nband) * band
         rows = min(band, ho - oy0)
         base = (b * hp + oy0 * sh) * wp * wd
         run = np.uint64((rows - 1) * pitch + wo)
-        o0 = (b * ho + oy0) * wo * kp
+        o0 = (b * ho + oy0) * pitch
         for j in range(kp):
             # each patch word: the tap words that land in it, shifted into place (vectors of
-            # consecutive pixels), ORed in the run buffer, then stored once per pixel
+            # consecutive pixels), ORed straight into the word's plane
+            dst = np.uint64(j * plane + o0)
             c = start[j]
             a = shl[c]
             s = shr[c]
             src = np.uint64(base + rel[c])
             if pstep == 1:
                 for i in range(run):
-                    buf[i] = (xf[src + i] << a) >> s
+                    of[dst + i] = (xf[src + i] << a) >> s
             else:
                 for i in range(run):
-                    buf[i] = (xf[src + i * pstep] << a) >> s
+                    of[dst + i] = (xf[src + i * pstep] << a) >> s
             for c in range(start[j] + 1, start[j + 1]):
                 a = shl[c]
                 s = shr[c]
                 src = np.uint64(base + rel[c])
                 if pstep == 1:
                     for i in range(run):
-                        buf[i] |= (xf[src + i] << a) >> s
+                        of[dst + i] |= (xf[src + i] << a) >> s
                 else:
                     for i in range(run):
-                        buf[i] |= (xf[src + i * pstep] << a) >> s
-            dst = np.uint64(o0 + j)
-            for r in range(rows):
-                q = np.uint64(r * pitch)
-                for _ in range(wo):
-                    of[dst] = buf[q]
-                    dst += ukp
-                    q += np.uint64(1)
+                        of[dst + i] |= (xf[src + i * pstep] << a) >> s
 
 
 _im2col_bits_par, _im2col_bits_ser = twins(_im2col_bits_rows)
+
+
+def patch_planes_shape(n: int, hp: int, wp: int, cin: int, k: tuple[int, int],
+                       s: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Shape (words(KH*KW*cin), N, Ho, pitch) of the patch planes of a padded (N, Hp, Wp, .)
+    input: plane ``j`` holds patch word ``j`` of every output pixel, rows ``pitch`` words
+    apart (the padded width at stride 1: the builder's runs cross the row ends, and the words
+    past Wo, windows that wrap around, are never read)."""
+    kh, kw = (int(v) for v in k)
+    sh, sw = (int(v) for v in s)
+    need(min(kh, kw, sh, sw) >= 1, "positive window")
+    ho = (int(hp) - kh) // sh + 1
+    wo = (int(wp) - kw) // sw + 1
+    need(ho >= 1 and wo >= 1, "window fits the padded input")
+    return words(kh * kw * int(cin)), int(n), ho, int(wp) if sh == 1 and sw == 1 else wo
 
 
 def im2col_bits_call(xp: np.ndarray, cin: int, k: tuple[int, int], s: tuple[int, int],
                      out: np.ndarray, threads: int | None = None) -> Callable[[], None]:
     """Validate a dense bit im2col: every window of the padded packed input ``xp``
     (N, Hp, Wp, words(cin); pad it with :func:`~bnnprune.engine.kernels.pad.pad_call`, as for
-    the direct conv) as one row of ``out`` (N*Ho*Wo, words(KH*KW*cin)), the ``cin`` bits of
-    each tap placed right after the previous tap's (order ky, kx, channel).
+    the direct conv) as one patch of ``words(KH*KW*cin)`` words, the ``cin`` bits of each tap
+    placed right after the previous tap's (order ky, kx, channel).
+
+    ``out`` has :func:`patch_planes_shape`: word ``j`` of output pixel (b, oy, ox) is
+    ``out[j, b, oy, ox]``, each plane written in long vector runs (no transposition) and read
+    the same way by :func:`~bnnprune.engine.kernels.bconv.bconv_patch_call`.
     """
     need(xp.dtype == np.uint64 and xp.ndim == 4 and xp.flags.c_contiguous, "bits 4-D")
     n, hp, wp, wd = (int(v) for v in xp.shape)
     cin = int(cin)
     need(cin >= 1 and wd == words(cin), "input words match the channels")
-    kh, kw = (int(v) for v in k)
-    sh, sw = (int(v) for v in s)
-    need(min(kh, kw, sh, sw) >= 1, "positive window")
-    ho = (hp - kh) // sh + 1
-    wo = (wp - kw) // sw + 1
-    need(ho >= 1 and wo >= 1, "window fits the padded input")
-    kp = words(kh * kw * cin)
-    need(out.dtype == np.uint64 and out.shape == (n * ho * wo, kp) and out.flags.c_contiguous,
-         "out (N*Ho*Wo, words(KH*KW*Cin))")
+    kp, _, ho, pitch = shape = patch_planes_shape(n, hp, wp, cin, k, s)
+    need(out.dtype == np.uint64 and out.shape == shape and out.flags.c_contiguous,
+         f"out patch planes {shape}")
     if not n:
         return noop
+    kh, kw = (int(v) for v in k)
+    sh, sw = (int(v) for v in s)
+    wo = (wp - kw) // sw + 1
     sched = patch_schedule(kh, kw, cin, wp * wd)
     work = n * ho * wo * (kh * kw * wd + kp) * 0.3
     par = use_parallel(work, threads)
@@ -151,7 +161,7 @@ def dense_bits(w: np.ndarray, cin: int) -> np.ndarray:
     need(seg % wd == 0, "weight rows are whole pixels")
     kw = seg // wd
     src = np.ascontiguousarray(w.reshape(co, 1, kh * kw, wd))
-    out = np.empty((co, words(kh * kw * cin)), np.uint64)
+    out = np.empty((words(kh * kw * cin), co, 1, 1), np.uint64)
     _im2col_bits_rows(src, *patch_schedule(1, kh * kw, cin, kh * kw * wd), 1, 1, 1, 1, 1, out,
                       0, co)
-    return out.reshape(co, 1, -1)
+    return np.ascontiguousarray(out.reshape(-1, co).T).reshape(co, 1, -1)

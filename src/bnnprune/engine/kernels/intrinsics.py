@@ -1,11 +1,12 @@
 """LLVM IR intrinsics of the inner loops (``numba.extending.intrinsic`` over vector registers).
 
-The XNOR-popcount GEMM keeps four ``<4 x i64>`` accumulators per 16-channel block and pixel
-(two pixels at once, sharing each weight vector load): each activation word is broadcast and
-XORed with four vectors of weight words, and ``llvm.ctpop.v4i64`` (the ``vpshufb`` nibble
-lookup + ``vpsadbw`` on AVX2, ``vpopcntq`` with AVX-512 VPOPCNTDQ) counts the bits. In
-threshold mode (:func:`xpc_word2`) the accumulators start at ``-(thr+1)``, so the output bits
-are their sign bits (``vmovmskpd``), and a whole 64-channel output word is computed per call.
+The XNOR-popcount GEMM keeps two ``<8 x i64>`` accumulators (:data:`XPC_LANES`) per 16-channel
+block and pixel (two pixels at once, sharing each weight vector load): each activation word is
+broadcast and XORed with the block's weight vectors, and ``llvm.ctpop.v8i64`` (``vpopcntq``
+with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2) counts the bits.
+A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
+In threshold mode (:func:`xpc_word2`) the accumulators start at ``-(thr+1)``, so the output
+bits are their sign bits, and a whole 64-channel output word is computed per call.
 The fused float conv keeps ``<8 x float>`` FMA accumulators: :func:`fconv_word` packs the sign
 bits of a 64-channel word, ``fconv_store4`` writes floats. :func:`xpc_chains` and
 :func:`fma_chains` are the peak probes of :mod:`bnnprune.engine.bench`.
@@ -39,7 +40,10 @@ def popcount64(typingctx, x):  # noqa: ARG001
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
-_V4I64 = ir.VectorType(_I64, 4)
+# Lanes of the XOR-popcount vectors: <8 x i64> is one zmm register with AVX-512 (two ymm
+# halves elsewhere); against <4 x i64> it halves the weight loads, accumulator inits and sign
+# extractions per channel (GEMMs of ``small`` 1.15-1.3x faster on AVX-512 x86)
+XPC_LANES = 8
 _V8F32 = ir.VectorType(_F32, 8)
 
 
@@ -66,34 +70,36 @@ def _splat(builder, x, vty):
     return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), mask)
 
 
-def _xpc_codegen(npix: int, nvec: int = BLOCK_CH // 4):
+def _xpc_codegen(npix: int, channels: int = BLOCK_CH):
     """Codegen of the XOR-popcount loop for ``npix`` pixels sharing each weight vector load,
-    over the first ``nvec`` vectors (4 channels each) of a block; the other lanes return
-    their ``init`` values.
+    over the first ``channels`` channels of a block (vectors of :data:`XPC_LANES`); the other
+    lanes return their ``init`` values.
 
-    Arguments: x, base_0 .. base_{npix-1}, rowstep, kh, seg, w, woff, init, ioff; returns a
-    tuple of ``npix`` tuples of 16 accumulators.
+    Arguments: x, base_0 .. base_{npix-1}, rowstep, kh, seg, kstride, w, woff, init, ioff;
+    returns a tuple of ``npix`` tuples of 16 accumulators.
     """
     def codegen(context, builder, signature, args):
         sa = signature.args
         nb = npix
         xp = _data(context, builder, sa[0], args[0])
-        wp = _data(context, builder, sa[nb + 4], args[nb + 4])
-        ip = _data(context, builder, sa[nb + 6], args[nb + 6])
+        wp = _data(context, builder, sa[nb + 5], args[nb + 5])
+        ip = _data(context, builder, sa[nb + 7], args[nb + 7])
         bases = _ints(context, builder, sa, args, range(1, nb + 1))
-        rowstep_, kh_, seg_, woff_, ioff_ = _ints(context, builder, sa, args,
-                                                   (nb + 1, nb + 2, nb + 3, nb + 5, nb + 7))
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
-                                               "llvm.ctpop.v4i64")
-        nv = BLOCK_CH // 4
-        init = [_vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, 4 * j)), _V4I64, 8)
+        rowstep_, kh_, seg_, kstride_, woff_, ioff_ = _ints(
+            context, builder, sa, args, (nb + 1, nb + 2, nb + 3, nb + 4, nb + 6, nb + 8))
+        lanes = XPC_LANES
+        vty = ir.VectorType(_I64, lanes)
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
+                                               f"llvm.ctpop.v{lanes}i64")
+        nv = BLOCK_CH // lanes
+        init = [_vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, lanes * j)), vty, 8)
                 for j in range(nv)]
         accs = [[cgutils.alloca_once_value(builder, v) for v in init] for _ in range(nb)]
-        with _window(builder, bases, rowstep_, kh_, seg_, woff_) as (rows, k, wk):
-            xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), _V4I64)
+        with _window(builder, bases, rowstep_, kh_, seg_, woff_, kstride_) as (rows, k, wk):
+            xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), vty)
                    for o in rows]
-            for j in range(nvec):
-                wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, 4 * j)), _V4I64, 8)
+            for j in range(channels // lanes):
+                wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, lanes * j)), vty, 8)
                 for p in range(nb):
                     c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
                     builder.store(builder.add(builder.load(accs[p][j]), c), accs[p][j])
@@ -104,7 +110,7 @@ def _xpc_codegen(npix: int, nvec: int = BLOCK_CH // 4):
             vals = []
             for j in range(nv):
                 a = builder.load(accs[p][j])
-                vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(4)]
+                vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(lanes)]
             tuples.append(context.make_tuple(builder, one_t, vals))
         return context.make_tuple(builder, rt, tuples)
 
@@ -120,29 +126,33 @@ _ACC16 = types.UniTuple(types.int64, BLOCK_CH)
 
 
 @intrinsic
-def xpc16x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
+def xpc16x2(typingctx, x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,  # noqa: ARG001
+            ioff):
     """16 accumulators ``init[ioff+q] + sum popcount(x[row words] ^ w[...16k+q])`` for each
     of two pixels.
 
-    Rows: ``kh`` rows of ``seg`` words, row ``r`` of pixel ``p`` starting at
+    Rows: ``kh`` rows of ``seg`` words ``kstride`` apart, row ``r`` of pixel ``p`` starting at
     ``x[base_p + r*rowstep]``; the weights of the 16 channels are interleaved: word ``k`` of
     channel ``q`` at ``w[woff + 16*k + q]``. Each weight vector is loaded once for both
     pixels. Returns the two accumulator tuples.
     """
-    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, woff, ioff)):
+    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, kstride, woff, ioff)):
         return None
-    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, w, woff, init, ioff)
+    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,
+                                    ioff)
     return sig, _xpc_codegen(2)
 
 
 @intrinsic
-def xpc8x2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, init, ioff):  # noqa: ARG001
+def xpc8x2(typingctx, x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,  # noqa: ARG001
+            ioff):
     """:func:`xpc16x2` over the first 8 channels of the block only (a last block of at most
     8 channels: half the work); lanes 8..15 keep their ``init`` values."""
-    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, woff, ioff)):
+    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, kstride, woff, ioff)):
         return None
-    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, w, woff, init, ioff)
-    return sig, _xpc_codegen(2, 2)
+    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,
+                                    ioff)
+    return sig, _xpc_codegen(2, BLOCK_CH // 2)
 
 
 @intrinsic
@@ -194,17 +204,19 @@ def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
 
 
 @contextlib.contextmanager
-def _window(builder, bases, rowstep, kh, seg, woff):
+def _window(builder, bases, rowstep, kh, seg, woff, kstride=None):
     """The loop over a window's ``kh`` rows of ``seg`` words: yields, per word, each pixel's
-    row offset (``bases[p] + r*rowstep``), the word's index ``k`` in the row, and the offset
-    of its 16 weights (``woff + 16*(r*seg + k)``)."""
+    row offset (``bases[p] + r*rowstep``), the word's offset in the row (``k``, or
+    ``k*kstride`` for words ``kstride`` apart), and the offset of its 16 weights
+    (``woff + 16*(r*seg + k)``)."""
     step = ir.Constant(_I64, BLOCK_CH)
     with cgutils.for_range(builder, kh) as ky:
         roff = builder.mul(ky.index, rowstep)
         rows = [builder.add(b, roff) for b in bases]
         wrow = builder.add(woff, builder.mul(builder.mul(ky.index, seg), step))
         with cgutils.for_range(builder, seg) as it:
-            yield rows, it.index, builder.add(wrow, builder.mul(it.index, step))
+            k = it.index if kstride is None else builder.mul(it.index, kstride)
+            yield rows, k, builder.add(wrow, builder.mul(it.index, step))
 
 
 def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, par, poff):
@@ -322,14 +334,14 @@ def fma_chains(typingctx, reps, seed):  # noqa: ARG001
     return sig, codegen
 
 
-XPC_CHAINS = 12  # independent <4 x i64> XOR-popcount chains (the ctpop latency hidden)
+XPC_CHAINS = 12  # independent XOR-popcount vector chains (the ctpop latency hidden)
 
 
 @intrinsic
 def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
     """``reps`` rounds of ``acc += ctpop(acc ^ w)`` on :data:`XPC_CHAINS` independent
-    ``<4 x i64>`` chains kept in registers (the XOR+popcount peak probe): exactly the GEMM's
-    XOR, popcount and accumulate per 256 bits, without its operand loads, and nothing to
+    ``<XPC_LANES x i64>`` chains kept in registers (the XOR+popcount peak probe): exactly the
+    GEMM's XOR, popcount and accumulate per vector, without its operand loads, and nothing to
     hoist (each round reads the last); returns the sum of the final lanes."""
     if not (isinstance(reps, types.Integer) and isinstance(seed, types.Integer)):
         return None
@@ -337,12 +349,15 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
 
     def codegen(context, builder, signature, args):
         n, s = _ints(context, builder, signature.args, args, (0, 1))
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
-                                               "llvm.ctpop.v4i64")
-        w = ir.Constant(_V4I64, [0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7])
-        start = _splat(builder, s, _V4I64)
+        vty = ir.VectorType(_I64, XPC_LANES)
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
+                                               f"llvm.ctpop.v{XPC_LANES}i64")
+        consts = [0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7]
+        w = ir.Constant(vty, [consts[e % 4] + e // 4 for e in range(XPC_LANES)])
+        start = _splat(builder, s, vty)
         accs = [cgutils.alloca_once_value(
-            builder, builder.mul(start, ir.Constant(_V4I64, [2 * i + 1, 3, 5, 7])))
+            builder, builder.mul(start, ir.Constant(
+                vty, [2 * i + 1] + [2 * e + 1 for e in range(1, XPC_LANES)])))
             for i in range(XPC_CHAINS)]
         return _run_chains(builder, n, accs,
                            lambda x: builder.add(x, builder.call(ctpop, [builder.xor(x, w)])),
@@ -364,16 +379,18 @@ def _xpc_word_codegen(context, builder, signature, args):
     of its accumulators in registers."""
     sa = signature.args
     xp = _data(context, builder, sa[0], args[0])
-    wp = _data(context, builder, sa[6], args[6])
-    ip = _data(context, builder, sa[9], args[9])
-    mp = _data(context, builder, sa[11], args[11])
-    base0, base1, rowstep_, kh_, seg_, woff_, bstep_, ioff_, moff_, nb_, half_ = _ints(
-        context, builder, sa, args, (1, 2, 3, 4, 5, 7, 8, 10, 12, 13, 14))
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4I64, [_V4I64]),
-                                           "llvm.ctpop.v4i64")
+    wp = _data(context, builder, sa[7], args[7])
+    ip = _data(context, builder, sa[10], args[10])
+    mp = _data(context, builder, sa[12], args[12])
+    base0, base1, rowstep_, kh_, seg_, kstride_, woff_, bstep_, ioff_, moff_, nb_, half_ = _ints(
+        context, builder, sa, args, (1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 14, 15))
+    lanes = XPC_LANES
+    vty = ir.VectorType(_I64, lanes)
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
+                                           f"llvm.ctpop.v{lanes}i64")
     res = [cgutils.alloca_once_value(builder, ir.Constant(_I64, 0)) for _ in range(2)]
-    nv = BLOCK_CH // 4
-    zero4 = ir.Constant(_V4I64, [0] * 4)
+    nv = BLOCK_CH // lanes
+    zero = ir.Constant(vty, [0] * lanes)
     one = ir.Constant(_I64, 1)
     case_idx = builder.add(builder.shl(builder.sub(nb_, one), one), builder.and_(half_, one))
     merge = builder.append_basic_block("xw_merge")
@@ -391,18 +408,18 @@ def _xpc_word_codegen(context, builder, signature, args):
             for p in pix:
                 for b in range(nb):
                     for j in range(nv):
-                        off = builder.add(ioff_, ir.Constant(_I64, BLOCK_CH * b + 4 * j))
+                        off = builder.add(ioff_, ir.Constant(_I64, BLOCK_CH * b + lanes * j))
                         accs[p, b, j] = cgutils.alloca_once_value(
-                            builder, _vload(builder, ip, off, _V4I64, 8))
+                            builder, _vload(builder, ip, off, vty, 8))
             bases = [base0 if p == 0 else base1 for p in pix]
-            with _window(builder, bases, rowstep_, kh_, seg_, woff_) as (rows, k, wk):
+            with _window(builder, bases, rowstep_, kh_, seg_, woff_, kstride_) as (rows, k, wk):
                 xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])),
-                              _V4I64) for o in rows]
+                              vty) for o in rows]
                 for b in range(nb):
                     wb = builder.add(wk, builder.mul(bstep_, ir.Constant(_I64, b)))
-                    for j in range(2 if half and b == nb - 1 else nv):
-                        wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, 4 * j)),
-                                    _V4I64, 8)
+                    for j in range(nv // 2 if half and b == nb - 1 else nv):
+                        wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, lanes * j)),
+                                    vty, 8)
                         for q, p in enumerate(pix):
                             c = builder.call(ctpop, [builder.xor(xbs[q], wv)])
                             a = accs[p, b, j]
@@ -412,9 +429,9 @@ def _xpc_word_codegen(context, builder, signature, args):
                 for b in range(nb):
                     bits = ir.Constant(_I64, 0)
                     for j in range(nv):
-                        neg = builder.icmp_signed("<", builder.load(accs[p, b, j]), zero4)
-                        nib = builder.zext(builder.bitcast(neg, ir.IntType(4)), _I64)
-                        bits = builder.or_(bits, builder.shl(nib, ir.Constant(_I64, 4 * j)))
+                        neg = builder.icmp_signed("<", builder.load(accs[p, b, j]), zero)
+                        nib = builder.zext(builder.bitcast(neg, ir.IntType(lanes)), _I64)
+                        bits = builder.or_(bits, builder.shl(nib, ir.Constant(_I64, lanes * j)))
                     xm = builder.load(builder.gep(mp, [builder.add(moff_, ir.Constant(_I64, b))]))
                     word = builder.or_(word, builder.shl(builder.xor(bits, xm),
                                                          ir.Constant(_I64, BLOCK_CH * b)))
@@ -425,8 +442,8 @@ def _xpc_word_codegen(context, builder, signature, args):
 
 
 @intrinsic
-def xpc_word2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, bstep, init, ioff,  # noqa: ARG001
-              xmask, moff, nb, half):
+def xpc_word2(typingctx, x, base0, base1, rowstep, kh, seg, kstride, w, woff, bstep, init,  # noqa: ARG001
+              ioff, xmask, moff, nb, half):
     """The threshold bits of one 64-channel output word for each of two pixels.
 
     ``nb`` (1..4) 16-channel blocks, block ``b``'s weights at ``w[woff + b*bstep ...]`` (the
@@ -435,11 +452,11 @@ def xpc_word2(typingctx, x, base0, base1, rowstep, kh, seg, w, woff, bstep, init
     is ``(acc < 0) xor`` bit q of ``xmask[moff + b]``; blocks past ``nb`` give 0 bits. All
     blocks' accumulators stay in registers, so each word is computed and stored once.
     """
-    ints = (base0, base1, rowstep, kh, seg, woff, bstep, ioff, moff, nb, half)
+    ints = (base0, base1, rowstep, kh, seg, kstride, woff, bstep, ioff, moff, nb, half)
     if not (_xpc_typed(x, w, init, ints) and _is_vec(xmask, types.uint64)):
         return None
-    sig = types.UniTuple(types.uint64, 2)(x, base0, base1, rowstep, kh, seg, w, woff, bstep,
-                                          init, ioff, xmask, moff, nb, half)
+    sig = types.UniTuple(types.uint64, 2)(x, base0, base1, rowstep, kh, seg, kstride, w, woff,
+                                          bstep, init, ioff, xmask, moff, nb, half)
     return sig, _xpc_word_codegen
 
 

@@ -45,6 +45,7 @@ def _maxpool_bits_rows(x, kh, kw, sh, sw, ph, pw, out, r_lo, r_hi):
     of = out.reshape(-1)
     uwd = np.uint64(wd)
     rstep = w * wd
+    pairs = kh == 2 and kw == 2 and sw == 2 and pw == 0
     for t in range(r_lo, r_hi):
         b = t // ho
         oy = t - b * ho
@@ -53,20 +54,28 @@ def _maxpool_bits_rows(x, kh, kw, sh, sw, ph, pw, out, r_lo, r_hi):
         yhi = min(y0 + kh, h)
         row0 = (b * h + ylo) * rstep
         o = np.uint64(t * wo * wd)
-        for ox in range(wo):
+        first = 0
+        if pairs and yhi - ylo == 2:
+            # the common 2x2 / stride 2 pool: a row's whole windows in one vector loop of four
+            # loads per word (flat unsigned indices, no per-pixel bounds)
+            first = min(wo, w // 2)
+            s0 = np.uint64(row0)
+            s1 = s0 + np.uint64(rstep)
+            if wd == 1:
+                one = np.uint64(1)
+                for i in range(np.uint64(first)):
+                    j = i + i
+                    of[o + i] = xf[s0 + j] & xf[s0 + j + one] & xf[s1 + j] & xf[s1 + j + one]
+            else:
+                for i in range(np.uint64(first) * uwd):
+                    j = i + i - i % uwd
+                    of[o + i] = xf[s0 + j] & xf[s0 + j + uwd] & xf[s1 + j] & xf[s1 + j + uwd]
+            o += np.uint64(first) * uwd
+        for ox in range(first, wo):
             x0 = ox * sw - pw
             xlo = max(x0, 0)
             xhi = min(x0 + kw, w)
-            if kh == 2 and kw == 2 and yhi - ylo == 2 and xhi - xlo == 2:
-                # the common 2x2 window, whole: four loads per word, no inner loops
-                s0 = np.uint64(row0 + xlo * wd)
-                s1 = s0 + np.uint64(rstep)
-                for k in range(wd):
-                    uk = np.uint64(k)
-                    of[o + uk] = (xf[s0 + uk] & xf[s0 + uwd + uk]
-                                  & xf[s1 + uk] & xf[s1 + uwd + uk])
-            else:
-                _and_window(xf, of, o, wd, row0, rstep, yhi - ylo, xlo, xhi - xlo)
+            _and_window(xf, of, o, wd, row0, rstep, yhi - ylo, xlo, xhi - xlo)
             o += uwd
 
 
