@@ -116,7 +116,9 @@ FCONVS = [(2, 9, 7, 3, 37, 5, 1, 2), (1, 12, 12, 3, 192, 5, 1, 2), (3, 6, 6, 5, 
           (2, 7, 7, 1, 23, 3, 1, 1), (1, 6, 6, 2, 24, 3, 1, 1), (1, 6, 6, 2, 25, 3, 1, 1),
           (1, 5, 6, 3, 8, 3, 1, 1),
           # words of 6 and 7 vectors of 8 channels (45; 64 + 56), a second word of 5 (64 + 36)
-          (2, 7, 7, 1, 45, 3, 1, 1), (1, 6, 6, 2, 120, 3, 2, 1), (1, 5, 5, 3, 100, 3, 1, 1)]
+          (2, 7, 7, 1, 45, 3, 1, 1), (1, 6, 6, 2, 120, 3, 2, 1), (1, 5, 5, 3, 100, 3, 1, 1),
+          # one input channel: two output words, a 5x5 window
+          (3, 9, 8, 1, 30, 3, 1, 1), (2, 6, 7, 1, 100, 5, 1, 2), (1, 3, 3, 1, 5, 3, 1, 0)]
 
 
 @pytest.mark.parametrize("n,h,w,c,co,k,s,p", FCONVS)
@@ -247,22 +249,27 @@ def test_threads_must_be_positive(threads):
         program(np.zeros((1, 3, 32, 32), np.float32), threads=threads)
 
 
-@pytest.mark.parametrize("kh,kw,cin,cout,dense", [
-    (5, 5, 96, 192, True),    # NIN's 5x5: 38 words instead of 50, for 12 output blocks
-    (5, 5, 61, 121, True),    # 24 words instead of 25 for 8 blocks > 0.28 * 25 tap words
-    (5, 5, 61, 32, False),    # the same for 2 blocks: not worth building the matrix
-    (3, 3, 45, 90, True),     # 7 instead of 9 words for 6 blocks > 0.28 * 9 tap words
-    (3, 3, 61, 16, False),    # 9 instead of 9 words: nothing saved
-    (3, 3, 56, 16, False),    # 8 instead of 9 words for 1 block < 0.28 * 9 tap words
-    (3, 3, 21, 45, True),     # 3 instead of 9 words for 3 blocks
-    (3, 3, 128, 128, False),  # whole words: nothing saved
-    (1, 1, 7, 512, False),    # a 1x1 conv has no window to pack
+@pytest.mark.parametrize("kh,kw,cin,cout,run,dense", [
+    (5, 5, 96, 192, 316, True),  # NIN's 5x5: 38 words instead of 50, for 12 output blocks
+    (5, 5, 61, 121, 10**6, True),  # 24 words instead of 25 for 8 blocks: pays in long runs
+    (5, 5, 61, 121, 316, False),   # but not on nin's 16x16 maps (short runs cost more)
+    (5, 5, 61, 32, 10**6, False),  # the same for 2 blocks: not worth building the matrix
+    (3, 3, 45, 90, 222, True),     # 7 instead of 9 words for 6 blocks
+    (3, 3, 61, 16, 838, False),    # 9 instead of 9 words: nothing saved
+    (3, 3, 56, 16, 838, False),    # 8 instead of 9 words for 1 block
+    (3, 3, 21, 45, 838, True),     # 3 instead of 9 words for 3 blocks
+    (3, 3, 120, 120, 78, False),   # 17 instead of 18 words for 8 blocks on 8x8 maps
+    (3, 3, 128, 128, 61, False),   # whole words: nothing saved
+    (1, 1, 7, 512, 10**6, False),  # a 1x1 conv has no window to pack
 ])
-def test_patch_matrix_only_where_it_saves_more_than_it_costs(kh, kw, cin, cout, dense):
+def test_patch_matrix_only_where_it_saves_more_than_it_costs(kh, kw, cin, cout, run, dense):
     direct, kp = kh * kw * K.words(cin), K.words(kh * kw * cin)
     saved = -(-cout // K.BLOCK_CH) * (direct - kp)
-    assert (saved > K.PATCH_WORD_COST * direct) == dense
-    assert K.use_patch_matrix(kh, kw, cin, cout) == dense
+    build = (K.PATCH_WORD_COST + K.PATCH_RUN_COST / run) * direct
+    assert (kh * kw > 1 and saved > build) == dense
+    assert K.use_patch_matrix(kh, kw, cin, cout, run) == dense
+    assert K.patch_run((28, 28), 3, (1, 1)) == 27 * 30 + 28  # a whole image at the pitch
+    assert K.patch_run((14, 14), 3, (2, 2)) == 14  # one output row
 
 
 @pytest.mark.parametrize("n,h,w,cin,k,s,p,pv", [

@@ -22,15 +22,20 @@ SMALL = (1, 28, 28)
 
 
 def test_conv_work_steps_where_the_kernels_pay() -> None:
+    def work(kind: str, k: int, cin: int, cout: int) -> float:
+        return K.conv_work(kind, k, k, cin, cout, 838)
+
     # binary 3x3 conv with 48 outputs: 9*21 = 189 input bits fill 3 patch-row words, 22 need 4
-    assert K.conv_work("bconv", 3, 3, 21, 48) < K.conv_work("bconv", 3, 3, 22, 48)
+    assert work("bconv", 3, 21, 48) < work("bconv", 3, 22, 48)
     # outputs in 8-channel vectors: 17..24 cost the same, 16 less
-    assert len({K.conv_work("bconv", 1, 1, 64, c) for c in range(17, 25)}) == 1
-    assert K.conv_work("bconv", 1, 1, 64, 16) < K.conv_work("bconv", 1, 1, 64, 17)
-    assert len({K.conv_work("fconv", 3, 3, 1, c) for c in range(9, 17)}) == 1
+    assert len({work("bconv", 1, 64, c) for c in range(17, 25)}) == 1
+    assert work("bconv", 1, 64, 16) < work("bconv", 1, 64, 17)
+    # a float conv: 8-channel vectors
+    assert len({work("fconv", 3, 1, c) for c in range(9, 17)}) == 1
+    assert work("fconv", 3, 1, 8) < work("fconv", 3, 1, 9)
     # a direct 1x1 conv pays whole 64-bit input words
-    assert K.conv_work("bconv", 1, 1, 65, 32) == K.conv_work("bconv", 1, 1, 128, 32)
-    assert K.conv_work("bconv", 1, 1, 64, 32) < K.conv_work("bconv", 1, 1, 65, 32)
+    assert work("bconv", 1, 65, 32) == work("bconv", 1, 128, 32)
+    assert work("bconv", 1, 64, 32) < work("bconv", 1, 65, 32)
 
 
 def test_kernel_counts_of_the_small_model() -> None:

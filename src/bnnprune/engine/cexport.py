@@ -207,7 +207,8 @@ class _Exporter:
     def _bconv_dense(self, op: Op) -> bool:
         """The engine's choice (taps packed back to back when that saves words)."""
         if id(op) not in self._dense:
-            self._dense[id(op)] = prepare_bconv(op).dense
+            v = self.p.values[op.output]
+            self._dense[id(op)] = prepare_bconv(op, (v.h, v.w)).dense
         return self._dense[id(op)]
 
     def _bconv_whole(self, op: Op) -> bool:

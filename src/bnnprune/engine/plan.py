@@ -46,15 +46,16 @@ class PreparedBconv:
     kp: int  # words per window row in dense mode
 
 
-def prepare_bconv(op: Op) -> PreparedBconv:
-    """Kernel layout of a validated ``bconv`` op."""
+def prepare_bconv(op: Op, out_hw: tuple[int, int]) -> PreparedBconv:
+    """Kernel layout of a validated ``bconv`` op with an ``out_hw`` output map."""
     a = op.attrs
     kh, kw = a["kernel"]
     cin = a["cin"]
     wd = words(cin)
     w = op.arrays["w"]
     kp = words(kh * kw * cin)
-    dense = K.use_patch_matrix(kh, kw, cin, a["cout"])
+    run = K.patch_run(out_hw, kw, tuple(a["stride"]))
+    dense = K.use_patch_matrix(kh, kw, cin, a["cout"], run)
     wb = K.block_weights(K.dense_bits(w, cin) if dense else w)
     pad_words = tail_mask(cin) if a["pad_value"] == -1 else np.zeros(wd, np.uint64)
     if a["mode"] == "bits":

@@ -339,7 +339,8 @@ class Program:
         if idx not in self._prepared:
             op = self.ops[idx]
             if op.kind == "bconv":
-                self._prepared[idx] = prepare_bconv(op)
+                v = self.values[op.output]
+                self._prepared[idx] = prepare_bconv(op, (v.h, v.w))
             elif op.kind == "fconv":
                 self._prepared[idx] = prepare_fconv(op)
             else:

@@ -192,7 +192,7 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
     convolution touches allows every count. Raises EngineError when the engine cannot compile
     the model, ValueError when its channels do not follow the pruning groups.
     """
-    from bnnprune.engine.kernels import conv_work
+    from bnnprune.engine.kernels import conv_work, patch_run
 
     program = _compile(model, space.input_shape)
     ins, outs = _expressions(space, program)
@@ -202,6 +202,8 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
         if op.kind not in CONV_KINDS:
             continue
         kh, kw = op.attrs["kernel"]
+        v = program.values[op.output]
+        run = patch_run((v.h, v.w), kw, tuple(op.attrs["stride"]))
         for gi, c in enumerate(full):
             if not any(g == gi for g, _ in (*i_expr[1], *o_expr[1])):
                 continue
@@ -210,7 +212,7 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
             for k in range(1, c + 1):
                 removed[gi] = c - k
                 work[k] = conv_work(op.kind, kh, kw, _count(i_expr, removed),
-                                    _count(o_expr, removed))
+                                    _count(o_expr, removed), run)
             counts = _saving_counts(work, 0.0)
             if len(counts) < c:  # a convolution that pays for every channel says nothing
                 steps[gi].update(counts)

@@ -19,9 +19,11 @@ from bnnprune.engine.kernels.act import prelu_call
 from bnnprune.engine.kernels.base import (
     BLOCK_CH,
     PAR_MIN_WORK,
+    PATCH_RUN_COST,
     PATCH_WORD_COST,
     block_channels,
     conv_work,
+    patch_run,
     use_parallel,
     use_patch_matrix,
     words,
@@ -57,6 +59,7 @@ from bnnprune.engine.kernels.pool import (
 __all__ = [
     "BLOCK_CH",
     "PAR_MIN_WORK",
+    "PATCH_RUN_COST",
     "PATCH_WORD_COST",
     "adaptive_avgpool_call",
     "affine_pack_call",
@@ -74,6 +77,7 @@ __all__ = [
     "pad_call",
     "pad_fill",
     "patch_planes_shape",
+    "patch_run",
     "pool_call",
     "pool_out_size",
     "prelu_call",

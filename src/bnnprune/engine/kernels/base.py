@@ -29,11 +29,15 @@ PAR_MIN_WORK = 20_000
 
 # Cost of building one tap word of a dense bit patch matrix (its padding copy included), in
 # units of one XNOR-popcount word of one 16-channel block of the direct GEMM (both per output
-# pixel). A patch matrix pays off only when the GEMM words it saves over all output blocks cost
-# more. Measured by ``benchmarks/bench_patch_cost.py --threads 1`` (batch 64, the 3x3 layers of
-# ``small`` unpruned and at -50% BOPs, AVX-512 x86): the median of its per-layer ratios, 0.275
-# in two runs (0.19-0.23 on 28x28 maps, 0.24-0.32 on 14x14, 0.8-1.15 on 7x7: short runs).
-PATCH_WORD_COST = 0.28
+# pixel): ``PATCH_WORD_COST + PATCH_RUN_COST / run``, ``run`` the output positions per builder
+# run (:func:`patch_run`; each run pays a fixed setup, so small maps cost more per word). A
+# patch matrix pays off only when the GEMM words it saves over all output blocks cost more.
+# Fitted by ``benchmarks/bench_patch_cost.py --threads 1`` (batch 64, the 3x3 and 5x5 binary
+# convs of ``small`` and ``nin``, unpruned and pruned, AVX-512 x86): 0.24 + 29 / run (per
+# layer 0.18-0.30 on 14x14 and 28x28 maps, 0.37-0.68 on nin's 16x16 5x5, 0.5-0.8 on 7x7 and
+# 8x8; every layer's choice agreed with its measured dense/direct time).
+PATCH_WORD_COST = 0.24
+PATCH_RUN_COST = 29.0
 
 EMPTY_U64 = np.zeros((1, 1), np.uint64)
 EMPTY_F32 = np.zeros((1, 1), np.float32)
@@ -94,26 +98,40 @@ def pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c):
         bases[j] = bases[npx - 1]
 
 
-def _bconv_paths(kh: int, kw: int, cin: int, blocks: float) -> tuple[float, float]:
+def patch_run(out_hw: tuple[int, int], kw: int, stride: tuple[int, int]) -> int:
+    """Output positions per run of the (serial) patch builder: at stride 1 a whole image, its
+    rows at the padded width's pitch (``kw - 1`` wrapped positions per row); otherwise one
+    output row."""
+    ho, wo = (int(v) for v in out_hw)
+    if tuple(stride) == (1, 1):
+        return (ho - 1) * (wo + int(kw) - 1) + wo
+    return wo
+
+
+def _bconv_paths(kh: int, kw: int, cin: int, blocks: float, run: int) -> tuple[float, float]:
     """Work per output pixel of a binary conv with ``blocks`` output blocks, run direct
     (``kh*kw*words(cin)`` words per block) and on a dense patch matrix (``words(kh*kw*cin)``
-    words per block, plus :data:`PATCH_WORD_COST` per tap word to build it)."""
+    words per block, plus the build: ``PATCH_WORD_COST + PATCH_RUN_COST / run`` per tap
+    word)."""
     taps = kh * kw * words(cin)
-    return taps * blocks, words(kh * kw * cin) * blocks + PATCH_WORD_COST * taps
+    build = PATCH_WORD_COST + PATCH_RUN_COST / max(int(run), 1)
+    return taps * blocks, words(kh * kw * cin) * blocks + build * taps
 
 
-def use_patch_matrix(kh: int, kw: int, cin: int, cout: int) -> bool:
+def use_patch_matrix(kh: int, kw: int, cin: int, cout: int, run: int) -> bool:
     """Whether a ``kh x kw`` binary conv should run on a dense bit patch matrix: when the GEMM
-    words it saves over all (whole) 16-channel output blocks cost more than building it."""
-    direct, dense = _bconv_paths(kh, kw, cin, -(-int(cout) // BLOCK_CH))
+    words it saves over all (whole) 16-channel output blocks cost more than building it
+    (``run``: :func:`patch_run` of the layer)."""
+    direct, dense = _bconv_paths(kh, kw, cin, -(-int(cout) // BLOCK_CH), run)
     return kh * kw > 1 and dense < direct
 
 
-def conv_work(kind: str, kh: int, kw: int, cin: int, cout: int) -> float:
+def conv_work(kind: str, kh: int, kw: int, cin: int, cout: int, run: int) -> float:
     """Work of one output pixel of a ``bconv`` or ``fconv`` op on the path the engine takes,
     counted in the units its kernels pay for: a binary conv pays XNOR-popcount words (per
-    tap, or dense patch rows plus :data:`PATCH_WORD_COST` per tap word to build them) times
-    8-channel half blocks; a float conv pays taps x input channels x 8-channel vectors.
+    tap, or dense patch rows plus the cost of building them, ``run`` as in
+    :func:`use_patch_matrix`) times 8-channel half blocks; a float conv pays taps x input
+    channels x 8-channel vectors.
 
     The two units are not comparable; what counts is where the work steps with the channel
     counts (the planner's ``round_to="auto"`` keeps only counts where it does).
@@ -121,8 +139,8 @@ def conv_work(kind: str, kh: int, kw: int, cin: int, cout: int) -> float:
     halves = -(-int(cout) // (BLOCK_CH // 2)) / 2
     if kind == "fconv":
         return kh * kw * cin * halves
-    direct, dense = _bconv_paths(kh, kw, cin, halves)
-    return dense if use_patch_matrix(kh, kw, cin, cout) else direct
+    direct, dense = _bconv_paths(kh, kw, cin, halves, run)
+    return dense if use_patch_matrix(kh, kw, cin, cout, run) else direct
 
 
 def use_parallel(work: float, threads: int | None) -> bool:

@@ -22,11 +22,12 @@ from numba import njit
 from bnnprune.engine.kernels.base import chunks, need, noop, twins, use_parallel, words
 
 
-def patch_schedule(kh: int, kw: int, cin: int,
-                   row_words: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def patch_schedule(kh: int, kw: int, cin: int, row_words: int, plane: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Where the bits of patch word ``j`` come from: contributions ``start[j] .. start[j+1]``,
     each ``(x[base + rel] << shl) >> shr`` of a tap word at offset ``rel`` from the window's
-    first word (``row_words`` words per input row).
+    first word (``row_words`` words per input row; with ``plane``, the input's words are in
+    planes that far apart, one word per pixel).
 
     Tap word ``k`` of tap ``(ky, kx)`` holds ``nb`` bits (64, or the rest of ``cin``) and starts
     at bit ``pos = (ky*kw + kx)*cin + 64*k`` of the patch: its low part lands in word
@@ -41,7 +42,8 @@ def patch_schedule(kh: int, kw: int, cin: int,
             for k in range(wd):
                 pos = (ky * kw + kx) * cin + 64 * k
                 nb = min(64, cin - 64 * k)
-                rel = ky * row_words + kx * wd + k
+                rel = (ky * row_words + kx + k * plane if plane
+                       else ky * row_words + kx * wd + k)
                 s = pos & 63
                 per_word[pos >> 6].append((rel, s, 0))
                 if s + nb > 64:
@@ -55,47 +57,59 @@ def patch_schedule(kh: int, kw: int, cin: int,
 
 
 @njit(cache=True)
-def _im2col_bits_rows(xp, start, rel, shl, shr, sh, sw, ho, wo, band, out, r_lo, r_hi):
+def _im2col_bits_rows(xp, start, rel, shl, shr, kh, sh, sw, ho, wo, band, plane, out, r_lo,
+                      r_hi):
     n, hp, wp, wd = xp.shape
     kp, _, _, pitch = out.shape
     xf = xp.reshape(-1)
     of = out.reshape(-1)
     nband = -(-ho // band)
-    plane = n * ho * pitch
+    size = n * ho * pitch
     # stride 1: a band of output rows is one run over the padded rows (the output pitch is the
     # padded width, its last kw - 1 words of each row unused); otherwise one output row per run
     pstep = np.uint64(sw * wd)
+    # more than one word per pixel at stride 1: the band's input rows are first split into
+    # word planes, so every run below reads consecutive words (vector loads, not gathers)
+    planes = np.empty(wd * plane if plane else 1, np.uint64)
+    src_f = planes if plane else xf
     for t in range(r_lo, r_hi):
         b = t // nband
         oy0 = (t - b * nband) * band
         rows = min(band, ho - oy0)
         base = (b * hp + oy0 * sh) * wp * wd
+        if plane:
+            npos = ((rows - 1) * sh + kh) * wp
+            for q in range(npos):
+                for k in range(wd):
+                    planes[k * plane + q] = xf[base + q * wd + k]
+            base = 0
+            pstep = np.uint64(1)
         run = np.uint64((rows - 1) * pitch + wo)
         o0 = (b * ho + oy0) * pitch
         for j in range(kp):
             # each patch word: the tap words that land in it, shifted into place (vectors of
             # consecutive pixels), ORed straight into the word's plane
-            dst = np.uint64(j * plane + o0)
+            dst = np.uint64(j * size + o0)
             c = start[j]
             a = shl[c]
             s = shr[c]
             src = np.uint64(base + rel[c])
             if pstep == 1:
                 for i in range(run):
-                    of[dst + i] = (xf[src + i] << a) >> s
+                    of[dst + i] = (src_f[src + i] << a) >> s
             else:
                 for i in range(run):
-                    of[dst + i] = (xf[src + i * pstep] << a) >> s
+                    of[dst + i] = (src_f[src + i * pstep] << a) >> s
             for c in range(start[j] + 1, start[j + 1]):
                 a = shl[c]
                 s = shr[c]
                 src = np.uint64(base + rel[c])
                 if pstep == 1:
                     for i in range(run):
-                        of[dst + i] |= (xf[src + i] << a) >> s
+                        of[dst + i] |= (src_f[src + i] << a) >> s
                 else:
                     for i in range(run):
-                        of[dst + i] |= (xf[src + i * pstep] << a) >> s
+                        of[dst + i] |= (src_f[src + i * pstep] << a) >> s
 
 
 _im2col_bits_par, _im2col_bits_ser = twins(_im2col_bits_rows)
@@ -139,15 +153,18 @@ def im2col_bits_call(xp: np.ndarray, cin: int, k: tuple[int, int], s: tuple[int,
     kh, kw = (int(v) for v in k)
     sh, sw = (int(v) for v in s)
     wo = (wp - kw) // sw + 1
-    sched = patch_schedule(kh, kw, cin, wp * wd)
     work = n * ho * wo * (kh * kw * wd + kp) * 0.3
     par = use_parallel(work, threads)
     fn = _im2col_bits_par if par else _im2col_bits_ser
-    # stride 1: bands of output rows, whole images when serial (longer vector runs)
-    band = (ho if not par else max(1, ho // 4)) if sh == 1 and sw == 1 else 1
+    unit = sh == 1 and sw == 1
+    # stride 1: bands of output rows, whole images unless a few images must feed the threads
+    # (longer vector runs)
+    band = (ho if not par or n >= 8 else max(1, ho // 4)) if unit else 1
+    plane = (band - 1 + kh) * wp if unit and wd > 1 else 0
+    sched = patch_schedule(kh, kw, cin, wp if plane else wp * wd, plane)
     nrows = n * -(-ho // band)
-    return functools.partial(fn, nrows, chunks(nrows) if par else 1, xp, *sched, sh, sw,
-                             ho, wo, band, out)
+    return functools.partial(fn, nrows, chunks(nrows) if par else 1, xp, *sched, kh, sh, sw,
+                             ho, wo, band, plane, out)
 
 
 def dense_bits(w: np.ndarray, cin: int) -> np.ndarray:
@@ -162,6 +179,6 @@ def dense_bits(w: np.ndarray, cin: int) -> np.ndarray:
     kw = seg // wd
     src = np.ascontiguousarray(w.reshape(co, 1, kh * kw, wd))
     out = np.empty((words(kh * kw * cin), co, 1, 1), np.uint64)
-    _im2col_bits_rows(src, *patch_schedule(1, kh * kw, cin, kh * kw * wd), 1, 1, 1, 1, 1, out,
-                      0, co)
+    _im2col_bits_rows(src, *patch_schedule(1, kh * kw, cin, kh * kw * wd), 1, 1, 1, 1, 1, 1, 0,
+                      out, 0, co)
     return np.ascontiguousarray(out.reshape(-1, co).T).reshape(co, 1, -1)
