@@ -187,8 +187,11 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
     vectors, 64-bit input words, dense patch rows), so a plan rounded to them pays for every
     channel it keeps. No timing: the same counts on every machine.
 
-    Only convolutions whose work has plateaus count; one that pays for every channel (a
-    classifier reading flattened features) would allow every count. A group no such
+    A count is a step of a convolution only if it is one with the other groups whole and with
+    them halved: whether a dense patch matrix pays depends on the output blocks too, and a
+    plan rarely keeps every channel of the next layer. Only convolutions whose work has
+    plateaus count; one that pays for every channel (a classifier reading flattened features)
+    would allow every count. A group no such
     convolution touches allows every count. Raises EngineError when the engine cannot compile
     the model, ValueError when its channels do not follow the pruning groups.
     """
@@ -207,13 +210,18 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
         for gi, c in enumerate(full):
             if not any(g == gi for g, _ in (*i_expr[1], *o_expr[1])):
                 continue
-            removed = [0] * len(full)
-            work = {}
-            for k in range(1, c + 1):
-                removed[gi] = c - k
-                work[k] = conv_work(op.kind, kh, kw, _count(i_expr, removed),
-                                    _count(o_expr, removed), run)
-            counts = _saving_counts(work, 0.0)
+            # the other groups whole and halved: a count is a step only if it saves work
+            # either way (whether a patch matrix pays depends on the output blocks too)
+            found = []
+            for other in (0.0, 0.5):
+                removed = [int(n * other) for n in full]
+                work = {}
+                for k in range(1, c + 1):
+                    removed[gi] = c - k
+                    work[k] = conv_work(op.kind, kh, kw, _count(i_expr, removed),
+                                        _count(o_expr, removed), run)
+                found.append(set(_saving_counts(work, 0.0)))
+            counts = found[0] & found[1]
             if len(counts) < c:  # a convolution that pays for every channel says nothing
                 steps[gi].update(counts)
     return [tuple(sorted(s)) if len(s) > 1 else tuple(range(1, c + 1))
