@@ -276,6 +276,9 @@ def test_patch_matrix_only_where_it_saves_more_than_it_costs(kh, kw, cin, cout, 
     (10, 24, 24, 23, 3, 1, 1, -1),  # big enough for the parallel driver (bands of rows)
     (10, 23, 25, 90, 3, 2, 1, 1),   # stride 2: one output row per run, 2 words per tap
     (2, 6, 7, 45, 2, 1, 0, 1),      # no padding, even window
+    # stride 1 with 2 and 3 words per pixel: the input split into word planes first (whole
+    # images, and bands of rows for the parallel driver)
+    (3, 9, 8, 130, 3, 1, 1, -1), (10, 16, 16, 96, 5, 1, 2, 1),
 ])
 def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
     wd = K.words(cin)

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from bnnprune.engine.errors import EngineError
 
-BLOCK_CH = 16  # output channels per register block (4 x <4 x i64> or 2 x <8 x float>)
+BLOCK_CH = 16  # output channels per register block (2 x <8 x i64> or 2 x <8 x float>)
 TILE_PIX = 32  # output pixels that reuse one weight block while it sits in L1
 FPIX = 4  # pixels per register block of the float conv
 
