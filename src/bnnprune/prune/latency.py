@@ -191,9 +191,9 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
     them halved: whether a dense patch matrix pays depends on the output blocks too, and a
     plan rarely keeps every channel of the next layer. Only convolutions whose work has
     plateaus count; one that pays for every channel (a classifier reading flattened features)
-    would allow every count. A group no such
-    convolution touches allows every count. Raises EngineError when the engine cannot compile
-    the model, ValueError when its channels do not follow the pruning groups.
+    would allow every count. A group no such convolution touches allows every count. Raises
+    EngineError when the engine cannot compile the model, ValueError when its channels do not
+    follow the pruning groups.
     """
     from bnnprune.engine.kernels import conv_work, patch_run
 
