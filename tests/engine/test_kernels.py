@@ -1,6 +1,9 @@
 """Kernels against plain numpy references: direct and patch-matrix XNOR-popcount convolution,
 the fused float conv + sign, pooling; shape validation; plan reuse and thread counts."""
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -324,3 +327,27 @@ def test_pad_copies_the_interior_and_leaves_the_border(dtype, ph, pw, c, rng):
     K.pad_call(x, (ph, pw), out)()
     expect = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=7)
     assert np.array_equal(out, expect)
+
+
+def test_engine_caches_are_stamped_with_every_kernel_source(tmp_path):
+    """numba drops a cached function when its own file changes; the engine's functions also
+    inline intrinsics.py and base.py, so their cache stamps carry a hash of every kernel
+    source (a function elsewhere keeps numba's own stamp)."""
+    import importlib.util
+    import inspect
+
+    from bnnprune.engine import bench
+    from bnnprune.engine.kernels import base, bconv
+
+    sources = sorted(Path(inspect.getfile(base)).parent.glob("*.py"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+    assert base.KERNELS_HASH == digest
+    for fn in (bconv._bconv_ser, bconv._bconv_tiles, bench._xpc_probe):
+        assert fn._cache._impl._locator.get_source_stamp()[1] == digest
+    (tmp_path / "outside_mod.py").write_text(
+        "import numba\n\n@numba.njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    spec = importlib.util.spec_from_file_location("outside_mod", tmp_path / "outside_mod.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.f(1) == 2
+    assert not type(mod.f._cache._impl._locator).__name__.startswith("BnnpruneEngine")

@@ -38,6 +38,7 @@ import numpy as np
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.ir import Op, ValueInfo
+from bnnprune.engine.kernels.base import KERNELS_HASH
 from bnnprune.engine.pack import tail_mask, words
 from bnnprune.engine.program import Program, _threads
 from bnnprune.machine import machine_info
@@ -55,13 +56,10 @@ CONTEXT_MAX = 4.0  # an op's time in a whole run is taken as at most this times 
 
 
 def _kernels_fingerprint() -> str:
-    """Hash of the kernel and plan sources: a cache built by other kernels is not reused."""
-    root = Path(__file__).parent
-    h = hashlib.sha1()
-    for p in sorted([*root.joinpath("kernels").glob("*.py"), root / "plan.py"]):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:12]
+    """Hash of the kernel sources (:data:`~bnnprune.engine.kernels.base.KERNELS_HASH`) and the
+    plan's: a cache built by other kernels is not reused."""
+    plan = Path(__file__).with_name("plan.py").read_bytes()
+    return hashlib.sha1(KERNELS_HASH.encode() + plan).hexdigest()[:12]
 
 
 def machine_key() -> str:

@@ -5,18 +5,66 @@ rows ``r_lo .. r_hi`` of its output. :func:`twins` compiles two drivers from it:
 (``parallel=True``, a ``prange`` over chunks of rows) and ``ser`` (one call on the calling
 thread, no thread-pool round trip). :func:`use_parallel` picks one from the amount of work, so
 small layers at batch 1 do not pay a parallel region.
+
+numba's on-disk cache drops a compiled function only when its own source file changes, but the
+engine's functions inline the LLVM IR of :mod:`.intrinsics` and the helpers here: importing
+this module stamps every cached function of ``bnnprune.engine`` with a hash of all kernel
+sources too (:func:`_stamp_engine_caches`), so editing any of them recompiles them all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import types as pytypes
 from collections.abc import Callable
+from pathlib import Path
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 from bnnprune.engine.errors import EngineError
+
+_KERNELS = Path(__file__).resolve().parent
+KERNELS_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_KERNELS.glob("*.py")))
+                              ).hexdigest()
+
+
+def _stamp_engine_caches() -> None:
+    """Put :data:`KERNELS_HASH` into the source stamp of every numba-cached function defined
+    under ``bnnprune/engine`` (a locator class ahead of each of numba's file-backed ones).
+    Without numba's locator classes (other versions) caching stays as numba does it."""
+    try:
+        from numba.core import caching
+        impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+        names = ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")
+        bases = [getattr(caching, n, None) or getattr(caching, "_" + n) for n in names]
+    except (ImportError, AttributeError):
+        return
+    engine = _KERNELS.parent
+
+    def stamped(base: type) -> type:
+        class Locator(base):  # type: ignore[misc, valid-type]
+            @classmethod
+            def from_function(cls, py_func, py_file):  # noqa: ANN001, ANN206
+                try:
+                    inside = Path(py_file).resolve().is_relative_to(engine)
+                except (OSError, TypeError, ValueError):
+                    inside = False
+                return super().from_function(py_func, py_file) if inside else None
+
+            def get_source_stamp(self):  # noqa: ANN202
+                return super().get_source_stamp(), KERNELS_HASH
+
+        Locator.__name__ = Locator.__qualname__ = f"BnnpruneEngine{base.__name__.lstrip('_')}"
+        return Locator
+
+    if not any(getattr(c, "__name__", "").startswith("BnnpruneEngine")
+               for c in impl._locator_classes):
+        impl._locator_classes = [stamped(b) for b in bases] + list(impl._locator_classes)
+
+
+_stamp_engine_caches()
 
 BLOCK_CH = 16  # output channels per register block (2 x <8 x i64> or 2 x <8 x float>)
 TILE_PIX = 32  # output pixels that reuse one weight block while it sits in L1
