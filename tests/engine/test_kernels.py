@@ -271,6 +271,9 @@ def test_patch_matrix_only_where_it_saves_more_than_it_costs(kh, kw, cin, cout, 
     build = (K.PATCH_WORD_COST + K.PATCH_RUN_COST / run) * direct
     assert (kh * kw > 1 and saved > build) == dense
     assert K.use_patch_matrix(kh, kw, cin, cout, run) == dense
+
+
+def test_patch_run_is_what_the_serial_builder_covers_in_one_run():
     assert K.patch_run((28, 28), 3, (1, 1)) == 27 * 30 + 28  # a whole image at the pitch
     assert K.patch_run((14, 14), 3, (2, 2)) == 14  # one output row
 

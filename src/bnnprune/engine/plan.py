@@ -43,7 +43,6 @@ class PreparedBconv:
     xmask: np.ndarray | None  # threshold mode: (blocks,) uint64
     affine: tuple[np.ndarray, ...] | None  # float mode: (m1, a1, m2, a2)
     pad_words: np.ndarray  # (words(Cin),)
-    kp: int  # words per window row in dense mode
 
 
 def prepare_bconv(op: Op, out_hw: tuple[int, int]) -> PreparedBconv:
@@ -53,17 +52,16 @@ def prepare_bconv(op: Op, out_hw: tuple[int, int]) -> PreparedBconv:
     cin = a["cin"]
     wd = words(cin)
     w = op.arrays["w"]
-    kp = words(kh * kw * cin)
     run = K.patch_run(out_hw, kw, tuple(a["stride"]))
     dense = K.use_patch_matrix(kh, kw, cin, a["cout"], run)
     wb = K.block_weights(K.dense_bits(w, cin) if dense else w)
     pad_words = tail_mask(cin) if a["pad_value"] == -1 else np.zeros(wd, np.uint64)
     if a["mode"] == "bits":
         init, xmask = K.threshold_init(op.arrays["thr"], op.arrays["flip"])
-        return PreparedBconv(dense, wb, init, xmask, None, pad_words, kp)
+        return PreparedBconv(dense, wb, init, xmask, None, pad_words)
     init = np.zeros(wb.shape[0] * K.BLOCK_CH, np.int64)
     affine = tuple(op.arrays[k] for k in ("m1", "a1", "m2", "a2"))
-    return PreparedBconv(dense, wb, init, None, affine, pad_words, kp)
+    return PreparedBconv(dense, wb, init, None, affine, pad_words)
 
 
 @dataclass

@@ -66,10 +66,10 @@ def _im2col_bits_rows(xp, start, rel, shl, shr, kh, sh, sw, ho, wo, band, plane,
     nband = -(-ho // band)
     size = n * ho * pitch
     # stride 1: a band of output rows is one run over the padded rows (the output pitch is the
-    # padded width, its last kw - 1 words of each row unused); otherwise one output row per run
-    pstep = np.uint64(sw * wd)
-    # more than one word per pixel at stride 1: the band's input rows are first split into
+    # padded width, its last kw - 1 words of each row unused); otherwise one output row per run.
+    # More than one word per pixel at stride 1: the band's input rows are first split into
     # word planes, so every run below reads consecutive words (vector loads, not gathers)
+    pstep = np.uint64(1 if plane else sw * wd)
     planes = np.empty(wd * plane if plane else 1, np.uint64)
     src_f = planes if plane else xf
     for t in range(r_lo, r_hi):
@@ -83,7 +83,6 @@ def _im2col_bits_rows(xp, start, rel, shl, shr, kh, sh, sw, ho, wo, band, plane,
                 for k in range(wd):
                     planes[k * plane + q] = xf[base + q * wd + k]
             base = 0
-            pstep = np.uint64(1)
         run = np.uint64((rows - 1) * pitch + wo)
         o0 = (b * ho + oy0) * pitch
         for j in range(kp):

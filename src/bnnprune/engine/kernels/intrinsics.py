@@ -42,9 +42,16 @@ _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
 # Lanes of the XOR-popcount vectors: <8 x i64> is one zmm register with AVX-512 (two ymm
 # halves elsewhere); against <4 x i64> it halves the weight loads, accumulator inits and sign
-# extractions per channel (``small``'s 28x28 and 14x14 GEMMs 1.15-1.3x faster on AVX-512 x86)
+# extractions per channel
 XPC_LANES = 8
+_VXPC = ir.VectorType(_I64, XPC_LANES)
 _V8F32 = ir.VectorType(_F32, 8)
+
+
+def _ctpop(builder):
+    """``llvm.ctpop`` over the XOR-popcount vectors (``<XPC_LANES x i64>``)."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VXPC, [_VXPC]),
+                                          f"llvm.ctpop.v{XPC_LANES}i64")
 
 
 def _is_vec(t: types.Type, dtype: types.Type) -> bool:
@@ -87,10 +94,7 @@ def _xpc_codegen(npix: int, channels: int = BLOCK_CH):
         bases = _ints(context, builder, sa, args, range(1, nb + 1))
         rowstep_, kh_, seg_, kstride_, woff_, ioff_ = _ints(
             context, builder, sa, args, (nb + 1, nb + 2, nb + 3, nb + 4, nb + 6, nb + 8))
-        lanes = XPC_LANES
-        vty = ir.VectorType(_I64, lanes)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
-                                               f"llvm.ctpop.v{lanes}i64")
+        lanes, vty, ctpop = XPC_LANES, _VXPC, _ctpop(builder)
         nv = BLOCK_CH // lanes
         init = [_vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, lanes * j)), vty, 8)
                 for j in range(nv)]
@@ -349,9 +353,7 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
 
     def codegen(context, builder, signature, args):
         n, s = _ints(context, builder, signature.args, args, (0, 1))
-        vty = ir.VectorType(_I64, XPC_LANES)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
-                                               f"llvm.ctpop.v{XPC_LANES}i64")
+        vty, ctpop = _VXPC, _ctpop(builder)
         consts = [0x5DEECE66D, -0x2545F4914F6CDD1D, 0x9E3779B97F4A7C15 >> 1, 7]
         w = ir.Constant(vty, [consts[e % 4] + e // 4 for e in range(XPC_LANES)])
         start = _splat(builder, s, vty)
@@ -384,10 +386,7 @@ def _xpc_word_codegen(context, builder, signature, args):
     mp = _data(context, builder, sa[12], args[12])
     base0, base1, rowstep_, kh_, seg_, kstride_, woff_, bstep_, ioff_, moff_, nb_, half_ = _ints(
         context, builder, sa, args, (1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 14, 15))
-    lanes = XPC_LANES
-    vty = ir.VectorType(_I64, lanes)
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
-                                           f"llvm.ctpop.v{lanes}i64")
+    lanes, vty, ctpop = XPC_LANES, _VXPC, _ctpop(builder)
     res = [cgutils.alloca_once_value(builder, ir.Constant(_I64, 0)) for _ in range(2)]
     nv = BLOCK_CH // lanes
     zero = ir.Constant(vty, [0] * lanes)
