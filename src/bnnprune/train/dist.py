@@ -93,6 +93,11 @@ def distributed_from_env(device: torch.device) -> Iterator[bool]:
     dist.init_process_group(backend=backend)
     try:
         yield True
+        # every rank is past its last collective before any tears the group down: a rank
+        # destroying it while a peer's gloo threads still talk to it aborted that peer at
+        # exit ("terminate called without an active exception"); after an error the other
+        # ranks may never arrive, so only a clean exit waits
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
