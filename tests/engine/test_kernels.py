@@ -150,6 +150,61 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
         K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out_f, threads=threads)()
         assert np.array_equal(out_f, expect_f)
     assert not np.any(out & ~tail_mask(co))  # no bits beyond the channels
+    # a zero alpha cannot be folded into thresholds; without it, the folded epilogue (one
+    # compare per vector, negated weights where alpha < 0) gives the same bits
+    assert K.sign_thresholds(wm, b, alpha, beta) is None
+    alpha[0] = -0.5
+    expect = K.run_affine_pack((cols @ wm + b).reshape(n, ho, wo, co), alpha, beta)
+    wt, thr = K.sign_thresholds(wm, b, alpha, beta)
+    ep = (K.block_channels(thr, 0.0), K.block_channels(alpha, 0.0),
+          K.block_channels(beta, 0.0), tail_mask(co))
+    for threads in (1, None):
+        out[:] = ~np.uint64(0)
+        K.fconv_call(xp, K.block_float_weights(wt, co), co, (k, k), (s, s), ep, out,
+                     threads=threads, thresholds=True)()
+        assert np.array_equal(out, expect)
+    with pytest.raises(EngineError, match="thresholds give bits"):
+        K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out_f, thresholds=True)
+
+
+def _epilogue_bit(acc, b, a, be):
+    with np.errstate(all="ignore"):
+        return ~(((acc + b) * a + be) >= 0)
+
+
+def test_sign_thresholds_give_the_epilogue_bit_for_every_float(rng):
+    co = 64
+    b = (rng.standard_normal(co) * 10.0 ** rng.integers(-8, 8, co)).astype(np.float32)
+    a = (rng.standard_normal(co) * 10.0 ** rng.integers(-30, 30, co)).astype(np.float32)
+    be = (rng.standard_normal(co) * 10.0 ** rng.integers(-8, 8, co)).astype(np.float32)
+    b[:4], a[:4], be[:4] = 0.0, (1.0, -1.0, 3e38, -3e-38), (0.0, -0.0, 1e-45, -3e38)
+    w = rng.standard_normal((5, co)).astype(np.float32)
+    wt, thr = K.sign_thresholds(w, b, a, be)
+    sign = np.where(a < 0, np.float32(-1), np.float32(1))
+    assert np.array_equal(wt, w * sign)  # negated exactly where alpha < 0
+    # conv values around every threshold, across magnitudes, and the special values
+    near = thr[np.isfinite(thr)]
+    with np.errstate(over="ignore"):
+        accs = [rng.standard_normal(2000).astype(np.float32) * np.float32(10.0) ** e
+                for e in range(-40, 39, 6)]
+    accs += [near, np.nextafter(near, np.float32(np.inf)), np.nextafter(near, -np.float32(np.inf)),
+             np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 3.4e38, -3.4e38, 1e-45], np.float32)]
+    acc = np.concatenate([*accs, -near]).astype(np.float32)[:, None]  # every value x channel
+    want = _epilogue_bit(acc, b, a, be)
+    with np.errstate(invalid="ignore"):
+        got = ~((acc * sign) >= thr)  # what the kernel computes on the (negated) sums
+    assert np.array_equal(got, want)
+    assert want.any() and (~want).any()
+
+
+def test_sign_thresholds_refuse_a_zero_or_non_finite_parameter():
+    w, one = np.ones((3, 2), np.float32), np.ones(2, np.float32)
+    assert K.sign_thresholds(w, one, one, one) is not None
+    assert K.sign_thresholds(w, one, np.array([1.0, 0.0], np.float32), one) is None
+    for bad in (np.inf, -np.inf, np.nan):
+        assert K.sign_thresholds(w, np.array([1.0, bad], np.float32), one, one) is None
+        assert K.sign_thresholds(w, one, np.array([1.0, bad], np.float32), one) is None
+        assert K.sign_thresholds(w, one, one, np.array([1.0, bad], np.float32)) is None
 
 
 @pytest.mark.parametrize("c,k,s,p,ceil", [(90, 2, 2, 0, False), (130, 3, 2, 1, True),
@@ -243,6 +298,24 @@ def test_plans_are_reused_and_results_not_aliased():
     assert inter and all(v.shape[0] == 2 for v in inter.values())
     assert np.array_equal(unpack_signs(pack_signs(np.ones((1, 3), np.float32)), 3),
                           np.ones((1, 3), np.float32))
+
+
+def test_patch_planes_built_per_chunk_of_images_give_the_same_logits(monkeypatch):
+    from bnnprune.engine import plan as plan_mod
+
+    _, program = _program()
+    x = dyadic_input((5, 3, 32, 32), seed=4)
+    whole = program(x)
+    dense = [i for i, op in enumerate(program.ops)
+             if op.kind == "bconv" and program.prepared(i).dense]
+    assert dense  # the test needs a layer on a patch matrix
+    monkeypatch.setattr(plan_mod, "PATCH_CHUNK_BYTES", 1)  # one image per chunk
+    _, chunked = _program()
+    assert np.array_equal(chunked(x), whole)
+    steps = dict(chunked.plan(5).steps)
+    for i in dense:
+        builders = [c for c in steps[i] if "im2col" in c.func.__name__]
+        assert len(builders) == 5
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True])

@@ -12,6 +12,7 @@ never see a buffer of a different shape than the one it was validated on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ __all__ = ["ExecutionPlan", "PreparedBconv", "PreparedFconv", "prepare_bconv", "
 
 Call = Callable[[], Any]
 
+# patch planes built and read per chunk of images of at most this size (it stays in L2)
+PATCH_CHUNK_BYTES = 256 * 1024
+
 
 @dataclass
 class PreparedBconv:
@@ -40,7 +44,7 @@ class PreparedBconv:
     dense: bool
     wb: np.ndarray  # (ceil(Co/16), KH', L', 16)
     init: np.ndarray  # (blocks*16,) int64
-    xmask: np.ndarray | None  # threshold mode: (blocks,) uint64
+    xmask: np.ndarray | None  # threshold mode: (words,) uint64
     affine: tuple[np.ndarray, ...] | None  # float mode: (m1, a1, m2, a2)
     pad_words: np.ndarray  # (words(Cin),)
 
@@ -66,18 +70,25 @@ def prepare_bconv(op: Op, out_hw: tuple[int, int]) -> PreparedBconv:
 
 @dataclass
 class PreparedFconv:
-    """A full-precision conv: blocked weights and the bias/affine epilogue."""
+    """A full-precision conv: blocked weights and the bias/affine epilogue (with
+    ``thresholds``, the weights and thresholds of :func:`~bnnprune.engine.kernels.sign_thresholds`
+    in place of the weights and bias)."""
 
     wf: np.ndarray  # (ceil(Co/16), KH*KW*Cin, 16) float32
     epilogue: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    thresholds: bool = False
 
 
-def prepare_fconv(op: Op) -> PreparedFconv:
-    """Kernel layout of a validated ``fconv`` op."""
+def prepare_fconv(op: Op, bits: bool) -> PreparedFconv:
+    """Kernel layout of a validated ``fconv`` op (``bits``: its output is packed signs)."""
     co = op.attrs["cout"]
-    ep = (K.block_channels(op.arrays["b"], 0.0), K.block_channels(op.arrays["alpha"], 0.0),
-          K.block_channels(op.arrays["beta"], 0.0), tail_mask(co))
-    return PreparedFconv(K.block_float_weights(op.arrays["w"], co), ep)
+    w, b, alpha, beta = (op.arrays[k] for k in ("w", "b", "alpha", "beta"))
+    folded = K.sign_thresholds(w, b, alpha, beta) if bits else None
+    if folded is not None:
+        w, b = folded
+    ep = (K.block_channels(b, 0.0), K.block_channels(alpha, 0.0),
+          K.block_channels(beta, 0.0), tail_mask(co))
+    return PreparedFconv(K.block_float_weights(w, co), ep, folded is not None)
 
 
 class ExecutionPlan:
@@ -177,12 +188,20 @@ class ExecutionPlan:
             K.pad_fill(src, pad, prep.pad_words)
             calls.append(K.pad_call(x, pad, src, threads=th))
         if prep.dense:
-            planes = self._keep(np.zeros(K.patch_planes_shape(self.n, *src.shape[1:3],
-                                                              a["cin"], (kh, kw), stride),
-                                         np.uint64))
-            calls.append(K.im2col_bits_call(src, a["cin"], (kh, kw), stride, planes, threads=th))
-            calls.append(K.bconv_patch_call(planes, prep.wb, a["cout"], nbits, out, prep.init,
-                                            threads=th, **kwargs))
+            # the patch planes of a few images at a time, each chunk's planes read by the GEMM
+            # while they are in cache (those of a whole batch are megabytes)
+            shape = K.patch_planes_shape(1, *src.shape[1:3], a["cin"], (kh, kw), stride)
+            chunk = max(1, min(self.n, PATCH_CHUNK_BYTES // (8 * math.prod(shape))))
+            buffers: dict[int, np.ndarray] = {}
+            for i0 in range(0, self.n, chunk):
+                c = min(chunk, self.n - i0)
+                if c not in buffers:
+                    buffers[c] = self._keep(np.zeros((shape[0], c, *shape[2:]), np.uint64))
+                calls.append(K.im2col_bits_call(src[i0:i0 + c], a["cin"], (kh, kw), stride,
+                                                buffers[c], threads=th))
+                calls.append(K.bconv_patch_call(buffers[c], prep.wb, a["cout"], nbits,
+                                                out[i0:i0 + c], prep.init, threads=th,
+                                                **kwargs))
             return calls
         calls.append(K.bconv_call(src, prep.wb, a["cout"], stride, nbits, out, prep.init,
                                   threads=th, **kwargs))
@@ -205,7 +224,8 @@ class ExecutionPlan:
         else:
             src = x
         calls.append(K.fconv_call(src, prep.wf, a["cout"], tuple(a["kernel"]),
-                                  tuple(a["stride"]), prep.epilogue, out, threads=th))
+                                  tuple(a["stride"]), prep.epilogue, out, threads=th,
+                                  thresholds=prep.thresholds))
         return calls
 
     def _float_op(self, op: Op, xs: list[np.ndarray], y: np.ndarray,  # noqa: C901

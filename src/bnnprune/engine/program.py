@@ -342,7 +342,7 @@ class Program:
                 v = self.values[op.output]
                 self._prepared[idx] = prepare_bconv(op, (v.h, v.w))
             elif op.kind == "fconv":
-                self._prepared[idx] = prepare_fconv(op)
+                self._prepared[idx] = prepare_fconv(op, self.values[op.output].kind == "bits")
             else:
                 raise EngineError(f"op {op.name or op.kind} has no kernel weights")
         return self._prepared[idx]

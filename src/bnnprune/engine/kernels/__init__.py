@@ -42,6 +42,7 @@ from bnnprune.engine.kernels.fconv import (
     fconv_call,
     fconv_pack_call,
     run_im2col,
+    sign_thresholds,
 )
 from bnnprune.engine.kernels.intrinsics import popcount64
 from bnnprune.engine.kernels.pack import affine_pack_call, run_affine_pack
@@ -90,6 +91,7 @@ __all__ = [
     "run_maxpool_bits",
     "run_maxpool_float",
     "run_pad_bits",
+    "sign_thresholds",
     "threshold_init",
     "use_parallel",
     "use_patch_matrix",

@@ -2,9 +2,9 @@
 
 Output pixels go in tiles of :data:`TILE_PIX` that reuse the weights of one output word (up
 to four 16-channel blocks) while they sit in L1. The inner loops are LLVM IR from
-:mod:`~bnnprune.engine.kernels.intrinsics`: ``xpc_word2`` in threshold mode (a whole 64-channel
-output word per pixel pair), ``xpc16x2`` / ``xpc8x2`` in float mode (one 16- or 8-channel
-block); two pixels share each weight vector load.
+:mod:`~bnnprune.engine.kernels.intrinsics`: ``xpc_word`` in threshold mode and
+``xpc_affine_word`` in float mode, each a whole 64-channel output word for 3-4 pixels that
+share each weight vector load.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from bnnprune.engine.kernels.base import (
 )
 from bnnprune.engine.kernels.intrinsics import (
     WORD_BLOCKS,
-    affine_store16,
-    xpc8x2,
-    xpc16x2,
-    xpc_word2,
+    XWORD_MAX_PIX,
+    xpc_affine_word,
+    xpc_word,
+    xword_pix,
 )
 
 
@@ -52,21 +52,26 @@ def block_weights(w: np.ndarray) -> np.ndarray:
 
 
 def threshold_init(thr: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Accumulator start values and per-block output masks for ``(popcount > thr) xor flip``.
+    """Accumulator start values and per-output-word masks for ``(popcount > thr) xor flip``.
 
     A channel's accumulator starts at ``-(thr+1)``, so it ends negative exactly when
-    ``popcount <= thr``; the bit is then ``sign xor (not flip)``. Padding channels start very
-    negative with flip 0 and so always give bit 0.
+    ``popcount <= thr``; the bit is then ``sign xor (not flip)``. Padding channels of the last
+    16-channel block start very negative with mask bit 1, channels past it have mask bit 0:
+    both always give bit 0.
     """
     co = int(thr.shape[0])
     cb = -(-co // BLOCK_CH)
     init = np.full(cb * BLOCK_CH, -(1 << 62), np.int64)
     init[:co] = -(thr.astype(np.int64) + 1)
-    keep = np.ones(cb * BLOCK_CH, np.uint64)
+    keep = np.zeros(words(co) * 64, np.uint64)
+    keep[:cb * BLOCK_CH] = 1
     keep[:co] = 1 - (flip.astype(np.uint64) & np.uint64(1))
-    shifts = np.arange(BLOCK_CH, dtype=np.uint64)
-    xmask = np.bitwise_or.reduce(keep.reshape(cb, BLOCK_CH) << shifts, axis=1)
+    shifts = np.arange(64, dtype=np.uint64)
+    xmask = np.bitwise_or.reduce(keep.reshape(-1, 64) << shifts, axis=1)
     return init, np.ascontiguousarray(xmask, dtype=np.uint64)
+
+
+_xword_pix = njit(inline="always")(xword_pix)
 
 
 @njit(cache=True)
@@ -76,59 +81,44 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
     cpad = ncb * BLOCK_CH
-    direct = co == cpad
+    direct = use_bits or co == cpad  # no row buffer: threshold mode, or whole blocks
     rows = np.empty(1 if direct else TILE_PIX * cpad, np.float32)
-    bases = np.empty(TILE_PIX + 1, np.int64)
+    bases = np.empty(TILE_PIX + XWORD_MAX_PIX, np.int64)
+    nw = -(-ncb // WORD_BLOCKS)
+    ob_flat = out_b.reshape(-1)
+    if direct:
+        dst, pitch = out_flat, co
+    else:
+        dst, pitch = rows, cpad
     for tile in range(t_lo, t_hi):
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
-        # an odd tile's last pair repeats its pixel
+        # the bases past the tile's last pixel repeat it (its words are read, not stored)
         pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, wd)
-        if use_bits:
-            # one 64-channel output word at a time, all of its blocks in registers: each
-            # word is stored once (no zeroing, no read-modify-write per block)
-            for wi in range(out_b.shape[1]):
-                cb0 = wi * WORD_BLOCKS
-                nb = min(WORD_BLOCKS, ncb - cb0)
-                half = 1 if co - (cb0 + nb - 1) * BLOCK_CH <= BLOCK_CH // 2 else 0
-                for i in range(0, npx, 2):
-                    r = xpc_word2(x, bases[i], bases[i + 1], rowstep, kh, seg, kstride, w, cb0 * kk,
-                                  kk, init, cb0 * BLOCK_CH, xmask, cb0, nb, half)
-                    out_b[t0 + i, wi] = r[0]
-                    if i + 1 < npx:
-                        out_b[t0 + i + 1, wi] = r[1]
-            continue
-        # float mode: whole 16-channel blocks are stored straight into the output; with a
-        # partial last block the tile's rows are assembled in a row buffer padded to whole
-        # blocks, then copied out in one contiguous run (blocks stored straight into rows
-        # that are not whole 64-byte lines split every store across two lines, which ran up
-        # to 1.8x slower when the output was not in cache). The stores are written out per
-        # pixel and per block kind: through an inlined helper taking the 16-lane accumulator
-        # tuple, indexing the pair with a loop variable, or one loop choosing the intrinsic
-        # per pair, this mode ran 1.5-7x slower.
-        if direct:
-            dst, d0, pitch = out_flat, t0 * co, co
-        else:
-            dst, d0, pitch = rows, 0, cpad
-        for cb in range(ncb):
-            c0 = cb * BLOCK_CH
-            if co - c0 <= BLOCK_CH // 2:  # a last block of <= 8 channels: half the work
-                for i in range(0, npx, 2):
-                    acc = xpc8x2(x, bases[i], bases[i + 1], rowstep, kh, seg, kstride, w,
-                                 cb * kk, init, c0)
-                    o = d0 + i * pitch + c0
-                    affine_store16(acc[0], dst, o, nbits, m1, a1, m2, a2, c0)
-                    if i + 1 < npx:
-                        affine_store16(acc[1], dst, o + pitch, nbits, m1, a1, m2, a2, c0)
-            else:
-                for i in range(0, npx, 2):
-                    acc = xpc16x2(x, bases[i], bases[i + 1], rowstep, kh, seg, kstride, w,
-                                  cb * kk, init, c0)
-                    o = d0 + i * pitch + c0
-                    affine_store16(acc[0], dst, o, nbits, m1, a1, m2, a2, c0)
-                    if i + 1 < npx:
-                        affine_store16(acc[1], dst, o + pitch, nbits, m1, a1, m2, a2, c0)
+        # threshold mode: one 64-channel output word at a time, all of its blocks in
+        # registers: each word is stored once (no zeroing, no read-modify-write per block).
+        # Float mode: the same words, the floats stored by the intrinsic; whole 16-channel
+        # blocks straight into the output, with a partial last block the tile's rows
+        # assembled in a row buffer padded to whole blocks, then copied out in one contiguous
+        # run (blocks stored straight into rows that are not whole 64-byte lines split every
+        # store across two lines, which ran up to 1.8x slower when the output was not in
+        # cache)
+        d0 = t0 * co if direct else 0
+        for wi in range(nw):
+            cb0 = wi * WORD_BLOCKS
+            nb = min(WORD_BLOCKS, ncb - cb0)
+            half = 1 if co - (cb0 + nb - 1) * BLOCK_CH <= BLOCK_CH // 2 else 0
+            c0 = cb0 * BLOCK_CH
+            step = _xword_pix(nb)
+            for i in range(0, npx, step):
+                if use_bits:
+                    xpc_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk, init, c0,
+                             xmask, wi, ob_flat, (t0 + i) * nw + wi, nw, npx - i, nb, half)
+                else:
+                    xpc_affine_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk,
+                                    init, c0, nbits, m1, a1, m2, a2, c0, dst,
+                                    d0 + i * pitch + c0, pitch, npx - i, nb, half)
         if not direct:
             o = np.uint64(t0 * co)
             for p in range(npx):
@@ -223,7 +213,7 @@ def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbi
     shape = (ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride)
     if xmask is not None:
         need(affine is None, "threshold mode takes no affine arrays")
-        need(xmask.dtype == np.uint64 and xmask.shape == (ncb,), "xmask uint64 (blocks,)")
+        need(xmask.dtype == np.uint64 and xmask.shape == (words(co),), "xmask uint64 (words,)")
         need(out.dtype == np.uint64 and int(out.shape[3]) == words(co), "out bits (.., words)")
         args = (flat, wflat, *shape, init, xmask, True, nbits, F1, F1, F1, F1, co,
                 out.reshape(m_total, -1), EMPTY_F32)

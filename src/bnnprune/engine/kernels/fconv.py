@@ -2,7 +2,9 @@
 
 The fused kernel does the float conv (4 pixels x 16 channels of ``<8 x float>`` FMA
 accumulators, :mod:`~bnnprune.engine.kernels.intrinsics`) and ``(conv + b) * alpha + beta``
-and either packs the sign bits (no float tensor) or stores the floats.
+and either packs the sign bits (no float tensor) or stores the floats. When it packs sign
+bits, the epilogue is usually folded into one float threshold per channel
+(:func:`sign_thresholds`): the same bits for one compare per vector.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bnnprune.engine.kernels.intrinsics import (
     fconv_store4,
     fconv_store4h,
     fconv_word,
+    fconv_word_thr,
     fword_pix,
 )
 
@@ -40,7 +43,7 @@ _fword_pix = njit(inline="always")(fword_pix)
 
 @njit(cache=True)
 def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, wmask, use_bits,
-                 co, out_b, out_f, t_lo, t_hi):
+                 use_thr, co, out_b, out_f, t_lo, t_hi):
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
     rowstep = wp * c
     kk = kh * seg * BLOCK_CH
@@ -60,9 +63,14 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
                 nvec = (min(64, co - 64 * wi) + 7) // 8
                 step = _fword_pix(nvec)
                 for g in range(0, npx, step):
-                    fconv_word(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk, kk, bias,
-                               alpha, beta, 64 * wi, nvec, ob_flat, (t0 + g) * nw + wi, nw,
-                               npx - g, wmask[wi])
+                    if use_thr:  # bias holds the thresholds
+                        fconv_word_thr(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk,
+                                       kk, bias, alpha, beta, 64 * wi, nvec, ob_flat,
+                                       (t0 + g) * nw + wi, nw, npx - g, wmask[wi])
+                    else:
+                        fconv_word(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk, kk,
+                                   bias, alpha, beta, 64 * wi, nvec, ob_flat, (t0 + g) * nw + wi,
+                                   nw, npx - g, wmask[wi])
             continue
         for cb in range(ncb):
             c0 = cb * BLOCK_CH
@@ -94,14 +102,16 @@ def block_float_weights(w: np.ndarray, co: int) -> np.ndarray:
 
 def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
                stride: tuple[int, int], epilogue: tuple[np.ndarray, ...], out: np.ndarray,
-               threads: int | None = None) -> Callable[[], None]:
+               threads: int | None = None, thresholds: bool = False) -> Callable[[], None]:
     """Validate a float conv of padded NHWC ``xp`` with its bias and affine epilogue.
 
     ``wf`` is (ceil(Co/16), KH*KW*C, 16) from :func:`block_float_weights`; ``epilogue`` is
     (bias, alpha, beta) padded by :func:`~bnnprune.engine.kernels.base.block_channels` and
     the per-word masks of the channels that exist (:func:`bnnprune.engine.pack.tail_mask`).
     ``v = (conv + bias) * alpha + beta``; a uint64 ``out`` (N, Ho, Wo, words(Co)) gets the
-    sign bits ``not v >= 0``, a float32 ``out`` (N, Ho, Wo, Co) gets ``v``.
+    sign bits ``not v >= 0``, a float32 ``out`` (N, Ho, Wo, Co) gets ``v``. With
+    ``thresholds`` (bits only), ``wf`` and ``epilogue[0]`` are :func:`sign_thresholds`'
+    weights and thresholds, the bits ``not conv >= thr``.
     """
     need(xp.dtype == np.float32 and xp.ndim == 4 and xp.flags.c_contiguous, "xp float32 4-D")
     need(wf.dtype == np.float32 and wf.ndim == 3 and wf.flags.c_contiguous, "w float32 3-D")
@@ -116,6 +126,7 @@ def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
     ho, wo = int(out.shape[1]), int(out.shape[2])
     use_bits = out.dtype == np.uint64
     need(use_bits or out.dtype == np.float32, "out bits or float32")
+    need(use_bits or not thresholds, "thresholds give bits only")
     need(int(out.shape[3]) == (words(co) if use_bits else co) and ho >= 1 and wo >= 1,
          "out (N, Ho, Wo, words(Co) or Co)")
     need((ho - 1) * sh + kh <= hp and (wo - 1) * sw + kw <= wp, "window inside padded input")
@@ -132,11 +143,61 @@ def fconv_call(xp: np.ndarray, wf: np.ndarray, co: int, k: tuple[int, int],
     fn = _fconv_par if use_parallel(work, threads) else _fconv_ser
     ntiles = -(-m_total // TILE_PIX)
     return functools.partial(fn, ntiles, ntiles, xp.reshape(-1), wf.reshape(-1), ncb, kh, kw * c,
-                             c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, wmask, use_bits, co,
-                             out_b, out_f)  # one tile per chunk
+                             c, hp, wp, ho, wo, sh, sw, bias, alpha, beta, wmask, use_bits,
+                             bool(thresholds), co, out_b, out_f)  # one tile per chunk
 
 
 fconv_pack_call = fconv_call  # the packing variant (``out`` uint64)
+
+_F32_KEYS = (-0x7F800000, 0x7F800000)  # -inf and +inf as ordered keys
+
+
+def _from_key(key: np.ndarray) -> np.ndarray:
+    """float32 of an ordered key (the float order as integers, -0.0 and 0.0 one key)."""
+    bits = np.where(key >= 0, key, (-key) | 0x80000000).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def sign_thresholds(w: np.ndarray, bias: np.ndarray, alpha: np.ndarray,
+                    beta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """PyTorch's sign epilogue ``not ((conv + bias) * alpha + beta) >= 0`` (float32, each
+    operation rounded) as one float threshold per channel, or None when some channel has a
+    zero ``alpha`` or a parameter that is not finite.
+
+    Each rounded operation is monotone in its input, so with ``alpha > 0`` the bit is
+    ``not conv >= thr`` for ``thr`` the smallest float32 (infinities included) whose epilogue
+    is ``>= 0`` (NaN when there is none), found by bisection over the float order: the same
+    bit for every conv value, NaN and infinities included. A channel with ``alpha < 0`` gets
+    its weights (columns of the (taps, Co) ``w``) negated, which negates its FMA sums exactly
+    (round to nearest is symmetric), and its threshold on the negated sum. Returns
+    (weights, thresholds).
+    """
+    b, a, be = (np.asarray(v, np.float32) for v in (bias, alpha, beta))
+    if not (np.isfinite(b).all() and np.isfinite(a).all() and np.isfinite(be).all()
+            and (a != 0).all()):
+        return None
+    sign = np.where(a < 0, np.float32(-1), np.float32(1))
+
+    def nonneg(key: np.ndarray) -> np.ndarray:
+        acc = _from_key(key) * sign  # the conv value whose (negated) sum this is
+        with np.errstate(all="ignore"):
+            return ((acc + b) * a + be) >= 0
+
+    lo = np.full(len(a), _F32_KEYS[0], np.int64)
+    hi = np.full(len(a), _F32_KEYS[1], np.int64)
+    found = nonneg(hi)  # with none, the threshold is NaN: every bit 1
+    at_lo = nonneg(lo)
+    while True:
+        open_ = (hi - lo > 1) & found & ~at_lo  # not nonneg(lo), nonneg(hi)
+        if not open_.any():
+            break
+        mid = (lo + hi) // 2
+        up = nonneg(mid)
+        hi = np.where(open_ & up, mid, hi)
+        lo = np.where(open_ & ~up, mid, lo)
+    thr = np.where(at_lo, _from_key(lo), _from_key(hi))
+    thr = np.where(found, thr, np.float32(np.nan)).astype(np.float32)
+    return (np.asarray(w, np.float32) * sign).astype(np.float32), thr
 
 
 @njit(cache=True)

@@ -5,7 +5,7 @@ block and pixel (two pixels at once, sharing each weight vector load): each acti
 broadcast and XORed with the block's weight vectors, and ``llvm.ctpop.v8i64`` (``vpopcntq``
 with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2) counts the bits.
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
-In threshold mode (:func:`xpc_word2`) the accumulators start at ``-(thr+1)``, so the output
+In threshold mode (:func:`xpc_word`) the accumulators start at ``-(thr+1)``, so the output
 bits are their sign bits, and a whole 64-channel output word is computed per call.
 The fused float conv keeps ``<8 x float>`` FMA accumulators: :func:`fconv_word` packs the sign
 bits of a 64-channel word, ``fconv_store4`` writes floats. :func:`xpc_chains` and
@@ -15,6 +15,7 @@ bits of a 64-channel word, ``fconv_store4`` writes floats. :func:`xpc_chains` an
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from llvmlite import ir
 from numba import types
@@ -77,127 +78,9 @@ def _splat(builder, x, vty):
     return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), mask)
 
 
-def _xpc_codegen(npix: int, channels: int = BLOCK_CH):
-    """Codegen of the XOR-popcount loop for ``npix`` pixels sharing each weight vector load,
-    over the first ``channels`` channels of a block (vectors of :data:`XPC_LANES`); the other
-    lanes return their ``init`` values.
-
-    Arguments: x, base_0 .. base_{npix-1}, rowstep, kh, seg, kstride, w, woff, init, ioff;
-    returns a tuple of ``npix`` tuples of 16 accumulators.
-    """
-    def codegen(context, builder, signature, args):
-        sa = signature.args
-        nb = npix
-        xp = _data(context, builder, sa[0], args[0])
-        wp = _data(context, builder, sa[nb + 5], args[nb + 5])
-        ip = _data(context, builder, sa[nb + 7], args[nb + 7])
-        bases = _ints(context, builder, sa, args, range(1, nb + 1))
-        rowstep_, kh_, seg_, kstride_, woff_, ioff_ = _ints(
-            context, builder, sa, args, (nb + 1, nb + 2, nb + 3, nb + 4, nb + 6, nb + 8))
-        lanes, vty, ctpop = XPC_LANES, _VXPC, _ctpop(builder)
-        nv = BLOCK_CH // lanes
-        init = [_vload(builder, ip, builder.add(ioff_, ir.Constant(_I64, lanes * j)), vty, 8)
-                for j in range(nv)]
-        accs = [[cgutils.alloca_once_value(builder, v) for v in init] for _ in range(nb)]
-        with _window(builder, bases, rowstep_, kh_, seg_, woff_, kstride_) as (rows, k, wk):
-            xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), vty)
-                   for o in rows]
-            for j in range(channels // lanes):
-                wv = _vload(builder, wp, builder.add(wk, ir.Constant(_I64, lanes * j)), vty, 8)
-                for p in range(nb):
-                    c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
-                    builder.store(builder.add(builder.load(accs[p][j]), c), accs[p][j])
-        tuples = []
-        rt = signature.return_type
-        one_t = rt.types[0]
-        for p in range(nb):
-            vals = []
-            for j in range(nv):
-                a = builder.load(accs[p][j])
-                vals += [builder.extract_element(a, ir.Constant(_I32, e)) for e in range(lanes)]
-            tuples.append(context.make_tuple(builder, one_t, vals))
-        return context.make_tuple(builder, rt, tuples)
-
-    return codegen
-
-
 def _xpc_typed(x, w, init, ints) -> bool:
     return (_is_vec(x, types.uint64) and _is_vec(w, types.uint64) and _is_vec(init, types.int64)
             and all(isinstance(t, types.Integer) for t in ints))
-
-
-_ACC16 = types.UniTuple(types.int64, BLOCK_CH)
-
-
-@intrinsic
-def xpc16x2(typingctx, x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,  # noqa: ARG001
-            ioff):
-    """16 accumulators ``init[ioff+q] + sum popcount(x[row words] ^ w[...16k+q])`` for each
-    of two pixels.
-
-    Rows: ``kh`` rows of ``seg`` words ``kstride`` apart, row ``r`` of pixel ``p`` starting at
-    ``x[base_p + r*rowstep]``; the weights of the 16 channels are interleaved: word ``k`` of
-    channel ``q`` at ``w[woff + 16*k + q]``. Each weight vector is loaded once for both
-    pixels. Returns the two accumulator tuples.
-    """
-    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, kstride, woff, ioff)):
-        return None
-    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,
-                                    ioff)
-    return sig, _xpc_codegen(2)
-
-
-@intrinsic
-def xpc8x2(typingctx, x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,  # noqa: ARG001
-            ioff):
-    """:func:`xpc16x2` over the first 8 channels of the block only (a last block of at most
-    8 channels: half the work); lanes 8..15 keep their ``init`` values."""
-    if not _xpc_typed(x, w, init, (base0, base1, rowstep, kh, seg, kstride, woff, ioff)):
-        return None
-    sig = types.UniTuple(_ACC16, 2)(x, base0, base1, rowstep, kh, seg, kstride, w, woff, init,
-                                    ioff)
-    return sig, _xpc_codegen(2, BLOCK_CH // 2)
-
-
-@intrinsic
-def affine_store16(typingctx, acc, out, ooff, nbits, m1, a1, m2, a2, c0):  # noqa: ARG001
-    """``out[ooff+q] = (float32(nbits - 2*acc[q]) * m1[c] + a1[c]) * m2[c] + a2[c]``, c = c0+q.
-
-    All 16 channels are written (the caller handles a partial last block).
-    """
-    ints = (ooff, nbits, c0)
-    if not (isinstance(acc, types.UniTuple) and acc.count == BLOCK_CH
-            and acc.dtype == types.int64 and _is_vec(out, types.float32)
-            and all(_is_vec(t, types.float32) for t in (m1, a1, m2, a2))
-            and all(isinstance(t, types.Integer) for t in ints)):
-        return None
-    sig = types.none(acc, out, ooff, nbits, m1, a1, m2, a2, c0)
-
-    def codegen(context, builder, signature, args):
-        sa = signature.args
-        op = _data(context, builder, sa[1], args[1])
-        ooff_, nbits_, c0_ = _ints(context, builder, sa, args, (2, 3, 8))
-        par = [_data(context, builder, sa[i], args[i]) for i in (4, 5, 6, 7)]
-        v8i64 = ir.VectorType(_I64, 8)
-        kvec = _splat(builder, nbits_, v8i64)
-        one = ir.Constant(v8i64, [1] * 8)
-        for j in range(BLOCK_CH // 8):
-            p = ir.Constant(v8i64, ir.Undefined)
-            for e in range(8):
-                p = builder.insert_element(p, builder.extract_value(args[0], 8 * j + e),
-                                           ir.Constant(_I32, e))
-            # |K - 2p| <= K < 2**31 (checked by bconv_call): exact through int32
-            d32 = builder.trunc(builder.sub(kvec, builder.shl(p, one)),
-                                ir.VectorType(_I32, 8))
-            d = builder.sitofp(d32, _V8F32)
-            off = builder.add(c0_, ir.Constant(_I64, 8 * j))
-            m1v, a1v, m2v, a2v = (_vload(builder, q, off, _V8F32, 4) for q in par)
-            r = builder.fadd(builder.fmul(builder.fadd(builder.fmul(d, m1v), a1v), m2v), a2v)
-            dst = builder.gep(op, [builder.add(ooff_, ir.Constant(_I64, 8 * j))])
-            builder.store(r, builder.bitcast(dst, _V8F32.as_pointer()), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
@@ -209,27 +92,34 @@ def _fconv_typed(x, bases, w, bias, alpha, beta, ints) -> bool:
 
 @contextlib.contextmanager
 def _window(builder, bases, rowstep, kh, seg, woff, kstride=None):
-    """The loop over a window's ``kh`` rows of ``seg`` words: yields, per word, each pixel's
-    row offset (``bases[p] + r*rowstep``), the word's offset in the row (``k``, or
-    ``k*kstride`` for words ``kstride`` apart), and the offset of its 16 weights
+    """The loop over a window's ``kh`` rows of ``seg`` words, as one loop over its ``kh*seg``
+    words (no inner loop to wind up and down per row: rows of 3-15 words are common): yields
+    per word the pixels' ``bases``, the word's offset from them (``r*rowstep + k``, or
+    ``r*rowstep + k*kstride`` for words ``kstride`` apart) and the offset of its 16 weights
     (``woff + 16*(r*seg + k)``)."""
-    step = ir.Constant(_I64, BLOCK_CH)
-    with cgutils.for_range(builder, kh) as ky:
-        roff = builder.mul(ky.index, rowstep)
-        rows = [builder.add(b, roff) for b in bases]
-        wrow = builder.add(woff, builder.mul(builder.mul(ky.index, seg), step))
-        with cgutils.for_range(builder, seg) as it:
-            k = it.index if kstride is None else builder.mul(it.index, kstride)
-            yield rows, k, builder.add(wrow, builder.mul(it.index, step))
+    zero, one, step = (ir.Constant(_I64, v) for v in (0, 1, BLOCK_CH))
+    kstep = one if kstride is None else kstride
+    roff = cgutils.alloca_once_value(builder, zero)
+    col = cgutils.alloca_once_value(builder, zero)
+    coff = cgutils.alloca_once_value(builder, zero)
+    with cgutils.for_range(builder, builder.mul(kh, seg)) as it:
+        r, k, ko = builder.load(roff), builder.load(col), builder.load(coff)
+        yield bases, builder.add(r, ko), builder.add(woff, builder.mul(it.index, step))
+        k1 = builder.add(k, one)
+        wrap = builder.icmp_signed("==", k1, seg)
+        builder.store(builder.select(wrap, zero, k1), col)
+        builder.store(builder.select(wrap, zero, builder.add(ko, kstep)), coff)
+        builder.store(builder.add(r, builder.select(wrap, rowstep, zero)), roff)
 
 
 def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, par, poff):
     """The float conv of ``npix`` pixels (``x[bases[boff+p] + r*rowstep + k]``) x the weight
     vectors at ``w[woff + 16*(r*seg + k) + vofs[h]]`` (FMA accumulators in registers) and
     PyTorch's epilogue ``y = acc + bias; v = y*alpha + beta`` (separate roundings), the
-    parameters ``par`` = (bias, alpha, beta) of vector ``h`` at ``poff + 8h``.
+    parameters ``par`` = (bias, alpha, beta) of vector ``h`` at ``poff + 8h``; with
+    ``par=None`` no epilogue.
 
-    Returns ``v[p][h]``, ``<8 x float>``.
+    Returns ``v[p][h]`` (or ``acc[p][h]``), ``<8 x float>``.
     """
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(_V8F32, [_V8F32] * 3), "llvm.fma.v8f32")
@@ -244,6 +134,8 @@ def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, p
             for h, wvec in enumerate(wv):
                 a = accs[p][h]
                 builder.store(builder.call(fma, [xb, wvec, builder.load(a)]), a)
+    if par is None:
+        return [[builder.load(accs[p][h]) for h in range(len(vofs))] for p in range(npix)]
     vb, va, vbeta = ([_vload(builder, q, builder.add(poff, ir.Constant(_I64, 8 * h)), _V8F32, 4)
                       for h in range(len(vofs))] for q in par)
     return [[builder.fadd(builder.fmul(builder.fadd(builder.load(accs[p][h]), vb[h]), va[h]),
@@ -372,91 +264,174 @@ WORD_BLOCKS = 64 // BLOCK_CH  # 16-channel blocks per 64-bit output word
 
 
 def _word_cases() -> list[tuple[int, bool]]:
-    """The (blocks, last block half) variants of :func:`xpc_word2`, in switch order."""
+    """The (blocks, last block half) variants of :func:`xpc_word`, in switch order."""
     return [(nb, half) for nb in range(1, WORD_BLOCKS + 1) for half in (False, True)]
 
 
-def _xpc_word_codegen(context, builder, signature, args):
-    """Codegen of :func:`xpc_word2`: a switch over :func:`_word_cases`, each a loop with all
-    of its accumulators in registers."""
-    sa = signature.args
-    xp = _data(context, builder, sa[0], args[0])
-    wp = _data(context, builder, sa[7], args[7])
-    ip = _data(context, builder, sa[10], args[10])
-    mp = _data(context, builder, sa[12], args[12])
-    base0, base1, rowstep_, kh_, seg_, kstride_, woff_, bstep_, ioff_, moff_, nb_, half_ = _ints(
-        context, builder, sa, args, (1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 14, 15))
-    lanes, vty, ctpop = XPC_LANES, _VXPC, _ctpop(builder)
-    res = [cgutils.alloca_once_value(builder, ir.Constant(_I64, 0)) for _ in range(2)]
-    nv = BLOCK_CH // lanes
-    zero = ir.Constant(vty, [0] * lanes)
-    one = ir.Constant(_I64, 1)
-    case_idx = builder.add(builder.shl(builder.sub(nb_, one), one), builder.and_(half_, one))
-    merge = builder.append_basic_block("xw_merge")
-    cases = _word_cases()
-    blocks = [builder.append_basic_block(f"xw_case{i}") for i in range(len(cases))]
-    sw = builder.switch(case_idx, blocks[-2])
-    for i, b in enumerate(blocks):
-        sw.add_case(ir.Constant(_I64, i), b)
-    for (nb, half), bb in zip(cases, blocks, strict=True):
-        builder.position_at_end(bb)
-        # two pixels share each weight load while the accumulators fit the registers
-        groups = [[0, 1]] if nb * 2 * nv <= 24 else [[0], [1]]
-        for pix in groups:
+def xword_pix(nb: int) -> int:
+    """Pixels per call of :func:`xpc_word` for ``nb`` 16-channel blocks: as many as share
+    each weight vector load with at most 16 accumulators (``nb`` x 2 vectors per pixel), up
+    to 4. With 24 (4 pixels of 3 blocks, 3 of 4) the short-window GEMMs ran 5-15% slower."""
+    return min(XWORD_MAX_PIX, 16 // (nb * (BLOCK_CH // XPC_LANES)))
+
+
+XWORD_MAX_PIX = 4
+
+
+def _xpc_word_codegen(epilogue: Callable) -> Callable:
+    """Codegen of a whole-word XOR-popcount (:func:`xpc_word`, :func:`xpc_affine_word`): a
+    switch over :func:`_word_cases`, each a loop over :func:`xword_pix` pixels with all of
+    their accumulators in registers, then for each pixel ``p < count``
+    ``epilogue(context, builder, sa, args, out, o, accs, nb, half)`` (``out``: the output's
+    data pointer, ``o`` = ``ooff + p*ostride``, ``accs[b][j]``: the loaded ``<8 x i64>``
+    accumulators of block ``b``). The arguments start x, bases, boff, rowstep, kh, seg,
+    kstride, w, woff, bstep, init, ioff and end out, ooff, ostride, count, nb, half."""
+    def codegen(context, builder, signature, args):
+        sa = signature.args
+        end = len(sa)
+        xp, bp, wp, ip, op = (_data(context, builder, sa[i], args[i])
+                              for i in (0, 1, 7, 10, end - 6))
+        (boff_, rowstep_, kh_, seg_, kstride_, woff_, bstep_, ioff_, ooff_, ostride_, count_,
+         nb_, half_) = _ints(context, builder, sa, args,
+                             (2, 3, 4, 5, 6, 8, 9, 11, end - 5, end - 4, end - 3, end - 2,
+                              end - 1))
+        lanes, vty, ctpop = XPC_LANES, _VXPC, _ctpop(builder)
+        nv = BLOCK_CH // lanes
+        one = ir.Constant(_I64, 1)
+        case_idx = builder.add(builder.shl(builder.sub(nb_, one), one), builder.and_(half_, one))
+        merge = builder.append_basic_block("xw_merge")
+        cases = _word_cases()
+        blocks = [builder.append_basic_block(f"xw_case{i}") for i in range(len(cases))]
+        sw = builder.switch(case_idx, blocks[-2])
+        for i, b in enumerate(blocks):
+            sw.add_case(ir.Constant(_I64, i), b)
+        for (nb, half), bb in zip(cases, blocks, strict=True):
+            builder.position_at_end(bb)
+            npix = xword_pix(nb)
+            bases = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
+                     for p in range(npix)]
             accs = {}
-            for p in pix:
+            for p in range(npix):
                 for b in range(nb):
                     for j in range(nv):
                         off = builder.add(ioff_, ir.Constant(_I64, BLOCK_CH * b + lanes * j))
                         accs[p, b, j] = cgutils.alloca_once_value(
                             builder, _vload(builder, ip, off, vty, 8))
-            bases = [base0 if p == 0 else base1 for p in pix]
             with _window(builder, bases, rowstep_, kh_, seg_, woff_, kstride_) as (rows, k, wk):
-                xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])),
-                              vty) for o in rows]
+                xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), vty)
+                       for o in rows]
                 for b in range(nb):
                     wb = builder.add(wk, builder.mul(bstep_, ir.Constant(_I64, b)))
                     for j in range(nv // 2 if half and b == nb - 1 else nv):
                         wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, lanes * j)),
                                     vty, 8)
-                        for q, p in enumerate(pix):
-                            c = builder.call(ctpop, [builder.xor(xbs[q], wv)])
+                        for p in range(npix):
+                            c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
                             a = accs[p, b, j]
                             builder.store(builder.add(builder.load(a), c), a)
-            for p in pix:
-                word = ir.Constant(_I64, 0)
-                for b in range(nb):
-                    bits = ir.Constant(_I64, 0)
-                    for j in range(nv):
-                        neg = builder.icmp_signed("<", builder.load(accs[p, b, j]), zero)
-                        nib = builder.zext(builder.bitcast(neg, ir.IntType(lanes)), _I64)
-                        bits = builder.or_(bits, builder.shl(nib, ir.Constant(_I64, lanes * j)))
-                    xm = builder.load(builder.gep(mp, [builder.add(moff_, ir.Constant(_I64, b))]))
-                    word = builder.or_(word, builder.shl(builder.xor(bits, xm),
-                                                         ir.Constant(_I64, BLOCK_CH * b)))
-                builder.store(word, res[p])
-        builder.branch(merge)
-    builder.position_at_end(merge)
-    return context.make_tuple(builder, signature.return_type, [builder.load(r) for r in res])
+            for p in range(npix):
+                pp = ir.Constant(_I64, p)
+                with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
+                    o = builder.add(ooff_, builder.mul(pp, ostride_))
+                    vals = [[builder.load(accs[p, b, j]) for j in range(nv)] for b in range(nb)]
+                    epilogue(context, builder, sa, args, op, o, vals, nb, half)
+            builder.branch(merge)
+        builder.position_at_end(merge)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _bits_epilogue(context, builder, sa, args, op, o, accs, nb, half):  # noqa: ARG001
+    """:func:`xpc_word`'s word: bit ``16b + q`` is the accumulator's sign xor bit ``16b + q``
+    of ``xmask[moff]``. The sign masks of all vectors are concatenated into one 64-bit mask
+    (``kunpck`` + one ``kmovq`` with AVX-512), not moved and shifted one vector at a time."""
+    mp = _data(context, builder, sa[12], args[12])
+    (moff_,) = _ints(context, builder, sa, args, (13,))
+    lanes = XPC_LANES
+    zero = ir.Constant(_VXPC, [0] * lanes)
+    negs = [builder.icmp_signed("<", a, zero) for row in accs for a in row]
+    negs += [ir.Constant(ir.VectorType(ir.IntType(1), lanes), [0] * lanes)] * (
+        64 // lanes - len(negs))
+    while len(negs) > 1:
+        width = 2 * negs[0].type.count
+        order = ir.Constant(ir.VectorType(_I32, width), list(range(width)))
+        negs = [builder.shuffle_vector(negs[i], negs[i + 1], order)
+                for i in range(0, len(negs), 2)]
+    xm = builder.load(builder.gep(mp, [moff_]))
+    builder.store(builder.xor(builder.bitcast(negs[0], _I64), xm), builder.gep(op, [o]))
+
+
+def _affine_epilogue(context, builder, sa, args, op, o, accs, nb, half):
+    """:func:`xpc_affine_word`'s floats: channel ``c = coff + 16b + q`` is
+    ``(float32(nbits - 2*acc) * m1[c] + a1[c]) * m2[c] + a2[c]`` at ``out[o + 16b + q]`` (a
+    half last block stores its first 8 channels only)."""
+    par = [_data(context, builder, sa[i], args[i]) for i in (13, 14, 15, 16)]
+    nbits_, coff_ = _ints(context, builder, sa, args, (12, 17))
+    lanes = XPC_LANES
+    kvec = _splat(builder, nbits_, _VXPC)
+    one = ir.Constant(_VXPC, [1] * lanes)
+    for b, row in enumerate(accs):
+        for j, a in enumerate(row[:len(row) // 2] if half and b == nb - 1 else row):
+            # |K - 2p| <= K < 2**31 (checked by the caller): exact through int32
+            d32 = builder.trunc(builder.sub(kvec, builder.shl(a, one)),
+                                ir.VectorType(_I32, lanes))
+            d = builder.sitofp(d32, _V8F32)
+            off = ir.Constant(_I64, BLOCK_CH * b + lanes * j)
+            m1v, a1v, m2v, a2v = (_vload(builder, q, builder.add(coff_, off), _V8F32, 4)
+                                  for q in par)
+            r = builder.fadd(builder.fmul(builder.fadd(builder.fmul(d, m1v), a1v), m2v), a2v)
+            dst = builder.gep(op, [builder.add(o, off)])
+            builder.store(r, builder.bitcast(dst, _V8F32.as_pointer()), align=4)
+
+
+def _xpc_word_typed(x, bases, w, init, out, ints) -> bool:
+    return (_xpc_typed(x, w, init, ints) and _is_vec(bases, types.int64)
+            and isinstance(out, types.Array) and out.ndim == 1 and out.layout == "C")
 
 
 @intrinsic
-def xpc_word2(typingctx, x, base0, base1, rowstep, kh, seg, kstride, w, woff, bstep, init,  # noqa: ARG001
-              ioff, xmask, moff, nb, half):
-    """The threshold bits of one 64-channel output word for each of two pixels.
+def xpc_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep, init,  # noqa: ARG001
+             ioff, xmask, moff, out, ooff, ostride, count, nb, half):
+    """The threshold bits of one 64-channel output word for each of :func:`xword_pix`
+    (``nb``) pixels.
 
-    ``nb`` (1..4) 16-channel blocks, block ``b``'s weights at ``w[woff + b*bstep ...]`` (the
-    layout of :func:`xpc16x2`), accumulators starting at ``init[ioff + 16b + q]``; with
-    ``half`` the last block does its first 8 channels only. Bit ``16b + q`` of a pixel's word
-    is ``(acc < 0) xor`` bit q of ``xmask[moff + b]``; blocks past ``nb`` give 0 bits. All
-    blocks' accumulators stay in registers, so each word is computed and stored once.
+    Pixel ``p`` reads ``kh`` rows of ``seg`` words ``kstride`` apart, row ``r`` starting at
+    ``x[bases[boff+p] + r*rowstep]``. ``nb`` (1..4) 16-channel blocks, word ``k`` of block
+    ``b``'s channel ``q`` at ``w[woff + b*bstep + 16*k + q]``, accumulators starting at
+    ``init[ioff + 16b + q]``; with ``half`` the last block does its first 8 channels only. Bit
+    ``16b + q`` of a pixel's word is ``(acc < 0) xor`` bit ``16b + q`` of ``xmask[moff]``
+    (blocks past ``nb`` give 0 bits); the word of pixel ``p < count`` is stored to
+    ``out[ooff + p*ostride]``. All blocks' accumulators stay in registers and each weight
+    vector is loaded once for all pixels.
     """
-    ints = (base0, base1, rowstep, kh, seg, kstride, woff, bstep, ioff, moff, nb, half)
-    if not (_xpc_typed(x, w, init, ints) and _is_vec(xmask, types.uint64)):
+    ints = (boff, rowstep, kh, seg, kstride, woff, bstep, ioff, moff, ooff, ostride, count, nb,
+            half)
+    if not (_xpc_word_typed(x, bases, w, init, out, ints) and _is_vec(xmask, types.uint64)
+            and out.dtype == types.uint64):
         return None
-    sig = types.UniTuple(types.uint64, 2)(x, base0, base1, rowstep, kh, seg, kstride, w, woff,
-                                          bstep, init, ioff, xmask, moff, nb, half)
-    return sig, _xpc_word_codegen
+    sig = types.none(x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep, init, ioff,
+                     xmask, moff, out, ooff, ostride, count, nb, half)
+    return sig, _xpc_word_codegen(_bits_epilogue)
+
+
+@intrinsic
+def xpc_affine_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep,  # noqa: ARG001
+                    init, ioff, nbits, m1, a1, m2, a2, coff, out, ooff, ostride, count, nb,
+                    half):
+    """:func:`xpc_word` with the float epilogue: for each pixel ``p < count``, the ``16*nb``
+    channels (``8`` fewer with ``half``) ``coff + 16b + q`` of one 64-channel word as
+    ``((nbits - 2*acc) * m1 + a1) * m2 + a2`` (float32, separate roundings), stored at
+    ``out[ooff + p*ostride + 16b + q]``.
+    """
+    ints = (boff, rowstep, kh, seg, kstride, woff, bstep, ioff, nbits, coff, ooff, ostride,
+            count, nb, half)
+    if not (_xpc_word_typed(x, bases, w, init, out, ints) and out.dtype == types.float32
+            and all(_is_vec(t, types.float32) for t in (m1, a1, m2, a2))):
+        return None
+    sig = types.none(x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep, init, ioff,
+                     nbits, m1, a1, m2, a2, coff, out, ooff, ostride, count, nb, half)
+    return sig, _xpc_word_codegen(_affine_epilogue)
 
 
 def fword_pix(nvec: int) -> int:
@@ -468,44 +443,51 @@ def fword_pix(nvec: int) -> int:
 FWORD_MAX_PIX = 8
 
 
-def _fconv_word_codegen(context, builder, signature, args):
-    """Codegen of :func:`fconv_word`: a switch over ``nvec`` = 1..8, each case a loop over
-    :func:`fword_pix` pixels x ``nvec`` ``<8 x float>`` accumulators."""
-    sa = signature.args
-    xp = _data(context, builder, sa[0], args[0])
-    bp = _data(context, builder, sa[1], args[1])
-    wp = _data(context, builder, sa[6], args[6])
-    par = [_data(context, builder, sa[i], args[i]) for i in (9, 10, 11)]
-    op = _data(context, builder, sa[14], args[14])
-    boff_, rowstep_, kh_, seg_, woff_, bstep_, poff_, nvec_, ooff_, ostride_, count_, wm_ = (
-        _ints(context, builder, sa, args, (2, 3, 4, 5, 7, 8, 12, 13, 15, 16, 17, 18)))
-    zero = ir.Constant(_V8F32, [0.0] * 8)
-    merge = builder.append_basic_block("fw_merge")
-    blocks = [builder.append_basic_block(f"fw_case{v}") for v in range(1, 9)]
-    sw = builder.switch(nvec_, blocks[-1])
-    for v, bb in enumerate(blocks, start=1):
-        sw.add_case(ir.Constant(_I64, v), bb)
-    for nv, bb in enumerate(blocks, start=1):
-        builder.position_at_end(bb)
-        npix = fword_pix(nv)
-        # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
-        vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
-                            ir.Constant(_I64, 8 * (h % 2))) for h in range(nv)]
-        vals = _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_, vofs, npix,
-                           par, poff_)
-        for p, row in enumerate(vals):
-            word = ir.Constant(_I64, 0)
-            for h, v in enumerate(row):
-                m = builder.fcmp_unordered("<", v, zero)
-                byte = builder.zext(builder.bitcast(m, ir.IntType(8)), _I64)
-                word = builder.or_(word, builder.shl(byte, ir.Constant(_I64, 8 * h)))
-            pp = ir.Constant(_I64, p)
-            with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
-                dst = builder.gep(op, [builder.add(ooff_, builder.mul(pp, ostride_))])
-                builder.store(builder.and_(word, wm_), dst)
-        builder.branch(merge)
-    builder.position_at_end(merge)
-    return context.get_dummy_value()
+def _fconv_word_codegen(thresholds: bool) -> Callable:
+    """Codegen of :func:`fconv_word` (``thresholds``: :func:`fconv_word_thr`): a switch over
+    ``nvec`` = 1..8, each case a loop over :func:`fword_pix` pixels x ``nvec`` ``<8 x float>``
+    accumulators."""
+    def codegen(context, builder, signature, args):
+        sa = signature.args
+        xp = _data(context, builder, sa[0], args[0])
+        bp = _data(context, builder, sa[1], args[1])
+        wp = _data(context, builder, sa[6], args[6])
+        par = [_data(context, builder, sa[i], args[i]) for i in (9, 10, 11)]
+        op = _data(context, builder, sa[14], args[14])
+        (boff_, rowstep_, kh_, seg_, woff_, bstep_, poff_, nvec_, ooff_, ostride_, count_,
+         wm_) = _ints(context, builder, sa, args, (2, 3, 4, 5, 7, 8, 12, 13, 15, 16, 17, 18))
+        zero = ir.Constant(_V8F32, [0.0] * 8)
+        merge = builder.append_basic_block("fw_merge")
+        blocks = [builder.append_basic_block(f"fw_case{v}") for v in range(1, 9)]
+        sw = builder.switch(nvec_, blocks[-1])
+        for v, bb in enumerate(blocks, start=1):
+            sw.add_case(ir.Constant(_I64, v), bb)
+        for nv, bb in enumerate(blocks, start=1):
+            builder.position_at_end(bb)
+            npix = fword_pix(nv)
+            # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
+            vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
+                                ir.Constant(_I64, 8 * (h % 2))) for h in range(nv)]
+            vals = _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_, vofs,
+                               npix, None if thresholds else par, poff_)
+            # the bit is "not v >= 0", or (thresholds) "not acc >= thr": NaN gives 1
+            limit = ([_vload(builder, par[0], builder.add(poff_, ir.Constant(_I64, 8 * h)),
+                             _V8F32, 4) for h in range(nv)] if thresholds else [zero] * nv)
+            for p, row in enumerate(vals):
+                word = ir.Constant(_I64, 0)
+                for h, v in enumerate(row):
+                    m = builder.fcmp_unordered("<", v, limit[h])
+                    byte = builder.zext(builder.bitcast(m, ir.IntType(8)), _I64)
+                    word = builder.or_(word, builder.shl(byte, ir.Constant(_I64, 8 * h)))
+                pp = ir.Constant(_I64, p)
+                with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
+                    dst = builder.gep(op, [builder.add(ooff_, builder.mul(pp, ostride_))])
+                    builder.store(builder.and_(word, wm_), dst)
+            builder.branch(merge)
+        builder.position_at_end(merge)
+        return context.get_dummy_value()
+
+    return codegen
 
 
 @intrinsic
@@ -527,4 +509,19 @@ def fconv_word(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias
         return None
     sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias, alpha, beta, poff,
                      nvec, out, ooff, ostride, count, wm)
-    return sig, _fconv_word_codegen
+    return sig, _fconv_word_codegen(thresholds=False)
+
+
+@intrinsic
+def fconv_word_thr(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bstep, thr, alpha,  # noqa: ARG001
+                   beta, poff, nvec, out, ooff, ostride, count, wm):
+    """:func:`fconv_word` with the epilogue folded into per-channel float thresholds
+    (:func:`~bnnprune.engine.kernels.fconv.sign_thresholds`): the bit of channel c is
+    ``not acc >= thr[poff + c]`` (NaN giving 1), one compare per vector instead of PyTorch's
+    three operations and the compare; ``alpha`` and ``beta`` are not read."""
+    ints = (boff, rowstep, kh, seg, woff, bstep, poff, nvec, ooff, ostride, count, wm)
+    if not (_fconv_typed(x, bases, w, thr, alpha, beta, ints) and _is_vec(out, types.uint64)):
+        return None
+    sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bstep, thr, alpha, beta, poff,
+                     nvec, out, ooff, ostride, count, wm)
+    return sig, _fconv_word_codegen(thresholds=True)
