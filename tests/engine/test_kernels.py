@@ -405,6 +405,22 @@ def test_pad_copies_the_interior_and_leaves_the_border(dtype, ph, pw, c, rng):
     assert np.array_equal(out, expect)
 
 
+@pytest.mark.parametrize("ph,pw,c,threads", [(0, 0, 3, 1), (2, 1, 3, 2), (1, 1, 1, None),
+                                               (0, 2, 5, 2)])
+def test_nchw_input_is_copied_channels_last_into_the_interior(ph, pw, c, threads, rng):
+    x = rng.standard_normal((4, c, 6, 7)).astype(np.float32)
+    out = np.full((4, 6 + 2 * ph, 7 + 2 * pw, c), 7, np.float32)
+    load = K.nchw_load_call(out, (ph, pw), threads=threads)
+    load(x)
+    expect = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)),
+                    constant_values=7)
+    assert np.array_equal(out, expect)
+    load(np.asfortranarray(x[::-1]))  # any memory layout
+    assert np.array_equal(out[:, ph:ph + 6, pw:pw + 7], x[::-1].transpose(0, 2, 3, 1))
+    with pytest.raises(EngineError, match="contiguous"):
+        K.nchw_load_call(out[:, 1:])
+
+
 def test_engine_caches_are_stamped_with_every_kernel_source(tmp_path):
     """numba drops a cached function when its own file changes; the engine's functions also
     inline intrinsics.py and base.py, so their cache stamps carry a hash of every kernel

@@ -190,7 +190,7 @@ def op_times(program: Program, batch: int = 1, repeats: int = 20,
     plan.run(x)
     times: list[list[float]] = [[] for _ in plan.steps]
     for _ in range(repeats):
-        np.copyto(plan.bufs[0], x.transpose(0, 2, 3, 1))
+        plan.load(x)
         for i, (_, calls) in enumerate(plan.steps):
             t = time.perf_counter()
             for c in calls:

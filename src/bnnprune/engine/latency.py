@@ -260,7 +260,7 @@ def time_ops_in_context(program: Program, batch: int, threads: int,
         while runs < repeats or (time.perf_counter() - start < MIN_WINDOW_S
                                  and runs < MAX_RUNS):
             runs += 1
-            np.copyto(plan.bufs[0], x.transpose(0, 2, 3, 1))
+            plan.load(x)
             for idx, calls in plan.steps:
                 t = time.perf_counter()
                 for c in calls:

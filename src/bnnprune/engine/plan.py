@@ -99,6 +99,8 @@ class ExecutionPlan:
         self.threads = threads
         self.program = program
         self.bufs: dict[int, np.ndarray] = {0: self._alloc(0)}
+        # the buffer the input is copied into and its padding (a padded first layer's)
+        self._input_buffer: tuple[np.ndarray, tuple[int, int]] = (self.bufs[0], (0, 0))
         self._owned: set[int] = set()  # values with their own buffer (not flatten views)
         self._scratch: list[np.ndarray] = []  # padded inputs, patch matrices, temporaries
         self._input_uses = sum(i == 0 for op in program.ops for i in op.inputs) + (
@@ -108,6 +110,7 @@ class ExecutionPlan:
             calls = self._lower(idx, op)
             self.steps.append((idx, calls))
         self._flat: list[Call] = [c for _, calls in self.steps for c in calls]
+        self._load = K.nchw_load_call(*self._input_buffer, threads=threads)
         self.nbytes = sum(b.nbytes for b in self._scratch) + sum(
             b.nbytes for vid, b in self.bufs.items() if vid == 0 or vid in self._owned)
 
@@ -124,11 +127,15 @@ class ExecutionPlan:
         self._scratch.append(a)
         return a
 
-    def run(self, x_nchw: np.ndarray) -> np.ndarray:
-        """Run on float32 (n, C, H, W) input; returns the output value's buffer (not a copy)."""
+    def load(self, x_nchw: np.ndarray) -> None:
+        """Copy float32 (n, C, H, W) input into the input buffer (channels last)."""
         if x_nchw.shape != (self.n, *self.program.input_shape) or x_nchw.dtype != np.float32:
             raise EngineError(f"plan for {self.n} images got input {x_nchw.shape}")
-        np.copyto(self.bufs[0], x_nchw.transpose(0, 2, 3, 1))
+        self._load(x_nchw)
+
+    def run(self, x_nchw: np.ndarray) -> np.ndarray:
+        """Run on float32 (n, C, H, W) input; returns the output value's buffer (not a copy)."""
+        self.load(x_nchw)
         for call in self._flat:
             call()
         return self.bufs[self.program.output]
@@ -219,6 +226,7 @@ class ExecutionPlan:
             if op.inputs[0] == 0 and self._input_uses == 1:
                 # the network input is copied straight into the padded buffer's interior
                 self.bufs[0] = src[:, pad[0]:pad[0] + x.shape[1], pad[1]:pad[1] + x.shape[2]]
+                self._input_buffer = (src, pad)
             else:
                 calls.append(K.pad_call(x, pad, src, threads=th))
         else:

@@ -46,7 +46,7 @@ from bnnprune.engine.kernels.fconv import (
 )
 from bnnprune.engine.kernels.intrinsics import popcount64
 from bnnprune.engine.kernels.pack import affine_pack_call, run_affine_pack
-from bnnprune.engine.kernels.pad import pad_call, pad_fill, run_pad_bits
+from bnnprune.engine.kernels.pad import nchw_load_call, pad_call, pad_fill, run_pad_bits
 from bnnprune.engine.kernels.pool import (
     adaptive_avgpool_call,
     pool_call,
@@ -75,6 +75,7 @@ __all__ = [
     "fconv_call",
     "fconv_pack_call",
     "im2col_bits_call",
+    "nchw_load_call",
     "pad_call",
     "pad_fill",
     "patch_planes_shape",

@@ -1,4 +1,5 @@
-"""Spatial padding of NHWC buffers (the border filled once, the interior copied per call)."""
+"""Spatial padding of NHWC buffers (the border filled once, the interior copied per call), and
+the network input's NCHW -> NHWC copy (into such an interior or a plain buffer)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,43 @@ def run_pad_bits(x: np.ndarray, pad: tuple[int, int], pad_words: np.ndarray) -> 
     pad_fill(out, (ph, pw), pad_words)
     pad_call(x, (ph, pw), out)()
     return out
+
+
+@njit(cache=True)
+def _nchw_rows(x, ph, pw, out, r_lo, r_hi):
+    _, c, h, w = x.shape
+    hp = out.shape[1]
+    wp = out.shape[2]
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    uc = np.uint64(c)
+    for t in range(r_lo, r_hi):
+        b = t // h
+        y = t - b * h
+        dst = np.uint64(((b * hp + y + ph) * wp + pw) * c)
+        for k in range(c):
+            src = np.uint64(((b * c + k) * h + y) * w)
+            for i in range(np.uint64(w)):
+                of[dst + i * uc + np.uint64(k)] = xf[src + i]
+
+
+_nchw_par, _nchw_ser = twins(_nchw_rows)
+
+
+def nchw_load_call(out: np.ndarray, pad: tuple[int, int] = (0, 0),
+                   threads: int | None = None) -> Callable[[np.ndarray], None]:
+    """The copy of float32 NCHW input into the interior of ``out`` (N, H+2ph, W+2pw, C), a
+    C-contiguous float32 buffer (``pad`` (0, 0): the whole buffer). The returned function
+    takes the input, whose shape its caller has checked (numpy's transposed copy took 4-5 us
+    for one 3x32x32 image).
+    """
+    need(out.ndim == 4 and out.dtype == np.float32 and out.flags.c_contiguous,
+         "out float32 4-D contiguous")
+    ph, pw = (int(p) for p in pad)
+    n, h = int(out.shape[0]), int(out.shape[1]) - 2 * ph
+    need(ph >= 0 and pw >= 0 and h >= 1 and int(out.shape[2]) > 2 * pw, "padding inside out")
+    if not n:
+        return lambda x: None
+    par = use_parallel(out.size * 0.5, threads)
+    fn, nchunks = (_nchw_par, chunks(n * h)) if par else (_nchw_ser, 1)
+    return lambda x: fn(n * h, nchunks, np.ascontiguousarray(x), ph, pw, out)
