@@ -81,7 +81,9 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
     cpad = ncb * BLOCK_CH
-    direct = use_bits or co == cpad  # no row buffer: threshold mode, or whole blocks
+    # no row buffer: threshold mode, or whole 8-channel vectors (the epilogue stores 8 floats
+    # at a time, a half last block only its 8, so no store runs past a pixel's channels)
+    direct = use_bits or co % (BLOCK_CH // 2) == 0
     rows = np.empty(1 if direct else TILE_PIX * cpad, np.float32)
     bases = np.empty(TILE_PIX + XWORD_MAX_PIX, np.int64)
     nw = -(-ncb // WORD_BLOCKS)
@@ -98,12 +100,10 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
         pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, wd)
         # threshold mode: one 64-channel output word at a time, all of its blocks in
         # registers: each word is stored once (no zeroing, no read-modify-write per block).
-        # Float mode: the same words, the floats stored by the intrinsic; whole 16-channel
-        # blocks straight into the output, with a partial last block the tile's rows
-        # assembled in a row buffer padded to whole blocks, then copied out in one contiguous
-        # run (blocks stored straight into rows that are not whole 64-byte lines split every
-        # store across two lines, which ran up to 1.8x slower when the output was not in
-        # cache)
+        # Float mode: the same words, the floats stored by the intrinsic 8 at a time,
+        # straight into the output when the channels are whole 8-channel vectors; otherwise
+        # the tile's rows are assembled in a row buffer padded to whole blocks, then copied
+        # out in one contiguous run (a last vector would spill into the next pixel's row)
         d0 = t0 * co if direct else 0
         for wi in range(nw):
             cb0 = wi * WORD_BLOCKS
