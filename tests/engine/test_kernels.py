@@ -311,11 +311,12 @@ def test_patch_planes_built_per_chunk_of_images_give_the_same_logits(monkeypatch
     assert dense  # the test needs a layer on a patch matrix
     monkeypatch.setattr(plan_mod, "PATCH_CHUNK_BYTES", 1)  # one image per chunk
     _, chunked = _program()
-    assert np.array_equal(chunked(x), whole)
-    steps = dict(chunked.plan(5).steps)
-    for i in dense:
-        builders = [c for c in steps[i] if "im2col" in c.func.__name__]
-        assert len(builders) == 5
+    assert np.array_equal(chunked(x, threads=1), whole)  # chunks on one thread only
+    for threads, calls in ((1, 5), (2, 1)):
+        steps = dict(chunked.plan(5, threads).steps)
+        for i in dense:
+            builders = [c for c in steps[i] if "im2col" in c.func.__name__]
+            assert len(builders) == calls
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True])
