@@ -271,7 +271,7 @@ def _word_cases() -> list[tuple[int, bool]]:
 def xword_pix(nb: int) -> int:
     """Pixels per call of :func:`xpc_word` for ``nb`` 16-channel blocks: as many as share
     each weight vector load with at most 16 accumulators (``nb`` x 2 vectors per pixel), up
-    to 4. With 24 (4 pixels of 3 blocks, 3 of 4) the short-window GEMMs ran 5-15% slower."""
+    to 4. With 24 (4 pixels of 3 blocks, 3 of 4) the short-window GEMMs ran slower."""
     return min(XWORD_MAX_PIX, 16 // (nb * (BLOCK_CH // XPC_LANES)))
 
 
