@@ -490,38 +490,36 @@ def _fconv_word_codegen(thresholds: bool) -> Callable:
     return codegen
 
 
-@intrinsic
-def fconv_word(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias, alpha,  # noqa: ARG001
-               beta, poff, nvec, out, ooff, ostride, count, wm):
-    """Sign bits of a float conv for :func:`fword_pix` (``nvec``) pixels x the first
-    ``8*nvec`` channels of one 64-channel output word (``nvec`` 1..8).
-
-    Pixel ``p`` reads as in :func:`fconv_store4` (``bases[boff+p]``); channel ``16b + q`` of
-    the word has its weights in block ``b`` at ``w[woff + b*bstep + 16*k + q]`` and its
-    epilogue at ``bias[poff + 16b + q]`` (likewise alpha, beta). The word of pixel ``p``
-    (``p < count``), ANDed with ``wm`` (the channels that exist), is stored to
-    ``out[ooff + p*ostride]``: stores here, as a tuple indexed by a loop variable would
-    branch per pixel. The bit of channel c is ``not v >= 0`` (the sign of PyTorch's epilogue,
-    NaN giving 1).
-    """
-    ints = (boff, rowstep, kh, seg, woff, bstep, poff, nvec, ooff, ostride, count, wm)
-    if not (_fconv_typed(x, bases, w, bias, alpha, beta, ints) and _is_vec(out, types.uint64)):
-        return None
-    sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias, alpha, beta, poff,
-                     nvec, out, ooff, ostride, count, wm)
-    return sig, _fconv_word_codegen(thresholds=False)
-
-
-@intrinsic
-def fconv_word_thr(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bstep, thr, alpha,  # noqa: ARG001
+def _fconv_word(thresholds: bool):
+    """The intrinsic :func:`fconv_word` (``thresholds``: :func:`fconv_word_thr`)."""
+    @intrinsic
+    def fconv_word(typingctx, x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias, alpha,  # noqa: ARG001
                    beta, poff, nvec, out, ooff, ostride, count, wm):
-    """:func:`fconv_word` with the epilogue folded into per-channel float thresholds
-    (:func:`~bnnprune.engine.kernels.fconv.sign_thresholds`): the bit of channel c is
-    ``not acc >= thr[poff + c]`` (NaN giving 1), one compare per vector instead of PyTorch's
-    three operations and the compare; ``alpha`` and ``beta`` are not read."""
-    ints = (boff, rowstep, kh, seg, woff, bstep, poff, nvec, ooff, ostride, count, wm)
-    if not (_fconv_typed(x, bases, w, thr, alpha, beta, ints) and _is_vec(out, types.uint64)):
-        return None
-    sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bstep, thr, alpha, beta, poff,
-                     nvec, out, ooff, ostride, count, wm)
-    return sig, _fconv_word_codegen(thresholds=True)
+        ints = (boff, rowstep, kh, seg, woff, bstep, poff, nvec, ooff, ostride, count, wm)
+        if not (_fconv_typed(x, bases, w, bias, alpha, beta, ints)
+                and _is_vec(out, types.uint64)):
+            return None
+        sig = types.none(x, bases, boff, rowstep, kh, seg, w, woff, bstep, bias, alpha, beta,
+                         poff, nvec, out, ooff, ostride, count, wm)
+        return sig, _fconv_word_codegen(thresholds)
+
+    return fconv_word
+
+
+fconv_word = _fconv_word(thresholds=False)
+fconv_word.__doc__ = """Sign bits of a float conv for :func:`fword_pix` (``nvec``) pixels x
+the first ``8*nvec`` channels of one 64-channel output word (``nvec`` 1..8).
+
+Pixel ``p`` reads as in :func:`fconv_store4` (``bases[boff+p]``); channel ``16b + q`` of the
+word has its weights in block ``b`` at ``w[woff + b*bstep + 16*k + q]`` and its epilogue at
+``bias[poff + 16b + q]`` (likewise alpha, beta). The word of pixel ``p`` (``p < count``),
+ANDed with ``wm`` (the channels that exist), is stored to ``out[ooff + p*ostride]``: stores
+here, as a tuple indexed by a loop variable would branch per pixel. The bit of channel c is
+``not v >= 0`` (the sign of PyTorch's epilogue, NaN giving 1).
+"""
+fconv_word_thr = _fconv_word(thresholds=True)
+fconv_word_thr.__doc__ = """:func:`fconv_word` with the epilogue folded into per-channel float
+thresholds (:func:`~bnnprune.engine.kernels.fconv.sign_thresholds`), passed in place of
+``bias``: the bit of channel c is ``not acc >= thr[poff + c]`` (NaN giving 1), one compare
+per vector instead of PyTorch's three operations and the compare; ``alpha`` and ``beta``
+are not read."""
