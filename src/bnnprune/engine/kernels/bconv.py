@@ -3,8 +3,8 @@
 Output pixels go in tiles of :data:`TILE_PIX` that reuse the weights of one output word (up
 to four 16-channel blocks) while they sit in L1. The inner loops are LLVM IR from
 :mod:`~bnnprune.engine.kernels.intrinsics`: ``xpc_word`` in threshold mode and
-``xpc_affine_word`` in float mode, each a whole 64-channel output word for 3-4 pixels that
-share each weight vector load.
+``xpc_affine_word`` in float mode, each a whole 64-channel output word for 2 or 4 pixels
+that share each weight vector load.
 """
 
 from __future__ import annotations
@@ -111,14 +111,15 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
             half = 1 if co - (cb0 + nb - 1) * BLOCK_CH <= BLOCK_CH // 2 else 0
             c0 = cb0 * BLOCK_CH
             step = _xword_pix(nb)
-            for i in range(0, npx, step):
-                if use_bits:
+            if use_bits:
+                for i in range(0, npx, step):
                     xpc_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk, init, c0,
                              xmask, wi, ob_flat, (t0 + i) * nw + wi, nw, npx - i, nb, half)
-                else:
+            else:
+                for i in range(0, npx, step):
                     xpc_affine_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk,
-                                    init, c0, nbits, m1, a1, m2, a2, c0, dst,
-                                    d0 + i * pitch + c0, pitch, npx - i, nb, half)
+                                    init, c0, nbits, m1, a1, m2, a2, dst, d0 + i * pitch + c0,
+                                    pitch, npx - i, nb, half)
         if not direct:
             o = np.uint64(t0 * co)
             for p in range(npx):

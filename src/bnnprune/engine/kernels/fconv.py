@@ -62,12 +62,13 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
             for wi in range(nw):
                 nvec = (min(64, co - 64 * wi) + 7) // 8
                 step = _fword_pix(nvec)
-                for g in range(0, npx, step):
-                    if use_thr:  # bias holds the thresholds
+                if use_thr:  # bias holds the thresholds
+                    for g in range(0, npx, step):
                         fconv_word_thr(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk,
                                        kk, bias, alpha, beta, 64 * wi, nvec, ob_flat,
                                        (t0 + g) * nw + wi, nw, npx - g, wmask[wi])
-                    else:
+                else:
+                    for g in range(0, npx, step):
                         fconv_word(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk, kk,
                                    bias, alpha, beta, 64 * wi, nvec, ob_flat, (t0 + g) * nw + wi,
                                    nw, npx - g, wmask[wi])

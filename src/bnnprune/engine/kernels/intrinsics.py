@@ -1,12 +1,14 @@
 """LLVM IR intrinsics of the inner loops (``numba.extending.intrinsic`` over vector registers).
 
 The XNOR-popcount GEMM keeps two ``<8 x i64>`` accumulators (:data:`XPC_LANES`) per 16-channel
-block and pixel (two pixels at once, sharing each weight vector load): each activation word is
-broadcast and XORed with the block's weight vectors, and ``llvm.ctpop.v8i64`` (``vpopcntq``
-with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup + ``vpsadbw`` on AVX2) counts the bits.
+block and pixel (2-4 pixels at once, sharing each weight vector load, :func:`xword_pix`): each
+activation word is broadcast and XORed with the block's weight vectors, and
+``llvm.ctpop.v8i64`` (``vpopcntq`` with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup +
+``vpsadbw`` on AVX2) counts the bits.
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
-In threshold mode (:func:`xpc_word`) the accumulators start at ``-(thr+1)``, so the output
-bits are their sign bits, and a whole 64-channel output word is computed per call.
+A call computes a whole 64-channel output word: in threshold mode (:func:`xpc_word`) the
+accumulators start at ``-(thr+1)``, so the output bits are their sign bits; in float mode
+(:func:`xpc_affine_word`) they start at 0 and the affine epilogue stores floats.
 The fused float conv keeps ``<8 x float>`` FMA accumulators: :func:`fconv_word` packs the sign
 bits of a 64-channel word, ``fconv_store4`` writes floats. :func:`xpc_chains` and
 :func:`fma_chains` are the peak probes of :mod:`bnnprune.engine.bench`.
@@ -363,11 +365,11 @@ def _bits_epilogue(context, builder, sa, args, op, o, accs, nb, half):  # noqa: 
 
 
 def _affine_epilogue(context, builder, sa, args, op, o, accs, nb, half):
-    """:func:`xpc_affine_word`'s floats: channel ``c = coff + 16b + q`` is
-    ``(float32(nbits - 2*acc) * m1[c] + a1[c]) * m2[c] + a2[c]`` at ``out[o + 16b + q]`` (a
-    half last block stores its first 8 channels only)."""
+    """:func:`xpc_affine_word`'s floats: channel ``c = ioff + 16b + q`` (the channel the
+    accumulator's ``init`` belongs to) is ``(float32(nbits - 2*acc) * m1[c] + a1[c]) * m2[c] +
+    a2[c]`` at ``out[o + 16b + q]`` (a half last block stores its first 8 channels only)."""
     par = [_data(context, builder, sa[i], args[i]) for i in (13, 14, 15, 16)]
-    nbits_, coff_ = _ints(context, builder, sa, args, (12, 17))
+    coff_, nbits_ = _ints(context, builder, sa, args, (11, 12))
     lanes = XPC_LANES
     kvec = _splat(builder, nbits_, _VXPC)
     one = ir.Constant(_VXPC, [1] * lanes)
@@ -417,20 +419,19 @@ def xpc_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, woff, bste
 
 @intrinsic
 def xpc_affine_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep,  # noqa: ARG001
-                    init, ioff, nbits, m1, a1, m2, a2, coff, out, ooff, ostride, count, nb,
-                    half):
+                    init, ioff, nbits, m1, a1, m2, a2, out, ooff, ostride, count, nb, half):
     """:func:`xpc_word` with the float epilogue: for each pixel ``p < count``, the ``16*nb``
-    channels (``8`` fewer with ``half``) ``coff + 16b + q`` of one 64-channel word as
+    channels (``8`` fewer with ``half``) ``ioff + 16b + q`` of one 64-channel word as
     ``((nbits - 2*acc) * m1 + a1) * m2 + a2`` (float32, separate roundings), stored at
     ``out[ooff + p*ostride + 16b + q]``.
     """
-    ints = (boff, rowstep, kh, seg, kstride, woff, bstep, ioff, nbits, coff, ooff, ostride,
-            count, nb, half)
+    ints = (boff, rowstep, kh, seg, kstride, woff, bstep, ioff, nbits, ooff, ostride, count, nb,
+            half)
     if not (_xpc_word_typed(x, bases, w, init, out, ints) and out.dtype == types.float32
             and all(_is_vec(t, types.float32) for t in (m1, a1, m2, a2))):
         return None
     sig = types.none(x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep, init, ioff,
-                     nbits, m1, a1, m2, a2, coff, out, ooff, ostride, count, nb, half)
+                     nbits, m1, a1, m2, a2, out, ooff, ostride, count, nb, half)
     return sig, _xpc_word_codegen(_affine_epilogue)
 
 
