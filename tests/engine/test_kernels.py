@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
-from bnnprune.engine.kernels.base import pixel_bases
+from bnnprune.engine.kernels.base import pixel_bases, pixel_start
 from bnnprune.engine.pack import pack_signs, tail_mask, unpack_signs
 from bnnprune.models import build_model
 
@@ -387,13 +387,18 @@ def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
                                                 (64, 5, 3, 3, 1, 2), (3, 1, 1, 4, 1, 1)])
 def test_pixel_bases_are_the_window_offsets_across_rows_and_images(t0, npx, ho, wo, sh, sw):
     hp, wp, c = ho * sh + 2, wo * sw + 2, 3
-    bases = np.full(40, -1, np.int64)
-    pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c)
-    m = np.arange(t0, t0 + npx)
-    n, oy, ox = m // (ho * wo), m // wo % ho, m % wo
-    expect = ((n * hp + oy * sh) * wp + ox * sw) * c
-    assert np.array_equal(bases[:npx], expect)
-    assert np.all(bases[npx:] == expect[-1])  # the rest repeats the last pixel
+    cur = pixel_start(t0, ho, wo)
+    assert cur == (t0 // (ho * wo), t0 // wo % ho, t0 % wo)
+    for tile in range(3):  # consecutive tiles carry the cursor, no division
+        start = t0 + tile * npx
+        bases = np.full(40, -1, np.int64)
+        cur = pixel_bases(bases, cur, npx, ho, wo, hp, wp, sh, sw, c)
+        m = np.arange(start, start + npx)
+        n, oy, ox = m // (ho * wo), m // wo % ho, m % wo
+        expect = ((n * hp + oy * sh) * wp + ox * sw) * c
+        assert np.array_equal(bases[:npx], expect)
+        assert np.all(bases[npx:] == expect[-1])  # the rest repeats the last pixel
+        assert cur == pixel_start(start + npx, ho, wo)
 
 
 @pytest.mark.parametrize("dtype", [np.uint64, np.float32])

@@ -118,32 +118,48 @@ def block_channels(v: np.ndarray, fill: float) -> np.ndarray:
 
 
 @njit(inline="always")
-def pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c):
-    """Flat offsets in a padded (N, Hp, Wp, C) input of the windows of output pixels
-    ``t0 .. t0+npx-1`` (N, Ho, Wo order) into ``bases``; the rest of ``bases`` repeats the last.
-
-    One run per output row (no per-pixel branch): the tile prologue of the conv kernels.
-    """
+def pixel_start(t0, ho, wo):
+    """The image, output row and column of output pixel ``t0`` (N, Ho, Wo order): the
+    cursor :func:`pixel_bases` starts from and advances."""
     hw = ho * wo
     n = t0 // hw
     r = t0 - n * hw
     oy = r // wo
-    ox = r - oy * wo
+    return n, oy, r - oy * wo
+
+
+@njit(inline="always")
+def pixel_bases(bases, cur, npx, ho, wo, hp, wp, sh, sw, c):
+    """Flat offsets in a padded (N, Hp, Wp, C) input of the windows of the ``npx`` output
+    pixels from the cursor ``cur`` = (image, row, column) of :func:`pixel_start` into
+    ``bases``; the rest of ``bases`` repeats the last. Returns the cursor of the next pixel,
+    so consecutive tiles pay no division.
+
+    One run per output row (no per-pixel branch): the tile prologue of the conv kernels.
+    """
+    n, oy, ox = cur
     step = sw * c
     i = 0
     while i < npx:
         run = min(wo - ox, npx - i)
-        b0 = ((n * hp + oy * sh) * wp + ox * sw) * c
-        for j in range(run):
-            bases[i + j] = b0 + j * step
+        b = ((n * hp + oy * sh) * wp + ox * sw) * c
+        # unsigned indices: a signed one makes numba wrap negatives, which LLVM vectorizes
+        # into a scatter (slow; it was most of a 1x1 conv's time)
+        for j in range(np.uint64(i), np.uint64(i + run)):
+            bases[j] = b
+            b += step
         i += run
-        ox = 0
-        oy += 1
-        if oy == ho:
-            oy = 0
-            n += 1
-    for j in range(npx, bases.shape[0]):
-        bases[j] = bases[npx - 1]
+        ox += run
+        if ox == wo:
+            ox = 0
+            oy += 1
+            if oy == ho:
+                oy = 0
+                n += 1
+    last = bases[npx - 1]
+    for j in range(np.uint64(npx), np.uint64(bases.shape[0])):
+        bases[j] = last
+    return n, oy, ox
 
 
 def patch_run(out_hw: tuple[int, int], kw: int, stride: tuple[int, int]) -> int:

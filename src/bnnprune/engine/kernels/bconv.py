@@ -26,6 +26,7 @@ from bnnprune.engine.kernels.base import (
     need,
     noop,
     pixel_bases,
+    pixel_start,
     twins,
     use_parallel,
     words,
@@ -92,12 +93,13 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
         dst, pitch = out_flat, co
     else:
         dst, pitch = rows, cpad
+    cur = pixel_start(t_lo * TILE_PIX, ho, wo)
     for tile in range(t_lo, t_hi):
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
         # the bases past the tile's last pixel repeat it (its words are read, not stored)
-        pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, wd)
+        cur = pixel_bases(bases, cur, npx, ho, wo, hp, wp, sh, sw, wd)
         # threshold mode: one 64-channel output word at a time, all of its blocks in
         # registers: each word is stored once (no zeroing, no read-modify-write per block).
         # Float mode: the same words, the floats stored by the intrinsic 8 at a time,
@@ -111,15 +113,18 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
             half = 1 if co - (cb0 + nb - 1) * BLOCK_CH <= BLOCK_CH // 2 else 0
             c0 = cb0 * BLOCK_CH
             step = _xword_pix(nb)
+            i = 0  # while loops: a range with a variable step divides
             if use_bits:
-                for i in range(0, npx, step):
+                while i < npx:
                     xpc_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk, init, c0,
                              xmask, wi, ob_flat, (t0 + i) * nw + wi, nw, npx - i, nb, half)
+                    i += step
             else:
-                for i in range(0, npx, step):
+                while i < npx:
                     xpc_affine_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk,
                                     init, c0, nbits, m1, a1, m2, a2, dst, d0 + i * pitch + c0,
                                     pitch, npx - i, nb, half)
+                    i += step
         if not direct:
             o = np.uint64(t0 * co)
             for p in range(npx):

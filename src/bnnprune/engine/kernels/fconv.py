@@ -24,6 +24,7 @@ from bnnprune.engine.kernels.base import (
     need,
     noop,
     pixel_bases,
+    pixel_start,
     twins,
     use_parallel,
     words,
@@ -51,27 +52,31 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
     vals = np.empty(FPIX * BLOCK_CH, np.float32)
     nw = out_b.shape[1]
     ob_flat = out_b.reshape(-1)
+    cur = pixel_start(t_lo * TILE_PIX, ho, wo)
     for tile in range(t_lo, t_hi):
         t0 = tile * TILE_PIX
         t1 = min(t0 + TILE_PIX, m_total)
         npx = t1 - t0
-        pixel_bases(bases, t0, npx, ho, wo, hp, wp, sh, sw, c)
+        cur = pixel_bases(bases, cur, npx, ho, wo, hp, wp, sh, sw, c)
         if use_bits:
             # one 64-channel output word at a time, in 8-channel vectors (a partial word
             # costs its channels rounded up to 8): each word is stored once
             for wi in range(nw):
                 nvec = (min(64, co - 64 * wi) + 7) // 8
                 step = _fword_pix(nvec)
+                g = 0  # a while loop: a range with a variable step divides
                 if use_thr:  # bias holds the thresholds
-                    for g in range(0, npx, step):
+                    while g < npx:
                         fconv_word_thr(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk,
                                        kk, bias, alpha, beta, 64 * wi, nvec, ob_flat,
                                        (t0 + g) * nw + wi, nw, npx - g, wmask[wi])
+                        g += step
                 else:
-                    for g in range(0, npx, step):
+                    while g < npx:
                         fconv_word(x, bases, g, rowstep, kh, seg, w, wi * WORD_BLOCKS * kk, kk,
                                    bias, alpha, beta, 64 * wi, nvec, ob_flat, (t0 + g) * nw + wi,
                                    nw, npx - g, wmask[wi])
+                        g += step
             continue
         for cb in range(ncb):
             c0 = cb * BLOCK_CH
