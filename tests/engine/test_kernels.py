@@ -319,6 +319,29 @@ def test_patch_planes_built_per_chunk_of_images_give_the_same_logits(monkeypatch
             assert len(builders) == calls
 
 
+@pytest.mark.parametrize("shape,dtype", [((5,), np.float32), ((3, 7), np.uint64),
+                                         ((2, 3, 1), np.int64)])
+def test_aligned_arrays_start_on_a_cache_line_and_keep_their_values(shape, dtype, rng):
+    src = rng.integers(0, 1000, size=shape).astype(dtype)
+    for a in (K.aligned(src), K.aligned_zeros(shape, dtype), K.aligned_empty(shape, dtype)):
+        assert a.ctypes.data % K.base.ALIGN == 0
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+    assert np.array_equal(K.aligned(src), src)
+    assert not K.aligned_zeros(shape, dtype).any()
+
+
+def test_weights_and_buffers_the_kernels_load_in_vectors_are_aligned():
+    _, program = _program()
+    plan = program.plan(2, 1)
+    arrays = [b for vid, b in plan.bufs.items() if vid != 0] + plan._scratch
+    for i, op in enumerate(program.ops):
+        if op.kind in ("bconv", "fconv"):
+            prep = program.prepared(i)
+            arrays += ([prep.wb, prep.init] if op.kind == "bconv"
+                       else [prep.wf, *prep.epilogue[:3]])
+    assert arrays and all(a.ctypes.data % K.base.ALIGN == 0 for a in arrays)
+
+
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True])
 def test_threads_must_be_positive(threads):
     _, program = _program()

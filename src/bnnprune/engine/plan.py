@@ -60,13 +60,15 @@ def prepare_bconv(op: Op, out_hw: tuple[int, int]) -> PreparedBconv:
     w = op.arrays["w"]
     run = K.patch_run(out_hw, kw, tuple(a["stride"]))
     dense = K.use_patch_matrix(kh, kw, cin, a["cout"], run)
-    wb = K.block_weights(K.dense_bits(w, cin) if dense else w)
+    # every array the kernels read in vectors starts on a cache line (K.aligned)
+    wb = K.aligned(K.block_weights(K.dense_bits(w, cin) if dense else w))
     pad_words = tail_mask(cin) if a["pad_value"] == -1 else np.zeros(wd, np.uint64)
     if a["mode"] == "bits":
-        init, xmask = K.threshold_init(op.arrays["thr"], op.arrays["flip"])
+        init, xmask = (K.aligned(v) for v in K.threshold_init(op.arrays["thr"],
+                                                               op.arrays["flip"]))
         return PreparedBconv(dense, wb, init, xmask, None, pad_words)
-    init = np.zeros(wb.shape[0] * K.BLOCK_CH, np.int64)
-    affine = tuple(op.arrays[k] for k in ("m1", "a1", "m2", "a2"))
+    init = K.aligned_zeros((wb.shape[0] * K.BLOCK_CH,), np.int64)
+    affine = tuple(K.aligned(op.arrays[k]) for k in ("m1", "a1", "m2", "a2"))
     return PreparedBconv(dense, wb, init, None, affine, pad_words)
 
 
@@ -88,9 +90,9 @@ def prepare_fconv(op: Op, bits: bool) -> PreparedFconv:
     folded = K.sign_thresholds(w, b, alpha, beta) if bits else None
     if folded is not None:
         w, b = folded
-    ep = (K.block_channels(b, 0.0), K.block_channels(alpha, 0.0),
-          K.block_channels(beta, 0.0), tail_mask(co))
-    return PreparedFconv(K.block_float_weights(w, co), ep, folded is not None)
+    ep = (K.aligned(K.block_channels(b, 0.0)), K.aligned(K.block_channels(alpha, 0.0)),
+          K.aligned(K.block_channels(beta, 0.0)), tail_mask(co))
+    return PreparedFconv(K.aligned(K.block_float_weights(w, co)), ep, folded is not None)
 
 
 class ExecutionPlan:
@@ -123,7 +125,7 @@ class ExecutionPlan:
 
     def _alloc(self, vid: int) -> np.ndarray:
         v = self.program.values[vid]
-        return np.zeros(self._shape(vid), np.uint64 if v.kind == "bits" else np.float32)
+        return K.aligned_zeros(self._shape(vid), np.uint64 if v.kind == "bits" else np.float32)
 
     def _keep(self, a: np.ndarray) -> np.ndarray:
         self._scratch.append(a)
@@ -166,7 +168,7 @@ class ExecutionPlan:
         if kind == "fconv":  # conv + bias + affine, packed to bits or not, in one kernel
             return self._fconv(idx, op, x, out)
         pack = bool(a.get("pack"))
-        y = self._keep(np.zeros(self._float_shape(op), np.float32)) if pack else out
+        y = self._keep(K.aligned_zeros(self._float_shape(op), np.float32)) if pack else out
         calls = self._float_op(op, xs, y, pack)
         if pack:
             if kind == "affine":
@@ -192,7 +194,7 @@ class ExecutionPlan:
         calls: list[Call] = []
         src = x
         if pad != (0, 0):
-            src = self._keep(np.empty((self.n, x.shape[1] + 2 * pad[0],
+            src = self._keep(K.aligned_empty((self.n, x.shape[1] + 2 * pad[0],
                                        x.shape[2] + 2 * pad[1], x.shape[3]), np.uint64))
             K.pad_fill(src, pad, prep.pad_words)
             calls.append(K.pad_call(x, pad, src, threads=th))
@@ -208,7 +210,7 @@ class ExecutionPlan:
             for i0 in range(0, self.n, chunk):
                 c = min(chunk, self.n - i0)
                 if c not in buffers:
-                    buffers[c] = self._keep(np.zeros((shape[0], c, *shape[2:]), np.uint64))
+                    buffers[c] = self._keep(K.aligned_zeros((shape[0], c, *shape[2:]), np.uint64))
                 calls.append(K.im2col_bits_call(src[i0:i0 + c], a["cin"], (kh, kw), stride,
                                                 buffers[c], threads=th))
                 calls.append(K.bconv_patch_call(buffers[c], prep.wb, a["cout"], nbits,
@@ -226,7 +228,7 @@ class ExecutionPlan:
         pad = tuple(a["padding"])
         calls: list[Call] = []
         if pad != (0, 0):
-            src = self._keep(np.zeros((self.n, x.shape[1] + 2 * pad[0],
+            src = self._keep(K.aligned_zeros((self.n, x.shape[1] + 2 * pad[0],
                                        x.shape[2] + 2 * pad[1], x.shape[3]), np.float32))
             if op.inputs[0] == 0 and self._input_uses == 1:
                 # the network input is copied straight into the padded buffer's interior

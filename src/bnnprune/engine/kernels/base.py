@@ -15,6 +15,7 @@ sources too (:func:`_stamp_engine_caches`), so editing any of them recompiles th
 from __future__ import annotations
 
 import hashlib
+import math
 import types as pytypes
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +92,36 @@ EMPTY_U64 = np.zeros((1, 1), np.uint64)
 EMPTY_F32 = np.zeros((1, 1), np.float32)
 F1 = np.zeros(1, np.float32)
 U1 = np.zeros(1, np.uint64)
+
+
+ALIGN = 64  # bytes: one cache line, one <8 x i64> vector
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an :data:`ALIGN`-byte
+    boundary. numpy aligns to 16 bytes, so an array used to start 0, 16, 32 or 48 bytes into
+    a cache line, a different one from run to run; from any of the last three, every 64-byte
+    weight vector the GEMM loads straddles two lines."""
+    dt = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    nbytes = math.prod(shape) * dt.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dt).reshape(shape)
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+    """:func:`aligned_empty`, zeroed."""
+    out = aligned_empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` starting on an :data:`ALIGN`-byte boundary."""
+    out = aligned_empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
 
 
 def words(channels: int) -> int:
