@@ -294,6 +294,8 @@ def test_plans_are_reused_and_results_not_aliased():
     np.testing.assert_allclose(one, again, rtol=1e-6, atol=1e-6)
     serial = program(x, batch_size=2, threads=1)
     np.testing.assert_allclose(serial, again, rtol=1e-6, atol=1e-6)
+    for threads in (None, 1):  # an empty batch gives empty logits, one chunk or many
+        assert program(x[:0], threads=threads).shape == (0, again.shape[1])
     inter = program.intermediates(x[:2])
     assert inter and all(v.shape[0] == 2 for v in inter.values())
     assert np.array_equal(unpack_signs(pack_signs(np.ones((1, 3), np.float32)), 3),

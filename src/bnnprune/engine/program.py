@@ -281,15 +281,22 @@ class Program:
         x = self._as_input(x)
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is None:  # numba's current count: nothing to switch and restore
+            return self._batches(x, batch_size, numba.get_num_threads())
         with _threads(threads) as th:
-            outs = []
-            for i in range(0, max(len(x), 1), batch_size):
-                chunk = x[i:i + batch_size]
-                if not len(chunk):
-                    outs.append(self._to_torch_layout(self._empty_output(), self.output))
-                    continue
-                y = self.plan(len(chunk), th).run(chunk)
-                outs.append(self._to_torch_layout(y, self.output))
+            return self._batches(x, batch_size, th)
+
+    def _batches(self, x: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
+        if 0 < len(x) <= batch_size:  # one chunk (at batch 1 the bookkeeping is ~3% of a run)
+            return self._to_torch_layout(self.plan(len(x), threads).run(x), self.output)
+        outs = []
+        for i in range(0, max(len(x), 1), batch_size):
+            chunk = x[i:i + batch_size]
+            if not len(chunk):
+                outs.append(self._to_torch_layout(self._empty_output(), self.output))
+                continue
+            y = self.plan(len(chunk), threads).run(chunk)
+            outs.append(self._to_torch_layout(y, self.output))
         return np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
 
     def intermediates(self, x: Any) -> dict[str, np.ndarray]:
@@ -310,7 +317,7 @@ class Program:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise EngineError(f"input must have shape (N, {', '.join(map(str, self.input_shape))}),"
                               f" got {tuple(x.shape)}")
-        if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        if x.dtype.kind not in "fiu":  # floating or integer
             raise EngineError(f"input must be numeric, got dtype {x.dtype}")
         return x.astype(np.float32, copy=False)
 
@@ -323,7 +330,7 @@ class Program:
         if v.kind == "bits":
             arr = unpack_signs(arr, v.c)
         nchw = np.array(arr.transpose(0, 3, 1, 2), order="C")  # always a copy
-        return nchw.reshape(len(nchw), -1) if v.flat else nchw
+        return nchw.reshape(len(nchw), v.c * v.h * v.w) if v.flat else nchw  # -1 fails at 0 images
 
     def _run(self, x: np.ndarray, threads: int | None = None) -> dict[int, np.ndarray]:
         """Every value (channels-last, bits packed) for input ``x``, as fresh arrays."""
