@@ -195,7 +195,7 @@ class ExecutionPlan:
         src = x
         if pad != (0, 0):
             src = self._keep(K.aligned_empty((self.n, x.shape[1] + 2 * pad[0],
-                                       x.shape[2] + 2 * pad[1], x.shape[3]), np.uint64))
+                                              x.shape[2] + 2 * pad[1], x.shape[3]), np.uint64))
             K.pad_fill(src, pad, prep.pad_words)
             calls.append(K.pad_call(x, pad, src, threads=th))
         if prep.dense:
@@ -229,7 +229,8 @@ class ExecutionPlan:
         calls: list[Call] = []
         if pad != (0, 0):
             src = self._keep(K.aligned_zeros((self.n, x.shape[1] + 2 * pad[0],
-                                       x.shape[2] + 2 * pad[1], x.shape[3]), np.float32))
+                                              x.shape[2] + 2 * pad[1], x.shape[3]),
+                                             np.float32))
             if op.inputs[0] == 0 and self._input_uses == 1:
                 # the network input is copied straight into the padded buffer's interior
                 self.bufs[0] = src[:, pad[0]:pad[0] + x.shape[1], pad[1]:pad[1] + x.shape[2]]

@@ -287,8 +287,6 @@ class Program:
             return self._batches(x, batch_size, th)
 
     def _batches(self, x: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
-        if 0 < len(x) <= batch_size:  # one chunk (at batch 1 the bookkeeping is ~3% of a run)
-            return self._to_torch_layout(self.plan(len(x), threads).run(x), self.output)
         outs = []
         for i in range(0, max(len(x), 1), batch_size):
             chunk = x[i:i + batch_size]

@@ -99,9 +99,9 @@ ALIGN = 64  # bytes: one cache line, one <8 x i64> vector
 
 def aligned_empty(shape: tuple[int, ...], dtype: object) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on an :data:`ALIGN`-byte
-    boundary. numpy aligns to 16 bytes, so an array used to start 0, 16, 32 or 48 bytes into
-    a cache line, a different one from run to run; from any of the last three, every 64-byte
-    weight vector the GEMM loads straddles two lines."""
+    boundary. numpy aligns to 16 bytes: its arrays start 0, 16, 32 or 48 bytes into a cache
+    line, which varies from run to run, and from the last three every 64-byte weight vector
+    the GEMM loads straddles two lines."""
     dt = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
     nbytes = math.prod(shape) * dt.itemsize
