@@ -47,7 +47,6 @@ from bnnprune.engine.kernels.fconv import (
     run_im2col,
     sign_thresholds,
 )
-from bnnprune.engine.kernels.intrinsics import popcount64
 from bnnprune.engine.kernels.pack import affine_pack_call, run_affine_pack
 from bnnprune.engine.kernels.pad import nchw_load_call, pad_call, pad_fill, run_pad_bits
 from bnnprune.engine.kernels.pool import (
@@ -89,7 +88,6 @@ __all__ = [
     "pool_call",
     "pool_out_size",
     "prelu_call",
-    "popcount64",
     "run_adaptive_avgpool",
     "run_affine_pack",
     "run_avgpool",

@@ -26,20 +26,6 @@ from numba.extending import intrinsic
 
 from bnnprune.engine.kernels.base import BLOCK_CH, FPIX
 
-
-@intrinsic
-def popcount64(typingctx, x):  # noqa: ARG001
-    """Population count of a 64-bit integer via LLVM's ``llvm.ctpop.i64`` (returns int64)."""
-    if not (isinstance(x, types.Integer) and x.bitwidth == 64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
-        return builder.call(fn, [args[0]])
-
-    return types.int64(x), codegen
-
-
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
