@@ -301,6 +301,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# the suffix of a sweep table row (a method key) whose cells retrained from scratch
+SCRATCH_ROW = ", from scratch"
+
+
 @dataclass
 class SweepSection:
     reductions: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5])

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from bnnprune.atomic import atomic_write_bytes
-from bnnprune.config import ConfigError, SweepConfig
+from bnnprune.config import SCRATCH_ROW, ConfigError, SweepConfig
 from bnnprune.data import load_from_config, normalize
 from bnnprune.flips import FlipTracker
 from bnnprune.killpoint import kill_point
@@ -111,7 +111,7 @@ class Cell:
         red = "own" if self.reduction is None else f"-{self.reduction:.0%}"
         if self.kind == "prune":
             assert self.method is not None
-            how = ", from scratch" if self.retrain == "scratch" else ""
+            how = SCRATCH_ROW if self.retrain == "scratch" else ""
             return f"seed {self.seed} {self.method.spec}{how} ({red})"
         if self.kind == "scratch":
             return f"seed {self.seed} uniform width from scratch ({red})"
@@ -159,7 +159,7 @@ def row_key(rec: dict[str, Any]) -> str:
     """The row of a prune or scratch record in the tables: its method, marked when the
     cell retrained from scratch."""
     key = rec["method_key"] or "scratch"
-    return f"{key}, from scratch" if rec.get("retrain") == "scratch" else key
+    return key + SCRATCH_ROW if rec.get("retrain") == "scratch" else key
 
 
 def _record_path(cfg: SweepConfig, out: Path, folder: str) -> Path:
@@ -808,8 +808,8 @@ def paper_retraining(prune: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rounds = _paper_rounds(prune)
     out = []
     for key in sorted(rounds):
-        fine, scratch = rounds[key], rounds.get(f"{key}, from scratch")
-        if key.endswith("from scratch") or not scratch:
+        fine, scratch = rounds[key], rounds.get(key + SCRATCH_ROW)
+        if key.endswith(SCRATCH_ROW) or not scratch:
             continue
         seeds = sorted((s for s in set(fine) & set(scratch) if fine[s] and scratch[s]), key=int)
         ft = [fine[s][0] for s in seeds]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnprune.atomic import atomic_write_bytes
-from bnnprune.config import PruneConfig, model_label
+from bnnprune.config import SCRATCH_ROW, PruneConfig, model_label
 from bnnprune.report.plots import plt, save_figure
 
 __all__ = ["plot_pareto", "plot_premise", "plot_speed", "render_sweep_report",
@@ -177,8 +177,8 @@ def _headline(results: dict[str, Any]) -> list[str]:
                          f"{_compare(results, 'target+wff', other, r)}")
         out.append(line + ".")
     out += _ranks(results)
-    for key, retrain in (("paper+wff", "fine-tuned"), ("paper+wff, from scratch",
-                                                      "retrained from scratch")):
+    for key, retrain in (("paper+wff", "fine-tuned"),
+                         ("paper+wff" + SCRATCH_ROW, "retrained from scratch")):
         paper = _by(results, key, None)
         if not paper:
             continue
@@ -608,7 +608,7 @@ def _rounds_table(results: dict[str, Any]) -> list[str]:
     lines = ["| retraining | seed | round | p_l per layer (%) | BOPs | test acc | epochs |",
              "|---|---:|---:|---|---:|---:|---:|"]
     for key, by_seed in sorted(pr.items()):
-        how = "from scratch" if key.endswith("from scratch") else "fine-tuning"
+        how = "from scratch" if key.endswith(SCRATCH_ROW) else "fine-tuning"
         for seed, rounds in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
             for r in rounds or []:
                 p = " ".join(f"{k}: {100 * v:.1f}" for k, v in (r.get("p") or {}).items())
