@@ -344,6 +344,17 @@ def test_weights_and_buffers_the_kernels_load_in_vectors_are_aligned():
     assert arrays and all(a.ctypes.data % K.base.ALIGN == 0 for a in arrays)
 
 
+def test_plan_bytes_count_each_buffer_once():
+    _, program = _program()  # NIN: its padded first layer's buffer takes the input
+    plan = program.plan(2, 1)
+    assert plan._input_buffer[1] != (0, 0)
+    counted: list[np.ndarray] = []
+    for a in [*plan._scratch, *plan.bufs.values()]:  # views (input, flatten) share memory
+        if not any(np.shares_memory(a, b) for b in counted):
+            counted.append(a)
+    assert plan.nbytes == sum(a.nbytes for a in counted)
+
+
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True])
 def test_threads_must_be_positive(threads):
     _, program = _program()

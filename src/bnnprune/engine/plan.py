@@ -116,7 +116,9 @@ class ExecutionPlan:
         self._flat: list[Call] = [c for _, calls in self.steps for c in calls]
         self._load = K.nchw_load_call(*self._input_buffer, threads=threads)
         self.nbytes = sum(b.nbytes for b in self._scratch) + sum(
-            b.nbytes for vid, b in self.bufs.items() if vid == 0 or vid in self._owned)
+            self.bufs[v].nbytes for v in self._owned)
+        if self._input_buffer[1] == (0, 0):  # else the input is in a padded scratch buffer
+            self.nbytes += self.bufs[0].nbytes
 
     # ------------------------------------------------------------------ buffers
     def _shape(self, vid: int) -> tuple[int, ...]:

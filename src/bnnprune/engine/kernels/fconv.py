@@ -203,7 +203,7 @@ def sign_thresholds(w: np.ndarray, bias: np.ndarray, alpha: np.ndarray,
         lo = np.where(open_ & ~up, mid, lo)
     thr = np.where(at_lo, _from_key(lo), _from_key(hi))
     thr = np.where(found, thr, np.float32(np.nan)).astype(np.float32)
-    return (np.asarray(w, np.float32) * sign).astype(np.float32), thr
+    return np.asarray(w, np.float32) * sign, thr
 
 
 @njit(cache=True)

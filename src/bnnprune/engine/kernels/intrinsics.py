@@ -330,24 +330,30 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
     return codegen
 
 
+def _mask_word(builder, masks):
+    """The ``<8 x i1>`` lane masks ``masks`` (at most 8) concatenated into one 64-bit word,
+    mask ``h`` in bits ``8h..8h+7`` and 0 bits past the last: one mask (``kunpck`` + one
+    ``kmovq`` with AVX-512), not each vector's moved and shifted in on its own."""
+    lanes = masks[0].type.count
+    masks = masks + [ir.Constant(ir.VectorType(ir.IntType(1), lanes), [0] * lanes)] * (
+        64 // lanes - len(masks))
+    while len(masks) > 1:
+        width = 2 * masks[0].type.count
+        order = ir.Constant(ir.VectorType(_I32, width), list(range(width)))
+        masks = [builder.shuffle_vector(masks[i], masks[i + 1], order)
+                 for i in range(0, len(masks), 2)]
+    return builder.bitcast(masks[0], _I64)
+
+
 def _bits_epilogue(context, builder, sa, args, op, o, accs, nb, half):  # noqa: ARG001
     """:func:`xpc_word`'s word: bit ``16b + q`` is the accumulator's sign xor bit ``16b + q``
-    of ``xmask[moff]``. The sign masks of all vectors are concatenated into one 64-bit mask
-    (``kunpck`` + one ``kmovq`` with AVX-512), not moved and shifted one vector at a time."""
+    of ``xmask[moff]`` (:func:`_mask_word`)."""
     mp = _data(context, builder, sa[12], args[12])
     (moff_,) = _ints(context, builder, sa, args, (13,))
-    lanes = XPC_LANES
-    zero = ir.Constant(_VXPC, [0] * lanes)
-    negs = [builder.icmp_signed("<", a, zero) for row in accs for a in row]
-    negs += [ir.Constant(ir.VectorType(ir.IntType(1), lanes), [0] * lanes)] * (
-        64 // lanes - len(negs))
-    while len(negs) > 1:
-        width = 2 * negs[0].type.count
-        order = ir.Constant(ir.VectorType(_I32, width), list(range(width)))
-        negs = [builder.shuffle_vector(negs[i], negs[i + 1], order)
-                for i in range(0, len(negs), 2)]
+    zero = ir.Constant(_VXPC, [0] * XPC_LANES)
+    word = _mask_word(builder, [builder.icmp_signed("<", a, zero) for row in accs for a in row])
     xm = builder.load(builder.gep(mp, [moff_]))
-    builder.store(builder.xor(builder.bitcast(negs[0], _I64), xm), builder.gep(op, [o]))
+    builder.store(builder.xor(word, xm), builder.gep(op, [o]))
 
 
 def _affine_epilogue(context, builder, sa, args, op, o, accs, nb, half):
@@ -355,7 +361,7 @@ def _affine_epilogue(context, builder, sa, args, op, o, accs, nb, half):
     accumulator's ``init`` belongs to) is ``(float32(nbits - 2*acc) * m1[c] + a1[c]) * m2[c] +
     a2[c]`` at ``out[o + 16b + q]`` (a half last block stores its first 8 channels only)."""
     par = [_data(context, builder, sa[i], args[i]) for i in (13, 14, 15, 16)]
-    coff_, nbits_ = _ints(context, builder, sa, args, (11, 12))
+    ioff_, nbits_ = _ints(context, builder, sa, args, (11, 12))
     lanes = XPC_LANES
     kvec = _splat(builder, nbits_, _VXPC)
     one = ir.Constant(_VXPC, [1] * lanes)
@@ -366,7 +372,7 @@ def _affine_epilogue(context, builder, sa, args, op, o, accs, nb, half):
                                 ir.VectorType(_I32, lanes))
             d = builder.sitofp(d32, _V8F32)
             off = ir.Constant(_I64, BLOCK_CH * b + lanes * j)
-            m1v, a1v, m2v, a2v = (_vload(builder, q, builder.add(coff_, off), _V8F32, 4)
+            m1v, a1v, m2v, a2v = (_vload(builder, q, builder.add(ioff_, off), _V8F32, 4)
                                   for q in par)
             r = builder.fadd(builder.fmul(builder.fadd(builder.fmul(d, m1v), a1v), m2v), a2v)
             dst = builder.gep(op, [builder.add(o, off)])
@@ -461,11 +467,8 @@ def _fconv_word_codegen(thresholds: bool) -> Callable:
             limit = ([_vload(builder, par[0], builder.add(poff_, ir.Constant(_I64, 8 * h)),
                              _V8F32, 4) for h in range(nv)] if thresholds else [zero] * nv)
             for p, row in enumerate(vals):
-                word = ir.Constant(_I64, 0)
-                for h, v in enumerate(row):
-                    m = builder.fcmp_unordered("<", v, limit[h])
-                    byte = builder.zext(builder.bitcast(m, ir.IntType(8)), _I64)
-                    word = builder.or_(word, builder.shl(byte, ir.Constant(_I64, 8 * h)))
+                word = _mask_word(builder, [builder.fcmp_unordered("<", v, limit[h])
+                                            for h, v in enumerate(row)])
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
                     dst = builder.gep(op, [builder.add(ooff_, builder.mul(pp, ostride_))])

@@ -12,6 +12,15 @@ from numba import njit
 from bnnprune.engine.kernels.base import chunks, need, noop, twins, use_parallel
 
 
+@njit(inline="always")
+def _interior_row(t, h, hp, wp, ph, pw, c):
+    """Image ``b``, row ``y`` and the flat (unsigned) offset in a padded (N, Hp, Wp, C)
+    buffer of row ``t`` (N*H order) of its interior."""
+    b = t // h
+    y = t - b * h
+    return b, y, np.uint64(((b * hp + y + ph) * wp + pw) * c)
+
+
 @njit(cache=True)
 def _pad_rows(x, ph, pw, out, r_lo, r_hi):
     n, h, w, c = x.shape
@@ -21,11 +30,9 @@ def _pad_rows(x, ph, pw, out, r_lo, r_hi):
     of = out.reshape(-1)
     run = w * c  # an input row is one contiguous run of the output row
     for t in range(r_lo, r_hi):
-        b = t // h
-        y = t - b * h
+        _, _, dst = _interior_row(t, h, hp, wp, ph, pw, c)
         # flat unsigned indices: a vectorised copy, no negative-index wraparound
         src = np.uint64(t * run)
-        dst = np.uint64(((b * hp + y + ph) * wp + pw) * c)
         for i in range(np.uint64(run)):
             of[dst + i] = xf[src + i]
 
@@ -85,9 +92,7 @@ def _nchw_rows(x, ph, pw, out, r_lo, r_hi):
     of = out.reshape(-1)
     uc = np.uint64(c)
     for t in range(r_lo, r_hi):
-        b = t // h
-        y = t - b * h
-        dst = np.uint64(((b * hp + y + ph) * wp + pw) * c)
+        b, y, dst = _interior_row(t, h, hp, wp, ph, pw, c)
         for k in range(c):
             src = np.uint64(((b * c + k) * h + y) * w)
             for i in range(np.uint64(w)):
