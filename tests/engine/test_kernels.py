@@ -395,6 +395,11 @@ def test_patch_run_is_what_the_serial_builder_covers_in_one_run():
     # stride 1 with 2 and 3 words per pixel: the input split into word planes first (whole
     # images, and bands of rows for the parallel driver)
     (3, 9, 8, 130, 3, 1, 1, -1), (10, 16, 16, 96, 5, 1, 2, 1),
+    # 5 and 7 channels: up to 13 tap words land in one patch word (the builder ORs them in
+    # registers four at a time, then into the stored words); runs of 3 and 17 words are not
+    # whole vectors of 8
+    (2, 9, 11, 5, 3, 1, 1, -1), (1, 7, 6, 7, 5, 1, 2, 1), (1, 1, 3, 9, 3, 1, 1, 1),
+    (1, 3, 7, 9, 3, 1, 1, -1),
 ])
 def test_patch_matrix_rows_are_the_windows_bits(n, h, w, cin, k, s, p, pv, rng):
     wd = K.words(cin)

@@ -82,9 +82,12 @@ PAR_MIN_WORK = 20_000
 # run (:func:`patch_run`; each run pays a fixed setup, so small maps cost more per word). A
 # patch matrix pays off only when the GEMM words it saves over all output blocks cost more.
 # Fitted by ``benchmarks/bench_patch_cost.py --threads 1`` (batch 64, the 3x3 and 5x5 binary
-# convs of ``small`` and ``nin``, unpruned and pruned, AVX-512 x86): 0.24 + 29 / run (per
-# layer 0.18-0.30 on 14x14 and 28x28 maps, 0.37-0.68 on nin's 16x16 5x5, 0.5-0.8 on 7x7 and
-# 8x8; every layer's choice agreed with its measured dense/direct time).
+# convs of ``small`` and ``nin``, unpruned and pruned, AVX-512 x86) gave 0.24 + 29 / run, and
+# every layer's choice agreed with its measured dense/direct time. The builder has since got
+# faster (registers, masked tails; fit 0.19-0.21 + 16-18 / run), but with those constants two
+# layers near break-even (nin's pruned 5x5 and 3x3) pick the patch matrix and measure 2-4%
+# slower than direct: the dense GEMM reads its words a plane apart, which the model does not
+# price. The older constants still choose every layer right, so they stay.
 PATCH_WORD_COST = 0.24
 PATCH_RUN_COST = 29.0
 

@@ -178,6 +178,101 @@ fconv_store4h = _fconv_store(1)
 fconv_store4h.__doc__ = """:func:`fconv_store4` for the first 8 channels of a block only."""
 
 
+
+def _patch_words(builder, sp, op, offs, counts, dst, i, ty, into, mask=None):
+    """:func:`patch_word_run`'s word(s) ``i`` (``ty``: i64, or ``<8 x i64>`` for eight, only
+    the lanes of ``mask`` read and written when given): the contributions at ``offs`` shifted
+    by ``counts``, ORed, with ``into`` ORed into the stored word(s), then stored."""
+    if mask is None:
+        def load(ptr):
+            return builder.load(ptr, align=8)
+    else:
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ty, [ty.as_pointer(), _I32, mask.type, ty]),
+            "llvm.masked.load.v8i64.p0")
+
+        def load(ptr):
+            return builder.call(mload, [ptr, ir.Constant(_I32, 8), mask, ir.Constant(ty, None)])
+    acc = None
+    for o, (a, b) in zip(offs, counts, strict=True):
+        x = load(builder.bitcast(builder.gep(sp, [builder.add(o, i)]), ty.as_pointer()))
+        v = builder.lshr(builder.shl(x, a), b)
+        acc = v if acc is None else builder.or_(acc, v)
+    dp = builder.bitcast(builder.gep(op, [builder.add(dst, i)]), ty.as_pointer())
+    if into:
+        acc = builder.or_(acc, load(dp))
+    if mask is None:
+        builder.store(acc, dp, align=8)
+    else:
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ty, ty.as_pointer(), _I32,
+                                                            mask.type]),
+            "llvm.masked.store.v8i64.p0")
+        builder.call(mstore, [acc, dp, ir.Constant(_I32, 8), mask])
+
+
+PATCH_GROUP = 4  # contributions of a patch word ORed in registers per pass over its plane
+
+
+@intrinsic
+def patch_word_run(typingctx, src, base, rel, shl, shr, c0, c1, out, dst, run):  # noqa: ARG001
+    """``out[dst + i] = OR of (src[base + rel[c] + i] << shl[c]) >> shr[c]`` over the
+    contributions ``c0 <= c < c1``, for the ``run`` consecutive words ``i`` of one patch
+    word's plane (:func:`~bnnprune.engine.kernels.bitpatch.patch_schedule`).
+
+    Up to :data:`PATCH_GROUP` contributions per pass, their offsets and shift counts held in
+    registers: eight words at a time in ``<8 x i64>`` vectors, ORed there and stored once
+    (a later pass ORs into the stored words), the last ``run % 8`` in one masked vector.
+    Shift counts must lie in 0..63."""
+    ints = (base, c0, c1, dst, run)
+    if not (_is_vec(src, types.uint64) and _is_vec(rel, types.int64)
+            and _is_vec(shl, types.uint64) and _is_vec(shr, types.uint64)
+            and _is_vec(out, types.uint64) and all(isinstance(t, types.Integer) for t in ints)):
+        return None
+    sig = types.none(src, base, rel, shl, shr, c0, c1, out, dst, run)
+
+    def codegen(context, builder, signature, args):
+        sa = signature.args
+        sp, rp, lp, hp, op = (_data(context, builder, sa[i], args[i]) for i in (0, 2, 3, 4, 7))
+        base_, c0_, c1_, dst_, run_ = _ints(context, builder, sa, args, (1, 5, 6, 8, 9))
+        vty = ir.VectorType(_I64, 8)
+        zero, eight = ir.Constant(_I64, 0), ir.Constant(_I64, 8)
+        whole = builder.and_(run_, ir.Constant(_I64, -8))
+        # the last run % 8 words: a vector whose lanes past the run are neither read nor
+        # written (masked loads and stores)
+        tail = builder.icmp_signed("<", ir.Constant(vty, list(range(8))),
+                                   _splat(builder, builder.sub(run_, whole), vty))
+        group = ir.Constant(_I64, PATCH_GROUP)
+        with cgutils.for_range_slice(builder, c0_, c1_, group) as (cs, _):
+            later = builder.icmp_signed(">", cs, c0_)
+            merge = builder.append_basic_block("pr_merge")
+            cases = [builder.append_basic_block(f"pr_case{k}") for k in range(1, PATCH_GROUP + 1)]
+            left = builder.sub(c1_, cs)
+            sw = builder.switch(left, cases[-1])  # PATCH_GROUP or more left
+            for k, bb in enumerate(cases[:-1], start=1):
+                sw.add_case(ir.Constant(_I64, k), bb)
+            for k, bb in enumerate(cases, start=1):
+                builder.position_at_end(bb)
+                idx = [builder.add(cs, ir.Constant(_I64, q)) for q in range(k)]
+                offs = [builder.add(base_, builder.load(builder.gep(rp, [c]))) for c in idx]
+                sh = [(builder.load(builder.gep(lp, [c])), builder.load(builder.gep(hp, [c])))
+                      for c in idx]
+                vsh = [(_splat(builder, a, vty), _splat(builder, b, vty)) for a, b in sh]
+                with builder.if_else(later) as (then, otherwise):
+                    for into, block in ((True, then), (False, otherwise)):
+                        with block:
+                            with cgutils.for_range_slice(builder, zero, whole, eight) as (i, _):
+                                _patch_words(builder, sp, op, offs, vsh, dst_, i, vty, into)
+                            with builder.if_then(builder.icmp_signed("<", whole, run_)):
+                                _patch_words(builder, sp, op, offs, vsh, dst_, whole, vty,
+                                             into, tail)
+                builder.branch(merge)
+            builder.position_at_end(merge)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 FMA_CHAINS = 10  # independent <8 x float> accumulators: enough to hide the FMA latency
 
 
