@@ -4,7 +4,8 @@ Building a plan allocates every value's buffer (and the scratch buffers: padded 
 bit patch matrices), fills constant borders once, and validates every kernel call on exactly
 those arrays (the ``*_call`` builders of :mod:`bnnprune.engine.kernels` check every shape
 and index range and return the bound call). Running the plan is then a copy of the input and
-one Python call per kernel, with no allocation: what matters at batch 1.
+the kernel calls, consecutive serial ones merged into one compiled call
+(:func:`~bnnprune.engine.kernels.chain_calls`), with no allocation: what matters at batch 1.
 
 The arrays are owned by the plan and never handed out (results are copied), so a call can
 never see a buffer of a different shape than the one it was validated on.
@@ -113,7 +114,8 @@ class ExecutionPlan:
         for idx, op in enumerate(program.ops):
             calls = self._lower(idx, op)
             self.steps.append((idx, calls))
-        self._flat: list[Call] = [c for _, calls in self.steps for c in calls]
+        # consecutive serial kernel calls run as one compiled call (K.chain_calls)
+        self._flat: list[Call] = K.chain_calls([c for _, calls in self.steps for c in calls])
         self._load = K.nchw_load_call(*self._input_buffer, threads=threads)
         self.nbytes = sum(b.nbytes for b in self._scratch) + sum(
             self.bufs[v].nbytes for v in self._owned)

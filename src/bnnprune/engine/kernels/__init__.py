@@ -10,7 +10,8 @@ so a validated call can be repeated on the same (preallocated) arrays without re
 One module per kernel family: :mod:`.intrinsics` (the LLVM IR inner loops), :mod:`.bconv`
 (XNOR-popcount GEMM), :mod:`.bitpatch` (dense bit patch matrix), :mod:`.fconv` (fused float
 conv, im2col), :mod:`.pack` (sign packing), :mod:`.pool` (pooling), :mod:`.pad` (padding),
-:mod:`.concat` (channel concatenation of bits), :mod:`.act` (per-channel PReLU);
+:mod:`.concat` (channel concatenation of bits), :mod:`.act` (per-channel PReLU), :mod:`.chain`
+(consecutive serial calls of a plan as one compiled call);
 :mod:`.base` holds what they share, including :func:`~.base.twins`, which compiles the serial
 and the ``prange`` driver of each row function, and :func:`use_parallel`, which picks one.
 """
@@ -39,6 +40,7 @@ from bnnprune.engine.kernels.bconv import (
     threshold_init,
 )
 from bnnprune.engine.kernels.bitpatch import dense_bits, im2col_bits_call, patch_planes_shape
+from bnnprune.engine.kernels.chain import Chain, chain_calls
 from bnnprune.engine.kernels.concat import concat_bits_call
 from bnnprune.engine.kernels.fconv import (
     block_float_weights,
@@ -61,6 +63,7 @@ from bnnprune.engine.kernels.pool import (
 
 __all__ = [
     "BLOCK_CH",
+    "Chain",
     "PAR_MIN_WORK",
     "PATCH_RUN_COST",
     "PATCH_WORD_COST",
@@ -71,6 +74,7 @@ __all__ = [
     "affine_pack_call",
     "bconv_call",
     "bconv_patch_call",
+    "chain_calls",
     "block_channels",
     "block_float_weights",
     "block_weights",

@@ -1,0 +1,92 @@
+"""Consecutive serial kernel calls run as one compiled call: same results, same order."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from bnnprune.engine import compile_model
+from bnnprune.engine import kernels as K
+from bnnprune.engine.kernels import chain as C
+from bnnprune.engine.kernels.pad import _pad_par, _pad_ser
+from bnnprune.models import build_model
+
+from .conftest import dyadic_fp_weights, dyadic_input, randomize_bn
+
+
+@pytest.mark.parametrize("name,width,shape", [("nin", 0.25, (3, 32, 32)),
+                                              ("small", 0.5, (1, 28, 28)),
+                                              ("reactnet", 0.125, (3, 32, 32))])
+def test_a_serial_plan_is_one_chain_with_the_unchained_results(name, width, shape):
+    torch.manual_seed(0)
+    model = dyadic_fp_weights(randomize_bn(build_model(name, width=width, in_channels=shape[0],
+                                                       image_size=shape[1])))
+    program = compile_model(model.eval(), shape)
+    plan = program.plan(2, threads=1)
+    calls = [c for _, cs in plan.steps for c in cs]
+    chains = [c for c in plan._flat if isinstance(c, K.Chain)]
+    # the chains hold the kernel calls in order; what is left are the numpy float ops
+    # (ReActNet's residual adds)
+    unrolled = [c for f in plan._flat for c in (f.calls if isinstance(f, K.Chain) else [f])]
+    assert unrolled == calls
+    # no two encodable calls are left side by side (a lone one is not worth a chain)
+    lone = [not isinstance(c, K.Chain) and C.encode_call(c) is not None for c in plan._flat]
+    assert not any(a and b for a, b in zip(lone, lone[1:], strict=False))
+    if name != "reactnet":  # every call is a serial driver call the chain knows
+        assert len(plan._flat) == 1 and len(chains[0].offs) == len(calls) + 1
+    used = {int(ch.tab[o]) for ch in chains for o in ch.offs[:-1]}
+    assert used >= {0, 1}  # float and binary convolutions
+    if name == "reactnet":
+        assert 8 in used  # RPReLU
+    x = dyadic_input((2, *shape), seed=3).numpy()
+    got = plan.run(x).copy()
+    plan.bufs[program.output][...] = 0
+    plan.load(x)
+    for c in calls:  # the same calls one by one from Python
+        c()
+    np.testing.assert_array_equal(plan.bufs[program.output], got)
+    np.testing.assert_array_equal(program(x, batch_size=2, threads=1).reshape(got.shape), got)
+
+
+def _pads(dtype, rng):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    if dtype == np.uint64:
+        x = x.view(np.uint32).astype(np.uint64) << np.uint64(7)
+    out = np.full((2, 5, 8, 5), 9, dtype)
+    return x, out
+
+
+def test_chain_calls_merges_runs_in_order_and_leaves_other_calls(rng):
+    (xb, ob), (xf, of), (x3, o3) = (_pads(d, rng) for d in (np.uint64, np.float32, np.uint64))
+    order = []
+    calls = [K.pad_call(xb, (1, 2), ob, threads=1), K.pad_call(xf, (1, 2), of, threads=1),
+             lambda: order.append("py"),
+             K.pad_call(x3, (1, 2), o3, threads=1)]
+    assert all(c.func is _pad_ser for c in calls if isinstance(c, functools.partial))
+    merged = K.chain_calls(calls)
+    assert [type(c) for c in merged] == [K.Chain, type(calls[2]), functools.partial]
+    assert merged[0].calls == calls[:2] and merged[2] is calls[3]
+    for c in merged:
+        c()
+    assert order == ["py"]
+    for x, o, d in ((xb, ob, np.uint64), (xf, of, np.float32), (x3, o3, np.uint64)):
+        expect = np.full(o.shape, 9, d)
+        expect[:, 1:-1, 2:-2] = x
+        np.testing.assert_array_equal(o, expect)
+    # the float32 pad is the second variant of the pad kernel's spec
+    assert [int(merged[0].tab[o + 2]) for o in merged[0].offs[:-1]] == [0, 1]
+
+
+def test_encode_call_refuses_what_its_kernel_spec_does_not_describe(rng):
+    x, out = _pads(np.uint64, rng)
+    assert C.encode_call(functools.partial(_pad_ser, 2, 1, x, 1, 2, out)) is not None
+    assert C.encode_call(functools.partial(_pad_ser, 2, 1, x, 1, 2, out[:, ::2])) is None
+    assert C.encode_call(functools.partial(_pad_ser, 2, 1, x, 1.0, 2, out)) is None  # float
+    assert C.encode_call(functools.partial(_pad_ser, 2, 1, x, True, 2, out)) is None  # bool
+    assert C.encode_call(functools.partial(_pad_ser, 2, 1, x, 1, 2)) is None  # arity
+    assert C.encode_call(functools.partial(_pad_ser, 2, 1, x.astype(np.int64), 1, 2,
+                                           out.astype(np.int64))) is None  # no int64 variant
+    assert C.encode_call(functools.partial(_pad_par, 2, 2, x, 1, 2, out)) is None  # parallel
+    assert C.encode_call(lambda: None) is None
+    assert K.chain_calls([]) == []
