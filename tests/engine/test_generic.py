@@ -327,6 +327,26 @@ def test_prelu_kernel(rng):
     np.testing.assert_array_equal(out, (ref.permute(0, 2, 3, 1) + torch.from_numpy(bias)).numpy())
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_affine_and_add_kernels_round_as_torch(rng, threads):
+    x, b = (rng.standard_normal((40, 6, 5, 13)).astype(np.float32) * 3 for _ in range(2))
+    alpha, beta = (rng.standard_normal(13).astype(np.float32) for _ in range(2))
+    out = np.empty_like(x)
+    K.affine_call(x, alpha, beta, out, threads=threads)()
+    tx = torch.from_numpy(x)
+    # two roundings (multiply, then add), never one fused multiply-add
+    np.testing.assert_array_equal(out, (tx * torch.from_numpy(alpha)
+                                        + torch.from_numpy(beta)).numpy())
+    K.add_call(x, b, out, threads=threads)()
+    np.testing.assert_array_equal(out, (tx + torch.from_numpy(b)).numpy())
+    K.add_call(x, b, b, threads=threads)()  # in place
+    np.testing.assert_array_equal(b, out)
+    with pytest.raises(EngineError, match="same shapes"):
+        K.add_call(x, b[:1], out)
+    with pytest.raises(EngineError, match="per-channel"):
+        K.affine_call(x, alpha[:3], beta, out)
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -172,6 +172,10 @@ class ExecutionPlan:
         if kind == "fconv":  # conv + bias + affine, packed to bits or not, in one kernel
             return self._fconv(idx, op, x, out)
         pack = bool(a.get("pack"))
+        if pack and kind == "affine" and x.shape == self._float_shape(op):
+            # the packing applies the affine itself, straight from the input
+            return [K.affine_pack_call(x, out, op.arrays["alpha"], op.arrays["beta"],
+                                       threads=th)]
         y = self._keep(K.aligned_zeros(self._float_shape(op), np.float32)) if pack else out
         calls = self._float_op(op, xs, y, pack)
         if pack:
@@ -258,8 +262,7 @@ class ExecutionPlan:
         if kind == "adaptive_avgpool":
             return [K.adaptive_avgpool_call(x, y, threads=th)]
         if kind == "add":
-            b = xs[1]
-            return [lambda: np.add(x, b, out=y)]
+            return [K.add_call(x, xs[1], y, threads=th)]
         if kind == "concat":
             return self._concat(xs, y)
         if kind == "prelu":
@@ -268,13 +271,7 @@ class ExecutionPlan:
         if kind == "affine":
             if pack:  # packing applies the affine itself
                 return [lambda: np.copyto(y, x)]
-            alpha, beta = op.arrays["alpha"], op.arrays["beta"]
-
-            def affine() -> None:
-                np.multiply(x, alpha, out=y)
-                np.add(y, beta, out=y)
-
-            return [affine]
+            return [K.affine_call(x, op.arrays["alpha"], op.arrays["beta"], y, threads=th)]
         if kind == "clamp":
             lo, hi = a.get("lo"), a.get("hi")
 

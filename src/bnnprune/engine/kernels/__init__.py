@@ -10,13 +10,13 @@ so a validated call can be repeated on the same (preallocated) arrays without re
 One module per kernel family: :mod:`.intrinsics` (the LLVM IR inner loops), :mod:`.bconv`
 (XNOR-popcount GEMM), :mod:`.bitpatch` (dense bit patch matrix), :mod:`.fconv` (fused float
 conv, im2col), :mod:`.pack` (sign packing), :mod:`.pool` (pooling), :mod:`.pad` (padding),
-:mod:`.concat` (channel concatenation of bits), :mod:`.act` (per-channel PReLU), :mod:`.chain`
+:mod:`.concat` (channel concatenation of bits), :mod:`.act` (float elementwise ops), :mod:`.chain`
 (consecutive serial calls of a plan as one compiled call);
 :mod:`.base` holds what they share, including :func:`~.base.twins`, which compiles the serial
 and the ``prange`` driver of each row function, and :func:`use_parallel`, which picks one.
 """
 
-from bnnprune.engine.kernels.act import prelu_call
+from bnnprune.engine.kernels.act import add_call, affine_call, prelu_call
 from bnnprune.engine.kernels.base import (
     BLOCK_CH,
     PAR_MIN_WORK,
@@ -68,6 +68,8 @@ __all__ = [
     "PATCH_RUN_COST",
     "PATCH_WORD_COST",
     "adaptive_avgpool_call",
+    "add_call",
+    "affine_call",
     "aligned",
     "aligned_empty",
     "aligned_zeros",

@@ -30,7 +30,14 @@ from numba import njit, types
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
-from bnnprune.engine.kernels.act import _prelu_rows, _prelu_ser
+from bnnprune.engine.kernels.act import (
+    _add_rows,
+    _add_ser,
+    _affine_rows,
+    _affine_ser,
+    _prelu_rows,
+    _prelu_ser,
+)
 from bnnprune.engine.kernels.bconv import _bconv_ser, _bconv_tiles
 from bnnprune.engine.kernels.bitpatch import _im2col_bits_rows, _im2col_bits_ser
 from bnnprune.engine.kernels.fconv import _fconv_ser, _fconv_tiles
@@ -61,6 +68,8 @@ KERNELS: dict[Any, tuple[int, Callable, tuple[str, ...]]] = {
     _adaptive_avgpool_ser: (6, _adaptive_avgpool_rows, ("f4 f4",)),
     _im2col_bits_ser: (7, _im2col_bits_rows, ("u4 s1 s1 u1 u1 i i i i i i i u4",)),
     _prelu_ser: (8, _prelu_rows, ("f2 f1 f1 f1 f2",)),
+    _affine_ser: (9, _affine_rows, ("f2 f1 f1 f2",)),
+    _add_ser: (10, _add_rows, ("f2 f2 f2",)),
 }
 
 
@@ -121,7 +130,7 @@ def _decoder(spec: str):
 
 
 _DECODE = {kid: tuple(_decoder(s) for s in specs) for kid, _, specs in KERNELS.values()}
-(_D0,), (_D1,), (_D2,), (_D3, _D3F), (_D4,), (_D5,), (_D6,), (_D7,), (_D8,) = (
+(_D0,), (_D1,), (_D2,), (_D3, _D3F), (_D4,), (_D5,), (_D6,), (_D7,), (_D8,), (_D9,), (_D10,) = (
     _DECODE[k] for k in range(len(_DECODE)))
 
 
@@ -155,6 +164,10 @@ def run_chain(tab, offs):
             _im2col_bits_rows(*_D7(tab, a), 0, n)
         elif k == 8:
             _prelu_rows(*_D8(tab, a), 0, n)
+        elif k == 9:
+            _affine_rows(*_D9(tab, a), 0, n)
+        elif k == 10:
+            _add_rows(*_D10(tab, a), 0, n)
 
 
 def _encode_arg(tok: str, a: Any) -> list[int] | None:
