@@ -29,6 +29,7 @@ from torch import nn
 
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
+from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.kernels.intrinsics import (
     FMA_CHAINS,
     XPC_CHAINS,
@@ -189,9 +190,10 @@ def op_times(program: Program, batch: int = 1, repeats: int = 20,
     x = x.astype(np.float32)
     plan.run(x)
     times: list[list[float]] = [[] for _ in plan.steps]
+    steps = [chain_calls(calls, min_run=1) for _, calls in plan.steps]  # as in a chained run
     for _ in range(repeats):
         plan.load(x)
-        for i, (_, calls) in enumerate(plan.steps):
+        for i, calls in enumerate(steps):
             t = time.perf_counter()
             for c in calls:
                 c()

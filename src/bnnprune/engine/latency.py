@@ -39,6 +39,7 @@ from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.ir import Op, ValueInfo
 from bnnprune.engine.kernels.base import KERNELS_HASH
+from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.pack import tail_mask, words
 from bnnprune.engine.program import Program, _threads
 from bnnprune.machine import machine_info
@@ -46,7 +47,7 @@ from bnnprune.machine import machine_info
 __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build_cost_model",
            "cache_path", "machine_key", "op_channels"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: ops timed as chained calls (kernels.chain), not a Python call per kernel
 CONV_KINDS = ("bconv", "fconv")
 SAVE_EVERY_S = 20.0  # a long table build writes the cache this often
 WHOLE_REPEATS = 20  # at least this many runs of the whole program (its overhead is fragile)
@@ -229,7 +230,7 @@ def time_op(program: Program, idx: int, cin: int, cout: int, batch: int, threads
     plan = mini.plan(batch, threads)
     x = rng.standard_normal((batch, *mini.input_shape)).astype(np.float32)
     plan.run(x)
-    calls = plan.op_calls(t)
+    calls = chain_calls(plan.op_calls(t), min_run=1)  # as inside a chained run
 
     def run() -> None:
         for c in calls:
@@ -255,13 +256,14 @@ def time_ops_in_context(program: Program, batch: int, threads: int,
     with _threads(threads) as th:
         plan = program.plan(batch, th)
         plan.run(x)
+        steps = [(idx, chain_calls(calls, min_run=1)) for idx, calls in plan.steps]
         best = [float("inf")] * len(program.ops)
         start, runs = time.perf_counter(), 0
         while runs < repeats or (time.perf_counter() - start < MIN_WINDOW_S
                                  and runs < MAX_RUNS):
             runs += 1
             plan.load(x)
-            for idx, calls in plan.steps:
+            for idx, calls in steps:
                 t = time.perf_counter()
                 for c in calls:
                     c()

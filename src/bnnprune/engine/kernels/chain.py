@@ -224,14 +224,17 @@ class Chain:
         run_chain(self.tab, self.offs)
 
 
-def chain_calls(calls: Sequence[Callable[[], Any]]) -> list[Callable[[], Any]]:
-    """``calls`` with each run of two or more encodable calls (:func:`encode_call`) merged
-    into one :class:`Chain`, in the same order."""
+def chain_calls(calls: Sequence[Callable[[], Any]], min_run: int = 2
+                ) -> list[Callable[[], Any]]:
+    """``calls`` with each run of at least ``min_run`` encodable calls (:func:`encode_call`)
+    merged into one :class:`Chain`, in the same order. A plan chains runs of two or more; the
+    latency tables time each op's calls as a chain of their own (``min_run=1``), so an op
+    costs what it costs inside a chained run, not a Python call per kernel."""
     out: list[Callable[[], Any]] = []
     run: list[tuple[Callable[[], Any], list[int]]] = []
 
     def flush() -> None:
-        if len(run) > 1:
+        if len(run) >= min_run:
             out.append(Chain([c for c, _ in run], [r for _, r in run]))
         else:
             out.extend(c for c, _ in run)
