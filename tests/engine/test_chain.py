@@ -73,6 +73,15 @@ def test_chain_calls_merges_runs_in_order_and_leaves_other_calls(rng):
     assert [int(merged[0].tab[o + 2]) for o in merged[0].offs[:-1]] == [0, 1]
 
 
+def test_every_kernel_id_calls_its_drivers_row_function():
+    # run_chain's branch for id k calls the row function of the driver registered with k
+    src = C.run_chain.py_func.__code__.co_names
+    for driver, (kid, _) in C.KERNELS.items():
+        rows = driver.py_func.__globals__["ROWS"]
+        assert rows.__name__ in src, (kid, rows.__name__)
+    assert sorted(k for k, _ in C.KERNELS.values()) == list(range(len(C.KERNELS)))
+
+
 def test_encode_call_refuses_what_its_kernel_spec_does_not_describe(rng):
     x, out = _pads(np.uint64, rng)
     assert C.encode_call(functools.partial(_pad_ser, 2, 1, x, 1, 2, out)) is not None

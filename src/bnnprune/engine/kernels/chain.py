@@ -56,22 +56,21 @@ _DTYPES = {"u": (np.uint64, types.uint64), "f": (np.float32, types.float32),
            "s": (np.int64, types.int64)}
 _I64 = ir.IntType(64)
 
-# serial driver -> (kernel id in run_chain, its row function, the specs of its arguments after
-# nrows and nchunks: one per dtype variant)
-KERNELS: dict[Any, tuple[int, Callable, tuple[str, ...]]] = {
-    _fconv_ser: (0, _fconv_tiles, ("f1 f1 i i i i i i i i i i f1 f1 f1 u1 b b i u2 f2",)),
-    _bconv_ser: (1, _bconv_tiles, ("u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2",)),
-    _bitpool_ser: (2, _maxpool_bits_rows, ("u4 i i i i i i u4",)),
-    _pad_ser: (3, _pad_rows, ("u4 i i u4", "f4 i i f4")),
-    _fpool_ser: (4, _fpool_rows, ("i f4 i i i i i i b f4",)),
-    _affine_pack_ser: (5, _affine_pack_rows, ("f2 f1 f1 b u2",)),
-    _adaptive_avgpool_ser: (6, _adaptive_avgpool_rows, ("f4 f4",)),
-    _im2col_bits_ser: (7, _im2col_bits_rows, ("u4 s1 s1 u1 u1 i i i i i i i u4",)),
-    _prelu_ser: (8, _prelu_rows, ("f2 f1 f1 f1 f2",)),
-    _affine_ser: (9, _affine_rows, ("f2 f1 f1 f2",)),
-    _add_ser: (10, _add_rows, ("f2 f2 f2",)),
+# serial driver -> (its kernel id in run_chain, which calls the driver's row function, and
+# the specs of the arguments after nrows and nchunks: one per dtype variant)
+KERNELS: dict[Any, tuple[int, tuple[str, ...]]] = {
+    _fconv_ser: (0, ("f1 f1 i i i i i i i i i i f1 f1 f1 u1 b b i u2 f2",)),
+    _bconv_ser: (1, ("u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2",)),
+    _bitpool_ser: (2, ("u4 i i i i i i u4",)),
+    _pad_ser: (3, ("u4 i i u4", "f4 i i f4")),
+    _fpool_ser: (4, ("i f4 i i i i i i b f4",)),
+    _affine_pack_ser: (5, ("f2 f1 f1 b u2",)),
+    _adaptive_avgpool_ser: (6, ("f4 f4",)),
+    _im2col_bits_ser: (7, ("u4 s1 s1 u1 u1 i i i i i i i u4",)),
+    _prelu_ser: (8, ("f2 f1 f1 f1 f2",)),
+    _affine_ser: (9, ("f2 f1 f1 f2",)),
+    _add_ser: (10, ("f2 f2 f2",)),
 }
-
 
 def _decoder(spec: str):
     """The intrinsic ``decode(tab, o)``: the arguments of ``spec`` rebuilt from ``tab[o:]``
@@ -129,7 +128,7 @@ def _decoder(spec: str):
     return decode
 
 
-_DECODE = {kid: tuple(_decoder(s) for s in specs) for kid, _, specs in KERNELS.values()}
+_DECODE = {kid: tuple(_decoder(s) for s in specs) for kid, specs in KERNELS.values()}
 (_D0,), (_D1,), (_D2,), (_D3, _D3F), (_D4,), (_D5,), (_D6,), (_D7,), (_D8,), (_D9,), (_D10,) = (
     _DECODE[k] for k in range(len(_DECODE)))
 
@@ -195,7 +194,7 @@ def encode_call(call: Callable[[], Any]) -> list[int] | None:
         return None
     if entry is None or len(call.args) < 2:
         return None
-    kid, _, specs = entry
+    kid, specs = entry
     nrows, rest = call.args[0], call.args[2:]
     for variant, spec in enumerate(specs):
         tokens = spec.split()
