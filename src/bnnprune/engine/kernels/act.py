@@ -15,6 +15,29 @@ from numba import njit
 from bnnprune.engine.kernels.base import chunks, need, noop, twins, use_parallel
 
 
+def _channel_call(drivers: tuple[Callable, Callable], x: np.ndarray, out: np.ndarray,
+                  per_channel: tuple[np.ndarray, ...], like_x: tuple[np.ndarray, ...],
+                  ns_per_value: float, threads: int | None) -> Callable[[], None]:
+    """The checks and the bound call shared by the elementwise ops over the last (channel)
+    axis: float32 C-contiguous ``x``, ``out`` and ``like_x`` of ``x``'s shape, ``per_channel``
+    vectors of its channels; the kernel gets ``x``, the ``per_channel`` vectors, the ``like_x``
+    arrays and ``out`` as (rows, C)."""
+    for a in (x, out, *like_x):
+        need(a.dtype == np.float32 and a.ndim >= 1 and a.flags.c_contiguous, "float32 arrays")
+        need(a.shape == x.shape, "same shapes")
+    c = int(x.shape[-1])
+    for a in per_channel:
+        need(a.dtype == np.float32 and a.shape == (c,), "per-channel float32 (C,)")
+    rows = int(x.size) // max(c, 1)
+    if not rows:
+        return noop
+    par = use_parallel(rows * c * ns_per_value, threads)
+    fn = drivers[0] if par else drivers[1]
+    return functools.partial(fn, rows, chunks(rows) if par else 1, x.reshape(rows, c),
+                             *per_channel, *(a.reshape(rows, c) for a in like_x),
+                             out.reshape(rows, c))
+
+
 @njit(cache=True)
 def _prelu_rows(x, shift, slope, bias, out, r_lo, r_hi):
     c = x.shape[1]
@@ -31,22 +54,9 @@ _prelu_par, _prelu_ser = twins(_prelu_rows)
 
 def prelu_call(x: np.ndarray, shift: np.ndarray, slope: np.ndarray, bias: np.ndarray,
                out: np.ndarray, threads: int | None = None) -> Callable[[], None]:
-    """Validate ``out = prelu(x + shift, slope) + bias`` over the last (channel) axis.
-
-    float32 throughout, rounded after each operation as PyTorch does.
-    """
-    need(x.dtype == np.float32 and x.ndim >= 1 and x.flags.c_contiguous, "float32 input")
-    need(out.dtype == np.float32 and out.shape == x.shape and out.flags.c_contiguous, "out")
-    c = int(x.shape[-1])
-    for a in (shift, slope, bias):
-        need(a.dtype == np.float32 and a.shape == (c,), "per-channel float32 (C,)")
-    rows = int(x.size) // max(c, 1)
-    if not rows:
-        return noop
-    par = use_parallel(rows * c * 0.5, threads)
-    fn = _prelu_par if par else _prelu_ser
-    return functools.partial(fn, rows, chunks(rows) if par else 1, x.reshape(rows, c), shift,
-                             slope, bias, out.reshape(rows, c))
+    """Validate ``out = prelu(x + shift, slope) + bias`` over the last (channel) axis."""
+    return _channel_call((_prelu_par, _prelu_ser), x, out, (shift, slope, bias), (), 0.5,
+                         threads)
 
 
 @njit(cache=True)
@@ -63,18 +73,7 @@ _affine_par, _affine_ser = twins(_affine_rows)
 def affine_call(x: np.ndarray, alpha: np.ndarray, beta: np.ndarray, out: np.ndarray,
                 threads: int | None = None) -> Callable[[], None]:
     """Validate ``out = x * alpha + beta`` over the last (channel) axis."""
-    need(x.dtype == np.float32 and x.ndim >= 1 and x.flags.c_contiguous, "float32 input")
-    need(out.dtype == np.float32 and out.shape == x.shape and out.flags.c_contiguous, "out")
-    c = int(x.shape[-1])
-    for a in (alpha, beta):
-        need(a.dtype == np.float32 and a.shape == (c,), "per-channel float32 (C,)")
-    rows = int(x.size) // max(c, 1)
-    if not rows:
-        return noop
-    par = use_parallel(rows * c * 0.3, threads)
-    fn = _affine_par if par else _affine_ser
-    return functools.partial(fn, rows, chunks(rows) if par else 1, x.reshape(rows, c), alpha,
-                             beta, out.reshape(rows, c))
+    return _channel_call((_affine_par, _affine_ser), x, out, (alpha, beta), (), 0.3, threads)
 
 
 @njit(cache=True)
@@ -91,14 +90,4 @@ _add_par, _add_ser = twins(_add_rows)
 def add_call(x: np.ndarray, b: np.ndarray, out: np.ndarray,
              threads: int | None = None) -> Callable[[], None]:
     """Validate ``out = x + b`` (same shapes; ``out`` may be ``x`` or ``b``)."""
-    for a in (x, b, out):
-        need(a.dtype == np.float32 and a.ndim >= 1 and a.flags.c_contiguous, "float32 arrays")
-    need(x.shape == b.shape == out.shape, "same shapes")
-    c = int(x.shape[-1])
-    rows = int(x.size) // max(c, 1)
-    if not rows:
-        return noop
-    par = use_parallel(rows * c * 0.3, threads)
-    fn = _add_par if par else _add_ser
-    return functools.partial(fn, rows, chunks(rows) if par else 1, x.reshape(rows, c),
-                             b.reshape(rows, c), out.reshape(rows, c))
+    return _channel_call((_add_par, _add_ser), x, out, (), (b,), 0.3, threads)
