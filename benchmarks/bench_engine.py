@@ -5,10 +5,12 @@
 
 Prints the machine, the roofline and kernel throughput, batch-1 latency and batch-64
 throughput (packed vs PyTorch eager on the same full-width model, BN statistics randomized
-so no channel is trivially constant), and a pruned copy's packed latency next to its BOPs
-ratio. The pruned copy is made by ``bnnprune.prune`` (uniform plan for ``--target`` BOPs
-reduction, magnitude criterion; ``--round-to`` as in ``bnnprune prune``: ``auto``, the
-default, keeps counts the kernels pay for, ``64`` whole 64-bit words of channels).
+so no channel is trivially constant), a pruned copy's packed latency next to its BOPs
+ratio, and what the plan's chained kernel calls save at batch 1 on one thread over one
+Python call per kernel. The pruned copy is made by ``bnnprune.prune`` (uniform plan for
+``--target`` BOPs reduction, magnitude criterion; ``--round-to`` as in ``bnnprune prune``:
+``auto``, the default, keeps counts the kernels pay for, ``64`` whole 64-bit words of
+channels).
 Speeds are ratios measured in this run on this machine.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -26,10 +29,13 @@ if __name__ == "__main__" and "--threads" in sys.argv:
     os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
 
 import numba  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bnnprune import engine  # noqa: E402
+from bnnprune.engine import kernels as K  # noqa: E402
+from bnnprune.engine.bench import _interleaved  # noqa: E402
 from bnnprune.metrics import binary_channels, count_bops  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune import apply_plan, plan_uniform  # noqa: E402
@@ -55,6 +61,29 @@ def pruned_copy(model: nn.Module, shape: tuple[int, int, int], target: float,
     """A real pruned copy: uniform plan for ``target`` BOPs reduction, magnitude criterion."""
     plan = plan_uniform(model, shape, target, round_to=round_to)
     return apply_plan(model, plan, "magnitude").model.eval()
+
+
+def call_cost(program: engine.Program, repeats: int) -> dict[str, float]:
+    """Median time of a batch-1, one-thread plan's kernel calls made one Python call each
+    and chained as the plan runs them (interleaved; the input copy is not timed)."""
+    plan = program.plan(1, 1)
+    plan.load(np.random.default_rng(0).standard_normal((1, *program.input_shape))
+              .astype(np.float32))
+    calls = [c for _, cs in plan.steps for c in cs]
+    chained = K.chain_calls(calls)
+
+    def each() -> None:
+        for c in calls:
+            c()
+
+    def chain() -> None:
+        for c in chained:
+            c()
+
+    s_each, s_chain = (statistics.median(s) for s in _interleaved([each, chain], 10 * repeats))
+    return {"calls": len(calls), "chained_calls": len(chained), "each_s": s_each,
+            "chained_s": s_chain,
+            "saved_per_call_s": (s_each - s_chain) / max(1, len(calls) - len(chained))}
 
 
 def main() -> None:
@@ -95,6 +124,10 @@ def main() -> None:
           f"{args.target:.0%} fewer BOPs, channels rounded to {args.round_to} "
           f"({', '.join(str(c) for c in res['pruned']['channels'].values())})")
     print(engine.format_benchmark(res))
+    res["call_cost"] = cc = call_cost(program, args.repeats)
+    print(f"\nkernel calls at batch 1, one thread: {cc['calls']} Python calls "
+          f"{cc['each_s'] * 1e6:.1f} us, chained into {cc['chained_calls']} "
+          f"{cc['chained_s'] * 1e6:.1f} us: {cc['saved_per_call_s'] * 1e6:.2f} us saved per call")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

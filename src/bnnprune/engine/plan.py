@@ -172,18 +172,13 @@ class ExecutionPlan:
         if kind == "fconv":  # conv + bias + affine, packed to bits or not, in one kernel
             return self._fconv(idx, op, x, out)
         pack = bool(a.get("pack"))
-        if pack and kind == "affine" and x.shape == self._float_shape(op):
-            # the packing applies the affine itself, straight from the input
+        if pack and kind == "affine":  # the packing applies the affine, straight from x
             return [K.affine_pack_call(x, out, op.arrays["alpha"], op.arrays["beta"],
                                        threads=th)]
         y = self._keep(K.aligned_zeros(self._float_shape(op), np.float32)) if pack else out
-        calls = self._float_op(op, xs, y, pack)
+        calls = self._float_op(op, xs, y)
         if pack:
-            if kind == "affine":
-                calls.append(K.affine_pack_call(y, out, op.arrays["alpha"], op.arrays["beta"],
-                                                threads=th))
-            else:
-                calls.append(K.affine_pack_call(y, out, threads=th))
+            calls.append(K.affine_pack_call(y, out, threads=th))
         return calls
 
     def _float_shape(self, op: Op) -> tuple[int, ...]:
@@ -252,8 +247,7 @@ class ExecutionPlan:
                                   thresholds=prep.thresholds))
         return calls
 
-    def _float_op(self, op: Op, xs: list[np.ndarray], y: np.ndarray,  # noqa: C901
-                  pack: bool) -> list[Call]:
+    def _float_op(self, op: Op, xs: list[np.ndarray], y: np.ndarray) -> list[Call]:  # noqa: C901
         a, kind, th = op.attrs, op.kind, self.threads
         x = xs[0]
         if kind in ("maxpool", "avgpool"):
@@ -269,8 +263,6 @@ class ExecutionPlan:
             return [K.prelu_call(x, op.arrays["shift"], op.arrays["slope"], op.arrays["bias"], y,
                                  threads=th)]
         if kind == "affine":
-            if pack:  # packing applies the affine itself
-                return [lambda: np.copyto(y, x)]
             return [K.affine_call(x, op.arrays["alpha"], op.arrays["beta"], y, threads=th)]
         if kind == "clamp":
             lo, hi = a.get("lo"), a.get("hi")

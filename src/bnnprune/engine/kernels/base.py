@@ -84,7 +84,7 @@ PAR_MIN_WORK = 20_000
 # Fitted by ``benchmarks/bench_patch_cost.py --threads 1`` (batch 64, the 3x3 and 5x5 binary
 # convs of ``small`` and ``nin``, unpruned and pruned, AVX-512 x86) gave 0.24 + 29 / run, and
 # every layer's choice agreed with its measured dense/direct time. The builder has since got
-# faster (registers, masked tails; fit 0.19-0.21 + 16-18 / run), but with those constants two
+# faster (registers, masked tails; fit 0.16-0.21 + 16-20 / run), but with those constants two
 # layers near break-even (nin's pruned 5x5 and 3x3) pick the patch matrix and measure 2-4%
 # slower than direct: the dense GEMM reads its words a plane apart, which the model does not
 # price. The older constants still choose every layer right, so they stay.

@@ -2,8 +2,9 @@
 
 A plan is a list of validated kernel calls, each a ``functools.partial`` of a serial driver
 (:func:`~bnnprune.engine.kernels.base.twins`) on fixed arrays. Calling a numba function
-from Python costs about 0.8 us (typing and unboxing ~30 arguments), so at batch 1, where a
-small layer's work is a few microseconds, the calls themselves were a few percent of the run.
+from Python costs about 1 us (typing and unboxing up to ~30 arguments; measured by
+``benchmarks/bench_engine.py``), so at batch 1, where a small layer's work is a few
+microseconds, the calls themselves were a few percent of the run.
 
 :func:`chain_calls` merges each run of such calls into one :class:`Chain`: their arguments
 encoded once into an int64 table (an array as its address and dimensions, a scalar as its
@@ -56,21 +57,27 @@ _DTYPES = {"u": (np.uint64, types.uint64), "f": (np.float32, types.float32),
            "s": (np.int64, types.int64)}
 _I64 = ir.IntType(64)
 
-# serial driver -> (its kernel id in run_chain, which calls the driver's row function, and
-# the specs of the arguments after nrows and nchunks: one per dtype variant)
-KERNELS: dict[Any, tuple[int, tuple[str, ...]]] = {
-    _fconv_ser: (0, ("f1 f1 i i i i i i i i i i f1 f1 f1 u1 b b i u2 f2",)),
-    _bconv_ser: (1, ("u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2",)),
-    _bitpool_ser: (2, ("u4 i i i i i i u4",)),
-    _pad_ser: (3, ("u4 i i u4", "f4 i i f4")),
-    _fpool_ser: (4, ("i f4 i i i i i i b f4",)),
-    _affine_pack_ser: (5, ("f2 f1 f1 b u2",)),
-    _adaptive_avgpool_ser: (6, ("f4 f4",)),
-    _im2col_bits_ser: (7, ("u4 s1 s1 u1 u1 i i i i i i i u4",)),
-    _prelu_ser: (8, ("f2 f1 f1 f1 f2",)),
-    _affine_ser: (9, ("f2 f1 f1 f2",)),
-    _add_ser: (10, ("f2 f2 f2",)),
-}
+# (serial driver, the spec of its arguments after nrows and nchunks): a kernel's id in
+# run_chain is its position here, and run_chain's branch for it calls the driver's row
+# function (a driver called with two argument layouts, the pad's bits and floats, is listed
+# once per layout)
+KERNELS: tuple[tuple[Any, str], ...] = (
+    (_fconv_ser, "f1 f1 i i i i i i i i i i f1 f1 f1 u1 b b i u2 f2"),
+    (_bconv_ser, "u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2"),
+    (_bitpool_ser, "u4 i i i i i i u4"),
+    (_pad_ser, "u4 i i u4"),
+    (_pad_ser, "f4 i i f4"),
+    (_fpool_ser, "i f4 i i i i i i b f4"),
+    (_affine_pack_ser, "f2 f1 f1 b u2"),
+    (_adaptive_avgpool_ser, "f4 f4"),
+    (_im2col_bits_ser, "u4 s1 s1 u1 u1 i i i i i i i u4"),
+    (_prelu_ser, "f2 f1 f1 f1 f2"),
+    (_affine_ser, "f2 f1 f1 f2"),
+    (_add_ser, "f2 f2 f2"),
+)
+_BY_DRIVER: dict[Any, list[tuple[int, list[str]]]] = {}
+for _kid, (_driver, _spec) in enumerate(KERNELS):
+    _BY_DRIVER.setdefault(_driver, []).append((_kid, _spec.split()))
 
 def _decoder(spec: str):
     """The intrinsic ``decode(tab, o)``: the arguments of ``spec`` rebuilt from ``tab[o:]``
@@ -128,20 +135,19 @@ def _decoder(spec: str):
     return decode
 
 
-_DECODE = {kid: tuple(_decoder(s) for s in specs) for kid, specs in KERNELS.values()}
-(_D0,), (_D1,), (_D2,), (_D3, _D3F), (_D4,), (_D5,), (_D6,), (_D7,), (_D8,), (_D9,), (_D10,) = (
-    _DECODE[k] for k in range(len(_DECODE)))
+(_D0, _D1, _D2, _D3, _D4, _D5, _D6, _D7, _D8, _D9, _D10, _D11) = (
+    _decoder(spec) for _, spec in KERNELS)
 
 
 @njit(cache=True)
 def run_chain(tab, offs):
     """Every call of a :class:`Chain` in order: call ``c`` is ``tab[offs[c]:offs[c+1]]`` =
-    (kernel id, nrows, spec variant, its arguments)."""
+    (kernel id, nrows, its arguments)."""
     for c in range(offs.shape[0] - 1):
         o = offs[c]
         k = tab[o]
         n = tab[o + 1]
-        a = o + 3
+        a = o + 2
         if k == 0:
             _fconv_tiles(*_D0(tab, a), 0, n)
         elif k == 1:
@@ -149,24 +155,23 @@ def run_chain(tab, offs):
         elif k == 2:
             _maxpool_bits_rows(*_D2(tab, a), 0, n)
         elif k == 3:
-            if tab[o + 2] == 0:
-                _pad_rows(*_D3(tab, a), 0, n)
-            else:
-                _pad_rows(*_D3F(tab, a), 0, n)
+            _pad_rows(*_D3(tab, a), 0, n)
         elif k == 4:
-            _fpool_rows(*_D4(tab, a), 0, n)
+            _pad_rows(*_D4(tab, a), 0, n)
         elif k == 5:
-            _affine_pack_rows(*_D5(tab, a), 0, n)
+            _fpool_rows(*_D5(tab, a), 0, n)
         elif k == 6:
-            _adaptive_avgpool_rows(*_D6(tab, a), 0, n)
+            _affine_pack_rows(*_D6(tab, a), 0, n)
         elif k == 7:
-            _im2col_bits_rows(*_D7(tab, a), 0, n)
+            _adaptive_avgpool_rows(*_D7(tab, a), 0, n)
         elif k == 8:
-            _prelu_rows(*_D8(tab, a), 0, n)
+            _im2col_bits_rows(*_D8(tab, a), 0, n)
         elif k == 9:
-            _affine_rows(*_D9(tab, a), 0, n)
+            _prelu_rows(*_D9(tab, a), 0, n)
         elif k == 10:
-            _add_rows(*_D10(tab, a), 0, n)
+            _affine_rows(*_D10(tab, a), 0, n)
+        elif k == 11:
+            _add_rows(*_D11(tab, a), 0, n)
 
 
 def _encode_arg(tok: str, a: Any) -> list[int] | None:
@@ -184,23 +189,19 @@ def _encode_arg(tok: str, a: Any) -> list[int] | None:
 
 
 def encode_call(call: Callable[[], Any]) -> list[int] | None:
-    """The table row of one call (kernel id, nrows, spec variant, arguments), or None when
-    it is not a serial driver call whose arguments match one of its kernel's specs."""
-    if not isinstance(call, functools.partial) or call.keywords:
+    """The table row of one call (kernel id, nrows, arguments), or None when it is not a
+    serial driver call whose arguments match one of the specs of its driver."""
+    if not isinstance(call, functools.partial) or call.keywords or len(call.args) < 2:
         return None
     try:
-        entry = KERNELS.get(call.func)
+        layouts = _BY_DRIVER.get(call.func, [])
     except TypeError:  # an unhashable callable
         return None
-    if entry is None or len(call.args) < 2:
-        return None
-    kid, specs = entry
     nrows, rest = call.args[0], call.args[2:]
-    for variant, spec in enumerate(specs):
-        tokens = spec.split()
+    for kid, tokens in layouts:
         if len(tokens) != len(rest):
             continue
-        row = [kid, int(nrows), variant]
+        row = [kid, int(nrows)]
         for tok, a in zip(tokens, rest, strict=True):
             enc = _encode_arg(tok, a)
             if enc is None:

@@ -178,7 +178,6 @@ fconv_store4h = _fconv_store(1)
 fconv_store4h.__doc__ = """:func:`fconv_store4` for the first 8 channels of a block only."""
 
 
-
 def _patch_words(builder, sp, op, offs, counts, dst, i, ty, into, mask=None):
     """:func:`patch_word_run`'s word(s) ``i`` (``ty``: i64, or ``<8 x i64>`` for eight, only
     the lanes of ``mask`` read and written when given): the contributions at ``offs`` shifted
