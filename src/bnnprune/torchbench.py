@@ -36,6 +36,7 @@ from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fold import bn_affine
 from bnnprune.machine import cpu_name
 from bnnprune.metrics import summarize
+from bnnprune.nn import RPReLU
 from bnnprune.nn.frozen import (
     FrozenBinaryConv2d,
     FrozenBinaryLinear,
@@ -44,6 +45,7 @@ from bnnprune.nn.frozen import (
 )
 
 __all__ = [
+    "DEFAULT_BATCHES",
     "DTYPES",
     "MODES",
     "Form",
@@ -128,10 +130,10 @@ def check_request(device: torch.device, dtypes: Sequence[str] | None = None,
 
 class _Tracer(fx.Tracer):
     """torch.fx tracer that keeps the frozen binary layers as modules, so their BatchNorms
-    can be found behind them."""
+    can be found behind them (and the per-channel layers, whose shapes depend on input)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        leaves = (FrozenBinaryConv2d, FrozenBinaryLinear, FrozenRSign)
+        leaves = (FrozenBinaryConv2d, FrozenBinaryLinear, FrozenRSign, RPReLU)
         return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
 
@@ -511,8 +513,7 @@ def compare_models(pruned: nn.Module, unpruned: nn.Module, input_shape: tuple[in
             for k, m in zip(MODELS, (pruned, unpruned), strict=True)}
     gen = torch.Generator().manual_seed(seed)
     data = {b: torch.randn(b, *shape, generator=gen).to(device) for b in dict.fromkeys(batches)}
-    expected = {b: {k: refs[k](x) for k in MODELS} for b, x in data.items()}
-    out_shapes = {k: tuple(expected[batches[0]][k].shape) for k in MODELS}
+    out_shapes = {k: tuple(refs[k](data[batches[0]]).shape) for k in MODELS}
     if out_shapes["pruned"] != out_shapes["unpruned"]:
         raise TorchBenchError(f"the models' outputs differ in shape ({out_shapes['pruned']} vs "
                               f"{out_shapes['unpruned']}): not a model and its pruned copy")
@@ -521,18 +522,19 @@ def compare_models(pruned: nn.Module, unpruned: nn.Module, input_shape: tuple[in
                               "work": _work(pruned, unpruned, shape), "forms": []}
     with _cudnn_autotune():
         for form in forms:
-            result["forms"].append(_measure_form(refs, data, expected, form, device,
+            result["forms"].append(_measure_form(refs, data, form, device,
                                                  channels_last, repeats, warmup, min_sample_s,
                                                  clock))
     result["best"] = _best(result["forms"])
     return result
 
 
-def _measure_form(refs: dict[str, nn.Module], data: dict[int, torch.Tensor],
-                  expected: dict[int, dict[str, torch.Tensor]], form: Form,
+def _measure_form(refs: dict[str, nn.Module], data: dict[int, torch.Tensor], form: Form,
                   device: torch.device, channels_last: bool, repeats: int, warmup: int,
                   min_sample_s: float, clock: Clock) -> dict[str, Any]:
-    """One form: both models at every batch size, checked and timed."""
+    """One form: both models at every batch size, checked and timed. The float32 eager
+    reference sees the inputs the form sees (rounded to its dtype), so the check measures
+    the form's arithmetic, not the rounding of its inputs."""
     copies = {k: inference_copy(refs[k], dtype=DTYPES[form.dtype], device=device,
                                 channels_last=channels_last) for k in MODELS}
     entry: dict[str, Any] = {
@@ -542,9 +544,10 @@ def _measure_form(refs: dict[str, nn.Module], data: dict[int, torch.Tensor],
     for batch, x in data.items():
         runners = _runner_pair(copies, x, form, device, channels_last, warmup, clock,
                                entry["fallbacks"])
+        seen = x.to(DTYPES[form.dtype]).float()
         for key, r in runners.items():
             entry["check"][key] = _worst(entry["check"][key],
-                                         agreement(r.call(), expected[batch][key]))
+                                         agreement(r.call(), refs[key](seen)))
         calls = [runners[k].call for k in MODELS]
         probe = min(clock(c, 1) for c in calls)
         n = calls_per_sample(batch, probe, min_sample_s)
