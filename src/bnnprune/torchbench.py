@@ -460,6 +460,24 @@ def _cudnn_autotune() -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+@contextlib.contextmanager
+def _exact_float32() -> Iterator[None]:
+    """float32 convolutions and matmuls without TF32 (on by default for cuDNN convolutions),
+    so the reference on a GPU is float32 arithmetic (restored afterwards)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The float32 eager output of ``model`` on ``x``."""
+    with _exact_float32():
+        return model(x.float())
+
+
 def _static_input(data: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
     x = data.to(dtype)
     if channels_last and x.dim() == 4:
@@ -513,7 +531,7 @@ def compare_models(pruned: nn.Module, unpruned: nn.Module, input_shape: tuple[in
             for k, m in zip(MODELS, (pruned, unpruned), strict=True)}
     gen = torch.Generator().manual_seed(seed)
     data = {b: torch.randn(b, *shape, generator=gen).to(device) for b in dict.fromkeys(batches)}
-    out_shapes = {k: tuple(refs[k](data[batches[0]]).shape) for k in MODELS}
+    out_shapes = {k: tuple(_reference(refs[k], data[batches[0]]).shape) for k in MODELS}
     if out_shapes["pruned"] != out_shapes["unpruned"]:
         raise TorchBenchError(f"the models' outputs differ in shape ({out_shapes['pruned']} vs "
                               f"{out_shapes['unpruned']}): not a model and its pruned copy")
@@ -544,10 +562,10 @@ def _measure_form(refs: dict[str, nn.Module], data: dict[int, torch.Tensor], for
     for batch, x in data.items():
         runners = _runner_pair(copies, x, form, device, channels_last, warmup, clock,
                                entry["fallbacks"])
-        seen = x.to(DTYPES[form.dtype]).float()
+        seen = x.to(DTYPES[form.dtype])
         for key, r in runners.items():
             entry["check"][key] = _worst(entry["check"][key],
-                                         agreement(r.call(), refs[key](seen)))
+                                         agreement(r.call(), _reference(refs[key], seen)))
         calls = [runners[k].call for k in MODELS]
         probe = min(clock(c, 1) for c in calls)
         n = calls_per_sample(batch, probe, min_sample_s)
