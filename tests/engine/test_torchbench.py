@@ -4,6 +4,7 @@ tolerance), and the timing loop is checked by structure with fake clocks, never 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -324,3 +325,110 @@ def test_default_forms() -> None:
     assert tb.default_forms(torch.device("cpu")) == (("float32", "bfloat16"), ("eager",))
     forms = tb.check_request(torch.device("cpu"), ["float16", "float16"], ["eager"])
     assert [f.name for f in forms] == ["float16/eager"]
+
+
+# --------------------------------------------------------------------------- CUDA, by structure
+# No GPU here: the CUDA calls are replaced by fakes that log what the code asks of them.
+
+
+class _FakeEvent:
+    def __init__(self, log: list[str], enable_timing: bool = False) -> None:
+        assert enable_timing
+        self.log, self.name = log, f"event{sum(e.startswith('new') for e in log)}"
+        log.append(f"new {self.name}")
+
+    def record(self) -> None:
+        self.log.append(f"record {self.name}")
+
+    def synchronize(self) -> None:
+        self.log.append(f"wait {self.name}")
+
+    def elapsed_time(self, end: _FakeEvent) -> float:
+        self.log.append(f"elapsed {self.name}->{end.name}")
+        return 250.0  # milliseconds, as CUDA reports them
+
+
+def test_cuda_clock_synchronises_then_times_the_calls_between_two_events(monkeypatch) -> None:
+    log: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    monkeypatch.setattr(torch.cuda, "Event", lambda **kw: _FakeEvent(log, **kw))
+    seconds = tb.cuda_clock(torch.device("cuda"))(lambda: log.append("call"), 2)
+    assert seconds == 0.25
+    assert log == ["sync", "new event0", "new event1", "record event0", "call", "call",
+                   "record event1", "wait event1", "elapsed event0->event1"]
+
+
+def test_graph_call_warms_up_on_a_side_stream_then_captures_once(monkeypatch) -> None:
+    log: list[str] = []
+
+    class Stream:
+        def __init__(self, device=None, name: str = "side") -> None:
+            self.name = name
+
+        def wait_stream(self, other: Stream) -> None:
+            log.append(f"{self.name} waits for {other.name}")
+
+    class Graph:
+        def replay(self) -> None:
+            log.append("replay")
+
+    @contextlib.contextmanager
+    def on(stream: Stream):
+        log.append(f"on {stream.name}")
+        yield
+        log.append(f"off {stream.name}")
+
+    @contextlib.contextmanager
+    def capture(graph: Graph):
+        log.append("capture")
+        yield
+        log.append("end capture")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(name="main"))
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    out = torch.zeros(1)
+
+    def fn() -> torch.Tensor:
+        log.append("run")
+        return out
+
+    replay = tb._graph_call(fn, torch.device("cuda"))
+    assert log == ["side waits for main", "on side", "run", "run", "run", "off side",
+                   "main waits for side", "capture", "run", "end capture"]
+    log.clear()
+    assert replay() is out and replay() is out  # the captured output, refreshed by a replay
+    assert log == ["replay", "replay"]
+
+
+def test_compiled_call_on_cuda_uses_cuda_graphs_and_marks_each_step(monkeypatch) -> None:
+    log: list[str] = []
+
+    def compile_(module, mode=None, dynamic=None):
+        log.append(f"compile mode={mode} dynamic={dynamic}")
+        return lambda x: log.append("run") or x
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: log.append("step"))
+    x = torch.ones(2)
+    call = tb._compiled_call(nn.Identity(), x, torch.device("cuda"))
+    assert log == ["compile mode=reduce-overhead dynamic=False", "step", "run"]  # compiled now
+    assert call() is x and log[-2:] == ["step", "run"]
+
+
+def test_cuda_device_info_and_table(monkeypatch, pair) -> None:
+    class Props:
+        name, major, minor = "NVIDIA Fake GPU", 9, 0
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    info = tb.device_info(torch.device("cuda:0"))
+    assert (info["gpu"], info["capability"], info["cudnn"]) == ("NVIDIA Fake GPU", "9.0", 90100)
+    pruned, unpruned = pair
+    res = tb.compare_models(pruned, unpruned, (1, 28, 28), dtypes=["float32"], batches=[1],
+                            repeats=1, warmup=1)
+    res["device"] = info
+    assert tb.format_comparison(res).splitlines()[0].startswith(
+        "device: NVIDIA Fake GPU (cuda:0, compute capability 9.0), torch")
