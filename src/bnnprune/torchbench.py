@@ -538,7 +538,8 @@ def compare_models(pruned: nn.Module, unpruned: nn.Module, input_shape: tuple[in
     result: dict[str, Any] = {"device": device_info(device), "input_shape": list(shape),
                               "channels_last": channels_last, "repeats": repeats,
                               "work": _work(pruned, unpruned, shape), "forms": []}
-    with _cudnn_autotune():
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with _cudnn_autotune(), on_device:  # streams and graphs are made on the device measured
         for form in forms:
             result["forms"].append(_measure_form(refs, data, form, device,
                                                  channels_last, repeats, warmup, min_sample_s,
