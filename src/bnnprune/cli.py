@@ -1052,15 +1052,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="also write the measurements to FILE; without FILE print them as JSON "
                         "on stdout instead of the table")
-    g = b.add_argument_group("PyTorch (a model.pt; see docs/engine.md)")
+    g = b.add_argument_group("PyTorch (a model.pt; defaults per device: docs/engine.md)")
     g.add_argument("--device", help="auto (CUDA when present; the default), cpu, cuda[:N]")
     g.add_argument("--dtypes", type=_csv(str), metavar="LIST",
-                   help="float32,bfloat16,float16 (default: bfloat16,float16 on CUDA, "
-                        "float32,bfloat16 on the CPU)")
+                   help="comma list of float32, bfloat16, float16")
     g.add_argument("--modes", type=_csv(str), metavar="LIST",
-                   help="eager,cudagraph,compile (default: cudagraph,compile on CUDA, eager "
-                        "on the CPU)")
-    g.add_argument("--batches", type=_csv(int), metavar="LIST", help="default 1,64,256")
+                   help="comma list of eager, cudagraph, compile")
+    g.add_argument("--batches", type=_csv(int), metavar="LIST", help="comma list of batch sizes")
     b.set_defaults(func=cmd_bench)
 
     fe = sub.add_parser(
