@@ -641,10 +641,69 @@ def cmd_fpga_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from bnnprune import engine
+def _emit(result: dict[str, Any], text: str, json_to: str | None) -> None:
+    """``--json``: '-' prints only JSON; a file name prints ``text`` and writes the file."""
     from bnnprune.atomic import atomic_write_bytes
 
+    if json_to == "-":
+        print(json.dumps(result, indent=2))
+        return
+    print(text)
+    if json_to:
+        atomic_write_bytes(json_to, json.dumps(result, indent=2).encode())
+        print(f"wrote {json_to}")
+
+
+def _csv(kind: Any) -> Any:
+    """An argparse type: a comma-separated list of ``kind``."""
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return values
+    return parse
+
+
+def _bench_torch(args: argparse.Namespace) -> int:
+    """``bench MODEL.pt --baseline UNPRUNED.pt``: both models timed in PyTorch."""
+    from bnnprune import torchbench
+
+    device = resolve_device(args.device or "auto")  # before anything loads
+    batches = args.batches or torchbench.DEFAULT_BATCHES
+    torchbench.check_request(device, args.dtypes, args.modes, batches, args.repeats)
+    if args.compare:
+        raise CliError("--compare times a .bnn program against its model.pt; for a model.pt "
+                       "give --baseline UNPRUNED.pt")
+    if not args.baseline:
+        raise CliError(f"bench {args.program} times a pruned model against its unpruned one: "
+                       "give --baseline UNPRUNED.pt")
+    pruned, ckpt = load_model(args.program)
+    unpruned, base_ckpt = load_model(args.baseline)
+    shapes = [tuple((c.get("dataset") or {}).get("input_shape", ())) for c in (ckpt, base_ckpt)]
+    if len(shapes[0]) != 3 or shapes[0] != shapes[1]:
+        raise CliError(f"{args.program} and {args.baseline} must record the same input shape "
+                       f"(C, H, W), got {shapes[0]} and {shapes[1]}")
+    if ckpt["arch"].get("name") != base_ckpt["arch"].get("name"):
+        raise CliError(f"{args.program} ({ckpt['arch'].get('name')}) is not a pruned copy of "
+                       f"{args.baseline} ({base_ckpt['arch'].get('name')})")
+    result = torchbench.compare_models(
+        pruned, unpruned, shapes[0], device=device, dtypes=args.dtypes, modes=args.modes,
+        batches=batches, repeats=args.repeats)
+    _emit(result, torchbench.format_comparison(result), args.json)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bnnprune import engine
+
+    if not str(args.program).endswith(".bnn"):
+        return _bench_torch(args)
+    if args.device or args.dtypes or args.modes or args.batches:
+        raise CliError("--device, --dtypes, --modes and --batches time a model.pt in PyTorch; "
+                       f"{args.program} is a .bnn program (the packed CPU engine)")
     try:
         program = engine.load(args.program)
     except engine.BnnFormatError as e:
@@ -680,16 +739,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result["pair"] = compare_pair(program, baseline, repeats=args.repeats,
                                       table_repeats=max(1, args.repeats // 4))
-    if args.json == "-":  # JSON on stdout, nothing else
-        print(json.dumps(result, indent=2))
-        return 0
-    print(engine.format_benchmark(result))
+    text = engine.format_benchmark(result)
     if "pair" in result:
-        print()
-        print(format_pair(result["pair"]))
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
-        print(f"wrote {args.json}")
+        text += "\n\n" + format_pair(result["pair"])
+    _emit(result, text, args.json)
     return 0
 
 
@@ -981,21 +1034,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "bench",
-        help="latency/throughput of a .bnn program, with ratios",
+        help="latency/throughput of a .bnn program, or of a model.pt in PyTorch (GPU), "
+             "with ratios",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_epilog(
             "bnnprune bench model.bnn --compare runs/a/model.pt",
             "bnnprune bench pruned.bnn --baseline unpruned.bnn --json bench.json",
             "bnnprune bench pruned.bnn --baseline unpruned.bnn --json   # JSON on stdout",
+            "bnnprune bench pruned/model.pt --baseline model.pt --device cuda   # PyTorch, GPU",
         ),
     )
-    b.add_argument("program", help=".bnn file")
+    b.add_argument("program", help=".bnn file (packed CPU engine), or model.pt (PyTorch)")
     b.add_argument("--compare", help="model.pt to time in PyTorch float eager on the same inputs")
-    b.add_argument("--baseline", help="unpruned .bnn: pruned vs unpruned latency and BOPs ratios")
+    b.add_argument("--baseline", help="unpruned .bnn (or model.pt): pruned vs unpruned latency "
+                   "and BOPs ratios")
     b.add_argument("--repeats", type=int, default=20)
     b.add_argument("--json", nargs="?", const="-", metavar="FILE",
                    help="also write the measurements to FILE; without FILE print them as JSON "
                         "on stdout instead of the table")
+    g = b.add_argument_group("PyTorch (a model.pt; defaults per device: docs/engine.md)")
+    g.add_argument("--device", help="auto (CUDA when present; the default), cpu, cuda[:N]")
+    g.add_argument("--dtypes", type=_csv(str), metavar="LIST",
+                   help="comma list of float32, bfloat16, float16")
+    g.add_argument("--modes", type=_csv(str), metavar="LIST",
+                   help="comma list of eager, cudagraph, compile")
+    g.add_argument("--batches", type=_csv(int), metavar="LIST", help="comma list of batch sizes")
     b.set_defaults(func=cmd_bench)
 
     fe = sub.add_parser(

@@ -10,6 +10,30 @@ def test_sign_maps_zero_to_plus_one():
     assert sign(x).tolist() == [-1.0, 1.0, 1.0, 1.0, -1.0, 1.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_sign_keeps_dtype_and_makes_two_full_size_passes(dtype):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.sizes.append(out.numel())
+            return out
+
+    x = torch.randn(3, 4, 5, 6).to(dtype)
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, float("nan")])
+    with Ops() as ops:
+        y = sign(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert torch.equal(y, torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x)))
+    assert y[0, 0, 0, :3].tolist() == [1.0, 1.0, -1.0]
+    assert sum(n == x.numel() for n in ops.sizes) == 2  # compare and select, nothing else
+
+
 def test_ste_gradient_passes_only_inside_unit_interval():
     x = torch.tensor([-1.5, -1.0, -0.3, 0.0, 0.7, 1.0, 1.2], requires_grad=True)
     y = binarize(x)

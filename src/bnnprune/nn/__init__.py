@@ -30,8 +30,12 @@ __all__ = [
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
-    """Hard sign with sign(0) = +1 (so every value maps to exactly one bit)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """Hard sign with sign(0) = +1 (so every value maps to exactly one bit; NaN -> -1).
+
+    The ±1 are 0-dim tensors of ``x``'s dtype broadcast by ``where``: two passes over ``x``'s
+    size (compare, select) instead of five (two ``ones_like``, a negation besides)."""
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x >= 0, one, -one)
 
 
 class _SignSTE(torch.autograd.Function):
