@@ -9,6 +9,7 @@ target) firmware is built once per module; about 2 minutes on an idle 2-core mac
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -152,6 +153,23 @@ def test_plugin_counts_exactly_the_instructions_between_marks(tmp_path, plugin):
     assert nops - empty == 1000
 
 
+def test_a_fault_ends_the_run_with_an_error(tmp_path):
+    """An undefined instruction ends qemu with status 1 through the startup's fault
+    handler, instead of a hang until the timeout."""
+    _need_tools()
+    for name in mcu.BOARD_FILES:
+        shutil.copy(C_DIR / "mcu" / name, tmp_path)
+    (tmp_path / "udf.c").write_text('int main(void) { __asm__ volatile("udf #0"); return 0; }\n')
+    target = mcu.get_target("cortex-m4")
+    r = subprocess.run([mcu.CC, *target.cflags, *mcu.LDFLAGS, "startup_mps2.c", "udf.c",
+                        "-o", "udf.elf"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([mcu.QEMU, "-machine", target.machine, "-nographic", "-monitor", "none",
+                        "-serial", "none", "-semihosting-config", "enable=on,target=native",
+                        "-kernel", "udf.elf"], cwd=tmp_path, capture_output=True, timeout=60)
+    assert r.returncode == 1
+
+
 def test_target_const_data_is_the_flash_figure(firmwares, tmp_path):
     """MODEL_WEIGHTS_SECTION moves the const arrays into the named section, and that
     section is the export's MODEL_FLASH_BYTES (within the last array's alignment)."""
@@ -247,3 +265,18 @@ def test_soft_fmaf_rounds_once(tmp_path):
     differ, hard, _ = (int(v) for v in out.split())
     assert differ == 0
     assert hard > 50_000  # about half the 200,000 constructed cases round wrong through double
+
+
+BUDGET = json.loads((Path(__file__).parent / "mcu_budget.json").read_text())["budgets"]
+
+
+@pytest.mark.parametrize("target,name", [(t, n) for t, models in BUDGET.items()
+                                         for n in models])
+def test_instruction_budget(firmwares, plugin, target, name):
+    """Instructions per inference stay under the ceilings of mcu_budget.json."""
+    fw = firmwares(name, target)
+    x = fw.inputs(3, seed=1)
+    run = mcu.run_firmware(fw.elf, fw.target, x, plugin=plugin)
+    _assert_same(run.logits, fw.program(x, threads=1))
+    mean = sum(run.insns) / len(run.insns)
+    assert mean <= BUDGET[target][name], f"{mean:,.0f} instructions per inference"
