@@ -9,7 +9,8 @@
  * cycles: qemu does not model pipelines, caches or wait states.
  *
  * Debian's qemu ships no qemu-plugin.h, so the few declarations used are written here
- * against qemu's stable plugin API, version 1 (qemu 4.2 and later accept it).
+ * against qemu's plugin API version 1, which qemu 4.2 to 8.x load (Debian 12 has 7.2);
+ * qemu 9 and later ask for version 2 and would need their own qemu-plugin.h.
  */
 #include <inttypes.h>
 #include <stdbool.h>
