@@ -26,21 +26,27 @@
 #elif defined(BNN_SOFT_FMA) || (defined(__arm__) && !defined(__ARM_FEATURE_FMA))
 /* No fused multiply-add instruction (Cortex-M0+/M3, or soft float): the C library's fmaf
  * may round twice (newlib's computes in double, then rounds to float); this one rounds
- * once. a*b is exact in double (24 + 24 bits); TwoSum gives the exact error e of the
- * double sum s; making s odd towards e ("round to odd", 53 >= 24 + 2 bits) makes the final
- * rounding to float that of the exact a*b + c. */
+ * once. a*b is exact in double (24 + 24 bits), so s = a*b + c in double is the nearest
+ * double to the exact value v, and rounding s to float gives v's rounding unless s is a
+ * tie for that rounding (exactly halfway between two floats) while v is not. Only then
+ * (and for results below 2^-149) the exact error of the sum (TwoSum) is taken and s made
+ * odd towards it ("round to odd", 53 >= 24 + 2 bits), which breaks the tie v's way. */
 static float bnn_fmaf(float a, float b, float c)
 {
     const double p = (double)a * (double)b;
     double s = p + (double)c;
-    const double t = s - p;
-    const double e = (p - (s - t)) + ((double)c - t);
-    if (e != 0.0 && isfinite(s)) {
-        uint64_t bits;
-        memcpy(&bits, &s, sizeof bits);
-        if ((bits & 1u) == 0)
+    uint64_t bits;
+    int exp2, low;
+    memcpy(&bits, &s, sizeof bits);
+    exp2 = (int)((bits >> 52) & 0x7ff) - 1023;
+    low = exp2 >= -126 ? 29 : 29 - 126 - exp2; /* mantissa bits below float precision */
+    if (low > 52 || (bits & ((1ull << low) - 1u)) == 1ull << (low - 1)) {
+        const double t = s - p;
+        const double e = (p - (s - t)) + ((double)c - t);
+        if (e != 0.0 && isfinite(s) && (bits & 1u) == 0) {
             bits += ((e > 0.0) == (s > 0.0)) ? 1u : ~(uint64_t)0;
-        memcpy(&s, &bits, sizeof s);
+            memcpy(&s, &bits, sizeof s);
+        }
     }
     return (float)s;
 }
