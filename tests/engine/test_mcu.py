@@ -4,11 +4,12 @@ semihosting, the logits equal the engine's bit for bit; the qemu plugin counts
 instructions exactly; the target's const data is the export's flash figure.
 
 Missing tools skip here and fail in CI (CI=1), as the aarch64 check does. Each (model,
-target) firmware is built once per module; about 2 minutes on an idle 2-core machine.
+target) firmware is built once per module; about 100 s on a shared 2-core machine.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnnprune.engine import EngineError, mcu
+from bnnprune.engine import EngineError, Program, compile_model, mcu
 from bnnprune.engine.cexport import C_OP_KINDS, export_c
 
 from .test_cexport import MODELS, _assert_same, _prepare
@@ -42,15 +43,19 @@ def _need_tools() -> None:
         pytest.skip(msg)
 
 
+@functools.cache
+def _program(name: str) -> Program:
+    """The compiled test model ``name`` (compiled once per session)."""
+    factory, shape, seed = MODELS[name]
+    return compile_model(_prepare(factory, seed), shape)
+
+
 class Firmware:
     """One model's export built for one target."""
 
     def __init__(self, name: str, target: str, folder: Path) -> None:
-        factory, self.shape, seed = MODELS[name]
-        from bnnprune.engine import compile_model
-
-        self.model = _prepare(factory, seed)
-        self.program = compile_model(self.model, self.shape)
+        self.program = _program(name)
+        self.shape = self.program.input_shape
         self.target = mcu.get_target(target)
         self.footprint = export_c(self.program, folder)
         self.elf, self.code_bytes = mcu.build_firmware(folder, self.target)
@@ -80,12 +85,7 @@ def firmwares(tmp_path_factory):
 
 
 def test_mcu_models_cover_every_c_op():
-    from bnnprune.engine import compile_model
-
-    kinds = set()
-    for name in MCU_MODELS:
-        factory, shape, seed = MODELS[name]
-        kinds |= {op.kind for op in compile_model(_prepare(factory, seed), shape).ops}
+    kinds = {op.kind for name in MCU_MODELS for op in _program(name).ops}
     assert kinds == set(C_OP_KINDS)
 
 
