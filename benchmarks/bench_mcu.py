@@ -59,7 +59,7 @@ def main() -> None:
                [mcu.QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()[0],
            "bops": bops, "cores": {}}
     print(f"model {args.model} width {args.width}, pruned to {args.target} of the BOPs "
-          f"(measured {bops['pruned'] / bops['unpruned']:.3f}); {res['compiler']}, -O2")
+          f"(measured {bops['pruned'] / bops['unpruned']:.3f}); {res['compiler']}, {mcu.OPT}")
     print("instructions per inference: counted under qemu emulation, not cycles "
           f"(mean of {args.images} random images)")
     print(f"{'core':<14}{'':<10}{'flash (B)':>11}{'RAM (B)':>10}{'code (B)':>10}"

@@ -608,7 +608,8 @@ def _export_c(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> i
         bcost = mcu.measure(engine.compile_model(bmodel, shape), target) if bmodel else None
         extra = {"code (B)": (cost.code_bytes, bcost.code_bytes if bcost else None),
                  "instructions": (cost.insns, bcost.insns if bcost else None)}
-        print(f"{target.name}: {' '.join(target.cpu_flags)} -O2, run on qemu {target.machine}"
+        print(f"{target.name}: {' '.join(target.cpu_flags)} {mcu.OPT}, run on qemu "
+              f"{target.machine}"
               + (f" ({target.note})" if target.note else ""))
     print("\n".join(cexport.format_footprint(fp, base, extra)))
     if target is not None:
