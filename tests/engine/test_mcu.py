@@ -143,9 +143,7 @@ def test_plugin_counts_exactly_the_instructions_between_marks(tmp_path, plugin):
     mark = subprocess.run([mcu.NM, "nops.elf"], cwd=tmp_path, capture_output=True,
                           text=True).stdout
     addr = int(re.search(r"^([0-9a-f]+) T mcu_mark$", mark, re.M)[1], 16)
-    r = subprocess.run([mcu.QEMU, "-machine", target.machine, "-nographic", "-monitor", "none",
-                        "-serial", "none", "-semihosting-config", "enable=on,target=native",
-                        "-kernel", "nops.elf", "-plugin",
+    r = subprocess.run([*mcu.qemu_command(target, "nops.elf", ()), "-plugin",
                         f"{plugin},mark={addr:#x},out=insns.txt"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -164,10 +162,22 @@ def test_a_fault_ends_the_run_with_an_error(tmp_path):
     r = subprocess.run([mcu.CC, *target.cflags, *mcu.LDFLAGS, "startup_mps2.c", "udf.c",
                         "-o", "udf.elf"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([mcu.QEMU, "-machine", target.machine, "-nographic", "-monitor", "none",
-                        "-serial", "none", "-semihosting-config", "enable=on,target=native",
-                        "-kernel", "udf.elf"], cwd=tmp_path, capture_output=True, timeout=60)
+    r = subprocess.run(mcu.qemu_command(target, "udf.elf", ()), cwd=tmp_path,
+                       capture_output=True, timeout=60)
     assert r.returncode == 1
+
+
+def test_a_hang_is_cut_at_the_timeout(tmp_path):
+    _need_tools()
+    for name in mcu.BOARD_FILES:
+        shutil.copy(C_DIR / "mcu" / name, tmp_path)
+    (tmp_path / "hang.c").write_text("int main(void) { for (;;) {} }\n")
+    target = mcu.get_target("cortex-m3")
+    r = subprocess.run([mcu.CC, *target.cflags, *mcu.LDFLAGS, "startup_mps2.c", "hang.c",
+                        "-o", "hang.elf"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(EngineError, match="ran past 2 s"):
+        mcu.run_firmware(tmp_path / "hang.elf", target, np.zeros((1, 4), np.float32), timeout=2)
 
 
 def test_target_const_data_is_the_flash_figure(firmwares, tmp_path):

@@ -25,8 +25,8 @@ from bnnprune.engine.errors import EngineError
 from bnnprune.engine.program import Program
 
 __all__ = ["BOARD_FILES", "TARGETS", "McuCost", "McuRun", "Target", "build_firmware",
-           "build_plugin", "get_target", "measure", "require_tools", "run_firmware",
-           "write_board"]
+           "build_plugin", "get_target", "measure", "qemu_command", "require_tools",
+           "run_firmware", "write_board"]
 
 BOARD_FILES = ("startup_mps2.c", "main_mps2.c", "semihost.h", "mps2.ld")
 PLUGIN_SOURCE = "qemu_insn_count.c"
@@ -75,6 +75,15 @@ def get_target(name: str) -> Target:
     return TARGETS[name]
 
 
+def qemu_command(target: Target, elf: str, args: tuple[str, ...] = ("images.f32",
+                                                                  "logits.txt")) -> list[str]:
+    """qemu-system-arm running ``elf`` on ``target``'s board, with semihosting (host files
+    relative to the current folder) and ``args`` as the firmware's command line."""
+    config = ",".join(["enable=on,target=native", *(f"arg={a}" for a in args)])
+    return [QEMU, "-machine", target.machine, "-nographic", "-monitor", "none", "-serial",
+            "none", "-semihosting-config", config, "-kernel", elf]
+
+
 def missing_tools(count: bool = True) -> list[str]:
     """The tools a build and run needs that are not on PATH (the host ``cc`` builds the
     counting plugin)."""
@@ -107,9 +116,7 @@ firmware.elf: ../model.c ../bnn_kernels.c startup_mps2.c main_mps2.c
 \t$(CC) $(CFLAGS) $(LDFLAGS) $^ -lm -o $@
 
 run: firmware.elf images.f32
-\t{QEMU} -machine {t.machine} -nographic -monitor none -serial none \\
-\t  -semihosting-config enable=on,target=native,arg=images.f32,arg=logits.txt \\
-\t  -kernel firmware.elf
+\t{' '.join(qemu_command(t, "firmware.elf"))}
 
 .PHONY: run
 """
@@ -195,16 +202,18 @@ def run_firmware(elf: str | Path, target: Target, images: np.ndarray,
     logits_file, insns_file = folder / "logits.txt", folder / "insns.txt"
     for f in (logits_file, insns_file):
         f.unlink(missing_ok=True)
-    cmd = [QEMU, "-machine", target.machine, "-nographic", "-monitor", "none", "-serial",
-           "none", "-semihosting-config",
-           "enable=on,target=native,arg=images.f32,arg=logits.txt", "-kernel", elf.name]
+    cmd = qemu_command(target, elf.name)
     if plugin is not None:
         cmd += ["-plugin", f"{Path(plugin).resolve()},mark={_mark_address(elf):#x},"
                            f"out={insns_file.name}"]
     try:
-        _check(cmd, folder, f"the firmware on {target.machine}", timeout=timeout)
+        r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise EngineError(f"the firmware on {target.machine} ran past {timeout:.0f} s") from e
+    if r.returncode != 0:  # main_mps2.c: bad input, model_run error, scratch overflow, fault
+        raise EngineError(f"the firmware on {target.machine} failed (exit {r.returncode}): "
+                          + (r.stderr.strip() or "input ends inside an image, model_run "
+                             "failed, the scratch overflowed or the core faulted"))
     rows = [[int(v, 16) for v in line.split()] for line in logits_file.read_text().splitlines()]
     logits = np.array(rows, np.uint32).view(np.float32).reshape(len(rows), -1)
     insns = None
