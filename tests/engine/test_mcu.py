@@ -180,6 +180,21 @@ def test_a_hang_is_cut_at_the_timeout(tmp_path):
         mcu.run_firmware(tmp_path / "hang.elf", target, np.zeros((1, 4), np.float32), timeout=2)
 
 
+@pytest.mark.parametrize("target", list(mcu.TARGETS))
+def test_kernels_need_no_libm_on_cortex_m(tmp_path, target):
+    """bnn_kernels.c calls memcpy, memset and libgcc's float helpers only (no fmaf)."""
+    _need_tools()
+    t = mcu.get_target(target)
+    r = subprocess.run([mcu.CC, *t.cflags, "-c", str(C_DIR / "bnn_kernels.c"), "-o", "k.o"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    undefined = subprocess.run([mcu.NM, "-u", "k.o"], cwd=tmp_path, capture_output=True,
+                               text=True).stdout.split()
+    names = {u for u in undefined if u != "U"}
+    assert {n for n in names if not n.startswith("__aeabi_")} == {"memcpy", "memset"}
+    assert any(n.startswith("__aeabi_d") for n in names) == (not t.fpu)  # soft double
+
+
 def test_target_const_data_is_the_flash_figure(firmwares, tmp_path):
     """MODEL_WEIGHTS_SECTION moves the const arrays into the named section, and that
     section is the export's MODEL_FLASH_BYTES (within the last array's alignment)."""
