@@ -3,8 +3,10 @@
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime),
 #                                  # the extras the tests cover (fpga: qonnx; lightning;
-#                                  # tensorboard) and, for the C export's ARM check,
-#                                  # gcc-aarch64-linux-gnu and qemu-user
+#                                  # tensorboard) and, for the C export's ARM checks,
+#                                  # gcc-aarch64-linux-gnu, qemu-user (aarch64) and
+#                                  # gcc-arm-none-eabi, libnewlib-arm-none-eabi,
+#                                  # qemu-system-arm (Cortex-M)
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
@@ -23,14 +25,21 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
 fi
 
 # --test: the C export is also checked on 64-bit ARM (cross-compiler + qemu user emulation)
-if [ -n "$extras" ] && ! { command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64; } >/dev/null \
-    && command -v apt-get >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing Debian packages gcc-aarch64-linux-gnu qemu-user" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user) >/dev/null \
-      || echo "setup: could not install gcc-aarch64-linux-gnu qemu-user (ARM tests will skip)" >&2
-  else
-    echo "setup: run 'sudo apt-get install gcc-aarch64-linux-gnu qemu-user' for the ARM tests" >&2
+# and on Cortex-M microcontrollers (bare-metal toolchain + qemu's mps2 boards)
+if [ -n "$extras" ] && command -v apt-get >/dev/null 2>&1; then
+  need=""
+  { command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64; } >/dev/null \
+    || need="gcc-aarch64-linux-gnu qemu-user"
+  { command -v arm-none-eabi-gcc && command -v qemu-system-arm \
+      && [ -d /usr/lib/arm-none-eabi/newlib ]; } >/dev/null \
+    || need="$need gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+  if [ -n "$need" ] && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian packages $need" >&2
+    # shellcheck disable=SC2086  # $need is a list of package names
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) >/dev/null \
+      || echo "setup: could not install $need (the ARM tests will skip, or fail with CI=1)" >&2
+  elif [ -n "$need" ]; then
+    echo "setup: run 'sudo apt-get install$need' for the ARM tests" >&2
   fi
 fi
 

@@ -560,8 +560,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(f"output folder {out.parent} does not exist")
     if args.format == "c":
         return _export_c(args, model, shape)
-    if args.baseline:
-        raise CliError("--baseline applies to --format c only")
+    if args.baseline or args.target:
+        raise CliError(f"{'--baseline' if args.baseline else '--target'} applies to "
+                       "--format c only")
     float_bytes = 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
     if args.format == "onnx":
         engine.export_onnx(model, out, shape)
@@ -579,22 +580,45 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_c(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> int:
-    """Write the C99 export into the folder -o and print its flash/RAM footprint."""
+    """Write the C99 export into the folder -o and print its flash/RAM footprint; with
+    --target, also the mps2 board example, code bytes and instructions per inference."""
     from bnnprune import engine
-    from bnnprune.engine import cexport
+    from bnnprune.engine import cexport, mcu
 
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CliError(f"{out} is not a folder (--format c writes a folder of C files)")
-    base = None
+    target = mcu.get_target(args.target) if args.target else None
+    if target is not None:
+        mcu.require_tools()  # before any work: the count needs the toolchain and qemu
+    base = bmodel = None
     if args.baseline:
         bmodel, bckpt = load_model(args.baseline)
         if tuple((bckpt.get("dataset") or {}).get("input_shape", ())) != shape:
             raise CliError(f"{args.baseline} has another input shape than {args.checkpoint}")
         base = cexport.c_footprint(engine.compile_model(bmodel, shape))
-    fp = cexport.export_c(engine.compile_model(model, shape), out)
+    program = engine.compile_model(model, shape)
+    fp = cexport.export_c(program, out)
     print(f"wrote {out}/{{{','.join(cexport.FILES)}}}")
-    print("\n".join(cexport.format_footprint(fp, base)))
+    extra = None
+    if target is not None:
+        board = mcu.write_board(out, target)
+        print(f"wrote {board}/{{{','.join((*mcu.BOARD_FILES, 'Makefile'))}}}")
+        cost = mcu.measure(program, target)
+        bcost = mcu.measure(engine.compile_model(bmodel, shape), target) if bmodel else None
+        extra = {"code (B)": (cost.code_bytes, bcost.code_bytes if bcost else None),
+                 "instructions": (cost.insns, bcost.insns if bcost else None)}
+        print(f"{target.name}: {' '.join(target.cpu_flags)} {mcu.OPT}, run on qemu "
+              f"{target.machine}"
+              + (f" ({target.note})" if target.note else ""))
+    print("\n".join(cexport.format_footprint(fp, base, extra)))
+    if target is not None:
+        costs = [cost] + ([bcost] if bcost else [])
+        print(f"instructions per inference: counted under emulation (qemu), not cycles; mean "
+              f"of {cost.images} random images. Logits equal the engine's bit for bit: "
+              f"{'yes' if all(c.exact for c in costs) else 'NO'}")
+        if not all(c.exact for c in costs):
+            raise CliError(f"the {target.name} build's logits differ from the engine's")
     return 0
 
 
@@ -1021,6 +1045,8 @@ def build_parser() -> argparse.ArgumentParser:
             "bnnprune export runs/run/pruned/model.pt -o model.bnn",
             "bnnprune export runs/a/model.pt --format onnx -o model.onnx",
             "bnnprune export runs/b/model.pt --format c -o out/ --baseline runs/a/model.pt",
+            "bnnprune export runs/b/model.pt --format c -o out/ --target cortex-m4 "
+            "--baseline runs/a/model.pt",
             "bnnprune export runs/a/model.pt --format qonnx -o model.onnx   # for FINN",
         ),
     )
@@ -1030,6 +1056,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="c: dependency-free C99 (model.c/.h, kernels, host main.c); "
                         "qonnx: bipolar weights and threshold activations for FINN")
     x.add_argument("--baseline", help="--format c: unpruned model.pt whose footprint to compare")
+    x.add_argument("--target", metavar="CORE",
+                   help="--format c: a Cortex-M core (e.g. cortex-m4; docs/deploy.md lists "
+                        "them): also write an mps2 board example for it "
+                        "and print its code bytes and instructions per inference, counted "
+                        "under qemu (needs arm-none-eabi-gcc and qemu-system-arm)")
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser(

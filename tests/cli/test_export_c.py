@@ -3,6 +3,7 @@ unpruned with --baseline), and turns bad input into one line on stderr with exit
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -71,4 +72,42 @@ def test_export_c_bad_inputs(pts, tmp_path, capsys):
             "--baseline", str(pts["big"])], capsys, "--format c only")
     _fails(["export", str(pts["small"]), "--format", "cpp", "-o", str(tmp_path / "o")], capsys,
            "invalid choice")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m.bnn").exists()
+
+
+def test_export_c_target_prints_instructions(pts, tmp_path, capsys):
+    """--target cortex-m4: the board example is written and the table gains code bytes and
+    instructions per inference (counted under qemu), pruned vs unpruned."""
+    from bnnprune.engine import mcu
+
+    if mcu.missing_tools():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Cortex-M check: {mcu.missing_tools()} missing")
+        pytest.skip(f"{mcu.missing_tools()} missing")
+    out = tmp_path / "c"
+    assert main(["export", str(pts["small"]), "--format", "c", "-o", str(out),
+                 "--target", "cortex-m4", "--baseline", str(pts["big"])]) == 0
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in (out / "mps2").iterdir()) == sorted(
+        [*mcu.BOARD_FILES, "Makefile"])
+    assert "-mcpu=cortex-m4" in (out / "mps2" / "Makefile").read_text()
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if "instructions" in line)
+    assert "code (B)" in lines[head]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[head + 1:head + 4]}
+    insns = {k: int(rows[k][3].replace(",", "")) for k in ("unpruned", "pruned")}
+    assert 0 < insns["pruned"] < insns["unpruned"]  # the quarter-width model runs fewer
+    assert float(rows["ratio"][3]) == pytest.approx(insns["pruned"] / insns["unpruned"],
+                                                    abs=1e-3)
+    assert "not cycles" in text and "bit for bit: yes" in text
+
+
+def test_export_c_target_bad_inputs(pts, tmp_path, capsys, monkeypatch):
+    _fails(["export", str(pts["small"]), "--format", "c", "-o", str(tmp_path / "o"),
+            "--target", "cortex-m9"], capsys, "known: cortex-m0plus")
+    _fails(["export", str(pts["small"]), "-o", str(tmp_path / "m.bnn"),
+            "--target", "cortex-m4"], capsys, "--target applies to --format c only")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    _fails(["export", str(pts["small"]), "--format", "c", "-o", str(tmp_path / "o"),
+            "--target", "cortex-m4"], capsys, "apt-get install gcc-arm-none-eabi")
     assert not (tmp_path / "o").exists() and not (tmp_path / "m.bnn").exists()

@@ -214,6 +214,8 @@ def test_real_fashion_mnist_images(exports, name):
 
 @pytest.mark.parametrize("flags,exact", [
     (("-DBNN_PORTABLE_POPCOUNT",), True),
+    (("-DBNN_POPCOUNT32",), True),  # Cortex-M's popcount and fmaf, checked on the host
+    (("-DBNN_SOFT_FMA",), True),
     (("-DBNN_NO_SIMD",), True),
     (("-mavx2",), True),
     (("-DBNN_NO_FMA",), False),

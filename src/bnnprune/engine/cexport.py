@@ -17,7 +17,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -44,8 +43,9 @@ class Footprint:
     """Bytes a C export needs: const data in flash and the scratch arena in RAM.
 
     ``flash_bytes`` counts the const arrays (packed weights, thresholds, flips, float
-    parameters), not the code; ``ram_bytes`` is ``MODEL_SCRATCH_BYTES``; the caller's input
-    and logits buffers are ``input_bytes`` and ``output_bytes``.
+    parameters; each 8-byte aligned, padding included), not the code; ``ram_bytes`` is
+    ``MODEL_SCRATCH_BYTES``; the caller's input and logits buffers are ``input_bytes`` and
+    ``output_bytes``.
     """
 
     flash_bytes: int
@@ -133,7 +133,9 @@ class _Source:
 
     @property
     def flash_bytes(self) -> int:
-        return sum(int(a.nbytes) for _, a in self.arrays)
+        """Bytes of the const arrays, each 8-byte aligned (MODEL_CONST): the padding counts,
+        so this bounds the section the compiler emits from above, at most 7 bytes over."""
+        return sum(_align8(int(a.nbytes)) for _, a in self.arrays)
 
     def render_arrays(self) -> str:
         out = []
@@ -141,9 +143,13 @@ class _Source:
             lits = _literals(a)
             per = 4 if a.dtype == np.uint64 else 8
             rows = [", ".join(lits[i:i + per]) for i in range(0, len(lits), per)]
-            out.append(f"static const {_CTYPE[a.dtype]} {name}[{a.size}] = {{\n    "
+            out.append(f"static const {_CTYPE[a.dtype]} {name}[{a.size}] MODEL_CONST = {{\n    "
                        + ",\n    ".join(rows) + "\n};\n")
         return "\n".join(out)
+
+
+def _align8(n: int) -> int:
+    return -(-n // 8) * 8
 
 
 def _ident(name: str) -> str:
@@ -428,6 +434,18 @@ int model_run(const float *input, float *logits, void *scratch);
 #include "bnn_kernels.h"
 #include "model.h"
 
+/* Where the const arrays go: by default .rodata (flash on Cortex-M toolchains); build with
+ * -DMODEL_WEIGHTS_SECTION='".name"' to place them in a section of your linker script
+ * (external flash, a tightly coupled memory, ...). Each array is 8-byte aligned, as
+ * MODEL_FLASH_BYTES counts them. */
+#if defined(MODEL_WEIGHTS_SECTION)
+#define MODEL_CONST __attribute__((section(MODEL_WEIGHTS_SECTION), aligned(8)))
+#elif defined(__GNUC__)
+#define MODEL_CONST __attribute__((aligned(8)))
+#else
+#define MODEL_CONST
+#endif
+
 {self.src.render_arrays()}
 {decls}
 
@@ -469,16 +487,26 @@ def export_c(program: Program, out_dir: str | os.PathLike[str]) -> Footprint:
     return ex.footprint()
 
 
-def format_footprint(fp: Footprint, baseline: Footprint | None = None) -> list[str]:
-    """A small table of flash and RAM bytes (pruned vs unpruned when a baseline is given)."""
-    rows: list[tuple[str, Any, Any]] = []
+def format_footprint(fp: Footprint, baseline: Footprint | None = None,
+                     extra: dict[str, tuple[int, int | None]] | None = None) -> list[str]:
+    """A small table of flash and RAM bytes (pruned vs unpruned when a baseline is given).
+
+    ``extra`` adds columns: name -> (value, baseline value), e.g. a target's code bytes and
+    instructions per inference (:mod:`bnnprune.engine.mcu`).
+    """
+    cols = {"flash (const B)": (fp.flash_bytes, baseline.flash_bytes if baseline else None),
+            "RAM (scratch B)": (fp.ram_bytes, baseline.ram_bytes if baseline else None),
+            **(extra or {})}
+    rows: list[tuple[str, list[str]]] = []
     if baseline is not None:
-        rows.append(("unpruned", f"{baseline.flash_bytes:,}", f"{baseline.ram_bytes:,}"))
-        rows.append(("pruned", f"{fp.flash_bytes:,}", f"{fp.ram_bytes:,}"))
-        rows.append(("ratio", f"{fp.flash_bytes / max(baseline.flash_bytes, 1):.3f}",
-                     f"{fp.ram_bytes / max(baseline.ram_bytes, 1):.3f}"))
+        rows.append(("unpruned", [f"{b:,}" if b is not None else "-" for _, b in cols.values()]))
+        rows.append(("pruned", [f"{v:,}" for v, _ in cols.values()]))
+        rows.append(("ratio", [f"{v / max(b, 1):.3f}" if b is not None else "-"
+                               for v, b in cols.values()]))
     else:
-        rows.append(("model", f"{fp.flash_bytes:,}", f"{fp.ram_bytes:,}"))
-    lines = [f"{'':<10}{'flash (const B)':>18}{'RAM (scratch B)':>18}"]
-    lines += [f"{name:<10}{fl:>18}{ram:>18}" for name, fl, ram in rows]
+        rows.append(("model", [f"{v:,}" for v, _ in cols.values()]))
+    widths = [max(18, len(name) + 2) for name in cols]
+    lines = [f"{'':<10}" + "".join(f"{name:>{w}}" for name, w in zip(cols, widths))]
+    lines += [f"{name:<10}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+              for name, cells in rows]
     return lines

@@ -23,13 +23,55 @@
 
 #if defined(BNN_NO_FMA)
 #define BNN_MADD(a, b, c) ((a) * (b) + (c))
+#elif defined(BNN_SOFT_FMA) || (defined(__arm__) && !defined(__ARM_FEATURE_FMA))
+/* No fused multiply-add instruction (Cortex-M0+/M3, or soft float): the C library's fmaf
+ * may round twice (newlib's computes in double, then rounds to float); this one rounds
+ * once. a*b is exact in double (24 + 24 bits), so s = a*b + c in double is the nearest
+ * double to the exact value v, and rounding s to float gives v's rounding unless s is a
+ * tie for that rounding (exactly halfway between two floats) while v is not. Only then
+ * (and for results below 2^-149) the exact error of the sum (TwoSum) is taken and s made
+ * odd towards it ("round to odd", 53 >= 24 + 2 bits), which breaks the tie v's way. */
+static float bnn_fmaf(float a, float b, float c)
+{
+    const double p = (double)a * (double)b;
+    double s = p + (double)c;
+    uint64_t bits;
+    int exp2, low;
+    memcpy(&bits, &s, sizeof bits);
+    exp2 = (int)((bits >> 52) & 0x7ff) - 1023;
+    low = exp2 >= -126 ? 29 : 29 - 126 - exp2; /* mantissa bits below float precision */
+    if (low > 52 || (bits & ((1ull << low) - 1u)) == 1ull << (low - 1)) {
+        const double t = s - p;
+        const double e = (p - (s - t)) + ((double)c - t);
+        if (e != 0.0 && isfinite(s) && (bits & 1u) == 0) {
+            bits += ((e > 0.0) == (s > 0.0)) ? 1u : ~(uint64_t)0;
+            memcpy(&s, &bits, sizeof s);
+        }
+    }
+    return (float)s;
+}
+#define BNN_MADD(a, b, c) bnn_fmaf((a), (b), (c))
 #else
 #define BNN_MADD(a, b, c) fmaf((a), (b), (c))
 #endif
 
 /* ------------------------------------------------------------------ popcount */
 
-#if !defined(BNN_PORTABLE_POPCOUNT) && (defined(__GNUC__) || defined(__clang__))
+#if defined(BNN_POPCOUNT32) || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M')
+/* 32-bit cores (Cortex-M) have no popcount instruction and __builtin_popcountll calls
+ * libgcc's __popcountdi2: SWAR on the two halves, summed before the one multiply. */
+static uint32_t bnn_popcount64(uint64_t x)
+{
+    uint32_t lo = (uint32_t)x, hi = (uint32_t)(x >> 32);
+    lo = lo - ((lo >> 1) & 0x55555555u);
+    hi = hi - ((hi >> 1) & 0x55555555u);
+    lo = (lo & 0x33333333u) + ((lo >> 2) & 0x33333333u);
+    hi = (hi & 0x33333333u) + ((hi >> 2) & 0x33333333u);
+    lo = (lo + (lo >> 4)) & 0x0f0f0f0fu;
+    hi = (hi + (hi >> 4)) & 0x0f0f0f0fu;
+    return ((lo + hi) * 0x01010101u) >> 24;
+}
+#elif !defined(BNN_PORTABLE_POPCOUNT) && (defined(__GNUC__) || defined(__clang__))
 #define bnn_popcount64(x) ((uint32_t)__builtin_popcountll(x))
 #else
 static uint32_t bnn_popcount64(uint64_t x)

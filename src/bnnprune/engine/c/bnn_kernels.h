@@ -7,6 +7,10 @@
  *
  * Build options (all optional):
  *   BNN_PORTABLE_POPCOUNT  use the portable SWAR popcount instead of __builtin_popcountll
+ *   BNN_POPCOUNT32         SWAR popcount on 32-bit halves, no libgcc call (the default on
+ *                          Cortex-M, which has no popcount instruction)
+ *   BNN_SOFT_FMA           a correctly rounded fmaf built from double arithmetic (the
+ *                          default on 32-bit ARM without a fused multiply-add: M0+, M3)
  *   BNN_NO_SIMD            disable the AVX2 (x86, -mavx2) and NEON (ARM) popcount paths
  *   BNN_NO_FMA             float convolutions use a*b+c instead of fmaf (faster on FPUs
  *                          without fused multiply-add; logits then differ from the engine

@@ -1,0 +1,120 @@
+/* qemu_insn_count.c: a qemu TCG plugin that counts the guest instructions executed between
+ * calls of one function (the firmware's mcu_mark), for instructions per inference.
+ *
+ *   cc -shared -fPIC -O2 qemu_insn_count.c -o libinsncount.so
+ *   qemu-system-arm ... -plugin ./libinsncount.so,mark=0x1234,out=insns.txt
+ *
+ * out gets one line per pair of mark calls: the instructions executed from the first
+ * mark to the second (one model_run plus a few of call overhead). Instructions, not
+ * cycles: qemu does not model pipelines, caches or wait states.
+ *
+ * Debian's qemu ships no qemu-plugin.h, so the few declarations used are written here
+ * against qemu's plugin API version 1, which qemu 4.2 to 8.x load (Debian 12 has 7.2);
+ * qemu 9 and later ask for version 2 and would need their own qemu-plugin.h.
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- from qemu's include/qemu/qemu-plugin.h (API version 1) ---- */
+typedef uint64_t qemu_plugin_id_t;
+typedef struct qemu_info_t {
+    const char *target_name;
+    struct {
+        int min;
+        int cur;
+    } version;
+    bool system_emulation;
+    union {
+        struct {
+            int smp_vcpus;
+            int max_vcpus;
+        } system;
+    };
+} qemu_info_t;
+struct qemu_plugin_tb;
+struct qemu_plugin_insn;
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS };
+enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
+typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id,
+                                           qemu_plugin_vcpu_tb_trans_cb_t cb);
+void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
+                                              void *ptr, uint64_t imm);
+void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *insn,
+                                            qemu_plugin_vcpu_udata_cb_t cb,
+                                            enum qemu_plugin_cb_flags flags, void *userdata);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb,
+                                    void *userdata);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
+uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
+#define QEMU_PLUGIN_EXPORT __attribute__((visibility("default")))
+QEMU_PLUGIN_EXPORT int qemu_plugin_version = 1;
+/* ---- end of the API declarations ---- */
+
+static uint64_t executed;       /* instructions of every block entered so far */
+static uint64_t mark_addr;
+static FILE *out;
+static uint64_t last_mark;
+static unsigned long marks;
+
+/* A block's instructions are added when it is entered; the mark's snapshot is taken at
+ * its first instruction (a block of its own: it is only ever reached by a call). */
+static void on_mark(unsigned int vcpu_index, void *userdata)
+{
+    (void)vcpu_index;
+    (void)userdata;
+    if (marks++ % 2 == 1)
+        fprintf(out, "%" PRIu64 "\n", executed - last_mark);
+    last_mark = executed;
+}
+
+static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    size_t i, n = qemu_plugin_tb_n_insns(tb);
+    (void)id;
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &executed, n);
+    for (i = 0; i < n; ++i) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        if (qemu_plugin_insn_vaddr(insn) == mark_addr)
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, on_mark, QEMU_PLUGIN_CB_NO_REGS, NULL);
+    }
+}
+
+static void on_quit(qemu_plugin_id_t id, void *userdata)
+{
+    (void)id;
+    (void)userdata;
+    fclose(out);
+}
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
+                                           int argc, char **argv)
+{
+    const char *path = NULL;
+    int i;
+    (void)info;
+    for (i = 0; i < argc; ++i) {
+        if (strncmp(argv[i], "mark=", 5) == 0)
+            mark_addr = strtoull(argv[i] + 5, NULL, 0) & ~(uint64_t)1; /* drop the Thumb bit */
+        else if (strncmp(argv[i], "out=", 4) == 0)
+            path = argv[i] + 4;
+    }
+    if (mark_addr == 0 || path == NULL) {
+        fprintf(stderr, "qemu_insn_count: need mark=ADDRESS,out=FILE\n");
+        return 1;
+    }
+    if ((out = fopen(path, "w")) == NULL) {
+        perror(path);
+        return 1;
+    }
+    qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
+    qemu_plugin_register_atexit_cb(id, on_quit, NULL);
+    return 0;
+}
