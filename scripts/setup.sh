@@ -5,12 +5,23 @@
 #                                  # the extras the tests cover (fpga: qonnx; lightning;
 #                                  # tensorboard) and, for the C export's ARM check,
 #                                  # gcc-aarch64-linux-gnu and qemu-user
+#   bash scripts/setup.sh --fpga   # also FINN's compiler front end (finn-plus) in ./.venv-finn,
+#                                  # its own environment: FINN pins numpy, onnx, onnxruntime,
+#                                  # protobuf and qonnx to other versions than ours (docs/fpga.md)
+# The flags combine (CI: --test --fpga).
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,fpga,lightning,tensorboard]"
+fpga=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[test,fpga,lightning,tensorboard]" ;;
+    --fpga) fpga=1 ;;
+    *) echo "setup: unknown option $arg (known: --test, --fpga)" >&2; exit 2 ;;
+  esac
+done
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
@@ -49,3 +60,27 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 pip install -e ".${extras}"
 .venv/bin/python -c "import bnnprune, torch, numba; print('setup: bnnprune ready, torch', torch.__version__)"
+
+# --fpga: FINN in .venv-finn. CPU torch first (FINN's custom ops import torch), then finn-plus
+# without its dependencies and the rest of them from scripts/finn-requirements.txt, holding torch
+# at the installed CPU build (a plain `pip install finn-plus` swaps in a CUDA torch: see there).
+if [ -n "$fpga" ]; then
+  [ -x .venv-finn/bin/python ] || "$PY" -m venv .venv-finn
+  finn_pip() {
+    local rc
+    set +e
+    .venv-finn/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location"
+    rc=${PIPESTATUS[0]}
+    set -e
+    return "$rc"
+  }
+  if ! .venv-finn/bin/python -c "import torch" 2>/dev/null; then
+    finn_pip install "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+  finn_pip install --no-deps finn-plus==1.6.1
+  pins="$(mktemp)"
+  .venv-finn/bin/python -c "import torch; print('torch==' + torch.__version__)" >"$pins"
+  finn_pip install -c "$pins" -r scripts/finn-requirements.txt
+  rm -f "$pins"
+  .venv-finn/bin/python -c "import finn.custom_op.fpgadataflow, torch; print('setup: FINN ready in .venv-finn, torch', torch.__version__)"
+fi
