@@ -140,8 +140,9 @@ class _Builder:
             wname = self.node("BipolarQuant", [wname, scale], f"{stem}_wq", domain=QONNX_DOMAIN)
         if xv.flat:
             return self.node("MatMul", [x, wname], stem)
+        # group and dilations spelled out: qonnx's LowerConvsToMatMul reads them (no defaults)
         return self.node("Conv", [x, wname], stem, kernel_shape=list(k), strides=list(s),
-                         pads=[pads[0], pads[1], pads[0], pads[1]])
+                         pads=[pads[0], pads[1], pads[0], pads[1]], group=1, dilations=[1, 1])
 
     # ------------------------------------------------------------------ ops
     def emit(self, op: Op) -> str:
