@@ -24,7 +24,8 @@ from bnnprune.engine.errors import EngineError
 from bnnprune.engine.program import Program
 from bnnprune.engine.qonnx_export import export_qonnx
 
-__all__ = ["FINN_PYTHON_ENV", "FinnResult", "compare_bits", "finn_python", "run_finn"]
+__all__ = ["FINN_PYTHON_ENV", "FinnResult", "compare_bits", "finn_python", "format_layers",
+           "report", "run_finn"]
 
 FINN_PYTHON_ENV = "BNNPRUNE_FINN_PYTHON"  # a Python with finn-plus, instead of .venv-finn
 FLOW = Path(__file__).with_name("finn_flow.py")
@@ -128,3 +129,46 @@ def compare_bits(program: Program, images: np.ndarray, result: FinnResult) -> di
             total += want.size
         out[g], out[f"{g}_bits"] = bad, total
     return out
+
+
+def format_layers(results: dict[str, FinnResult]) -> str:
+    """FINN's hardware layers of each model (markdown), then each model's totals."""
+    cols = "| model | layer | PE/SIMD | cycles | LUT | BRAM18 |"
+    lines = [cols, "|---|---|---|---|---|---|"]
+    for m, r in results.items():
+        for layer in r.layers:
+            fold = f"{layer.get('PE', '-')}/{layer.get('SIMD', '-')}"
+            lines.append(f"| {m} | {layer['name']} | {fold} | {layer['cycles']:,} | "
+                         f"{layer.get('LUT', 0):,.0f} | {layer.get('BRAM_18K', 0):g} |")
+    lines.append("")
+    for m, r in results.items():
+        rep = r.report
+        lines.append(f"{m}: {r.cycles:,} cycles/frame = {r.fps():,.0f} fps at "
+                     f"{rep['clock_mhz']:g} MHz; {r.total('LUT'):,.0f} LUTs, "
+                     f"{r.total('BRAM_18K'):g} BRAM18 in {len(r.layers)} hardware layers "
+                     f"({rep['fpga_part']}); outside the dataflow: "
+                     f"{', '.join(rep['outside']) or 'nothing'}")
+    return "\n".join(lines)
+
+
+def report(program: Program, baseline: Program | None = None, *, target_fps: float = 1000.0,
+           clock_mhz: float = 200.0, fpga_part: str | None = None) -> tuple[str, dict[str, Any]]:
+    """FINN's estimates of ``program`` (and of the unpruned ``baseline``) folded by FINN's
+    SetFolding for ``target_fps``, as text and a JSON-friendly dict."""
+    opts: dict[str, Any] = {"target_fps": target_fps, "clock_mhz": clock_mhz,
+                            "fpga_part": fpga_part}
+    results = {"model": run_finn(program, **opts)}
+    if baseline is not None:
+        results = {"unpruned": run_finn(baseline, **opts), "pruned": results["model"]}
+    lines = [format_layers(results)]
+    if baseline is not None:
+        b, p = results["unpruned"], results["pruned"]
+        lines.append(f"pruned / unpruned at {target_fps:g} fps: "
+                     f"{p.total('LUT') / b.total('LUT'):.2f}x LUTs, "
+                     f"{p.total('BRAM_18K') / max(1.0, b.total('BRAM_18K')):.2f}x BRAM18, "
+                     f"{p.fps() / b.fps():.2f}x fps")
+    version = next(iter(results.values())).report["finn"]
+    lines.append(f"(FINN's own estimates: {version} res_estimation and exp_cycles_per_layer of "
+                 "the dataflow layers after SetFolding; not synthesis: docs/fpga.md)")
+    data = {"estimator": "finn", **{m: r.report for m, r in results.items()}}
+    return "\n".join(lines), data
