@@ -109,12 +109,18 @@ def to_hw(model: Any) -> Any:
 
 def dataflow_partition(model: Any, workdir: str) -> tuple[Any, Any]:
     """FINN's step_create_dataflow_partition: (parent graph, the hardware layers' graph)."""
+    from finn.analysis.fpgadataflow.unsupported_layers import unsupported_layers
     from finn.transformation.fpgadataflow.create_dataflow_partition import (
         CreateDataflowPartition,
     )
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
+    ok, node = model.analysis(unsupported_layers)
+    if not ok:
+        between = [n.op_type for n in model.graph.node if not is_hw(n)]
+        raise SystemExit(f"FINN cannot map {node.name} ({node.op_type}), which sits between "
+                         f"hardware layers; nodes left outside: {', '.join(between)}")
     parent = model.transform(CreateDataflowPartition(partition_model_dir=workdir))
     sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")
     if len(sdp) != 1:
