@@ -124,6 +124,33 @@ def test_finn_form_bit_exact(name, shape, scale):
     assert _compare(program, ex, x) >= 3
 
 
+@pytest.mark.parametrize("finn", [False, True])
+def test_input_scale_puts_8_bit_quantizers_on_the_first_layer(finn):
+    """Quant on the input (scale 1/32) and on the first layer's weights (1/16 grid -> scale
+    1/16): identities on such values, so every engine value still matches."""
+    model = _prepare(build_model("small", width=0.125, pad_value=-1.0), seed=3)
+    program = compile_model(model, (1, 28, 28))
+    ex = export_qonnx(program, batch_size=2, finn=finn, input_scale=1 / 32)
+    quants = ex.model.get_nodes_by_op_type("Quant")
+    assert [q.input[0] for q in quants][0] == ex.input_name and len(quants) == 2
+    scales = [float(ex.model.get_initializer(q.input[1])) for q in quants]
+    assert scales == [1 / 32, 1 / 16]
+    w = ex.model.get_initializer(quants[1].input[0])
+    assert np.all(w * 16 == np.round(w * 16)) and np.abs(w * 16).max() <= 127
+    x = dyadic_input((2, 1, 28, 28), seed=4).numpy()  # 1/8 grid in [-2, 2]: 8-bit at 1/32
+    assert _compare(program, ex, x) >= 3
+
+
+def test_input_scale_needs_8_bit_first_layer_weights():
+    torch.manual_seed(0)
+    program = compile_model(build_model("small", width=0.125).eval(), (1, 28, 28))
+    with pytest.raises(EngineError, match="conv1: weights are not 8-bit integers"):
+        export_qonnx(program, input_scale=1 / 128)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(EngineError, match="input_scale"):
+            export_qonnx(program, input_scale=bad)
+
+
 def test_finn_form_refuses_a_plus_one_border():
     program = compile_model(_prepare(build_model("small", width=0.125)), (1, 28, 28))
     with pytest.raises(EngineError, match="bconv2: FINN pads binary streams with 0"):

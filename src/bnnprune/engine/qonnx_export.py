@@ -20,6 +20,13 @@ engine computes: every binary intermediate of the engine is a tensor of the grap
 Conv's own zero padding, which FINN lowers to ``FMPadding`` + ``ConvolutionInputGenerator``;
 a binary layer computes ``c = conv(b, W)`` and ``d = 2c - sum(W)``, folded into its integer
 thresholds. FINN pads only with 0, so this form needs ``pad_value`` -1 (an error otherwise).
+
+``input_scale`` (either form) puts an 8-bit quantizer on the input (``Quant``, signed, scale
+``input_scale``) and the first layer's weights behind ``Quant`` with the power-of-two scale
+that makes them 8-bit integers, so FINN sees integers and maps the first layer to hardware
+too. Both are identities, so the graph stays exact, when the inputs are multiples of
+``input_scale`` in 8 bits (pixels ``(p - 128) / 128`` with scale 1/128) and the weights are on
+an 8-bit power-of-two grid (else :class:`EngineError` names the layer: quantize it first).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ __all__ = ["QONNX_DOMAIN", "QonnxExport", "export_qonnx", "require_qonnx"]
 QONNX_DOMAIN = "qonnx.custom_op.general"
 ONNX_OPSET = 13
 MAX_EXACT_BITS = 1 << 24  # integers a float32 Conv/MatMul accumulates exactly
+QUANT_BITS = 8  # the input quantizer and the first layer's weights with input_scale
 _TAG = "bnnprune:value:"
 
 
@@ -79,13 +87,15 @@ class QonnxExport:
 class _Builder:
     """Emits ONNX nodes and initializers for the ops of one Program."""
 
-    def __init__(self, program: Program, batch: int, finn: bool = False) -> None:
+    def __init__(self, program: Program, batch: int, finn: bool = False,
+                 input_scale: float | None = None) -> None:
         from onnx import helper
 
         self.h = helper
         self.p = program
         self.batch = batch
         self.finn = finn
+        self.input_scale = input_scale
         self.decoded: dict[int, str] = {}  # FINN form: value id -> its ±1 tensor
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
@@ -101,7 +111,8 @@ class _Builder:
         from onnx import numpy_helper
 
         name = self.fresh(stem)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # np.asarray(order="C") keeps a scalar 0-d (FINN's FoldQuantWeights reads int(bits))
+        self.inits.append(numpy_helper.from_array(np.asarray(arr, order="C"), name))
         return name
 
     def node(self, op_type: str, inputs: list[str], stem: str, domain: str = "",
@@ -157,9 +168,17 @@ class _Builder:
                                           "decode")
         return self.decoded[vid]
 
+    def quant(self, x: str, scale: float, stem: str) -> str:
+        """Signed 8-bit ``Quant`` with ``scale`` and zero point 0 (round half to even)."""
+        args = [self.const(f"{stem}_{n}", np.array(v, np.float32))
+                for n, v in (("scale", scale), ("zeropt", 0.0), ("bits", QUANT_BITS))]
+        return self.node("Quant", [x, *args], stem, domain=QONNX_DOMAIN, signed=1, narrow=0,
+                         rounding_mode="ROUND")
+
     def matmul_or_conv(self, x: str, xv: ValueInfo, w: np.ndarray, op: Op, stem: str,
-                       binary: bool, pads: tuple[int, int]) -> str:
-        """Conv (spatial input) or MatMul (flattened input) with float (Co, Ci, KH, KW) ``w``."""
+                       binary: bool, pads: tuple[int, int], wscale: float | None = None) -> str:
+        """Conv (spatial input) or MatMul (flattened input) with float (Co, Ci, KH, KW) ``w``;
+        ``wscale``: the weights behind an 8-bit ``Quant`` of that scale."""
         k = op.attrs["kernel"]
         s = op.attrs["stride"]
         if xv.flat:
@@ -168,6 +187,8 @@ class _Builder:
         if binary:
             scale = self.const(f"{stem}_scale", np.array(1.0, np.float32))
             wname = self.node("BipolarQuant", [wname, scale], f"{stem}_wq", domain=QONNX_DOMAIN)
+        elif wscale is not None:
+            wname = self.quant(wname, wscale, f"{stem}_wq")
         if xv.flat:
             return self.node("MatMul", [x, wname], stem)
         # group and dilations spelled out: qonnx's LowerConvsToMatMul reads them (no defaults)
@@ -265,8 +286,10 @@ class _Builder:
         cin, cout = op.attrs["cin"], op.attrs["cout"]
         kh, kw = op.attrs["kernel"]
         w = op.arrays["w"].reshape(kh, kw, cin, cout).transpose(3, 2, 0, 1)
+        first = self.input_scale is not None and op.inputs[0] == 0
         y = self.matmul_or_conv(x, xv, np.ascontiguousarray(w), op, stem, binary=False,
-                                pads=tuple(op.attrs["padding"]))
+                                pads=tuple(op.attrs["padding"]),
+                                wscale=_int8_scale(w, op) if first else None)
         # the engine's epilogue: (conv + b) * alpha + beta, separately rounded
         y = self.affine(y, out, None, op.arrays["b"], f"{stem}_b")
         y = self.affine(y, out, op.arrays["alpha"], op.arrays["beta"], f"{stem}_bn")
@@ -314,6 +337,8 @@ class _Builder:
     def build(self) -> Any:
         from onnx import TensorProto
 
+        if self.input_scale is not None:
+            self.names[0] = self.quant("input", self.input_scale, "input_q")
         for op in self.p.ops:
             y = self.emit(op)
             self.nodes[-1].doc_string = f"{_TAG}{op.output}"
@@ -327,6 +352,18 @@ class _Builder:
             graph, producer_name="bnnprune",
             opset_imports=[self.h.make_opsetid("", ONNX_OPSET),
                            self.h.make_opsetid(QONNX_DOMAIN, 1)])
+
+
+def _int8_scale(w: np.ndarray, op: Op) -> float:
+    """The power of two ``s`` with every ``w / s`` an 8-bit signed integer (the finest such)."""
+    w = np.asarray(w, np.float64)
+    lo, hi = -(1 << (QUANT_BITS - 1)), (1 << (QUANT_BITS - 1)) - 1
+    for n in range(-8, 25):
+        q = w * 2.0 ** n
+        if np.all(q == np.round(q)) and q.min() >= lo and q.max() <= hi:
+            return 2.0 ** -n
+    raise EngineError(f"op {op.name}: weights are not {QUANT_BITS}-bit integers times a power "
+                      "of two; quantize the layer before an export with input_scale")
 
 
 def _as_program(model_or_program: Any, input_shape: tuple[int, int, int] | None) -> Program:
@@ -373,11 +410,13 @@ def _check_shapes(model: Any, program: Program, by_key: dict[str, str], batch: i
 
 def export_qonnx(model_or_program: Any, input_shape: tuple[int, int, int] | None = None,
                  path: str | os.PathLike[str] | None = None, *,
-                 batch_size: int = 1, finn: bool = False) -> QonnxExport:
+                 batch_size: int = 1, finn: bool = False,
+                 input_scale: float | None = None) -> QonnxExport:
     """Export a PyTorch BNN (compiled first) or a compiled :class:`Program` to QONNX.
 
     The graph has input ``global_in`` of shape (``batch_size``, C, H, W) (FINN builds for
-    batch 1) and the logits as output. ``finn``: FINN's hardware form (module docstring).
+    batch 1) and the logits as output. ``finn``: FINN's hardware form; ``input_scale``: an
+    8-bit input quantizer and 8-bit first-layer weights (both in the module docstring).
     Writes ``path`` (atomically) when given. Raises :class:`EngineError` naming any op QONNX
     (or, with ``finn``, FINN's padding) cannot express exactly.
     """
@@ -389,8 +428,11 @@ def export_qonnx(model_or_program: Any, input_shape: tuple[int, int, int] | None
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EngineError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if input_scale is not None and not (isinstance(input_scale, int | float)
+                                        and np.isfinite(input_scale) and input_scale > 0):
+        raise EngineError(f"input_scale must be a positive number, got {input_scale!r}")
     program = _as_program(model_or_program, input_shape)
-    proto = _Builder(program, batch_size, finn).build()
+    proto = _Builder(program, batch_size, finn, input_scale).build()
     try:
         model = cleanup_model(ModelWrapper(proto))
         model = model.transform(InferShapes()).transform(InferDataTypes())
