@@ -110,3 +110,5 @@ def test_fpga_estimate_with_finn(tmp_path, capsys):
     assert res["estimator"] == "finn"
     luts = {m: sum(layer["LUT"] for layer in res[m]["layers"]) for m in ("unpruned", "pruned")}
     assert luts["pruned"] < luts["unpruned"]
+    # no input quantizer from the CLI: the float first conv and the float head stay outside
+    assert res["pruned"]["outside"].count("MatMul") == 2

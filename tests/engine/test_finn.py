@@ -1,6 +1,6 @@
-"""FINN's own compiler front end (finn-plus in .venv-finn) on the FINN form of the export:
-hardware layers for every binary layer, FINN's execution equal to the engine bit for bit on
-real images, and our cost model checked against FINN's estimates per layer."""
+"""FINN's own compiler front end (finn-plus in .venv-finn) on the FINN form of the export with
+the 8-bit input quantizer: hardware layers for every convolution, FINN's execution equal to the
+engine bit for bit on real images, and our cost model checked against FINN's per layer."""
 
 import os
 
@@ -16,6 +16,7 @@ from bnnprune.prune import apply_plan, plan_uniform
 from .conftest import dyadic_fp_weights, randomize_bn
 
 SHAPE = (1, 28, 28)
+INPUT_SCALE = 1 / 128  # the 8-bit input quantizer: pixels (p - 128) / 128 are its integers
 TARGET_FPS = 1000.0
 CLOCK_MHZ = 200.0
 
@@ -53,28 +54,31 @@ def small():
 
 @pytest.fixture(scope="module")
 def finn_small(small):
+    """FINN on the FINN form with the 8-bit input quantizer, executed on 6 real images."""
     x = _images(6)
-    return x, run_finn(small[0], images=x, target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ)
+    return x, run_finn(small[0], images=x, target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                       input_scale=INPUT_SCALE)
 
 
-def test_finn_maps_every_binary_layer_to_hardware(small, finn_small):
+def test_finn_maps_every_conv_to_hardware(small, finn_small):
     program = small[0]
     stages = finn_small[1].report["stages"]
     assert not any("Pad" == op for ops in stages.values() for op in ops)  # FINN took the border
     df = stages["dataflow"]
-    n_bin = sum(op.kind == "bconv" for op in program.ops)
-    n_pad = sum(op.kind == "bconv" and any(op.attrs["padding"]) for op in program.ops)
+    n_conv = sum(op.kind in ("bconv", "fconv") and not program.values[op.inputs[0]].flat
+                 for op in program.ops)
+    n_pad = sum(op.kind in ("bconv", "fconv") and any(op.attrs["padding"]) for op in program.ops)
     n_pool = sum(op.kind == "maxpool_bits" for op in program.ops)
-    assert sum(op.startswith("MVAU") for op in df) == n_bin == 3
-    assert sum(op.startswith("FMPadding") for op in df) == n_pad == 3
+    assert sum(op.startswith("MVAU") for op in df) == n_conv == 4
+    assert sum(op.startswith("FMPadding") for op in df) == n_pad == 4
     assert sum(op.startswith("Pool") for op in df) == n_pool == 2
     assert sum(op.startswith("ConvolutionInputGenerator") for op in df) == n_pad + n_pool
-    for layer in finn_small[1].layers:
-        if layer["op_type"].startswith("MVAU"):
-            assert (layer["inputDataType"], layer["weightDataType"]) == ("BINARY", "BIPOLAR")
-    # what stays outside: the float first conv (Im2Col on float input) and the float head
+    mvaus = [(l["inputDataType"], l["weightDataType"]) for l in finn_small[1].layers
+             if l["op_type"].startswith("MVAU")]
+    assert mvaus == [("INT8", "INT8")] + [("BINARY", "BIPOLAR")] * 3
+    # what stays outside: the float head (the last layer's float epilogue, pool, classifier)
     outside = finn_small[1].report["outside"]
-    assert outside.count("MatMul") == 2 and "Pad" not in outside
+    assert outside.count("MatMul") == 1 and not {"Pad", "Im2Col"} & set(outside)
 
 
 def test_finn_execution_equals_the_engine_bit_for_bit(small, finn_small):
@@ -106,7 +110,8 @@ def test_folding_meets_the_target_and_pruning_saves(small, finn_small):
     target = int(CLOCK_MHZ * 1e6 / TARGET_FPS)
     assert full.report["target_cycles"] == target
     assert full.cycles < target and full.fps() > TARGET_FPS
-    pruned = run_finn(small[1], target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ)
+    pruned = run_finn(small[1], target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                      input_scale=INPUT_SCALE)
     assert pruned.cycles < target
     assert pruned.total("LUT") < full.total("LUT")
 
@@ -116,7 +121,8 @@ def test_cost_model_against_finn_per_layer(small, finn_small):
     the LUT error per layer is stated and bounded, BRAM18 counts agree."""
     program = small[0]
     ours = [l for l in fpga.mvau_layers(program) if l.binary]
-    finn = [l for l in finn_small[1].layers if l["op_type"].startswith("MVAU")]
+    finn = [l for l in finn_small[1].layers
+            if l["op_type"].startswith("MVAU") and l["weightDataType"] == "BIPOLAR"]
     assert [(l.mw, l.mh) for l in ours] == [(f["MW"], f["MH"]) for f in finn]
     for l, f in zip(ours, finn):
         # FINN's MVAUs here leave thresholds to standalone Thresholding layers

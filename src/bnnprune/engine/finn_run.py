@@ -66,10 +66,12 @@ class FinnResult:
 
 def run_finn(program: Program, *, images: np.ndarray | None = None, target_fps: float = 1000.0,
              clock_mhz: float = 200.0, fpga_part: str | None = None,
-             python: str | os.PathLike[str] | None = None, timeout: float = 1800) -> FinnResult:
+             input_scale: float | None = None, python: str | os.PathLike[str] | None = None,
+             timeout: float = 1800) -> FinnResult:
     """Take ``program`` through FINN's front end (see ``finn_flow.py``); with ``images``
-    (N, C, H, W), also FINN's execution of its graphs on them. Raises :class:`EngineError`
-    when FINN is not installed, refuses the graph or fails (its last error line)."""
+    (N, C, H, W), also FINN's execution of its graphs on them; ``input_scale``: the 8-bit
+    input quantizer of :func:`export_qonnx`. Raises :class:`EngineError` when FINN is not
+    installed, refuses the graph or fails (its last error line)."""
     py = Path(python) if python is not None else finn_python()
     if py is None or not py.is_file():
         raise EngineError("FINN is not installed: run 'bash scripts/setup.sh --fpga' (makes "
@@ -80,7 +82,7 @@ def run_finn(program: Program, *, images: np.ndarray | None = None, target_fps: 
                           f"{clock_mhz!r}")
     with tempfile.TemporaryDirectory(prefix="bnnprune-finn-") as tmp:
         t = Path(tmp)
-        export_qonnx(program, path=t / "model.onnx", finn=True)
+        export_qonnx(program, path=t / "model.onnx", finn=True, input_scale=input_scale)
         cmd = [str(py), "-I", str(FLOW), str(t / "model.onnx"), "--report", str(t / "report.json"),
                "--target-fps", repr(float(target_fps)), "--clock-mhz", repr(float(clock_mhz))]
         if fpga_part:
