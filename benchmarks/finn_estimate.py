@@ -11,8 +11,10 @@ FINN's SetFolding for ``--target-fps``. Printed: FINN's LUTs (all dataflow layer
 MVAUs alone), BRAM18 and fps; the fps a pruned copy reaches within the unpruned LUTs (the
 fastest of ``--target-fps`` times each ``--ladder`` factor that FINN folds into them: SetFolding
 is greedy, so this is a ladder, not a bisection); and bnnprune's cost model against FINN per
-binary MVAU at FINN's folding. Estimates depend only on layer shapes: untrained weights give
-the figures trained ones would. A model FINN refuses is reported with FINN's error.
+binary MVAU at FINN's folding. Estimates depend only on layer shapes and bit widths:
+untrained weights give the figures trained ones would. ``--int8`` rounds the first layer's
+weights to 8 bits (scale 2^-7) and exports with the 8-bit input quantizer (scale 1/128), so
+FINN maps the first layer too. A model FINN refuses is reported with FINN's error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch import nn
 
 from bnnprune.engine import EngineError, compile_model, fpga
 from bnnprune.engine.finn_run import FinnResult, run_finn
@@ -30,6 +33,14 @@ from bnnprune.prune import apply_plan, plan_uniform
 SHAPES = {"small": (1, 28, 28), "nin": (3, 32, 32)}
 
 
+def round_first_layer(model: nn.Module) -> nn.Module:
+    """The first convolution's weights on the 8-bit grid k / 128 (|k| <= 127), in place."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        conv.weight.copy_(torch.clamp(torch.round(conv.weight * 128), -128, 127) / 128)
+    return model
+
+
 def mvau_luts(r: FinnResult) -> float:
     return sum(layer["LUT"] for layer in r.layers if layer["op_type"].startswith("MVAU"))
 
@@ -37,7 +48,8 @@ def mvau_luts(r: FinnResult) -> float:
 def model_errors(program, r: FinnResult) -> list[str]:
     """bnnprune's LUT/BRAM model at FINN's PE/SIMD of each binary MVAU, relative to FINN."""
     ours = [l for l in fpga.mvau_layers(program) if l.binary]
-    finn = [l for l in r.layers if l["op_type"].startswith("MVAU")]
+    finn = [l for l in r.layers
+            if l["op_type"].startswith("MVAU") and l["weightDataType"] == "BIPOLAR"]
     out = []
     for l, f in zip(ours, finn):
         layer = fpga.MvauLayer(l.name, l.mw, l.mh, l.vectors, 1, 1, None)
@@ -58,8 +70,10 @@ def main() -> None:
     ap.add_argument("--clock-mhz", type=float, default=200.0)
     ap.add_argument("--ladder", default="1.25,1.5,2,3",
                     help="fps factors tried for the pruned copies within the unpruned LUTs")
+    ap.add_argument("--int8", action="store_true",
+                    help="8-bit input quantizer and first layer: FINN maps it to hardware")
     args = ap.parse_args()
-    opts = {"clock_mhz": args.clock_mhz}
+    opts = {"clock_mhz": args.clock_mhz, "input_scale": 1 / 128 if args.int8 else None}
     ladder = [float(v) for v in args.ladder.split(",")]
     print(f"| model | channel rounding | LUTs at {args.target_fps:g} fps (pruned / unpruned) | "
           "MVAU LUTs | BRAM18 | fps within the unpruned LUTs |")
@@ -70,6 +84,8 @@ def main() -> None:
         torch.manual_seed(0)
         base = build_model(name, in_channels=shape[0], image_size=shape[1],
                            pad_value=-1.0).eval()
+        if args.int8:
+            round_first_layer(base)
         try:
             b = run_finn(compile_model(base, shape), target_fps=args.target_fps, **opts)
         except EngineError as e:
