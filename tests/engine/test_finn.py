@@ -7,10 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from bnnprune.engine import EngineError, compile_model, fpga
 from bnnprune.engine.finn_run import compare_bits, finn_python, run_finn
 from bnnprune.models import build_model
+from bnnprune.nn import BinaryConv2d
 from bnnprune.prune import apply_plan, plan_uniform
 
 from .conftest import dyadic_fp_weights, randomize_bn
@@ -139,3 +141,19 @@ def test_missing_finn_is_a_clear_error(small, tmp_path):
     with pytest.raises(EngineError, match="FINN pads binary streams with 0"):
         plus = compile_model(build_model("small", width=0.25).eval(), SHAPE)
         run_finn(plus)
+
+
+def test_a_float_op_between_binary_layers_is_named():
+    """NIN's pattern: an average pool of a binary layer's BatchNorm output before the next
+    sign stays float between hardware layers; FINN's single dataflow cannot hold it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+        BinaryConv2d(4, 8, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(8),
+        nn.AvgPool2d(3, 2, 1),
+        BinaryConv2d(8, 8, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(8),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    program = compile_model(randomize_bn(model, seed=2), (1, 8, 8))
+    with pytest.raises(EngineError, match=r"FINN cannot map \S+ \(AveragePool\), which sits "
+                                          "between hardware layers"):
+        run_finn(program)
