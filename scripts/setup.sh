@@ -7,12 +7,23 @@
 #                                  # gcc-aarch64-linux-gnu, qemu-user (aarch64) and
 #                                  # gcc-arm-none-eabi, libnewlib-arm-none-eabi,
 #                                  # qemu-system-arm (Cortex-M)
+#   bash scripts/setup.sh --fpga   # also FINN's compiler front end (finn-plus) in ./.venv-finn,
+#                                  # its own environment: FINN pins numpy, onnx, onnxruntime,
+#                                  # protobuf and qonnx to other versions than ours (docs/fpga.md)
+# The flags combine (CI: --test --fpga).
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test,fpga,lightning,tensorboard]"
+fpga=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[test,fpga,lightning,tensorboard]" ;;
+    --fpga) fpga=1 ;;
+    *) echo "setup: unknown option $arg (known: --test, --fpga)" >&2; exit 2 ;;
+  esac
+done
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
@@ -45,16 +56,35 @@ fi
 
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-pip() {  # quiet pip that still fails loudly
-  local rc
+venv_pip() {  # venv_pip VENV ARGS...: quiet pip of that environment that still fails loudly
+  local rc venv="$1"
+  shift
   set +e
-  .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location"
+  "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location"
   rc=${PIPESTATUS[0]}
   set -e
   return "$rc"
 }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  pip install "${TORCH_SPEC:-torch==2.13.0}"
+  venv_pip .venv install "${TORCH_SPEC:-torch==2.13.0}"
 fi
-pip install -e ".${extras}"
+venv_pip .venv install -e ".${extras}"
 .venv/bin/python -c "import bnnprune, torch, numba; print('setup: bnnprune ready, torch', torch.__version__)"
+
+# --fpga: FINN in .venv-finn. CPU torch first (FINN's custom ops import torch), then finn-plus's
+# requirements from scripts/finn-requirements.txt holding torch at the installed CPU build, then
+# finn-plus without its dependencies (a plain `pip install finn-plus` swaps in a CUDA torch).
+if [ -n "$fpga" ]; then
+  [ -x .venv-finn/bin/python ] || "$PY" -m venv .venv-finn
+  if ! .venv-finn/bin/python -c "import torch" 2>/dev/null; then
+    venv_pip .venv-finn install "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+  pins="$(mktemp)"
+  .venv-finn/bin/python -c \
+    "from importlib.metadata import version; print('torch==' + version('torch'))" >"$pins"
+  venv_pip .venv-finn install -c "$pins" -r scripts/finn-requirements.txt
+  rm -f "$pins"
+  # last, so pip does not report finn-plus's deliberately missing brevitas, mip and cmake
+  venv_pip .venv-finn install --no-deps finn-plus==1.6.1
+  .venv-finn/bin/python -c "import finn.custom_op.fpgadataflow, torch; print('setup: FINN ready in .venv-finn, torch', torch.__version__)"
+fi

@@ -638,6 +638,20 @@ def _program_of(path: str) -> Any:
     return engine.compile_model(model, shape)
 
 
+def _finn_report(program: Any, baseline: Any, target: float,
+                 args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """FINN's own estimates; ("", {}) for 'auto' when FINN is missing or refuses the model."""
+    from bnnprune.engine import EngineError, finn_run
+
+    try:
+        return finn_run.report(program, baseline, target_fps=target, clock_mhz=args.clock_mhz)
+    except EngineError as e:
+        if args.estimator == "finn":
+            raise CliError(str(e)) from None
+        print(f"estimator: bnnprune's cost model (FINN not used: {e})")
+        return "", {}
+
+
 def cmd_fpga_estimate(args: argparse.Namespace) -> int:
     from bnnprune.atomic import atomic_write_bytes
     from bnnprune.engine import fpga
@@ -653,11 +667,19 @@ def cmd_fpga_estimate(args: argparse.Namespace) -> int:
         if args.target_fps is not None:
             raise CliError("give --target-fps or --pe-simd P,S, not both")
     target = None if pe_simd else (args.target_fps if args.target_fps is not None else 1000.0)
+    if args.estimator == "finn" and pe_simd:
+        raise CliError("--estimator finn folds for --target-fps (FINN's SetFolding), not --pe-simd")
     baseline = _program_of(args.baseline) if args.baseline else None
-    text, result = fpga.report(_program_of(args.model), baseline, target_fps=target,
-                               pe_simd=pe_simd, clock_mhz=args.clock_mhz,
-                               ram_style=args.ram_style, fp_bits=args.fp_bits,
-                               search=args.search)
+    program = _program_of(args.model)
+    text = ""
+    if args.estimator != "model" and not pe_simd:
+        text, result = _finn_report(program, baseline, target, args)
+    if not text:
+        text, result = fpga.report(program, baseline, target_fps=target,
+                                   pe_simd=pe_simd, clock_mhz=args.clock_mhz,
+                                   ram_style=args.ram_style, fp_bits=args.fp_bits,
+                                   search=args.search)
+        result["estimator"] = "model"
     print(text)
     if args.json:
         atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
@@ -1115,6 +1137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weights in BRAM (FINN default) or LUTRAM")
     fe.add_argument("--fp-bits", type=int, default=8,
                     help="bits assumed for full-precision layers (FINN needs them quantized)")
+    fe.add_argument("--estimator", choices=["auto", "finn", "model"], default="auto",
+                    help="FINN's own estimates (needs scripts/setup.sh --fpga and a -1 border), "
+                         "bnnprune's cost model, or auto: FINN where it runs, else the model")
     fe.add_argument("--json", help="also write the estimate to this JSON file")
     fe.set_defaults(func=cmd_fpga_estimate)
     return p

@@ -1,6 +1,7 @@
 """`bnnprune export --format qonnx` and `bnnprune fpga-estimate` from saved checkpoints."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -72,3 +73,42 @@ def test_fpga_estimate_user_errors(checkpoints, capsys):
     _fails(["fpga-estimate", model, "--pe-simd", "4,8", "--target-fps", "10"], capsys, "not both")
     _fails(["fpga-estimate", model, "--target-fps", "0"], capsys, "target fps")
     _fails(["fpga-estimate", str(root / "missing.pt")], capsys, "not found")
+
+
+def test_fpga_estimate_says_which_estimator(checkpoints, capsys):
+    """A +1 border has no FINN form: 'auto' says so and uses the cost model, 'finn' refuses."""
+    root, _ = checkpoints
+    model = str(root / "pruned.pt")
+    assert main(["fpga-estimate", model, "--estimator", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("estimator: bnnprune's cost model (FINN not used: ")
+    assert "| layer |" in out
+    _fails(["fpga-estimate", model, "--estimator", "finn"], capsys, "FINN")
+    _fails(["fpga-estimate", model, "--estimator", "finn", "--pe-simd", "4,8"], capsys,
+           "--estimator finn folds for --target-fps")
+
+
+def test_fpga_estimate_with_finn(tmp_path, capsys):
+    from bnnprune.engine.finn_run import finn_python
+
+    if finn_python() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run FINN: scripts/setup.sh --fpga makes .venv-finn")
+        pytest.skip("FINN is not installed (bash scripts/setup.sh --fpga)")
+    torch.manual_seed(0)
+    base = build_model("small", width=0.25, pad_value=-1.0).eval()
+    pruned = apply_plan(base, plan_uniform(base, SHAPE, 0.4, round_to=4), "magnitude").model
+    for name, m in (("base", base), ("pruned", pruned)):
+        save_checkpoint(tmp_path / f"{name}.pt", {"arch": m.arch, "state_dict": m.state_dict(),
+                                                  "dataset": {"input_shape": list(SHAPE)}})
+    js = tmp_path / "e.json"
+    assert main(["fpga-estimate", str(tmp_path / "pruned.pt"), "--baseline",
+                 str(tmp_path / "base.pt"), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "FINN's own estimates: finn-plus" in out and "MVAU" in out
+    res = json.loads(js.read_text())
+    assert res["estimator"] == "finn"
+    luts = {m: sum(layer["LUT"] for layer in res[m]["layers"]) for m in ("unpruned", "pruned")}
+    assert luts["pruned"] < luts["unpruned"]
+    # no input quantizer from the CLI: the float first conv and the float head stay outside
+    assert res["pruned"]["outside"].count("MatMul") == 2

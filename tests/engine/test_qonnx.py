@@ -36,12 +36,12 @@ def _compare(program, ex, x: np.ndarray) -> int:
     inter = program.intermediates(x)
     bits = 0
     for key, name in ex.values.items():
-        want, got = inter[key], ctx[name]
+        want, got = inter[key], ex.decode(key, ctx[name])
         assert got.shape == want.shape, key
         if key.endswith(":bits"):
             mismatch = int((got != want).sum())
             assert mismatch == 0, f"{key}: {mismatch} of {want.size} bits differ"
-            assert name in ex.bipolar, f"{key}: qonnx did not type {name} BIPOLAR"
+            assert name in ex.one_bit, f"{key}: qonnx did not type {name} as one bit"
             bits += 1
         else:
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=key)
@@ -67,8 +67,12 @@ def _check_graph(program, ex) -> None:
     thresholds = model.get_nodes_by_op_type("MultiThreshold")
     assert 0 < len(thresholds) <= n_bits
     for t in thresholds:
-        assert model.get_tensor_datatype(t.output[0]).name == "BIPOLAR"
+        assert model.get_tensor_datatype(t.output[0]).name == ("BINARY" if ex.finn else "BIPOLAR")
     assert not {"Sign", "Where", "BatchNormalization"} & set(ops)
+    if ex.finn:  # the -1 border is the Conv's zero padding, FINN's FMPadding
+        assert "Pad" not in ops
+        assert any(a.name == "pads" and any(a.ints) for n in model.get_nodes_by_op_type("Conv")
+                   for a in n.attribute)
 
 
 def _prepare(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -105,6 +109,52 @@ def test_zoo_binary_fc_head_and_flips(tmp_path):
     again = ModelWrapper(str(path))
     out = execute_onnx(again, {again.graph.input[0].name: x})[again.graph.output[0].name]
     np.testing.assert_array_equal(out, _run(ex, x)[ex.output_name])
+
+
+@pytest.mark.parametrize("name,shape,scale", [("small", (1, 28, 28), False),
+                                              ("binarynet", (3, 32, 32), True)])
+def test_finn_form_bit_exact(name, shape, scale):
+    """FINN's form (0/1 activations, -1 border as zero padding) computes the engine's values."""
+    model = _prepare(build_model(name, width=0.125, scale=scale, pad_value=-1.0), seed=7)
+    program = compile_model(model, shape)
+    ex = export_qonnx(program, batch_size=3, finn=True)
+    _check_graph(program, ex)
+    assert ex.model.get_metadata_prop("bnnprune.form") == "finn"
+    x = dyadic_input((3, *shape), seed=2).numpy()
+    assert _compare(program, ex, x) >= 3
+
+
+@pytest.mark.parametrize("finn", [False, True])
+def test_input_scale_puts_8_bit_quantizers_on_the_first_layer(finn):
+    """Quant on the input (scale 1/32) and on the first layer's weights (1/16 grid -> scale
+    1/16): identities on such values, so every engine value still matches."""
+    model = _prepare(build_model("small", width=0.125, pad_value=-1.0), seed=3)
+    program = compile_model(model, (1, 28, 28))
+    ex = export_qonnx(program, batch_size=2, finn=finn, input_scale=1 / 32)
+    quants = ex.model.get_nodes_by_op_type("Quant")
+    assert [q.input[0] for q in quants][0] == ex.input_name and len(quants) == 2
+    scales = [float(ex.model.get_initializer(q.input[1])) for q in quants]
+    assert scales == [1 / 32, 1 / 16]
+    w = ex.model.get_initializer(quants[1].input[0])
+    assert np.all(w * 16 == np.round(w * 16)) and np.abs(w * 16).max() <= 127
+    x = dyadic_input((2, 1, 28, 28), seed=4).numpy()  # 1/8 grid in [-2, 2]: 8-bit at 1/32
+    assert _compare(program, ex, x) >= 3
+
+
+def test_input_scale_needs_8_bit_first_layer_weights():
+    torch.manual_seed(0)
+    program = compile_model(build_model("small", width=0.125).eval(), (1, 28, 28))
+    with pytest.raises(EngineError, match="conv1: weights are not 8-bit integers"):
+        export_qonnx(program, input_scale=1 / 128)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(EngineError, match="input_scale"):
+            export_qonnx(program, input_scale=bad)
+
+
+def test_finn_form_refuses_a_plus_one_border():
+    program = compile_model(_prepare(build_model("small", width=0.125)), (1, 28, 28))
+    with pytest.raises(EngineError, match="bconv2: FINN pads binary streams with 0"):
+        export_qonnx(program, finn=True)
 
 
 def _fashion(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:

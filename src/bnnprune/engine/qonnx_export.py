@@ -14,6 +14,19 @@ graph is NCHW like the PyTorch model and is cleaned by qonnx's ``cleanup_model``
 Building from the Program (not the PyTorch modules) means the file computes exactly what the
 engine computes: every binary intermediate of the engine is a tensor of the graph (see
 :attr:`QonnxExport.values`), and the tests execute the graph with qonnx and compare them.
+
+``finn=True`` gives FINN's hardware form of the same network: binary activations are BINARY
+``b = (x + 1) / 2`` (0 stands for -1, the encoding FINN's streams use), so a -1 border is the
+Conv's own zero padding, which FINN lowers to ``FMPadding`` + ``ConvolutionInputGenerator``;
+a binary layer computes ``c = conv(b, W)`` and ``d = 2c - sum(W)``, folded into its integer
+thresholds. FINN pads only with 0, so this form needs ``pad_value`` -1 (an error otherwise).
+
+``input_scale`` (either form) puts an 8-bit quantizer on the input (``Quant``, signed, scale
+``input_scale``) and the first layer's weights behind ``Quant`` with the power-of-two scale
+that makes them 8-bit integers, so FINN sees integers and maps the first layer to hardware
+too. Both are identities, so the graph stays exact, when the inputs are multiples of
+``input_scale`` in 8 bits (pixels ``(p - 128) / 128`` with scale 1/128) and the weights are on
+an 8-bit power-of-two grid (else :class:`EngineError` names the layer: quantize it first).
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ __all__ = ["QONNX_DOMAIN", "QonnxExport", "export_qonnx", "require_qonnx"]
 QONNX_DOMAIN = "qonnx.custom_op.general"
 ONNX_OPSET = 13
 MAX_EXACT_BITS = 1 << 24  # integers a float32 Conv/MatMul accumulates exactly
+QUANT_BITS = 8  # the input quantizer and the first layer's weights with input_scale
 _TAG = "bnnprune:value:"
 
 
@@ -62,18 +76,27 @@ class QonnxExport:
     output_name: str
     batch_size: int
     path: str | None = None
-    bipolar: list[str] = field(default_factory=list)  # tensors qonnx typed BIPOLAR
+    one_bit: list[str] = field(default_factory=list)  # tensors qonnx typed BIPOLAR (BINARY)
+    finn: bool = False  # FINN's form: binary values are BINARY b = (x + 1) / 2
+
+    def decode(self, key: str, arr: np.ndarray) -> np.ndarray:
+        """The engine's value ``key`` (``"<source>:<kind>"``) from its tensor ``arr`` (±1 bits)."""
+        return 2 * arr - 1 if self.finn and key.endswith(":bits") else arr
 
 
 class _Builder:
     """Emits ONNX nodes and initializers for the ops of one Program."""
 
-    def __init__(self, program: Program, batch: int) -> None:
+    def __init__(self, program: Program, batch: int, finn: bool = False,
+                 input_scale: float | None = None) -> None:
         from onnx import helper
 
         self.h = helper
         self.p = program
         self.batch = batch
+        self.finn = finn
+        self.input_scale = input_scale
+        self.decoded: dict[int, str] = {}  # FINN form: value id -> its ±1 tensor
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self.names: dict[int, str] = {0: "input"}
@@ -88,7 +111,8 @@ class _Builder:
         from onnx import numpy_helper
 
         name = self.fresh(stem)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # np.asarray(order="C") keeps a scalar 0-d (FINN's FoldQuantWeights reads int(bits))
+        self.inits.append(numpy_helper.from_array(np.asarray(arr, order="C"), name))
         return name
 
     def node(self, op_type: str, inputs: list[str], stem: str, domain: str = "",
@@ -122,14 +146,39 @@ class _Builder:
         return x
 
     def threshold(self, x: str, thr: np.ndarray, stem: str) -> str:
-        """Bipolar step per channel: +1 where ``x >= thr[c]``, else -1."""
+        """Bipolar step per channel: +1 where ``x >= thr[c]``, else -1 (FINN form: 1, else 0)."""
         t = self.const(f"{stem}_thr", np.asarray(thr, np.float32).reshape(-1, 1))
+        if self.finn:
+            return self.node("MultiThreshold", [x, t], stem, domain=QONNX_DOMAIN,
+                             out_dtype="BINARY", out_scale=1.0, out_bias=0.0)
         return self.node("MultiThreshold", [x, t], stem, domain=QONNX_DOMAIN,
                          out_dtype="BIPOLAR", out_scale=2.0, out_bias=-1.0)
 
+    def arg(self, vid: int, raw: bool = False) -> str:
+        """The tensor of value ``vid``; in FINN's form a bits value as ±1 (``2b - 1``) unless
+        ``raw`` (binary layers and max-pools take the 0/1 stream itself)."""
+        name = self.names[vid]
+        if raw or not self.finn or self.p.values[vid].kind != "bits":
+            return name
+        if vid not in self.decoded:
+            v = self.p.values[vid]
+            two = self.channel(v, np.full(v.c, 2.0, np.float32))
+            y = self.node("Mul", [name, self.const("dec_mul", two)], "decode")
+            self.decoded[vid] = self.node("Add", [y, self.const("dec_add", -np.ones_like(two))],
+                                          "decode")
+        return self.decoded[vid]
+
+    def quant(self, x: str, scale: float, stem: str) -> str:
+        """Signed 8-bit ``Quant`` with ``scale`` and zero point 0 (round half to even)."""
+        args = [self.const(f"{stem}_{n}", np.array(v, np.float32))
+                for n, v in (("scale", scale), ("zeropt", 0.0), ("bits", QUANT_BITS))]
+        return self.node("Quant", [x, *args], stem, domain=QONNX_DOMAIN, signed=1, narrow=0,
+                         rounding_mode="ROUND")
+
     def matmul_or_conv(self, x: str, xv: ValueInfo, w: np.ndarray, op: Op, stem: str,
-                       binary: bool, pads: tuple[int, int]) -> str:
-        """Conv (spatial input) or MatMul (flattened input) with float (Co, Ci, KH, KW) ``w``."""
+                       binary: bool, pads: tuple[int, int], wscale: float | None = None) -> str:
+        """Conv (spatial input) or MatMul (flattened input) with float (Co, Ci, KH, KW) ``w``;
+        ``wscale``: the weights behind an 8-bit ``Quant`` of that scale."""
         k = op.attrs["kernel"]
         s = op.attrs["stride"]
         if xv.flat:
@@ -138,14 +187,18 @@ class _Builder:
         if binary:
             scale = self.const(f"{stem}_scale", np.array(1.0, np.float32))
             wname = self.node("BipolarQuant", [wname, scale], f"{stem}_wq", domain=QONNX_DOMAIN)
+        elif wscale is not None:
+            wname = self.quant(wname, wscale, f"{stem}_wq")
         if xv.flat:
             return self.node("MatMul", [x, wname], stem)
+        # group and dilations spelled out: qonnx's LowerConvsToMatMul reads them (no defaults)
         return self.node("Conv", [x, wname], stem, kernel_shape=list(k), strides=list(s),
-                         pads=[pads[0], pads[1], pads[0], pads[1]])
+                         pads=[pads[0], pads[1], pads[0], pads[1]], group=1, dilations=[1, 1])
 
     # ------------------------------------------------------------------ ops
     def emit(self, op: Op) -> str:
-        ins = [self.names[i] for i in op.inputs]
+        raw = op.kind in ("bconv", "maxpool_bits", "flatten")
+        ins = [self.arg(i, raw) for i in op.inputs]
         xv = self.p.values[op.inputs[0]]
         out = self.p.values[op.output]
         stem = f"{op.kind}_{len(self.nodes)}"
@@ -187,6 +240,8 @@ class _Builder:
                               "Conv accumulates exactly")
         w = unpack_signs(op.arrays["w"].reshape(cout, kh, kw, words(cin)), cin)
         w = np.ascontiguousarray(w.transpose(0, 3, 1, 2))  # (Co, Ci, KH, KW) ±1
+        if self.finn:
+            return self._bconv_finn(x, xv, out, op, stem, w, nbits)
         if ph or pw:
             pads = self.const(f"{stem}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64))
             pv = self.const(f"{stem}_padval", np.array(float(op.attrs["pad_value"]), np.float32))
@@ -204,12 +259,37 @@ class _Builder:
         d = self.affine(d, out, op.arrays["m1"], op.arrays["a1"], f"{stem}_e1")
         return self.affine(d, out, op.arrays["m2"], op.arrays["a2"], f"{stem}_e2")
 
+    def _bconv_finn(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str,
+                    w: np.ndarray, nbits: int) -> str:
+        """FINN's form of a binary layer: ``c = conv(b, W)`` on the 0/1 input ``b`` (zero
+        padding is a -1 border), ``d = 2c - sum(W)``, thresholds moved from ``d`` to ``c``."""
+        pads = tuple(op.attrs["padding"])
+        if any(pads) and op.attrs["pad_value"] != -1:
+            raise EngineError(f"op {op.name}: FINN pads binary streams with 0, which is -1; "
+                              f"this layer pads with {op.attrs['pad_value']:+g} (train with "
+                              "pad_value -1, e.g. --pad-value -1, for a FINN export)")
+        if op.attrs["mode"] == "bits":
+            thr = op.arrays["thr"].astype(np.int64)
+            flip = op.arrays["flip"].astype(bool)
+            t = np.where(flip, 2 * thr - nbits + 1, nbits - 2 * thr)  # on d, as in _bconv
+            w = np.where(flip[:, None, None, None], -w, w)
+            wsum = w.reshape(w.shape[0], -1).sum(1).astype(np.int64)
+            c = self.matmul_or_conv(x, xv, w, op, stem, binary=True, pads=pads)
+            return self.threshold(c, -((-(t + wsum)) // 2), stem)  # 2c - wsum >= t
+        wsum = w.reshape(w.shape[0], -1).sum(1).astype(np.float32)
+        c = self.matmul_or_conv(x, xv, w, op, stem, binary=True, pads=pads)
+        d = self.affine(c, out, np.full(out.c, 2.0, np.float32), -wsum, f"{stem}_d")
+        d = self.affine(d, out, op.arrays["m1"], op.arrays["a1"], f"{stem}_e1")
+        return self.affine(d, out, op.arrays["m2"], op.arrays["a2"], f"{stem}_e2")
+
     def _fconv(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str) -> str:
         cin, cout = op.attrs["cin"], op.attrs["cout"]
         kh, kw = op.attrs["kernel"]
         w = op.arrays["w"].reshape(kh, kw, cin, cout).transpose(3, 2, 0, 1)
+        first = self.input_scale is not None and op.inputs[0] == 0
         y = self.matmul_or_conv(x, xv, np.ascontiguousarray(w), op, stem, binary=False,
-                                pads=tuple(op.attrs["padding"]))
+                                pads=tuple(op.attrs["padding"]),
+                                wscale=_int8_scale(w, op) if first else None)
         # the engine's epilogue: (conv + b) * alpha + beta, separately rounded
         y = self.affine(y, out, None, op.arrays["b"], f"{stem}_b")
         y = self.affine(y, out, op.arrays["alpha"], op.arrays["beta"], f"{stem}_bn")
@@ -257,6 +337,8 @@ class _Builder:
     def build(self) -> Any:
         from onnx import TensorProto
 
+        if self.input_scale is not None:
+            self.names[0] = self.quant("input", self.input_scale, "input_q")
         for op in self.p.ops:
             y = self.emit(op)
             self.nodes[-1].doc_string = f"{_TAG}{op.output}"
@@ -270,6 +352,18 @@ class _Builder:
             graph, producer_name="bnnprune",
             opset_imports=[self.h.make_opsetid("", ONNX_OPSET),
                            self.h.make_opsetid(QONNX_DOMAIN, 1)])
+
+
+def _int8_scale(w: np.ndarray, op: Op) -> float:
+    """The power of two ``s`` with every ``w / s`` an 8-bit signed integer (the finest such)."""
+    w = np.asarray(w, np.float64)
+    lo, hi = -(1 << (QUANT_BITS - 1)), (1 << (QUANT_BITS - 1)) - 1
+    for n in range(-8, 25):
+        q = w * 2.0 ** n
+        if np.all(q == np.round(q)) and q.min() >= lo and q.max() <= hi:
+            return 2.0 ** -n
+    raise EngineError(f"op {op.name}: weights are not {QUANT_BITS}-bit integers times a power "
+                      "of two; quantize the layer before an export with input_scale")
 
 
 def _as_program(model_or_program: Any, input_shape: tuple[int, int, int] | None) -> Program:
@@ -316,12 +410,15 @@ def _check_shapes(model: Any, program: Program, by_key: dict[str, str], batch: i
 
 def export_qonnx(model_or_program: Any, input_shape: tuple[int, int, int] | None = None,
                  path: str | os.PathLike[str] | None = None, *,
-                 batch_size: int = 1) -> QonnxExport:
+                 batch_size: int = 1, finn: bool = False,
+                 input_scale: float | None = None) -> QonnxExport:
     """Export a PyTorch BNN (compiled first) or a compiled :class:`Program` to QONNX.
 
     The graph has input ``global_in`` of shape (``batch_size``, C, H, W) (FINN builds for
-    batch 1) and the logits as output. Writes ``path`` (atomically) when given. Raises
-    :class:`EngineError` naming any op QONNX cannot express exactly.
+    batch 1) and the logits as output. ``finn``: FINN's hardware form; ``input_scale``: an
+    8-bit input quantizer and 8-bit first-layer weights (both in the module docstring).
+    Writes ``path`` (atomically) when given. Raises :class:`EngineError` naming any op QONNX
+    (or, with ``finn``, FINN's padding) cannot express exactly.
     """
     require_qonnx()
     from qonnx.core.modelwrapper import ModelWrapper
@@ -331,8 +428,11 @@ def export_qonnx(model_or_program: Any, input_shape: tuple[int, int, int] | None
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EngineError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if input_scale is not None and not (isinstance(input_scale, int | float)
+                                        and np.isfinite(input_scale) and input_scale > 0):
+        raise EngineError(f"input_scale must be a positive number, got {input_scale!r}")
     program = _as_program(model_or_program, input_shape)
-    proto = _Builder(program, batch_size).build()
+    proto = _Builder(program, batch_size, finn, input_scale).build()
     try:
         model = cleanup_model(ModelWrapper(proto))
         model = model.transform(InferShapes()).transform(InferDataTypes())
@@ -342,12 +442,14 @@ def export_qonnx(model_or_program: Any, input_shape: tuple[int, int, int] | None
     values = _value_map(model, program)
     _check_shapes(model, program, values, batch_size)
     model.set_metadata_prop("bnnprune.values", json.dumps(values, sort_keys=True))
-    bipolar = [t.name for t in (*model.graph.value_info, *model.graph.output)
-               if model.get_tensor_datatype(t.name).name == "BIPOLAR"]
-    bipolar += [n.output[0] for n in model.graph.node if n.op_type == "BipolarQuant"
+    model.set_metadata_prop("bnnprune.form", "finn" if finn else "bipolar")
+    act = "BINARY" if finn else "BIPOLAR"
+    one_bit = [t.name for t in (*model.graph.value_info, *model.graph.output)
+               if model.get_tensor_datatype(t.name).name == act]
+    one_bit += [n.output[0] for n in model.graph.node if n.op_type == "BipolarQuant"
                 and model.get_tensor_datatype(n.output[0]).name == "BIPOLAR"]
     out = QonnxExport(model, values, model.graph.input[0].name, model.graph.output[0].name,
-                      batch_size, None, sorted(set(bipolar)))
+                      batch_size, None, sorted(set(one_bit)), finn)
     if path is not None:
         atomic_write_bytes(path, model.model.SerializeToString())
         out.path = os.fspath(path)

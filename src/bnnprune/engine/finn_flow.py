@@ -1,0 +1,258 @@
+"""FINN's compiler front end on a bnnprune QONNX export, run inside FINN's own environment.
+
+    .venv-finn/bin/python -I src/bnnprune/engine/finn_flow.py MODEL.onnx --report OUT.json
+        [--inputs X.npy --outputs Y.npz] [--target-fps 1000] [--clock-mhz 200]
+        [--fpga-part xc7z020clg400-1]
+
+This file imports only numpy, qonnx and FINN (finn-plus), never bnnprune: FINN pins numpy,
+onnx and qonnx to other versions than bnnprune's, so it runs in ``.venv-finn``
+(``scripts/setup.sh --fpga``) and bnnprune calls it as a subprocess
+(:mod:`bnnprune.engine.finn_run`). The steps are FINN's own build steps
+(``finn.builder.build_dataflow_steps``: qonnx_to_finn, tidy_up, streamline, convert_to_hw,
+specialize_layers, target_fps_parallelization, generate_estimate_reports), called one
+transformation at a time because FINN's build configuration imports the multi-FPGA
+partitioner's 600 MB solver and its later steps need Vivado:
+
+1. ``ConvertQONNXtoFINN`` and tidy-up; 2. streamlining (scales absorbed into thresholds,
+convolutions lowered to Im2Col + MatMul, bipolar MatMuls to XNOR-popcount); 3. conversion to
+hardware layers (MVAU, Thresholding, FMPadding, ConvolutionInputGenerator, Pool);
+4. ``SpecializeLayers`` for ``--fpga-part`` (HLS or RTL variants); 5. ``SetFolding`` for
+``clock / target_fps`` cycles per frame (FINN's defaults: 36-bit weight streams, two-pass
+relaxation); 6. FINN's analytic estimates per layer: ``res_estimation`` (LUT, BRAM_18K,
+URAM, DSP) and ``exp_cycles_per_layer``, and the nodes left outside the dataflow.
+
+With ``--inputs``, FINN executes the streamlined graph and the hardware-layer graph
+(``finn.core.onnx_exec``, Python execution of every node, no Vivado) on those images and
+writes every one-bit activation (threshold and max-pool outputs, in graph order, NCHW, as
+FINN's 0/1 bits) and the graph output to ``--outputs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+
+ONE_BIT_PRODUCERS = ("MultiThreshold", "MaxPoolNHWC", "MaxPool", "Thresholding", "Pool",
+                     "Thresholding_hls", "Thresholding_rtl", "Pool_hls")
+DEFAULT_PART = "xc7z020clg400-1"  # Pynq-Z1 / Zynq-7020, FINN's usual first target
+
+
+def to_finn(model: Any) -> Any:
+    """QONNX -> FINN-ONNX, then FINN's tidy-up (step_qonnx_to_finn, step_tidy_up)."""
+    from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import (
+        GiveReadableTensorNames,
+        GiveUniqueNodeNames,
+        RemoveStaticGraphInputs,
+    )
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.util.cleanup import cleanup_model
+
+    model = cleanup_model(model).transform(ConvertQONNXtoFINN())
+    for t in (InferShapes(), FoldConstants(), GiveUniqueNodeNames(), GiveReadableTensorNames(),
+              InferDataTypes(), RemoveStaticGraphInputs()):
+        model = model.transform(t)
+    return model
+
+
+def streamline(model: Any) -> Any:
+    """FINN's step_streamline, transformation for transformation."""
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
+    from qonnx.transformation.bipolar_to_xnor import ConvertBipolarMatMulToXnorPopcount
+    from qonnx.transformation.general import RemoveUnusedTensors
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
+    if model.get_nodes_by_op_type("Conv"):
+        for t in (LowerConvsToMatMul(), MakeMaxPoolNHWC(),
+                  absorb.AbsorbTransposeIntoMultiThreshold(), MakeMaxPoolNHWC(),
+                  absorb.AbsorbConsecutiveTransposes()):
+            model = model.transform(t)
+    for t in (ConvertBipolarMatMulToXnorPopcount(), Streamline(),
+              absorb.AbsorbScalarMulAddIntoTopK(), InferDataLayouts(), RemoveUnusedTensors()):
+        model = model.transform(t)
+    return model
+
+
+def to_hw(model: Any) -> Any:
+    """FINN's step_convert_to_hw for the layers a CNN has (standalone thresholds)."""
+    import finn.transformation.fpgadataflow.convert_to_hw.binary_matrix_vector_activation as bmv
+    import finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen as cig
+    import finn.transformation.fpgadataflow.convert_to_hw.fm_padding as fmp
+    import finn.transformation.fpgadataflow.convert_to_hw.pool as pool
+    import finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation as qmv
+    import finn.transformation.fpgadataflow.convert_to_hw.thresholding as thr
+    import finn.transformation.streamline.absorb as absorb
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    for t in (thr.InferThresholdingLayer(), bmv.InferBinaryMatrixVectorActivation(),
+              qmv.InferQuantizedMatrixVectorActivation(), thr.InferThresholdingLayer(),
+              fmp.InferFMPadding(), pool.InferPool(), cig.InferConvInpGen(),
+              absorb.AbsorbConsecutiveTransposes(), GiveUniqueNodeNames(), InferDataLayouts(),
+              InferDataTypes(), InferShapes()):
+        model = model.transform(t)
+    return model
+
+
+def dataflow_partition(model: Any, workdir: str) -> tuple[Any, Any]:
+    """FINN's step_create_dataflow_partition: (parent graph, the hardware layers' graph)."""
+    from finn.analysis.fpgadataflow.unsupported_layers import unsupported_layers
+    from finn.transformation.fpgadataflow.create_dataflow_partition import (
+        CreateDataflowPartition,
+    )
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    ok, node = model.analysis(unsupported_layers)
+    if not ok:
+        between = [n.op_type for n in model.graph.node if not is_hw(n)]
+        raise SystemExit(f"FINN cannot map {node.name} ({node.op_type}), which sits between "
+                         f"hardware layers; nodes left outside: {', '.join(between)}")
+    parent = model.transform(CreateDataflowPartition(partition_model_dir=workdir))
+    sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")
+    if len(sdp) != 1:
+        raise SystemExit(f"finn_flow: {len(sdp)} dataflow partitions (FINN builds one)")
+    return parent, ModelWrapper(getCustomOp(sdp[0]).get_nodeattr("model"))
+
+
+def fold(model: Any, part: str, target_cycles: int) -> Any:
+    """FINN's step_specialize_layers and step_target_fps_parallelization on the dataflow."""
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.transformation.general import GiveUniqueNodeNames
+
+    model = model.transform(SpecializeLayers(part)).transform(GiveUniqueNodeNames())
+    return model.transform(SetFolding(target_cycles, mvau_wwidth_max=36,
+                                      two_pass_relaxation=True)).transform(GiveUniqueNodeNames())
+
+
+def is_hw(node: Any) -> bool:
+    return node.domain.startswith("finn.custom_op.fpgadataflow")
+
+
+def layer_report(model: Any, part: str) -> list[dict[str, Any]]:
+    """Per hardware layer: type, folding, FINN's expected cycles and resource estimates."""
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from qonnx.custom_op.registry import getCustomOp
+
+    cycles = model.analysis(exp_cycles_per_layer)
+    res = model.analysis(lambda m: res_estimation(m, part))
+    rows = []
+    for node in model.graph.node:
+        if not is_hw(node):
+            continue
+        inst = getCustomOp(node)
+        attrs = {a: inst.get_nodeattr(a) for a in ("PE", "SIMD", "MW", "MH", "NumChannels",
+                                                  "IFMChannels", "inputDataType",
+                                                  "weightDataType")
+                 if a in inst.get_nodeattr_types()}
+        r = res.get(node.name, {})
+        rows.append({"name": node.name, "op_type": node.op_type,
+                     **{k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()},
+                     "cycles": int(cycles.get(node.name, 0)),
+                     **{k: float(v) for k, v in r.items()}})
+    return rows
+
+
+def one_bit_tensors(model: Any) -> list[str]:
+    """Outputs of thresholds and max-pools typed BINARY/BIPOLAR, in graph order."""
+    out = []
+    for node in model.graph.node:
+        if node.op_type in ONE_BIT_PRODUCERS and \
+                model.get_tensor_datatype(node.output[0]).name in ("BINARY", "BIPOLAR"):
+            out.append(node.output[0])
+    return out
+
+
+def run(model: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """FINN's Python execution of ``model`` on ``x``: its one-bit tensors (NCHW) and output."""
+    from finn.core.onnx_exec import execute_onnx
+    from qonnx.core.datatype import DataType
+
+    names = one_bit_tensors(model)
+    iname, oname = model.graph.input[0].name, model.graph.output[0].name
+    outs: dict[str, list[np.ndarray]] = {"output": []}
+    for i in range(len(x)):  # FINN's hardware layers run batch 1
+        ctx = execute_onnx(model, {iname: x[i:i + 1].astype(np.float32)},
+                           return_full_exec_context=True)
+        outs["output"].append(ctx[oname])
+        for k, name in enumerate(names):
+            a = ctx[name]
+            if model.get_tensor_datatype(name) == DataType["BIPOLAR"]:
+                a = (a + 1) / 2  # the same 0/1 bits as a BINARY stream
+            if a.ndim == 4 and _nhwc(model, name):
+                a = a.transpose(0, 3, 1, 2)
+            outs.setdefault(f"bits_{k:02d}", []).append(a)
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def _nhwc(model: Any, name: str) -> bool:
+    from qonnx.core.data_layout import NHWC
+
+    return model.get_tensor_layout(name) == NHWC
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--report", required=True, help="JSON: graphs per stage, layers, estimates")
+    ap.add_argument("--inputs", help=".npy images (N, C, H, W) to execute the graphs on")
+    ap.add_argument("--outputs", help=".npz: FINN's one-bit activations and outputs")
+    ap.add_argument("--target-fps", type=float, default=1000.0)
+    ap.add_argument("--clock-mhz", type=float, default=200.0)
+    ap.add_argument("--fpga-part", default=DEFAULT_PART)
+    args = ap.parse_args(argv)
+    if (args.inputs is None) != (args.outputs is None):
+        ap.error("--inputs and --outputs go together")
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    target = max(1, int(args.clock_mhz * 1e6 / args.target_fps))
+    stages: dict[str, list[str]] = {}
+    model = to_finn(ModelWrapper(args.model))
+    stages["finn"] = [n.op_type for n in model.graph.node]
+    streamlined = streamline(model)
+    stages["streamlined"] = [n.op_type for n in streamlined.graph.node]
+    hw = to_hw(streamlined)
+    stages["hw"] = [n.op_type for n in hw.graph.node]
+    with tempfile.TemporaryDirectory() as tmp:
+        parent, dataflow = dataflow_partition(hw, tmp)
+        folded = fold(dataflow, args.fpga_part, target)
+    stages["dataflow"] = [n.op_type for n in folded.graph.node]
+    layers = layer_report(folded, args.fpga_part)
+    report = {"finn": "finn-plus " + _version("finn-plus"), "fpga_part": args.fpga_part,
+              "clock_mhz": args.clock_mhz, "target_fps": args.target_fps,
+              "target_cycles": target, "stages": stages, "layers": layers,
+              "outside": [n.op_type for n in parent.graph.node
+                          if n.op_type != "StreamingDataflowPartition"]}
+    if args.inputs:
+        x = np.load(args.inputs)
+        res = {f"streamlined_{k}": v for k, v in run(streamlined, x).items()}
+        res.update({f"hw_{k}": v for k, v in run(hw, x).items()})
+        np.savez(args.outputs, **res)
+    with open(args.report, "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""FINN's own compiler front end (finn-plus in .venv-finn) on the FINN form of the export with
+the 8-bit input quantizer: hardware layers for every convolution, FINN's execution equal to the
+engine bit for bit on real images, and our cost model checked against FINN's per layer."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnnprune.engine import EngineError, compile_model, fpga
+from bnnprune.engine.finn_run import compare_bits, finn_python, run_finn
+from bnnprune.models import build_model
+from bnnprune.nn import BinaryConv2d
+from bnnprune.prune import apply_plan, plan_uniform
+
+from .conftest import dyadic_fp_weights, randomize_bn
+
+SHAPE = (1, 28, 28)
+INPUT_SCALE = 1 / 128  # the 8-bit input quantizer: pixels (p - 128) / 128 are its integers
+TARGET_FPS = 1000.0
+CLOCK_MHZ = 200.0
+
+if finn_python() is None:
+    if os.environ.get("CI"):
+        pytest.fail("CI must run FINN: scripts/setup.sh --fpga makes .venv-finn",
+                    pytrace=False)
+    pytest.skip("FINN is not installed (bash scripts/setup.sh --fpga)", allow_module_level=True)
+
+
+def _images(n: int) -> np.ndarray:
+    """Real Fashion-MNIST test images as (p - 128) / 128: exact in float32, so the float first
+    layer sums to the same value in FINN's Im2Col + MatMul as in the engine."""
+    from bnnprune.data import load_dataset
+
+    try:
+        ds = load_dataset("fashion-mnist", test_subset=n)
+    except Exception as e:  # noqa: BLE001 - DatasetError and friends
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Fashion-MNIST is not available: {e}")
+    return (ds.test_x.numpy().astype(np.float32) - 128.0) / 128.0
+
+
+@pytest.fixture(scope="module")
+def small():
+    """The zoo small model (width 0.25, -1 border as FINN pads), random BatchNorm with negative
+    and zero gammas, full-precision weights on a 1/16 grid, and a uniformly pruned copy."""
+    torch.manual_seed(0)
+    base = build_model("small", width=0.25, pad_value=-1.0)
+    base = dyadic_fp_weights(randomize_bn(base, seed=1), seed=1).eval()
+    pruned = apply_plan(base, plan_uniform(base, SHAPE, 0.4, round_to=4), "magnitude").model
+    return compile_model(base, SHAPE), compile_model(pruned.eval(), SHAPE)
+
+
+@pytest.fixture(scope="module")
+def finn_small(small):
+    """FINN on the FINN form with the 8-bit input quantizer, executed on 6 real images."""
+    x = _images(6)
+    return x, run_finn(small[0], images=x, target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                       input_scale=INPUT_SCALE)
+
+
+def test_finn_maps_every_conv_to_hardware(small, finn_small):
+    program = small[0]
+    stages = finn_small[1].report["stages"]
+    assert not any("Pad" == op for ops in stages.values() for op in ops)  # FINN took the border
+    df = stages["dataflow"]
+    n_conv = sum(op.kind in ("bconv", "fconv") and not program.values[op.inputs[0]].flat
+                 for op in program.ops)
+    n_pad = sum(op.kind in ("bconv", "fconv") and any(op.attrs["padding"]) for op in program.ops)
+    n_pool = sum(op.kind == "maxpool_bits" for op in program.ops)
+    assert sum(op.startswith("MVAU") for op in df) == n_conv == 4
+    assert sum(op.startswith("FMPadding") for op in df) == n_pad == 4
+    assert sum(op.startswith("Pool") for op in df) == n_pool == 2
+    assert sum(op.startswith("ConvolutionInputGenerator") for op in df) == n_pad + n_pool
+    mvaus = [(l["inputDataType"], l["weightDataType"]) for l in finn_small[1].layers
+             if l["op_type"].startswith("MVAU")]
+    assert mvaus == [("INT8", "INT8")] + [("BINARY", "BIPOLAR")] * 3
+    # what stays outside: the float head (the last layer's float epilogue, pool, classifier)
+    outside = finn_small[1].report["outside"]
+    assert outside.count("MatMul") == 1 and not {"Pad", "Im2Col"} & set(outside)
+
+
+def test_finn_execution_equals_the_engine_bit_for_bit(small, finn_small):
+    program = small[0]
+    x, result = finn_small
+    got = compare_bits(program, x, result)
+    n_bits = sum(program.intermediates(x)[f"{v.source}:bits"].size
+                 for v in program.values if v.kind == "bits" and v.source)
+    assert got == {"streamlined": 0, "streamlined_bits": n_bits, "hw": 0, "hw_bits": n_bits}
+    ref = program(x)
+    for g in ("streamlined", "hw"):
+        np.testing.assert_allclose(result.outputs[f"{g}_output"], ref, rtol=1e-4, atol=1e-4)
+        assert (result.outputs[f"{g}_output"].argmax(1) == ref.argmax(1)).all()
+
+
+def test_compare_bits_catches_a_flipped_bit(small, finn_small):
+    x, result = finn_small
+    bad = {k: v.copy() for k, v in result.outputs.items()}
+    bad["hw_bits_02"].flat[7] = 1 - bad["hw_bits_02"].flat[7]
+    got = compare_bits(small[0], x, type(result)(result.report, bad))
+    assert got["hw"] == 1 and got["streamlined"] == 0
+    del bad["hw_bits_04"]
+    with pytest.raises(EngineError, match="hw graph has 4 one-bit tensors"):
+        compare_bits(small[0], x, type(result)(result.report, bad))
+
+
+def test_folding_meets_the_target_and_pruning_saves(small, finn_small):
+    full = finn_small[1]
+    target = int(CLOCK_MHZ * 1e6 / TARGET_FPS)
+    assert full.report["target_cycles"] == target
+    assert full.cycles < target and full.fps() > TARGET_FPS
+    pruned = run_finn(small[1], target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                      input_scale=INPUT_SCALE)
+    assert pruned.cycles < target
+    assert pruned.total("LUT") < full.total("LUT")
+
+
+def test_cost_model_against_finn_per_layer(small, finn_small):
+    """bnnprune.engine.fpga's LUT/BRAM formulas at FINN's own folding of each binary MVAU:
+    the LUT error per layer is stated and bounded, BRAM18 counts agree."""
+    program = small[0]
+    ours = [l for l in fpga.mvau_layers(program) if l.binary]
+    finn = [l for l in finn_small[1].layers
+            if l["op_type"].startswith("MVAU") and l["weightDataType"] == "BIPOLAR"]
+    assert [(l.mw, l.mh) for l in ours] == [(f["MW"], f["MH"]) for f in finn]
+    for l, f in zip(ours, finn):
+        # FINN's MVAUs here leave thresholds to standalone Thresholding layers
+        layer = fpga.MvauLayer(l.name, l.mw, l.mh, l.vectors, 1, 1, None)
+        luts = fpga.lut_estimate(layer, f["PE"], f["SIMD"])
+        assert fpga.cycles(layer, f["PE"], f["SIMD"]) == f["cycles"], l.name
+        assert abs(luts - f["LUT"]) / f["LUT"] <= 0.01, (l.name, luts, f["LUT"])
+        assert fpga.bram_estimate(layer, f["PE"], f["SIMD"]) == f["BRAM_18K"], l.name
+
+
+def test_missing_finn_is_a_clear_error(small, tmp_path):
+    with pytest.raises(EngineError, match="setup.sh --fpga"):
+        run_finn(small[0], python=tmp_path / "no-python")
+    with pytest.raises(EngineError, match="FINN pads binary streams with 0"):
+        plus = compile_model(build_model("small", width=0.25).eval(), SHAPE)
+        run_finn(plus)
+
+
+def test_a_float_op_between_binary_layers_is_named():
+    """NIN's pattern: an average pool of a binary layer's BatchNorm output before the next
+    sign stays float between hardware layers; FINN's single dataflow cannot hold it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
+        BinaryConv2d(4, 8, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(8),
+        nn.AvgPool2d(3, 2, 1),
+        BinaryConv2d(8, 8, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(8),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    program = compile_model(randomize_bn(model, seed=2), (1, 8, 8))
+    with pytest.raises(EngineError, match=r"FINN cannot map \S+ \(AveragePool\), which sits "
+                                          "between hardware layers"):
+        run_finn(program)
