@@ -591,7 +591,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
            progress: bool) -> int:
     """Compile every pruned model and its baseline; time them interleaved; check agreement."""
     from bnnprune.engine import compile_model
-    from bnnprune.engine.bench import compare_latency, op_times
+    from bnnprune.engine.bench import batch_repeats, compare_latency, op_times
 
     ds = _dataset(cfg)
     shape = tuple(ds.input_shape)
@@ -623,7 +623,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         agree = float((prog(x_check).argmax(1) == ref).mean())
         speed = {"key": rec["key"], "engine_agreement": agree, "images_checked": len(x_check)}
         for label, batch in (("batch1", 1), ("batch64", 64)):
-            reps = cfg.sweep.speed_repeats if batch == 1 else max(3, cfg.sweep.speed_repeats // 4)
+            reps = batch_repeats(cfg.sweep.speed_repeats, batch)
             speed[label] = compare_latency(prog, programs[seed], batch, reps)
         # where the time goes, op by op (batch 64): explains a latency ratio far from BOPs
         speed["ops_batch64"] = op_times(prog, 64, 10)
