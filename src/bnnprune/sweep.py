@@ -123,7 +123,7 @@ def _seed_cfg(cfg: SweepConfig, seed: int) -> SweepConfig:
 
 
 # prune settings no sweep cell reads: each cell names its own method and BOPs reduction
-UNKEYED_PRUNE = ("policy", "criterion", "target", "compare")
+UNKEYED_PRUNE = ("policy", "criterion", "target", "compare", "speed")
 
 
 def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
