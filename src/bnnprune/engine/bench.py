@@ -40,7 +40,7 @@ from bnnprune.engine.kernels.intrinsics import (
 from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
-from bnnprune.machine import machine_info
+from bnnprune.machine import isa_label, machine_info
 
 __all__ = ["batch_repeats", "benchmark", "compare_latency", "compare_pair", "fma_peak",
            "format_benchmark", "format_pair", "interleaved_latencies", "machine_info", "op_times",
@@ -420,7 +420,8 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
 def format_benchmark(result: dict[str, Any]) -> str:
     """Render :func:`benchmark`'s dict as a plain-text report."""
     m = result["machine"]
-    lines = [f"machine: {m['cpu']}, {m['logical_cores']} logical cores, numba threads "
+    lines = [f"machine: {m['cpu']} ({isa_label(m['isa'])}), {m['logical_cores']} "
+             "logical cores, numba threads "
              f"{m['numba_threads']}, torch threads {m['torch_threads']}",
              f"input {tuple(result['input_shape'])}, {result['bops']:,} binary MACs per image"]
     if "file_bytes" in result:
