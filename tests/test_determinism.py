@@ -1,5 +1,5 @@
-"""Same config and seed, two folders: identical results.json (wall-clock fields aside) and
-bit-identical trained weights on CPU."""
+"""Same config and seed, two folders: identical results.json (wall-clock fields and engine
+latencies aside) and bit-identical trained weights on CPU."""
 
 import json
 
@@ -13,7 +13,9 @@ RUN = (
     " --batch-size 64 --epochs 2 --track-last 1 --retrain-epochs 1 --target-bops 0.4"
     " --compare random --no-budget-baseline --device cpu --seed 7"
 ).split()
-WALL_CLOCK = {"phase_seconds", "wall_seconds"}
+# the engine latencies ("speed") are wall-clock too; the engine section (C flash and RAM,
+# agreement with PyTorch) is compared with the rest
+WALL_CLOCK = {"phase_seconds", "wall_seconds", "speed"}
 
 
 @pytest.fixture
@@ -30,13 +32,16 @@ def test_same_config_twice_gives_identical_results(tmp_path, capsys, one_thread)
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
         assert main([*RUN, "-o", str(out)]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out  # the speed table is printed next to the accuracy table
+    assert printed.index("| test acc |") < printed.index("engine speed and C footprint")
     a, b = (json.loads((out / "results.json").read_text()) for out in runs)
     assert WALL_CLOCK <= set(a)
     for key in WALL_CLOCK:
         del a[key], b[key]
     assert a == b
     assert 0 < a["bops_reduction"] < 1 and a["compared"]
+    assert [m["label"] for m in a["engine"]["models"]] == [
+        "baseline (unpruned)", a["method"], "target+random"]
     for phase in ("baseline", "pruned", "compare-target+random"):
         sa, sb = (
             torch.load(out / phase / "model.pt", weights_only=True)["state_dict"] for out in runs

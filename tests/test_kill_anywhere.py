@@ -34,7 +34,8 @@ pytestmark = [
 RUN = ["run", "--dataset", "synthetic", "--model", "small", "--width", "0.25",
        "--train-subset", "384", "--test-subset", "96", "--batch-size", "64", "--epochs", "3",
        "--track-last", "2", "--retrain-epochs", "2", "--target-bops", "0.4",
-       "--policy", "target", "--criterion", "wff", "--compare", "uniform", "--device", "cpu"]
+       "--policy", "target", "--criterion", "wff", "--compare", "uniform", "--device", "cpu",
+       "--no-speed"]  # engine timings differ run to run and write no file a kill could damage
 SWEEP = ["sweep", "--dataset", "synthetic", "--model", "small", "--width", "0.25",
          "--train-subset", "256", "--test-subset", "64", "--batch-size", "64", "--epochs", "2",
          "--track-last", "1", "--retrain-epochs", "2", "--device", "cpu", "--seeds", "0",

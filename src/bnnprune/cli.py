@@ -456,7 +456,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, cfg: Any, held: contextlib.ExitStack) -> int:
     from bnnprune.pipeline import run_pipeline
-    from bnnprune.report.markdown import methods_table, write_report
+    from bnnprune.report.markdown import methods_table, speed_table, write_report
     from bnnprune.report.plots import write_flip_plots
 
     with dist.distributed_from_env(resolve_device(cfg.train.device)):
@@ -473,6 +473,11 @@ def _run(args: argparse.Namespace, cfg: Any, held: contextlib.ExitStack) -> int:
     print()
     print("\n".join(methods_table(results)))
     print()
+    speed = speed_table(results)
+    if speed:
+        print("engine speed and C footprint (see report.md for how they were measured)")
+        print("\n".join(speed))
+        print()
     base, final = results["baseline"], results["pruned"]
     print(f"{'layer':<22}{'before':>8}{'after':>8}")
     for name, c in base["channels"].items():
@@ -876,6 +881,10 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
         const=False,
         help="skip training the unpruned model for the same budget",
     )
+    if method:
+        g.add_argument("--no-speed", dest="prune.speed", action="store_const", const=False,
+                       help="do not time the models on the packed engine nor compute their "
+                       "C flash/RAM")
 
 
 # --------------------------------------------------------------------------- parser

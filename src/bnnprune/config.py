@@ -210,6 +210,9 @@ class PruneConfig:
     # (default: the paper's flip-guided allocation and channel choice, and chance)
     compare: list[str] = field(default_factory=lambda: ["target+wff", "uniform+random"])
     budget_baseline: bool = True  # also train the unpruned model for the retraining epochs
+    # bnnprune run: time the baseline and the pruned models on the packed engine (batch 1 and
+    # 64) and compute their C export's flash and RAM (a sweep has sweep.speed instead)
+    speed: bool = True
 
     @property
     def method(self) -> Any:

@@ -1,5 +1,6 @@
 """The main job, ``bnnprune run``: train with flip tracking -> sensitivity -> plan -> surgery ->
-retrain (repeat for the paper policy) -> compare against baselines at equal BOPs -> report.
+retrain (repeat for the paper policy) -> compare against baselines at equal BOPs -> engine
+speed and C footprint of the baseline and every pruned model (:mod:`bnnprune.speed`) -> report.
 
 Every phase (:mod:`bnnprune.phases`) writes its own folder under the run folder and is
 skipped when its ``model.pt`` already exists with the same settings, or resumed from its
@@ -20,7 +21,8 @@ from torch import nn
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import RunConfig, TrainConfig
-from bnnprune.data import load_from_config
+from bnnprune.data import Dataset, load_from_config, normalize
+from bnnprune.engine import EngineError
 from bnnprune.killpoint import kill_point
 from bnnprune.models import build_from_config
 from bnnprune.phases import (
@@ -35,6 +37,7 @@ from bnnprune.phases import (
     train_phase,
 )
 from bnnprune.prune import Sensitivity, compute_sensitivity, make_plan
+from bnnprune.speed import CHECK_IMAGES, measure_models
 from bnnprune.train import dist
 
 __all__ = ["run_pipeline"]
@@ -113,7 +116,7 @@ def run_pipeline(
     retrain_cfg = retrain_config(cfg, retrain_budget, track=False)
 
     # ---- baselines at the same BOPs and the same training budget
-    compared = []
+    compared, compared_models = [], []
     for m in p.compare_methods:
         plan = make_plan(base, shape, m.policy, sensitivity=sens, target=achieved,
                          **p.plan_options)
@@ -123,6 +126,7 @@ def run_pipeline(
         rec = measure(m.spec, pruned, ds, device, plan=plan.to_dict(),
                       epochs=cfg.train.epochs + retrain_budget)
         compared.append(rec)
+        compared_models.append(pruned)
         report(name, rec)
 
     budget = None
@@ -131,6 +135,12 @@ def run_pipeline(
         timed_phase("unpruned-budget", unpruned, retrain_cfg)
         budget = measure(f"unpruned +{retrain_budget} epochs", unpruned, ds, device,
                          epochs=cfg.train.epochs + retrain_budget)
+
+    t0 = time.perf_counter()
+    engine = engine_sections(cfg, ds, [(baseline.label, base), (final.label, res.model),
+                                       *((r.label, m) for r, m in zip(compared, compared_models))],
+                             log)
+    phases["speed"] = time.perf_counter() - t0
 
     results = {
         "version": RECORD_VERSION,
@@ -149,6 +159,7 @@ def run_pipeline(
         "retrain_epochs": retrain_budget,
         "compared": [r.to_dict() for r in compared],
         "unpruned_budget": budget.to_dict() if budget else None,
+        **engine,
         "phase_seconds": phases,
         "wall_seconds": time.perf_counter() - t_start,
     }
@@ -156,3 +167,26 @@ def run_pipeline(
         atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
         kill_point("run:results-written")
     return results
+
+
+def engine_sections(cfg: RunConfig, ds: Dataset, models: list[tuple[str, nn.Module]],
+                    log: Log) -> dict[str, Any]:
+    """results.json's ``engine`` (C flash and RAM, agreement with PyTorch) and ``speed``
+    (interleaved latencies) of ``models``, the baseline first; both None with ``prune.speed``
+    off, and on ranks other than 0 (a timing shares the machine with nothing else of the run).
+    A model the engine cannot compile leaves the trained run intact: ``engine`` says why."""
+    if not cfg.prune.speed or not dist.is_main():
+        return {"engine": None, "speed": None}
+    x = normalize(ds.test_x[:CHECK_IMAGES], ds.mean, ds.std).numpy()
+    log(f"engine: compiling and timing {len(models)} models (batch 1 and 64, interleaved)")
+    try:
+        engine, speed = measure_models(models, tuple(ds.input_shape), x)
+    except EngineError as e:
+        log(f"engine: not measured: {e}")
+        return {"engine": {"error": str(e)}, "speed": None}
+    worst = min(m["agreement"] for m in engine["models"])
+    ratios = ", ".join(f"{v:.3f} (batch {b})"
+                       for b, v in speed["models"][1]["latency_ratio"].items())
+    log(f"engine: {models[1][0]} latency / baseline {ratios}; top-1 equals PyTorch's on "
+        f">= {worst:.1%} of {len(x)} test images; {speed['cpu_seconds']:.1f} s CPU")
+    return {"engine": engine, "speed": speed}

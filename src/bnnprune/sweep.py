@@ -123,7 +123,7 @@ def _seed_cfg(cfg: SweepConfig, seed: int) -> SweepConfig:
 
 
 # prune settings no sweep cell reads: each cell names its own method and BOPs reduction
-UNKEYED_PRUNE = ("policy", "criterion", "target", "compare")
+UNKEYED_PRUNE = ("policy", "criterion", "target", "compare", "speed")
 
 
 def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
@@ -591,11 +591,12 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
            progress: bool) -> int:
     """Compile every pruned model and its baseline; time them interleaved; check agreement."""
     from bnnprune.engine import compile_model
-    from bnnprune.engine.bench import compare_latency, op_times
+    from bnnprune.engine.bench import batch_repeats, compare_latency, op_times
+    from bnnprune.speed import CHECK_IMAGES, agreement
 
     ds = _dataset(cfg)
     shape = tuple(ds.input_shape)
-    x_check = normalize(ds.test_x[:512], ds.mean, ds.std).numpy()
+    x_check = normalize(ds.test_x[:CHECK_IMAGES], ds.mean, ds.std).numpy()
     pruned = [r for r in records if r["kind"] == "prune"]
     todo = [r for r in pruned if not (r.get("speed") or {}).get("key") == r["key"]]
     if not todo:
@@ -618,12 +619,10 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         model, _ = load_model(folder / "model.pt")
         model = model.cpu().eval()
         prog = compile_model(model, shape)
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x_check)).argmax(1).numpy()
-        agree = float((prog(x_check).argmax(1) == ref).mean())
+        agree = agreement(model, prog, x_check)
         speed = {"key": rec["key"], "engine_agreement": agree, "images_checked": len(x_check)}
         for label, batch in (("batch1", 1), ("batch64", 64)):
-            reps = cfg.sweep.speed_repeats if batch == 1 else max(3, cfg.sweep.speed_repeats // 4)
+            reps = batch_repeats(cfg.sweep.speed_repeats, batch)
             speed[label] = compare_latency(prog, programs[seed], batch, reps)
         # where the time goes, op by op (batch 64): explains a latency ratio far from BOPs
         speed["ops_batch64"] = op_times(prog, 64, 10)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bnnprune.cli import main
+from bnnprune.machine import isa_flags, isa_label
 
 TINY = [
     "--dataset",
@@ -131,6 +132,8 @@ def test_export_and_bench(trained, tmp_path, capsys):
     )
     res = json.loads(out_json.read_text())
     assert res["latency"]["speedup"] > 0 and res["pruned"]["bops_ratio"] == 1.0
+    assert res["machine"]["isa"] == isa_flags()  # the speed figures name the CPU's flags
+    assert f"({isa_label(isa_flags())})" in capsys.readouterr().out.splitlines()[0]
     junk = tmp_path / "junk.bnn"
     junk.write_bytes(b"\x00" * 100)
     _fails(["bench", str(junk)], capsys, "junk.bnn")

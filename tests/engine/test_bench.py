@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from bnnprune.engine import EngineError, compile_model
-from bnnprune.engine.bench import _xpc_probe, compare_latency, program_bops
+from bnnprune.engine.bench import (
+    _xpc_probe,
+    batch_repeats,
+    compare_latency,
+    interleaved_latencies,
+    program_bops,
+)
 from bnnprune.engine.kernels.intrinsics import XPC_CHAINS, XPC_LANES
 from bnnprune.models import build_model
 
@@ -31,6 +37,19 @@ def test_compare_latency_reports_medians_and_the_bops_ratio() -> None:
 def test_compare_latency_refuses_another_input_shape() -> None:
     with pytest.raises(EngineError, match="input shape"):
         compare_latency(_program(0.25), _program(0.25, image_size=32))
+
+
+def test_interleaved_latencies_give_one_median_per_program() -> None:
+    programs = [_program(0.5), _program(0.25), _program(0.5)]
+    medians = interleaved_latencies(programs, batch=2, repeats=3)
+    assert len(medians) == 3 and all(m > 0 for m in medians)
+    with pytest.raises(EngineError, match="input shapes"):
+        interleaved_latencies([programs[0], _program(0.25, image_size=32)])
+
+
+def test_batch_repeats_takes_a_quarter_beyond_batch_one() -> None:
+    assert [batch_repeats(20, b) for b in (1, 64)] == [20, 5]
+    assert batch_repeats(4, 64) == 3  # never fewer than three timed runs
 
 
 def test_xor_popcount_peak_probe_counts_what_it_runs() -> None:

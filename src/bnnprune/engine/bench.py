@@ -40,11 +40,11 @@ from bnnprune.engine.kernels.intrinsics import (
 from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
-from bnnprune.machine import machine_info
+from bnnprune.machine import isa_label, machine_info
 
-__all__ = ["benchmark", "compare_latency", "compare_pair", "fma_peak", "format_benchmark",
-           "format_pair", "machine_info", "op_times", "program_bops", "program_float_macs",
-           "roofline"]
+__all__ = ["batch_repeats", "benchmark", "compare_latency", "compare_pair", "fma_peak",
+           "format_benchmark", "format_pair", "interleaved_latencies", "machine_info", "op_times",
+           "program_bops", "program_float_macs", "roofline"]
 
 
 def _program_macs(program: Program, kind: str) -> int:
@@ -216,21 +216,35 @@ def _interleaved(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]
     return samples
 
 
+def batch_repeats(repeats: int, batch: int) -> int:
+    """Timed runs at ``batch`` images when batch 1 gets ``repeats``: a quarter (at least 3)
+    for larger batches, whose runs are long enough to need fewer samples."""
+    return repeats if batch == 1 else max(3, repeats // 4)
+
+
+def interleaved_latencies(programs: list[Program], batch: int = 1, repeats: int = 20,
+                          seed: int = 4) -> list[float]:
+    """Median latency of each program at ``batch`` images, their runs interleaved (one run
+    of each in turn, ``repeats`` times) so that all see the same machine load."""
+    if len({p.input_shape for p in programs}) > 1:
+        raise EngineError("the programs have different input shapes")
+    x = np.random.default_rng(seed).standard_normal((batch, *programs[0].input_shape))
+    x = x.astype(np.float32)
+    samples = _interleaved([lambda p=p: p(x, batch_size=batch) for p in programs], repeats)
+    return [statistics.median(s) for s in samples]
+
+
 def compare_latency(program: Program, baseline: Program, batch: int = 1, repeats: int = 20,
                     seed: int = 4) -> dict[str, float]:
     """Median latency of ``program`` and ``baseline`` at ``batch`` images (runs interleaved,
     so both see the same machine load) next to their BOPs ratio."""
     if baseline.input_shape != program.input_shape:
         raise EngineError("baseline program has a different input shape")
-    x = np.random.default_rng(seed).standard_normal((batch, *program.input_shape))
-    x = x.astype(np.float32)
-    s_p, s_b = _interleaved([lambda: program(x, batch_size=batch),
-                             lambda: baseline(x, batch_size=batch)], repeats)
+    lat, lat_b = interleaved_latencies([program, baseline], batch, repeats, seed)
     bops, bops_b = program_bops(program), program_bops(baseline)
     return {"batch": batch, "bops": bops, "baseline_bops": bops_b,
             "bops_ratio": bops / bops_b if bops_b else float("nan"),
-            "latency_s": statistics.median(s_p), "baseline_latency_s": statistics.median(s_b),
-            "latency_ratio": statistics.median(s_p) / statistics.median(s_b)}
+            "latency_s": lat, "baseline_latency_s": lat_b, "latency_ratio": lat / lat_b}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -378,7 +392,7 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
             xt = torch.from_numpy(x)
             model = compare_model.eval()
             fns.append(lambda xt=xt, m=model: m(xt))
-        samples = _interleaved(fns, repeats if batch == 1 else max(3, repeats // 4))
+        samples = _interleaved(fns, batch_repeats(repeats, batch))
         entry: dict[str, Any] = {"batch": batch, "engine": _stats(samples[0])}
         entry["engine"]["images_per_s"] = batch / entry["engine"]["median_s"]
         if compare_model is not None:
@@ -406,7 +420,8 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
 def format_benchmark(result: dict[str, Any]) -> str:
     """Render :func:`benchmark`'s dict as a plain-text report."""
     m = result["machine"]
-    lines = [f"machine: {m['cpu']}, {m['logical_cores']} logical cores, numba threads "
+    lines = [f"machine: {m['cpu']} ({isa_label(m['isa'])}), {m['logical_cores']} "
+             "logical cores, numba threads "
              f"{m['numba_threads']}, torch threads {m['torch_threads']}",
              f"input {tuple(result['input_shape'])}, {result['bops']:,} binary MACs per image"]
     if "file_bytes" in result:

@@ -7,10 +7,11 @@ from typing import Any
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import model_label
+from bnnprune.machine import isa_label
 from bnnprune.metrics import format_bytes
 from bnnprune.phases import MachineRecord, ModelRecord
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["render_report", "speed_table", "write_report"]
 
 
 def _row(r: ModelRecord, base: ModelRecord) -> str:
@@ -42,6 +43,70 @@ def methods_table(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ratio(v: float | None, base: float | None) -> str:
+    return f"{v / base:.3f}" if v is not None and base else "-"
+
+
+def _bytes(v: int | None) -> str:
+    return f"{v:,} B" if v is not None else "-"
+
+
+def speed_table(results: dict[str, Any]) -> list[str]:
+    """Every timed model on the packed engine: median latency and its ratio to the baseline
+    at each batch size, the C export's flash and RAM, and how often its top-1 equals
+    PyTorch's; [] when the run measured none (``prune.speed`` off, older results)."""
+    engine, speed = results.get("engine"), results.get("speed")
+    if not engine:
+        return []
+    if "error" in engine:
+        return [f"Not measured: the engine cannot compile the model ({engine['error']})."]
+    batches = list(speed["repeats"])
+    base = engine["models"][0]
+    lines = [
+        "| model | " + " | ".join(f"batch {b} ms | ratio" for b in batches)
+        + " | C flash | ratio | C RAM | ratio | top-1 = PyTorch |",
+        "|---|" + "---:|---:|" * len(batches) + "---:|---:|---:|---:|---:|",
+    ]
+    for e, t in zip(engine["models"], speed["models"], strict=True):
+        times = " | ".join(f"{t['latency_s'][b] * 1e3:.3f} | {t['latency_ratio'][b]:.3f}"
+                           for b in batches)
+        lines.append(
+            f"| {e['label']} | {times} | {_bytes(e['flash_bytes'])} "
+            f"| {_ratio(e['flash_bytes'], base['flash_bytes'])} | {_bytes(e['ram_bytes'])} "
+            f"| {_ratio(e['ram_bytes'], base['ram_bytes'])} | {e['agreement']:.1%} |")
+    return lines
+
+
+def speed_note(results: dict[str, Any]) -> str:
+    """Where and how the latencies of :func:`speed_table` were measured, in one paragraph."""
+    speed, engine = results["speed"], results["engine"]
+    reps = " and ".join(f"{n} runs at batch {b}" for b, n in speed["repeats"].items())
+    return (
+        f"Packed XNOR/popcount engine on {speed['cpu']} ({isa_label(speed['isa'])}), "
+        f"{speed['threads']} thread(s): medians of {reps}, every model interleaved in one run, "
+        "so each ratio to the baseline comes from the same machine load. These are wall-clock "
+        "times of this machine under its load at the time; `bnnprune bench PRUNED.bnn "
+        "--baseline UNPRUNED.bnn` measures a pair in detail. C flash and RAM: the const data and "
+        "the scratch arena of `bnnprune export --format c` (code not included). top-1 = "
+        f"PyTorch: share of {engine['images_checked']} test images on which the engine predicts "
+        f"PyTorch's class. The section took {speed['cpu_seconds']:.1f} s of CPU time."
+    )
+
+
+def _speed_sentence(results: dict[str, Any]) -> list[str]:
+    """The pruned model's engine latency and C flash against the baseline's, in one line."""
+    speed, engine = results.get("speed"), results.get("engine")
+    if not speed:
+        return []
+    at = " and ".join(f"{v:.2f}x (batch {b})"
+                      for b, v in speed["models"][1]["latency_ratio"].items())
+    pruned, base = engine["models"][1], engine["models"][0]
+    return [f"**Speed:** {results['method']}'s latency on the packed engine is {at} the "
+            f"baseline's ({speed['cpu']}, wall-clock, one interleaved run); its C export needs "
+            f"{_ratio(pruned['flash_bytes'], base['flash_bytes'])}x the flash and "
+            f"{_ratio(pruned['ram_bytes'], base['ram_bytes'])}x the RAM.", ""]
+
+
 def _budget_sentence(results: dict[str, Any]) -> str:
     budget = results.get("unpruned_budget")
     if not budget:
@@ -68,6 +133,14 @@ def _identical_plans(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _speed_section(results: dict[str, Any]) -> list[str]:
+    table = speed_table(results)
+    if not table:
+        return []
+    note = [speed_note(results), ""] if results.get("speed") else []
+    return ["## Engine speed and C footprint", "", *table, "", *note]
+
+
 def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
     cfg = results["config"]
     base = ModelRecord.from_dict(results["baseline"])
@@ -92,6 +165,7 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         "between methods of a few tenths of a point are within seed-to-seed noise; "
         "`bnnprune sweep` compares methods over several seeds with paired intervals.",
         "",
+        *_speed_sentence(results),
         *_identical_plans(results),
         "## Accuracy, BOPs and memory",
         "",
@@ -101,6 +175,7 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
         "with the same epochs and schedule; `unpruned + N epochs` gives the unpruned model the "
         "same total training budget.",
         "",
+        *_speed_section(results),
         "## Channels per binary layer",
         "",
         "| layer | before | after | p_l (insensitive fraction) |",
@@ -139,13 +214,21 @@ def render_report(results: dict[str, Any], plots: dict[str, str]) -> str:
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     """Draw the plots and write report.md into ``out_dir``."""
-    from bnnprune.report.plots import plot_accuracy_vs_bops, plot_channels
+    from bnnprune.report.plots import (
+        plot_accuracy_vs_bops,
+        plot_accuracy_vs_latency,
+        plot_channels,
+    )
 
     out = Path(out_dir)
     points = [r.to_dict() for r in model_records(results)]
     plot_accuracy_vs_bops(points, points[0]["bops"], out / "accuracy_vs_bops.png")
     plot_channels(points[0]["channels"], results["pruned"]["channels"], out / "channels.png")
-    plots = {"accuracy vs BOPs": "accuracy_vs_bops.png", "channels": "channels.png"}
+    plots = {"accuracy vs BOPs": "accuracy_vs_bops.png"}
+    if results.get("speed"):
+        plot_accuracy_vs_latency(points, results["speed"], out / "accuracy_vs_latency.png")
+        plots["accuracy vs engine latency"] = "accuracy_vs_latency.png"
+    plots["channels"] = "channels.png"
     for title, file in (
         ("flip-count histograms", "flip_histograms.png"),
         ("flip ratio over training", "flip_ratio.png"),

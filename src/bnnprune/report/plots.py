@@ -1,4 +1,5 @@
-"""Plots (matplotlib): flip ratios over training, flip-count histograms, accuracy vs BOPs.
+"""Plots (matplotlib): flip ratios over training, flip-count histograms, accuracy vs BOPs
+and vs engine latency.
 
 The library never chooses matplotlib's backend (a notebook keeps its own); the CLI picks
 Agg before it draws anything.
@@ -17,6 +18,7 @@ from bnnprune.flips import FlipTracker
 
 __all__ = [
     "plot_accuracy_vs_bops",
+    "plot_accuracy_vs_latency",
     "plot_channels",
     "plot_flip_histograms",
     "plot_flip_ratios",
@@ -97,16 +99,18 @@ def plot_channels(before: dict[str, int], after: dict[str, int], path: str | Pat
     return save_figure(fig, path)
 
 
+MARKERS = "o^sDvP*X"  # one per model, in the order of the report's table, on every plot
+
+
 def plot_accuracy_vs_bops(points: list[dict], baseline_bops: float, path: str | Path) -> Path:
     """Test accuracy against BOPs (relative to the unpruned baseline), one marker per method."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    markers = "o^sDvP*X"
     for i, pt in enumerate(points):
         ax.scatter(
             100 * pt["bops"] / baseline_bops,
             100 * pt["test_acc"],
             s=60,
-            marker=markers[i % len(markers)],
+            marker=MARKERS[i % len(MARKERS)],
             label=pt["label"],
             zorder=3,
         )
@@ -115,6 +119,30 @@ def plot_accuracy_vs_bops(points: list[dict], baseline_bops: float, path: str | 
     ax.set_title("Accuracy vs binary operations")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_accuracy_vs_latency(points: list[dict], speed: dict, path: str | Path) -> Path:
+    """Test accuracy against packed-engine latency (relative to the unpruned baseline), one
+    panel per batch size; ``points`` as for :func:`plot_accuracy_vs_bops` (same markers), and
+    those ``speed["models"]`` does not time are left out."""
+    ratios = {m["label"]: m["latency_ratio"] for m in speed["models"]}
+    batches = list(speed["repeats"])
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4.2), squeeze=False,
+                             sharey=True)
+    for ax, b in zip(axes.flat, batches):
+        for i, pt in enumerate(points):
+            if pt["label"] in ratios:
+                ax.scatter(100 * ratios[pt["label"]][b], 100 * pt["test_acc"], s=60,
+                           marker=MARKERS[i % len(MARKERS)], label=pt["label"], zorder=3,
+                           color=f"C{i % 10}")
+        ax.set_xlabel(f"engine latency, batch {b} (% of unpruned)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("test accuracy (%)")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"Accuracy vs packed-engine latency ({speed['cpu']}, {speed['threads']} "
+                 "thread(s); wall-clock)")
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
