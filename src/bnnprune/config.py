@@ -355,7 +355,7 @@ class SweepSection:
             raise ConfigError(f"unknown sweep.flip_choices {bad}; choose from {', '.join(CHOICES)}")
         if self.speed_repeats < 1:
             raise ConfigError("sweep.speed_repeats must be >= 1")
-        if self.paper_scratch and not any(m.policy == "paper" for m in self.method_list):
+        if self.paper_scratch and not any(m.policy.iterates for m in self.method_list):
             raise ConfigError("sweep.paper_scratch retrains the paper policy from scratch: "
                               "add a paper method (e.g. paper+wff) to sweep.methods")
 

@@ -277,7 +277,7 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
     ``prune.max_rounds`` rounds are done. Round r trains in ``folder_of(r)``. With
     ``prune.target_latency`` the plan is searched on ``latency_model`` (built for ``base``)."""
     p = cfg.prune
-    paper = method.policy == "paper"
+    paper = method.policy.iterates
     rounds = p.max_rounds if paper else 1
     device = next(base.parameters()).device
     tcfg = retrain_config(cfg, p.retrain_epochs, track=paper and cfg.train.track_last > 0)

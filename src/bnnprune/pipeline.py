@@ -101,7 +101,7 @@ def run_pipeline(
                            keep_fp=p.keep_fp, progress=log)
     res = prune_rounds(
         method, base, sens, ds, cfg, p.target,
-        lambda r: out / (f"pruned-round{r}" if method.policy == "paper" else "pruned"),
+        lambda r: out / (f"pruned-round{r}" if method.policy.iterates else "pruned"),
         log, progress, cfg.train.seed, latency_model=lm, tensorboard=tb)
     phases["pruned"] = time.perf_counter() - t0
     rounds = res.records

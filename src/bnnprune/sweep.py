@@ -452,7 +452,7 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Ce
     for seed in s.seeds:
         cells = [Cell("premise", seed)] if s.flip_percents and s.flip_choices else []
         for m in s.method_list:
-            if m.policy == "paper":
+            if not m.policy.targets:  # the policy's own reduction
                 cells.append(Cell("prune", seed, m, None))
             else:
                 cells += [Cell("prune", seed, m, r) for r in s.reductions]
@@ -462,7 +462,7 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Ce
             cells.append(Cell("budget", seed))
         deps[seed] = cells
     late = [Cell("prune", seed, m, None, "scratch") for seed in s.seeds
-            for m in s.method_list if m.policy == "paper" and s.paper_scratch]
+            for m in s.method_list if m.policy.iterates and s.paper_scratch]
     return baselines, deps, late
 
 
