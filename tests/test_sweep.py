@@ -296,14 +296,13 @@ def test_paper_retraining_is_paired_on_the_first_round() -> None:
 
 def test_pruned_copy_from_scratch_is_seeded() -> None:
     from bnnprune.models import build_model
-    from bnnprune.phases import pruned_copy
-    from bnnprune.prune import make_plan
+    from bnnprune.prune import prune_once
 
     base = build_model("small", width=0.25)
-    plan = make_plan(base, (1, 28, 28), "uniform", target=0.3)
-    fine = pruned_copy(base, plan, "magnitude", None, PruneConfig(), seed=0)
-    a, b, c = (pruned_copy(base, plan, "magnitude", None, PruneConfig(from_scratch=True),
-                           seed=s) for s in (3, 3, 4))
+    method = Method("uniform", "magnitude")
+    fine = prune_once(base, method, (1, 28, 28), target=0.3, seed=0).model
+    a, b, c = (prune_once(base, method, (1, 28, 28), target=0.3, seed=s,
+                          from_scratch=True).model for s in (3, 3, 4))
     wa, wb, wc, wf = (dict(m.state_dict()) for m in (a, b, c, fine))
     conv = next(k for k in wa if k.endswith("weight") and wa[k].dim() == 4)
     assert torch.equal(wa[conv], wb[conv])  # same seed, same fresh weights

@@ -351,14 +351,7 @@ def _print_plan(plan: Any) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
-    from bnnprune.prune import (
-        RECORD_HINT,
-        apply_plan,
-        compute_sensitivity,
-        get_criterion,
-        make_plan,
-        with_gradient_data,
-    )
+    from bnnprune.prune import RECORD_HINT, PlanOptions, compute_sensitivity, prune_once
     from bnnprune.prune.methods import Method
     from bnnprune.train.checkpoint import save_checkpoint
 
@@ -380,10 +373,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CliError("--target-latency needs --policy target or uniform")
     method = Method(args.policy, args.criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
-    kw = {"seed": args.seed} if args.criterion == "random" else {}
-    crit = get_criterion(args.criterion, **kw)
-    if crit.needs_grads:  # e.g. tp:taylor: gradients on a few training batches
-        crit = with_gradient_data(crit, _dataset_for_checkpoint(ckpt, args))
+    # e.g. tp:taylor: gradients on a few training batches
+    data = _dataset_for_checkpoint(ckpt, args) if method.needs_data else None
     sens = None
     if method.needs_flips:
         sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
@@ -394,20 +385,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
         lm = latency_model(model, shape, batch=args.latency_batch, threads=args.latency_threads,
                            keep_fp=args.keep_fp, progress=lambda s: _say(s, flush=True))
-    plan = make_plan(
-        model,
-        shape,
-        args.policy,
-        sensitivity=sens,
-        target=args.target_bops,
-        round_to=args.round_to,
-        min_channels=args.min_channels,
-        exclude=exclude,
-        keep_fp=args.keep_fp,
-        target_latency=args.target_latency,
-        latency_model=lm,
-    )
-    pruned = apply_plan(model, plan, crit, sens).model
+    options = PlanOptions(round_to=args.round_to, min_channels=args.min_channels,
+                          exclude=exclude, keep_fp=args.keep_fp)
+    plan, pruned = prune_once(model, method, shape, sensitivity=sens, target=args.target_bops,
+                              options=options, target_latency=args.target_latency,
+                              latency_model=lm, seed=args.seed, data=data)
     _print_plan(plan)
     out = _check_out_dir(args.output)
     if args.retrain_epochs > 0:

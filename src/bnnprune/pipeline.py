@@ -29,12 +29,11 @@ from bnnprune.phases import (
     MachineRecord,
     measure,
     prune_rounds,
-    pruned_copy,
     retrain_config,
     tracker_of,
     train_phase,
 )
-from bnnprune.prune import Sensitivity, compute_sensitivity, make_plan
+from bnnprune.prune import PlanOptions, Sensitivity, compute_sensitivity, prune_once
 from bnnprune.train import dist
 
 __all__ = ["run_pipeline"]
@@ -115,9 +114,9 @@ def run_pipeline(
     # ---- baselines at the same BOPs and the same training budget
     compared = []
     for m in p.compare_methods:
-        plan = make_plan(base, shape, m.policy, sensitivity=sens, target=achieved,
-                         **p.plan_options)
-        pruned = pruned_copy(base, plan, m.criterion, sens, p, cfg.train.seed, ds)
+        plan, pruned = prune_once(base, m, shape, sensitivity=sens, target=achieved,
+                                  options=PlanOptions(**p.plan_options), seed=cfg.train.seed,
+                                  data=ds, from_scratch=p.from_scratch)
         name = f"compare-{m.spec}"
         timed_phase(name, pruned, retrain_cfg, plan)
         rec = measure(m.spec, pruned, ds, device, plan=plan.to_dict(),

@@ -56,15 +56,13 @@ from bnnprune.phases import (
     measure,
     normalized,
     prune_rounds,
-    reinit,
     retrain_config,
     tracker_of,
     train_phase,
 )
-from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune import PlanOptions, compute_sensitivity, make_plan, prune_once
 from bnnprune.prune.methods import Method
 from bnnprune.prune.premise import premise_curve
-from bnnprune.seeding import seed_everything
 from bnnprune.stats import paired_difference, spearman
 from bnnprune.train import evaluate, load_model, resolve_device
 
@@ -379,10 +377,9 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
     if cell.kind == "scratch":
-        plan = make_plan(base, shape, "uniform", target=cell.reduction, **p.plan_options)
-        model = apply_plan(base, plan, "magnitude").model
-        seed_everything(cell.seed)
-        reinit(model)
+        plan, model = prune_once(base, Method("uniform", "magnitude"), shape,
+                                 target=cell.reduction, options=PlanOptions(**p.plan_options),
+                                 seed=cell.seed, from_scratch=True)
         total = cfg.train.epochs + p.retrain_epochs
         t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
         train_phase(cell.name, model, ds, t_scratch, seed_dir / cell.name, scfg, quiet, False,

@@ -5,6 +5,9 @@ Typical use::
     sens = compute_sensitivity(tracker, model)                 # or tracker.state_dict()
     plan = make_plan(model, (3, 32, 32), "target", sensitivity=sens, target=0.4, round_to=32)
     result = apply_plan(model, plan, "wff", sens)              # result.model is pruned
+    # or both steps at once, as the CLI, run and sweep do:
+    plan, pruned = prune_once(model, parse_method("target+wff"), (3, 32, 32),
+                              sensitivity=sens, target=0.4)
 
 Criteria follow Torch-Pruning's convention (lower importance = pruned): ``WFFImportance``
 and friends plug into Torch-Pruning's pruners, and ``"tp:lamp"``-style names bring its
@@ -30,6 +33,8 @@ from bnnprune.prune.interop import (
     TorchPruningCriterion,
     WFFImportance,
 )
+from bnnprune.prune.methods import Method, MethodError, parse_method, parse_methods
+from bnnprune.prune.once import Pruned, prune_once, reinit
 from bnnprune.prune.policies import (
     DEFAULT_TOLERANCE,
     POLICIES,
@@ -75,11 +80,14 @@ __all__ = [
     "Criterion",
     "CriterionImportance",
     "Magnitude",
+    "Method",
+    "MethodError",
     "MagnitudeImportance",
     "ChannelPlan",
     "PlanOptions",
     "Policy",
     "PruneResult",
+    "Pruned",
     "PruningSpace",
     "Random",
     "RandomImportance",
@@ -97,12 +105,16 @@ __all__ = [
     "get_criterion",
     "get_policy",
     "make_plan",
+    "parse_method",
+    "parse_methods",
     "plan_manual",
     "plan_paper",
     "plan_target",
     "plan_uniform",
     "prune_channels",
+    "prune_once",
     "register_criterion",
     "register_policy",
+    "reinit",
     "select_channels",
 ]

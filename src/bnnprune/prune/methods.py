@@ -73,6 +73,11 @@ class Method:
     def needs_flips(self) -> bool:
         return "flips" in self.needs
 
+    @property
+    def needs_data(self) -> bool:
+        """True when the criterion computes gradients on training batches (``tp:taylor``)."""
+        return bool(get_criterion(self.criterion).needs_grads)
+
     def require(self, has_flips: bool, fix: str = RECORD_HINT) -> None:
         """Raise :class:`MethodError` when the method needs flip data that is not there."""
         if self.needs_flips and not has_flips:

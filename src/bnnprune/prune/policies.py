@@ -31,6 +31,7 @@ from bnnprune.prune.sensitivity import RECORD_HINT, Sensitivity
 
 __all__ = [
     "AUTO",
+    "DEFAULTS",
     "DEFAULT_TOLERANCE",
     "POLICIES",
     "ChannelPlan",
@@ -190,6 +191,9 @@ class PlanOptions:
     exclude: Iterable[str] = ()  # layers whose groups stay unchanged
     keep_fp: bool = False  # keep full-precision producers unpruned
     tolerance: float = DEFAULT_TOLERANCE  # of the BOPs reduction (or latency ratio) reached
+
+
+DEFAULTS = PlanOptions()  # the library's plan options, as every signature below spells them
 
 
 class _Planner:
@@ -434,7 +438,7 @@ class Policy:
         sensitivity: Sensitivity | None = None,
         target: float | None = None,
         *,
-        options: PlanOptions = PlanOptions(),
+        options: PlanOptions = DEFAULTS,
         target_latency: float | None = None,
         latency_model: Any = None,
     ) -> ChannelPlan:
@@ -585,21 +589,18 @@ def _options(round_to: int | str, min_channels: int | None, exclude: Iterable[st
                        keep_fp=keep_fp, tolerance=tolerance)
 
 
-_D = PlanOptions()  # the defaults the functions below spell out in their signatures
-
-
 def plan_paper(
     model: nn.Module,
     input_shape: InputShape,
     sensitivity: Sensitivity,
     *,
-    round_to: int | str = _D.round_to,
-    min_channels: int | None = _D.min_channels,
-    exclude: Iterable[str] = _D.exclude,
-    keep_fp: bool = _D.keep_fp,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
 ) -> ChannelPlan:
     """The paper's rule: each group keeps round(C * (1 - p)) channels."""
-    opts = _options(round_to, min_channels, exclude, keep_fp, _D.tolerance)
+    opts = _options(round_to, min_channels, exclude, keep_fp, DEFAULTS.tolerance)
     return POLICIES["paper"].plan(model, input_shape, sensitivity, options=opts)
 
 
@@ -609,11 +610,11 @@ def plan_target(
     sensitivity: Sensitivity,
     target: float,
     *,
-    round_to: int | str = _D.round_to,
-    min_channels: int | None = _D.min_channels,
-    exclude: Iterable[str] = _D.exclude,
-    keep_fp: bool = _D.keep_fp,
-    tolerance: float = _D.tolerance,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
+    tolerance: float = DEFAULTS.tolerance,
 ) -> ChannelPlan:
     """Reach a BOPs reduction ``target`` in one shot, cutting groups in proportion to p.
 
@@ -629,11 +630,11 @@ def plan_uniform(
     input_shape: InputShape,
     target: float,
     *,
-    round_to: int | str = _D.round_to,
-    min_channels: int | None = _D.min_channels,
-    exclude: Iterable[str] = _D.exclude,
-    keep_fp: bool = _D.keep_fp,
-    tolerance: float = _D.tolerance,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
+    tolerance: float = DEFAULTS.tolerance,
 ) -> ChannelPlan:
     """Cut every group by the same ratio, found by bisection to reach ``target``."""
     opts = _options(round_to, min_channels, exclude, keep_fp, tolerance)
@@ -679,10 +680,10 @@ def plan_latency(
     sensitivity: Sensitivity | None = None,
     *,
     policy: str = "target",
-    min_channels: int | None = _D.min_channels,
-    exclude: Iterable[str] = _D.exclude,
-    keep_fp: bool = _D.keep_fp,
-    tolerance: float = _D.tolerance,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
+    tolerance: float = DEFAULTS.tolerance,
 ) -> ChannelPlan:
     """Reach a predicted engine latency of ``target_latency`` x the unpruned one.
 
@@ -702,11 +703,11 @@ def make_plan(
     *,
     sensitivity: Sensitivity | None = None,
     target: float | None = None,
-    round_to: int | str = _D.round_to,
-    min_channels: int | None = _D.min_channels,
-    exclude: Iterable[str] = _D.exclude,
-    keep_fp: bool = _D.keep_fp,
-    tolerance: float = _D.tolerance,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
+    tolerance: float = DEFAULTS.tolerance,
     target_latency: float | None = None,
     latency_model: Any = None,
 ) -> ChannelPlan:
