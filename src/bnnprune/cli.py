@@ -20,6 +20,7 @@ from bnnprune.config import ConfigError, ExperimentConfig, PruneConfig, load_con
 from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset, load_from_config
 from bnnprune.lock import FolderBusy, hold_folder
 from bnnprune.models import MODELS, build_from_config, build_model
+from bnnprune.prune.policies import POLICIES
 from bnnprune.train import (
     CheckpointError,
     TrainingError,
@@ -353,6 +354,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
     from bnnprune.prune import RECORD_HINT, PlanOptions, compute_sensitivity, prune_once
     from bnnprune.prune.methods import Method
+    from bnnprune.prune.policies import get_policy
     from bnnprune.train.checkpoint import save_checkpoint
 
     model, ckpt = load_model(args.checkpoint)
@@ -369,7 +371,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        else PruneConfig().policy)
     if args.criterion is None:
         args.criterion = "wff" if args.policy == "paper" else PruneConfig().criterion
-    if args.target_latency is not None and args.policy == "paper":
+    if args.target_latency is not None and "latency" not in get_policy(args.policy).targets:
         raise CliError("--target-latency needs --policy target or uniform")
     method = Method(args.policy, args.criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
@@ -430,8 +432,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bnnprune.config import RunConfig
+    from bnnprune.prune.resolve import resolve_run
 
     cfg = _experiment_config(args, RunConfig)
+    resolve_run(cfg)  # the methods and their data needs, before the output folder is held
     with contextlib.ExitStack() as held:  # one writer per run folder, until the report is out
         return _run(args, cfg, held)
 
@@ -473,10 +477,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
     from bnnprune.config import SweepConfig
+    from bnnprune.prune.resolve import resolve_sweep
     from bnnprune.report.sweep import write_sweep_report
     from bnnprune.sweep import run_sweep
 
     cfg = _experiment_config(args, SweepConfig)
+    resolve_sweep(cfg)  # the methods and their data needs, before anything is written
     if args.list_cells or args.cell is not None:
         return _sweep_one_cell(args, cfg)
     with contextlib.ExitStack() as held:  # spawned cell workers run under this lock
@@ -703,7 +709,7 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     """Pruning flags; ``method=False`` leaves out those choosing one method (sweep)."""
     g = p.add_argument_group("pruning")
     if method:
-        g.add_argument("--policy", dest="prune.policy", choices=["paper", "target", "uniform"])
+        g.add_argument("--policy", dest="prune.policy", choices=list(POLICIES))
         g.add_argument(
             "--target-bops",
             dest="prune.target",
@@ -855,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("checkpoint")
     pr.add_argument("-o", "--output", required=True)
-    pr.add_argument("--policy", choices=["paper", "target", "uniform"], default=None)
+    pr.add_argument("--policy", choices=list(POLICIES), default=None)
     pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
     pr.add_argument("--target-latency", type=_latency_target,
                     help="fraction of the unpruned engine latency to reach, in (0, 1)")

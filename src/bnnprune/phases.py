@@ -30,8 +30,9 @@ from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
 from bnnprune.machine import cpu_name
 from bnnprune.metrics import binary_channels, summarize
-from bnnprune.prune import PlanOptions, Sensitivity, compute_sensitivity, prune_once
+from bnnprune.prune import Sensitivity, compute_sensitivity, prune_once
 from bnnprune.prune.methods import Method
+from bnnprune.prune.resolve import plan_options
 from bnnprune.train import TrainResult, dist, evaluate, load_checkpoint, resolve_device, train
 
 __all__ = [
@@ -260,7 +261,7 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
         by_latency = p.target_latency is not None
         plan, pruned = prune_once(
             model, method, tuple(ds.input_shape), sensitivity=cur,
-            target=None if by_latency else target, options=PlanOptions(**p.plan_options),
+            target=None if by_latency else target, options=plan_options(p),
             target_latency=p.target_latency, latency_model=latency_model, seed=seed, data=ds,
             from_scratch=p.from_scratch)
         if plan.bops_after >= plan.bops_before:

@@ -33,7 +33,8 @@ from bnnprune.phases import (
     tracker_of,
     train_phase,
 )
-from bnnprune.prune import PlanOptions, Sensitivity, compute_sensitivity, prune_once
+from bnnprune.prune import Sensitivity, compute_sensitivity, prune_once
+from bnnprune.prune.resolve import resolve_run
 from bnnprune.train import dist
 
 __all__ = ["run_pipeline"]
@@ -53,7 +54,7 @@ def run_pipeline(
     everything else is computed identically on every rank, and only rank 0 writes files.
         ``tensorboard``: a folder that gets one TensorBoard run per training phase.
     """
-    cfg.validate()  # every method's data needs are checked here, before anything trains
+    setup = resolve_run(cfg)  # every method's data needs are checked here, before training
     out = Path(out_dir)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def run_pipeline(
         log(f"{name}: test {rec.test_acc:.2%}, BOPs -{1 - rec.bops / baseline.bops:.1%}")
 
     # ---- the chosen method (paper: iterate; target/uniform: one shot)
-    method = p.method
+    method = setup.method
     t0 = time.perf_counter()
     lm = None
     if p.target_latency is not None:  # the engine's latency tables of this machine
@@ -113,9 +114,9 @@ def run_pipeline(
 
     # ---- baselines at the same BOPs and the same training budget
     compared = []
-    for m in p.compare_methods:
+    for m in setup.compare:
         plan, pruned = prune_once(base, m, shape, sensitivity=sens, target=achieved,
-                                  options=PlanOptions(**p.plan_options), seed=cfg.train.seed,
+                                  options=setup.options, seed=cfg.train.seed,
                                   data=ds, from_scratch=p.from_scratch)
         name = f"compare-{m.spec}"
         timed_phase(name, pruned, retrain_cfg, plan)

@@ -17,6 +17,7 @@ from bnnprune.nn import BinaryConv2d
 from bnnprune.prune import analyze, apply_plan, plan_uniform
 from bnnprune.prune.latency import kernel_counts
 from bnnprune.prune.policies import check_round_to
+from bnnprune.prune.resolve import resolve_prune
 
 SMALL = (1, 28, 28)
 
@@ -95,7 +96,7 @@ def test_bad_round_to_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="round_to must be"):
         check_round_to(bad)
     with pytest.raises(ConfigError, match="round_to"):
-        PruneConfig(round_to=bad).validate()  # type: ignore[arg-type]
+        resolve_prune(PruneConfig(round_to=bad))  # type: ignore[arg-type]
 
 
 def test_round_to_defaults_and_config_values(tmp_path: Path) -> None:
