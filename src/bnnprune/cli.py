@@ -20,7 +20,7 @@ from bnnprune.config import ConfigError, ExperimentConfig, PruneConfig, load_con
 from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset, load_from_config
 from bnnprune.lock import FolderBusy, hold_folder
 from bnnprune.models import MODELS, build_from_config, build_model
-from bnnprune.prune.policies import POLICIES
+from bnnprune.prune.policies import DEFAULTS, POLICIES
 from bnnprune.train import (
     CheckpointError,
     TrainingError,
@@ -874,9 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "tp:lamp, ...) or pkg.module:Class (default: wff with the paper policy, "
                     "else the default of bnnprune run)")
     pr.add_argument("--threshold", type=int, default=PruneConfig.threshold)
-    pr.add_argument("--round-to", type=_round_to, default=PruneConfig.round_to,
+    pr.add_argument("--round-to", type=_round_to, default=DEFAULTS.round_to,
                     help=ROUND_TO_HELP)
-    pr.add_argument("--min-channels", type=int, default=None)
+    pr.add_argument("--min-channels", type=int, default=DEFAULTS.min_channels)
     pr.add_argument("--exclude", help="comma-separated layer names not to prune")
     pr.add_argument("--keep-fp", action="store_true",
                     help="do not prune full-precision layers that feed only binary layers")

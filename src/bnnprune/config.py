@@ -194,7 +194,8 @@ class PruneConfig:
     criterion: str = "flip_magnitude"  # which channels go (see bnnprune.prune.CRITERIA)
     threshold: int = 0  # a weight is insensitive when it flipped more than this
     # channel counts: "auto" keeps those the engine's kernels pay for (8-channel output
-    # vectors, 64-bit input words, dense patch rows); N keeps multiples of N
+    # vectors, 64-bit input words, dense patch rows); N keeps multiples of N. The library's
+    # default (bnnprune.prune.DEFAULTS), held equal by tests/prune/test_round_auto.py
     round_to: int | str = "auto"
     min_channels: int = 1
     exclude: list[str] = field(default_factory=list)  # binary layers never pruned

@@ -52,7 +52,7 @@ def test_paper_policy_rounds_and_clamps_to_the_minimum() -> None:
     model = chain()
     counts = counts_with_fraction(model, {"2": 0.25, "4": 0.35, "6": 1.0})
     sens = compute_sensitivity(counts, model, steps=1)
-    plan = plan_paper(model, SHAPE, sens)
+    plan = plan_paper(model, SHAPE, sens, round_to=1)
     # 8 * (1 - 0.25) = 6; 10 * (1 - 0.35) = 6.5 -> 7 (half up); 6 * (1 - 1) = 0 -> clamped to 1;
     # the fp conv "0" feeds only "2": p of its consumer, 4 * (1 - 0.25) = 3
     assert plan.keep == {"0": 3, "2": 6, "4": 7, "6": 1}
@@ -60,7 +60,7 @@ def test_paper_policy_rounds_and_clamps_to_the_minimum() -> None:
     assert plan.clamped == {"6": 0}
     assert plan.notes() == ["6: the paper policy asked for 0 channel(s); clamped to the minimum 1"]
     assert plan.bops_after == analyze(model, SHAPE).bops_for([3, 6, 7, 1]) < plan.bops_before
-    kept = plan_paper(model, SHAPE, sens, keep_fp=True)  # the pre-fp-pruning plan
+    kept = plan_paper(model, SHAPE, sens, keep_fp=True, round_to=1)  # the pre-fp-pruning plan
     assert kept.keep == {"2": 6, "4": 7, "6": 1}
     # float MACs: fp conv 3*9*4 per pixel on 8x8 = 6912, classifier 6*3 = 18
     assert (kept.float_macs_before, kept.float_macs_after) == (6912 + 18, 6912 + 1 * 3)
@@ -74,7 +74,7 @@ def test_paper_policy_respects_min_channels_and_exclude() -> None:
     model = chain()
     sens = compute_sensitivity(counts_with_fraction(model, {"2": 0.9, "4": 0.9, "6": 0.9}), model,
                                steps=1)
-    plan = plan_paper(model, SHAPE, sens, min_channels=3, exclude=["4"])
+    plan = plan_paper(model, SHAPE, sens, min_channels=3, exclude=["4"], round_to=1)
     # round(0.4) = 0, round(0.8) = 1 and round(0.6) = 1 -> 3
     assert plan.keep == {"0": 3, "2": 3, "4": 10, "6": 3}
     assert plan.excluded == ("4",)
@@ -100,11 +100,11 @@ def test_target_meets_bops_and_uniform_matches_it_on_every_zoo_model(
 ) -> None:
     model, shape = zoo(name)
     sens = compute_sensitivity(make_counts(model, seed=1), model, steps=20)
-    plan = plan_target(model, shape, sens, 0.4)
+    plan = plan_target(model, shape, sens, 0.4, round_to=1)
     assert plan.bops_before == count_bops(model, shape)
     assert abs(plan.reduction - 0.4) <= 0.01 and plan.reached
     assert plan.bops_after == analyze(model, shape).bops_for(list(plan.group_keep().values()))
-    uni = plan_uniform(model, shape, plan.reduction)
+    uni = plan_uniform(model, shape, plan.reduction, round_to=1)
     assert abs(uni.reduction - plan.reduction) <= 0.01
     # uniform: every group cut by (nearly) the same ratio; rounding moves a group a channel or two
     for g in uni.groups:
@@ -115,7 +115,7 @@ def test_target_cuts_in_proportion_to_p_and_never_cuts_layers_without_flips() ->
     model = chain()
     sens = compute_sensitivity(counts_with_fraction(model, {"2": 0.4, "4": 0.2, "6": 0.0}), model,
                                steps=1)
-    plan = plan_target(model, SHAPE, sens, 0.3)
+    plan = plan_target(model, SHAPE, sens, 0.3, round_to=1)
     assert plan.reached
     assert plan.keep["6"] == 6
     cut2, cut4 = 1 - plan.keep["2"] / 8, 1 - plan.keep["4"] / 10

@@ -37,6 +37,7 @@ from bnnprune.prune.methods import Method, MethodError, parse_method, parse_meth
 from bnnprune.prune.once import Pruned, prune_once, reinit
 from bnnprune.prune.policies import (
     DEFAULT_TOLERANCE,
+    DEFAULTS,
     POLICIES,
     ChannelPlan,
     PlanOptions,
@@ -68,6 +69,7 @@ from bnnprune.prune.surgery import PruneResult, apply_plan, carry_flip_counts, p
 __all__ = [
     "CRITERIA",
     "DEFAULT_THRESHOLD",
+    "DEFAULTS",
     "DEFAULT_TOLERANCE",
     "POLICIES",
     "RECORD_HINT",

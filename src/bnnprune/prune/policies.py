@@ -184,9 +184,11 @@ class _Allowed:
 @dataclass(frozen=True)
 class PlanOptions:
     """How a plan rounds and limits its counts; the library's defaults of these settings
-    (``make_plan``, the ``plan_*`` functions and the CLI's ``prune`` command read them here)."""
+    (``make_plan``, the ``plan_*`` functions and the CLI's ``prune`` command read them here,
+    and ``PruneConfig`` is held to them by a test: config.py may not import this module)."""
 
-    round_to: int | str = 1  # a whole number >= 1 or AUTO
+    # a whole number >= 1, or AUTO: the counts the engine's kernels pay for
+    round_to: int | str = AUTO
     min_channels: int | None = None  # None: at least one rounding step
     exclude: Iterable[str] = ()  # layers whose groups stay unchanged
     keep_fp: bool = False  # keep full-precision producers unpruned
