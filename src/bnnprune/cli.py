@@ -21,6 +21,7 @@ from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset, l
 from bnnprune.lock import FolderBusy, hold_folder
 from bnnprune.models import MODELS, build_from_config, build_model
 from bnnprune.prune.policies import DEFAULTS, POLICIES
+from bnnprune.prune.sensitivity import DEFAULT_THRESHOLD
 from bnnprune.train import (
     CheckpointError,
     TrainingError,
@@ -354,7 +355,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
     from bnnprune.prune import RECORD_HINT, PlanOptions, compute_sensitivity, prune_once
     from bnnprune.prune.methods import Method
-    from bnnprune.prune.policies import get_policy
+    from bnnprune.prune.policies import get_policy, taking
     from bnnprune.train.checkpoint import save_checkpoint
 
     model, ckpt = load_model(args.checkpoint)
@@ -372,7 +373,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.criterion is None:
         args.criterion = "wff" if args.policy == "paper" else PruneConfig().criterion
     if args.target_latency is not None and "latency" not in get_policy(args.policy).targets:
-        raise CliError("--target-latency needs --policy target or uniform")
+        raise CliError(f"--target-latency needs --policy {taking('latency')}")
     method = Method(args.policy, args.criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
     # e.g. tp:taylor: gradients on a few training batches
@@ -873,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wff, random, magnitude, bn_scale, flip_magnitude, tp:NAME (tp:taylor, "
                     "tp:lamp, ...) or pkg.module:Class (default: wff with the paper policy, "
                     "else the default of bnnprune run)")
-    pr.add_argument("--threshold", type=int, default=PruneConfig.threshold)
+    pr.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD)
     pr.add_argument("--round-to", type=_round_to, default=DEFAULTS.round_to,
                     help=ROUND_TO_HELP)
     pr.add_argument("--min-channels", type=int, default=DEFAULTS.min_channels)

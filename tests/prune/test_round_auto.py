@@ -14,7 +14,14 @@ from bnnprune.engine import kernels as K
 from bnnprune.metrics import binary_channels
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d
-from bnnprune.prune import DEFAULTS, analyze, apply_plan, get_policy, plan_uniform
+from bnnprune.prune import (
+    DEFAULT_THRESHOLD,
+    DEFAULTS,
+    analyze,
+    apply_plan,
+    get_policy,
+    plan_uniform,
+)
 from bnnprune.prune.latency import kernel_counts
 from bnnprune.prune.policies import check_round_to
 from bnnprune.prune.resolve import plan_options, resolve_prune
@@ -118,6 +125,7 @@ def test_library_cli_and_config_share_one_rounding_default() -> None:
     """make_plan without round_to plans what `bnnprune run` and `bnnprune prune` plan: one
     default (prune.policies.DEFAULTS); PruneConfig may not import it, so it is held here."""
     assert PruneConfig().round_to == DEFAULTS.round_to == "auto"
+    assert (PruneConfig().threshold, PruneConfig().keep_fp) == (DEFAULT_THRESHOLD, DEFAULTS.keep_fp)
     assert build_parser().parse_args(["prune", "m.pt", "-o", "o"]).round_to == DEFAULTS.round_to
     torch.manual_seed(0)
     model = build_model("small", in_channels=1, image_size=28)

@@ -46,6 +46,7 @@ __all__ = [
     "plan_target",
     "plan_uniform",
     "register_policy",
+    "taking",
 ]
 
 AUTO = "auto"  # round_to: the counts the engine's kernels pay for (prune.latency.kernel_counts)
@@ -483,7 +484,7 @@ class Policy:
         target_latency = check_latency_target(target_latency)
         if "latency" not in self.targets:
             raise ValueError(
-                f"a latency target needs the target or uniform policy, not {self.name!r}")
+                f"a latency target needs the {taking('latency')} policy, not {self.name!r}")
         pl = _Planner(model, input_shape, dataclasses.replace(options, round_to=1))
         lm = latency_model
         if [(g.name, g.channels) for g in lm.space.groups] != [
@@ -520,6 +521,13 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
     """Class decorator: make a :class:`Policy` subclass available by its ``name``."""
     POLICIES[cls.name] = cls()
     return cls
+
+
+def taking(kind: str) -> str:
+    """The registered policies that reach a ``kind`` target ("bops", "latency") in words:
+    ``target or uniform`` (messages name them from here, not from a list of their own)."""
+    names = [n for n, p in POLICIES.items() if kind in p.targets]
+    return " or ".join(filter(None, (", ".join(names[:-1]), "".join(names[-1:]))))
 
 
 def get_policy(name: str | Policy) -> Policy:

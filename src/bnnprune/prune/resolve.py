@@ -21,7 +21,7 @@ from bnnprune.config import (
     TrainConfig,
 )
 from bnnprune.prune.methods import Method, MethodError, parse_methods
-from bnnprune.prune.policies import PlanOptions, check_round_to
+from bnnprune.prune.policies import PlanOptions, check_round_to, taking
 from bnnprune.prune.premise import CHOICES
 
 __all__ = [
@@ -77,7 +77,7 @@ def resolve_prune(p: PruneConfig) -> PruneSetup:
         except ValueError as e:
             raise ConfigError(f"prune.target_latency: {e}") from None
         if "latency" not in method.policy.targets:
-            raise ConfigError("prune.target_latency needs the target or uniform policy")
+            raise ConfigError(f"prune.target_latency needs the {taking('latency')} policy")
     return PruneSetup(method, compare, plan_options(p), p.max_rounds)
 
 
