@@ -254,6 +254,10 @@ class _Planner:
     def active(self) -> list[int]:
         return [i for i in range(len(self.space.groups)) if i not in self.excluded]
 
+    def active_channels(self) -> list[int]:
+        """The current width of each active group."""
+        return [self.space.groups[i].channels for i in self.active()]
+
     def quantize(self, raws: Sequence[float], record: bool = False) -> list[int]:
         """Nearest allowed counts for the requested (real) counts of active groups."""
         keep = [g.channels for g in self.space.groups]
@@ -397,7 +401,6 @@ class _Allocation:
     """How a policy spreads a cut over the active groups: the requested counts at scale
     ``s`` (``raws_at``), the largest useful scale and the groups a touch-up may move."""
 
-    chans: list[int]
     raws_at: Callable[[float], list[float]]
     hi: float
     movable: list[int]
@@ -456,23 +459,23 @@ class Policy:
                                  "(bnnprune.prune.latency.latency_model)")
             return self._plan_latency(model, input_shape, sensitivity, target_latency,
                                       latency_model, options)
-        self._require(sensitivity, target)
+        self._require_flips(sensitivity)
         if "bops" in self.targets:
+            if target is None:
+                raise ValueError(f"the {self.name} policy needs a target BOPs reduction in (0, 1)")
             target = _check_target(target)
         pl = _Planner(model, input_shape, options)
         if not self.targets:
             return pl.plan(self.name, self._keep(pl, sensitivity))
         alloc = self._allocation(pl, sensitivity)
         if alloc is None:
-            return pl.plan(self.name, pl.quantize(self._chans(pl)), target=target, scale=0.0)
+            return pl.plan(self.name, pl.quantize(pl.active_channels()), target=target, scale=0.0)
         keep, scale = pl.search(alloc.raws_at, alloc.hi, target, alloc.movable)
         return pl.plan(self.name, keep, target=target, scale=scale)
 
-    def _require(self, sensitivity: Sensitivity | None, target: float | None) -> None:
+    def _require_flips(self, sensitivity: Sensitivity | None) -> None:
         if self.needs_flips and sensitivity is None:
             raise ValueError(f"the {self.name} policy needs flip data; {RECORD_HINT}")
-        if "bops" in self.targets and target is None:
-            raise ValueError(f"the {self.name} policy needs a target BOPs reduction in (0, 1)")
 
     def _plan_latency(self, model: nn.Module, input_shape: InputShape,
                       sensitivity: Sensitivity | None, target_latency: float,
@@ -492,18 +495,14 @@ class Policy:
             raise ValueError("the latency model was built for another model or keep_fp setting")
         for i in range(len(pl.allowed)):
             pl.restrict(i, lm.allowed(i))
-        self._require(sensitivity, 0.0)
+        self._require_flips(sensitivity)
         alloc = self._allocation(pl, sensitivity)
         if alloc is None or not alloc.movable:
-            keep, scale = pl.quantize(self._chans(pl)), 0.0
+            keep, scale = pl.quantize(pl.active_channels()), 0.0
         else:
             keep, scale = pl.search(alloc.raws_at, alloc.hi, 1.0 - target_latency,
                                     alloc.movable, cost=lm.ratio)
         return pl.plan(self.name, keep, scale=scale, latency=lm.report(keep, target_latency))
-
-    @staticmethod
-    def _chans(pl: _Planner) -> list[int]:
-        return [pl.space.groups[i].channels for i in pl.active()]
 
     def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
         """The cut to scale to a target; None: nothing to cut (every group stays)."""
@@ -551,7 +550,7 @@ class Paper(Policy):
     def _keep(self, pl: _Planner, sensitivity: Sensitivity | None) -> list[int]:
         assert sensitivity is not None
         ps = pl.group_p(sensitivity)
-        return pl.quantize([c * (1.0 - p) for c, p in zip(self._chans(pl), ps, strict=True)],
+        return pl.quantize([c * (1.0 - p) for c, p in zip(pl.active_channels(), ps, strict=True)],
                            record=True)
 
 
@@ -566,7 +565,7 @@ class Target(Policy):
     def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
         assert sensitivity is not None
         ps = pl.group_p(sensitivity)
-        chans = self._chans(pl)
+        chans = pl.active_channels()
         positive = [p for p in ps if p > 0]
         if not positive:
             return None
@@ -575,7 +574,7 @@ class Target(Policy):
             return [c * (1.0 - min(1.0, s * p)) for c, p in zip(chans, ps, strict=True)]
 
         movable = [i for i, p in zip(pl.active(), ps, strict=True) if p > 0]
-        return _Allocation(chans, raws_at, 1.0 / min(positive), movable)
+        return _Allocation(raws_at, 1.0 / min(positive), movable)
 
 
 @register_policy
@@ -585,12 +584,12 @@ class Uniform(Policy):
     name = "uniform"
 
     def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
-        chans = self._chans(pl)
+        chans = pl.active_channels()
 
         def raws_at(r: float) -> list[float]:
             return [c * (1.0 - r) for c in chans]
 
-        return _Allocation(chans, raws_at, 1.0, pl.active())
+        return _Allocation(raws_at, 1.0, pl.active())
 
 
 def _options(round_to: int | str, min_channels: int | None, exclude: Iterable[str],
