@@ -14,6 +14,11 @@ which the engine's kernels do less work than at every larger one
 (:func:`~bnnprune.prune.latency.kernel_counts`). The group's p is the insensitive
 share of all weights of its binary layers. Predicted BOPs are exact (see
 :class:`~bnnprune.prune.graph.PruningSpace`); surgery checks them against ``count_bops``.
+
+Each policy is a :class:`Policy` subclass in :data:`POLICIES` (:func:`register_policy` adds
+one): it declares the data it needs and the targets it takes, and all share one setup from
+:class:`PlanOptions`, whose defaults (:data:`DEFAULTS`, ``round_to="auto"``) are the
+library's and the CLI's.
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ __all__ = [
     "check_round_to",
     "get_policy",
     "make_plan",
-    "plan_latency",
     "plan_manual",
     "plan_paper",
     "plan_target",
@@ -481,7 +485,8 @@ class Policy:
                       sensitivity: Sensitivity | None, target_latency: float,
                       latency_model: Any, options: PlanOptions) -> ChannelPlan:
         """Counts from those ``latency_model.allowed`` says buy a saving (the kernels'
-        granularity, from the table), scaled until the predicted latency ratio is reached."""
+        granularity, from the table), scaled until the predicted latency ratio is reached:
+        the target policy scales the flip-frequency allocation, uniform one ratio."""
         from bnnprune.prune.latency import check_latency_target
 
         target_latency = check_latency_target(target_latency)
@@ -679,30 +684,6 @@ def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, in
             if asked[g.name] < 1:
                 pl.clamped[g.name] = asked[g.name]
     return pl.plan("manual", counts)
-
-
-def plan_latency(
-    model: nn.Module,
-    input_shape: InputShape,
-    target_latency: float,
-    latency_model: Any,
-    sensitivity: Sensitivity | None = None,
-    *,
-    policy: str = "target",
-    min_channels: int | None = DEFAULTS.min_channels,
-    exclude: Iterable[str] = DEFAULTS.exclude,
-    keep_fp: bool = DEFAULTS.keep_fp,
-    tolerance: float = DEFAULTS.tolerance,
-) -> ChannelPlan:
-    """Reach a predicted engine latency of ``target_latency`` x the unpruned one.
-
-    The ``target`` policy scales the flip-frequency allocation (groups cut in proportion to
-    their p); ``uniform`` cuts every group by one ratio. Counts are those
-    ``latency_model.allowed`` says buy a saving (the kernels' granularity, from the table).
-    """
-    opts = _options(1, min_channels, exclude, keep_fp, tolerance)
-    return get_policy(policy).plan(model, input_shape, sensitivity, options=opts,
-                                   target_latency=target_latency, latency_model=latency_model)
 
 
 def make_plan(
