@@ -251,7 +251,7 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
     ``prune.target_latency`` the plan is searched on ``latency_model`` (built for ``base``)."""
     p = cfg.prune
     paper = method.policy.iterates
-    rounds = p.max_rounds if paper else 1
+    rounds = method.policy.rounds(p.max_rounds)
     device = next(base.parameters()).device
     tcfg = retrain_config(cfg, p.retrain_epochs, track=paper and cfg.train.track_last > 0)
     records: list[ModelRecord] = []

@@ -429,6 +429,10 @@ class Policy:
     def needs_flips(self) -> bool:
         return "flips" in self.needs
 
+    def rounds(self, max_rounds: int) -> int:
+        """Prune -> retrain rounds at most: ``max_rounds`` if the policy iterates, else 1."""
+        return max_rounds if self.iterates else 1
+
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self)
 

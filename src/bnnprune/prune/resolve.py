@@ -46,8 +46,8 @@ class PruneSetup:
 
     @property
     def rounds(self) -> int:
-        """Prune -> retrain rounds at most (only an iterating policy, paper, repeats)."""
-        return self.max_rounds if self.method.policy.iterates else 1
+        """Prune -> retrain rounds at most of the chosen method."""
+        return self.method.policy.rounds(self.max_rounds)
 
 
 def plan_options(p: PruneConfig) -> PlanOptions:
