@@ -5,23 +5,32 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from bnnprune.metrics import count_bops
+from bnnprune.config import ConfigError, PruneConfig
+from bnnprune.metrics import binary_channels, count_bops
 from bnnprune.models import MODELS, build_model
 from bnnprune.nn import BinaryConv2d, binary_layers
 from bnnprune.prune import (
+    POLICIES,
+    PlanOptions,
+    Policy,
     analyze,
     compute_sensitivity,
     make_plan,
+    parse_method,
     plan_manual,
     plan_paper,
     plan_target,
     plan_uniform,
+    prune_once,
+    register_policy,
 )
+from bnnprune.prune.resolve import resolve_prune
 
 SHAPE = (3, 8, 8)
 
@@ -207,3 +216,33 @@ def test_flip_data_of_another_model_is_rejected_when_planning(make_counts: Calla
     sens = compute_sensitivity(make_counts(other), other, steps=20)
     with pytest.raises(ValueError, match="does not match the model's binary layers"):
         plan_paper(model, SHAPE, sens)
+
+
+def test_a_registered_policy_is_a_method_everywhere_and_its_rules_come_from_it() -> None:
+    """A policy added to the registry is parsed, planned, pruned and checked (config, plan)
+    by what it declares, with no list of policy names to update elsewhere."""
+
+    class Half(Policy):
+        """Every group keeps half its channels: no target, no flip data."""
+
+        name = "half_test"
+        targets = ()
+
+        def _keep(self, pl: Any, sensitivity: Any) -> list[int]:
+            return pl.quantize([c / 2 for c in pl.active_channels()], record=True)
+
+    register_policy(Half)
+    try:
+        model = chain()
+        method = parse_method("half_test+magnitude")
+        assert method.policy == Half() and not method.needs_flips
+        plan, pruned = prune_once(model, method, SHAPE, options=PlanOptions(round_to=1))
+        assert plan.policy == "half_test" and plan.keep == {"0": 2, "2": 4, "4": 5, "6": 3}
+        assert binary_channels(pruned) == {"2": 4, "4": 5, "6": 3}
+        with pytest.raises(ValueError, match="needs the target or uniform policy, not 'half_t"):
+            make_plan(model, SHAPE, "half_test", target_latency=0.5, latency_model=object())
+        with pytest.raises(ConfigError, match="target_latency needs the target or uniform"):
+            resolve_prune(PruneConfig(policy="half_test", target_latency=0.5))
+        resolve_prune(PruneConfig(policy="half_test", criterion="magnitude"))
+    finally:
+        del POLICIES["half_test"]
