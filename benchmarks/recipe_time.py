@@ -23,16 +23,17 @@ import torch
 from bnnprune.config import RunConfig, load_config
 from bnnprune.data import DatasetError, dataset_shape, load_dataset, load_from_config
 from bnnprune.models import build_from_config
+from bnnprune.prune.resolve import resolve_run
 from bnnprune.train import resolve_device, train
 
 SIZES = {"cifar10": (50000, 10000), "mnist": (60000, 10000), "fashion-mnist": (60000, 10000)}
 
 
 def recipe_epochs(cfg: RunConfig) -> dict[str, int]:
-    p = cfg.prune
-    retrain = p.retrain_epochs * p.rounds
+    p, setup = cfg.prune, resolve_run(cfg)
+    retrain = p.retrain_epochs * setup.rounds
     return {"baseline": cfg.train.epochs, "pruned": retrain,
-            "compared": retrain * len(p.compare_methods),
+            "compared": retrain * len(setup.compare),
             "budget": retrain if p.budget_baseline else 0}
 
 
@@ -46,7 +47,7 @@ def main() -> None:
                     help="training images of the synthetic stand-in (default: the real count)")
     args = ap.parse_args()
     cfg = load_config(args.config, RunConfig)
-    cfg.validate()
+    resolve_run(cfg)
     device = resolve_device(cfg.train.device)
     try:
         ds = load_from_config(cfg.data, 0) if args.data_dir is None else load_dataset(

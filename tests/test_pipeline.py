@@ -4,6 +4,7 @@ import pytest
 
 from bnnprune.config import ConfigError, RunConfig
 from bnnprune.pipeline import run_pipeline
+from bnnprune.prune.resolve import resolve_run
 from bnnprune.report.markdown import write_report
 from bnnprune.report.plots import write_flip_plots
 
@@ -78,7 +79,7 @@ def test_bad_prune_config():
     with pytest.raises(ConfigError, match=r"\(0, 1\)"):
         cfg.validate()
     with pytest.raises(ConfigError, match="bogus"):
-        _cfg(compare=["uniform", "bogus"]).validate()
+        resolve_run(_cfg(compare=["uniform", "bogus"]))
 
 
 def test_uniform_without_flips_fails_before_training(tmp_path):
@@ -90,7 +91,7 @@ def test_uniform_without_flips_fails_before_training(tmp_path):
         run_pipeline(cfg, tmp_path)
     assert not (tmp_path / "baseline").exists()
     cfg.prune.criterion = "magnitude"  # needs no flips: accepted
-    cfg.validate()
+    resolve_run(cfg)
 
 
 def test_the_default_methods_run_end_to_end(tmp_path):
@@ -100,8 +101,9 @@ def test_the_default_methods_run_end_to_end(tmp_path):
     cfg.train.epochs, cfg.train.track_last, cfg.train.batch_size = 2, 1, 64
     cfg.prune.retrain_epochs, cfg.prune.budget_baseline = 1, False
     res = run_pipeline(cfg, tmp_path)
-    assert res["pruned"]["label"] == cfg.prune.method.spec
-    assert [c["label"] for c in res["compared"]] == [m.spec for m in cfg.prune.compare_methods]
+    setup = resolve_run(cfg)
+    assert res["pruned"]["label"] == setup.method.spec
+    assert [c["label"] for c in res["compared"]] == [m.spec for m in setup.compare]
     assert len(res["compared"]) == len(RunConfig().prune.compare) == 2
     for r in (res["pruned"], *res["compared"]):
         assert r["bops"] == pytest.approx(0.5 * res["baseline"]["bops"], rel=0.05)

@@ -10,6 +10,7 @@ import torch
 from bnnprune.cli import main
 from bnnprune.config import ConfigError, PruneConfig, SweepConfig
 from bnnprune.prune.methods import Method, MethodError, parse_method
+from bnnprune.prune.resolve import resolve_prune, resolve_sweep
 from bnnprune.report.sweep import render_sweep_report, write_sweep_report
 from bnnprune.stats import paired_difference, spearman
 from bnnprune.sweep import aggregate, paper_retraining, run_sweep, sweep_cells
@@ -76,7 +77,7 @@ def test_paired_difference_and_spearman() -> None:
 def test_bad_sweep_settings_raise(key, value, match) -> None:
     cfg = _cfg(**{key: value})
     with pytest.raises(ConfigError, match=match):
-        cfg.validate()
+        resolve_sweep(cfg)
 
 
 def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
@@ -271,7 +272,7 @@ def test_paper_policy_from_scratch_runs_last_on_the_baseline_schedule(tmp_path) 
 
     cfg.sweep.methods = ["target+wff"]
     with pytest.raises(ConfigError, match="paper_scratch"):
-        cfg.validate()
+        resolve_sweep(cfg)
 
 
 def test_paper_retraining_is_paired_on_the_first_round() -> None:
@@ -296,14 +297,13 @@ def test_paper_retraining_is_paired_on_the_first_round() -> None:
 
 def test_pruned_copy_from_scratch_is_seeded() -> None:
     from bnnprune.models import build_model
-    from bnnprune.phases import pruned_copy
-    from bnnprune.prune import make_plan
+    from bnnprune.prune import prune_once
 
     base = build_model("small", width=0.25)
-    plan = make_plan(base, (1, 28, 28), "uniform", target=0.3)
-    fine = pruned_copy(base, plan, "magnitude", None, PruneConfig(), seed=0)
-    a, b, c = (pruned_copy(base, plan, "magnitude", None, PruneConfig(from_scratch=True),
-                           seed=s) for s in (3, 3, 4))
+    method = Method("uniform", "magnitude")
+    fine = prune_once(base, method, (1, 28, 28), target=0.3, seed=0).model
+    a, b, c = (prune_once(base, method, (1, 28, 28), target=0.3, seed=s,
+                          from_scratch=True).model for s in (3, 3, 4))
     wa, wb, wc, wf = (dict(m.state_dict()) for m in (a, b, c, fine))
     conv = next(k for k in wa if k.endswith("weight") and wa[k].dim() == 4)
     assert torch.equal(wa[conv], wb[conv])  # same seed, same fresh weights
@@ -381,7 +381,7 @@ def test_the_recommended_default_is_the_best_ranked_pruning_method_with_paired_e
     assert ("**Default method:** target+magnitude ranks best among the pruning methods (mean "
             "rank 2.00); paired against the other rows at each reduction it is resolved better "
             "than target+wff and resolved worse than scratch") in text
-    default = PruneConfig().method.spec
+    default = resolve_prune(PruneConfig()).method.spec
     assert default != "target+magnitude"
     assert f"`bnnprune run` defaults to {default}; target+magnitude would follow" in text
     assert aggregate(records[:6])["recommendation"] is None  # one row: nothing to compare

@@ -20,6 +20,8 @@ from bnnprune.config import ConfigError, ExperimentConfig, PruneConfig, load_con
 from bnnprune.data import DATASETS, DatasetError, dataset_shape, load_dataset, load_from_config
 from bnnprune.lock import FolderBusy, hold_folder
 from bnnprune.models import MODELS, build_from_config, build_model
+from bnnprune.prune.policies import DEFAULTS, POLICIES
+from bnnprune.prune.sensitivity import DEFAULT_THRESHOLD
 from bnnprune.train import (
     CheckpointError,
     TrainingError,
@@ -351,15 +353,9 @@ def _print_plan(plan: Any) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
-    from bnnprune.prune import (
-        RECORD_HINT,
-        apply_plan,
-        compute_sensitivity,
-        get_criterion,
-        make_plan,
-        with_gradient_data,
-    )
+    from bnnprune.prune import RECORD_HINT, PlanOptions, compute_sensitivity, prune_once
     from bnnprune.prune.methods import Method
+    from bnnprune.prune.policies import get_policy, taking
     from bnnprune.train.checkpoint import save_checkpoint
 
     model, ckpt = load_model(args.checkpoint)
@@ -376,14 +372,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        else PruneConfig().policy)
     if args.criterion is None:
         args.criterion = "wff" if args.policy == "paper" else PruneConfig().criterion
-    if args.target_latency is not None and args.policy == "paper":
-        raise CliError("--target-latency needs --policy target or uniform")
+    if args.target_latency is not None and "latency" not in get_policy(args.policy).targets:
+        raise CliError(f"--target-latency needs --policy {taking('latency')}")
     method = Method(args.policy, args.criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
-    kw = {"seed": args.seed} if args.criterion == "random" else {}
-    crit = get_criterion(args.criterion, **kw)
-    if crit.needs_grads:  # e.g. tp:taylor: gradients on a few training batches
-        crit = with_gradient_data(crit, _dataset_for_checkpoint(ckpt, args))
+    # e.g. tp:taylor: gradients on a few training batches
+    data = _dataset_for_checkpoint(ckpt, args) if method.needs_data else None
     sens = None
     if method.needs_flips:
         sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
@@ -394,20 +388,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
         lm = latency_model(model, shape, batch=args.latency_batch, threads=args.latency_threads,
                            keep_fp=args.keep_fp, progress=lambda s: _say(s, flush=True))
-    plan = make_plan(
-        model,
-        shape,
-        args.policy,
-        sensitivity=sens,
-        target=args.target_bops,
-        round_to=args.round_to,
-        min_channels=args.min_channels,
-        exclude=exclude,
-        keep_fp=args.keep_fp,
-        target_latency=args.target_latency,
-        latency_model=lm,
-    )
-    pruned = apply_plan(model, plan, crit, sens).model
+    options = PlanOptions(round_to=args.round_to, min_channels=args.min_channels,
+                          exclude=exclude, keep_fp=args.keep_fp)
+    plan, pruned = prune_once(model, method, shape, sensitivity=sens, target=args.target_bops,
+                              options=options, target_latency=args.target_latency,
+                              latency_model=lm, seed=args.seed, data=data)
     _print_plan(plan)
     out = _check_out_dir(args.output)
     if args.retrain_epochs > 0:
@@ -448,8 +433,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bnnprune.config import RunConfig
+    from bnnprune.prune.resolve import resolve_run
 
     cfg = _experiment_config(args, RunConfig)
+    resolve_run(cfg)  # the methods and their data needs, before the output folder is held
     with contextlib.ExitStack() as held:  # one writer per run folder, until the report is out
         return _run(args, cfg, held)
 
@@ -496,10 +483,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
     from bnnprune.config import SweepConfig
+    from bnnprune.prune.resolve import resolve_sweep
     from bnnprune.report.sweep import write_sweep_report
     from bnnprune.sweep import run_sweep
 
     cfg = _experiment_config(args, SweepConfig)
+    resolve_sweep(cfg)  # the methods and their data needs, before anything is written
     if args.list_cells or args.cell is not None:
         return _sweep_one_cell(args, cfg)
     with contextlib.ExitStack() as held:  # spawned cell workers run under this lock
@@ -825,7 +814,7 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     """Pruning flags; ``method=False`` leaves out those choosing one method (sweep)."""
     g = p.add_argument_group("pruning")
     if method:
-        g.add_argument("--policy", dest="prune.policy", choices=["paper", "target", "uniform"])
+        g.add_argument("--policy", dest="prune.policy", choices=list(POLICIES))
         g.add_argument(
             "--target-bops",
             dest="prune.target",
@@ -981,7 +970,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("checkpoint")
     pr.add_argument("-o", "--output", required=True)
-    pr.add_argument("--policy", choices=["paper", "target", "uniform"], default=None)
+    pr.add_argument("--policy", choices=list(POLICIES), default=None)
     pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
     pr.add_argument("--target-latency", type=_latency_target,
                     help="fraction of the unpruned engine latency to reach, in (0, 1)")
@@ -993,10 +982,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wff, random, magnitude, bn_scale, flip_magnitude, tp:NAME (tp:taylor, "
                     "tp:lamp, ...) or pkg.module:Class (default: wff with the paper policy, "
                     "else the default of bnnprune run)")
-    pr.add_argument("--threshold", type=int, default=PruneConfig.threshold)
-    pr.add_argument("--round-to", type=_round_to, default=PruneConfig.round_to,
+    pr.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD)
+    pr.add_argument("--round-to", type=_round_to, default=DEFAULTS.round_to,
                     help=ROUND_TO_HELP)
-    pr.add_argument("--min-channels", type=int, default=None)
+    pr.add_argument("--min-channels", type=int, default=DEFAULTS.min_channels)
     pr.add_argument("--exclude", help="comma-separated layer names not to prune")
     pr.add_argument("--keep-fp", action="store_true",
                     help="do not prune full-precision layers that feed only binary layers")

@@ -4,7 +4,10 @@ A config file has the tables ``[model]``, ``[data]``, ``[train]`` (``[prune]`` f
 ``bnnprune run``, ``[sweep]`` for ``bnnprune sweep``); every key is a field of the matching
 dataclass. Unknown keys and values of the wrong type raise :class:`ConfigError` naming the
 key. Configs are passive: models and data are built from them by
-:func:`bnnprune.models.build_from_config` and :func:`bnnprune.data.load_from_config`.
+:func:`bnnprune.models.build_from_config` and :func:`bnnprune.data.load_from_config`, and
+what the ``[prune]`` and ``[sweep]`` settings mean (methods, their data needs, plan options)
+is read and checked by the pruning code (:mod:`bnnprune.prune.resolve`), which this module
+does not import.
 """
 
 from __future__ import annotations
@@ -191,7 +194,8 @@ class PruneConfig:
     criterion: str = "flip_magnitude"  # which channels go (see bnnprune.prune.CRITERIA)
     threshold: int = 0  # a weight is insensitive when it flipped more than this
     # channel counts: "auto" keeps those the engine's kernels pay for (8-channel output
-    # vectors, 64-bit input words, dense patch rows); N keeps multiples of N
+    # vectors, 64-bit input words, dense patch rows); N keeps multiples of N. The library's
+    # default (bnnprune.prune.DEFAULTS), held equal by tests/prune/test_round_auto.py
     round_to: int | str = "auto"
     min_channels: int = 1
     exclude: list[str] = field(default_factory=list)  # binary layers never pruned
@@ -214,78 +218,22 @@ class PruneConfig:
     # 64) and compute their C export's flash and RAM (a sweep has sweep.speed instead)
     speed: bool = True
 
-    @property
-    def method(self) -> Any:
-        """The chosen method (a :class:`bnnprune.prune.methods.Method`)."""
-        from bnnprune.prune.methods import Method
-
-        return Method(self.policy, self.criterion)
-
-    @property
-    def compare_methods(self) -> list[Any]:
-        """The compared methods other than the chosen one, in the configured order."""
-        from bnnprune.prune.methods import parse_methods
-
-        return [m for m in parse_methods(self.compare, self.criterion) if m != self.method]
-
     def validate(self) -> None:
-        from bnnprune.prune.methods import MethodError
-
-        try:
-            self.method  # noqa: B018 (parsing is the check)
-            self.compare_methods  # noqa: B018
-        except MethodError as e:
-            raise ConfigError(f"prune: {e}") from None
+        """Checks of plain values; what the methods, rounding and latency target mean is
+        checked by the pruning code (:func:`bnnprune.prune.resolve.resolve_prune`)."""
         if not 0 < self.target < 1:
             raise ConfigError(f"prune.target must be a BOPs reduction in (0, 1), got {self.target}")
-        from bnnprune.prune.policies import check_round_to
-
-        try:
-            check_round_to(self.round_to)
-        except ValueError as e:
-            raise ConfigError(f"prune.{e}") from None
         for key in ("min_channels", "max_rounds", "retrain_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"prune.{key} must be >= 1, got {getattr(self, key)}")
         if self.threshold < 0:
             raise ConfigError(f"prune.threshold must be >= 0, got {self.threshold}")
-        if self.target_latency is not None:
-            from bnnprune.prune.latency import check_latency_target
-
-            try:
-                check_latency_target(self.target_latency)
-            except ValueError as e:
-                raise ConfigError(f"prune.target_latency: {e}") from None
-            if self.policy == "paper":
-                raise ConfigError("prune.target_latency needs the target or uniform policy")
         for key in ("latency_batch", "latency_threads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"prune.{key} must be >= 1, got {getattr(self, key)}")
         if not self.retrain_lr > 0:
             raise ConfigError(f"prune.retrain_lr must be > 0, got {self.retrain_lr}")
 
-    @property
-    def plan_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`bnnprune.prune.make_plan` set by this config."""
-        return {"round_to": self.round_to, "min_channels": self.min_channels,
-                "exclude": list(self.exclude), "keep_fp": self.keep_fp}
-
-    @property
-    def rounds(self) -> int:
-        """Prune -> retrain rounds at most (only the paper policy iterates)."""
-        return self.max_rounds if self.policy == "paper" else 1
-
-
-def require_flips(methods: Any, train: TrainConfig) -> None:
-    """ConfigError before anything trains when a method needs flip data that the training
-    config will not record (the rule itself is :meth:`Method.require`)."""
-    from bnnprune.prune.methods import MethodError
-
-    for m in methods:
-        try:
-            m.require(train.track_last >= 1, fix="set train.track_last >= 1 (--track-last K)")
-        except MethodError as e:
-            raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -296,9 +244,10 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
 
     def validate(self) -> None:
+        """Each section's plain checks (the pruning ones:
+        :func:`bnnprune.prune.resolve.resolve_run`)."""
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
-        require_flips([self.prune.method, *self.prune.compare_methods], self.train)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -329,38 +278,19 @@ class SweepSection:
     # "" keeps them in the run folder
     records: str = ""
 
-    @property
-    def method_list(self) -> list[Any]:
-        from bnnprune.prune.methods import parse_methods
-
-        return parse_methods(self.methods)
-
     def validate(self) -> None:
-        from bnnprune.prune.methods import MethodError
-        from bnnprune.prune.premise import CHOICES
-
         if not self.reductions or any(not 0 < r < 1 for r in self.reductions):
             raise ConfigError(f"sweep.reductions must lie in (0, 1), got {self.reductions!r}")
         if not self.methods:
             raise ConfigError("sweep.methods is empty")
-        try:
-            self.method_list  # noqa: B018 (parsing is the check)
-        except MethodError as e:
-            raise ConfigError(f"sweep: {e}") from None
         if not self.seeds:
             raise ConfigError("sweep.seeds is empty")
         if any(s < 0 for s in self.seeds):
             raise ConfigError(f"sweep.seeds must be whole numbers >= 0, got {self.seeds!r}")
         if any(not 0 <= x <= 100 for x in self.flip_percents):
             raise ConfigError(f"sweep.flip_percents must lie in [0, 100], got {self.flip_percents}")
-        bad = [c for c in self.flip_choices if c not in CHOICES]
-        if bad:
-            raise ConfigError(f"unknown sweep.flip_choices {bad}; choose from {', '.join(CHOICES)}")
         if self.speed_repeats < 1:
             raise ConfigError("sweep.speed_repeats must be >= 1")
-        if self.paper_scratch and not any(m.policy == "paper" for m in self.method_list):
-            raise ConfigError("sweep.paper_scratch retrains the paper policy from scratch: "
-                              "add a paper method (e.g. paper+wff) to sweep.methods")
 
 
 def _sweep_prune_defaults() -> PruneConfig:
@@ -377,9 +307,10 @@ class SweepConfig(RunConfig):
     sweep: SweepSection = field(default_factory=SweepSection)
 
     def validate(self) -> None:
+        """Each section's plain checks (the pruning ones:
+        :func:`bnnprune.prune.resolve.resolve_sweep`)."""
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
-        require_flips(self.sweep.method_list, self.train)
 
 
 def _coerce(value: Any, tp: Any, key: str, from_file: bool = False) -> Any:

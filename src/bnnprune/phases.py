@@ -25,20 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from bnnprune.config import ConfigError, PruneConfig, RunConfig, TrainConfig
+from bnnprune.config import ConfigError, RunConfig, TrainConfig
 from bnnprune.data import Dataset
 from bnnprune.flips import FlipTracker
 from bnnprune.machine import cpu_name
 from bnnprune.metrics import binary_channels, summarize
-from bnnprune.prune import (
-    Sensitivity,
-    apply_plan,
-    compute_sensitivity,
-    make_plan,
-    with_gradient_data,
-)
+from bnnprune.prune import Sensitivity, compute_sensitivity, prune_once
 from bnnprune.prune.methods import Method
-from bnnprune.seeding import seed_everything
+from bnnprune.prune.resolve import plan_options
 from bnnprune.train import TrainResult, dist, evaluate, load_checkpoint, resolve_device, train
 
 __all__ = [
@@ -48,7 +42,6 @@ __all__ = [
     "ModelRecord",
     "phase_key",
     "prune_rounds",
-    "pruned_copy",
     "retrain_config",
     "train_phase",
     "measure",
@@ -239,26 +232,6 @@ def measure(label: str, model: nn.Module, ds: Dataset, device: torch.device,
                        memory_bytes=s.memory_bytes, channels=binary_channels(model), **extra)
 
 
-def reinit(model: nn.Module) -> None:
-    """Fresh initialisation of every sub-module (retraining from scratch)."""
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
-            m.reset_parameters()
-
-
-def pruned_copy(source: nn.Module, plan: Any, criterion: str, sens: Sensitivity | None,
-                p: PruneConfig, seed: int, ds: Dataset | None = None) -> nn.Module:
-    """``source`` pruned to ``plan`` by ``criterion`` (seeded when random; a criterion that
-    needs gradients, e.g. ``tp:taylor``, gets a few training batches of ``ds``),
-    re-initialised (seeded by ``seed``) when ``p.from_scratch``."""
-    kwargs = {"seed": seed} if criterion == "random" else {}
-    model = apply_plan(source, plan, with_gradient_data(criterion, ds, **kwargs), sens).model
-    if p.from_scratch:
-        seed_everything(seed)  # the fresh weights depend on the seed, not on what ran before
-        reinit(model)
-    return model
-
-
 @dataclass
 class Rounds:
     """The outcome of :func:`prune_rounds`: one record per round and the last model."""
@@ -277,8 +250,8 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
     ``prune.max_rounds`` rounds are done. Round r trains in ``folder_of(r)``. With
     ``prune.target_latency`` the plan is searched on ``latency_model`` (built for ``base``)."""
     p = cfg.prune
-    paper = method.policy == "paper"
-    rounds = p.max_rounds if paper else 1
+    paper = method.policy.iterates
+    rounds = method.policy.rounds(p.max_rounds)
     device = next(base.parameters()).device
     tcfg = retrain_config(cfg, p.retrain_epochs, track=paper and cfg.train.track_last > 0)
     records: list[ModelRecord] = []
@@ -286,17 +259,17 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
     stop = "one round"
     for r in range(1, rounds + 1):
         by_latency = p.target_latency is not None
-        plan = make_plan(model, tuple(ds.input_shape), method.policy, sensitivity=cur,
-                         target=None if by_latency else target,
-                         target_latency=p.target_latency, latency_model=latency_model,
-                         **p.plan_options)
+        plan, pruned = prune_once(
+            model, method, tuple(ds.input_shape), sensitivity=cur,
+            target=None if by_latency else target, options=plan_options(p),
+            target_latency=p.target_latency, latency_model=latency_model, seed=seed, data=ds,
+            from_scratch=p.from_scratch)
         if plan.bops_after >= plan.bops_before:
             stop = f"round {r}: the plan removes no channel"
             log(stop)
             break
         for note in plan.notes():
             log(f"round {r}: {note}")
-        pruned = pruned_copy(model, plan, method.criterion, cur, p, seed, ds)
         name = folder_of(r).name
         res = train_phase(name, pruned, ds, tcfg, folder_of(r), cfg, log, progress,
                           plan.to_dict(), tensorboard / name if tensorboard else None)

@@ -31,12 +31,12 @@ from bnnprune.phases import (
     MachineRecord,
     measure,
     prune_rounds,
-    pruned_copy,
     retrain_config,
     tracker_of,
     train_phase,
 )
-from bnnprune.prune import Sensitivity, compute_sensitivity, make_plan
+from bnnprune.prune import Sensitivity, compute_sensitivity, prune_once
+from bnnprune.prune.resolve import resolve_run
 from bnnprune.speed import CHECK_IMAGES, measure_models
 from bnnprune.train import dist
 
@@ -57,7 +57,7 @@ def run_pipeline(
     everything else is computed identically on every rank, and only rank 0 writes files.
         ``tensorboard``: a folder that gets one TensorBoard run per training phase.
     """
-    cfg.validate()  # every method's data needs are checked here, before anything trains
+    setup = resolve_run(cfg)  # every method's data needs are checked here, before training
     out = Path(out_dir)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def run_pipeline(
         log(f"{name}: test {rec.test_acc:.2%}, BOPs -{1 - rec.bops / baseline.bops:.1%}")
 
     # ---- the chosen method (paper: iterate; target/uniform: one shot)
-    method = p.method
+    method = setup.method
     t0 = time.perf_counter()
     lm = None
     if p.target_latency is not None:  # the engine's latency tables of this machine
@@ -104,7 +104,7 @@ def run_pipeline(
                            keep_fp=p.keep_fp, progress=log)
     res = prune_rounds(
         method, base, sens, ds, cfg, p.target,
-        lambda r: out / (f"pruned-round{r}" if method.policy == "paper" else "pruned"),
+        lambda r: out / (f"pruned-round{r}" if method.policy.iterates else "pruned"),
         log, progress, cfg.train.seed, latency_model=lm, tensorboard=tb)
     phases["pruned"] = time.perf_counter() - t0
     rounds = res.records
@@ -117,10 +117,10 @@ def run_pipeline(
 
     # ---- baselines at the same BOPs and the same training budget
     compared, compared_models = [], []
-    for m in p.compare_methods:
-        plan = make_plan(base, shape, m.policy, sensitivity=sens, target=achieved,
-                         **p.plan_options)
-        pruned = pruned_copy(base, plan, m.criterion, sens, p, cfg.train.seed, ds)
+    for m in setup.compare:
+        plan, pruned = prune_once(base, m, shape, sensitivity=sens, target=achieved,
+                                  options=setup.options, seed=cfg.train.seed,
+                                  data=ds, from_scratch=p.from_scratch)
         name = f"compare-{m.spec}"
         timed_phase(name, pruned, retrain_cfg, plan)
         rec = measure(m.spec, pruned, ds, device, plan=plan.to_dict(),

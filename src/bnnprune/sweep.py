@@ -56,15 +56,14 @@ from bnnprune.phases import (
     measure,
     normalized,
     prune_rounds,
-    reinit,
     retrain_config,
     tracker_of,
     train_phase,
 )
-from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
+from bnnprune.prune import PlanOptions, compute_sensitivity, get_policy, prune_once
 from bnnprune.prune.methods import Method
 from bnnprune.prune.premise import premise_curve
-from bnnprune.seeding import seed_everything
+from bnnprune.prune.resolve import plan_options, resolve_sweep, sweep_methods
 from bnnprune.stats import paired_difference, spearman
 from bnnprune.train import evaluate, load_model, resolve_device
 
@@ -255,18 +254,18 @@ def _wff_magnitude_correlation(model: torch.nn.Module, counts: dict[str, Any]) -
 
 
 def _threshold_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
-                     opts: dict[str, Any]) -> dict[str, Any]:
+                     opts: PlanOptions) -> dict[str, Any]:
     """p_l per layer and the paper policy's planned BOPs reduction at each flip threshold."""
     table = {}
     for t in THRESHOLDS:
         sens = compute_sensitivity(flips, model, threshold=t)
-        plan = make_plan(model, shape, "paper", sensitivity=sens, **opts)
+        plan = get_policy("paper").plan(model, shape, sens, options=opts)
         table[str(t)] = {"p": dict(sens.p), "paper_reduction": plan.reduction}
     return table
 
 
 def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
-                    threshold: int, opts: dict[str, Any]) -> dict[str, Any]:
+                    threshold: int, opts: PlanOptions) -> dict[str, Any]:
     """p_l per layer and the paper policy's planned BOPs reduction when the interval is only
     the last k epochs of the recorded one (k = 1 .. its length)."""
     tracker = FlipTracker(model)
@@ -275,7 +274,7 @@ def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[
     for k in range(1, len(tracker.epoch_counts) + 1):
         counts, steps = tracker.last_epochs_counts(k)
         sens = compute_sensitivity(counts, model, steps=steps, threshold=threshold)
-        plan = make_plan(model, shape, "paper", sensitivity=sens, **opts)
+        plan = get_policy("paper").plan(model, shape, sens, options=opts)
         table[str(k)] = {"p": dict(sens.p), "paper_reduction": plan.reduction, "steps": steps}
     return table
 
@@ -347,8 +346,8 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         rec["train_seconds"] = sum(h.get("seconds") or 0.0 for h in history_of(res))
         if sens is not None:
             rec["sensitivity"] = sens.to_dict()
-            rec["thresholds"] = _threshold_table(base, flips, shape, p.plan_options)
-            rec["intervals"] = _interval_table(base, flips, shape, p.threshold, p.plan_options)
+            rec["thresholds"] = _threshold_table(base, flips, shape, plan_options(p))
+            rec["intervals"] = _interval_table(base, flips, shape, p.threshold, plan_options(p))
             rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
         return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
@@ -379,10 +378,9 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
     if cell.kind == "scratch":
-        plan = make_plan(base, shape, "uniform", target=cell.reduction, **p.plan_options)
-        model = apply_plan(base, plan, "magnitude").model
-        seed_everything(cell.seed)
-        reinit(model)
+        plan, model = prune_once(base, Method("uniform", "magnitude"), shape,
+                                 target=cell.reduction, options=plan_options(p),
+                                 seed=cell.seed, from_scratch=True)
         total = cfg.train.epochs + p.retrain_epochs
         t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
         train_phase(cell.name, model, ds, t_scratch, seed_dir / cell.name, scfg, quiet, False,
@@ -451,8 +449,8 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Ce
     deps: dict[int, list[Cell]] = {}
     for seed in s.seeds:
         cells = [Cell("premise", seed)] if s.flip_percents and s.flip_choices else []
-        for m in s.method_list:
-            if m.policy == "paper":
+        for m in sweep_methods(s):
+            if not m.policy.targets:  # the policy's own reduction
                 cells.append(Cell("prune", seed, m, None))
             else:
                 cells += [Cell("prune", seed, m, r) for r in s.reductions]
@@ -462,7 +460,7 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Ce
             cells.append(Cell("budget", seed))
         deps[seed] = cells
     late = [Cell("prune", seed, m, None, "scratch") for seed in s.seeds
-            for m in s.method_list if m.policy == "paper" and s.paper_scratch]
+            for m in sweep_methods(s) if m.policy.iterates and s.paper_scratch]
     return baselines, deps, late
 
 
@@ -883,7 +881,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
     results.json only). With ``compute=False`` nothing trains: the finished records make
     the results and the cells still to do are counted in ``pending``.
     """
-    cfg.validate()
+    resolve_sweep(cfg)
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
@@ -962,7 +960,7 @@ def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = l
     baseline folder while they make sure of it, and the cell's folder while they compute it
     (:func:`bnnprune.lock.claim`): a second worker waits, then reuses what the first wrote.
     """
-    cfg.validate()
+    resolve_sweep(cfg)
     cells = sweep_cells(cfg)
     if not 0 <= index < len(cells):
         raise ConfigError(f"cell {index} does not exist: this sweep has {len(cells)} cells, "

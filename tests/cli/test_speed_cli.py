@@ -15,6 +15,7 @@ from bnnprune.config import ConfigError, PruneConfig
 from bnnprune.engine.bench import program_bops, program_float_macs
 from bnnprune.models import build_model
 from bnnprune.prune import apply_plan, make_plan
+from bnnprune.prune.resolve import resolve_prune
 
 SHAPE = (1, 28, 28)
 
@@ -40,10 +41,10 @@ def test_latency_target_in_a_config_is_checked() -> None:
     for bad, match in ((1.2, "strictly between"), (0.5, "target or uniform")):
         cfg = PruneConfig(target_latency=bad, policy="paper" if bad == 0.5 else "target")
         with pytest.raises(ConfigError, match=match):
-            cfg.validate()
+            resolve_prune(cfg)
     with pytest.raises(ConfigError, match="latency_batch"):
-        PruneConfig(target_latency=0.5, latency_batch=0).validate()
-    PruneConfig(target_latency=0.5, keep_fp=True).validate()
+        resolve_prune(PruneConfig(target_latency=0.5, latency_batch=0))
+    resolve_prune(PruneConfig(target_latency=0.5, keep_fp=True))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from bnnprune.data import load_dataset
 from bnnprune.pipeline import run_pipeline
 from bnnprune.prune import apply_plan, compute_sensitivity, get_criterion, make_plan
 from bnnprune.prune.interop import gradient_batches
+from bnnprune.prune.resolve import resolve_run
 from bnnprune.train import load_model
 
 TINY = ["--dataset", "synthetic", "--model", "small", "--width", "0.25", "--train-subset",
@@ -85,4 +86,4 @@ def test_run_config_refuses_an_unknown_criterion():
     cfg = RunConfig()
     cfg.prune.criterion = "tp:nope"
     with pytest.raises(ConfigError, match="prune: .*unknown Torch-Pruning importance .tp:nope."):
-        cfg.validate()
+        resolve_run(cfg)

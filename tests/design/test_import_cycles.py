@@ -80,3 +80,13 @@ def test_package_has_no_import_cycle() -> None:
     graph = import_graph()
     assert "bnnprune.pipeline" in graph and graph["bnnprune.pipeline"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_config_is_passive() -> None:
+    """Configs are data: config.py imports nothing from pruning, the engine, training or the
+    sweep, not even inside a function (the pruning code reads them: prune.resolve)."""
+    above = ("bnnprune.prune", "bnnprune.engine", "bnnprune.train", "bnnprune.sweep",
+             "bnnprune.phases", "bnnprune.pipeline")
+    deps = import_graph()["bnnprune.config"]
+    assert not [d for d in deps if d.startswith(above)], sorted(deps)
+    assert "bnnprune.config" in import_graph()["bnnprune.prune.resolve"]  # the edge points up

@@ -164,7 +164,7 @@ def test_config_validation_refuses_a_missing_factory_before_anything_runs(own_pk
 
 def test_pruned_factory_model_reloads_from_its_reference(own_pkg, tmp_path) -> None:
     model = build_model(SPEC, width=2, image_size=16).eval()
-    plan = make_plan(model, (3, 16, 16), "uniform", target=0.5)
+    plan = make_plan(model, (3, 16, 16), "uniform", target=0.5, round_to=1)  # every layer cut
     pruned = apply_plan(model, plan, "magnitude").model.eval()
     save_checkpoint(tmp_path / "m.pt", {"arch": pruned.arch, "state_dict": pruned.state_dict(),
                                         "dataset": {"input_shape": [3, 16, 16]}})

@@ -64,14 +64,14 @@ def test_target_policy_cuts_the_fp_producer_and_keep_fp_opts_out(
 ) -> None:
     model = _zoo(name)
     sens = compute_sensitivity(make_counts(model, seed=3), model, steps=20)
-    plan = plan_target(model, SHAPE, sens, 0.4)
+    plan = plan_target(model, SHAPE, sens, 0.4, round_to=1)
     assert plan.keep[fp] < channels and plan.reached
     result = apply_plan(model, plan, "wff", sens)
     after = summarize(result.model, SHAPE)
     assert (after.bops, after.float_macs) == (plan.bops_after, plan.float_macs_after)
     assert result.model.get_submodule(fp).out_channels == plan.keep[fp]
 
-    kept_plan = plan_target(model, SHAPE, sens, 0.4, keep_fp=True)
+    kept_plan = plan_target(model, SHAPE, sens, 0.4, keep_fp=True, round_to=1)
     assert fp not in kept_plan.keep and kept_plan.float_macs_before == plan.float_macs_before
     pruned = apply_plan(model, kept_plan, "wff", sens).model
     assert pruned.get_submodule(fp).weight.shape == model.get_submodule(fp).weight.shape

@@ -5,23 +5,32 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from bnnprune.metrics import count_bops
+from bnnprune.config import ConfigError, PruneConfig
+from bnnprune.metrics import binary_channels, count_bops
 from bnnprune.models import MODELS, build_model
 from bnnprune.nn import BinaryConv2d, binary_layers
 from bnnprune.prune import (
+    POLICIES,
+    PlanOptions,
+    Policy,
     analyze,
     compute_sensitivity,
     make_plan,
+    parse_method,
     plan_manual,
     plan_paper,
     plan_target,
     plan_uniform,
+    prune_once,
+    register_policy,
 )
+from bnnprune.prune.resolve import resolve_prune
 
 SHAPE = (3, 8, 8)
 
@@ -52,7 +61,7 @@ def test_paper_policy_rounds_and_clamps_to_the_minimum() -> None:
     model = chain()
     counts = counts_with_fraction(model, {"2": 0.25, "4": 0.35, "6": 1.0})
     sens = compute_sensitivity(counts, model, steps=1)
-    plan = plan_paper(model, SHAPE, sens)
+    plan = plan_paper(model, SHAPE, sens, round_to=1)
     # 8 * (1 - 0.25) = 6; 10 * (1 - 0.35) = 6.5 -> 7 (half up); 6 * (1 - 1) = 0 -> clamped to 1;
     # the fp conv "0" feeds only "2": p of its consumer, 4 * (1 - 0.25) = 3
     assert plan.keep == {"0": 3, "2": 6, "4": 7, "6": 1}
@@ -60,7 +69,7 @@ def test_paper_policy_rounds_and_clamps_to_the_minimum() -> None:
     assert plan.clamped == {"6": 0}
     assert plan.notes() == ["6: the paper policy asked for 0 channel(s); clamped to the minimum 1"]
     assert plan.bops_after == analyze(model, SHAPE).bops_for([3, 6, 7, 1]) < plan.bops_before
-    kept = plan_paper(model, SHAPE, sens, keep_fp=True)  # the pre-fp-pruning plan
+    kept = plan_paper(model, SHAPE, sens, keep_fp=True, round_to=1)  # the pre-fp-pruning plan
     assert kept.keep == {"2": 6, "4": 7, "6": 1}
     # float MACs: fp conv 3*9*4 per pixel on 8x8 = 6912, classifier 6*3 = 18
     assert (kept.float_macs_before, kept.float_macs_after) == (6912 + 18, 6912 + 1 * 3)
@@ -74,7 +83,7 @@ def test_paper_policy_respects_min_channels_and_exclude() -> None:
     model = chain()
     sens = compute_sensitivity(counts_with_fraction(model, {"2": 0.9, "4": 0.9, "6": 0.9}), model,
                                steps=1)
-    plan = plan_paper(model, SHAPE, sens, min_channels=3, exclude=["4"])
+    plan = plan_paper(model, SHAPE, sens, min_channels=3, exclude=["4"], round_to=1)
     # round(0.4) = 0, round(0.8) = 1 and round(0.6) = 1 -> 3
     assert plan.keep == {"0": 3, "2": 3, "4": 10, "6": 3}
     assert plan.excluded == ("4",)
@@ -100,11 +109,11 @@ def test_target_meets_bops_and_uniform_matches_it_on_every_zoo_model(
 ) -> None:
     model, shape = zoo(name)
     sens = compute_sensitivity(make_counts(model, seed=1), model, steps=20)
-    plan = plan_target(model, shape, sens, 0.4)
+    plan = plan_target(model, shape, sens, 0.4, round_to=1)
     assert plan.bops_before == count_bops(model, shape)
     assert abs(plan.reduction - 0.4) <= 0.01 and plan.reached
     assert plan.bops_after == analyze(model, shape).bops_for(list(plan.group_keep().values()))
-    uni = plan_uniform(model, shape, plan.reduction)
+    uni = plan_uniform(model, shape, plan.reduction, round_to=1)
     assert abs(uni.reduction - plan.reduction) <= 0.01
     # uniform: every group cut by (nearly) the same ratio; rounding moves a group a channel or two
     for g in uni.groups:
@@ -115,7 +124,7 @@ def test_target_cuts_in_proportion_to_p_and_never_cuts_layers_without_flips() ->
     model = chain()
     sens = compute_sensitivity(counts_with_fraction(model, {"2": 0.4, "4": 0.2, "6": 0.0}), model,
                                steps=1)
-    plan = plan_target(model, SHAPE, sens, 0.3)
+    plan = plan_target(model, SHAPE, sens, 0.3, round_to=1)
     assert plan.reached
     assert plan.keep["6"] == 6
     cut2, cut4 = 1 - plan.keep["2"] / 8, 1 - plan.keep["4"] / 10
@@ -207,3 +216,33 @@ def test_flip_data_of_another_model_is_rejected_when_planning(make_counts: Calla
     sens = compute_sensitivity(make_counts(other), other, steps=20)
     with pytest.raises(ValueError, match="does not match the model's binary layers"):
         plan_paper(model, SHAPE, sens)
+
+
+def test_a_registered_policy_is_a_method_everywhere_and_its_rules_come_from_it() -> None:
+    """A policy added to the registry is parsed, planned, pruned and checked (config, plan)
+    by what it declares, with no list of policy names to update elsewhere."""
+
+    class Half(Policy):
+        """Every group keeps half its channels: no target, no flip data."""
+
+        name = "half_test"
+        targets = ()
+
+        def _keep(self, pl: Any, sensitivity: Any) -> list[int]:
+            return pl.quantize([c / 2 for c in pl.active_channels()], record=True)
+
+    register_policy(Half)
+    try:
+        model = chain()
+        method = parse_method("half_test+magnitude")
+        assert method.policy == Half() and not method.needs_flips
+        plan, pruned = prune_once(model, method, SHAPE, options=PlanOptions(round_to=1))
+        assert plan.policy == "half_test" and plan.keep == {"0": 2, "2": 4, "4": 5, "6": 3}
+        assert binary_channels(pruned) == {"2": 4, "4": 5, "6": 3}
+        with pytest.raises(ValueError, match="needs the target or uniform policy, not 'half_t"):
+            make_plan(model, SHAPE, "half_test", target_latency=0.5, latency_model=object())
+        with pytest.raises(ConfigError, match="target_latency needs the target or uniform"):
+            resolve_prune(PruneConfig(policy="half_test", target_latency=0.5))
+        resolve_prune(PruneConfig(policy="half_test", criterion="magnitude"))
+    finally:
+        del POLICIES["half_test"]

@@ -8,15 +8,23 @@ import pytest
 import torch
 from torch import nn
 
-from bnnprune.cli import main
+from bnnprune.cli import build_parser, main
 from bnnprune.config import ConfigError, PruneConfig, RunConfig, SweepConfig, load_config
 from bnnprune.engine import kernels as K
 from bnnprune.metrics import binary_channels
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d
-from bnnprune.prune import analyze, apply_plan, plan_uniform
+from bnnprune.prune import (
+    DEFAULT_THRESHOLD,
+    DEFAULTS,
+    analyze,
+    apply_plan,
+    get_policy,
+    plan_uniform,
+)
 from bnnprune.prune.latency import kernel_counts
 from bnnprune.prune.policies import check_round_to
+from bnnprune.prune.resolve import plan_options, resolve_prune
 
 SMALL = (1, 28, 28)
 
@@ -57,7 +65,7 @@ def test_auto_plan_keeps_kernel_counts_and_reaches_the_bops_target() -> None:
     assert plan.reached and plan.round_to == "auto" and not plan.round_note
     for g, ok in zip(plan.groups, allowed, strict=True):
         assert plan.keep[g.name] in ok, (g.name, plan.keep[g.name], ok)
-    assert plan.keep != plan_uniform(model, SMALL, 0.5).keep  # unrounded counts differ
+    assert plan.keep != plan_uniform(model, SMALL, 0.5, round_to=1).keep  # unrounded differ
     pruned = apply_plan(model, plan, "magnitude").model
     assert binary_channels(pruned) == {n: plan.keep[n] for n in binary_channels(pruned)}
     assert plan.to_dict()["round_to"] == "auto"
@@ -85,7 +93,7 @@ class Sine(nn.Module):
 def test_auto_falls_back_to_no_rounding_when_the_engine_cannot_run_the_model() -> None:
     model = Sine()
     plan = plan_uniform(model, (1, 8, 8), 0.4, round_to="auto")
-    assert plan.keep == plan_uniform(model, (1, 8, 8), 0.4).keep
+    assert plan.keep == plan_uniform(model, (1, 8, 8), 0.4, round_to=1).keep
     assert any("round_to auto" in n and "sin" in n for n in plan.notes()), plan.notes()
 
 
@@ -95,7 +103,7 @@ def test_bad_round_to_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="round_to must be"):
         check_round_to(bad)
     with pytest.raises(ConfigError, match="round_to"):
-        PruneConfig(round_to=bad).validate()  # type: ignore[arg-type]
+        resolve_prune(PruneConfig(round_to=bad))  # type: ignore[arg-type]
 
 
 def test_round_to_defaults_and_config_values(tmp_path: Path) -> None:
@@ -111,6 +119,21 @@ def test_round_to_defaults_and_config_values(tmp_path: Path) -> None:
     p.write_text("[prune]\nround_to = 1.5\n")
     with pytest.raises(ConfigError, match="round_to"):
         load_config(p, RunConfig)
+
+
+def test_library_cli_and_config_share_one_rounding_default() -> None:
+    """make_plan without round_to plans what `bnnprune run` and `bnnprune prune` plan: one
+    default (prune.policies.DEFAULTS); PruneConfig may not import it, so it is held here."""
+    assert PruneConfig().round_to == DEFAULTS.round_to == "auto"
+    assert (PruneConfig().threshold, PruneConfig().keep_fp) == (DEFAULT_THRESHOLD, DEFAULTS.keep_fp)
+    assert build_parser().parse_args(["prune", "m.pt", "-o", "o"]).round_to == DEFAULTS.round_to
+    torch.manual_seed(0)
+    model = build_model("small", in_channels=1, image_size=28)
+    library = plan_uniform(model, SMALL, 0.5)
+    run = get_policy("uniform").plan(model, SMALL, None, 0.5,
+                                     options=plan_options(PruneConfig()))
+    assert library.keep == run.keep and library.round_to == "auto"
+    assert library.keep != plan_uniform(model, SMALL, 0.5, round_to=1).keep
 
 
 @pytest.mark.parametrize("bad", ["0", "abc", "1.5", "-8"])

@@ -5,6 +5,9 @@ Typical use::
     sens = compute_sensitivity(tracker, model)                 # or tracker.state_dict()
     plan = make_plan(model, (3, 32, 32), "target", sensitivity=sens, target=0.4, round_to=32)
     result = apply_plan(model, plan, "wff", sens)              # result.model is pruned
+    # or both steps at once, as the CLI, run and sweep do:
+    plan, pruned = prune_once(model, parse_method("target+wff"), (3, 32, 32),
+                              sensitivity=sens, target=0.4)
 
 Criteria follow Torch-Pruning's convention (lower importance = pruned): ``WFFImportance``
 and friends plug into Torch-Pruning's pruners, and ``"tp:lamp"``-style names bring its
@@ -30,15 +33,22 @@ from bnnprune.prune.interop import (
     TorchPruningCriterion,
     WFFImportance,
 )
+from bnnprune.prune.methods import Method, MethodError, parse_method, parse_methods
+from bnnprune.prune.once import Pruned, prune_once, reinit
 from bnnprune.prune.policies import (
     DEFAULT_TOLERANCE,
+    DEFAULTS,
     POLICIES,
     ChannelPlan,
+    PlanOptions,
+    Policy,
+    get_policy,
     make_plan,
     plan_manual,
     plan_paper,
     plan_target,
     plan_uniform,
+    register_policy,
 )
 from bnnprune.prune.selection import (
     check_criterion,
@@ -59,6 +69,7 @@ from bnnprune.prune.surgery import PruneResult, apply_plan, carry_flip_counts, p
 __all__ = [
     "CRITERIA",
     "DEFAULT_THRESHOLD",
+    "DEFAULTS",
     "DEFAULT_TOLERANCE",
     "POLICIES",
     "RECORD_HINT",
@@ -71,9 +82,14 @@ __all__ = [
     "Criterion",
     "CriterionImportance",
     "Magnitude",
+    "Method",
+    "MethodError",
     "MagnitudeImportance",
     "ChannelPlan",
+    "PlanOptions",
+    "Policy",
     "PruneResult",
+    "Pruned",
     "PruningSpace",
     "Random",
     "RandomImportance",
@@ -89,12 +105,18 @@ __all__ = [
     "compute_sensitivity",
     "flip_frequencies",
     "get_criterion",
+    "get_policy",
     "make_plan",
+    "parse_method",
+    "parse_methods",
     "plan_manual",
     "plan_paper",
     "plan_target",
     "plan_uniform",
     "prune_channels",
+    "prune_once",
     "register_criterion",
+    "register_policy",
+    "reinit",
     "select_channels",
 ]

@@ -16,37 +16,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bnnprune.prune.criteria import CRITERIA
-from bnnprune.prune.policies import POLICIES
+from bnnprune.prune.policies import POLICIES, Policy
 from bnnprune.prune.selection import get_criterion
 from bnnprune.prune.sensitivity import RECORD_HINT
 
-__all__ = ["POLICY_NEEDS", "Method", "MethodError", "parse_method", "parse_methods"]
-
-POLICY_NEEDS: dict[str, frozenset[str]] = {
-    "paper": frozenset({"flips"}),
-    "target": frozenset({"flips"}),
-    "uniform": frozenset(),
-}
-assert set(POLICY_NEEDS) == set(POLICIES)
+__all__ = ["Method", "MethodError", "parse_method", "parse_methods"]
 
 
 class MethodError(ValueError):
     """A method is misspelt, or the data it needs is missing."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Method:
-    """One pruning method: ``policy`` sizes the layers, ``criterion`` picks the channels."""
+    """One pruning method: ``policy`` sizes the layers, ``criterion`` picks the channels.
 
-    policy: str
+    ``policy`` may be given by name; the method holds the registered policy object
+    (:data:`~bnnprune.prune.policies.POLICIES`), which says what the policy takes and needs.
+    """
+
+    policy: Policy
     criterion: str
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise MethodError(
-                f"unknown policy {self.policy!r} in method {self.spec!r}; "
-                f"choose from {', '.join(POLICIES)}"
-            )
+        if not isinstance(self.policy, Policy):
+            if self.policy not in POLICIES:
+                raise MethodError(
+                    f"unknown policy {self.policy!r} in method {self.spec!r}; "
+                    f"choose from {', '.join(POLICIES)}"
+                )
+            object.__setattr__(self, "policy", POLICIES[self.policy])
         if self.criterion not in CRITERIA:  # tp:NAME or pkg.module:Class
             try:
                 get_criterion(self.criterion)
@@ -64,7 +63,7 @@ class Method:
     @property
     def needs(self) -> frozenset[str]:
         crit = CRITERIA.get(self.criterion) or get_criterion(self.criterion)
-        needs = set(POLICY_NEEDS[self.policy]) | {"weights"}
+        needs = set(self.policy.needs) | {"weights"}
         if getattr(crit, "needs_flips", False):
             needs.add("flips")
         needs |= set(getattr(crit, "needs", ()))
@@ -74,11 +73,16 @@ class Method:
     def needs_flips(self) -> bool:
         return "flips" in self.needs
 
+    @property
+    def needs_data(self) -> bool:
+        """True when the criterion computes gradients on training batches (``tp:taylor``)."""
+        return bool(get_criterion(self.criterion).needs_grads)
+
     def require(self, has_flips: bool, fix: str = RECORD_HINT) -> None:
         """Raise :class:`MethodError` when the method needs flip data that is not there."""
         if self.needs_flips and not has_flips:
             why = (f"the {self.policy} policy reads p_l from flip counts"
-                   if "flips" in POLICY_NEEDS[self.policy]
+                   if self.policy.needs_flips
                    else f"criterion {self.criterion!r} scores channels by flip counts")
             raise MethodError(f"method {self.spec} needs flip data ({why}); {fix}")
 

@@ -14,14 +14,20 @@ which the engine's kernels do less work than at every larger one
 (:func:`~bnnprune.prune.latency.kernel_counts`). The group's p is the insensitive
 share of all weights of its binary layers. Predicted BOPs are exact (see
 :class:`~bnnprune.prune.graph.PruningSpace`); surgery checks them against ``count_bops``.
+
+Each policy is a :class:`Policy` subclass in :data:`POLICIES` (:func:`register_policy` adds
+one): it declares the data it needs and the targets it takes, and all share one setup from
+:class:`PlanOptions`, whose defaults (:data:`DEFAULTS`, ``round_to="auto"``) are the
+library's and the CLI's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -30,19 +36,23 @@ from bnnprune.prune.sensitivity import RECORD_HINT, Sensitivity
 
 __all__ = [
     "AUTO",
+    "DEFAULTS",
     "DEFAULT_TOLERANCE",
     "POLICIES",
     "ChannelPlan",
+    "PlanOptions",
+    "Policy",
     "check_round_to",
+    "get_policy",
     "make_plan",
-    "plan_latency",
     "plan_manual",
     "plan_paper",
     "plan_target",
     "plan_uniform",
+    "register_policy",
+    "taking",
 ]
 
-POLICIES = ("paper", "target", "uniform")
 AUTO = "auto"  # round_to: the counts the engine's kernels pay for (prune.latency.kernel_counts)
 DEFAULT_TOLERANCE = 0.01  # 1 percentage point of BOPs reduction
 _BISECTION_STEPS = 40
@@ -176,29 +186,38 @@ class _Allowed:
         return k + self.step if k + self.step <= self.top else self.channels
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """How a plan rounds and limits its counts; the library's defaults of these settings
+    (``make_plan``, the ``plan_*`` functions and the CLI's ``prune`` command read them here,
+    and ``PruneConfig`` is held to them by a test: config.py may not import this module)."""
+
+    # a whole number >= 1, or AUTO: the counts the engine's kernels pay for
+    round_to: int | str = AUTO
+    min_channels: int | None = None  # None: at least one rounding step
+    exclude: Iterable[str] = ()  # layers whose groups stay unchanged
+    keep_fp: bool = False  # keep full-precision producers unpruned
+    tolerance: float = DEFAULT_TOLERANCE  # of the BOPs reduction (or latency ratio) reached
+
+
+DEFAULTS = PlanOptions()  # the library's plan options, as every signature below spells them
+
+
 class _Planner:
     """Shared machinery of the policies: options, rounding, clamps and BOPs search."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        input_shape: InputShape,
-        round_to: int | str,
-        min_channels: int | None,
-        exclude: Iterable[str],
-        tolerance: float,
-        keep_fp: bool = False,
-    ) -> None:
-        round_to = check_round_to(round_to)
+    def __init__(self, model: nn.Module, input_shape: InputShape, options: PlanOptions) -> None:
+        round_to = check_round_to(options.round_to)
+        min_channels, tolerance = options.min_channels, options.tolerance
         if min_channels is not None and (int(min_channels) != min_channels or min_channels < 1):
             raise ValueError(f"min_channels must be a whole number >= 1, got {min_channels}")
         if not 0 < tolerance < 1:
             raise ValueError(f"tolerance must lie in (0, 1), got {tolerance}")
-        self.space: PruningSpace = analyze(model, input_shape, keep_fp=keep_fp)
+        self.space: PruningSpace = analyze(model, input_shape, keep_fp=options.keep_fp)
         if not self.space.groups:
             raise ValueError("model has no prunable channels (no binary layer with free outputs)")
         self.round_to, self.min_channels, self.tolerance = round_to, min_channels, tolerance
-        self.excluded = self._excluded(model, exclude)
+        self.excluded = self._excluded(model, options.exclude)
         self.allowed = [self._allowed(g.channels) for g in self.space.groups]
         self.round_note = ""
         if round_to == AUTO:
@@ -238,6 +257,10 @@ class _Planner:
 
     def active(self) -> list[int]:
         return [i for i in range(len(self.space.groups)) if i not in self.excluded]
+
+    def active_channels(self) -> list[int]:
+        """The current width of each active group."""
+        return [self.space.groups[i].channels for i in self.active()]
 
     def quantize(self, raws: Sequence[float], record: bool = False) -> list[int]:
         """Nearest allowed counts for the requested (real) counts of active groups."""
@@ -375,23 +398,228 @@ def _check_target(target: float) -> float:
     return float(target)
 
 
+
+
+@dataclass(frozen=True)
+class _Allocation:
+    """How a policy spreads a cut over the active groups: the requested counts at scale
+    ``s`` (``raws_at``), the largest useful scale and the groups a touch-up may move."""
+
+    raws_at: Callable[[float], list[float]]
+    hi: float
+    movable: list[int]
+
+
+class Policy:
+    """A rule for how many output channels each prunable group keeps.
+
+    Subclasses set the class attributes that say what the policy takes and needs (one
+    place for these rules: configs, the CLI and :func:`make_plan` ask the policy) and
+    implement :meth:`_allocation` (a cut spread over the groups, scaled to a target) or
+    override :meth:`_keep` (counts without a target). Policies hold no state: two instances
+    of one class are equal; :func:`register_policy` adds one to :data:`POLICIES`.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()  # "flips": p_l read from flip counts
+    targets: ClassVar[tuple[str, ...]] = ("bops", "latency")  # (): the policy's own reduction
+    iterates: ClassVar[bool] = False  # prune -> retrain rounds until p_l stops decreasing
+
+    @property
+    def needs_flips(self) -> bool:
+        return "flips" in self.needs
+
+    def rounds(self, max_rounds: int) -> int:
+        """Prune -> retrain rounds at most: ``max_rounds`` if the policy iterates, else 1."""
+        return max_rounds if self.iterates else 1
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def plan(
+        self,
+        model: nn.Module,
+        input_shape: InputShape,
+        sensitivity: Sensitivity | None = None,
+        target: float | None = None,
+        *,
+        options: PlanOptions = DEFAULTS,
+        target_latency: float | None = None,
+        latency_model: Any = None,
+    ) -> ChannelPlan:
+        """The plan for ``model``: to a BOPs reduction ``target``, to a predicted latency of
+        ``target_latency`` x the unpruned (with its ``latency_model``), or at the policy's
+        own reduction; ValueError (one line) when the policy cannot take what it is given."""
+        if target_latency is not None:
+            if target is not None:
+                raise ValueError("give a BOPs target or a latency target, not both")
+            if latency_model is None:
+                raise ValueError("a latency target needs a latency model "
+                                 "(bnnprune.prune.latency.latency_model)")
+            return self._plan_latency(model, input_shape, sensitivity, target_latency,
+                                      latency_model, options)
+        self._require_flips(sensitivity)
+        if "bops" in self.targets:
+            if target is None:
+                raise ValueError(f"the {self.name} policy needs a target BOPs reduction in (0, 1)")
+            target = _check_target(target)
+        pl = _Planner(model, input_shape, options)
+        if not self.targets:
+            return pl.plan(self.name, self._keep(pl, sensitivity))
+        alloc = self._allocation(pl, sensitivity)
+        if alloc is None:
+            return pl.plan(self.name, pl.quantize(pl.active_channels()), target=target, scale=0.0)
+        keep, scale = pl.search(alloc.raws_at, alloc.hi, target, alloc.movable)
+        return pl.plan(self.name, keep, target=target, scale=scale)
+
+    def _require_flips(self, sensitivity: Sensitivity | None) -> None:
+        if self.needs_flips and sensitivity is None:
+            raise ValueError(f"the {self.name} policy needs flip data; {RECORD_HINT}")
+
+    def _plan_latency(self, model: nn.Module, input_shape: InputShape,
+                      sensitivity: Sensitivity | None, target_latency: float,
+                      latency_model: Any, options: PlanOptions) -> ChannelPlan:
+        """Counts from those ``latency_model.allowed`` says buy a saving (the kernels'
+        granularity, from the table), scaled until the predicted latency ratio is reached:
+        the target policy scales the flip-frequency allocation, uniform one ratio."""
+        from bnnprune.prune.latency import check_latency_target
+
+        target_latency = check_latency_target(target_latency)
+        if "latency" not in self.targets:
+            raise ValueError(
+                f"a latency target needs the {taking('latency')} policy, not {self.name!r}")
+        pl = _Planner(model, input_shape, dataclasses.replace(options, round_to=1))
+        lm = latency_model
+        if [(g.name, g.channels) for g in lm.space.groups] != [
+                (g.name, g.channels) for g in pl.space.groups]:
+            raise ValueError("the latency model was built for another model or keep_fp setting")
+        for i in range(len(pl.allowed)):
+            pl.restrict(i, lm.allowed(i))
+        self._require_flips(sensitivity)
+        alloc = self._allocation(pl, sensitivity)
+        if alloc is None or not alloc.movable:
+            keep, scale = pl.quantize(pl.active_channels()), 0.0
+        else:
+            keep, scale = pl.search(alloc.raws_at, alloc.hi, 1.0 - target_latency,
+                                    alloc.movable, cost=lm.ratio)
+        return pl.plan(self.name, keep, scale=scale, latency=lm.report(keep, target_latency))
+
+    def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
+        """The cut to scale to a target; None: nothing to cut (every group stays)."""
+        raise NotImplementedError(f"the {self.name} policy takes no target")
+
+    def _keep(self, pl: _Planner, sensitivity: Sensitivity | None) -> list[int]:
+        """Counts of a policy without a target (its own reduction)."""
+        raise NotImplementedError(f"the {self.name} policy needs a target")
+
+
+POLICIES: dict[str, Policy] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make a :class:`Policy` subclass available by its ``name``."""
+    POLICIES[cls.name] = cls()
+    return cls
+
+
+def taking(kind: str) -> str:
+    """The registered policies that reach a ``kind`` target ("bops", "latency") in words:
+    ``target or uniform`` (messages name them from here, not from a list of their own)."""
+    names = [n for n, p in POLICIES.items() if kind in p.targets]
+    return " or ".join(filter(None, (", ".join(names[:-1]), "".join(names[-1:]))))
+
+
+def get_policy(name: str | Policy) -> Policy:
+    """The registered policy called ``name`` (a policy is returned as it is)."""
+    if isinstance(name, Policy):
+        return name
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    return POLICIES[name]
+
+
+@register_policy
+class Paper(Policy):
+    """The paper's rule (its step 3): each group keeps round(C * (1 - p)) channels."""
+
+    name = "paper"
+    needs = frozenset({"flips"})
+    targets = ()
+    iterates = True
+
+    def _keep(self, pl: _Planner, sensitivity: Sensitivity | None) -> list[int]:
+        assert sensitivity is not None
+        ps = pl.group_p(sensitivity)
+        return pl.quantize([c * (1.0 - p) for c, p in zip(pl.active_channels(), ps, strict=True)],
+                           record=True)
+
+
+@register_policy
+class Target(Policy):
+    """Groups cut by ``s * p`` of their channels (p: the insensitive share), one common
+    scale ``s`` for the whole network; groups with p = 0 are never cut."""
+
+    name = "target"
+    needs = frozenset({"flips"})
+
+    def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
+        assert sensitivity is not None
+        ps = pl.group_p(sensitivity)
+        chans = pl.active_channels()
+        positive = [p for p in ps if p > 0]
+        if not positive:
+            return None
+
+        def raws_at(s: float) -> list[float]:
+            return [c * (1.0 - min(1.0, s * p)) for c, p in zip(chans, ps, strict=True)]
+
+        movable = [i for i, p in zip(pl.active(), ps, strict=True) if p > 0]
+        return _Allocation(raws_at, 1.0 / min(positive), movable)
+
+
+@register_policy
+class Uniform(Policy):
+    """The same cut ratio in every group (width scaling)."""
+
+    name = "uniform"
+
+    def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
+        chans = pl.active_channels()
+
+        def raws_at(r: float) -> list[float]:
+            return [c * (1.0 - r) for c in chans]
+
+        return _Allocation(raws_at, 1.0, pl.active())
+
+
+def _options(round_to: int | str, min_channels: int | None, exclude: Iterable[str],
+             keep_fp: bool, tolerance: float) -> PlanOptions:
+    return PlanOptions(round_to=round_to, min_channels=min_channels, exclude=exclude,
+                       keep_fp=keep_fp, tolerance=tolerance)
+
+
 def plan_paper(
     model: nn.Module,
     input_shape: InputShape,
     sensitivity: Sensitivity,
     *,
-    round_to: int | str = 1,
-    min_channels: int | None = None,
-    exclude: Iterable[str] = (),
-    keep_fp: bool = False,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
 ) -> ChannelPlan:
     """The paper's rule: each group keeps round(C * (1 - p)) channels."""
-    pl = _Planner(model, input_shape, round_to, min_channels, exclude, DEFAULT_TOLERANCE,
-                  keep_fp)
-    ps = pl.group_p(sensitivity)
-    chans = [pl.space.groups[i].channels for i in pl.active()]
-    keep = pl.quantize([c * (1.0 - p) for c, p in zip(chans, ps, strict=True)], record=True)
-    return pl.plan("paper", keep)
+    opts = _options(round_to, min_channels, exclude, keep_fp, DEFAULTS.tolerance)
+    return POLICIES["paper"].plan(model, input_shape, sensitivity, options=opts)
 
 
 def plan_target(
@@ -400,32 +628,19 @@ def plan_target(
     sensitivity: Sensitivity,
     target: float,
     *,
-    round_to: int | str = 1,
-    min_channels: int | None = None,
-    exclude: Iterable[str] = (),
-    keep_fp: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
+    tolerance: float = DEFAULTS.tolerance,
 ) -> ChannelPlan:
     """Reach a BOPs reduction ``target`` in one shot, cutting groups in proportion to p.
 
     Groups with p = 0 are never cut; if the target cannot be reached, the plan is the
     nearest achievable one and ``plan.reached`` is False (``plan.notes()`` says so).
     """
-    target = _check_target(target)
-    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance, keep_fp)
-    ps = pl.group_p(sensitivity)
-    active = pl.active()
-    chans = [pl.space.groups[i].channels for i in active]
-    positive = [p for p in ps if p > 0]
-    if not positive:
-        return pl.plan("target", pl.quantize(chans), target=target, scale=0.0)
-
-    def raws_at(s: float) -> list[float]:
-        return [c * (1.0 - min(1.0, s * p)) for c, p in zip(chans, ps, strict=True)]
-
-    movable = [i for i, p in zip(active, ps, strict=True) if p > 0]
-    keep, scale = pl.search(raws_at, 1.0 / min(positive), target, movable)
-    return pl.plan("target", keep, target=target, scale=scale)
+    opts = _options(round_to, min_channels, exclude, keep_fp, tolerance)
+    return POLICIES["target"].plan(model, input_shape, sensitivity, target, options=opts)
 
 
 def plan_uniform(
@@ -433,23 +648,15 @@ def plan_uniform(
     input_shape: InputShape,
     target: float,
     *,
-    round_to: int | str = 1,
-    min_channels: int | None = None,
-    exclude: Iterable[str] = (),
-    keep_fp: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
+    tolerance: float = DEFAULTS.tolerance,
 ) -> ChannelPlan:
     """Cut every group by the same ratio, found by bisection to reach ``target``."""
-    target = _check_target(target)
-    pl = _Planner(model, input_shape, round_to, min_channels, exclude, tolerance, keep_fp)
-    active = pl.active()
-    chans = [pl.space.groups[i].channels for i in active]
-
-    def raws_at(r: float) -> list[float]:
-        return [c * (1.0 - r) for c in chans]
-
-    keep, ratio = pl.search(raws_at, 1.0, target, active)
-    return pl.plan("uniform", keep, target=target, scale=ratio)
+    opts = _options(round_to, min_channels, exclude, keep_fp, tolerance)
+    return POLICIES["uniform"].plan(model, input_shape, None, target, options=opts)
 
 
 def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, int],
@@ -459,7 +666,7 @@ def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, in
     Counts below 1 are clamped to 1 and recorded; conflicting counts within a group or
     counts above the current width raise ValueError.
     """
-    pl = _Planner(model, input_shape, 1, None, (), DEFAULT_TOLERANCE, keep_fp)
+    pl = _Planner(model, input_shape, PlanOptions(round_to=1, keep_fp=keep_fp))
     group_of = pl.space.group_of()
     unknown = sorted(n for n in keep if n not in group_of)
     if unknown:
@@ -483,101 +690,24 @@ def plan_manual(model: nn.Module, input_shape: InputShape, keep: Mapping[str, in
     return pl.plan("manual", counts)
 
 
-def plan_latency(
-    model: nn.Module,
-    input_shape: InputShape,
-    target_latency: float,
-    latency_model: Any,
-    sensitivity: Sensitivity | None = None,
-    *,
-    policy: str = "target",
-    min_channels: int | None = None,
-    exclude: Iterable[str] = (),
-    keep_fp: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
-) -> ChannelPlan:
-    """Reach a predicted engine latency of ``target_latency`` x the unpruned one.
-
-    The ``target`` policy scales the flip-frequency allocation (groups cut in proportion to
-    their p); ``uniform`` cuts every group by one ratio. Counts are those
-    ``latency_model.allowed`` says buy a saving (the kernels' granularity, from the table).
-    """
-    from bnnprune.prune.latency import check_latency_target
-
-    target_latency = check_latency_target(target_latency)
-    if policy not in ("target", "uniform"):
-        raise ValueError(f"a latency target needs the target or uniform policy, not {policy!r}")
-    pl = _Planner(model, input_shape, 1, min_channels, exclude, tolerance, keep_fp)
-    lm = latency_model
-    if [(g.name, g.channels) for g in lm.space.groups] != [
-            (g.name, g.channels) for g in pl.space.groups]:
-        raise ValueError("the latency model was built for another model or keep_fp setting")
-    for i in range(len(pl.allowed)):
-        pl.restrict(i, lm.allowed(i))
-    active = pl.active()
-    chans = [pl.space.groups[i].channels for i in active]
-    if policy == "target":
-        if sensitivity is None:
-            raise ValueError(f"the target policy needs flip data; {RECORD_HINT}")
-        ps = pl.group_p(sensitivity)
-        positive = [p for p in ps if p > 0]
-        movable = [i for i, p in zip(active, ps, strict=True) if p > 0]
-        hi = 1.0 / min(positive) if positive else 1.0
-
-        def raws_at(s: float) -> list[float]:
-            return [c * (1.0 - min(1.0, s * p)) for c, p in zip(chans, ps, strict=True)]
-    else:
-        movable, hi = active, 1.0
-
-        def raws_at(s: float) -> list[float]:
-            return [c * (1.0 - s) for c in chans]
-
-    if not movable:
-        keep, scale = pl.quantize(chans), 0.0
-    else:
-        keep, scale = pl.search(raws_at, hi, 1.0 - target_latency, movable, cost=lm.ratio)
-    plan = pl.plan(policy, keep, scale=scale, latency=lm.report(keep, target_latency))
-    return plan
-
-
 def make_plan(
     model: nn.Module,
     input_shape: InputShape,
-    policy: str = "paper",
+    policy: str | Policy = "paper",
     *,
     sensitivity: Sensitivity | None = None,
     target: float | None = None,
-    round_to: int | str = 1,
-    min_channels: int | None = None,
-    exclude: Iterable[str] = (),
-    keep_fp: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
+    round_to: int | str = DEFAULTS.round_to,
+    min_channels: int | None = DEFAULTS.min_channels,
+    exclude: Iterable[str] = DEFAULTS.exclude,
+    keep_fp: bool = DEFAULTS.keep_fp,
+    tolerance: float = DEFAULTS.tolerance,
     target_latency: float | None = None,
     latency_model: Any = None,
 ) -> ChannelPlan:
-    """Dispatch to a policy by name (``paper``, ``target`` or ``uniform``); with
-    ``target_latency`` (and its ``latency_model``) to :func:`plan_latency`."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-    if target_latency is not None:
-        if target is not None:
-            raise ValueError("give a BOPs target or a latency target, not both")
-        if latency_model is None:
-            raise ValueError("a latency target needs a latency model "
-                             "(bnnprune.prune.latency.latency_model)")
-        return plan_latency(model, input_shape, target_latency, latency_model, sensitivity,
-                            policy=policy, min_channels=min_channels, exclude=exclude,
-                            keep_fp=keep_fp, tolerance=tolerance)
-    opts: dict[str, Any] = {"round_to": round_to, "min_channels": min_channels, "exclude": exclude,
-                            "keep_fp": keep_fp}
-    if policy == "uniform":
-        if target is None:
-            raise ValueError("the uniform policy needs a target BOPs reduction in (0, 1)")
-        return plan_uniform(model, input_shape, target, tolerance=tolerance, **opts)
-    if sensitivity is None:
-        raise ValueError(f"the {policy} policy needs flip data; {RECORD_HINT}")
-    if policy == "paper":
-        return plan_paper(model, input_shape, sensitivity, **opts)
-    if target is None:
-        raise ValueError("the target policy needs a target BOPs reduction in (0, 1)")
-    return plan_target(model, input_shape, sensitivity, target, tolerance=tolerance, **opts)
+    """The plan of a policy given by name (``paper``, ``target`` or ``uniform``, see
+    :data:`POLICIES`); with ``target_latency`` (and its ``latency_model``) to a predicted
+    engine latency instead of a BOPs reduction."""
+    opts = _options(round_to, min_channels, exclude, keep_fp, tolerance)
+    return get_policy(policy).plan(model, input_shape, sensitivity, target, options=opts,
+                                   target_latency=target_latency, latency_model=latency_model)

@@ -264,7 +264,9 @@ def _ranks(results: dict[str, Any]) -> list[str]:
                                               for m in order) + "."]
     wins = [d for d in rec["against"] if d["resolved"] and d["mean"] > 0]
     losses = [d for d in rec["against"] if d["resolved"] and d["mean"] < 0]
-    default = PruneConfig().method.spec
+    from bnnprune.prune.resolve import resolve_prune
+
+    default = resolve_prune(PruneConfig()).method.spec
     beaten = sorted({d["b"] for d in wins})
     line = (f"- **Default method:** {rec['method']} ranks best among the pruning methods "
             f"(mean rank {rec['mean_rank']:.2f}); paired against the other rows at each "

@@ -1,0 +1,71 @@
+"""One pruning step, the way every caller takes it: criterion -> plan -> surgery -> (fresh init).
+
+``bnnprune prune``, each round of ``bnnprune run`` and its comparisons, and every sweep cell
+prune through :func:`prune_once`, so a method means the same thing everywhere::
+
+    plan, pruned = prune_once(model, parse_method("target+wff"), (3, 32, 32),
+                              sensitivity=sens, target=0.4)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from bnnprune.prune.graph import InputShape
+from bnnprune.prune.methods import Method
+from bnnprune.prune.policies import DEFAULTS, ChannelPlan, PlanOptions
+from bnnprune.prune.selection import with_gradient_data
+from bnnprune.prune.sensitivity import Sensitivity
+from bnnprune.prune.surgery import apply_plan
+from bnnprune.seeding import seed_everything
+
+__all__ = ["Pruned", "prune_once", "reinit"]
+
+
+class Pruned(NamedTuple):
+    """What :func:`prune_once` returns: the plan and the pruned copy of the model."""
+
+    plan: ChannelPlan
+    model: nn.Module
+
+
+def reinit(model: nn.Module) -> None:
+    """Fresh initialisation of every sub-module (retraining from scratch)."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+
+
+def prune_once(
+    model: nn.Module,
+    method: Method,
+    input_shape: InputShape,
+    *,
+    sensitivity: Sensitivity | None = None,
+    target: float | None = None,
+    options: PlanOptions = DEFAULTS,
+    target_latency: float | None = None,
+    latency_model: Any = None,
+    seed: int = 0,
+    data: Any = None,
+    from_scratch: bool = False,
+) -> Pruned:
+    """Plan ``model`` with ``method``'s policy (to a BOPs reduction ``target``, to
+    ``target_latency`` on ``latency_model``, or at the policy's own reduction) and cut it
+    with its criterion: a copy, ``model`` is left as it is.
+
+    ``seed`` seeds the ``random`` criterion and, with ``from_scratch``, the fresh weights
+    (they depend on the seed, not on what ran before); ``data`` (a Dataset) gives a
+    criterion that needs gradients (e.g. ``tp:taylor``) a few training batches.
+    """
+    kwargs = {"seed": seed} if method.criterion == "random" else {}
+    criterion = with_gradient_data(method.criterion, data, **kwargs)
+    plan = method.policy.plan(model, input_shape, sensitivity, target, options=options,
+                              target_latency=target_latency, latency_model=latency_model)
+    pruned = apply_plan(model, plan, criterion, sensitivity).model
+    if from_scratch:
+        seed_everything(seed)
+        reinit(pruned)
+    return Pruned(plan, pruned)
