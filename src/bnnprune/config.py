@@ -107,12 +107,22 @@ class DataConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     augment: bool = True
+    # training images held out (after the train subset) as a validation split; 0: none
+    val_subset: int = 0
+
+    def key(self) -> dict[str, Any]:
+        """The settings as resume keys record them; no ``val_subset`` entry without a
+        validation split, so folders written before it existed still resume."""
+        d = dataclasses.asdict(self)
+        if not d["val_subset"]:
+            del d["val_subset"]
+        return d
 
     def validate(self) -> None:
         from bnnprune.data import canonical_name
 
         canonical_name(self.name)  # raises DatasetError naming the valid datasets
-        for k in ("train_subset", "test_subset"):
+        for k in ("train_subset", "test_subset", "val_subset"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ConfigError(f"data.{k} must be >= 0 (0: all images), got {v}")
@@ -325,6 +335,26 @@ class SweepSection:
     # folder of the cells' small JSON records (commit it: a fresh clone resumes from it);
     # "" keeps them in the run folder
     records: str = ""
+    # whose layer widths the from-scratch networks take (sweep.scratch): "uniform", and
+    # "target" (the widths the flip-proportional allocation picks)
+    scratch_policies: list[str] = field(default_factory=lambda: ["uniform"])
+    # per seed, uniform widths at the BOPs the paper policy reached, fine-tuned as long as
+    # the paper policy retrained in all its rounds (needs a paper method)
+    paper_control: bool = False
+    # the plateau criterion, fixed before any result: over the train.track_last epochs
+    # before the flip interval accuracy (validation split, if any) rises by less than
+    # plateau_max_rise_pp points, and inside the interval every layer's per-epoch flip
+    # ratio varies by less than plateau_max_flatness (max/min); with plateau_gate a seed
+    # whose baseline fails it gets no other cell
+    plateau_max_rise_pp: float | None = None
+    plateau_max_flatness: float | None = None
+    plateau_gate: bool = False
+    # pre-registered primary comparisons (bnnprune.primaries.PRIMARIES), Holm-corrected
+    # together, and the file that states the analysis (quoted verbatim by the page)
+    primaries: list[str] = field(default_factory=list)
+    preregistration: str = ""
+    # --docs DIR writes DIR/<page>.md and its plots into DIR/<page>/
+    page: str = "results"
 
     @property
     def method_list(self) -> list[Any]:
@@ -355,9 +385,24 @@ class SweepSection:
             raise ConfigError(f"unknown sweep.flip_choices {bad}; choose from {', '.join(CHOICES)}")
         if self.speed_repeats < 1:
             raise ConfigError("sweep.speed_repeats must be >= 1")
-        if self.paper_scratch and not any(m.policy == "paper" for m in self.method_list):
-            raise ConfigError("sweep.paper_scratch retrains the paper policy from scratch: "
-                              "add a paper method (e.g. paper+wff) to sweep.methods")
+        for flag in ("paper_scratch", "paper_control"):
+            if getattr(self, flag) and not any(m.policy == "paper" for m in self.method_list):
+                raise ConfigError(f"sweep.{flag} needs the paper policy: add a paper method "
+                                  "(e.g. paper+wff) to sweep.methods")
+        if not self.page or "/" in self.page or self.page.startswith("."):
+            raise ConfigError(f"sweep.page must be a plain file name, got {self.page!r}")
+        bad = [a for a in self.scratch_policies if a not in ("uniform", "target")]
+        if bad or not self.scratch_policies:
+            raise ConfigError(f"sweep.scratch_policies takes uniform and/or target, got "
+                              f"{self.scratch_policies!r}")
+        for key in ("plateau_max_rise_pp", "plateau_max_flatness"):
+            v = getattr(self, key)
+            if v is not None and not v > 0:
+                raise ConfigError(f"sweep.{key} must be > 0, got {v}")
+        if self.plateau_gate and self.plateau_max_rise_pp is None \
+                and self.plateau_max_flatness is None:
+            raise ConfigError("sweep.plateau_gate needs a criterion: set "
+                              "sweep.plateau_max_rise_pp and/or sweep.plateau_max_flatness")
 
 
 def _sweep_prune_defaults() -> PruneConfig:
