@@ -191,9 +191,10 @@ def render_primaries_report(results: dict[str, Any], plots: dict[str, str],
         f"images held out of the other training images, {ds['test']} test images (the same "
         "for every seed) |",
         f"| model | {model_label(cfg['model'], '`')} |",
-        f"| baseline | {t['epochs']} epochs, Adam lr {t['lr']:g}, {t['schedule']} schedule, "
-        f"then {t['plateau_epochs']} epochs at lr x{t['plateau_lr']:g}; flips recorded over "
-        f"the last {t['track_last']} |",
+        f"| baseline | {t['epochs']} epochs of Adam, batch {t['batch_size']}: "
+        f"{t['epochs'] - t['plateau_epochs']} {t['schedule']} epochs from lr {t['lr']:g} to "
+        f"{t['lr'] * t['plateau_lr']:g}, then {t['plateau_epochs']} epochs held there; flips "
+        f"recorded over the last {t['track_last']} |",
         f"| pruning | binary layers only; insensitive = flipped more than {p['threshold']} "
         f"times; fine-tuned {p['retrain_epochs']} epochs at lr {p['retrain_lr']:g}; from "
         f"scratch: {t['epochs'] + p['retrain_epochs']} epochs (equal total epochs); the paper "
