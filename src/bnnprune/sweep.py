@@ -65,7 +65,7 @@ from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
 from bnnprune.prune.methods import Method
 from bnnprune.prune.premise import premise_curve
 from bnnprune.seeding import seed_everything
-from bnnprune.stats import paired_difference, spearman
+from bnnprune.stats import paired_difference, paired_test, spearman
 from bnnprune.train import evaluate, load_model, resolve_device
 
 __all__ = ["Cell", "aggregate", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
@@ -812,6 +812,13 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             premise["curves"][choice] = [
                 _ms([r["curves"][choice][i] for r in prem]) for i in range(len(percents))
             ]
+        # each choice against random flips of the same count, paired by seed
+        if "random" in prem[0]["curves"]:
+            premise["vs_random"] = {
+                choice: [paired_test([r["curves"][choice][i] for r in prem],
+                                     [r["curves"]["random"][i] for r in prem])
+                         for i in range(len(percents))]
+                for choice in prem[0]["curves"] if choice != "random"}
     p_layers: dict[str, list[float]] = {}
     for r in base:
         for name, v in ((r.get("sensitivity") or {}).get("layers") or {}).items():
@@ -864,7 +871,7 @@ def _accuracies(records: list[dict[str, Any]],
 
 def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per question, reduction and variant: the paired difference in test accuracy (A - B)
-    over the seeds where both were measured, with its 95% interval."""
+    over the seeds where both were measured, with its 95% interval, paired SD and p."""
     acc = _accuracies(records)
     criteria = sorted({k.split("+", 1)[1] for k, _ in acc if "+" in k})
     out = []
@@ -880,7 +887,7 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 seeds = sorted(set(a_seeds) & set(b_seeds))
                 if not seeds:
                     continue
-                d = paired_difference([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
+                d = paired_test([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
                 out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
                             "seeds": seeds, **d})
     return out
