@@ -62,7 +62,7 @@ from bnnprune.phases import (
     train_phase,
 )
 from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
-from bnnprune.prune.methods import Method
+from bnnprune.prune.methods import Method, parse_method
 from bnnprune.prune.premise import premise_curve
 from bnnprune.seeding import seed_everything
 from bnnprune.stats import paired_difference, paired_test, spearman
@@ -895,9 +895,10 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Mean accuracy ranks over the reductions of every row measured at every reduction
-    (pruning methods at a BOPs target and uniform width from scratch), and the pruning
-    method ranked best, with its paired differences against every other row: what
-    ``bnnprune run``'s default should be. None before two rows are comparable."""
+    (pruning methods at a BOPs target and uniform width from scratch), the pruning method
+    ranked best with its paired differences against every other row, and what
+    ``bnnprune run``'s default should be: the simplest method (least data needed) that no
+    comparison resolves from the best-ranked one. None before two rows are comparable."""
     acc: dict[str, dict[float, dict[int, float]]] = {}
     for (m, red), by_seed in _accuracies(records).items():
         if red is not None:
@@ -912,7 +913,8 @@ def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         for i, m in enumerate(order, 1):
             ranks[m].append(i)
     mean_rank = {m: statistics.fmean(v) for m, v in ranks.items()}
-    best = min(sorted(m for m in full if m != "scratch"), key=lambda m: mean_rank[m])
+    pruning = sorted(m for m in full if "+" in m)  # methods, not networks from scratch
+    best = min(pruning, key=lambda m: mean_rank[m])
     against = []
     for m in sorted(full):
         for red in reds if m != best else []:
@@ -920,8 +922,14 @@ def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
             d = paired_difference([full[best][red][s] for s in seeds],
                                   [full[m][red][s] for s in seeds])
             against.append({"b": m, "reduction": red, "seeds": seeds, **d})
-    return {"method": best, "mean_rank": mean_rank[best], "reductions": reds,
-            "mean_ranks": mean_rank, "against": against}
+    # a tie goes to the simpler method: among the pruning methods no comparison resolves
+    # from the best-ranked one, the one needing the least data (no flip counts), then rank
+    tied = [m for m in pruning if m == best or not any(
+        d["resolved"] for d in against if d["b"] == m)]
+    chosen = min(tied, key=lambda m: (len(parse_method(m).needs), mean_rank[m], m))
+    return {"method": chosen, "best_ranked": best, "tied": tied,
+            "mean_rank": mean_rank[chosen], "reductions": reds, "mean_ranks": mean_rank,
+            "against": against}
 
 
 def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -267,12 +267,17 @@ def _ranks(results: dict[str, Any]) -> list[str]:
     losses = [d for d in rec["against"] if d["resolved"] and d["mean"] < 0]
     default = PruneConfig().method.spec
     beaten = sorted({d["b"] for d in wins})
-    line = (f"- **Default method:** {rec['method']} ranks best among the pruning methods "
-            f"(mean rank {rec['mean_rank']:.2f}); paired against the other rows at each "
+    best = rec.get("best_ranked", rec["method"])
+    line = (f"- **Default method:** {best} ranks best among the pruning methods "
+            f"(mean rank {ranks[best]:.2f}); paired against the other rows at each "
             f"reduction it is resolved better than "
             f"{', '.join(beaten) if beaten else 'none'}")
     if losses:
         line += f" and resolved worse than {', '.join(sorted({d['b'] for d in losses}))}"
+    if best != rec["method"]:
+        line += (f". No comparison resolves {len(rec['tied']) - 1} other pruning methods from "
+                 f"it, and a tie goes to the method needing the least data: "
+                 f"{rec['method']} (mean rank {rec['mean_rank']:.2f})")
     line += (f". `bnnprune run` defaults to {default}"
              + (" (the same)." if default == rec["method"] else
                 f"; {rec['method']} would follow this evidence."))
