@@ -199,7 +199,10 @@ def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
     # the headline quotes the paired interval (the page's one statistic): t(1) = 12.706
     assert "target+wff minus target+random: +21.00 pp, 95% interval [+8.29, +33.71] over 2 " \
            "paired seeds: resolved" in text
-    assert "The premise holds" in text and "smallest latent magnitudes are an even safer" in text
+    # each flip choice paired by seed against random flips of as many weights
+    assert "paired by seed: highest WFF first +30.00 pp" in text
+    assert "lowest WFF first -20.00 pp" in text
+    assert "in the means the smallest latent magnitudes are safer still" in text
     assert "lost more than 1.0 pp against the baseline" in text
     assert "did not pick better channels than chance" not in text
 
@@ -357,7 +360,7 @@ def test_identical_arms_are_called_identical_not_unresolved() -> None:
     assert "**does WFF channel choice beat latent magnitude?** no difference resolved" in text
 
 
-def test_the_recommended_default_is_the_best_ranked_pruning_method_with_paired_evidence() -> None:
+def test_the_recommended_default_is_the_simplest_method_tied_with_the_best_ranked() -> None:
     records = [_rec("baseline", s, 0.9) for s in (0, 1, 2)]
     accs = {"target+magnitude": (0.86, 0.87, 0.85), "target+wff": (0.83, 0.85, 0.82),
             "uniform+random": (0.855, 0.855, 0.855)}
@@ -366,7 +369,11 @@ def test_the_recommended_default_is_the_best_ranked_pruning_method_with_paired_e
             records += [_rec("prune", s, x + shift, 70, key, red) for s, x in enumerate(a)]
         records += [_rec("scratch", s, 0.95, 70, None, red) for s in (0, 1, 2)]  # not a method
     rec = aggregate(records)["recommendation"]
-    assert rec["method"] == "target+magnitude" and rec["reductions"] == [0.3, 0.5]
+    assert rec["best_ranked"] == "target+magnitude" and rec["reductions"] == [0.3, 0.5]
+    # no comparison resolves uniform+random from the best-ranked method, and it needs no flip
+    # counts (the target policy does): the tie goes to it; target+wff is resolved worse
+    assert rec["tied"] == ["target+magnitude", "uniform+random"]
+    assert rec["method"] == "uniform+random" and rec["mean_rank"] == 3.0
     # scratch ranks first: it is ranked, not recommended (not a way to prune a trained model)
     assert rec["mean_ranks"] == {"scratch": 1.0, "target+magnitude": 2.0,
                                  "uniform+random": 3.0, "target+wff": 4.0}
@@ -380,8 +387,10 @@ def test_the_recommended_default_is_the_best_ranked_pruning_method_with_paired_e
     text = render_sweep_report(results, {})
     assert ("**Default method:** target+magnitude ranks best among the pruning methods (mean "
             "rank 2.00); paired against the other rows at each reduction it is resolved better "
-            "than target+wff and resolved worse than scratch") in text
+            "than target+wff and resolved worse than scratch. No comparison resolves 1 other "
+            "pruning methods from it, and a tie goes to the method needing the least data: "
+            "uniform+random (mean rank 3.00)") in text
     default = resolve_prune(PruneConfig()).method.spec
-    assert default != "target+magnitude"
-    assert f"`bnnprune run` defaults to {default}; target+magnitude would follow" in text
+    assert default != "uniform+random"
+    assert f"`bnnprune run` defaults to {default}; uniform+random would follow" in text
     assert aggregate(records[:6])["recommendation"] is None  # one row: nothing to compare

@@ -484,6 +484,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from bnnprune.config import SweepConfig
     from bnnprune.prune.resolve import resolve_sweep
+    from bnnprune.report.primaries import write_primaries_report
     from bnnprune.report.sweep import write_sweep_report
     from bnnprune.sweep import run_sweep
 
@@ -497,13 +498,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         results = run_sweep(cfg, out, jobs=args.jobs, log=lambda s: _say(s, flush=True),
                             progress=sys.stderr.isatty(), command=command,
                             compute=not args.report_only)
-        report = write_sweep_report(results, out / "report.md")
+        # a pre-registered sweep (sweep.primaries) has its own page
+        write = write_primaries_report if cfg.sweep.primaries else write_sweep_report
+        report = write(results, out / "report.md")
         print(f"\nwrote {out / 'results.json'}, {report} and plots in {out}")
         if args.docs:
-            docs = Path(args.docs)
-            page = write_sweep_report(results, docs / "results.md", docs / "results",
-                                      docs_command=shlex.join(_docs_command(args)))
-            print(f"wrote {page} and plots in {docs / 'results'}")
+            docs, name = Path(args.docs), cfg.sweep.page
+            page = write(results, docs / f"{name}.md", docs / name,
+                         docs_command=shlex.join(_docs_command(args)))
+            print(f"wrote {page} and plots in {docs / name}")
     print(f"wall time {results['invocations'][-1]['wall_seconds'] / 60:.1f} min")
     return 0
 

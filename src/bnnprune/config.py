@@ -110,12 +110,22 @@ class DataConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     augment: bool = True
+    # training images held out (after the train subset) as a validation split; 0: none
+    val_subset: int = 0
+
+    def key(self) -> dict[str, Any]:
+        """The settings as resume keys record them; no ``val_subset`` entry without a
+        validation split, so folders written before it existed still resume."""
+        d = dataclasses.asdict(self)
+        if not d["val_subset"]:
+            del d["val_subset"]
+        return d
 
     def validate(self) -> None:
         from bnnprune.data import canonical_name
 
         canonical_name(self.name)  # raises DatasetError naming the valid datasets
-        for k in ("train_subset", "test_subset"):
+        for k in ("train_subset", "test_subset", "val_subset"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ConfigError(f"data.{k} must be >= 0 (0: all images), got {v}")
@@ -187,11 +197,12 @@ class ExperimentConfig:
 
 @dataclass
 class PruneConfig:
-    # The default method follows the near-convergence trial (docs/results.md): the best mean
-    # accuracy rank over its reductions; the paper's own method is policy = "paper".
+    # The default method follows the near-convergence trial (docs/results.md): the simplest
+    # pruning method no comparison resolves from the best-ranked one (uniform+flip_magnitude,
+    # 0.02 pp ahead); the paper's own method is policy = "paper".
     policy: str = "uniform"  # paper | target | uniform
     target: float = 0.5  # BOPs reduction for target / uniform
-    criterion: str = "flip_magnitude"  # which channels go (see bnnprune.prune.CRITERIA)
+    criterion: str = "magnitude"  # which channels go (see bnnprune.prune.CRITERIA)
     threshold: int = 0  # a weight is insensitive when it flipped more than this
     # channel counts: "auto" keeps those the engine's kernels pay for (8-channel output
     # vectors, 64-bit input words, dense patch rows); N keeps multiples of N. The library's
@@ -277,6 +288,26 @@ class SweepSection:
     # folder of the cells' small JSON records (commit it: a fresh clone resumes from it);
     # "" keeps them in the run folder
     records: str = ""
+    # whose layer widths the from-scratch networks take (sweep.scratch): "uniform", and
+    # "target" (the widths the flip-proportional allocation picks)
+    scratch_policies: list[str] = field(default_factory=lambda: ["uniform"])
+    # per seed, uniform widths at the BOPs the paper policy reached, fine-tuned as long as
+    # the paper policy retrained in all its rounds (needs a paper method)
+    paper_control: bool = False
+    # the plateau criterion, fixed before any result: over the train.track_last epochs
+    # before the flip interval accuracy (validation split, if any) rises by less than
+    # plateau_max_rise_pp points, and inside the interval every layer's per-epoch flip
+    # ratio varies by less than plateau_max_flatness (max/min); with plateau_gate a seed
+    # whose baseline fails it gets no other cell
+    plateau_max_rise_pp: float | None = None
+    plateau_max_flatness: float | None = None
+    plateau_gate: bool = False
+    # pre-registered primary comparisons (bnnprune.primaries.PRIMARIES), Holm-corrected
+    # together, and the file that states the analysis (quoted verbatim by the page)
+    primaries: list[str] = field(default_factory=list)
+    preregistration: str = ""
+    # --docs DIR writes DIR/<page>.md and its plots into DIR/<page>/
+    page: str = "results"
 
     def validate(self) -> None:
         if not self.reductions or any(not 0 < r < 1 for r in self.reductions):
@@ -291,6 +322,20 @@ class SweepSection:
             raise ConfigError(f"sweep.flip_percents must lie in [0, 100], got {self.flip_percents}")
         if self.speed_repeats < 1:
             raise ConfigError("sweep.speed_repeats must be >= 1")
+        if not self.page or "/" in self.page or self.page.startswith("."):
+            raise ConfigError(f"sweep.page must be a plain file name, got {self.page!r}")
+        bad = [a for a in self.scratch_policies if a not in ("uniform", "target")]
+        if bad or not self.scratch_policies:
+            raise ConfigError(f"sweep.scratch_policies takes uniform and/or target, got "
+                              f"{self.scratch_policies!r}")
+        for key in ("plateau_max_rise_pp", "plateau_max_flatness"):
+            v = getattr(self, key)
+            if v is not None and not v > 0:
+                raise ConfigError(f"sweep.{key} must be > 0, got {v}")
+        if self.plateau_gate and self.plateau_max_rise_pp is None \
+                and self.plateau_max_flatness is None:
+            raise ConfigError("sweep.plateau_gate needs a criterion: set "
+                              "sweep.plateau_max_rise_pp and/or sweep.plateau_max_flatness")
 
 
 def _sweep_prune_defaults() -> PruneConfig:

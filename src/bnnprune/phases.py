@@ -73,6 +73,7 @@ class ModelRecord:
     round: int | None = None
     p: dict[str, float] | None = None  # p_l per layer of the model this one was pruned from
     max_p: float | None = None
+    val_acc: float | None = None  # on the validation split, where the data has one
     version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,10 +92,11 @@ class DatasetRecord:
     train: int
     test: int
     input_shape: list[int]
+    val: int = 0  # validation images held out of the training images
 
     @classmethod
     def of(cls, ds: Dataset) -> DatasetRecord:
-        return cls(ds.name, len(ds.train_x), len(ds.test_x), list(ds.input_shape))
+        return cls(ds.name, len(ds.train_x), len(ds.test_x), list(ds.input_shape), ds.num_val)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DatasetRecord:
@@ -144,7 +146,7 @@ def phase_key(cfg: RunConfig, tcfg: TrainConfig, plan: dict[str, Any] | None) ->
     """What a trained phase depends on: model, data, training settings, the plan it trains."""
     return normalized({
         "model": cfg.model.key(),
-        "data": dataclasses.asdict(cfg.data),
+        "data": cfg.data.key(),
         "train": dataclasses.asdict(tcfg),
         "plan": plan,
         "from_scratch": cfg.prune.from_scratch if plan else None,
@@ -224,9 +226,13 @@ def history_of(res: TrainResult | dict[str, Any]) -> list[dict[str, Any]]:
 
 def measure(label: str, model: nn.Module, ds: Dataset, device: torch.device,
             **extra: Any) -> ModelRecord:
-    """Accuracy on the test set and the cost counts of ``model``."""
+    """Accuracy on the test set (and the validation split, if any) and the cost counts of
+    ``model``."""
     s = summarize(model, ds.input_shape)
     _, acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
+    if ds.val_x is not None:
+        extra.setdefault("val_acc", evaluate(model, ds.val_x, ds.val_y, ds.mean, ds.std,
+                                             device=device)[1])
     return ModelRecord(label=label, test_acc=acc, bops=s.bops, float_macs=s.float_macs,
                        binary_params=s.binary_params, float_params=s.float_params,
                        memory_bytes=s.memory_bytes, channels=binary_channels(model), **extra)

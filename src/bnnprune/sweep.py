@@ -61,10 +61,10 @@ from bnnprune.phases import (
     train_phase,
 )
 from bnnprune.prune import PlanOptions, compute_sensitivity, get_policy, prune_once
-from bnnprune.prune.methods import Method
+from bnnprune.prune.methods import Method, parse_method
 from bnnprune.prune.premise import premise_curve
 from bnnprune.prune.resolve import plan_options, resolve_sweep, sweep_methods
-from bnnprune.stats import paired_difference, spearman
+from bnnprune.stats import paired_difference, paired_test, spearman
 from bnnprune.train import evaluate, load_model, resolve_device
 
 __all__ = ["Cell", "aggregate", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
@@ -73,6 +73,7 @@ Log = Callable[[str], None]
 THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
 CLAIMS = ".claims"  # under the sweep folder: one claim per cell, while a process computes it
 CLAIM_POLL_SECONDS = 0.5  # how often a process waiting for a cell claimed elsewhere retries
+CONTROL_ROW = " (paper control)"  # the row suffix of the paper policy's uniform control
 
 
 # ---------------------------------------------------------------- cells
@@ -80,8 +81,12 @@ CLAIM_POLL_SECONDS = 0.5  # how often a process waiting for a cell claimed elsew
 
 @dataclass(frozen=True)
 class Cell:
-    kind: str  # baseline | prune | scratch | budget | premise
+    # baseline | prune | scratch | budget | premise | control (uniform widths at the BOPs the
+    # seed's paper-policy cell reached, fine-tuned for as many epochs as it retrained)
+    kind: str
     seed: int
+    # prune/control: the method; scratch: None for uniform widths, else a method whose
+    # policy sizes the layers (its criterion is moot: the network is re-initialised)
     method: Method | None = None
     reduction: float | None = None  # target BOPs reduction (None: the policy's own)
     # how a prune cell retrains: fine-tuning the surviving weights, or every round from a
@@ -97,7 +102,11 @@ class Cell:
             assert self.method is not None
             return f"{self.method.spec}{suffix}"
         if self.kind == "scratch":
-            return f"scratch{suffix}"
+            return f"scratch{suffix}" if self.method is None else \
+                f"scratch-{self.method.policy}{suffix}"
+        if self.kind == "control":
+            assert self.method is not None
+            return f"{self.method.spec}-paper-control"
         return {"baseline": "baseline", "budget": "unpruned-budget", "premise": "premise"}[
             self.kind]
 
@@ -113,7 +122,10 @@ class Cell:
             how = SCRATCH_ROW if self.retrain == "scratch" else ""
             return f"seed {self.seed} {self.method.spec}{how} ({red})"
         if self.kind == "scratch":
-            return f"seed {self.seed} uniform width from scratch ({red})"
+            widths = "uniform" if self.method is None else self.method.policy
+            return f"seed {self.seed} {widths} widths from scratch ({red})"
+        if self.kind == "control":
+            return f"seed {self.seed} {self.method} at the paper policy's BOPs"
         return f"seed {self.seed} {self.kind}"
 
 
@@ -132,7 +144,7 @@ def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
     key = {
         "cell": [cell.kind, cell.seed, cell.method.spec if cell.method else None, cell.reduction],
         "model": cfg.model.key(),
-        "data": dataclasses.asdict(cfg.data),
+        "data": cfg.data.key(),
         "train": dataclasses.asdict(cfg.train),
         "prune": prune,
     }
@@ -155,9 +167,15 @@ def _retrain_cfg(cfg: SweepConfig, cell: Cell) -> SweepConfig:
 
 
 def row_key(rec: dict[str, Any]) -> str:
-    """The row of a prune or scratch record in the tables: its method, marked when the
-    cell retrained from scratch."""
-    key = rec["method_key"] or "scratch"
+    """The row of a prune, scratch or control record in the tables: its method, marked
+    when the cell retrained from scratch; ``scratch`` for uniform widths from scratch and
+    ``scratch-target`` for another policy's widths; ``uniform+wff (paper control)``."""
+    if rec["kind"] == "scratch":
+        m = rec["method_key"]
+        return "scratch" if not m else f"scratch-{m.split('+', 1)[0]}"
+    if rec["kind"] == "control":
+        return f"{rec['method_key']}{CONTROL_ROW}"
+    key = rec["method_key"]
     return key + SCRATCH_ROW if rec.get("retrain") == "scratch" else key
 
 
@@ -218,19 +236,21 @@ def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
 
 
 def convergence(history: list[dict[str, Any]], track_last: int) -> dict[str, Any]:
-    """The plateau criterion of a baseline: test-accuracy change over the ``track_last``
-    epochs before the flip interval, and max/min of each layer's per-epoch flip ratio
+    """The plateau criterion of a baseline: accuracy change over the ``track_last`` epochs
+    before the flip interval (on the validation split where the data has one, else on the
+    test set, as older records did), and max/min of each layer's per-epoch flip ratio
     inside it (a flat interval is near 1; a learning rate decaying to 0 gives ~100)."""
     n = len(history)
     start = n - track_last  # index of the first epoch inside the interval
-    before = [h["test_acc"] for h in history[max(0, start - track_last):start]]
+    split = "val_acc" if history and "val_acc" in history[0] else "test_acc"
+    before = [h[split] for h in history[max(0, start - track_last):start]]
     inside = history[start:]
     flatness: dict[str, float] = {}
     for layer in (inside[0].get("flip_ratio") or {}) if inside else {}:
         vals = [h["flip_ratio"][layer] for h in inside]
         lo = min(vals)
         flatness[layer] = max(vals) / lo if lo > 0 else float("inf")
-    return {
+    out = {
         "acc_change_before_interval": (before[-1] - before[0]) if len(before) > 1 else None,
         "epochs_compared": len(before),
         "interval_epochs": len(inside),
@@ -239,6 +259,38 @@ def convergence(history: list[dict[str, Any]], track_last: int) -> dict[str, Any
         "test_acc_by_epoch": [h["test_acc"] for h in history],
         "lr_by_epoch": [h.get("lr") for h in history],
     }
+    if split == "val_acc":  # older records carry neither key: their pages stay as they were
+        out["split"] = "val"
+        out["val_acc_by_epoch"] = [h["val_acc"] for h in history]
+        out["train_acc_by_epoch"] = [h["train_acc"] for h in history]
+    return out
+
+
+def plateau_verdict(conv: dict[str, Any], max_rise_pp: float | None,
+                    max_flatness: float | None) -> dict[str, Any] | None:
+    """Whether a baseline's :func:`convergence` meets the pre-registered plateau criterion:
+    accuracy rose by less than ``max_rise_pp`` points over the epochs before the flip
+    interval, and every layer's per-epoch flip ratio inside it varies by less than
+    ``max_flatness`` (max/min). None when the sweep sets no criterion."""
+    if max_rise_pp is None and max_flatness is None:
+        return None
+    change = conv.get("acc_change_before_interval")
+    flat = conv.get("worst_flatness")
+    rise_ok = max_rise_pp is None or (change is not None and 100 * change < max_rise_pp)
+    flat_ok = max_flatness is None or (flat is not None and flat < max_flatness)
+    return {"rise_pp": None if change is None else 100 * change, "worst_flatness": flat,
+            "rise_ok": rise_ok, "flat_ok": flat_ok, "passed": rise_ok and flat_ok}
+
+
+def gated_out(cfg: SweepConfig, baseline: dict[str, Any] | None) -> bool:
+    """True when the sweep gates on the plateau criterion and this finished baseline record
+    fails it: the seed's other cells are not computed (a failed baseline is not used)."""
+    s = cfg.sweep
+    if not s.plateau_gate or baseline is None or not baseline.get("convergence"):
+        return False
+    verdict = plateau_verdict(baseline["convergence"], s.plateau_max_rise_pp,
+                              s.plateau_max_flatness)
+    return verdict is not None and not verdict["passed"]
 
 
 def _wff_magnitude_correlation(model: torch.nn.Module, counts: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +329,20 @@ def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[
         plan = get_policy("paper").plan(model, shape, sens, options=opts)
         table[str(k)] = {"p": dict(sens.p), "paper_reduction": plan.reduction, "steps": steps}
     return table
+
+
+def _allocations(model: torch.nn.Module, sens: Any, shape: tuple[int, ...],
+                 reductions: list[float], opts: PlanOptions) -> dict[str, Any]:
+    """Channels the target (flip-proportional) and uniform allocations keep per layer at
+    each reduction, and in how many layers they differ: an allocation question has an
+    answer only where they do."""
+    out = {}
+    for r in reductions:
+        plans = {pol: get_policy(pol).plan(model, shape, sens, r, options=opts).keep
+                 for pol in ("target", "uniform")}
+        differ = sum(plans["target"][n] != plans["uniform"][n] for n in plans["target"])
+        out[str(r)] = {**plans, "layers_differing": differ}
+    return out
 
 
 @contextlib.contextmanager
@@ -349,6 +415,8 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
             rec["thresholds"] = _threshold_table(base, flips, shape, plan_options(p))
             rec["intervals"] = _interval_table(base, flips, shape, p.threshold, plan_options(p))
             rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
+            rec["allocations"] = _allocations(base, sens, shape, cfg.sweep.reductions,
+                                              plan_options(p))
         return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
     if cell.kind == "premise":
@@ -378,17 +446,21 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
         return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
     if cell.kind == "scratch":
-        plan, model = prune_once(base, Method("uniform", "magnitude"), shape,
+        policy = cell.method.policy if cell.method else "uniform"
+        plan, model = prune_once(base, Method(policy, "magnitude"), shape, sensitivity=sens,
                                  target=cell.reduction, options=plan_options(p),
                                  seed=cell.seed, from_scratch=True)
         total = cfg.train.epochs + p.retrain_epochs
         t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
         train_phase(cell.name, model, ds, t_scratch, seed_dir / cell.name, scfg, quiet, False,
                     plan.to_dict())
-        rec = measure(f"uniform width from scratch ({total} epochs)", model, ds, device,
+        rec = measure(f"{policy} widths from scratch ({total} epochs)", model, ds, device,
                       plan=plan.to_dict(), epochs=total).to_dict()
         rec["bops_reduction"] = plan.reduction
         return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+
+    if cell.kind == "control":
+        return _compute_control(cfg, out, cell, base, sens, t0)
 
     assert cell.method is not None
     m = cell.method
@@ -409,6 +481,41 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
     rec["epochs"] = cfg.train.epochs + len(rounds.records) * p.retrain_epochs
     n = len(rounds.records)
     rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
+    return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+
+
+def _paper_cell(cfg: SweepConfig, seed: int) -> Cell:
+    """The seed's fine-tuned paper-policy cell that its control is matched to."""
+    paper = next(m for m in sweep_methods(cfg.sweep) if m.policy.iterates)
+    return Cell("prune", seed, paper, None)
+
+
+def _compute_control(cfg: SweepConfig, out: Path, cell: Cell, base: torch.nn.Module,
+                     sens: Any, t0: float) -> dict[str, Any]:
+    """Uniform widths pruned to the BOPs reduction the seed's paper-policy cell reached,
+    by the paper method's criterion, fine-tuned for as many epochs as the paper policy
+    retrained in all its rounds: the policy's iteration against one uniform cut of the
+    same size and cost. The paper cell is computed first when it is not finished."""
+    paper_cell = _paper_cell(cfg, cell.seed)
+    paper = _finished(cfg, out, paper_cell)
+    if paper is None:
+        with _claimed(out, paper_cell):
+            paper = _finished(cfg, out, paper_cell) or _compute_cell(cfg, out, paper_cell)
+    assert cell.method is not None
+    rounds = len(paper["rounds"])
+    scfg = _seed_cfg(cfg, cell.seed)
+    scfg = dataclasses.replace(scfg, prune=dataclasses.replace(
+        cfg.prune, retrain_epochs=rounds * cfg.prune.retrain_epochs))
+    ds = _dataset(cfg)
+    seed_dir = out / f"seed{cell.seed}"
+    res = prune_rounds(cell.method, base, sens, ds, scfg, paper["bops_reduction"],
+                       lambda r: seed_dir / cell.name, lambda s: None, False, cell.seed)
+    final = res.records[-1]
+    rec = final.to_dict()
+    rec["label"] = f"{cell.method.spec} at the paper policy's BOPs"
+    rec["bops_reduction"] = 1 - final.bops / count_bops(base, tuple(ds.input_shape))
+    rec["matched_reduction"] = paper["bops_reduction"]
+    rec["model_folder"] = f"seed{cell.seed}/{cell.name}"
     return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
 
@@ -455,12 +562,16 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Ce
             else:
                 cells += [Cell("prune", seed, m, r) for r in s.reductions]
         if s.scratch:
-            cells += [Cell("scratch", seed, None, r) for r in s.reductions]
+            cells += [Cell("scratch", seed, None if a == "uniform" else Method(a, "magnitude"),
+                           r) for a in s.scratch_policies for r in s.reductions]
         if cfg.prune.budget_baseline:
             cells.append(Cell("budget", seed))
         deps[seed] = cells
     late = [Cell("prune", seed, m, None, "scratch") for seed in s.seeds
             for m in sweep_methods(s) if m.policy.iterates and s.paper_scratch]
+    if s.paper_control:
+        late += [Cell("control", seed, Method("uniform", _paper_cell(cfg, seed).method
+                                              .criterion), None) for seed in s.seeds]
     return baselines, deps, late
 
 
@@ -482,12 +593,13 @@ class _Inline:
 def _priority(cell: Cell) -> tuple[int, int]:
     """The order cells are computed in once their baselines exist: the factorial prune
     cells of every seed first (the trial's questions need them), then uniform width from
-    scratch, the paper policy, the premise check, the budget baseline, and last the paper
-    policy retrained from scratch; seed by seed within each."""
+    scratch, the paper policy, the premise check, the budget baseline, the paper policy
+    retrained from scratch, and last the paper policy's uniform controls; seed by seed
+    within each."""
     if cell.kind == "prune":
         rank = 5 if cell.retrain != "finetune" else 2 if cell.reduction is None else 0
     else:
-        rank = {"scratch": 1, "premise": 3, "budget": 4}.get(cell.kind, 0)
+        rank = {"scratch": 1, "premise": 3, "budget": 4, "control": 6}.get(cell.kind, 0)
     return rank, cell.seed
 
 
@@ -510,9 +622,11 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
     pending: dict[Future, Cell] = {}
     deferred: list[Cell] = []  # claimed by another process: tried again when idle
     baselines_done: set[int] = set()
+    failed: set[int] = set()  # seeds whose baseline failed the gating plateau criterion
     ready: list[Cell] = []  # cells whose baseline is finished, not yet queued
 
     def finish(cell: Cell, rec: dict[str, Any], reused: bool) -> None:
+        nonlocal total
         rec = {**rec, "reused": reused or rec.get("reused", False)}
         records.append(rec)
         msg = f"[{len(records)}/{total}] {cell.title}: {_describe(rec)}" + (
@@ -523,10 +637,17 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
         else:
             log(msg)
         if cell.kind == "baseline":
-            ready.extend(deps[cell.seed])
+            if gated_out(cfg, rec):
+                failed.add(cell.seed)
+                skipped = len(deps[cell.seed]) + sum(c.seed == cell.seed for c in late)
+                total -= skipped
+                log(f"seed {cell.seed}: the baseline fails the plateau criterion; its "
+                    f"{skipped} other cells are not computed")
+            else:
+                ready.extend(deps[cell.seed])
             baselines_done.add(cell.seed)
             if len(baselines_done) == len(baselines):
-                ready.extend(late)
+                ready.extend(c for c in late if c.seed not in failed)
 
     def flush() -> None:
         """Queue the cells whose baselines are ready, most needed first (across seeds)."""
@@ -650,7 +771,8 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     base = by_kind.get("baseline", [])
     base_bops = {r["seed"]: r["bops"] for r in base}
     rows: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-    for r in [*by_kind.get("prune", []), *by_kind.get("scratch", [])]:
+    for r in [*by_kind.get("prune", []), *by_kind.get("scratch", []),
+              *by_kind.get("control", [])]:
         key = row_key(r)
         rows.setdefault((key, r["target_reduction"]), []).append(r)
     table = []
@@ -686,6 +808,13 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             premise["curves"][choice] = [
                 _ms([r["curves"][choice][i] for r in prem]) for i in range(len(percents))
             ]
+        # each choice against random flips of the same count, paired by seed
+        if "random" in prem[0]["curves"]:
+            premise["vs_random"] = {
+                choice: [paired_test([r["curves"][choice][i] for r in prem],
+                                     [r["curves"]["random"][i] for r in prem])
+                         for i in range(len(percents))]
+                for choice in prem[0]["curves"] if choice != "random"}
     p_layers: dict[str, list[float]] = {}
     for r in base:
         for name, v in ((r.get("sensitivity") or {}).get("layers") or {}).items():
@@ -725,18 +854,20 @@ QUESTIONS = (
 )
 
 
-def _accuracies(records: list[dict[str, Any]]) -> dict[tuple[str, Any], dict[int, float]]:
-    """Test accuracy of every prune and scratch cell by (row, target reduction), then seed."""
+def _accuracies(records: list[dict[str, Any]],
+                field: str = "test_acc") -> dict[tuple[str, Any], dict[int, float]]:
+    """Test (or validation: ``field="val_acc"``) accuracy of every prune, scratch and control
+    cell by (row, target reduction), then seed."""
     acc: dict[tuple[str, Any], dict[int, float]] = {}
     for r in records:
-        if r["kind"] in ("prune", "scratch"):
-            acc.setdefault((row_key(r), r["target_reduction"]), {})[r["seed"]] = r["test_acc"]
+        if r["kind"] in ("prune", "scratch", "control") and r.get(field) is not None:
+            acc.setdefault((row_key(r), r["target_reduction"]), {})[r["seed"]] = r[field]
     return acc
 
 
 def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per question, reduction and variant: the paired difference in test accuracy (A - B)
-    over the seeds where both were measured, with its 95% interval."""
+    over the seeds where both were measured, with its 95% interval, paired SD and p."""
     acc = _accuracies(records)
     criteria = sorted({k.split("+", 1)[1] for k, _ in acc if "+" in k})
     out = []
@@ -752,7 +883,7 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 seeds = sorted(set(a_seeds) & set(b_seeds))
                 if not seeds:
                     continue
-                d = paired_difference([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
+                d = paired_test([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
                 out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
                             "seeds": seeds, **d})
     return out
@@ -760,9 +891,10 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Mean accuracy ranks over the reductions of every row measured at every reduction
-    (pruning methods at a BOPs target and uniform width from scratch), and the pruning
-    method ranked best, with its paired differences against every other row: what
-    ``bnnprune run``'s default should be. None before two rows are comparable."""
+    (pruning methods at a BOPs target and uniform width from scratch), the pruning method
+    ranked best with its paired differences against every other row, and what
+    ``bnnprune run``'s default should be: the simplest method (least data needed) that no
+    comparison resolves from the best-ranked one. None before two rows are comparable."""
     acc: dict[str, dict[float, dict[int, float]]] = {}
     for (m, red), by_seed in _accuracies(records).items():
         if red is not None:
@@ -777,7 +909,8 @@ def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         for i, m in enumerate(order, 1):
             ranks[m].append(i)
     mean_rank = {m: statistics.fmean(v) for m, v in ranks.items()}
-    best = min(sorted(m for m in full if m != "scratch"), key=lambda m: mean_rank[m])
+    pruning = sorted(m for m in full if "+" in m)  # methods, not networks from scratch
+    best = min(pruning, key=lambda m: mean_rank[m])
     against = []
     for m in sorted(full):
         for red in reds if m != best else []:
@@ -785,8 +918,14 @@ def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
             d = paired_difference([full[best][red][s] for s in seeds],
                                   [full[m][red][s] for s in seeds])
             against.append({"b": m, "reduction": red, "seeds": seeds, **d})
-    return {"method": best, "mean_rank": mean_rank[best], "reductions": reds,
-            "mean_ranks": mean_rank, "against": against}
+    # a tie goes to the simpler method: among the pruning methods no comparison resolves
+    # from the best-ranked one, the one needing the least data (no flip counts), then rank
+    tied = [m for m in pruning if m == best or not any(
+        d["resolved"] for d in against if d["b"] == m)]
+    chosen = min(tied, key=lambda m: (len(parse_method(m).needs), mean_rank[m], m))
+    return {"method": chosen, "best_ranked": best, "tied": tied,
+            "mean_rank": mean_rank[chosen], "reductions": reds, "mean_ranks": mean_rank,
+            "against": against}
 
 
 def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -882,6 +1021,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
     the results and the cells still to do are counted in ``pending``.
     """
     resolve_sweep(cfg)
+    _check_primaries(cfg)
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
@@ -900,7 +1040,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         cells = sweep_cells(cfg)
         found = [_finished(cfg, out, c) for c in cells]
         records = [{**r, "reused": True} for r in found if r is not None]
-        pending, timed = len(cells) - len(records), 0
+        failed = {r["seed"] for r in records if r["kind"] == "baseline" and gated_out(cfg, r)}
+        pending = sum(rec is None and not (c.kind != "baseline" and c.seed in failed)
+                      for c, rec in zip(cells, found))
+        timed = 0
         log(f"report only: {len(records)} finished cells, {pending} still to compute")
     command = command or " ".join(["bnnprune", *sys.argv[1:]])
     wall = time.perf_counter() - t0
@@ -918,9 +1061,106 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         "pending": pending,
         "records": [{k: v for k, v in r.items() if k != "reused"} for r in records],
         **aggregate(records),
+        **_design_results(cfg, records),
     }
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
     return results
+
+
+def _rows_of(cfg: SweepConfig) -> set[str]:
+    """The table rows (:func:`row_key`) the sweep's cells produce at its reductions."""
+    s = cfg.sweep
+    rows = {m.spec for m in sweep_methods(s) if not m.policy.iterates}
+    if s.scratch:
+        rows |= {"scratch" if a == "uniform" else f"scratch-{a}" for a in s.scratch_policies}
+    return rows
+
+
+def _check_primaries(cfg: SweepConfig) -> None:
+    """ConfigError before anything trains when a primary is unknown or its rows are not
+    among the sweep's cells."""
+    from bnnprune.primaries import PRIMARIES, required_rows
+
+    unknown = [n for n in cfg.sweep.primaries if n not in PRIMARIES]
+    if unknown:
+        raise ConfigError(f"unknown sweep.primaries {unknown}; choose from "
+                          f"{', '.join(PRIMARIES)}")
+    missing = sorted(required_rows(cfg.sweep.primaries) - _rows_of(cfg))
+    if missing:
+        raise ConfigError(f"sweep.primaries compare rows this sweep does not compute: "
+                          f"{', '.join(missing)} (add the methods to sweep.methods; scratch "
+                          "rows need sweep.scratch and sweep.scratch_policies)")
+
+
+def _design_results(cfg: SweepConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The plateau verdict of every baseline and the pre-registered primaries (only when
+    the sweep sets a criterion / primaries: older pages stay as they were)."""
+    from bnnprune.primaries import analyze
+
+    s = cfg.sweep
+    out: dict[str, Any] = {}
+    if s.plateau_max_rise_pp is not None or s.plateau_max_flatness is not None:
+        out["plateau"] = {
+            str(r["seed"]): plateau_verdict(r["convergence"], s.plateau_max_rise_pp,
+                                            s.plateau_max_flatness)
+            for r in records if r["kind"] == "baseline" and r.get("convergence")}
+    if s.primaries:
+        failed = {int(k) for k, v in out.get("plateau", {}).items()
+                  if s.plateau_gate and not v["passed"]}
+        used = [r for r in records if r["seed"] not in failed]
+        out["primaries"] = analyze(_accuracies(used), s.primaries, s.reductions)
+        out["exploratory"] = exploratory(used, s.reductions)
+        # bnnprune run's default is chosen on the validation split, never on the test set
+        out["primaries_val"] = analyze(_accuracies(used, "val_acc"), s.primaries,
+                                       s.reductions)
+        out["default_method"] = default_method(out["primaries_val"])
+    return out
+
+
+def default_method(val_primaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """``bnnprune run``'s default method from the primaries on validation accuracy: the
+    flip-guided allocation (target) only if it is resolved better than uniform widths, WFF
+    channels only if resolved better than magnitude; a tie goes to the simpler choice
+    (uniform widths, magnitude: neither needs flip data)."""
+    by = {p["name"]: p for p in val_primaries}
+
+    def wins(name: str) -> bool:
+        p = by.get(name)
+        return bool(p and p["resolved_holm"] and p["mean"] > 0)
+
+    policy = "target" if wins("allocation") else "uniform"
+    criterion = "wff" if wins("channel_choice") else "magnitude"
+    return {"method": f"{policy}+{criterion}",
+            "seeds": min((p["n"] for p in val_primaries), default=0)}
+
+
+# Exploratory comparisons of a pre-registered sweep (A row, B row), at every reduction
+EXPLORATORY = (
+    ("target+wff", "uniform+wff"), ("scratch-target", "scratch"),
+    ("target+wff", "scratch-target"), ("uniform+wff", "scratch"),
+    ("target+wff", "target+random"), ("target+magnitude", "target+random"),
+    ("target+magnitude", "uniform+wff"),
+)
+
+
+def exploratory(records: list[dict[str, Any]], reductions: list[float]) -> list[dict[str, Any]]:
+    """Paired differences of the :data:`EXPLORATORY` rows at each reduction, and the paper
+    policy against its uniform control at the paper's own reduction; not corrected for
+    multiplicity (they are labelled exploratory)."""
+    acc = _accuracies(records)
+    pairs = [(a, b, r) for r in reductions for a, b in EXPLORATORY]
+    pairs += [(k, f"uniform+{k.split('+', 1)[1]}{CONTROL_ROW}", None)
+              for k, red in sorted(acc, key=str) if red is None and k.startswith("paper+")
+              and not k.endswith(SCRATCH_ROW)]
+    out = []
+    for a, b, r in pairs:
+        sa, sb = acc.get((a, r), {}), acc.get((b, r), {})
+        seeds = sorted(set(sa) & set(sb))
+        if not seeds:
+            continue
+        d = paired_difference([sa[x] for x in seeds], [sb[x] for x in seeds])
+        out.append({"a": a, "b": b, "reduction": r, "seeds": seeds, **d})
+    return out
 
 
 def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
@@ -966,6 +1206,9 @@ def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = l
         raise ConfigError(f"cell {index} does not exist: this sweep has {len(cells)} cells, "
                           f"0 to {len(cells) - 1} (see bnnprune sweep --list-cells)")
     cell, out = cells[index], Path(out_dir)
+    if cell.kind != "baseline" and gated_out(cfg, _finished(cfg, out, Cell("baseline", cell.seed))):
+        raise ConfigError(f"cell {index} {cell.title}: seed {cell.seed}'s baseline fails the "
+                          "plateau criterion (sweep.plateau_gate), so its cells are not computed")
     rec = _finished(cfg, out, cell)
     if rec is None:
         t0 = time.perf_counter()

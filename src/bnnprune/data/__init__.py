@@ -45,7 +45,8 @@ __all__ = [
 
 def load_from_config(cfg: Any, seed: int = 0) -> Dataset:
     """Load the dataset a :class:`bnnprune.config.DataConfig` names (subsets drawn with
-    ``seed``; a subset of 0 or None means all images)."""
+    ``seed``; a subset of 0 or None means all images; ``val_subset`` training images held
+    out as a validation split)."""
     return load_dataset(
         cfg.name,
         root=cfg.root,
@@ -53,4 +54,5 @@ def load_from_config(cfg: Any, seed: int = 0) -> Dataset:
         train_subset=cfg.train_subset or None,
         test_subset=cfg.test_subset or None,
         seed=seed,
+        val_subset=cfg.val_subset or None,
     )

@@ -149,14 +149,19 @@ class Dataset:
     hflip: bool
     classes: tuple[str, ...] | None = None
     source: str | None = None
+    # a validation split held out of the training images (None: no validation split)
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
-        for split, x, y in (
-            ("train", self.train_x, self.train_y),
-            ("test", self.test_x, self.test_y),
-        ):
+        if (self.val_x is None) != (self.val_y is None):
+            raise DatasetError(f"{self.name}: validation images and labels come together")
+        splits = [("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)]
+        if self.val_x is not None:
+            splits.append(("val", self.val_x, self.val_y))
+        for split, x, y in splits:
             if x.dtype != torch.uint8 or x.dim() != 4:
                 raise DatasetError(
                     f"{self.name}: {split} images must be uint8 (N, C, H, W), "
@@ -213,14 +218,36 @@ class Dataset:
     def num_test(self) -> int:
         return len(self.test_x)
 
-    def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> Dataset:
-        """A copy keeping ``train``/``test`` samples per split, drawn at random with ``seed``.
+    @property
+    def num_val(self) -> int:
+        return 0 if self.val_x is None else len(self.val_x)
+
+    def subset(self, train: int | None = None, test: int | None = None, seed: int = 0,
+               val: int | None = None) -> Dataset:
+        """A copy keeping ``train``/``test`` samples per split, drawn at random with ``seed``,
+        and ``val`` further training images held out as a validation split.
 
         The kept samples stay in their original order; each split has its own random
-        stream, so the train subset does not depend on the test size or vice versa.
+        stream, so the train subset does not depend on the test size or vice versa. The
+        validation images come from the same shuffle of the training images as the train
+        subset, right after it: disjoint from it, and the train subset is the same with
+        or without a validation split.
         """
-        tx, ty = _take(self, "train", self.train_x, self.train_y, train, seed, stream=11)
-        vx, vy = _take(self, "test", self.test_x, self.test_y, test, seed, stream=12)
+        if self.val_x is not None and val:
+            raise DatasetError(f"{self.name} already has a validation split")
+        if val:
+            n_train = train if train is not None else len(self.train_x) - val
+            if n_train < 1 or n_train + val > len(self.train_x):
+                raise DatasetError(
+                    f"{self.name}: {n_train} training + {val} validation images exceed the "
+                    f"{len(self.train_x)} training images available"
+                )
+        tx, ty, hx, hy = _take(self, "train", self.train_x, self.train_y,
+                               n_train if val else train, seed, stream=11, held_out=val or 0)
+        vx, vy = _take(self, "test", self.test_x, self.test_y, test, seed, stream=12)[:2]
+        if val:
+            return dataclasses.replace(self, train_x=tx, train_y=ty, test_x=vx, test_y=vy,
+                                       val_x=hx, val_y=hy)
         return dataclasses.replace(self, train_x=tx, train_y=ty, test_x=vx, test_y=vy)
 
     def __repr__(self) -> str:
@@ -232,20 +259,32 @@ class Dataset:
 
 
 def _take(
-    ds: Dataset, split: str, x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int, stream: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    ds: Dataset, split: str, x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int,
+    stream: int, held_out: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``n`` samples drawn with ``seed`` (all when None), and the ``held_out`` samples that
+    follow them in the same shuffle (None when 0)."""
     if n is None:
-        return x, y
+        return x, y, None, None
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DatasetError(f"{ds.name}: {split}_subset must be a positive integer, got {n!r}")
-    if n > len(x):
+    if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
+        raise DatasetError(f"{ds.name}: a validation split must be an integer >= 0, "
+                           f"got {held_out!r}")
+    if n + held_out > len(x):
         raise DatasetError(
-            f"{ds.name}: {split}_subset={n} exceeds the {len(x)} {split} samples available"
+            f"{ds.name}: {split}_subset={n} exceeds the {len(x) - held_out} {split} samples "
+            "available"
         )
     if n == len(x):
-        return x, y
-    idx = torch.randperm(len(x), generator=stream_generator(seed, stream))[:n].sort().values
-    return x[idx.to(x.device)], y[idx.to(y.device)]
+        return x, y, None, None
+    perm = torch.randperm(len(x), generator=stream_generator(seed, stream))
+    idx = perm[:n].sort().values
+    kept = x[idx.to(x.device)], y[idx.to(y.device)]
+    if not held_out:
+        return (*kept, None, None)
+    hidx = perm[n:n + held_out].sort().values
+    return (*kept, x[hidx.to(x.device)], y[hidx.to(y.device)])
 
 
 def canonical_name(name: str) -> str:
@@ -440,6 +479,7 @@ def load_dataset(
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
+    val_subset: int | None = None,
     crop_pad: int | None = None,
     hflip: bool | None = None,
     **synthetic_kwargs: Any,
@@ -450,9 +490,10 @@ def load_dataset(
     that does not exist is an error, never a silent fall-back to another copy);
     ``download=True`` fetches missing official files (checksum-verified) into ``root`` or
     the cache. ``train_subset``/``test_subset`` keep that many samples drawn with ``seed``,
-    which also seeds the synthetic data. ``crop_pad``/``hflip`` override the dataset's
-    default augmentation. Extra keyword arguments configure ``synthetic``: n_train,
-    n_test, channels, image_size, num_classes, noise.
+    which also seeds the synthetic data; ``val_subset`` holds that many further training
+    images out as a validation split (``Dataset.val_x``). ``crop_pad``/``hflip`` override
+    the dataset's default augmentation. Extra keyword arguments configure ``synthetic``:
+    n_train, n_test, channels, image_size, num_classes, noise.
     """
     key = canonical_name(name)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -472,4 +513,4 @@ def load_dataset(
             crop_pad=ds.crop_pad if crop_pad is None else crop_pad,
             hflip=ds.hflip if hflip is None else hflip,
         )
-    return ds.subset(train_subset, test_subset, seed)
+    return ds.subset(train_subset, test_subset, seed, val_subset)

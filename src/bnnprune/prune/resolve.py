@@ -116,8 +116,9 @@ def resolve_sweep(cfg: SweepConfig) -> list[Method]:
     bad = [c for c in s.flip_choices if c not in CHOICES]
     if bad:
         raise ConfigError(f"unknown sweep.flip_choices {bad}; choose from {', '.join(CHOICES)}")
-    if s.paper_scratch and not any(m.policy.iterates for m in methods):
-        raise ConfigError("sweep.paper_scratch retrains the paper policy from scratch: "
-                          "add a paper method (e.g. paper+wff) to sweep.methods")
+    for flag in ("paper_scratch", "paper_control"):
+        if getattr(s, flag) and not any(m.policy.iterates for m in methods):
+            raise ConfigError(f"sweep.{flag} needs the paper policy: add a paper method "
+                              "(e.g. paper+wff) to sweep.methods")
     require_flips(methods, cfg.train)
     return methods

@@ -14,6 +14,7 @@ from typing import Any
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import SCRATCH_ROW, PruneConfig, model_label
 from bnnprune.report.plots import plt, save_figure
+from bnnprune.stats import detectable_difference, holm
 
 __all__ = ["plot_pareto", "plot_premise", "plot_speed", "render_sweep_report",
            "write_sweep_report"]
@@ -268,12 +269,17 @@ def _ranks(results: dict[str, Any]) -> list[str]:
 
     default = resolve_prune(PruneConfig()).method.spec
     beaten = sorted({d["b"] for d in wins})
-    line = (f"- **Default method:** {rec['method']} ranks best among the pruning methods "
-            f"(mean rank {rec['mean_rank']:.2f}); paired against the other rows at each "
+    best = rec.get("best_ranked", rec["method"])
+    line = (f"- **Default method:** {best} ranks best among the pruning methods "
+            f"(mean rank {ranks[best]:.2f}); paired against the other rows at each "
             f"reduction it is resolved better than "
             f"{', '.join(beaten) if beaten else 'none'}")
     if losses:
         line += f" and resolved worse than {', '.join(sorted({d['b'] for d in losses}))}"
+    if best != rec["method"]:
+        line += (f". No comparison resolves {len(rec['tied']) - 1} other pruning methods from "
+                 f"it, and a tie goes to the method needing the least data: "
+                 f"{rec['method']} (mean rank {rec['mean_rank']:.2f})")
     line += (f". `bnnprune run` defaults to {default}"
              + (" (the same)." if default == rec["method"] else
                 f"; {rec['method']} would follow this evidence."))
@@ -313,19 +319,30 @@ def _premise_verdict(results: dict[str, Any]) -> list[str]:
     i = min(range(len(pcts)), key=lambda j: abs(pcts[j] - 10))
     at = {c: curves[c][i]["mean"] for c in curves}
     order = sorted(at, key=lambda c: -at[c])
-    premise_holds = at["highest_wff"] > at["random"] > at["lowest_wff"]
     line = (f"- **Premise check** (flip {pcts[i]:g}% of every binary layer's weights, no "
             f"retraining; unflipped {_pct(prem['unflipped_acc'])}%): "
             + ", ".join(f"{CHOICE_LABELS.get(c, c)} {100 * at[c]:.1f}%" for c in order) + ". ")
-    line += ("The premise holds: flipping the highest-WFF weights hurts less than random, "
-             "and the lowest-WFF weights hurt most" if premise_holds else
-             "The premise's ordering (highest WFF < random < lowest WFF in damage) does NOT "
-             "hold here")
+    vs = {c: v[i] for c, v in (prem.get("vs_random") or {}).items()}
+    if {"highest_wff", "lowest_wff"} <= set(vs):  # paired by seed against random flips
+        hi, lo = vs["highest_wff"], vs["lowest_wff"]
+        line += (f"Against random flips of as many weights, paired by seed: highest WFF "
+                 f"first {_paired_text(hi)}; lowest WFF first {_paired_text(lo)}")
+        never = 1 - prem["flipped_in_window"]["mean"]
+        if not lo["resolved"]:
+            line += (f" (about {never:.0%} of the weights never flipped in the interval, so "
+                     "most lowest-WFF picks are among weights that never flipped, as random "
+                     "picks are)")
+    else:
+        holds = at["highest_wff"] > at["random"] > at["lowest_wff"]
+        line += ("The premise's ordering holds in the means (highest WFF < random < lowest "
+                 "WFF in damage)" if holds else "The premise's ordering (highest WFF < random "
+                 "< lowest WFF in damage) does NOT hold in the means")
     if "smallest_magnitude" in at:
         better = at["smallest_magnitude"] > at["highest_wff"]
-        line += ("; but the smallest latent magnitudes are an even safer choice "
+        line += ("; in the means the smallest latent magnitudes are safer still "
                  f"({100 * at['smallest_magnitude']:.1f}%)" if better else
-                 "; and highest WFF is also safer than the smallest latent magnitudes")
+                 "; in the means highest WFF is also safer than the smallest latent "
+                 "magnitudes")
     return [line + "."]
 
 
@@ -537,15 +554,22 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
         wins = [d for d in ds if d["resolved"] and d["mean"] > 0]
         losses = [d for d in ds if d["resolved"] and d["mean"] < 0]
         n = min(d["n"] for d in ds)
+        # Holm's correction within the question's own comparisons (older results: no p)
+        adjusted = holm([d.get("p", math.nan) for d in ds])
+        kept = sum(p < 0.05 for p in adjusted if not math.isnan(p))
+        after = f", {kept} after Holm's correction within these {len(ds)}"
         if all(_identical(d) for d in ds):
             verdict = ("identical: A and B reached the same accuracy on every seed (they kept "
                        "the same channels)")
         elif not wins and not losses:
-            verdict = "no difference resolved"
+            verdict = "no difference resolved" + _detectable(ds)
         elif wins and not losses:
-            verdict = "yes"
+            verdict = (f"yes in {len(wins)} of {len(ds)}{after}" if kept else
+                       f"not resolved after correction (A better in {len(wins)} of {len(ds)} "
+                       f"uncorrected{after})")
         elif losses and not wins:
-            verdict = "no: it is worse"
+            verdict = (f"no: it is worse in {len(losses)} of {len(ds)}{after}" if kept else
+                       f"not better (A worse in {len(losses)} of {len(ds)} uncorrected{after})")
         else:
             verdict = "mixed"
         def cases(xs: list[dict[str, Any]]) -> str:
@@ -557,6 +581,18 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
         out.append(f"- **{q}** {verdict} ({len(ds)} comparisons, >= {n} paired seeds each"
                    + (f"; {detail}" if detail else "; every 95% interval contains 0") + ").")
     return out
+
+
+def _detectable(ds: list[dict[str, Any]]) -> str:
+    """The smallest differences these comparisons detect (80% power, two-sided 5%, from
+    their observed paired SDs), for a verdict of no difference."""
+    dd = [detectable_difference(d["sd"], d["n"]) for d in ds
+          if d.get("sd") is not None and d["n"] >= 2]
+    dd = [x for x in dd if not math.isnan(x)]
+    if not dd:
+        return ""
+    span = f"{100 * min(dd):.2f}" if len(dd) == 1 else f"{100 * min(dd):.2f}-{100 * max(dd):.2f}"
+    return f" (with 80% power these designs detect differences of {span} pp or more)"
 
 
 def _paired_table(results: dict[str, Any]) -> list[str]:

@@ -158,11 +158,14 @@ def _shard(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return x[lo:hi], y[lo:hi]
 
 
-def _evaluate_sharded(model: nn.Module, ds: Dataset, device: torch.device) -> tuple[float, float]:
-    """:func:`evaluate` on the test split, each process on its share, summed over processes."""
+def _evaluate_sharded(model: nn.Module, ds: Dataset, device: torch.device,
+                      split: str = "test") -> tuple[float, float]:
+    """:func:`evaluate` on the test (or ``"val"``) split, each process on its share, summed
+    over processes."""
+    xs, ys = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
     if not dist.is_distributed():
-        return evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
-    x, y = _shard(ds.test_x, ds.test_y)
+        return evaluate(model, xs, ys, ds.mean, ds.std, device=device)
+    x, y = _shard(xs, ys)
     loss, acc = evaluate(model, x, y, ds.mean, ds.std, device=device) if len(y) else (0.0, 0.0)
     loss_sum, correct, n = dist.all_reduce_sum([loss * len(y), acc * len(y), len(y)], device)
     return loss_sum / n, round(correct) / n
@@ -349,6 +352,8 @@ def train(
             "lr": lr,
             "seconds": time.perf_counter() - te,
         }
+        if ds.val_x is not None:  # the split that plateau checks and choices read
+            rec["val_loss"], rec["val_acc"] = _evaluate_sharded(model, ds, device, "val")
         if tracker is not None:
             rec["flip_ratio"] = {k: float(v[-1]) for k, v in tracker.epoch_ratios().items()}
         history.append(rec)
