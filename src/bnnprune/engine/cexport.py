@@ -1,9 +1,11 @@
 """Export a compiled :class:`Program` as dependency-free C99 for microcontrollers and boards.
 
-``export_c(program, out_dir)`` writes ``model.h`` / ``model.c`` (the program's packed
-weights, integer thresholds and float parameters as ``static const`` arrays, and one entry
-point ``int model_run(const float *input, float *logits, void *scratch)``), the runtime
-kernels ``bnn_kernels.h`` / ``bnn_kernels.c`` and a host check program ``main.c``.
+``export_c(program, out_dir)`` writes ``model.h`` / ``model.c`` (the program's weights,
+thresholds and float parameters as ``static const`` arrays in the engine's kernel layout, one
+function per convolution that calls the inline kernels of ``bnn_conv.h`` with the layer's sizes
+as constants, and one entry point ``int model_run(const float *input, float *logits, void
+*scratch)``), the other runtime kernels ``bnn_kernels.h`` / ``bnn_kernels.c`` and a host check
+program ``main.c``.
 
 No allocation: every value lives in one caller-provided scratch arena whose size,
 ``MODEL_SCRATCH_BYTES``, is planned here from the values' lifetimes (buffers that are never
@@ -23,9 +25,9 @@ import numpy as np
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.kernels import dense_bits, words
-from bnnprune.engine.pack import tail_mask
-from bnnprune.engine.plan import prepare_bconv
+from bnnprune.engine.kernels import words
+from bnnprune.engine.kernels.bitpatch import patch_schedule
+from bnnprune.engine.plan import PreparedBconv, PreparedFconv
 from bnnprune.engine.program import Op, Program, ValueInfo, validate
 
 __all__ = ["C_OP_KINDS", "FILES", "Footprint", "c_footprint", "export_c", "format_footprint",
@@ -33,7 +35,7 @@ __all__ = ["C_OP_KINDS", "FILES", "Footprint", "c_footprint", "export_c", "forma
 
 C_OP_KINDS = ("fconv", "bconv", "sign", "maxpool_bits", "maxpool", "avgpool", "adaptive_avgpool",
               "add", "affine", "clamp", "flatten")
-RUNTIME = ("bnn_kernels.h", "bnn_kernels.c", "main.c")
+RUNTIME = ("bnn_conv.h", "bnn_kernels.h", "bnn_kernels.c", "main.c")
 FILES = ("model.h", "model.c", *RUNTIME)
 ALIGN = 16  # byte alignment of every scratch buffer (SIMD loads, uint64 words)
 C_INT_MAX = 2**31 - 1
@@ -112,19 +114,22 @@ def _literals(a: np.ndarray) -> list[str]:
         return [f"0x{int(x):016x}ull" for x in a.ravel()]
     if a.dtype == np.float32:
         return [_cfloat(x) for x in a.ravel()]
+    if a.dtype == np.int64:  # INT64_MIN has no literal of its own
+        return [f"(-{-int(x) - 1}ll - 1)" if x < 0 else f"{int(x)}ll" for x in a.ravel()]
     return [str(int(x)) for x in a.ravel()]
 
 
 _CTYPE = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float",
-          np.dtype(np.int32): "int32_t", np.dtype(np.uint8): "uint8_t"}
+          np.dtype(np.int64): "int64_t", np.dtype(np.int32): "int32_t",
+          np.dtype(np.uint8): "uint8_t"}
 
 
 @dataclass
 class _Source:
-    """What model.c is made of: const arrays, layer descriptors and model_run statements."""
+    """What model.c is made of: const arrays, layer functions and model_run statements."""
 
     arrays: list[tuple[str, np.ndarray]] = field(default_factory=list)
-    decls: list[str] = field(default_factory=list)
+    funcs: list[str] = field(default_factory=list)
     body: list[str] = field(default_factory=list)
 
     def array(self, name: str, a: np.ndarray) -> str:
@@ -165,7 +170,6 @@ class _Exporter:
         validate(program)
         self.p = program
         self.src = _Source()
-        self._dense: dict[int, bool] = {}
         vals = program.values
         self.root = list(range(len(vals)))  # flatten outputs share their input's buffer
         for op in program.ops:
@@ -193,7 +197,7 @@ class _Exporter:
             self.buffers[self.root[program.output]].last = n_ops
         self.temps: dict[int, _Buffer] = {}
         for i, op in enumerate(program.ops):
-            size = self._temp_bytes(op)
+            size = self._temp_bytes(i, op)
             if size:
                 self.temps[i] = _Buffer(size, i, i)
         self.scratch = plan_arena([*self.buffers.values(), *self.temps.values()])
@@ -204,30 +208,26 @@ class _Exporter:
                              f"{out.c}, logits);")
 
     # ------------------------------------------------------------------ layout
-    def _bconv_dense(self, op: Op) -> bool:
-        """The engine's choice (taps packed back to back when that saves words)."""
-        if id(op) not in self._dense:
-            v = self.p.values[op.output]
-            self._dense[id(op)] = prepare_bconv(op, (v.h, v.w)).dense
-        return self._dense[id(op)]
-
-    def _bconv_whole(self, op: Op) -> bool:
-        """The window is the whole unpadded input: the kernel reads it in place."""
+    def _padded(self, op: Op) -> tuple[int, int] | None:
+        """(Hp, Wp) of a conv's padded input copy, None when it reads its input in place."""
         x = self.p.values[op.inputs[0]]
-        a = op.attrs
-        return (tuple(a["kernel"]) == (x.h, x.w) and tuple(a["padding"]) == (0, 0)
-                and not self._bconv_dense(op))
+        ph, pw = op.attrs["padding"]
+        return (x.h + 2 * ph, x.w + 2 * pw) if (ph, pw) != (0, 0) else None
 
-    def _bconv_words(self, op: Op) -> int:
+    def _patch_words(self, i: int, op: Op) -> int:
+        """Words of a dense bconv's patch row (0: the windows are read in place)."""
+        prep = self.p.prepared(i)
+        if not (isinstance(prep, PreparedBconv) and prep.dense):
+            return 0
         kh, kw = op.attrs["kernel"]
-        cin = op.attrs["cin"]
-        return words(kh * kw * cin) if self._bconv_dense(op) else kh * kw * words(cin)
+        return self.p.values[op.output].w * words(kh * kw * op.attrs["cin"])
 
-    def _temp_bytes(self, op: Op) -> int:
-        if op.kind == "bconv":
-            return 0 if self._bconv_whole(op) else 8 * self._bconv_words(op)
-        if op.kind == "fconv":
-            return 4 * op.attrs["cout"] if op.attrs["pack"] else 0
+    def _temp_bytes(self, i: int, op: Op) -> int:
+        if op.kind in ("bconv", "fconv"):
+            x = self.p.values[op.inputs[0]]
+            hw = self._padded(op)
+            per_pixel = 8 * words(x.c) if op.kind == "bconv" else 4 * x.c
+            return (hw[0] * hw[1] * per_pixel if hw else 0) + 8 * self._patch_words(i, op)
         if op.attrs.get("pack") and op.kind != "affine":  # packing applies an affine itself
             v = self.p.values[op.output]
             return 4 * v.h * v.w * v.c
@@ -258,49 +258,122 @@ class _Exporter:
             self.src.body.append(f"bnn_sign_pack({self._tmp(i, 'const float')}, {v.h * v.w}, "
                                  f"{v.c}, NULL, NULL, {self.ref(op.output)});")
 
+    def _conv_source(self, i: int, op: Op, ctype: str, lines: list[str]) -> str:
+        """The C expression of a conv's (padded) input inside its layer function, adding the
+        padding call to ``lines``; the function's parameters are ``x``, ``out`` and ``t``."""
+        x = self.p.values[op.inputs[0]]
+        ph, pw = op.attrs["padding"]
+        if self._padded(op) is None:
+            return "x"
+        if ctype == "uint64_t":
+            pad = self.p.prepared(i).pad_words
+            name = self.src.array(f"l{i}_pad", pad)
+            lines.append(f"    bnn_pad_bits(x, {x.h}, {x.w}, {words(x.c)}, {ph}, {pw}, {name}, t);")
+        else:
+            lines.append(f"    bnn_pad_f(x, {x.h}, {x.w}, {x.c}, {ph}, {pw}, t);")
+        return "t"
+
+    def _layer(self, i: int, op: Op, in_type: str, out_type: str, lines: list[str]) -> None:
+        """Add layer function ``op{i}_*`` (``lines`` its body) and its call from model_run."""
+        name = f"op{i}_{_ident(op.name)}"
+        temp = self._tmp(i, in_type) if i in self.temps else "NULL"
+        if i not in self.temps:
+            lines.insert(0, "    (void)t;")
+        self.src.funcs.append(
+            f"/* op {i}: {op.kind} {op.name!r} */\n"
+            f"static void {name}(const {in_type} *x, {out_type} *out, {in_type} *t)\n{{\n"
+            + "\n".join(lines) + "\n}\n")
+        self.src.body.append(f"{name}({self.ref(op.inputs[0])}, {self.ref(op.output)}, {temp});")
+
+    def _patch_fn(self, i: int, op: Op, row_words: int) -> str:
+        """A dense bconv's patch builder: the window's taps packed back to back, each patch
+        word assembled from the tap words that land in it (the engine's patch_schedule)."""
+        kh, kw = op.attrs["kernel"]
+        start, rel, shl, shr = patch_schedule(kh, kw, op.attrs["cin"], row_words)
+        lines = []
+        for j in range(len(start) - 1):
+            terms = []
+            for c in range(int(start[j]), int(start[j + 1])):
+                t = f"s[{int(rel[c])}]"
+                t = f"({t} << {int(shl[c])})" if shl[c] else t
+                terms.append(f"({t} >> {int(shr[c])})" if shr[c] else t)
+            lines.append(f"    p[{j}] = {' | '.join(terms)};")
+        name = f"op{i}_patch"
+        self.src.funcs.append(f"static void {name}(const uint64_t *s, uint64_t *p)\n{{\n"
+                              + "\n".join(lines) + "\n}\n")
+        return name
+
     def _op_bconv(self, i: int, op: Op, v: ValueInfo) -> None:
         a, x = op.attrs, self.p.values[op.inputs[0]]
-        (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
         cin, cout = a["cin"], a["cout"]
         if cin * kh * kw > C_INT_MAX:
             raise EngineError(f"op {op.name!r}: {cin * kh * kw} bits per window is too many "
                               "for the C export")
-        dense = self._bconv_dense(op)
-        w = op.arrays["w"]
-        w = dense_bits(w, cin) if dense else w
-        nw = self._bconv_words(op)
-        pad = tail_mask(cin) if a["pad_value"] == -1 else np.zeros(words(cin), np.uint64)
-        n = f"l{i}_{_ident(op.name)}"
-        s = self.src
-        fields = [str(x.h), str(x.w), str(cin), str(kh), str(kw), str(sh), str(sw), str(ph),
-                  str(pw), str(v.h), str(v.w), str(cout), str(int(dense)), str(nw),
-                  s.array(f"{n}_pad", pad), s.array(f"{n}_w", w.reshape(cout, nw))]
-        if a["mode"] == "bits":
-            fields += [s.array(f"{n}_thr", op.arrays["thr"]),
-                       s.array(f"{n}_flip", op.arrays["flip"]), "NULL", "NULL", "NULL", "NULL"]
+        prep = self.p.prepared(i)
+        assert isinstance(prep, PreparedBconv)
+        s, n, wd = self.src, f"l{i}", words(cin)
+        lines = ["    int oy;"]
+        src = self._conv_source(i, op, "uint64_t", lines)
+        row = (x.w + 2 * a["padding"][1]) * wd  # words per (padded) input row
+        w = s.array(f"{n}_w", prep.wb)
+        if prep.dense:
+            kp = words(kh * kw * cin)
+            patch = self._patch_fn(i, op, row)
+            off = "t + " + str(int(np.prod(self._padded(op) or (0, 0))) * wd)
+            lines[0] = "    int oy, ox;"
+            lines.append(f"    uint64_t *const patch = {off};")
+            win, xrow = f"{{{kp}, 0, 1, {kp}}}", "patch"
         else:
-            fields += ["NULL", "NULL"] + [s.array(f"{n}_{k}", op.arrays[k])
-                                          for k in ("m1", "a1", "m2", "a2")]
-        s.decls.append(f"static const bnn_bconv_t {n} = {{{', '.join(fields)}}};")
-        patch = "NULL" if self._bconv_whole(op) else self._tmp(i, "uint64_t")
-        s.body.append(f"bnn_bconv(&{n}, {self.ref(op.inputs[0])}, {self.ref(op.output)}, "
-                      f"{patch});")
+            win, xrow = f"{{{sw * wd}, {row}, {kh}, {kw * wd}}}", f"{src} + oy * {sh * row}"
+        lines.insert(1, f"    const bnn_win_t win = {win};")
+        lines.append(f"    for (oy = 0; oy < {v.h}; ++oy) {{")
+        if prep.dense:
+            lines.append(f"        for (ox = 0; ox < {v.w}; ++ox)")
+            lines.append(f"            {patch}({src} + oy * {sh * row} + ox * {sw * wd}, "
+                         f"patch + ox * {kp});")
+        if a["mode"] == "bits":
+            init, xmask = s.array(f"{n}_init", prep.init), s.array(f"{n}_xmask", prep.xmask)
+            lines.append(f"        bnn_bconv_bits_row({xrow}, {v.w}, win, {w}, {cout}, {init}, "
+                         f"{xmask}, out + oy * {v.w * words(cout)});")
+            out_type = "uint64_t"
+        else:
+            aff = [s.array(f"{n}_{k}", op.arrays[k]) for k in ("m1", "a1", "m2", "a2")]
+            lines.insert(2, f"    const float *const aff[4] = {{{', '.join(aff)}}};")
+            lines.append(f"        bnn_bconv_affine_row({xrow}, {v.w}, win, {w}, {cout}, "
+                         f"{cin * kh * kw}, aff, out + oy * {v.w * cout});")
+            out_type = "float"
+        lines.append("    }")
+        self._layer(i, op, "uint64_t", out_type, lines)
 
     def _op_fconv(self, i: int, op: Op, v: ValueInfo) -> None:
         a, x = op.attrs, self.p.values[op.inputs[0]]
-        (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
-        n = f"l{i}_{_ident(op.name)}"
-        s = self.src
-        fields = [str(x.h), str(x.w), str(a["cin"]), str(kh), str(kw), str(sh), str(sw),
-                  str(ph), str(pw), str(v.h), str(v.w), str(a["cout"])]
-        fields += [s.array(f"{n}_{k}", op.arrays[k]) for k in ("w", "b", "alpha", "beta")]
-        s.decls.append(f"static const bnn_fconv_t {n} = {{{', '.join(fields)}}};")
-        if a["pack"]:
-            s.body.append(f"bnn_fconv(&{n}, {self.ref(op.inputs[0])}, NULL, "
-                          f"{self.ref(op.output)}, {self._tmp(i, 'float')});")
+        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+        cin, cout = a["cin"], a["cout"]
+        prep = self.p.prepared(i)
+        assert isinstance(prep, PreparedFconv)
+        s, n = self.src, f"l{i}"
+        lines = ["    int oy;"]
+        src = self._conv_source(i, op, "float", lines)
+        row = (x.w + 2 * a["padding"][1]) * cin
+        w = s.array(f"{n}_w", prep.wf)
+        lines.insert(1, f"    const bnn_win_t win = {{{sw * cin}, {row}, {kh}, {kw * cin}}};")
+        bias, alpha, beta, wmask = prep.epilogue
+        if prep.thresholds:
+            epi = f"{s.array(f'{n}_thr', bias)}, NULL, NULL, NULL"
         else:
-            s.body.append(f"bnn_fconv(&{n}, {self.ref(op.inputs[0])}, {self.ref(op.output)}, "
-                          "NULL, NULL);")
+            epi = "NULL, " + ", ".join(s.array(f"{n}_{k}", arr) for k, arr in
+                                       (("b", bias), ("alpha", alpha), ("beta", beta)))
+        lines.insert(2, f"    const bnn_fepi_t e = {{{epi}}};")
+        lines.append(f"    for (oy = 0; oy < {v.h}; ++oy)")
+        xrow = f"{src} + oy * {sh * row}"
+        if a["pack"]:
+            lines.append(f"        bnn_fconv_bits_row({xrow}, {v.w}, win, {w}, {cout}, e, "
+                         f"{s.array(f'{n}_wmask', wmask)}, out + oy * {v.w * words(cout)});")
+        else:
+            lines.append(f"        bnn_fconv_float_row({xrow}, {v.w}, win, {w}, {cout}, e, "
+                         f"out + oy * {v.w * cout});")
+        self._layer(i, op, "float", "uint64_t" if a["pack"] else "float", lines)
 
     def _op_sign(self, i: int, op: Op, v: ValueInfo) -> None:  # noqa: ARG002
         self.src.body.append(f"bnn_sign_pack({self.ref(op.inputs[0])}, {v.h * v.w}, {v.c}, "
@@ -417,20 +490,21 @@ int model_run(const float *input, float *logits, void *scratch);
             lines.append(f"    bnn_chw_to_hwc(input, {c}, {h}, {w}, v0);")
         lines += [f"    {stmt}" for stmt in self.src.body]
         body = "\n".join(lines)
-        decls = "\n".join(self.src.decls)
+        funcs = "\n".join(self.src.funcs)
         return f"""/* model.c: generated by bnnprune from a compiled program; do not edit.
  * Values are channels-last; binary values are packed 64 channels per word (bit 1 = -1).
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "bnn_conv.h"
 #include "bnn_kernels.h"
 #include "model.h"
 
 {self.src.render_arrays()}
-{decls}
-
+{funcs}
 int model_run(const float *input, float *logits, void *scratch)
 {{
     unsigned char *const s = (unsigned char *)scratch;
