@@ -1,6 +1,8 @@
 """C export vs the engine: the generated C99, compiled with the system compiler (and for
 64-bit ARM under qemu), gives the engine's logits bit for bit on random models covering every
-C op kind, the zoo's `small` model, a pruned copy of it and real Fashion-MNIST images.
+op kind (concatenations and PReLU/RPReLU as in the engine's tests), the zoo's `small` and
+`reactnet` models, a pruned copy of `small` and real Fashion-MNIST images, on every kernel
+path (portable, AVX2, NEON; AVX-512 compiled).
 
 Each model is exported and compiled once per module (fixtures); each run feeds a whole batch
 of images to one process.
@@ -29,6 +31,7 @@ from bnnprune.engine.cexport import (
     plan_arena,
 )
 from bnnprune.engine.cexport import _Buffer as Buffer
+from bnnprune.engine.program import OP_KINDS
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d, BinaryLinear
 from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
@@ -37,6 +40,7 @@ from .conftest import dyadic_fp_weights, randomize_bn
 from .test_exact import OddNet, ResidualNet
 from .test_fashion_mnist import ROOT as FMNIST
 from .test_fashion_mnist import _images
+from .test_generic import ActNet, CatNet, prepared
 
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 SOURCES = ["model.c", "bnn_kernels.c", "main.c"]
@@ -86,8 +90,11 @@ class PackNet(nn.Module):
         return self.fc(torch.flatten(self.bn1(self.b1(self.bn0(x))), 1))
 
 
-def _prepare(factory, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
+def _prepare(factory, seed: int | None) -> nn.Module:
+    """Random BatchNorm statistics (seed None: the factory calibrates the model itself)."""
+    torch.manual_seed(seed or 0)
+    if seed is None:
+        return factory().eval()
     return dyadic_fp_weights(randomize_bn(factory(), seed=seed), seed=seed).eval()
 
 
@@ -107,8 +114,12 @@ def _pruned_small() -> nn.Module:
     return apply_plan(model, plan, "wff", sens).model
 
 
-# name: (model factory, input shape, seed of the random BatchNorm statistics)
+# name: (model factory, input shape, seed of the random BatchNorm statistics or None)
 MODELS = {
+    "cat": (lambda: prepared(CatNet(), (3, 9, 9)), (3, 9, 9), None),
+    "act": (lambda: prepared(ActNet(), (3, 10, 10), seed=1), (3, 10, 10), None),
+    "reactnet": (lambda: prepared(build_model("reactnet", width=0.125), (3, 32, 32)),
+                 (3, 32, 32), None),
     "edge": (EdgeNet, (2, 13, 13), 0),
     "pack": (PackNet, (64, 3, 3), 0),
     "odd": (OddNet, (3, 19, 19), 5),  # its 1-channel bottleneck is constant for most seeds
@@ -178,6 +189,7 @@ def _assert_same(got: np.ndarray, ref: np.ndarray) -> None:
 
 
 def test_test_models_cover_every_c_op(exports):
+    assert set(C_OP_KINDS) == set(OP_KINDS)  # every op the engine compiles
     kinds = {op.kind for e in exports.values() for op in e.program.ops}
     assert kinds == set(C_OP_KINDS)
     packed = {op.kind for e in exports.values() for op in e.program.ops if op.attrs.get("pack")}

@@ -34,7 +34,7 @@ __all__ = ["C_OP_KINDS", "FILES", "Footprint", "c_footprint", "export_c", "forma
            "plan_arena"]
 
 C_OP_KINDS = ("fconv", "bconv", "sign", "maxpool_bits", "maxpool", "avgpool", "adaptive_avgpool",
-              "add", "affine", "clamp", "flatten")
+              "add", "affine", "clamp", "flatten", "prelu", "concat", "concat_bits")
 RUNTIME = ("bnn_conv.h", "bnn_kernels.h", "bnn_kernels.c", "main.c")
 FILES = ("model.h", "model.c", *RUNTIME)
 ALIGN = 16  # byte alignment of every scratch buffer (SIMD loads, uint64 words)
@@ -421,6 +421,33 @@ class _Exporter:
         else:
             self.src.body.append(f"bnn_affine({x}, {v.h * v.w}, {v.c}, {al}, {be}, "
                                  f"{self.ref(op.output)});")
+
+    def _op_prelu(self, i: int, op: Op, v: ValueInfo) -> None:
+        n = f"l{i}_{_ident(op.name)}"
+        shift, slope, bias = (self.src.array(f"{n}_{k}", op.arrays[k])
+                              for k in ("shift", "slope", "bias"))
+        self.src.body.append(f"bnn_prelu({self.ref(op.inputs[0])}, {v.h * v.w}, {v.c}, {shift}, "
+                             f"{slope}, {bias}, {self._float_dst(i, op)});")
+        self._pack_after(i, op, v)
+
+    def _op_concat(self, i: int, op: Op, v: ValueInfo) -> None:
+        off = 0
+        for x in op.inputs:
+            c = self.p.values[x].c
+            self.src.body.append(f"bnn_concat_f({self.ref(x)}, {v.h * v.w}, {c}, {off}, {v.c}, "
+                                 f"{self._float_dst(i, op)});")
+            off += c
+        self._pack_after(i, op, v)
+
+    def _op_concat_bits(self, i: int, op: Op, v: ValueInfo) -> None:
+        out = self.ref(op.output)
+        self.src.body.append(f"memset({out}, 0, {_nbytes(v)});")
+        off = 0
+        for x in op.inputs:
+            c = self.p.values[x].c
+            self.src.body.append(f"bnn_concat_bits({self.ref(x)}, {v.h * v.w}, {c}, {off}, "
+                                 f"{v.c}, {out});")
+            off += c
 
     def _op_clamp(self, i: int, op: Op, v: ValueInfo) -> None:
         lo, hi = op.attrs.get("lo"), op.attrs.get("hi")

@@ -211,6 +211,47 @@ void bnn_affine(const float *x, int pixels, int c, const float *alpha, const flo
         }
 }
 
+void bnn_prelu(const float *x, int pixels, int c, const float *shift, const float *slope,
+               const float *bias, float *out)
+{
+    int p, k;
+    for (p = 0; p < pixels; ++p)
+        for (k = 0; k < c; ++k) {
+            const size_t i = (size_t)p * (size_t)c + (size_t)k;
+            float t = x[i] + shift[k];
+            if (t < 0.0f)
+                t = t * slope[k];
+            out[i] = t + bias[k];
+        }
+}
+
+void bnn_concat_f(const float *x, int pixels, int c, int off, int cout, float *out)
+{
+    int p;
+    for (p = 0; p < pixels; ++p)
+        memcpy(out + (size_t)p * (size_t)cout + (size_t)off, x + (size_t)p * (size_t)c,
+               (size_t)c * sizeof(float));
+}
+
+void bnn_concat_bits(const uint64_t *x, int pixels, int c, int off, int cout, uint64_t *out)
+{
+    const int wd = BNN_WORDS(c), wdo = BNN_WORDS(cout), i0 = off >> 6, s = off & 63;
+    int p, k;
+    for (p = 0; p < pixels; ++p) {
+        const uint64_t *xs = x + (size_t)p * (size_t)wd;
+        uint64_t *o = out + (size_t)p * (size_t)wdo;
+        for (k = 0; k < wd; ++k) {
+            if (s == 0) {
+                o[i0 + k] |= xs[k];
+            } else {
+                o[i0 + k] |= xs[k] << s;
+                if (i0 + k + 1 < wdo)
+                    o[i0 + k + 1] |= xs[k] >> (64 - s);
+            }
+        }
+    }
+}
+
 void bnn_clamp(const float *x, size_t n, int has_lo, float lo, int has_hi, float hi,
                float *out)
 {

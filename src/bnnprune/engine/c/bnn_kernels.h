@@ -49,6 +49,16 @@ void bnn_add(const float *a, const float *b, size_t n, float *out);
 void bnn_affine(const float *x, int pixels, int c, const float *alpha, const float *beta,
                 float *out);
 
+/* out = prelu(x + shift, slope) + bias per channel (PReLU, RPReLU): t = x + shift,
+ * t * slope where t < 0, then + bias (float32, each operation rounded). */
+void bnn_prelu(const float *x, int pixels, int c, const float *shift, const float *slope,
+               const float *bias, float *out);
+
+/* Channel concatenation: x (pixels x c) into channels off .. off+c-1 of out (pixels x cout).
+ * The bit version ORs into out, which starts zeroed. */
+void bnn_concat_f(const float *x, int pixels, int c, int off, int cout, float *out);
+void bnn_concat_bits(const uint64_t *x, int pixels, int c, int off, int cout, uint64_t *out);
+
 /* out = x clamped to [lo, hi]; has_lo / has_hi say which bounds exist. */
 void bnn_clamp(const float *x, size_t n, int has_lo, float lo, int has_hi, float hi,
                float *out);
