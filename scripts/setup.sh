@@ -3,8 +3,9 @@
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime),
 #                                  # the extras the tests cover (fpga: qonnx; lightning;
-#                                  # tensorboard) and, for the C export's ARM check,
-#                                  # gcc-aarch64-linux-gnu and qemu-user
+#                                  # tensorboard) and, for the C export's checks,
+#                                  # gcc-aarch64-linux-gnu and qemu-user (ARM) and
+#                                  # valgrind (instruction counts)
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
@@ -23,14 +24,17 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
 fi
 
 # --test: the C export is also checked on 64-bit ARM (cross-compiler + qemu user emulation)
-if [ -n "$extras" ] && ! { command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64; } >/dev/null \
-    && command -v apt-get >/dev/null 2>&1; then
+# and its instructions per inference counted (valgrind's callgrind)
+if [ -n "$extras" ] && ! { command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64 \
+    && command -v valgrind; } >/dev/null && command -v apt-get >/dev/null 2>&1; then
+  c_tools="gcc-aarch64-linux-gnu qemu-user valgrind"
   if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing Debian packages gcc-aarch64-linux-gnu qemu-user" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user) >/dev/null \
-      || echo "setup: could not install gcc-aarch64-linux-gnu qemu-user (ARM tests will skip)" >&2
+    echo "setup: installing Debian packages $c_tools" >&2
+    # shellcheck disable=SC2086
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $c_tools) >/dev/null \
+      || echo "setup: could not install $c_tools (ARM and instruction-count tests will skip)" >&2
   else
-    echo "setup: run 'sudo apt-get install gcc-aarch64-linux-gnu qemu-user' for the ARM tests" >&2
+    echo "setup: run 'sudo apt-get install $c_tools' for the C export's tests" >&2
   fi
 fi
 
