@@ -224,32 +224,93 @@ def test_real_fashion_mnist_images(exports, name):
     assert (got.argmax(1) == torch_ref.argmax(1)).mean() >= 0.99
 
 
-@pytest.mark.parametrize("flags,exact", [
-    (("-DBNN_PORTABLE_POPCOUNT",), True),
-    (("-DBNN_NO_SIMD",), True),
-    (("-mavx2",), True),
-    (("-DBNN_NO_FMA",), False),
-])
-def test_build_options(exports, flags, exact):
-    e = exports["edge"]
-    if "-mavx2" in flags and "avx2" not in Path("/proc/cpuinfo").read_text():
-        pytest.skip("this CPU has no AVX2")
-    exe = _compile(e.folder, "model_opt", flags=flags)
+def _has_cpu(flag: str) -> bool:
+    return flag in Path("/proc/cpuinfo").read_text().split()
+
+
+# x86-64 builds: (flags, the kernel path bnn_conv.h must take, CPU flag needed to run it)
+X86_PATHS = [
+    (("-DBNN_NO_SIMD", "-O3", "-march=x86-64-v3"), "PORTABLE", "avx2"),
+    (("-O3", "-march=x86-64-v2"), "PORTABLE", "popcnt"),  # popcnt instruction, no FMA
+    (("-DBNN_PORTABLE_POPCOUNT",), "PORTABLE", None),  # the C99 bit count
+    (("-mavx2",), "AVX2", "avx2"),  # binary layers on AVX2, float layers portable (no FMA)
+    (("-O3", "-march=x86-64-v3"), "AVX2", "avx2"),  # the documented x86-64 build
+    (("-O3", "-march=x86-64-v4", "-mavx512vpopcntdq"), "AVX512", "avx512_vpopcntdq"),
+]
+
+
+def _path_of(folder: Path, flags: tuple[str, ...], cc: str = "cc") -> str:
+    """The BNN_PATH_* that bnn_conv.h selects under ``flags`` (from the preprocessor)."""
+    r = subprocess.run([cc, "-std=c99", *flags, "-dM", "-E", "bnn_conv.h"], cwd=folder,
+                       capture_output=True, text=True, check=True)
+    paths = re.findall(r"#define BNN_PATH_(\w+) 1", r.stdout)
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+@pytest.mark.parametrize("flags,path,cpu", X86_PATHS)
+@pytest.mark.parametrize("name", ["edge", "cat", "small_pruned"])
+def test_kernel_paths_equal_engine(exports, name, flags, path, cpu):
+    """Each path compiles (AVX-512 everywhere) and, where this CPU runs it, is exact."""
+    e = exports[name]
+    assert _path_of(e.folder, flags) == path
+    if cpu is not None and not _has_cpu(cpu):
+        r = subprocess.run(["cc", *CFLAGS, *flags, "-c", "model.c", "-o", "model_path.o"],
+                           cwd=e.folder, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        pytest.skip(f"compiled only: this CPU has no {cpu}")
+    exe = _compile(e.folder, "model_path", flags=flags)
     x = e.inputs(16, seed=3)
-    got, ref = _run([str(exe)], x, e.folder), e.engine(x)
-    if exact:
-        _assert_same(got, ref)
-    else:  # a*b+c instead of fmaf: the last bits of float layers may differ
-        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+    _assert_same(_run([str(exe)], x, e.folder), e.engine(x))
 
 
-@pytest.mark.parametrize("name", ["edge", "pack", "small_pruned"])
+def test_no_fma_is_close(exports):
+    """BNN_NO_FMA: a*b+c instead of fmaf, the last bits of float layers may differ."""
+    e = exports["edge"]
+    exe = _compile(e.folder, "model_nofma", flags=("-DBNN_NO_FMA", "-O3", "-march=native"))
+    x = e.inputs(16, seed=3)
+    np.testing.assert_allclose(_run([str(exe)], x, e.folder), e.engine(x), rtol=1e-3, atol=1e-3)
+
+
+def _undefined(folder: Path, flags: tuple[str, ...], cc: str = "cc") -> set[str]:
+    """Symbols model.c and bnn_kernels.c call outside themselves under ``flags``."""
+    names: set[str] = set()
+    for src in ("model.c", "bnn_kernels.c"):
+        obj = f"{src}.sym.o"
+        subprocess.run([cc, *CFLAGS, *flags, "-c", src, "-o", obj], cwd=folder, check=True)
+        nm = cc.replace("gcc", "nm") if cc != "cc" else "nm"
+        out = subprocess.run([nm, "-u", obj], cwd=folder, capture_output=True, text=True,
+                             check=True).stdout
+        names |= {line.split()[-1] for line in out.splitlines() if line.strip()}
+    return names
+
+
+@pytest.mark.parametrize("flags,fma_hw", [
+    (("-O2",), False),
+    (("-O3", "-march=x86-64-v2"), False),
+    (("-O2", "-march=x86-64-v3"), True),
+    (("-O3", "-march=x86-64-v3"), True),
+])
+def test_no_library_calls_in_hot_loops(exports, flags, fma_hw):
+    """No libgcc popcount in any build; no libm fmaf where the CPU has fused multiply-add."""
+    names = _undefined(exports["edge"].folder, flags)
+    assert not {n for n in names if "popcount" in n}, names
+    assert ("fmaf" in names) == (not fma_hw), names
+
+
+@pytest.mark.parametrize("name", ["edge", "pack", "cat", "act", "small_pruned"])
 def test_aarch64_under_qemu(exports, name):
     cc, qemu = _need(ARM_CC), _need(QEMU)
     e = exports[name]
+    assert _path_of(e.folder, (), cc=cc) == "NEON"
     exe = _compile(e.folder, "model_arm64", cc=cc, flags=("-static",))
     x = e.inputs(12, seed=5)
     _assert_same(_run([qemu, str(exe)], x, e.folder), e.engine(x))
+    assert not {n for n in _undefined(e.folder, ("-O3",), cc=cc) if "popcount" in n or
+                n == "fmaf"}
+    portable = _compile(e.folder, "model_arm64_portable", cc=cc, flags=("-static",
+                                                                        "-DBNN_NO_SIMD"))
+    _assert_same(_run([qemu, str(portable)], x, e.folder), e.engine(x))
 
 
 def test_files_header_and_footprint(exports):

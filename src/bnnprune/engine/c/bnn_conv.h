@@ -385,7 +385,7 @@ BNN_INLINE void bnn_affine_pass(const uint64_t *x, int np, bnn_win_t win, const 
                                 float *out)
 {
     bnn_acc_t acc[BNN_XP][BNN_XPV];
-    int32_t cnt[BNN_XP][BNN_XC];
+    int32_t cnt[BNN_XP][BNN_XC] = {{0}}; /* zeroed: compilers cannot see n <= nv*BNN_VW */
     const int n = co - c < BNN_VW * nv ? co - c : BNN_VW * nv;
     int p, v, i;
     bnn_xpc_pass(x, np, win, w, nv, acc);
