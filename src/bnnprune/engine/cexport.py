@@ -25,7 +25,7 @@ import numpy as np
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.kernels import words
+from bnnprune.engine.kernels import BLOCK_CH, words
 from bnnprune.engine.kernels.bitpatch import patch_schedule
 from bnnprune.engine.plan import PreparedBconv, PreparedFconv
 from bnnprune.engine.program import Op, Program, ValueInfo, validate
@@ -208,11 +208,15 @@ class _Exporter:
                              f"{out.c}, logits);")
 
     # ------------------------------------------------------------------ layout
-    def _padded(self, op: Op) -> tuple[int, int] | None:
-        """(Hp, Wp) of a conv's padded input copy, None when it reads its input in place."""
+    def _band_units(self, op: Op) -> int:
+        """Words (bconv) or floats (fconv) of a conv's padded band of input rows, 0 when the
+        conv reads its windows in place from its unpadded input."""
         x = self.p.values[op.inputs[0]]
         ph, pw = op.attrs["padding"]
-        return (x.h + 2 * ph, x.w + 2 * pw) if (ph, pw) != (0, 0) else None
+        if (ph, pw) == (0, 0):
+            return 0
+        per_pixel = words(x.c) if op.kind == "bconv" else x.c
+        return op.attrs["kernel"][0] * (x.w + 2 * pw) * per_pixel
 
     def _patch_words(self, i: int, op: Op) -> int:
         """Words of a dense bconv's patch row (0: the windows are read in place)."""
@@ -224,10 +228,8 @@ class _Exporter:
 
     def _temp_bytes(self, i: int, op: Op) -> int:
         if op.kind in ("bconv", "fconv"):
-            x = self.p.values[op.inputs[0]]
-            hw = self._padded(op)
-            per_pixel = 8 * words(x.c) if op.kind == "bconv" else 4 * x.c
-            return (hw[0] * hw[1] * per_pixel if hw else 0) + 8 * self._patch_words(i, op)
+            unit = 8 if op.kind == "bconv" else 4
+            return unit * self._band_units(op) + 8 * self._patch_words(i, op)
         if op.attrs.get("pack") and op.kind != "affine":  # packing applies an affine itself
             v = self.p.values[op.output]
             return 4 * v.h * v.w * v.c
@@ -258,20 +260,21 @@ class _Exporter:
             self.src.body.append(f"bnn_sign_pack({self._tmp(i, 'const float')}, {v.h * v.w}, "
                                  f"{v.c}, NULL, NULL, {self.ref(op.output)});")
 
-    def _conv_source(self, i: int, op: Op, ctype: str, lines: list[str]) -> str:
-        """The C expression of a conv's (padded) input inside its layer function, adding the
-        padding call to ``lines``; the function's parameters are ``x``, ``out`` and ``t``."""
-        x = self.p.values[op.inputs[0]]
-        ph, pw = op.attrs["padding"]
-        if self._padded(op) is None:
-            return "x"
-        if ctype == "uint64_t":
-            pad = self.p.prepared(i).pad_words
-            name = self.src.array(f"l{i}_pad", pad)
-            lines.append(f"    bnn_pad_bits(x, {x.h}, {x.w}, {words(x.c)}, {ph}, {pw}, {name}, t);")
-        else:
-            lines.append(f"    bnn_pad_f(x, {x.h}, {x.w}, {x.c}, {ph}, {pw}, t);")
-        return "t"
+    def _row_source(self, i: int, op: Op) -> tuple[str | None, str]:
+        """The statement that fills output row ``oy``'s padded band of input rows in ``t``
+        (None: windows read in place from ``x``) and the C expression of that row's first
+        window, inside a layer function (parameters ``x``, ``out``, ``t``)."""
+        a, x = op.attrs, self.p.values[op.inputs[0]]
+        (kh, _), (sh, _), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+        if not self._band_units(op):
+            per_pixel = words(x.c) if op.kind == "bconv" else x.c
+            return None, f"x + oy * {sh * x.w * per_pixel}"
+        y0 = f"oy * {sh} - {ph}"
+        if op.kind == "bconv":
+            pad = self.src.array(f"l{i}_pad", self.p.prepared(i).pad_words)
+            return (f"bnn_band_bits(x, {x.h}, {x.w}, {words(x.c)}, {pw}, {y0}, {kh}, {pad}, t);",
+                    "t")
+        return f"bnn_band_f(x, {x.h}, {x.w}, {x.c}, {pw}, {y0}, {kh}, t);", "t"
 
     def _layer(self, i: int, op: Op, in_type: str, out_type: str, lines: list[str]) -> None:
         """Add layer function ``op{i}_*`` (``lines`` its body) and its call from model_run."""
@@ -305,7 +308,7 @@ class _Exporter:
 
     def _op_bconv(self, i: int, op: Op, v: ValueInfo) -> None:
         a, x = op.attrs, self.p.values[op.inputs[0]]
-        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+        (kh, kw), (_, sw) = a["kernel"], a["stride"]
         cin, cout = a["cin"], a["cout"]
         if cin * kh * kw > C_INT_MAX:
             raise EngineError(f"op {op.name!r}: {cin * kh * kw} bits per window is too many "
@@ -314,24 +317,24 @@ class _Exporter:
         assert isinstance(prep, PreparedBconv)
         s, n, wd = self.src, f"l{i}", words(cin)
         lines = ["    int oy;"]
-        src = self._conv_source(i, op, "uint64_t", lines)
+        band, src = self._row_source(i, op)
         row = (x.w + 2 * a["padding"][1]) * wd  # words per (padded) input row
         w = s.array(f"{n}_w", prep.wb)
         if prep.dense:
             kp = words(kh * kw * cin)
             patch = self._patch_fn(i, op, row)
-            off = "t + " + str(int(np.prod(self._padded(op) or (0, 0))) * wd)
             lines[0] = "    int oy, ox;"
-            lines.append(f"    uint64_t *const patch = {off};")
+            lines.append(f"    uint64_t *const patch = t + {self._band_units(op)};")
             win, xrow = f"{{{kp}, 0, 1, {kp}}}", "patch"
         else:
-            win, xrow = f"{{{sw * wd}, {row}, {kh}, {kw * wd}}}", f"{src} + oy * {sh * row}"
+            win, xrow = f"{{{sw * wd}, {row}, {kh}, {kw * wd}}}", src
         lines.insert(1, f"    const bnn_win_t win = {win};")
         lines.append(f"    for (oy = 0; oy < {v.h}; ++oy) {{")
+        if band:
+            lines.append(f"        {band}")
         if prep.dense:
             lines.append(f"        for (ox = 0; ox < {v.w}; ++ox)")
-            lines.append(f"            {patch}({src} + oy * {sh * row} + ox * {sw * wd}, "
-                         f"patch + ox * {kp});")
+            lines.append(f"            {patch}({src} + ox * {sw * wd}, patch + ox * {kp});")
         if a["mode"] == "bits":
             init, xmask = s.array(f"{n}_init", prep.init), s.array(f"{n}_xmask", prep.xmask)
             lines.append(f"        bnn_bconv_bits_row({xrow}, {v.w}, win, {w}, {cout}, {init}, "
@@ -348,15 +351,18 @@ class _Exporter:
 
     def _op_fconv(self, i: int, op: Op, v: ValueInfo) -> None:
         a, x = op.attrs, self.p.values[op.inputs[0]]
-        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+        (kh, kw), (_, sw) = a["kernel"], a["stride"]
         cin, cout = a["cin"], a["cout"]
         prep = self.p.prepared(i)
         assert isinstance(prep, PreparedFconv)
         s, n = self.src, f"l{i}"
         lines = ["    int oy;"]
-        src = self._conv_source(i, op, "float", lines)
+        band, xrow = self._row_source(i, op)
         row = (x.w + 2 * a["padding"][1]) * cin
-        w = s.array(f"{n}_w", prep.wf)
+        # the engine's (folded) weights unblocked to (taps, Co), BNN_BLOCK zeros after them
+        taps = prep.wf.shape[1]
+        flat = prep.wf.transpose(1, 0, 2).reshape(taps, -1)[:, :cout].ravel()
+        w = s.array(f"{n}_w", np.concatenate([flat, np.zeros(BLOCK_CH, np.float32)]))
         lines.insert(1, f"    const bnn_win_t win = {{{sw * cin}, {row}, {kh}, {kw * cin}}};")
         bias, alpha, beta, wmask = prep.epilogue
         if prep.thresholds:
@@ -365,14 +371,16 @@ class _Exporter:
             epi = "NULL, " + ", ".join(s.array(f"{n}_{k}", arr) for k, arr in
                                        (("b", bias), ("alpha", alpha), ("beta", beta)))
         lines.insert(2, f"    const bnn_fepi_t e = {{{epi}}};")
-        lines.append(f"    for (oy = 0; oy < {v.h}; ++oy)")
-        xrow = f"{src} + oy * {sh * row}"
+        lines.append(f"    for (oy = 0; oy < {v.h}; ++oy) {{")
+        if band:
+            lines.append(f"        {band}")
         if a["pack"]:
             lines.append(f"        bnn_fconv_bits_row({xrow}, {v.w}, win, {w}, {cout}, e, "
                          f"{s.array(f'{n}_wmask', wmask)}, out + oy * {v.w * words(cout)});")
         else:
             lines.append(f"        bnn_fconv_float_row({xrow}, {v.w}, win, {w}, {cout}, e, "
                          f"out + oy * {v.w * cout});")
+        lines.append("    }")
         self._layer(i, op, "float", "uint64_t" if a["pack"] else "float", lines)
 
     def _op_sign(self, i: int, op: Op, v: ValueInfo) -> None:  # noqa: ARG002

@@ -2,9 +2,10 @@
  *
  * static inline, so that each layer's function in model.c calls them with its sizes as
  * constants: the loops over a tile's pixels and channels unroll and their accumulators stay
- * in registers. The weights are in the bnnprune engine's layout: blocks of BNN_BLOCK output
- * channels, window word k of a block's channel q at w[BNN_BLOCK*k + q] (zero weights past
- * the last channel). One structure on every path, chosen at compile time:
+ * in registers. Binary weights are in the bnnprune engine's layout: blocks of BNN_BLOCK
+ * output channels, window word k of a block's channel q at w[BNN_BLOCK*k + q] (zero weights
+ * past the last channel); float weights are the (taps, co) matrix. One structure on every
+ * path, chosen at compile time:
  *
  *   path        binary: channels per vector, popcount    float: channels per vector
  *   AVX-512     8, vpopcntq (needs AVX512F + VPOPCNTDQ)  16 (AVX512F)
@@ -160,9 +161,14 @@ BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
     c[1] = (int32_t)vgetq_lane_u64(a, 1);
 }
 #else
+/* the tile (BNN_XP pixels x BNN_XPV channels) may be set for a core's register count */
 #define BNN_VW 1
+#ifndef BNN_XPV
 #define BNN_XPV 4
+#endif
+#ifndef BNN_XP
 #define BNN_XP 2
+#endif
 typedef uint64_t bnn_acc_t;
 typedef uint64_t bnn_xb_t;
 BNN_INLINE bnn_acc_t bnn_acc_zero(void) { return 0; }
@@ -266,8 +272,12 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b)
 }
 #else
 #define BNN_FV 1
+#ifndef BNN_FPV
 #define BNN_FPV 4
+#endif
+#ifndef BNN_FP
 #define BNN_FP 2
+#endif
 typedef float bnn_fv_t;
 BNN_INLINE bnn_fv_t bnn_fv_zero(void) { return 0.0f; }
 BNN_INLINE bnn_fv_t bnn_fv_bcast(float x) { return x; }
@@ -457,10 +467,12 @@ BNN_INLINE void bnn_bconv_affine_row(const uint64_t *x, int wo, bnn_win_t win,
 
 /* ------------------------------------------------------------------ float conv */
 
-/* The float conv of np pixels x nv vectors of one block's channels: acc = fma over the
- * window's taps in (ky, kx, ci) order, from 0 (the engine's order and roundings). */
-BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const float *w, int nv,
-                               bnn_fv_t acc[BNN_FP][BNN_FPV])
+/* The float conv of np pixels x nv vectors of channels: acc = fma over the window's taps in
+ * (ky, kx, ci) order, from 0 (the engine's order and roundings). The weights are the
+ * layer's (taps, co) matrix, unpadded (w points at the pass's first channel of tap 0), and
+ * BNN_BLOCK floats of zeros after it: a last pass reads past channel co. */
+BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const float *w, int co,
+                               int nv, bnn_fv_t acc[BNN_FP][BNN_FPV])
 {
     int r, j, p, v;
     BNN_UNROLL
@@ -471,7 +483,7 @@ BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const floa
     }
     for (r = 0; r < win.kh; ++r) {
         const float *xr = x + r * win.rstep;
-        const float *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
+        const float *wr = w + (ptrdiff_t)r * win.seg * co;
         for (j = 0; j < win.seg; ++j) {
             bnn_fv_t xb[BNN_FP];
             BNN_UNROLL
@@ -479,7 +491,7 @@ BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const floa
                 xb[p] = bnn_fv_bcast(xr[p * win.pstep + j]);
             BNN_UNROLL
             for (v = 0; v < nv; ++v) {
-                const bnn_fv_t wv = bnn_fv_load(wr + BNN_BLOCK * j + BNN_FV * v);
+                const bnn_fv_t wv = bnn_fv_load(wr + (ptrdiff_t)co * j + BNN_FV * v);
                 BNN_UNROLL
                 for (p = 0; p < np; ++p)
                     acc[p][v] = bnn_fv_madd(xb[p], wv, acc[p][v]);
@@ -495,12 +507,12 @@ typedef struct {
 } bnn_fepi_t;
 
 /* Sign bits of one pass at channel c: !(acc >= thr), or !((acc + b) * alpha + beta >= 0). */
-BNN_INLINE void bnn_fsign_pass(const float *x, int np, bnn_win_t win, const float *w, int nv,
-                               bnn_fepi_t e, int c, uint64_t word[BNN_FP])
+BNN_INLINE void bnn_fsign_pass(const float *x, int np, bnn_win_t win, const float *w, int co,
+                               int nv, bnn_fepi_t e, int c, uint64_t word[BNN_FP])
 {
     bnn_fv_t acc[BNN_FP][BNN_FPV];
     int p, v;
-    bnn_fconv_pass(x, np, win, w, nv, acc);
+    bnn_fconv_pass(x, np, win, w, co, nv, acc);
     BNN_UNROLL
     for (v = 0; v < nv; ++v) {
         const int k = c + BNN_FV * v;
@@ -528,7 +540,6 @@ BNN_INLINE void bnn_fconv_bits_tile(const float *x, int np, bnn_win_t win, const
                                     uint64_t *out, int wdo)
 {
     const int nblk = (co + BNN_BLOCK - 1) / BNN_BLOCK;
-    const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
     int g, b, c0, p;
     for (g = 0; g < wdo; ++g) {
         uint64_t word[BNN_FP];
@@ -538,11 +549,11 @@ BNN_INLINE void bnn_fconv_bits_tile(const float *x, int np, bnn_win_t win, const
             word[p] = 0;
         for (b = 4 * g; b < b1; ++b) {
             const int width = co - BNN_BLOCK * b <= BNN_BLOCK / 2 ? BNN_BLOCK / 2 : BNN_BLOCK;
-            const float *wb = w + b * bsize;
+            const int cb = BNN_BLOCK * b;
             for (c0 = 0; c0 + BNN_FC <= width; c0 += BNN_FC)
-                bnn_fsign_pass(x, np, win, wb + c0, BNN_FPV, e, BNN_BLOCK * b + c0, word);
+                bnn_fsign_pass(x, np, win, w + cb + c0, co, BNN_FPV, e, cb + c0, word);
             if (c0 < width)
-                bnn_fsign_pass(x, np, win, wb + c0, BNN_FPV_HALF, e, BNN_BLOCK * b + c0, word);
+                bnn_fsign_pass(x, np, win, w + cb + c0, co, BNN_FPV_HALF, e, cb + c0, word);
         }
         BNN_UNROLL
         for (p = 0; p < np; ++p)
@@ -558,7 +569,7 @@ BNN_INLINE void bnn_ffloat_pass(const float *x, int np, bnn_win_t win, const flo
     float vals[BNN_FP][BNN_FC];
     const int n = co - c < BNN_FV * nv ? co - c : BNN_FV * nv;
     int p, v, i;
-    bnn_fconv_pass(x, np, win, w, nv, acc);
+    bnn_fconv_pass(x, np, win, w, co, nv, acc);
     BNN_UNROLL
     for (p = 0; p < np; ++p) {
         BNN_UNROLL
@@ -579,15 +590,14 @@ BNN_INLINE void bnn_fconv_float_tile(const float *x, int np, bnn_win_t win, cons
                                      int co, bnn_fepi_t e, float *out)
 {
     const int nblk = (co + BNN_BLOCK - 1) / BNN_BLOCK;
-    const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
     int b, c0;
     for (b = 0; b < nblk; ++b) {
         const int width = co - BNN_BLOCK * b <= BNN_BLOCK / 2 ? BNN_BLOCK / 2 : BNN_BLOCK;
-        const float *wb = w + b * bsize;
+        const int cb = BNN_BLOCK * b;
         for (c0 = 0; c0 + BNN_FC <= width; c0 += BNN_FC)
-            bnn_ffloat_pass(x, np, win, wb + c0, BNN_FPV, e, BNN_BLOCK * b + c0, co, out);
+            bnn_ffloat_pass(x, np, win, w + cb + c0, BNN_FPV, e, cb + c0, co, out);
         if (c0 < width)
-            bnn_ffloat_pass(x, np, win, wb + c0, BNN_FPV_HALF, e, BNN_BLOCK * b + c0, co, out);
+            bnn_ffloat_pass(x, np, win, w + cb + c0, BNN_FPV_HALF, e, cb + c0, co, out);
     }
 }
 

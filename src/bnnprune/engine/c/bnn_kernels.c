@@ -16,43 +16,45 @@
 
 /* ------------------------------------------------------------------ padding */
 
-void bnn_pad_bits(const uint64_t *x, int h, int w, int wd, int ph, int pw,
-                  const uint64_t *pad, uint64_t *out)
+void bnn_band_bits(const uint64_t *x, int h, int w, int wd, int pw, int y0, int kh,
+                   const uint64_t *pad, uint64_t *band)
 {
-    const int wp = w + 2 * pw;
-    const size_t row = (size_t)wp * (size_t)wd;
-    int y, xx;
-    for (y = 0; y < h + 2 * ph; ++y) {
-        uint64_t *o = out + (size_t)y * row;
-        if (y < ph || y >= h + ph) {
-            for (xx = 0; xx < wp; ++xx)
-                memcpy(o + (size_t)xx * (size_t)wd, pad, (size_t)wd * sizeof(uint64_t));
+    const size_t n = (size_t)wd * sizeof(uint64_t);
+    const size_t row = (size_t)(w + 2 * pw) * (size_t)wd;
+    int r, xx;
+    for (r = 0; r < kh; ++r) {
+        uint64_t *o = band + (size_t)r * row;
+        const int y = y0 + r;
+        if (y < 0 || y >= h) {
+            for (xx = 0; xx < w + 2 * pw; ++xx)
+                memcpy(o + (size_t)xx * (size_t)wd, pad, n);
             continue;
         }
         for (xx = 0; xx < pw; ++xx) {
-            memcpy(o + (size_t)xx * (size_t)wd, pad, (size_t)wd * sizeof(uint64_t));
-            memcpy(o + (size_t)(w + pw + xx) * (size_t)wd, pad, (size_t)wd * sizeof(uint64_t));
+            memcpy(o + (size_t)xx * (size_t)wd, pad, n);
+            memcpy(o + (size_t)(w + pw + xx) * (size_t)wd, pad, n);
         }
-        memcpy(o + (size_t)pw * (size_t)wd, x + (size_t)(y - ph) * (size_t)w * (size_t)wd,
-               (size_t)w * (size_t)wd * sizeof(uint64_t));
+        memcpy(o + (size_t)pw * (size_t)wd, x + (size_t)y * (size_t)w * (size_t)wd,
+               (size_t)w * n);
     }
 }
 
-void bnn_pad_f(const float *x, int h, int w, int c, int ph, int pw, float *out)
+void bnn_band_f(const float *x, int h, int w, int c, int pw, int y0, int kh, float *band)
 {
-    const int wp = w + 2 * pw;
-    const size_t row = (size_t)wp * (size_t)c;
-    int y;
-    for (y = 0; y < h + 2 * ph; ++y) {
-        float *o = out + (size_t)y * row;
-        if (y < ph || y >= h + ph) {
+    const size_t row = (size_t)(w + 2 * pw) * (size_t)c;
+    const size_t side = (size_t)pw * (size_t)c * sizeof(float);
+    int r;
+    for (r = 0; r < kh; ++r) {
+        float *o = band + (size_t)r * row;
+        const int y = y0 + r;
+        if (y < 0 || y >= h) {
             memset(o, 0, row * sizeof(float));
             continue;
         }
-        memset(o, 0, (size_t)pw * (size_t)c * sizeof(float));
-        memcpy(o + (size_t)pw * (size_t)c, x + (size_t)(y - ph) * (size_t)w * (size_t)c,
+        memset(o, 0, side);
+        memcpy(o + (size_t)pw * (size_t)c, x + (size_t)y * (size_t)w * (size_t)c,
                (size_t)w * (size_t)c * sizeof(float));
-        memset(o + (size_t)(w + pw) * (size_t)c, 0, (size_t)pw * (size_t)c * sizeof(float));
+        memset(o + (size_t)(w + pw) * (size_t)c, 0, side);
     }
 }
 

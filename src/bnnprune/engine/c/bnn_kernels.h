@@ -15,13 +15,15 @@
 
 #define BNN_WORDS(c) (((c) + 63) / 64)
 
-/* Copy x (H, W, wd words per pixel) into the interior of out (H+2ph, W+2pw, wd), every
- * border pixel the words pad. */
-void bnn_pad_bits(const uint64_t *x, int h, int w, int wd, int ph, int pw,
-                  const uint64_t *pad, uint64_t *out);
+/* The kh input rows y0 .. y0+kh-1 of a convolution's window band, padded: rows of
+ * W + 2pw pixels, taps outside x (H, W, wd words per pixel) reading the words pad. A conv
+ * reads its windows in place from the band of each output row, so the padded input is never
+ * whole in RAM. */
+void bnn_band_bits(const uint64_t *x, int h, int w, int wd, int pw, int y0, int kh,
+                   const uint64_t *pad, uint64_t *band);
 
-/* Copy float x (H, W, C) into the interior of out (H+2ph, W+2pw, C), zeros around it. */
-void bnn_pad_f(const float *x, int h, int w, int c, int ph, int pw, float *out);
+/* bnn_band_bits for float x (H, W, C), zeros outside it. */
+void bnn_band_f(const float *x, int h, int w, int c, int pw, int y0, int kh, float *band);
 
 /* Sign bits of x (or of x*alpha + beta when alpha is not NULL): bit = !(v >= 0). */
 void bnn_sign_pack(const float *x, int pixels, int c, const float *alpha, const float *beta,
