@@ -100,14 +100,13 @@ void bnn_maxpool_bits(const uint64_t *x, int h, int w, int c, int kh, int kw, in
             const int x0 = ox * sw - pw;
             const int xa = x0 > 0 ? x0 : 0, xb = x0 + kw < w ? x0 + kw : w;
             uint64_t *o = out + ((size_t)oy * (size_t)wo + (size_t)ox) * (size_t)wd;
-            for (k = 0; k < wd; ++k)
-                o[k] = ~(uint64_t)0;
-            for (yy = ya; yy < yb; ++yy)
-                for (xx = xa; xx < xb; ++xx) {
-                    const uint64_t *s = x + ((size_t)yy * (size_t)w + (size_t)xx) * (size_t)wd;
-                    for (k = 0; k < wd; ++k)
-                        o[k] &= s[k];
-                }
+            for (k = 0; k < wd; ++k) { /* each word ANDed in a register, stored once */
+                uint64_t acc = ~(uint64_t)0;
+                for (yy = ya; yy < yb; ++yy)
+                    for (xx = xa; xx < xb; ++xx)
+                        acc &= x[((size_t)yy * (size_t)w + (size_t)xx) * (size_t)wd + (size_t)k];
+                o[k] = acc;
+            }
         }
     }
 }
