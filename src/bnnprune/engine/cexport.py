@@ -114,14 +114,12 @@ def _literals(a: np.ndarray) -> list[str]:
         return [f"0x{int(x):016x}ull" for x in a.ravel()]
     if a.dtype == np.float32:
         return [_cfloat(x) for x in a.ravel()]
-    if a.dtype == np.int64:  # INT64_MIN has no literal of its own
-        return [f"(-{-int(x) - 1}ll - 1)" if x < 0 else f"{int(x)}ll" for x in a.ravel()]
-    return [str(int(x)) for x in a.ravel()]
+    lo = int(np.iinfo(a.dtype).min)  # INT32_MIN has no literal of its own
+    return [f"(-{-lo - 1} - 1)" if lo < 0 and x == lo else str(int(x)) for x in a.ravel()]
 
 
 _CTYPE = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float",
-          np.dtype(np.int64): "int64_t", np.dtype(np.int32): "int32_t",
-          np.dtype(np.uint8): "uint8_t"}
+          np.dtype(np.int32): "int32_t", np.dtype(np.uint8): "uint8_t"}
 
 
 @dataclass
@@ -336,7 +334,10 @@ class _Exporter:
             lines.append(f"        for (ox = 0; ox < {v.w}; ++ox)")
             lines.append(f"            {patch}({src} + ox * {sw * wd}, patch + ox * {kp});")
         if a["mode"] == "bits":
-            init, xmask = s.array(f"{n}_init", prep.init), s.array(f"{n}_xmask", prep.xmask)
+            # the engine's starts -(thr+1) fit int32 (thr does); its padding channels' start
+            # -2**62 becomes INT32_MIN, still negative after any count (< 2**31)
+            init32 = np.maximum(prep.init, np.iinfo(np.int32).min).astype(np.int32)
+            init, xmask = s.array(f"{n}_init", init32), s.array(f"{n}_xmask", prep.xmask)
             lines.append(f"        bnn_bconv_bits_row({xrow}, {v.w}, win, {w}, {cout}, {init}, "
                          f"{xmask}, out + oy * {v.w * words(cout)});")
             out_type = "uint64_t"

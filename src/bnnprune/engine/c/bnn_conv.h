@@ -84,7 +84,7 @@ BNN_INLINE uint32_t bnn_popcount64(uint64_t x)
  * BNN_XPV vectors for each of BNN_XP pixels (the accumulators a path keeps in registers).
  *   bnn_bcast(x)            an input word, for every channel of a vector
  *   bnn_xpc(a, x, w)        a + popcount(x ^ w[l]) in lane l
- *   bnn_neg_bits(a, init)   bit l = (a_l + init[l] < 0)
+ *   bnn_neg_bits(a, init)   bit l = (a_l + init[l] < 0), init int32 (the sum in 64 bits)
  *   bnn_counts(a, c)        c[l] = a_l */
 #if defined(BNN_PATH_AVX512)
 #define BNN_VW 8
@@ -99,10 +99,11 @@ BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
     return _mm512_add_epi64(a, _mm512_popcnt_epi64(
         _mm512_xor_si512(x, _mm512_loadu_si512((const void *)w))));
 }
-BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int64_t *init)
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
 {
-    return (uint32_t)_mm512_cmplt_epi64_mask(
-        _mm512_add_epi64(a, _mm512_loadu_si512((const void *)init)), _mm512_setzero_si512());
+    const __m512i i64 =
+        _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)init));
+    return (uint32_t)_mm512_cmplt_epi64_mask(_mm512_add_epi64(a, i64), _mm512_setzero_si512());
 }
 BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
 {
@@ -126,9 +127,10 @@ BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
     const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
     return _mm256_add_epi64(a, _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256()));
 }
-BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int64_t *init)
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
 {
-    const __m256i s = _mm256_add_epi64(a, _mm256_loadu_si256((const __m256i *)(const void *)init));
+    const __m256i s = _mm256_add_epi64(a, _mm256_cvtepi32_epi64(
+        _mm_loadu_si128((const __m128i *)(const void *)init)));
     return (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(s));
 }
 BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
@@ -149,10 +151,10 @@ BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
     const uint8x16_t c = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, vld1q_u64(w))));
     return vpadalq_u32(a, vpaddlq_u16(vpaddlq_u8(c)));
 }
-BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int64_t *init)
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
 {
     const uint64x2_t s = vshrq_n_u64(vreinterpretq_u64_s64(
-        vaddq_s64(vreinterpretq_s64_u64(a), vld1q_s64(init))), 63);
+        vaddq_s64(vreinterpretq_s64_u64(a), vmovl_s32(vld1_s32(init)))), 63);
     return (uint32_t)(vgetq_lane_u64(s, 0) | (vgetq_lane_u64(s, 1) << 1));
 }
 BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
@@ -177,7 +179,7 @@ BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
 {
     return a + bnn_popcount64(x ^ *w);
 }
-BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int64_t *init)
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
 {
     return (uint32_t)((int64_t)a + init[0] < 0);
 }
@@ -338,7 +340,7 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
 /* Threshold mode: for one pass at channel c (bit c & 63 of the word), OR the bits
  * (count > thr) xor flip, as the sign of count + init, into each pixel's word. */
 BNN_INLINE void bnn_bits_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
-                              int nv, const int64_t *init, int c, uint64_t word[BNN_XP])
+                              int nv, const int32_t *init, int c, uint64_t word[BNN_XP])
 {
     bnn_acc_t acc[BNN_XP][BNN_XPV];
     int p, v;
@@ -355,7 +357,7 @@ BNN_INLINE void bnn_bits_pass(const uint64_t *x, int np, bnn_win_t win, const ui
 /* Threshold mode, np pixels: every output word computed in registers and stored once,
  * out[p*wdo + g] = bits ^ xmask[g] (xmask, init: the engine's threshold_init). */
 BNN_INLINE void bnn_bconv_bits_tile(const uint64_t *x, int np, bnn_win_t win,
-                                    const uint64_t *w, int co, const int64_t *init,
+                                    const uint64_t *w, int co, const int32_t *init,
                                     const uint64_t *xmask, uint64_t *out, int wdo)
 {
     const int nblk = (co + BNN_BLOCK - 1) / BNN_BLOCK;
@@ -439,7 +441,7 @@ BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
 
 /* One output row of wo pixels: tiles of BNN_XP pixels, then one at a time. */
 BNN_INLINE void bnn_bconv_bits_row(const uint64_t *x, int wo, bnn_win_t win, const uint64_t *w,
-                                   int co, const int64_t *init, const uint64_t *xmask,
+                                   int co, const int32_t *init, const uint64_t *xmask,
                                    uint64_t *out)
 {
     const int wdo = (co + 63) / 64;
