@@ -3,10 +3,10 @@
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime),
 #                                  # the extras the tests cover (fpga: qonnx; lightning;
-#                                  # tensorboard) and, for the C export's ARM checks,
-#                                  # gcc-aarch64-linux-gnu, qemu-user (aarch64) and
+#                                  # tensorboard) and, for the C export's checks,
+#                                  # gcc-aarch64-linux-gnu, qemu-user (aarch64),
 #                                  # gcc-arm-none-eabi, libnewlib-arm-none-eabi,
-#                                  # qemu-system-arm (Cortex-M)
+#                                  # qemu-system-arm (Cortex-M) and valgrind (instruction counts)
 #   bash scripts/setup.sh --fpga   # also FINN's compiler front end (finn-plus) in ./.venv-finn,
 #                                  # its own environment: FINN pins numpy, onnx, onnxruntime,
 #                                  # protobuf and qonnx to other versions than ours (docs/fpga.md)
@@ -36,7 +36,8 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
 fi
 
 # --test: the C export is also checked on 64-bit ARM (cross-compiler + qemu user emulation)
-# and on Cortex-M microcontrollers (bare-metal toolchain + qemu's mps2 boards)
+# and on Cortex-M microcontrollers (bare-metal toolchain + qemu's mps2 boards); its
+# instructions per inference are counted by valgrind's callgrind
 if [ -n "$extras" ] && command -v apt-get >/dev/null 2>&1; then
   need=""
   { command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64; } >/dev/null \
@@ -44,13 +45,14 @@ if [ -n "$extras" ] && command -v apt-get >/dev/null 2>&1; then
   { command -v arm-none-eabi-gcc && command -v qemu-system-arm \
       && [ -d /usr/lib/arm-none-eabi/newlib ]; } >/dev/null \
     || need="$need gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+  command -v valgrind >/dev/null || need="$need valgrind"
   if [ -n "$need" ] && [ "$(id -u)" = 0 ]; then
     echo "setup: installing Debian packages $need" >&2
     # shellcheck disable=SC2086  # $need is a list of package names
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) >/dev/null \
-      || echo "setup: could not install $need (the ARM tests will skip, or fail with CI=1)" >&2
+      || echo "setup: could not install $need (the C export's device and instruction-count tests will skip, or fail with CI=1)" >&2
   elif [ -n "$need" ]; then
-    echo "setup: run 'sudo apt-get install$need' for the ARM tests" >&2
+    echo "setup: run 'sudo apt-get install$need' for the C export's tests" >&2
   fi
 fi
 

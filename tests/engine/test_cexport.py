@@ -1,6 +1,8 @@
 """C export vs the engine: the generated C99, compiled with the system compiler (and for
-64-bit ARM under qemu), gives the engine's logits bit for bit on random models, the zoo's
-`small` model, a pruned copy of it and real Fashion-MNIST images.
+64-bit ARM under qemu), gives the engine's logits bit for bit on random models covering every
+op kind (concatenations and PReLU/RPReLU as in the engine's tests), the zoo's `small` and
+`reactnet` models, a pruned copy of `small` and real Fashion-MNIST images, on every kernel
+path (portable, AVX2, NEON; AVX-512 compiled).
 
 Each model is exported and compiled once per module (fixtures); each run feeds a whole batch
 of images to one process.
@@ -29,6 +31,7 @@ from bnnprune.engine.cexport import (
     plan_arena,
 )
 from bnnprune.engine.cexport import _Buffer as Buffer
+from bnnprune.engine.program import OP_KINDS
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d, BinaryLinear
 from bnnprune.prune import apply_plan, compute_sensitivity, make_plan
@@ -37,6 +40,7 @@ from .conftest import dyadic_fp_weights, randomize_bn
 from .test_exact import OddNet, ResidualNet
 from .test_fashion_mnist import ROOT as FMNIST
 from .test_fashion_mnist import _images
+from .test_generic import ActNet, CatNet, prepared
 
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 SOURCES = ["model.c", "bnn_kernels.c", "main.c"]
@@ -86,8 +90,11 @@ class PackNet(nn.Module):
         return self.fc(torch.flatten(self.bn1(self.b1(self.bn0(x))), 1))
 
 
-def _prepare(factory, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
+def _prepare(factory, seed: int | None) -> nn.Module:
+    """Random BatchNorm statistics (seed None: the factory calibrates the model itself)."""
+    torch.manual_seed(seed or 0)
+    if seed is None:
+        return factory().eval()
     return dyadic_fp_weights(randomize_bn(factory(), seed=seed), seed=seed).eval()
 
 
@@ -107,8 +114,12 @@ def _pruned_small() -> nn.Module:
     return apply_plan(model, plan, "wff", sens).model
 
 
-# name: (model factory, input shape, seed of the random BatchNorm statistics)
+# name: (model factory, input shape, seed of the random BatchNorm statistics or None)
 MODELS = {
+    "cat": (lambda: prepared(CatNet(), (3, 9, 9)), (3, 9, 9), None),
+    "act": (lambda: prepared(ActNet(), (3, 10, 10), seed=1), (3, 10, 10), None),
+    "reactnet": (lambda: prepared(build_model("reactnet", width=0.125), (3, 32, 32)),
+                 (3, 32, 32), None),
     "edge": (EdgeNet, (2, 13, 13), 0),
     "pack": (PackNet, (64, 3, 3), 0),
     "odd": (OddNet, (3, 19, 19), 5),  # its 1-channel bottleneck is constant for most seeds
@@ -178,6 +189,7 @@ def _assert_same(got: np.ndarray, ref: np.ndarray) -> None:
 
 
 def test_test_models_cover_every_c_op(exports):
+    assert set(C_OP_KINDS) == set(OP_KINDS)  # every op the engine compiles
     kinds = {op.kind for e in exports.values() for op in e.program.ops}
     assert kinds == set(C_OP_KINDS)
     packed = {op.kind for e in exports.values() for op in e.program.ops if op.attrs.get("pack")}
@@ -212,34 +224,95 @@ def test_real_fashion_mnist_images(exports, name):
     assert (got.argmax(1) == torch_ref.argmax(1)).mean() >= 0.99
 
 
-@pytest.mark.parametrize("flags,exact", [
-    (("-DBNN_PORTABLE_POPCOUNT",), True),
-    (("-DBNN_POPCOUNT32",), True),  # Cortex-M's popcount and fmaf, checked on the host
-    (("-DBNN_SOFT_FMA",), True),
-    (("-DBNN_NO_SIMD",), True),
-    (("-mavx2",), True),
-    (("-DBNN_NO_FMA",), False),
-])
-def test_build_options(exports, flags, exact):
-    e = exports["edge"]
-    if "-mavx2" in flags and "avx2" not in Path("/proc/cpuinfo").read_text():
-        pytest.skip("this CPU has no AVX2")
-    exe = _compile(e.folder, "model_opt", flags=flags)
+def _has_cpu(flag: str) -> bool:
+    return flag in Path("/proc/cpuinfo").read_text().split()
+
+
+# x86-64 builds: (flags, the kernel path bnn_conv.h must take, CPU flag needed to run it)
+X86_PATHS = [
+    (("-DBNN_NO_SIMD", "-O3", "-march=x86-64-v3"), "PORTABLE", "avx2"),
+    (("-O3", "-march=x86-64-v2"), "PORTABLE", "popcnt"),  # popcnt instruction, no FMA
+    (("-DBNN_PORTABLE_POPCOUNT",), "PORTABLE", None),  # the C99 bit count
+    (("-DBNN_POPCOUNT32",), "PORTABLE", None),  # Cortex-M's popcount, checked on the host
+    (("-DBNN_SOFT_FMA",), "PORTABLE", None),  # the fmaf of cores without FMA (M0+, M3)
+    (("-mavx2",), "AVX2", "avx2"),  # binary layers on AVX2, float layers portable (no FMA)
+    (("-O3", "-march=x86-64-v3"), "AVX2", "avx2"),  # the documented x86-64 build
+    (("-O3", "-march=x86-64-v4", "-mavx512vpopcntdq"), "AVX512", "avx512_vpopcntdq"),
+]
+
+
+def _path_of(folder: Path, flags: tuple[str, ...], cc: str = "cc") -> str:
+    """The BNN_PATH_* that bnn_conv.h selects under ``flags`` (from the preprocessor)."""
+    r = subprocess.run([cc, "-std=c99", *flags, "-dM", "-E", "bnn_conv.h"], cwd=folder,
+                       capture_output=True, text=True, check=True)
+    paths = re.findall(r"#define BNN_PATH_(\w+) 1", r.stdout)
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+@pytest.mark.parametrize("flags,path,cpu", X86_PATHS)
+@pytest.mark.parametrize("name", ["edge", "cat", "small_pruned"])
+def test_kernel_paths_equal_engine(exports, name, flags, path, cpu):
+    """Each path compiles (AVX-512 everywhere) and, where this CPU runs it, is exact."""
+    e = exports[name]
+    assert _path_of(e.folder, flags) == path
+    if cpu is not None and not _has_cpu(cpu):
+        r = subprocess.run(["cc", *CFLAGS, *flags, "-c", "model.c", "-o", "model_path.o"],
+                           cwd=e.folder, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        pytest.skip(f"compiled only: this CPU has no {cpu}")
+    exe = _compile(e.folder, "model_path", flags=flags)
     x = e.inputs(16, seed=3)
-    got, ref = _run([str(exe)], x, e.folder), e.engine(x)
-    if exact:
-        _assert_same(got, ref)
-    else:  # a*b+c instead of fmaf: the last bits of float layers may differ
-        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+    _assert_same(_run([str(exe)], x, e.folder), e.engine(x))
 
 
-@pytest.mark.parametrize("name", ["edge", "pack", "small_pruned"])
+def test_no_fma_is_close(exports):
+    """BNN_NO_FMA: a*b+c instead of fmaf, the last bits of float layers may differ."""
+    e = exports["edge"]
+    exe = _compile(e.folder, "model_nofma", flags=("-DBNN_NO_FMA", "-O3", "-march=native"))
+    x = e.inputs(16, seed=3)
+    np.testing.assert_allclose(_run([str(exe)], x, e.folder), e.engine(x), rtol=1e-3, atol=1e-3)
+
+
+def _undefined(folder: Path, flags: tuple[str, ...], cc: str = "cc") -> set[str]:
+    """Symbols model.c and bnn_kernels.c call outside themselves under ``flags``."""
+    names: set[str] = set()
+    for src in ("model.c", "bnn_kernels.c"):
+        obj = f"{src}.sym.o"
+        subprocess.run([cc, *CFLAGS, *flags, "-c", src, "-o", obj], cwd=folder, check=True)
+        nm = cc.replace("gcc", "nm") if cc != "cc" else "nm"
+        out = subprocess.run([nm, "-u", obj], cwd=folder, capture_output=True, text=True,
+                             check=True).stdout
+        names |= {line.split()[-1] for line in out.splitlines() if line.strip()}
+    return names
+
+
+@pytest.mark.parametrize("flags,fma_hw", [
+    (("-O2",), False),
+    (("-O3", "-march=x86-64-v2"), False),
+    (("-O2", "-march=x86-64-v3"), True),
+    (("-O3", "-march=x86-64-v3"), True),
+])
+def test_no_library_calls_in_hot_loops(exports, flags, fma_hw):
+    """No libgcc popcount in any build; no libm fmaf where the CPU has fused multiply-add."""
+    names = _undefined(exports["edge"].folder, flags)
+    assert not {n for n in names if "popcount" in n}, names
+    assert ("fmaf" in names) == (not fma_hw), names
+
+
+@pytest.mark.parametrize("name", ["edge", "pack", "cat", "act", "small_pruned"])
 def test_aarch64_under_qemu(exports, name):
     cc, qemu = _need(ARM_CC), _need(QEMU)
     e = exports[name]
+    assert _path_of(e.folder, (), cc=cc) == "NEON"
     exe = _compile(e.folder, "model_arm64", cc=cc, flags=("-static",))
     x = e.inputs(12, seed=5)
     _assert_same(_run([qemu, str(exe)], x, e.folder), e.engine(x))
+    assert not {n for n in _undefined(e.folder, ("-O3",), cc=cc) if "popcount" in n or
+                n == "fmaf"}
+    portable = _compile(e.folder, "model_arm64_portable", cc=cc, flags=("-static",
+                                                                        "-DBNN_NO_SIMD"))
+    _assert_same(_run([qemu, str(portable)], x, e.folder), e.engine(x))
 
 
 def test_files_header_and_footprint(exports):
@@ -309,9 +382,9 @@ def test_unsupported_op_names_the_op(exports):
     program = exports["pack"].program
     op = program.ops[-1]
     kind = op.kind
-    op.kind = "concat"
+    op.kind = "gelu"  # an op kind a later engine might add before the C export does
     try:
-        with pytest.raises(EngineError, match=rf"{re.escape(op.name)}.*concat.*cannot express"):
+        with pytest.raises(EngineError, match=rf"{re.escape(op.name)}.*gelu.*cannot express"):
             c_footprint(program)
     finally:
         op.kind = kind

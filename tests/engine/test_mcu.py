@@ -241,7 +241,7 @@ def test_m0plus_code_runs_exact_on_the_m3_board(firmwares):
 
 
 SOFT_FMA_CHECK = r"""
-#include "bnn_kernels.c"
+#include "bnn_conv.h"
 #include <stdio.h>
 /* what newlib's fmaf does: round to double, then to float */
 static float twice(float a, float b, float c) { return (float)((double)a * b + (double)c); }

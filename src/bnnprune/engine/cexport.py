@@ -1,9 +1,11 @@
 """Export a compiled :class:`Program` as dependency-free C99 for microcontrollers and boards.
 
-``export_c(program, out_dir)`` writes ``model.h`` / ``model.c`` (the program's packed
-weights, integer thresholds and float parameters as ``static const`` arrays, and one entry
-point ``int model_run(const float *input, float *logits, void *scratch)``), the runtime
-kernels ``bnn_kernels.h`` / ``bnn_kernels.c`` and a host check program ``main.c``.
+``export_c(program, out_dir)`` writes ``model.h`` / ``model.c`` (the program's weights,
+thresholds and float parameters as ``static const`` arrays in the engine's kernel layout, one
+function per convolution that calls the inline kernels of ``bnn_conv.h`` with the layer's sizes
+as constants, and one entry point ``int model_run(const float *input, float *logits, void
+*scratch)``), the other runtime kernels ``bnn_kernels.h`` / ``bnn_kernels.c`` and a host check
+program ``main.c``.
 
 No allocation: every value lives in one caller-provided scratch arena whose size,
 ``MODEL_SCRATCH_BYTES``, is planned here from the values' lifetimes (buffers that are never
@@ -22,17 +24,17 @@ import numpy as np
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.kernels import dense_bits, words
-from bnnprune.engine.pack import tail_mask
-from bnnprune.engine.plan import prepare_bconv
+from bnnprune.engine.kernels import BLOCK_CH, words
+from bnnprune.engine.kernels.bitpatch import patch_schedule
+from bnnprune.engine.plan import PreparedBconv, PreparedFconv
 from bnnprune.engine.program import Op, Program, ValueInfo, validate
 
 __all__ = ["C_OP_KINDS", "FILES", "Footprint", "c_footprint", "export_c", "format_footprint",
            "plan_arena"]
 
 C_OP_KINDS = ("fconv", "bconv", "sign", "maxpool_bits", "maxpool", "avgpool", "adaptive_avgpool",
-              "add", "affine", "clamp", "flatten")
-RUNTIME = ("bnn_kernels.h", "bnn_kernels.c", "main.c")
+              "add", "affine", "clamp", "flatten", "prelu", "concat", "concat_bits")
+RUNTIME = ("bnn_conv.h", "bnn_kernels.h", "bnn_kernels.c", "main.c")
 FILES = ("model.h", "model.c", *RUNTIME)
 ALIGN = 16  # byte alignment of every scratch buffer (SIMD loads, uint64 words)
 C_INT_MAX = 2**31 - 1
@@ -112,7 +114,8 @@ def _literals(a: np.ndarray) -> list[str]:
         return [f"0x{int(x):016x}ull" for x in a.ravel()]
     if a.dtype == np.float32:
         return [_cfloat(x) for x in a.ravel()]
-    return [str(int(x)) for x in a.ravel()]
+    lo = int(np.iinfo(a.dtype).min)  # INT32_MIN has no literal of its own
+    return [f"(-{-lo - 1} - 1)" if lo < 0 and x == lo else str(int(x)) for x in a.ravel()]
 
 
 _CTYPE = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float",
@@ -121,10 +124,10 @@ _CTYPE = {np.dtype(np.uint64): "uint64_t", np.dtype(np.float32): "float",
 
 @dataclass
 class _Source:
-    """What model.c is made of: const arrays, layer descriptors and model_run statements."""
+    """What model.c is made of: const arrays, layer functions and model_run statements."""
 
     arrays: list[tuple[str, np.ndarray]] = field(default_factory=list)
-    decls: list[str] = field(default_factory=list)
+    funcs: list[str] = field(default_factory=list)
     body: list[str] = field(default_factory=list)
 
     def array(self, name: str, a: np.ndarray) -> str:
@@ -171,7 +174,6 @@ class _Exporter:
         validate(program)
         self.p = program
         self.src = _Source()
-        self._dense: dict[int, bool] = {}
         vals = program.values
         self.root = list(range(len(vals)))  # flatten outputs share their input's buffer
         for op in program.ops:
@@ -199,7 +201,7 @@ class _Exporter:
             self.buffers[self.root[program.output]].last = n_ops
         self.temps: dict[int, _Buffer] = {}
         for i, op in enumerate(program.ops):
-            size = self._temp_bytes(op)
+            size = self._temp_bytes(i, op)
             if size:
                 self.temps[i] = _Buffer(size, i, i)
         self.scratch = plan_arena([*self.buffers.values(), *self.temps.values()])
@@ -210,30 +212,28 @@ class _Exporter:
                              f"{out.c}, logits);")
 
     # ------------------------------------------------------------------ layout
-    def _bconv_dense(self, op: Op) -> bool:
-        """The engine's choice (taps packed back to back when that saves words)."""
-        if id(op) not in self._dense:
-            v = self.p.values[op.output]
-            self._dense[id(op)] = prepare_bconv(op, (v.h, v.w)).dense
-        return self._dense[id(op)]
-
-    def _bconv_whole(self, op: Op) -> bool:
-        """The window is the whole unpadded input: the kernel reads it in place."""
+    def _band_units(self, op: Op) -> int:
+        """Words (bconv) or floats (fconv) of a conv's padded band of input rows, 0 when the
+        conv reads its windows in place from its unpadded input."""
         x = self.p.values[op.inputs[0]]
-        a = op.attrs
-        return (tuple(a["kernel"]) == (x.h, x.w) and tuple(a["padding"]) == (0, 0)
-                and not self._bconv_dense(op))
+        ph, pw = op.attrs["padding"]
+        if (ph, pw) == (0, 0):
+            return 0
+        per_pixel = words(x.c) if op.kind == "bconv" else x.c
+        return op.attrs["kernel"][0] * (x.w + 2 * pw) * per_pixel
 
-    def _bconv_words(self, op: Op) -> int:
+    def _patch_words(self, i: int, op: Op) -> int:
+        """Words of a dense bconv's patch row (0: the windows are read in place)."""
+        prep = self.p.prepared(i)
+        if not (isinstance(prep, PreparedBconv) and prep.dense):
+            return 0
         kh, kw = op.attrs["kernel"]
-        cin = op.attrs["cin"]
-        return words(kh * kw * cin) if self._bconv_dense(op) else kh * kw * words(cin)
+        return self.p.values[op.output].w * words(kh * kw * op.attrs["cin"])
 
-    def _temp_bytes(self, op: Op) -> int:
-        if op.kind == "bconv":
-            return 0 if self._bconv_whole(op) else 8 * self._bconv_words(op)
-        if op.kind == "fconv":
-            return 4 * op.attrs["cout"] if op.attrs["pack"] else 0
+    def _temp_bytes(self, i: int, op: Op) -> int:
+        if op.kind in ("bconv", "fconv"):
+            unit = 8 if op.kind == "bconv" else 4
+            return unit * self._band_units(op) + 8 * self._patch_words(i, op)
         if op.attrs.get("pack") and op.kind != "affine":  # packing applies an affine itself
             v = self.p.values[op.output]
             return 4 * v.h * v.w * v.c
@@ -264,49 +264,131 @@ class _Exporter:
             self.src.body.append(f"bnn_sign_pack({self._tmp(i, 'const float')}, {v.h * v.w}, "
                                  f"{v.c}, NULL, NULL, {self.ref(op.output)});")
 
+    def _row_source(self, i: int, op: Op) -> tuple[str | None, str]:
+        """The statement that fills output row ``oy``'s padded band of input rows in ``t``
+        (None: windows read in place from ``x``) and the C expression of that row's first
+        window, inside a layer function (parameters ``x``, ``out``, ``t``)."""
+        a, x = op.attrs, self.p.values[op.inputs[0]]
+        (kh, _), (sh, _), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+        if not self._band_units(op):
+            per_pixel = words(x.c) if op.kind == "bconv" else x.c
+            return None, f"x + oy * {sh * x.w * per_pixel}"
+        y0 = f"oy * {sh} - {ph}"
+        if op.kind == "bconv":
+            pad = self.src.array(f"l{i}_pad", self.p.prepared(i).pad_words)
+            return (f"bnn_band_bits(x, {x.h}, {x.w}, {words(x.c)}, {pw}, {y0}, {kh}, {pad}, t);",
+                    "t")
+        return f"bnn_band_f(x, {x.h}, {x.w}, {x.c}, {pw}, {y0}, {kh}, t);", "t"
+
+    def _layer(self, i: int, op: Op, in_type: str, out_type: str, lines: list[str]) -> None:
+        """Add layer function ``op{i}_*`` (``lines`` its body) and its call from model_run."""
+        name = f"op{i}_{_ident(op.name)}"
+        temp = self._tmp(i, in_type) if i in self.temps else "NULL"
+        if i not in self.temps:
+            lines.insert(0, "    (void)t;")
+        self.src.funcs.append(
+            f"/* op {i}: {op.kind} {op.name!r} */\n"
+            f"static void {name}(const {in_type} *x, {out_type} *out, {in_type} *t)\n{{\n"
+            + "\n".join(lines) + "\n}\n")
+        self.src.body.append(f"{name}({self.ref(op.inputs[0])}, {self.ref(op.output)}, {temp});")
+
+    def _patch_fn(self, i: int, op: Op, row_words: int) -> str:
+        """A dense bconv's patch builder: the window's taps packed back to back, each patch
+        word assembled from the tap words that land in it (the engine's patch_schedule)."""
+        kh, kw = op.attrs["kernel"]
+        start, rel, shl, shr = patch_schedule(kh, kw, op.attrs["cin"], row_words)
+        lines = []
+        for j in range(len(start) - 1):
+            terms = []
+            for c in range(int(start[j]), int(start[j + 1])):
+                t = f"s[{int(rel[c])}]"
+                t = f"({t} << {int(shl[c])})" if shl[c] else t
+                terms.append(f"({t} >> {int(shr[c])})" if shr[c] else t)
+            lines.append(f"    p[{j}] = {' | '.join(terms)};")
+        name = f"op{i}_patch"
+        self.src.funcs.append(f"static void {name}(const uint64_t *s, uint64_t *p)\n{{\n"
+                              + "\n".join(lines) + "\n}\n")
+        return name
+
     def _op_bconv(self, i: int, op: Op, v: ValueInfo) -> None:
         a, x = op.attrs, self.p.values[op.inputs[0]]
-        (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+        (kh, kw), (_, sw) = a["kernel"], a["stride"]
         cin, cout = a["cin"], a["cout"]
         if cin * kh * kw > C_INT_MAX:
             raise EngineError(f"op {op.name!r}: {cin * kh * kw} bits per window is too many "
                               "for the C export")
-        dense = self._bconv_dense(op)
-        w = op.arrays["w"]
-        w = dense_bits(w, cin) if dense else w
-        nw = self._bconv_words(op)
-        pad = tail_mask(cin) if a["pad_value"] == -1 else np.zeros(words(cin), np.uint64)
-        n = f"l{i}_{_ident(op.name)}"
-        s = self.src
-        fields = [str(x.h), str(x.w), str(cin), str(kh), str(kw), str(sh), str(sw), str(ph),
-                  str(pw), str(v.h), str(v.w), str(cout), str(int(dense)), str(nw),
-                  s.array(f"{n}_pad", pad), s.array(f"{n}_w", w.reshape(cout, nw))]
-        if a["mode"] == "bits":
-            fields += [s.array(f"{n}_thr", op.arrays["thr"]),
-                       s.array(f"{n}_flip", op.arrays["flip"]), "NULL", "NULL", "NULL", "NULL"]
+        prep = self.p.prepared(i)
+        assert isinstance(prep, PreparedBconv)
+        s, n, wd = self.src, f"l{i}", words(cin)
+        lines = ["    int oy;"]
+        band, src = self._row_source(i, op)
+        row = (x.w + 2 * a["padding"][1]) * wd  # words per (padded) input row
+        w = s.array(f"{n}_w", prep.wb)
+        if prep.dense:
+            kp = words(kh * kw * cin)
+            patch = self._patch_fn(i, op, row)
+            lines[0] = "    int oy, ox;"
+            lines.append(f"    uint64_t *const patch = t + {self._band_units(op)};")
+            win, xrow = f"{{{kp}, 0, 1, {kp}}}", "patch"
         else:
-            fields += ["NULL", "NULL"] + [s.array(f"{n}_{k}", op.arrays[k])
-                                          for k in ("m1", "a1", "m2", "a2")]
-        s.decls.append(f"static const bnn_bconv_t {n} = {{{', '.join(fields)}}};")
-        patch = "NULL" if self._bconv_whole(op) else self._tmp(i, "uint64_t")
-        s.body.append(f"bnn_bconv(&{n}, {self.ref(op.inputs[0])}, {self.ref(op.output)}, "
-                      f"{patch});")
+            win, xrow = f"{{{sw * wd}, {row}, {kh}, {kw * wd}}}", src
+        lines.insert(1, f"    const bnn_win_t win = {win};")
+        lines.append(f"    for (oy = 0; oy < {v.h}; ++oy) {{")
+        if band:
+            lines.append(f"        {band}")
+        if prep.dense:
+            lines.append(f"        for (ox = 0; ox < {v.w}; ++ox)")
+            lines.append(f"            {patch}({src} + ox * {sw * wd}, patch + ox * {kp});")
+        if a["mode"] == "bits":
+            # the engine's starts -(thr+1) fit int32 (thr does); its padding channels' start
+            # -2**62 becomes INT32_MIN, still negative after any count (< 2**31)
+            init32 = np.maximum(prep.init, np.iinfo(np.int32).min).astype(np.int32)
+            init, xmask = s.array(f"{n}_init", init32), s.array(f"{n}_xmask", prep.xmask)
+            lines.append(f"        bnn_bconv_bits_row({xrow}, {v.w}, win, {w}, {cout}, {init}, "
+                         f"{xmask}, out + oy * {v.w * words(cout)});")
+            out_type = "uint64_t"
+        else:
+            aff = [s.array(f"{n}_{k}", op.arrays[k]) for k in ("m1", "a1", "m2", "a2")]
+            lines.insert(2, f"    const float *const aff[4] = {{{', '.join(aff)}}};")
+            lines.append(f"        bnn_bconv_affine_row({xrow}, {v.w}, win, {w}, {cout}, "
+                         f"{cin * kh * kw}, aff, out + oy * {v.w * cout});")
+            out_type = "float"
+        lines.append("    }")
+        self._layer(i, op, "uint64_t", out_type, lines)
 
     def _op_fconv(self, i: int, op: Op, v: ValueInfo) -> None:
         a, x = op.attrs, self.p.values[op.inputs[0]]
-        (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
-        n = f"l{i}_{_ident(op.name)}"
-        s = self.src
-        fields = [str(x.h), str(x.w), str(a["cin"]), str(kh), str(kw), str(sh), str(sw),
-                  str(ph), str(pw), str(v.h), str(v.w), str(a["cout"])]
-        fields += [s.array(f"{n}_{k}", op.arrays[k]) for k in ("w", "b", "alpha", "beta")]
-        s.decls.append(f"static const bnn_fconv_t {n} = {{{', '.join(fields)}}};")
-        if a["pack"]:
-            s.body.append(f"bnn_fconv(&{n}, {self.ref(op.inputs[0])}, NULL, "
-                          f"{self.ref(op.output)}, {self._tmp(i, 'float')});")
+        (kh, kw), (_, sw) = a["kernel"], a["stride"]
+        cin, cout = a["cin"], a["cout"]
+        prep = self.p.prepared(i)
+        assert isinstance(prep, PreparedFconv)
+        s, n = self.src, f"l{i}"
+        lines = ["    int oy;"]
+        band, xrow = self._row_source(i, op)
+        row = (x.w + 2 * a["padding"][1]) * cin
+        # the engine's (folded) weights unblocked to (taps, Co), BNN_BLOCK zeros after them
+        taps = prep.wf.shape[1]
+        flat = prep.wf.transpose(1, 0, 2).reshape(taps, -1)[:, :cout].ravel()
+        w = s.array(f"{n}_w", np.concatenate([flat, np.zeros(BLOCK_CH, np.float32)]))
+        lines.insert(1, f"    const bnn_win_t win = {{{sw * cin}, {row}, {kh}, {kw * cin}}};")
+        bias, alpha, beta, wmask = prep.epilogue
+        if prep.thresholds:
+            epi = f"{s.array(f'{n}_thr', bias)}, NULL, NULL, NULL"
         else:
-            s.body.append(f"bnn_fconv(&{n}, {self.ref(op.inputs[0])}, {self.ref(op.output)}, "
-                          "NULL, NULL);")
+            epi = "NULL, " + ", ".join(s.array(f"{n}_{k}", arr) for k, arr in
+                                       (("b", bias), ("alpha", alpha), ("beta", beta)))
+        lines.insert(2, f"    const bnn_fepi_t e = {{{epi}}};")
+        lines.append(f"    for (oy = 0; oy < {v.h}; ++oy) {{")
+        if band:
+            lines.append(f"        {band}")
+        if a["pack"]:
+            lines.append(f"        bnn_fconv_bits_row({xrow}, {v.w}, win, {w}, {cout}, e, "
+                         f"{s.array(f'{n}_wmask', wmask)}, out + oy * {v.w * words(cout)});")
+        else:
+            lines.append(f"        bnn_fconv_float_row({xrow}, {v.w}, win, {w}, {cout}, e, "
+                         f"out + oy * {v.w * cout});")
+        lines.append("    }")
+        self._layer(i, op, "float", "uint64_t" if a["pack"] else "float", lines)
 
     def _op_sign(self, i: int, op: Op, v: ValueInfo) -> None:  # noqa: ARG002
         self.src.body.append(f"bnn_sign_pack({self.ref(op.inputs[0])}, {v.h * v.w}, {v.c}, "
@@ -354,6 +436,33 @@ class _Exporter:
         else:
             self.src.body.append(f"bnn_affine({x}, {v.h * v.w}, {v.c}, {al}, {be}, "
                                  f"{self.ref(op.output)});")
+
+    def _op_prelu(self, i: int, op: Op, v: ValueInfo) -> None:
+        n = f"l{i}_{_ident(op.name)}"
+        shift, slope, bias = (self.src.array(f"{n}_{k}", op.arrays[k])
+                              for k in ("shift", "slope", "bias"))
+        self.src.body.append(f"bnn_prelu({self.ref(op.inputs[0])}, {v.h * v.w}, {v.c}, {shift}, "
+                             f"{slope}, {bias}, {self._float_dst(i, op)});")
+        self._pack_after(i, op, v)
+
+    def _op_concat(self, i: int, op: Op, v: ValueInfo) -> None:
+        off = 0
+        for x in op.inputs:
+            c = self.p.values[x].c
+            self.src.body.append(f"bnn_concat_f({self.ref(x)}, {v.h * v.w}, {c}, {off}, {v.c}, "
+                                 f"{self._float_dst(i, op)});")
+            off += c
+        self._pack_after(i, op, v)
+
+    def _op_concat_bits(self, i: int, op: Op, v: ValueInfo) -> None:
+        out = self.ref(op.output)
+        self.src.body.append(f"memset({out}, 0, {_nbytes(v)});")
+        off = 0
+        for x in op.inputs:
+            c = self.p.values[x].c
+            self.src.body.append(f"bnn_concat_bits({self.ref(x)}, {v.h * v.w}, {c}, {off}, "
+                                 f"{v.c}, {out});")
+            off += c
 
     def _op_clamp(self, i: int, op: Op, v: ValueInfo) -> None:
         lo, hi = op.attrs.get("lo"), op.attrs.get("hi")
@@ -423,14 +532,16 @@ int model_run(const float *input, float *logits, void *scratch);
             lines.append(f"    bnn_chw_to_hwc(input, {c}, {h}, {w}, v0);")
         lines += [f"    {stmt}" for stmt in self.src.body]
         body = "\n".join(lines)
-        decls = "\n".join(self.src.decls)
+        funcs = "\n".join(self.src.funcs)
         return f"""/* model.c: generated by bnnprune from a compiled program; do not edit.
  * Values are channels-last; binary values are packed 64 channels per word (bit 1 = -1).
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "bnn_conv.h"
 #include "bnn_kernels.h"
 #include "model.h"
 
@@ -447,8 +558,7 @@ int model_run(const float *input, float *logits, void *scratch);
 #endif
 
 {self.src.render_arrays()}
-{decls}
-
+{funcs}
 int model_run(const float *input, float *logits, void *scratch)
 {{
     unsigned char *const s = (unsigned char *)scratch;

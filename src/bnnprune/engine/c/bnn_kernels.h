@@ -5,16 +5,7 @@
  * BNN_WORDS(C) 64-bit words, bit j of word k = channel 64k + j, bit 1 = -1, bit 0 = +1,
  * unused high bits of the last word always 0.
  *
- * Build options (all optional):
- *   BNN_PORTABLE_POPCOUNT  use the portable SWAR popcount instead of __builtin_popcountll
- *   BNN_POPCOUNT32         SWAR popcount on 32-bit halves, no libgcc call (the default on
- *                          Cortex-M, which has no popcount instruction)
- *   BNN_SOFT_FMA           a correctly rounded fmaf built from double arithmetic (the
- *                          default on 32-bit ARM without a fused multiply-add: M0+, M3)
- *   BNN_NO_SIMD            disable the AVX2 (x86, -mavx2) and NEON (ARM) popcount paths
- *   BNN_NO_FMA             float convolutions use a*b+c instead of fmaf (faster on FPUs
- *                          without fused multiply-add; logits then differ from the engine
- *                          in the last bits, classes almost never)
+ * The convolutions and their build options are in bnn_conv.h.
  */
 #ifndef BNN_KERNELS_H
 #define BNN_KERNELS_H
@@ -24,42 +15,15 @@
 
 #define BNN_WORDS(c) (((c) + 63) / 64)
 
-/* A binary (XNOR-popcount) convolution or linear layer.
- * p = popcount(window XOR weights) over K = cin*kh*kw bits (taps outside the input read
- * the pad words). Threshold mode (thr != NULL): output bit = (p > thr) xor flip.
- * Float mode: output = ((float)(K - 2p) * m1 + a1) * m2 + a2. */
-typedef struct {
-    int h, w, cin;             /* input */
-    int kh, kw, sh, sw, ph, pw;
-    int ho, wo, cout;          /* output */
-    int dense;                 /* 1: a window's taps are packed bit-densely, back to back */
-    int words;                 /* words per window = per weight row */
-    const uint64_t *pad;       /* BNN_WORDS(cin) words read for taps outside the input */
-    const uint64_t *wb;        /* cout rows of `words` words */
-    const int32_t *thr;        /* threshold mode */
-    const uint8_t *flip;
-    const float *m1, *a1, *m2, *a2; /* float mode */
-} bnn_bconv_t;
+/* The kh input rows y0 .. y0+kh-1 of a convolution's window band, padded: rows of
+ * W + 2pw pixels, taps outside x (H, W, wd words per pixel) reading the words pad. A conv
+ * reads its windows in place from the band of each output row, so the padded input is never
+ * whole in RAM. */
+void bnn_band_bits(const uint64_t *x, int h, int w, int wd, int pw, int y0, int kh,
+                   const uint64_t *pad, uint64_t *band);
 
-/* A full-precision convolution or linear layer with its epilogue:
- * acc = sum over taps (ky, kx, ci) of fmaf(x, w, acc); v = (acc + b) * alpha + beta. */
-typedef struct {
-    int h, w, cin;
-    int kh, kw, sh, sw, ph, pw;
-    int ho, wo, cout;
-    const float *wt;           /* (kh*kw*cin, cout) */
-    const float *b, *alpha, *beta;
-} bnn_fconv_t;
-
-/* Binary conv of packed x into `out` (uint64 bits in threshold mode, float otherwise).
- * `patch` holds `words` words of scratch; NULL when the window is the whole input
- * (a linear layer on a flattened image, not dense, no padding). */
-void bnn_bconv(const bnn_bconv_t *l, const uint64_t *x, void *out, uint64_t *patch);
-
-/* Float conv into float `out_f` (H, W, cout), or into sign bits `out_bits` when out_f is
- * NULL; `row` holds cout floats of scratch in that case. */
-void bnn_fconv(const bnn_fconv_t *l, const float *x, float *out_f, uint64_t *out_bits,
-               float *row);
+/* bnn_band_bits for float x (H, W, C), zeros outside it. */
+void bnn_band_f(const float *x, int h, int w, int c, int pw, int y0, int kh, float *band);
 
 /* Sign bits of x (or of x*alpha + beta when alpha is not NULL): bit = !(v >= 0). */
 void bnn_sign_pack(const float *x, int pixels, int c, const float *alpha, const float *beta,
@@ -86,6 +50,16 @@ void bnn_add(const float *a, const float *b, size_t n, float *out);
 /* out = x * alpha[c] + beta[c], per channel of pixels x c values. */
 void bnn_affine(const float *x, int pixels, int c, const float *alpha, const float *beta,
                 float *out);
+
+/* out = prelu(x + shift, slope) + bias per channel (PReLU, RPReLU): t = x + shift,
+ * t * slope where t < 0, then + bias (float32, each operation rounded). */
+void bnn_prelu(const float *x, int pixels, int c, const float *shift, const float *slope,
+               const float *bias, float *out);
+
+/* Channel concatenation: x (pixels x c) into channels off .. off+c-1 of out (pixels x cout).
+ * The bit version ORs into out, which starts zeroed. */
+void bnn_concat_f(const float *x, int pixels, int c, int off, int cout, float *out);
+void bnn_concat_bits(const uint64_t *x, int pixels, int c, int off, int cout, uint64_t *out);
 
 /* out = x clamped to [lo, hi]; has_lo / has_hi say which bounds exist. */
 void bnn_clamp(const float *x, size_t n, int has_lo, float lo, int has_hi, float hi,

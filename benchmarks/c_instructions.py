@@ -1,0 +1,130 @@
+"""Instructions per inference of the C export, counted by valgrind's callgrind (not time).
+
+    .venv/bin/python benchmarks/c_instructions.py [--check] [--per-op] [--cflags "-O3 ..."]
+
+Exports the zoo's ``small`` (width 1, BatchNorm statistics randomized as in bench_c.py) and
+its copy pruned to half the BOPs (uniform plan, magnitude criterion), builds each with a
+harness that calls ``model_run`` once on a fixed image, and counts the instructions executed
+inside ``model_run`` with ``valgrind --tool=callgrind --toggle-collect=model_run``: the same
+count on every run of the same binary, so it can gate CI on a shared machine where timing
+cannot. Default flags ``-std=c99 -O3 -march=x86-64-v3`` (AVX2, FMA, POPCNT, BMI2: the x86-64
+build docs/deploy.md recommends), independent of the machine's own CPU.
+
+``--check`` compares the counts with ``c_instructions_budget.json`` (next to this file, or
+``--budget``) and exits 1 when one is over its budget. ``--per-op`` also prints each layer
+function's own count (built with ``-fno-inline-functions-called-once``: one function a
+layer).
+Instruction counts are not cycles: an instruction of a vector path does 4-16 channels' work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import pruned_copy, randomize_bn  # noqa: E402
+from bnnprune import engine  # noqa: E402
+from bnnprune.engine.cexport import export_c  # noqa: E402
+from bnnprune.models import build_model  # noqa: E402
+from bnnprune.prune.policies import AUTO  # noqa: E402
+
+BUDGET = Path(__file__).resolve().parent / "c_instructions_budget.json"
+CFLAGS = ("-std=c99", "-O3", "-march=x86-64-v3")
+SHAPE = (1, 28, 28)
+
+HARNESS = r"""
+#include <stdio.h>
+#include "model.h"
+
+static uint64_t arena[(MODEL_SCRATCH_BYTES + 7) / 8];
+static float input[MODEL_INPUT_SIZE], logits[MODEL_OUTPUT_SIZE];
+
+/* one model_run on a fixed image (values -6..6): callgrind counts what runs inside it */
+int main(void)
+{
+    int i;
+    for (i = 0; i < MODEL_INPUT_SIZE; ++i)
+        input[i] = (float)((i * 7919) % 13) - 6.0f;
+    if (model_run(input, logits, arena) != 0)
+        return 1;
+    printf("%.9g\n", (double)logits[0]);
+    return 0;
+}
+"""
+
+
+def programs() -> dict[str, engine.Program]:
+    """The exported `small` (random BatchNorm, seed 0) and its half-BOPs pruned copy."""
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("small"))
+    pruned = pruned_copy(model, SHAPE, 0.5, AUTO)
+    return {"unpruned": engine.compile_model(model, SHAPE),
+            "pruned": engine.compile_model(pruned, SHAPE)}
+
+
+def count(program: engine.Program, folder: Path, cflags: tuple[str, ...],
+          per_op: bool = False) -> tuple[int, dict[str, int]]:
+    """Instructions inside one ``model_run`` (and, with ``per_op``, each function's own)."""
+    export_c(program, folder)
+    (folder / "count.c").write_text(HARNESS)
+    extra = ["-g", "-fno-inline-functions-called-once"] if per_op else []
+    subprocess.run(["cc", *cflags, *extra, "model.c", "bnn_kernels.c", "count.c", "-lm", "-o",
+                    "count"], cwd=folder, check=True)
+    out = folder / "callgrind.out"
+    subprocess.run(["valgrind", "--tool=callgrind", "--toggle-collect=model_run",
+                    f"--callgrind-out-file={out}", "./count"], cwd=folder, check=True,
+                   capture_output=True)
+    text = out.read_text()
+    total = int(re.search(r"^totals:\s+(\d+)", text, re.M).group(1))
+    funcs: dict[str, int] = {}
+    if per_op:
+        ann = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)], check=True,
+                             capture_output=True, text=True).stdout
+        for n, name in re.findall(r"^\s*([\d,]+) \([^)]*\)\s+\S*?:(\w+)", ann, re.M):
+            funcs[name] = funcs.get(name, 0) + int(n.replace(",", ""))
+    return total, funcs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail when over the budget file")
+    ap.add_argument("--per-op", action="store_true", help="each layer function's own count")
+    ap.add_argument("--cflags", default=" ".join(CFLAGS))
+    ap.add_argument("--budget", type=Path, default=BUDGET, help="budget file (JSON)")
+    args = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
+    cflags = tuple(args.cflags.split())
+    budget = json.loads(args.budget.read_text())
+    if args.check and cflags != tuple(budget["cflags"]):
+        raise SystemExit(f"--check counts with the budget's flags {budget['cflags']}")
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, program in programs().items():
+            counts[name], funcs = count(program, Path(tmp) / name, cflags, args.per_op)
+            for fn, n in sorted(funcs.items(), key=lambda kv: -kv[1]):
+                print(f"  {name:<9} {fn:<28} {n:>12,}")
+    print(f"instructions per inference (callgrind, {' '.join(cflags)}; instructions, not "
+          "time)")
+    over = []
+    for name, n in counts.items():
+        limit = budget["budget"][name]
+        print(f"  small {name:<9} {n:>12,}   budget {limit:>12,}")
+        if n > limit:
+            over.append(name)
+    print(f"  pruned/unpruned {counts['pruned'] / counts['unpruned']:.3f}")
+    if args.check and over:
+        raise SystemExit(f"over the instruction budget: {', '.join(over)} (see {args.budget})")
+
+
+if __name__ == "__main__":
+    main()

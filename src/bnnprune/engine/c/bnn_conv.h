@@ -1,0 +1,684 @@
+/* bnn_conv.h: the convolution kernels of a bnnprune C export (plain C99, no allocation).
+ *
+ * static inline, so that each layer's function in model.c calls them with its sizes as
+ * constants: the loops over a tile's pixels and channels unroll and their accumulators stay
+ * in registers. Binary weights are in the bnnprune engine's layout: blocks of BNN_BLOCK
+ * output channels, window word k of a block's channel q at w[BNN_BLOCK*k + q] (zero weights
+ * past the last channel); float weights are the (taps, co) matrix. One structure on every
+ * path, chosen at compile time:
+ *
+ *   path        binary: channels per vector, popcount    float: channels per vector
+ *   AVX-512     8, vpopcntq (needs AVX512F + VPOPCNTDQ)  16 (AVX512F)
+ *   AVX2        4, vpshufb nibble counts + vpsadbw       8 (needs FMA as well)
+ *   NEON        2, cnt (aarch64)                         4
+ *   portable    1, bnn_popcount64 (C99)                  1, fmaf
+ *
+ * Build options: BNN_NO_SIMD (portable path), BNN_PORTABLE_POPCOUNT (the C99 bit count even
+ * where the compiler has a popcount instruction), BNN_POPCOUNT32 (SWAR on 32-bit halves, no
+ * libgcc call: the default on Cortex-M), BNN_SOFT_FMA (a correctly rounded fmaf from double
+ * arithmetic: the default on 32-bit ARM without fused multiply-add, M0+/M3), BNN_NO_FMA
+ * (a*b+c in float convolutions: faster on FPUs without fused multiply-add; logits then
+ * differ from the engine in the last bits).
+ */
+#ifndef BNN_CONV_H
+#define BNN_CONV_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+#define BNN_BLOCK 16
+
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_INLINE static inline __attribute__((always_inline))
+#else
+#define BNN_INLINE static inline
+#endif
+
+/* full unrolling of the loops over a tile's pixels and vectors (their bounds are constants) */
+#if defined(__clang__)
+#define BNN_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define BNN_UNROLL _Pragma("GCC unroll 16")
+#else
+#define BNN_UNROLL
+#endif
+
+/* ------------------------------------------------------------------ scalar popcount */
+
+/* The compiler's popcount only where it is one instruction (else libgcc's __popcountdi2).
+ * 32-bit cores (Cortex-M) have no popcount instruction: SWAR on the two 32-bit halves,
+ * summed before the one multiply, with no 64-bit multiply (also BNN_POPCOUNT32). */
+#if defined(BNN_POPCOUNT32) || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M')
+BNN_INLINE uint32_t bnn_popcount64(uint64_t x)
+{
+    uint32_t lo = (uint32_t)x, hi = (uint32_t)(x >> 32);
+    lo = lo - ((lo >> 1) & 0x55555555u);
+    hi = hi - ((hi >> 1) & 0x55555555u);
+    lo = (lo & 0x33333333u) + ((lo >> 2) & 0x33333333u);
+    hi = (hi & 0x33333333u) + ((hi >> 2) & 0x33333333u);
+    lo = (lo + (lo >> 4)) & 0x0f0f0f0fu;
+    hi = (hi + (hi >> 4)) & 0x0f0f0f0fu;
+    return ((lo + hi) * 0x01010101u) >> 24;
+}
+#elif !defined(BNN_PORTABLE_POPCOUNT) && (defined(__GNUC__) || defined(__clang__)) \
+    && (defined(__POPCNT__) || defined(__aarch64__))
+#define bnn_popcount64(x) ((uint32_t)__builtin_popcountll(x))
+#else
+BNN_INLINE uint32_t bnn_popcount64(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+    return (uint32_t)((x * 0x0101010101010101ull) >> 56);
+}
+#endif
+
+/* ------------------------------------------------------------------ scalar fmaf */
+
+#if defined(BNN_SOFT_FMA) || (defined(__arm__) && !defined(__ARM_FEATURE_FMA))
+/* No fused multiply-add instruction (Cortex-M0+/M3, or soft float): the C library's fmaf
+ * may round twice (newlib's computes in double, then rounds to float); this one rounds
+ * once. a*b is exact in double (24 + 24 bits), so s = a*b + c in double is the nearest
+ * double to the exact value v, and rounding s to float gives v's rounding unless s is a
+ * tie for that rounding (exactly halfway between two floats) while v is not. Only then
+ * (and for results below 2^-149) the exact error of the sum (TwoSum) is taken and s made
+ * odd towards it ("round to odd", 53 >= 24 + 2 bits), which breaks the tie v's way. */
+static inline float bnn_fmaf(float a, float b, float c)
+{
+    const double p = (double)a * (double)b;
+    double s = p + (double)c;
+    uint64_t bits;
+    int exp2, low;
+    memcpy(&bits, &s, sizeof bits);
+    exp2 = (int)((bits >> 52) & 0x7ff) - 1023;
+    low = exp2 >= -126 ? 29 : 29 - 126 - exp2; /* mantissa bits below float precision */
+    if (low > 52 || (bits & ((1ull << low) - 1u)) == 1ull << (low - 1)) {
+        const double t = s - p;
+        const double e = (p - (s - t)) + ((double)c - t);
+        if (e != 0.0 && isfinite(s) && (bits & 1u) == 0) {
+            bits += ((e > 0.0) == (s > 0.0)) ? 1u : ~(uint64_t)0;
+            memcpy(&s, &bits, sizeof s);
+        }
+    }
+    return (float)s;
+}
+#define BNN_FMAF(a, b, c) bnn_fmaf((a), (b), (c))
+#else
+#define BNN_FMAF(a, b, c) fmaf((a), (b), (c))
+#endif
+
+/* ------------------------------------------------------------------ paths */
+
+#if !defined(BNN_NO_SIMD) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+#define BNN_PATH_AVX512 1
+#elif !defined(BNN_NO_SIMD) && defined(__AVX2__)
+#define BNN_PATH_AVX2 1
+#elif !defined(BNN_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
+#define BNN_PATH_NEON 1
+#else
+#define BNN_PATH_PORTABLE 1
+#endif
+
+#if defined(BNN_PATH_AVX512) || defined(BNN_PATH_AVX2)
+#include <immintrin.h>
+#elif defined(BNN_PATH_NEON)
+#include <arm_neon.h>
+#endif
+
+/* Binary vectors: bnn_acc_t holds the running XOR-popcounts of BNN_VW channels, a pass
+ * BNN_XPV vectors for each of BNN_XP pixels (the accumulators a path keeps in registers).
+ *   bnn_bcast(x)            an input word, for every channel of a vector
+ *   bnn_xpc(a, x, w)        a + popcount(x ^ w[l]) in lane l
+ *   bnn_neg_bits(a, init)   bit l = (a_l + init[l] < 0), init int32 (the sum in 64 bits)
+ *   bnn_counts(a, c)        c[l] = a_l */
+#if defined(BNN_PATH_AVX512)
+#define BNN_VW 8
+#define BNN_XPV 2
+#define BNN_XP 4
+typedef __m512i bnn_acc_t;
+typedef __m512i bnn_xb_t;
+BNN_INLINE bnn_acc_t bnn_acc_zero(void) { return _mm512_setzero_si512(); }
+BNN_INLINE bnn_xb_t bnn_bcast(uint64_t x) { return _mm512_set1_epi64((long long)x); }
+BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
+{
+    return _mm512_add_epi64(a, _mm512_popcnt_epi64(
+        _mm512_xor_si512(x, _mm512_loadu_si512((const void *)w))));
+}
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
+{
+    const __m512i i64 =
+        _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(const void *)init));
+    return (uint32_t)_mm512_cmplt_epi64_mask(_mm512_add_epi64(a, i64), _mm512_setzero_si512());
+}
+BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
+{
+    _mm256_storeu_si256((__m256i *)(void *)c, _mm512_cvtepi64_epi32(a));
+}
+#elif defined(BNN_PATH_AVX2)
+#define BNN_VW 4
+#define BNN_XPV 4
+#define BNN_XP 2
+typedef __m256i bnn_acc_t;
+typedef __m256i bnn_xb_t;
+BNN_INLINE bnn_acc_t bnn_acc_zero(void) { return _mm256_setzero_si256(); }
+BNN_INLINE bnn_xb_t bnn_bcast(uint64_t x) { return _mm256_set1_epi64x((long long)x); }
+BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i v = _mm256_xor_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)w));
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    return _mm256_add_epi64(a, _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256()));
+}
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
+{
+    const __m256i s = _mm256_add_epi64(a, _mm256_cvtepi32_epi64(
+        _mm_loadu_si128((const __m128i *)(const void *)init)));
+    return (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(s));
+}
+BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
+{
+    const __m256i lows = _mm256_permutevar8x32_epi32(a, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+    _mm_storeu_si128((__m128i *)(void *)c, _mm256_castsi256_si128(lows));
+}
+#elif defined(BNN_PATH_NEON)
+#define BNN_VW 2
+#define BNN_XPV 8
+#define BNN_XP 2
+typedef uint64x2_t bnn_acc_t;
+typedef uint64x2_t bnn_xb_t;
+BNN_INLINE bnn_acc_t bnn_acc_zero(void) { return vdupq_n_u64(0); }
+BNN_INLINE bnn_xb_t bnn_bcast(uint64_t x) { return vdupq_n_u64(x); }
+BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
+{
+    const uint8x16_t c = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, vld1q_u64(w))));
+    return vpadalq_u32(a, vpaddlq_u16(vpaddlq_u8(c)));
+}
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
+{
+    const uint64x2_t s = vshrq_n_u64(vreinterpretq_u64_s64(
+        vaddq_s64(vreinterpretq_s64_u64(a), vmovl_s32(vld1_s32(init)))), 63);
+    return (uint32_t)(vgetq_lane_u64(s, 0) | (vgetq_lane_u64(s, 1) << 1));
+}
+BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
+{
+    c[0] = (int32_t)vgetq_lane_u64(a, 0);
+    c[1] = (int32_t)vgetq_lane_u64(a, 1);
+}
+#else
+/* the tile (BNN_XP pixels x BNN_XPV channels) may be set for a core's register count */
+#define BNN_VW 1
+#ifndef BNN_XPV
+#define BNN_XPV 4
+#endif
+#ifndef BNN_XP
+#define BNN_XP 2
+#endif
+typedef uint64_t bnn_acc_t;
+typedef uint64_t bnn_xb_t;
+BNN_INLINE bnn_acc_t bnn_acc_zero(void) { return 0; }
+BNN_INLINE bnn_xb_t bnn_bcast(uint64_t x) { return x; }
+BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
+{
+    return a + bnn_popcount64(x ^ *w);
+}
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
+{
+    return (uint32_t)((int64_t)a + init[0] < 0);
+}
+BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c) { c[0] = (int32_t)a; }
+#endif
+
+#define BNN_XC (BNN_VW * BNN_XPV) /* channels per pass: a divisor of BNN_BLOCK */
+/* vectors of the pass over a half block (8 channels) where passes are 16 channels */
+#define BNN_XPV_HALF (BNN_XPV >= 2 ? BNN_XPV / 2 : BNN_XPV)
+
+/* Float vectors: bnn_fv_t holds BNN_FV channels, a pass BNN_FPV vectors for each of BNN_FP
+ * pixels. bnn_fv_madd(x, w, a) = x*w + a, rounded once (fmaf) unless BNN_NO_FMA;
+ * bnn_fv_nge_bits(a, b): bit l = !(a_l >= b_l) (1 for NaN). */
+#if defined(BNN_PATH_AVX512)
+#define BNN_FV 16
+#define BNN_FPV 1
+#define BNN_FP 8
+typedef __m512 bnn_fv_t;
+BNN_INLINE bnn_fv_t bnn_fv_zero(void) { return _mm512_setzero_ps(); }
+BNN_INLINE bnn_fv_t bnn_fv_bcast(float x) { return _mm512_set1_ps(x); }
+BNN_INLINE bnn_fv_t bnn_fv_load(const float *p) { return _mm512_loadu_ps(p); }
+BNN_INLINE void bnn_fv_store(float *p, bnn_fv_t v) { _mm512_storeu_ps(p, v); }
+BNN_INLINE bnn_fv_t bnn_fv_add(bnn_fv_t a, bnn_fv_t b) { return _mm512_add_ps(a, b); }
+BNN_INLINE bnn_fv_t bnn_fv_mul(bnn_fv_t a, bnn_fv_t b) { return _mm512_mul_ps(a, b); }
+#if defined(BNN_NO_FMA)
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a)
+{
+    return _mm512_add_ps(_mm512_mul_ps(x, w), a);
+}
+#else
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a)
+{
+    return _mm512_fmadd_ps(x, w, a);
+}
+#endif
+BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b)
+{
+    return (uint32_t)_mm512_cmp_ps_mask(a, b, _CMP_NGE_UQ);
+}
+#elif defined(BNN_PATH_AVX2) && (defined(__FMA__) || defined(BNN_NO_FMA))
+#define BNN_FV 8
+#define BNN_FPV 2
+#define BNN_FP 4
+typedef __m256 bnn_fv_t;
+BNN_INLINE bnn_fv_t bnn_fv_zero(void) { return _mm256_setzero_ps(); }
+BNN_INLINE bnn_fv_t bnn_fv_bcast(float x) { return _mm256_set1_ps(x); }
+BNN_INLINE bnn_fv_t bnn_fv_load(const float *p) { return _mm256_loadu_ps(p); }
+BNN_INLINE void bnn_fv_store(float *p, bnn_fv_t v) { _mm256_storeu_ps(p, v); }
+BNN_INLINE bnn_fv_t bnn_fv_add(bnn_fv_t a, bnn_fv_t b) { return _mm256_add_ps(a, b); }
+BNN_INLINE bnn_fv_t bnn_fv_mul(bnn_fv_t a, bnn_fv_t b) { return _mm256_mul_ps(a, b); }
+#if defined(BNN_NO_FMA)
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a)
+{
+    return _mm256_add_ps(_mm256_mul_ps(x, w), a);
+}
+#else
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a)
+{
+    return _mm256_fmadd_ps(x, w, a);
+}
+#endif
+BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b)
+{
+    return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NGE_UQ));
+}
+#elif defined(BNN_PATH_NEON)
+#define BNN_FV 4
+#define BNN_FPV 4
+#define BNN_FP 4
+typedef float32x4_t bnn_fv_t;
+BNN_INLINE bnn_fv_t bnn_fv_zero(void) { return vdupq_n_f32(0.0f); }
+BNN_INLINE bnn_fv_t bnn_fv_bcast(float x) { return vdupq_n_f32(x); }
+BNN_INLINE bnn_fv_t bnn_fv_load(const float *p) { return vld1q_f32(p); }
+BNN_INLINE void bnn_fv_store(float *p, bnn_fv_t v) { vst1q_f32(p, v); }
+BNN_INLINE bnn_fv_t bnn_fv_add(bnn_fv_t a, bnn_fv_t b) { return vaddq_f32(a, b); }
+BNN_INLINE bnn_fv_t bnn_fv_mul(bnn_fv_t a, bnn_fv_t b) { return vmulq_f32(a, b); }
+#if defined(BNN_NO_FMA)
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a)
+{
+    return vaddq_f32(vmulq_f32(x, w), a);
+}
+#else
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a)
+{
+    return vfmaq_f32(a, x, w);
+}
+#endif
+BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b)
+{
+    static const uint32_t weights[4] = {1u, 2u, 4u, 8u};
+    return vaddvq_u32(vbicq_u32(vld1q_u32(weights), vcgeq_f32(a, b)));
+}
+#else
+#define BNN_FV 1
+#ifndef BNN_FPV
+#define BNN_FPV 4
+#endif
+#ifndef BNN_FP
+#define BNN_FP 2
+#endif
+typedef float bnn_fv_t;
+BNN_INLINE bnn_fv_t bnn_fv_zero(void) { return 0.0f; }
+BNN_INLINE bnn_fv_t bnn_fv_bcast(float x) { return x; }
+BNN_INLINE bnn_fv_t bnn_fv_load(const float *p) { return *p; }
+BNN_INLINE void bnn_fv_store(float *p, bnn_fv_t v) { *p = v; }
+BNN_INLINE bnn_fv_t bnn_fv_add(bnn_fv_t a, bnn_fv_t b) { return a + b; }
+BNN_INLINE bnn_fv_t bnn_fv_mul(bnn_fv_t a, bnn_fv_t b) { return a * b; }
+#if defined(BNN_NO_FMA)
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a) { return x * w + a; }
+#else
+BNN_INLINE bnn_fv_t bnn_fv_madd(bnn_fv_t x, bnn_fv_t w, bnn_fv_t a)
+{
+    return BNN_FMAF(x, w, a);
+}
+#endif
+BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b) { return (uint32_t)!(a >= b); }
+#endif
+
+#define BNN_FC (BNN_FV * BNN_FPV) /* float channels per pass: a divisor of BNN_BLOCK */
+#define BNN_FPV_HALF (BNN_FPV >= 2 ? BNN_FPV / 2 : BNN_FPV)
+
+/* A window, as the kernels walk it: pixel p of a tile starts at x + p*pstep, its window is
+ * kh rows rstep apart of seg consecutive words (or floats). */
+typedef struct {
+    ptrdiff_t pstep, rstep;
+    int kh, seg;
+} bnn_win_t;
+
+/* ------------------------------------------------------------------ binary conv */
+
+/* XOR-popcounts of np pixels x nv vectors of channels (one pass) over the window; w points
+ * at the pass's first channel in its block. */
+BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                             int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
+{
+    int r, j, p, v;
+    BNN_UNROLL
+    for (p = 0; p < BNN_XP; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < BNN_XPV; ++v)
+            acc[p][v] = bnn_acc_zero();
+    }
+    for (r = 0; r < win.kh; ++r) {
+        const uint64_t *xr = x + r * win.rstep;
+        const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
+        for (j = 0; j < win.seg; ++j) {
+            bnn_xb_t xb[BNN_XP];
+            BNN_UNROLL
+            for (p = 0; p < np; ++p)
+                xb[p] = bnn_bcast(xr[p * win.pstep + j]);
+            BNN_UNROLL
+            for (v = 0; v < nv; ++v) {
+                BNN_UNROLL
+                for (p = 0; p < np; ++p)
+                    acc[p][v] = bnn_xpc(acc[p][v], xb[p], wr + BNN_BLOCK * j + BNN_VW * v);
+            }
+        }
+    }
+}
+
+/* Threshold mode: for one pass at channel c (bit c & 63 of the word), OR the bits
+ * (count > thr) xor flip, as the sign of count + init, into each pixel's word. */
+BNN_INLINE void bnn_bits_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                              int nv, const int32_t *init, int c, uint64_t word[BNN_XP])
+{
+    bnn_acc_t acc[BNN_XP][BNN_XPV];
+    int p, v;
+    bnn_xpc_pass(x, np, win, w, nv, acc);
+    BNN_UNROLL
+    for (p = 0; p < np; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < nv; ++v)
+            word[p] |= (uint64_t)bnn_neg_bits(acc[p][v], init + c + BNN_VW * v)
+                       << ((c + BNN_VW * v) & 63);
+    }
+}
+
+/* Threshold mode, np pixels: every output word computed in registers and stored once,
+ * out[p*wdo + g] = bits ^ xmask[g] (xmask, init: the engine's threshold_init). */
+BNN_INLINE void bnn_bconv_bits_tile(const uint64_t *x, int np, bnn_win_t win,
+                                    const uint64_t *w, int co, const int32_t *init,
+                                    const uint64_t *xmask, uint64_t *out, int wdo)
+{
+    const int nblk = (co + BNN_BLOCK - 1) / BNN_BLOCK;
+    const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
+    int g, b, c0, p;
+    for (g = 0; g < wdo; ++g) {
+        uint64_t word[BNN_XP];
+        const int b1 = nblk < 4 * g + 4 ? nblk : 4 * g + 4;
+        BNN_UNROLL
+        for (p = 0; p < BNN_XP; ++p)
+            word[p] = 0;
+        for (b = 4 * g; b < b1; ++b) {
+            /* a last block of at most 8 channels: only its first 8 */
+            const int width = co - BNN_BLOCK * b <= BNN_BLOCK / 2 ? BNN_BLOCK / 2 : BNN_BLOCK;
+            const uint64_t *wb = w + b * bsize;
+            for (c0 = 0; c0 + BNN_XC <= width; c0 += BNN_XC)
+                bnn_bits_pass(x, np, win, wb + c0, BNN_XPV, init, BNN_BLOCK * b + c0, word);
+            if (c0 < width) /* passes of 16 channels, a half block */
+                bnn_bits_pass(x, np, win, wb + c0, BNN_XPV_HALF, init, BNN_BLOCK * b + c0,
+                              word);
+            if (width < BNN_BLOCK) { /* the padding channels not computed: negative, as init */
+                BNN_UNROLL
+                for (p = 0; p < BNN_XP; ++p)
+                    word[p] |= (uint64_t)0xff << ((BNN_BLOCK * b + BNN_BLOCK / 2) & 63);
+            }
+        }
+        BNN_UNROLL
+        for (p = 0; p < np; ++p)
+            out[p * wdo + g] = word[p] ^ xmask[g];
+    }
+}
+
+/* Float mode: for one pass at channel c, out[p*co + k] = ((K - 2*count) * m1 + a1) * m2 + a2
+ * (float32, each operation rounded) for its channels k < co. */
+BNN_INLINE void bnn_affine_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                                int nv, int c, int co, int32_t nbits, const float *const *aff,
+                                float *out)
+{
+    bnn_acc_t acc[BNN_XP][BNN_XPV];
+    int32_t cnt[BNN_XP][BNN_XC] = {{0}}; /* zeroed: compilers cannot see n <= nv*BNN_VW */
+    const int n = co - c < BNN_VW * nv ? co - c : BNN_VW * nv;
+    int p, v, i;
+    bnn_xpc_pass(x, np, win, w, nv, acc);
+    BNN_UNROLL
+    for (p = 0; p < np; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < nv; ++v)
+            bnn_counts(acc[p][v], &cnt[p][BNN_VW * v]);
+    }
+    BNN_UNROLL
+    for (p = 0; p < np; ++p)
+        for (i = 0; i < n; ++i) {
+            const int k = c + i;
+            float f = (float)(nbits - 2 * cnt[p][i]);
+            f = f * aff[0][k];
+            f = f + aff[1][k];
+            f = f * aff[2][k];
+            out[(ptrdiff_t)p * co + k] = f + aff[3][k];
+        }
+}
+
+/* Float mode, np pixels: aff = {m1, a1, m2, a2}, nbits = K, out (np, co) floats. */
+BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
+                                      const uint64_t *w, int co, int32_t nbits,
+                                      const float *const *aff, float *out)
+{
+    const int nblk = (co + BNN_BLOCK - 1) / BNN_BLOCK;
+    const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
+    int b, c0;
+    for (b = 0; b < nblk; ++b) {
+        const int width = co - BNN_BLOCK * b <= BNN_BLOCK / 2 ? BNN_BLOCK / 2 : BNN_BLOCK;
+        const uint64_t *wb = w + b * bsize;
+        for (c0 = 0; c0 + BNN_XC <= width; c0 += BNN_XC)
+            bnn_affine_pass(x, np, win, wb + c0, BNN_XPV, BNN_BLOCK * b + c0, co, nbits, aff,
+                            out);
+        if (c0 < width)
+            bnn_affine_pass(x, np, win, wb + c0, BNN_XPV_HALF, BNN_BLOCK * b + c0, co, nbits,
+                            aff, out);
+    }
+}
+
+/* One output row of wo pixels: tiles of BNN_XP pixels, then one at a time. */
+BNN_INLINE void bnn_bconv_bits_row(const uint64_t *x, int wo, bnn_win_t win, const uint64_t *w,
+                                   int co, const int32_t *init, const uint64_t *xmask,
+                                   uint64_t *out)
+{
+    const int wdo = (co + 63) / 64;
+    int ox = 0;
+    for (; ox + BNN_XP <= wo; ox += BNN_XP)
+        bnn_bconv_bits_tile(x + ox * win.pstep, BNN_XP, win, w, co, init, xmask,
+                            out + (ptrdiff_t)ox * wdo, wdo);
+    for (; ox < wo; ++ox)
+        bnn_bconv_bits_tile(x + ox * win.pstep, 1, win, w, co, init, xmask,
+                            out + (ptrdiff_t)ox * wdo, wdo);
+}
+
+BNN_INLINE void bnn_bconv_affine_row(const uint64_t *x, int wo, bnn_win_t win,
+                                     const uint64_t *w, int co, int32_t nbits,
+                                     const float *const *aff, float *out)
+{
+    int ox = 0;
+    for (; ox + BNN_XP <= wo; ox += BNN_XP)
+        bnn_bconv_affine_tile(x + ox * win.pstep, BNN_XP, win, w, co, nbits, aff,
+                              out + (ptrdiff_t)ox * co);
+    for (; ox < wo; ++ox)
+        bnn_bconv_affine_tile(x + ox * win.pstep, 1, win, w, co, nbits, aff,
+                              out + (ptrdiff_t)ox * co);
+}
+
+/* ------------------------------------------------------------------ float conv */
+
+/* The float conv of np pixels x nv vectors of channels: acc = fma over the window's taps in
+ * (ky, kx, ci) order, from 0 (the engine's order and roundings). The weights are the
+ * layer's (taps, co) matrix, unpadded (w points at the pass's first channel of tap 0), and
+ * BNN_BLOCK floats of zeros after it: a last pass reads past channel co. */
+BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const float *w, int co,
+                               int nv, bnn_fv_t acc[BNN_FP][BNN_FPV])
+{
+    int r, j, p, v;
+    BNN_UNROLL
+    for (p = 0; p < BNN_FP; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < BNN_FPV; ++v)
+            acc[p][v] = bnn_fv_zero();
+    }
+    for (r = 0; r < win.kh; ++r) {
+        const float *xr = x + r * win.rstep;
+        const float *wr = w + (ptrdiff_t)r * win.seg * co;
+        for (j = 0; j < win.seg; ++j) {
+            bnn_fv_t xb[BNN_FP];
+            BNN_UNROLL
+            for (p = 0; p < np; ++p)
+                xb[p] = bnn_fv_bcast(xr[p * win.pstep + j]);
+            BNN_UNROLL
+            for (v = 0; v < nv; ++v) {
+                const bnn_fv_t wv = bnn_fv_load(wr + (ptrdiff_t)co * j + BNN_FV * v);
+                BNN_UNROLL
+                for (p = 0; p < np; ++p)
+                    acc[p][v] = bnn_fv_madd(xb[p], wv, acc[p][v]);
+            }
+        }
+    }
+}
+
+/* The float epilogue of a float conv: thr (folded thresholds, the engine's sign_thresholds)
+ * or bias, alpha, beta, each padded to whole blocks. */
+typedef struct {
+    const float *thr, *bias, *alpha, *beta;
+} bnn_fepi_t;
+
+/* Sign bits of one pass at channel c: !(acc >= thr), or !((acc + b) * alpha + beta >= 0). */
+BNN_INLINE void bnn_fsign_pass(const float *x, int np, bnn_win_t win, const float *w, int co,
+                               int nv, bnn_fepi_t e, int c, uint64_t word[BNN_FP])
+{
+    bnn_fv_t acc[BNN_FP][BNN_FPV];
+    int p, v;
+    bnn_fconv_pass(x, np, win, w, co, nv, acc);
+    BNN_UNROLL
+    for (v = 0; v < nv; ++v) {
+        const int k = c + BNN_FV * v;
+        const int shift = k & 63;
+        if (e.thr != NULL) {
+            const bnn_fv_t t = bnn_fv_load(e.thr + k);
+            BNN_UNROLL
+            for (p = 0; p < np; ++p)
+                word[p] |= (uint64_t)bnn_fv_nge_bits(acc[p][v], t) << shift;
+        } else {
+            const bnn_fv_t b = bnn_fv_load(e.bias + k), a = bnn_fv_load(e.alpha + k);
+            const bnn_fv_t be = bnn_fv_load(e.beta + k), zero = bnn_fv_zero();
+            BNN_UNROLL
+            for (p = 0; p < np; ++p) {
+                const bnn_fv_t y = bnn_fv_add(bnn_fv_mul(bnn_fv_add(acc[p][v], b), a), be);
+                word[p] |= (uint64_t)bnn_fv_nge_bits(y, zero) << shift;
+            }
+        }
+    }
+}
+
+/* Packed sign bits of np pixels: out[p*wdo + g], ANDed with the channels that exist. */
+BNN_INLINE void bnn_fconv_bits_tile(const float *x, int np, bnn_win_t win, const float *w,
+                                    int co, bnn_fepi_t e, const uint64_t *wmask,
+                                    uint64_t *out, int wdo)
+{
+    const int nblk = (co + BNN_BLOCK - 1) / BNN_BLOCK;
+    int g, b, c0, p;
+    for (g = 0; g < wdo; ++g) {
+        uint64_t word[BNN_FP];
+        const int b1 = nblk < 4 * g + 4 ? nblk : 4 * g + 4;
+        BNN_UNROLL
+        for (p = 0; p < BNN_FP; ++p)
+            word[p] = 0;
+        for (b = 4 * g; b < b1; ++b) {
+            const int width = co - BNN_BLOCK * b <= BNN_BLOCK / 2 ? BNN_BLOCK / 2 : BNN_BLOCK;
+            const int cb = BNN_BLOCK * b;
+            for (c0 = 0; c0 + BNN_FC <= width; c0 += BNN_FC)
+                bnn_fsign_pass(x, np, win, w + cb + c0, co, BNN_FPV, e, cb + c0, word);
+            if (c0 < width)
+                bnn_fsign_pass(x, np, win, w + cb + c0, co, BNN_FPV_HALF, e, cb + c0, word);
+        }
+        BNN_UNROLL
+        for (p = 0; p < np; ++p)
+            out[p * wdo + g] = word[p] & wmask[g];
+    }
+}
+
+/* Floats of one pass at channel c: out[p*co + k] = (acc + bias) * alpha + beta, k < co. */
+BNN_INLINE void bnn_ffloat_pass(const float *x, int np, bnn_win_t win, const float *w, int nv,
+                                bnn_fepi_t e, int c, int co, float *out)
+{
+    bnn_fv_t acc[BNN_FP][BNN_FPV];
+    float vals[BNN_FP][BNN_FC];
+    const int n = co - c < BNN_FV * nv ? co - c : BNN_FV * nv;
+    int p, v, i;
+    bnn_fconv_pass(x, np, win, w, co, nv, acc);
+    BNN_UNROLL
+    for (p = 0; p < np; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < nv; ++v)
+            bnn_fv_store(&vals[p][BNN_FV * v], acc[p][v]);
+    }
+    BNN_UNROLL
+    for (p = 0; p < np; ++p)
+        for (i = 0; i < n; ++i) {
+            const int k = c + i;
+            const float y = vals[p][i] + e.bias[k];
+            const float t = y * e.alpha[k];
+            out[(ptrdiff_t)p * co + k] = t + e.beta[k];
+        }
+}
+
+BNN_INLINE void bnn_fconv_float_tile(const float *x, int np, bnn_win_t win, const float *w,
+                                     int co, bnn_fepi_t e, float *out)
+{
+    const int nblk = (co + BNN_BLOCK - 1) / BNN_BLOCK;
+    int b, c0;
+    for (b = 0; b < nblk; ++b) {
+        const int width = co - BNN_BLOCK * b <= BNN_BLOCK / 2 ? BNN_BLOCK / 2 : BNN_BLOCK;
+        const int cb = BNN_BLOCK * b;
+        for (c0 = 0; c0 + BNN_FC <= width; c0 += BNN_FC)
+            bnn_ffloat_pass(x, np, win, w + cb + c0, BNN_FPV, e, cb + c0, co, out);
+        if (c0 < width)
+            bnn_ffloat_pass(x, np, win, w + cb + c0, BNN_FPV_HALF, e, cb + c0, co, out);
+    }
+}
+
+BNN_INLINE void bnn_fconv_bits_row(const float *x, int wo, bnn_win_t win, const float *w,
+                                   int co, bnn_fepi_t e, const uint64_t *wmask, uint64_t *out)
+{
+    const int wdo = (co + 63) / 64;
+    int ox = 0;
+    for (; ox + BNN_FP <= wo; ox += BNN_FP)
+        bnn_fconv_bits_tile(x + ox * win.pstep, BNN_FP, win, w, co, e, wmask,
+                            out + (ptrdiff_t)ox * wdo, wdo);
+    for (; ox < wo; ++ox)
+        bnn_fconv_bits_tile(x + ox * win.pstep, 1, win, w, co, e, wmask,
+                            out + (ptrdiff_t)ox * wdo, wdo);
+}
+
+BNN_INLINE void bnn_fconv_float_row(const float *x, int wo, bnn_win_t win, const float *w,
+                                    int co, bnn_fepi_t e, float *out)
+{
+    int ox = 0;
+    for (; ox + BNN_FP <= wo; ox += BNN_FP)
+        bnn_fconv_float_tile(x + ox * win.pstep, BNN_FP, win, w, co, e,
+                             out + (ptrdiff_t)ox * co);
+    for (; ox < wo; ++ox)
+        bnn_fconv_float_tile(x + ox * win.pstep, 1, win, w, co, e, out + (ptrdiff_t)ox * co);
+}
+
+#endif /* BNN_CONV_H */
