@@ -63,7 +63,7 @@ _I64 = ir.IntType(64)
 # once per layout)
 KERNELS: tuple[tuple[Any, str], ...] = (
     (_fconv_ser, "f1 f1 i i i i i i i i i i f1 f1 f1 u1 b b i u2 f2"),
-    (_bconv_ser, "u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2"),
+    (_bconv_ser, "u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2 s1 b"),
     (_bitpool_ser, "u4 i i i i i i u4"),
     (_pad_ser, "u4 i i u4"),
     (_pad_ser, "f4 i i f4"),
