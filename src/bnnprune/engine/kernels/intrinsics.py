@@ -395,6 +395,17 @@ def counting_scheme(features: frozenset[str] | None = None) -> str:
     return "popcount" if "avx512vpopcntdq" in features else "csa"
 
 
+def instruction_set(features: frozenset[str] | None = None) -> str:
+    """The vector instruction set the XOR-popcount GEMM compiles to on a CPU, as benchmarks
+    name it: ``avx512-vpopcntdq``, ``avx512bw``, ``avx2``, ``neon`` or ``generic``."""
+    feats = cpu_features() if features is None else features
+    for name, feat in (("avx512-vpopcntdq", "avx512vpopcntdq"), ("avx512bw", "avx512bw"),
+                       ("avx2", "avx2"), ("neon", "neon")):
+        if feat in feats:
+            return name
+    return "generic"
+
+
 def _csa(builder, c, a, b):
     """A full adder over bit vectors: ``(carry, sum)`` of ``a + b + c`` bit by bit."""
     u = builder.xor(a, b)
@@ -472,6 +483,50 @@ def _csa_passes(builder, xp, bp, wp, ip, op, boff, kh, seg, offs, woff, bstep, i
                 total = builder.add(total, c)
             slot = builder.add(builder.mul(pl.index, c16), u)
             builder.store(total, builder.gep(op, [slot]))
+
+
+@intrinsic
+def csa_chains(typingctx, reps, seed):  # noqa: ARG001
+    """``reps`` rounds of the ``csa`` scheme's counting of :data:`CSA_GROUP` words (the
+    carry-save probe): per round ``s ^ c_j`` for constants ``c_j`` are the group's XOR
+    results, added into three bit planes and the popcount of the carry out into the
+    accumulator; ``s`` advances by one per round, so nothing can be hoisted. The GEMM's
+    :func:`_csa_passes` group without its operand loads, on one ``<CSA_LANES x i64>`` chain
+    (its planes fill the registers); returns the count of all rounds' bits."""
+    if not (isinstance(reps, types.Integer) and isinstance(seed, types.Integer)):
+        return None
+    sig = types.int64(reps, seed)
+
+    def codegen(context, builder, signature, args):
+        n, sd = _ints(context, builder, signature.args, args, (0, 1))
+        vty = ir.VectorType(_I64, CSA_LANES)
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
+                                               f"llvm.ctpop.v{CSA_LANES}i64")
+        nbits = (CSA_GROUP - 1).bit_length()
+        zero = ir.Constant(vty, [0] * CSA_LANES)
+        planes = [cgutils.alloca_once_value(builder, zero) for _ in range(nbits)]
+        acc = cgutils.alloca_once_value(builder, zero)
+        s = cgutils.alloca_once_value(builder, builder.mul(
+            _splat(builder, sd, vty), ir.Constant(vty, [2 * e + 1 for e in range(CSA_LANES)])))
+        consts = [ir.Constant(vty, [(0x9E3779B97F4A7C15 * (8 * j + e + 1)) % 2**63
+                                    for e in range(CSA_LANES)]) for j in range(CSA_GROUP)]
+        one = ir.Constant(vty, [1] * CSA_LANES)
+        with cgutils.for_range(builder, n):
+            sv = builder.load(s)
+            hi = _csa_tree(builder, planes, [builder.xor(sv, c) for c in consts])
+            c = builder.shl(builder.call(ctpop, [hi]), ir.Constant(vty, [nbits] * CSA_LANES))
+            builder.store(builder.add(builder.load(acc), c), acc)
+            builder.store(builder.add(sv, one), s)
+        total = builder.load(acc)
+        for lvl, pln in enumerate(planes):
+            total = builder.add(total, builder.shl(builder.call(ctpop, [builder.load(pln)]),
+                                                   ir.Constant(vty, [lvl] * CSA_LANES)))
+        out = builder.extract_element(total, ir.Constant(_I32, 0))
+        for e in range(1, CSA_LANES):
+            out = builder.add(out, builder.extract_element(total, ir.Constant(_I32, e)))
+        return out
+
+    return sig, codegen
 
 
 WORD_BLOCKS = 64 // BLOCK_CH  # 16-channel blocks per 64-bit output word
