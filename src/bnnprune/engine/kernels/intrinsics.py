@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.kernels.base import BLOCK_CH, FPIX
+from bnnprune.engine.kernels.base import BLOCK_CH, FPIX, UNIT_CH
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -357,8 +357,9 @@ CSA_GROUP = 8  # words summed bit-sliced per popcount (Harley-Seal over 3 bit pl
 CSA_MIN_WORDS = 16
 # channels per carry-save pass: <8 x i64> (two ymm registers); its 3 bit planes and
 # accumulator stay in registers, and each broadcast activation word serves 8 channels (with
-# 4 the broadcasts made the passes no faster than per-word counting)
-CSA_LANES = 8
+# 4 the broadcasts made the passes no faster than per-word counting). The cost model's
+# output-channel step (base.conv_work) is this unit
+CSA_LANES = UNIT_CH
 
 
 SCHEME_ENV = "BNNPRUNE_COUNTING"  # forces a counting scheme (benchmarks compare them)
