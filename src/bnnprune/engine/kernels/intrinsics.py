@@ -351,9 +351,9 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
 SCHEMES = ("popcount", "csa")  # counting schemes of the XOR-popcount GEMM
 CSA_GROUP = 8  # words summed bit-sliced per popcount (Harley-Seal over 3 bit planes)
 # Shorter windows count word by word: each carry-save pass ends with a popcount per bit plane
-# and per word past the last whole group, which windows of 9 words (3x3, 64 channels) do not
-# win back (0.86x of per-word counting on AVX2; 18 words 1.05x, 27 1.08x, 50 1.20x: CPU
-# time within one process on a shared AMD EPYC, provisional)
+# and one for its partial group, which windows of 9 words (3x3, 64 channels) did not win back
+# (0.86x of per-word counting on AVX2; 18 words 1.05x, 27 1.08x, 50 1.20x, with a popcount
+# per tail word then: CPU time within one process on a shared AMD EPYC, provisional)
 CSA_MIN_WORDS = 16
 # channels per carry-save pass: <8 x i64> (two ymm registers); its 3 bit planes and
 # accumulator stay in registers, and each broadcast activation word serves 8 channels (with
@@ -409,6 +409,8 @@ def instruction_set(features: frozenset[str] | None = None) -> str:
 
 def _csa(builder, c, a, b):
     """A full adder over bit vectors: ``(carry, sum)`` of ``a + b + c`` bit by bit."""
+    if isinstance(b, ir.Constant):  # a zero word (a padded group): a half adder
+        return builder.and_(a, c), builder.xor(a, c)
     u = builder.xor(a, b)
     return builder.or_(builder.and_(a, b), builder.and_(u, c)), builder.xor(u, c)
 
@@ -467,16 +469,27 @@ def _csa_passes(builder, xp, bp, wp, ip, op, boff, kh, seg, offs, woff, bstep, i
                 wv = _vload(builder, wb, builder.mul(i, c16), vty, 8)
                 return builder.xor(_splat(builder, xv, vty), wv)
 
-            with cgutils.for_range(builder, groups) as gl:
-                i0 = builder.mul(gl.index, ir.Constant(_I64, CSA_GROUP))
-                ds = [word(builder.add(i0, ir.Constant(_I64, j))) for j in range(CSA_GROUP)]
-                hi = _csa_tree(builder, planes, ds)
+            def group(i0, size):
+                """Words ``i0 ..`` of one group, its last ``CSA_GROUP - size`` zero."""
+                ds = [word(builder.add(i0, ir.Constant(_I64, j))) for j in range(size)]
+                hi = _csa_tree(builder, planes, ds + [zero] * (CSA_GROUP - size))
                 c = builder.shl(builder.call(ctpop, [hi]),
                                 ir.Constant(vty, [nbits] * CSA_LANES))
                 builder.store(builder.add(builder.load(acc), c), acc)
-            with cgutils.for_range_slice(builder, n_grouped, n, ir.Constant(_I64, 1)) as (i, _):
-                builder.store(builder.add(builder.load(acc), builder.call(ctpop, [word(i)])),
-                              acc)
+
+            with cgutils.for_range(builder, groups) as gl:
+                group(builder.mul(gl.index, ir.Constant(_I64, CSA_GROUP)), CSA_GROUP)
+            # the last n % CSA_GROUP words: one group padded with zero words, a case per
+            # count (LLVM drops the adders of the zeros), not a popcount per word
+            done = builder.append_basic_block("csa_tail_done")
+            tails = [builder.append_basic_block(f"csa_tail{t}") for t in range(1, CSA_GROUP)]
+            sw = builder.switch(builder.sub(n, n_grouped), done)
+            for t, bb in enumerate(tails, start=1):
+                sw.add_case(ir.Constant(_I64, t), bb)
+                builder.position_at_end(bb)
+                group(n_grouped, t)
+                builder.branch(done)
+            builder.position_at_end(done)
             total = builder.load(acc)
             for lvl, pln in enumerate(planes):
                 c = builder.shl(builder.call(ctpop, [builder.load(pln)]),
