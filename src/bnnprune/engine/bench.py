@@ -368,7 +368,8 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
     return out
 
 
-def _pct(v: float | None) -> str:
+def share_text(v: float | None) -> str:
+    """A share of the limit as a percentage, ``-`` where none was given."""
     return "-" if v is None else f"{100 * v:.0f}%"
 
 
@@ -381,8 +382,8 @@ def format_pair(pair: dict[str, Any]) -> str:
     for b, e in pair["batches"].items():
         lines.append(f"{b:>7}{e['pruned_s'] * 1e3:>11.3f}{e['unpruned_s'] * 1e3:>13.3f}"
                      f"{e['ratio']:>8.3f}{e['predicted_ratio']:>11.3f}"
-                     f"{_pct(e['pruned_fraction_of_limit']):>9}"
-                     f"{_pct(e['unpruned_fraction_of_limit']):>17}")
+                     f"{share_text(e['pruned_fraction_of_limit']):>9}"
+                     f"{share_text(e['unpruned_fraction_of_limit']):>17}")
     lines.append(format_limit(pair["physical_limit"]))
     return "\n".join(lines)
 
