@@ -10,6 +10,7 @@ that share each weight vector load.
 from __future__ import annotations
 
 import functools
+import types as pytypes
 from collections.abc import Callable
 
 import numpy as np
@@ -77,9 +78,10 @@ def threshold_init(thr: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.nd
 _xword_pix = njit(inline="always")(xword_pix)
 
 
-@njit(cache=True)
-def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride, init, xmask,
-                 use_bits, nbits, m1, a1, m2, a2, co, out_b, out_f, offs, csa, t_lo, t_hi):
+def _tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride, init, xmask,
+           use_bits, nbits, m1, a1, m2, a2, co, out_b, out_f, offs, t_lo, t_hi):
+    """The GEMM's row function; ``CSA`` (a constant bound per variant, :func:`_variant`)
+    selects the counting scheme."""
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
@@ -120,13 +122,13 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
                 while i < npx:
                     xpc_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk, init, c0,
                              xmask, wi, ob_flat, (t0 + i) * nw + wi, nw, npx - i, nb, half,
-                             offs, csa)
+                             offs, CSA)  # noqa: F821
                     i += step
             else:
                 while i < npx:
                     xpc_affine_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk,
                                     init, c0, nbits, m1, a1, m2, a2, dst, d0 + i * pitch + c0,
-                                    pitch, npx - i, nb, half, offs, csa)
+                                    pitch, npx - i, nb, half, offs, CSA)  # noqa: F821
                     i += step
         if not direct:
             o = np.uint64(t0 * co)
@@ -137,7 +139,22 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
                 o += np.uint64(co)
 
 
+def _variant(fn: Callable, name: str, csa: bool) -> Callable:
+    """``fn`` compiled with the global ``CSA`` bound to ``csa`` (a compile-time constant, so
+    the scheme not taken is folded away: the ``popcount`` variant is the per-word GEMM alone,
+    its registers not shared with carry-save code), named ``name`` for numba's cache."""
+    code = fn.__code__.replace(co_name=name)
+    glb = {**fn.__globals__, "CSA": csa}
+    out = pytypes.FunctionType(code, glb, name)
+    out.__module__, out.__qualname__, out.__doc__ = fn.__module__, name, fn.__doc__
+    return njit(cache=True)(out)
+
+
+_bconv_tiles = _variant(_tiles, "_bconv_tiles", False)
+_bconv_tiles_csa = _variant(_tiles, "_bconv_tiles_csa", True)
 _bconv_par, _bconv_ser = twins(_bconv_tiles)
+_bconv_csa_par, _bconv_csa_ser = twins(_bconv_tiles_csa)
+_DRIVERS = {"popcount": (_bconv_par, _bconv_ser), "csa": (_bconv_csa_par, _bconv_csa_ser)}
 
 
 def bconv_call(
@@ -234,7 +251,7 @@ def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbi
         need(xmask.dtype == np.uint64 and xmask.shape == (words(co),), "xmask uint64 (words,)")
         need(out.dtype == np.uint64 and int(out.shape[3]) == words(co), "out bits (.., words)")
         args = (flat, wflat, *shape, init, xmask, True, nbits, F1, F1, F1, F1, co,
-                out.reshape(m_total, -1), EMPTY_F32, offs, scheme == "csa")
+                out.reshape(m_total, -1), EMPTY_F32, offs)
     else:
         need(affine is not None and len(affine) == 4, "float mode needs the affine arrays")
         for a in affine:
@@ -242,11 +259,12 @@ def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbi
         need(out.dtype == np.float32 and int(out.shape[3]) == co, "out float (.., Co)")
         blocked = tuple(block_channels(a, 0.0) for a in affine)  # whole blocks are read
         args = (flat, wflat, *shape, init, U1, False, nbits, *blocked, co, EMPTY_U64,
-                out.reshape(m_total, co), offs, scheme == "csa")
+                out.reshape(m_total, co), offs)
     if not m_total:
         return noop
     work = m_total * ncb * kh * seg * 4.0  # ns: 16 XOR-popcounts of one word
-    fn = _bconv_par if use_parallel(work, threads) else _bconv_ser
+    par, ser = _DRIVERS[scheme]
+    fn = par if use_parallel(work, threads) else ser
     return functools.partial(fn, ntiles, ntiles, *args)  # one tile per chunk
 
 

@@ -591,7 +591,8 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
     kstride, w, woff, bstep, init, ioff and end out, ooff, ostride, count, nb, half, offs,
     csa: with ``csa`` true and a window of at least :data:`CSA_MIN_WORDS` words the counts
     come from :func:`_csa_passes` (``offs[i]``: word ``i``'s offset in the window), else from
-    one ``llvm.ctpop`` per word."""
+    one ``llvm.ctpop`` per word. The engine passes ``csa`` as a compile-time constant
+    (:func:`~bnnprune.engine.kernels.bconv._variant`), so LLVM drops the scheme not taken."""
     def codegen(context, builder, signature, args):
         sa = signature.args
         end = len(sa) - 2
