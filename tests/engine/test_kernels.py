@@ -149,6 +149,37 @@ def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     assert counting_scheme() == "csa"
 
 
+@pytest.mark.parametrize("cin,k,dense,carry_save", [(192, 3, False, True), (64, 3, False, False),
+                                                  (1024, 1, False, True),
+                                                  (96, 5, True, False)])
+def test_csa_counts_carry_save_only_long_direct_windows(cin, k, dense, carry_save, rng):
+    """The csa scheme binds the carry-save GEMM for direct windows of CSA_MIN_WORDS words
+    or more, the per-word one for shorter windows and dense patch rows; both exact."""
+    from bnnprune.engine.kernels.bconv import _DRIVERS
+    co, wd = 40, K.words(cin)
+    x = _random_bits(rng, (1, 6, 6, wd), cin)
+    wt = _random_bits(rng, (co, k, k * wd), cin)
+    xp = K.run_pad_bits(x, (k // 2, k // 2), tail_mask(cin))
+    nbits = cin * k * k
+    thr = rng.integers(0, nbits, size=co).astype(np.int32)
+    init, xmask = K.threshold_init(thr, np.zeros(co, np.uint8))
+    cnt = _popcounts(xp, wt, k, 1, (6, 6))
+    expect = pack_signs(np.where(cnt > thr, -1.0, 1.0).astype(np.float32))
+    out = np.empty_like(expect)
+    if dense:
+        planes = np.zeros(K.patch_planes_shape(1, *xp.shape[1:3], cin, (k, k), (1, 1)),
+                          np.uint64)
+        K.im2col_bits_call(xp, cin, (k, k), (1, 1), planes)()
+        call = K.bconv_patch_call(planes, K.block_weights(K.dense_bits(wt, cin)), co, nbits,
+                                  out, init, xmask=xmask, threads=1, scheme="csa")
+    else:
+        call = K.bconv_call(xp, K.block_weights(wt), co, (1, 1), nbits, out, init,
+                            xmask=xmask, threads=1, scheme="csa")
+    assert call.func is _DRIVERS["csa" if carry_save else "popcount"][1]
+    call()
+    assert np.array_equal(out, expect)
+
+
 def test_bconv_refuses_an_unknown_counting_scheme():
     x = np.zeros((1, 3, 3, 1), np.uint64)
     wb = K.block_weights(np.zeros((16, 3, 3), np.uint64))

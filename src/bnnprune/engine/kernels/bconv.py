@@ -33,6 +33,7 @@ from bnnprune.engine.kernels.base import (
     words,
 )
 from bnnprune.engine.kernels.intrinsics import (
+    CSA_MIN_WORDS,
     SCHEMES,
     WORD_BLOCKS,
     XWORD_MAX_PIX,
@@ -217,6 +218,16 @@ def bconv_patch_call(
     return _bind(planes, wb, co, geometry, nbits, out, init, xmask, affine, threads, scheme)
 
 
+def uses_csa(scheme: str, window_words: int, kstride: int) -> bool:
+    """Whether a GEMM of scheme ``scheme`` counts carry-save: direct windows (words 1 apart
+    in a row) of at least :data:`~.intrinsics.CSA_MIN_WORDS` words. Short windows and
+    dense patch rows (words a plane apart) measured slower carry-save than in the
+    per-word variant (NIN's 38-word patch rows 0.87x, its 3-word 1x1 convs 0.84-0.96x in
+    the csa variant's per-word branch; ``benchmarks/bench_counting.py --clock cpu`` on a
+    shared AMD EPYC, provisional), so they run the ``popcount`` variant."""
+    return scheme == "csa" and window_words >= CSA_MIN_WORDS and kstride == 1
+
+
 def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbits: int,
           out: np.ndarray, init: np.ndarray, xmask: np.ndarray | None,
           affine: tuple[np.ndarray, ...] | None, threads: int | None,
@@ -263,7 +274,7 @@ def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbi
     if not m_total:
         return noop
     work = m_total * ncb * kh * seg * 4.0  # ns: 16 XOR-popcounts of one word
-    par, ser = _DRIVERS[scheme]
+    par, ser = _DRIVERS["csa" if uses_csa(scheme, kh * seg, kstride) else "popcount"]
     fn = par if use_parallel(work, threads) else ser
     return functools.partial(fn, ntiles, ntiles, *args)  # one tile per chunk
 

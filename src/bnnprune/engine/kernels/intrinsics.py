@@ -353,7 +353,8 @@ CSA_GROUP = 8  # words summed bit-sliced per popcount (Harley-Seal over 3 bit pl
 # Shorter windows count word by word: each carry-save pass ends with a popcount per bit plane
 # and one for its partial group, which windows of 9 words (3x3, 64 channels) did not win back
 # (0.86x of per-word counting on AVX2; 18 words 1.05x, 27 1.08x, 50 1.20x, with a popcount
-# per tail word then: CPU time within one process on a shared AMD EPYC, provisional)
+# per tail word then: one-off single-layer CPU times on a shared AMD EPYC, provisional;
+# benchmarks/bench_counting.py gives each conv's ratio on a machine)
 CSA_MIN_WORDS = 16
 # channels per carry-save pass: <8 x i64> (two ymm registers); its 3 bit planes and
 # accumulator stay in registers, and each broadcast activation word serves 8 channels (with
