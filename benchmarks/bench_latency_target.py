@@ -24,7 +24,7 @@ import numba
 import torch
 
 from bnnprune import engine
-from bnnprune.engine.bench import compare_pair, machine_info
+from bnnprune.engine.bench import compare_pair, machine_info, share_text
 from bnnprune.models import MODELS, build_model
 from bnnprune.prune import apply_plan, make_plan
 from bnnprune.prune.latency import latency_model
@@ -71,7 +71,7 @@ def run(models: list[str], targets: list[float], batches: list[int], threads: in
                 print(f"{name:<12}{batch:>6}{target:>8.2f}{pred:>11.3f}{e['ratio']:>10.3f}"
                       f"{100 * r['relative_error']:>8.1f}%{r['bops_ratio']:>8.3f}"
                       f"{r['float_macs_ratio']:>8.3f}"
-                      f"{100 * r['fraction_of_limit_unpruned']:>8.0f}%", flush=True)
+                      f"{share_text(r['fraction_of_limit_unpruned']):>9}", flush=True)
     return rows
 
 

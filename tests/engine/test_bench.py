@@ -8,13 +8,16 @@ import pytest
 
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine.bench import (
+    _csa_probe,
     _xpc_probe,
     batch_repeats,
     compare_latency,
+    format_limit,
     interleaved_latencies,
+    limit_summary,
     program_bops,
 )
-from bnnprune.engine.kernels.intrinsics import XPC_CHAINS, XPC_LANES
+from bnnprune.engine.kernels.intrinsics import CSA_GROUP, CSA_LANES, XPC_CHAINS, XPC_LANES
 from bnnprune.models import build_model
 
 
@@ -70,3 +73,35 @@ def test_xor_popcount_peak_probe_counts_what_it_runs() -> None:
     out = np.zeros(2, np.int64)
     _xpc_probe(reps, out)
     assert out[0] == np.int64(expect)  # thread t runs from seed t + 1
+
+
+def test_carry_save_probe_counts_what_it_runs() -> None:
+    """The carry-save probe's result is the exact bit count of every word it XORs (its bit
+    planes counted at the end): nothing hoisted or dropped."""
+    consts = np.array([[(0x9E3779B97F4A7C15 * (8 * j + e + 1)) % 2**63
+                        for e in range(CSA_LANES)] for j in range(CSA_GROUP)], np.uint64)
+    reps, seed = 13, 2
+    s = np.uint64(seed) * (2 * np.arange(CSA_LANES, dtype=np.uint64) + np.uint64(1))
+    expect = 0
+    for _ in range(reps):
+        expect += int(np.unpackbits((s[None, :] ^ consts).view(np.uint8)).sum())
+        s = s + np.uint64(1)
+    out = np.zeros(2, np.int64)
+    _csa_probe(reps, out)
+    assert out[1] == expect  # thread t runs from seed t + 1
+
+
+def _round(bmacs: float, fmacs: float) -> dict:
+    return {"bmacs_per_s": bmacs, "fmacs_per_s": fmacs, "scheme": "csa",
+            "schemes": {"popcount": bmacs / 2, "csa": bmacs}}
+
+
+def test_limit_is_the_best_calibration_and_withheld_when_they_disagree() -> None:
+    ok = limit_summary([_round(1.0e11, 5e10), _round(1.1e11, 5.2e10)], tolerance=0.15)
+    assert ok["consistent"] and ok["bmacs_per_s"] == 1.1e11 and ok["fmacs_per_s"] == 5.2e10
+    assert ok["spread"]["bmacs_per_s"] == pytest.approx(0.1)
+    assert ok["schemes"] == {"popcount": 5.5e10, "csa": 1.1e11}
+    assert "disagree" not in format_limit(ok)
+    bad = limit_summary([_round(1.0e11, 5e10), _round(1.0e11, 9e10)], tolerance=0.15)
+    assert not bad["consistent"]
+    assert "disagree" in format_limit(bad) and "no share" in format_limit(bad)

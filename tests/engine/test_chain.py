@@ -10,8 +10,9 @@ from bnnprune.engine import compile_model
 from bnnprune.engine import kernels as K
 from bnnprune.engine.kernels import chain as C
 from bnnprune.engine.kernels.act import _add_ser, _prelu_ser
-from bnnprune.engine.kernels.bconv import _bconv_ser
+from bnnprune.engine.kernels.bconv import _DRIVERS
 from bnnprune.engine.kernels.fconv import _fconv_ser
+from bnnprune.engine.kernels.intrinsics import SCHEME_ENV, SCHEMES
 from bnnprune.engine.kernels.pad import _pad_par, _pad_ser
 from bnnprune.models import build_model
 
@@ -19,10 +20,14 @@ from .conftest import dyadic_fp_weights, dyadic_input, randomize_bn
 
 
 @pytest.mark.parametrize("name,width,shape", [("nin", 0.25, (3, 32, 32)),
+                                              ("nin", 1.0, (3, 32, 32)),
                                               ("small", 0.5, (1, 28, 28)),
                                               ("reactnet", 0.125, (3, 32, 32)),
                                               ("birealnet18", 0.125, (3, 32, 32))])
-def test_a_serial_plan_is_one_chain_with_the_unchained_results(name, width, shape):
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_serial_plan_is_one_chain_with_the_unchained_results(name, width, shape, scheme,
+                                                                monkeypatch):
+    monkeypatch.setenv(SCHEME_ENV, scheme)  # the GEMM variant a plan binds
     torch.manual_seed(0)
     model = dyadic_fp_weights(randomize_bn(build_model(name, width=width, in_channels=shape[0],
                                                        image_size=shape[1])))
@@ -34,7 +39,10 @@ def test_a_serial_plan_is_one_chain_with_the_unchained_results(name, width, shap
     chain = plan._flat[0]
     assert chain.calls == calls and len(chain.offs) == len(calls) + 1
     used = {C.KERNELS[int(chain.tab[o])][0] for o in chain.offs[:-1]}
-    assert used >= {_fconv_ser, _bconv_ser}  # float and binary convolutions
+    assert _fconv_ser in used  # float and binary convolutions
+    assert used & {_DRIVERS[s][1] for s in SCHEMES}
+    if scheme == "csa" and width == 1.0:  # nin's 3x3 192-channel conv: 27-word windows
+        assert _DRIVERS["csa"][1] in used
     if name == "reactnet":
         assert used >= {_prelu_ser, _add_ser}  # RPReLU, the residual add
     x = dyadic_input((2, *shape), seed=3).numpy()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
 from bnnprune.engine.kernels.base import pixel_bases, pixel_start
+from bnnprune.engine.kernels.intrinsics import CSA_MIN_WORDS, SCHEMES, counting_scheme
 from bnnprune.engine.pack import pack_signs, tail_mask, unpack_signs
 from bnnprune.models import build_model
 
@@ -62,11 +63,21 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (2, 6, 5, 40, 130, 3, 1, 1, -1),
     (1, 5, 5, 64, 120, 3, 2, 1, 1),
     (2, 7, 7, 90, 90, 3, 1, 1, -1),
+    # carry-save windows: 16 words (two whole groups), 27 (three and a tail of 3), 25 with a
+    # lone half block, 20 words over two output words
+    (1, 5, 4, 1000, 24, 1, 1, 0, 1),
+    (1, 6, 6, 130, 40, 3, 1, 1, -1),
+    (2, 5, 5, 64, 20, 5, 1, 2, 1),
+    (1, 4, 5, 320, 100, 2, 1, 0, -1),
 ]
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("n,h,w,cin,co,k,s,p,pv", CONVS)
-def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p, pv, rng):
+def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p, pv, scheme,
+                                                       rng):
+    """Every counting scheme runs on any x86 CPU (``popcount`` is ``vpopcntq`` only where
+    the CPU has it), so each is checked here whatever the machine would choose."""
     wd = K.words(cin)
     x = _random_bits(rng, (n, h, w, wd), cin)
     wt = _random_bits(rng, (co, k, k * wd), cin)
@@ -83,15 +94,17 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
     expect_f = ((np.float32(nbits) - 2 * cnt).astype(np.float32) * aff[0] + aff[1]) \
         * aff[2] + aff[3]
 
-    got = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), thr=thr, flip=flip)
+    got = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), thr=thr, flip=flip,
+                      scheme=scheme)
     assert np.array_equal(got, expect)
     # every output word is written whole (nothing relies on a zeroed buffer), also in parallel
     init, xmask = K.threshold_init(thr, flip)
     dirty = np.full_like(expect, ~np.uint64(0))
     K.bconv_call(xp, K.block_weights(wt), co, (s, s), nbits, dirty, init, xmask=xmask,
-                 threads=2)()
+                 threads=2, scheme=scheme)()
     assert np.array_equal(dirty, expect)
-    got_f = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), affine=aff)
+    got_f = K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo), affine=aff,
+                         scheme=scheme)
     assert np.array_equal(got_f, expect_f)
 
     # the same convolution on a dense bit patch matrix (taps packed back to back)
@@ -102,15 +115,78 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
     K.im2col_bits_call(xp, cin, (k, k), (s, s), planes)()
     wb = K.block_weights(dense)
     dirty = np.full_like(expect, ~np.uint64(0))
-    K.bconv_patch_call(planes, wb, co, nbits, dirty, init, xmask=xmask)()
+    K.bconv_patch_call(planes, wb, co, nbits, dirty, init, xmask=xmask, scheme=scheme)()
     assert np.array_equal(dirty, expect)
     got_f = np.empty_like(expect_f)
     K.bconv_patch_call(planes, wb, co, nbits, got_f, np.zeros_like(init),
-                       affine=aff, threads=1)()
+                       affine=aff, threads=1, scheme=scheme)()
     assert np.array_equal(got_f, expect_f)
     # the same on one thread
     assert np.array_equal(K.run_bconv(xp, K.block_weights(wt), co, (s, s), nbits, (ho, wo),
-                                      thr=thr, flip=flip, threads=1), expect)
+                                      thr=thr, flip=flip, threads=1, scheme=scheme),
+                          expect)
+
+
+def test_conv_cases_cover_carry_save_groups_tails_and_short_windows():
+    """The cases above reach every branch of the ``csa`` scheme: windows below
+    CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail."""
+    sizes = {k * k * K.words(cin) for _, _, _, cin, _, k, _, _, _ in CONVS}
+    assert any(n < CSA_MIN_WORDS for n in sizes)
+    long = [n for n in sizes if n >= CSA_MIN_WORDS]
+    assert any(n % 8 == 0 for n in long) and any(n % 8 for n in long)
+
+
+def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
+    assert counting_scheme(frozenset({"avx2", "popcnt"})) == "csa"
+    assert counting_scheme(frozenset({"avx512f", "avx512vpopcntdq"})) == "popcount"
+    monkeypatch.setenv("BNNPRUNE_COUNTING", "popcount")
+    assert counting_scheme() == "popcount"
+    monkeypatch.setenv("BNNPRUNE_COUNTING", "nibble")
+    with pytest.raises(EngineError, match="BNNPRUNE_COUNTING"):
+        counting_scheme()
+    monkeypatch.delenv("BNNPRUNE_COUNTING")
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+popcnt,-avx512vpopcntdq")
+    assert counting_scheme() == "csa"
+
+
+@pytest.mark.parametrize("cin,k,dense,carry_save", [(192, 3, False, True), (64, 3, False, False),
+                                                  (1024, 1, False, True),
+                                                  (96, 5, True, False)])
+def test_csa_counts_carry_save_only_long_direct_windows(cin, k, dense, carry_save, rng):
+    """The csa scheme binds the carry-save GEMM for direct windows of CSA_MIN_WORDS words
+    or more, the per-word one for shorter windows and dense patch rows; both exact."""
+    from bnnprune.engine.kernels.bconv import _DRIVERS
+    co, wd = 40, K.words(cin)
+    x = _random_bits(rng, (1, 6, 6, wd), cin)
+    wt = _random_bits(rng, (co, k, k * wd), cin)
+    xp = K.run_pad_bits(x, (k // 2, k // 2), tail_mask(cin))
+    nbits = cin * k * k
+    thr = rng.integers(0, nbits, size=co).astype(np.int32)
+    init, xmask = K.threshold_init(thr, np.zeros(co, np.uint8))
+    cnt = _popcounts(xp, wt, k, 1, (6, 6))
+    expect = pack_signs(np.where(cnt > thr, -1.0, 1.0).astype(np.float32))
+    out = np.empty_like(expect)
+    if dense:
+        planes = np.zeros(K.patch_planes_shape(1, *xp.shape[1:3], cin, (k, k), (1, 1)),
+                          np.uint64)
+        K.im2col_bits_call(xp, cin, (k, k), (1, 1), planes)()
+        call = K.bconv_patch_call(planes, K.block_weights(K.dense_bits(wt, cin)), co, nbits,
+                                  out, init, xmask=xmask, threads=1, scheme="csa")
+    else:
+        call = K.bconv_call(xp, K.block_weights(wt), co, (1, 1), nbits, out, init,
+                            xmask=xmask, threads=1, scheme="csa")
+    assert call.func is _DRIVERS["csa" if carry_save else "popcount"][1]
+    call()
+    assert np.array_equal(out, expect)
+
+
+def test_bconv_refuses_an_unknown_counting_scheme():
+    x = np.zeros((1, 3, 3, 1), np.uint64)
+    wb = K.block_weights(np.zeros((16, 3, 3), np.uint64))
+    init, xmask = K.threshold_init(np.zeros(16, np.int32), np.zeros(16, np.uint8))
+    out = np.empty((1, 1, 1, 1), np.uint64)
+    with pytest.raises(EngineError, match="counting scheme"):
+        K.bconv_call(x, wb, 16, (1, 1), 9, out, init, xmask=xmask, scheme="nibble")
 
 
 FCONVS = [(2, 9, 7, 3, 37, 5, 1, 2), (1, 12, 12, 3, 192, 5, 1, 2), (3, 6, 6, 5, 20, 3, 2, 1),

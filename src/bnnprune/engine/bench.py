@@ -31,10 +31,15 @@ from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
 from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.kernels.intrinsics import (
+    CSA_GROUP,
+    CSA_LANES,
     FMA_CHAINS,
     XPC_CHAINS,
     XPC_LANES,
+    counting_scheme,
+    csa_chains,
     fma_chains,
+    instruction_set,
     xpc_chains,
 )
 from bnnprune.engine.latency import build_cost_model, op_channels
@@ -85,23 +90,91 @@ def _xpc_probe(reps, out):
         out[t] = xpc_chains(reps, t + 1)
 
 
-def roofline(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
-             ) -> dict[str, float]:
-    """XOR+popcount peak with register-resident operands on every numba thread.
+@njit(parallel=True, cache=True)
+def _csa_probe(reps, out):
+    for t in prange(out.shape[0]):
+        out[t] = csa_chains(reps, t + 1)
 
-    Each thread runs :data:`~bnnprune.engine.kernels.intrinsics.XPC_CHAINS` independent
-    vector chains (the GEMM's vector width) of the GEMM's XOR, popcount and accumulate without
-    its operand loads, so no memory limits it: an upper bound for any kernel built from them.
-    The best probe counts, so a probe that was preempted on a shared machine does not lower
-    the reference (as in :func:`fma_peak`).
+
+# (probe, 64-bit words counted per repetition on one thread) of each counting scheme
+_SCHEME_PROBES = {"popcount": (_xpc_probe, XPC_CHAINS * XPC_LANES),
+                  "csa": (_csa_probe, CSA_GROUP * CSA_LANES)}
+
+
+def roofline(seconds: float = 0.2, probe_s: float = 0.004, min_probes: int = 10
+             ) -> dict[str, Any]:
+    """XOR+popcount peak with register-resident operands on every numba thread: the best
+    binary-MAC rate of the engine's counting schemes on this machine.
+
+    Per scheme, each thread runs the GEMM's XOR and counting without its operand loads, so no
+    memory limits it: ``popcount`` on :data:`~bnnprune.engine.kernels.intrinsics.XPC_CHAINS`
+    independent vector chains of XOR, ``llvm.ctpop`` and add; ``csa`` on one chain of
+    carry-save groups (:func:`~bnnprune.engine.kernels.intrinsics.csa_chains`). Each scheme
+    is probed for ``seconds``; the best probe counts, so a probe that was preempted on a
+    shared machine does not lower the reference (as in :func:`fma_peak`). Returns the best
+    scheme's rate, its name and every scheme's rate (binary MACs/s).
     """
     threads = numba.get_num_threads()
     out = np.zeros(threads, np.int64)
-    _xpc_probe(1, out)
-    reps, best = _best_probe(lambda r, rows: _xpc_probe(r, out[:rows]), threads, 64, seconds,
-                             probe_s, min_probes)
-    wps = threads * reps * XPC_CHAINS * XPC_LANES / best
-    return {"words_per_s": wps, "bmacs_per_s": 64 * wps}
+    rates = {}
+    for scheme, (probe, words) in _SCHEME_PROBES.items():
+        probe(1, out)
+        reps, best = _best_probe(lambda r, rows, probe=probe: probe(r, out[:rows]), threads,
+                                 64, seconds, probe_s, min_probes)
+        rates[scheme] = 64 * threads * reps * words / best
+    scheme = max(rates, key=rates.__getitem__)
+    return {"words_per_s": rates[scheme] / 64, "bmacs_per_s": rates[scheme], "scheme": scheme,
+            "schemes": rates}
+
+
+LIMIT_ROUNDS = 3  # calibrations of the physical limit before the timed runs, and as many after
+LIMIT_TOLERANCE = 0.15  # the largest relative spread of a limit component's calibrations
+
+
+def limit_round(seconds: float = 0.2) -> dict[str, Any]:
+    """One calibration of the physical limit: :func:`roofline` and :func:`fma_peak`."""
+    roof = roofline(seconds=seconds)
+    return {"bmacs_per_s": roof["bmacs_per_s"], "scheme": roof["scheme"],
+            "schemes": roof["schemes"], "fmacs_per_s": fma_peak(seconds=seconds)["fmacs_per_s"]}
+
+
+def limit_summary(rounds: list[dict[str, Any]], tolerance: float = LIMIT_TOLERANCE
+                  ) -> dict[str, Any]:
+    """The physical limit from repeated calibrations (:func:`limit_round`): each component's
+    best, its spread over the rounds (max / min - 1) and whether every spread is within
+    ``tolerance``. A share of the limit is reported only when they agree: a disturbed probe
+    (a preempted one is slower, one on a briefly quieter core faster) shows as a spread."""
+    out: dict[str, Any] = {"rounds": rounds, "tolerance": tolerance,
+                           "counting_scheme": counting_scheme(),
+                           "instruction_set": instruction_set()}
+    spread = {}
+    for key in ("bmacs_per_s", "fmacs_per_s"):
+        vals = [r[key] for r in rounds]
+        out[key] = max(vals)
+        spread[key] = max(vals) / min(vals) - 1
+    best = max(rounds, key=lambda r: r["bmacs_per_s"])
+    out["scheme"] = best["scheme"]
+    out["schemes"] = {k: max(r["schemes"][k] for r in rounds) for k in best["schemes"]}
+    out["spread"] = spread
+    out["consistent"] = all(v <= tolerance for v in spread.values())
+    return out
+
+
+def format_limit(lim: dict[str, Any]) -> str:
+    """One or two lines: the limit's components, their schemes and the calibrations' spread;
+    says so when the calibrations disagree (no share of the limit is then given)."""
+    spread = lim["spread"]
+    others = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in lim["schemes"].items()
+                       if k != lim["scheme"])
+    text = (f"physical limit: {lim['bmacs_per_s'] / 1e9:.1f} G binary MACs/s (roofline, "
+            f"{lim['scheme']} counting; {others}) + {lim['fmacs_per_s'] / 1e9:.1f} G float "
+            f"MACs/s (FMA peak); {len(lim['rounds'])} calibrations, spread "
+            f"{100 * spread['bmacs_per_s']:.0f}% / {100 * spread['fmacs_per_s']:.0f}%;"
+            f" engine: {lim['instruction_set']}, {lim['counting_scheme']} counting")
+    if not lim["consistent"]:
+        text += (f"\ncalibrations disagree by more than {100 * lim['tolerance']:.0f}%: the "
+                 "machine was disturbed, no share of the limit is given")
+    return text
 
 
 def _best_probe(run: Callable[[int, int], Any], threads: int, reps: int, seconds: float,
@@ -271,8 +344,7 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
         raise EngineError("repeats and batch sizes must be >= 1")
     counts = {i: ([c], [o]) for i, (c, o) in
               enumerate(op_channels(program, i) for i in range(len(program.ops)))}
-    roof = roofline(seconds=probe_s)["bmacs_per_s"]
-    fma = fma_peak(seconds=probe_s)["fmacs_per_s"]
+    rounds = [limit_round(probe_s) for _ in range(LIMIT_ROUNDS)]
     work = {"pruned": (program_bops(program), program_float_macs(program)),
             "unpruned": (program_bops(baseline), program_float_macs(baseline))}
     out: dict[str, Any] = {
@@ -281,9 +353,9 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
                  "ratio": _ratio(work["pruned"][0], work["unpruned"][0])},
         "float_macs": {"pruned": work["pruned"][1], "unpruned": work["unpruned"][1],
                        "ratio": _ratio(work["pruned"][1], work["unpruned"][1])},
-        "physical_limit": {"bmacs_per_s": roof, "fmacs_per_s": fma},
         "batches": {},
     }
+    times = {}
     for batch in batches:
         lat = compare_latency(program, baseline, batch, repeats)
         model = build_cost_model(baseline, counts, batch=batch, threads=numba.get_num_threads(),
@@ -293,13 +365,26 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
             "ratio": lat["latency_ratio"],
             "predicted_ratio": model.predict(program) / model.predict(baseline),
         }
-        for key, prog_s in (("pruned", lat["latency_s"]), ("unpruned", lat["baseline_latency_s"])):
-            bops, macs = work[key]
-            limit = batch * (bops / roof + macs / fma)
-            entry[f"{key}_limit_s"] = limit
-            entry[f"{key}_fraction_of_limit"] = limit / prog_s
+        times[batch] = {"pruned": lat["latency_s"], "unpruned": lat["baseline_latency_s"]}
         out["batches"][str(batch)] = entry
+    rounds += [limit_round(probe_s) for _ in range(LIMIT_ROUNDS)]
+    lim = out["physical_limit"] = limit_summary(rounds)
+    for batch, entry in zip(batches, out["batches"].values(), strict=True):
+        for key, prog_s in times[batch].items():
+            bops, macs = work[key]
+            limit = batch * (bops / lim["bmacs_per_s"] + macs / lim["fmacs_per_s"])
+            entry[f"{key}_limit_s"] = limit
+            entry[f"{key}_fraction_of_limit"] = limit / prog_s if lim["consistent"] else None
+            # the same share against per-word popcount counting alone (issue 31's yardstick)
+            pc = batch * (bops / lim["schemes"]["popcount"] + macs / lim["fmacs_per_s"])
+            entry[f"{key}_fraction_of_popcount_limit"] = (pc / prog_s if lim["consistent"]
+                                                          else None)
     return out
+
+
+def share_text(v: float | None) -> str:
+    """A share of the limit as a percentage, ``-`` where none was given."""
+    return "-" if v is None else f"{100 * v:.0f}%"
 
 
 def format_pair(pair: dict[str, Any]) -> str:
@@ -311,11 +396,9 @@ def format_pair(pair: dict[str, Any]) -> str:
     for b, e in pair["batches"].items():
         lines.append(f"{b:>7}{e['pruned_s'] * 1e3:>11.3f}{e['unpruned_s'] * 1e3:>13.3f}"
                      f"{e['ratio']:>8.3f}{e['predicted_ratio']:>11.3f}"
-                     f"{100 * e['pruned_fraction_of_limit']:>8.0f}%"
-                     f"{100 * e['unpruned_fraction_of_limit']:>16.0f}%")
-    lim = pair["physical_limit"]
-    lines.append(f"physical limit: {lim['bmacs_per_s'] / 1e9:.1f} G binary MACs/s (XOR+popcount "
-                 f"roofline) + {lim['fmacs_per_s'] / 1e9:.1f} G float MACs/s (FMA peak)")
+                     f"{share_text(e['pruned_fraction_of_limit']):>9}"
+                     f"{share_text(e['unpruned_fraction_of_limit']):>17}")
+    lines.append(format_limit(pair["physical_limit"]))
     return "\n".join(lines)
 
 
@@ -379,8 +462,13 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
     roof_after = roofline()
     roof_best = max(roof["bmacs_per_s"], roof_after["bmacs_per_s"])
     kern = macs / secs if secs > 0 else 0.0
+    best = roof if roof["bmacs_per_s"] >= roof_after["bmacs_per_s"] else roof_after
     result["roofline"] = {"bmacs_per_s": roof_best, "words_per_s": roof_best / 64,
-                          "threads": numba.get_num_threads()}
+                          "threads": numba.get_num_threads(), "scheme": best["scheme"],
+                          "schemes": best["schemes"],
+                          "spread": max(roof["bmacs_per_s"], roof_after["bmacs_per_s"])
+                          / min(roof["bmacs_per_s"], roof_after["bmacs_per_s"]) - 1}
+    result["counting"] = {"scheme": counting_scheme(), "instruction_set": instruction_set()}
     result["kernel"] = {"batch": kernel_batch, "layers": rows, "bmacs_per_s": kern,
                         "fraction_of_roofline": kern / roof_best if roof_best else 0.0}
 
@@ -423,6 +511,7 @@ def format_benchmark(result: dict[str, Any]) -> str:
     lines = [f"machine: {m['cpu']} ({isa_label(m['isa'])}), {m['logical_cores']} "
              "logical cores, numba threads "
              f"{m['numba_threads']}, torch threads {m['torch_threads']}",
+             f"cpu flags: {' '.join(m.get('cpu_flags', [])) or 'unknown'}",
              f"input {tuple(result['input_shape'])}, {result['bops']:,} binary MACs per image"]
     if "file_bytes" in result:
         lines.append(f"file {result['file_bytes']:,} bytes (binary/8 + float*4 = "
@@ -433,8 +522,11 @@ def format_benchmark(result: dict[str, Any]) -> str:
         name = r["op"] + (" (patch matrix)" if r.get("dense") else "")
         lines.append(f"  {name:<26}{r['bmacs_per_s'] / 1e9:>10.1f}{r['seconds'] * 1e3:>10.3f}")
     lines.append(f"  {'all binary layers':<26}{kern['bmacs_per_s'] / 1e9:>10.1f}")
-    lines.append(f"  {'roofline (XOR+popcount)':<26}{roof['bmacs_per_s'] / 1e9:>10.1f}"
-                 f"   kernel = {100 * kern['fraction_of_roofline']:.0f}% of roofline")
+    lines.append(f"  {'roofline (' + roof['scheme'] + ')':<26}{roof['bmacs_per_s'] / 1e9:>10.1f}"
+                 f"   kernel = {100 * kern['fraction_of_roofline']:.0f}% of roofline; "
+                 + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in roof["schemes"].items())
+                 + f"; engine: {result['counting']['instruction_set']}, "
+                 f"{result['counting']['scheme']} counting")
     lines += ["", f"{'end to end':<28}{'engine ms':>10}{'torch ms':>10}{'img/s eng':>11}"
                   f"{'img/s torch':>12}{'speedup':>9}"]
     for label in ("latency", "throughput"):

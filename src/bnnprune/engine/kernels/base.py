@@ -68,6 +68,9 @@ def _stamp_engine_caches() -> None:
 _stamp_engine_caches()
 
 BLOCK_CH = 16  # output channels per register block (2 x <8 x i64> or 2 x <8 x float>)
+# output channels per vector: the step of every kernel's work in the output channels (a half
+# block; the carry-save GEMM's unit, :data:`~.intrinsics.CSA_LANES`), as conv_work counts it
+UNIT_CH = BLOCK_CH // 2
 TILE_PIX = 32  # output pixels that reuse one weight block while it sits in L1
 FPIX = 4  # pixels per register block of the float conv
 
@@ -229,12 +232,15 @@ def conv_work(kind: str, kh: int, kw: int, cin: int, cout: int, run: int) -> flo
     counted in the units its kernels pay for: a binary conv pays XNOR-popcount words (per
     tap, or dense patch rows plus the cost of building them, ``run`` as in
     :func:`use_patch_matrix`) times 8-channel half blocks; a float conv pays taps x input
-    channels x 8-channel vectors.
+    channels x 8-channel vectors. Both counting schemes of the binary GEMM
+    (:func:`~.intrinsics.counting_scheme`) step at the same counts: 64-bit input words and
+    :data:`UNIT_CH`-channel output vectors (per-word popcount's half blocks, the carry-save
+    passes' units).
 
     The two units are not comparable; what counts is where the work steps with the channel
     counts (the planner's ``round_to="auto"`` keeps only counts where it does).
     """
-    halves = -(-int(cout) // (BLOCK_CH // 2)) / 2
+    halves = -(-int(cout) // UNIT_CH) / 2
     if kind == "fconv":
         return kh * kw * cin * halves
     direct, dense = _bconv_paths(kh, kw, cin, halves, run)

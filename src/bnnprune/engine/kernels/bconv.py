@@ -10,6 +10,7 @@ that share each weight vector load.
 from __future__ import annotations
 
 import functools
+import types as pytypes
 from collections.abc import Callable
 
 import numpy as np
@@ -32,8 +33,11 @@ from bnnprune.engine.kernels.base import (
     words,
 )
 from bnnprune.engine.kernels.intrinsics import (
+    CSA_MIN_WORDS,
+    SCHEMES,
     WORD_BLOCKS,
     XWORD_MAX_PIX,
+    counting_scheme,
     xpc_affine_word,
     xpc_word,
     xword_pix,
@@ -75,9 +79,10 @@ def threshold_init(thr: np.ndarray, flip: np.ndarray) -> tuple[np.ndarray, np.nd
 _xword_pix = njit(inline="always")(xword_pix)
 
 
-@njit(cache=True)
-def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride, init, xmask,
-                 use_bits, nbits, m1, a1, m2, a2, co, out_b, out_f, t_lo, t_hi):
+def _tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride, init, xmask,
+           use_bits, nbits, m1, a1, m2, a2, co, out_b, out_f, offs, t_lo, t_hi):
+    """The GEMM's row function; ``CSA`` (a constant bound per variant, :func:`_variant`)
+    selects the counting scheme."""
     m_total = out_b.shape[0] if use_bits else out_f.shape[0]
     kk = kh * seg * BLOCK_CH
     out_flat = out_f.reshape(-1)
@@ -117,13 +122,14 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
             if use_bits:
                 while i < npx:
                     xpc_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk, init, c0,
-                             xmask, wi, ob_flat, (t0 + i) * nw + wi, nw, npx - i, nb, half)
+                             xmask, wi, ob_flat, (t0 + i) * nw + wi, nw, npx - i, nb, half,
+                             offs, CSA)  # noqa: F821
                     i += step
             else:
                 while i < npx:
                     xpc_affine_word(x, bases, i, rowstep, kh, seg, kstride, w, cb0 * kk, kk,
                                     init, c0, nbits, m1, a1, m2, a2, dst, d0 + i * pitch + c0,
-                                    pitch, npx - i, nb, half)
+                                    pitch, npx - i, nb, half, offs, CSA)  # noqa: F821
                     i += step
         if not direct:
             o = np.uint64(t0 * co)
@@ -134,7 +140,22 @@ def _bconv_tiles(x, w, ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstrid
                 o += np.uint64(co)
 
 
+def _variant(fn: Callable, name: str, csa: bool) -> Callable:
+    """``fn`` compiled with the global ``CSA`` bound to ``csa`` (a compile-time constant, so
+    the scheme not taken is folded away: the ``popcount`` variant is the per-word GEMM alone,
+    its registers not shared with carry-save code), named ``name`` for numba's cache."""
+    code = fn.__code__.replace(co_name=name)
+    glb = {**fn.__globals__, "CSA": csa}
+    out = pytypes.FunctionType(code, glb, name)
+    out.__module__, out.__qualname__, out.__doc__ = fn.__module__, name, fn.__doc__
+    return njit(cache=True)(out)
+
+
+_bconv_tiles = _variant(_tiles, "_bconv_tiles", False)
+_bconv_tiles_csa = _variant(_tiles, "_bconv_tiles_csa", True)
 _bconv_par, _bconv_ser = twins(_bconv_tiles)
+_bconv_csa_par, _bconv_csa_ser = twins(_bconv_tiles_csa)
+_DRIVERS = {"popcount": (_bconv_par, _bconv_ser), "csa": (_bconv_csa_par, _bconv_csa_ser)}
 
 
 def bconv_call(
@@ -149,6 +170,7 @@ def bconv_call(
     xmask: np.ndarray | None = None,
     affine: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     threads: int | None = None,
+    scheme: str | None = None,
 ) -> Callable[[], None]:
     """Validate an XNOR-popcount convolution of ``xp`` (N, Hp, Wp, Wd) into ``out``.
 
@@ -156,7 +178,8 @@ def bconv_call(
     With ``xmask`` (and ``init`` from :func:`threshold_init`) ``out`` is packed bits
     (N, Ho, Wo, words(Co)); with ``affine`` = (m1, a1, m2, a2) and a zero ``init`` it is
     float32 (N, Ho, Wo, Co) = ((K - 2*popcount) * m1 + a1) * m2 + a2 with K = ``nbits``.
-    Returns the kernel call, bound to these arrays.
+    ``scheme``: the counting scheme (:data:`~.intrinsics.SCHEMES`), by default this CPU's
+    (:func:`~.intrinsics.counting_scheme`). Returns the kernel call, bound to these arrays.
     """
     need(xp.dtype == np.uint64 and xp.ndim == 4 and xp.flags.c_contiguous, "xp uint64 4-D")
     need(wb.dtype == np.uint64 and wb.ndim == 4 and wb.flags.c_contiguous, "w uint64 4-D")
@@ -164,7 +187,7 @@ def bconv_call(
     _, kh, seg, _ = (int(s) for s in wb.shape)
     need(wd >= 1 and seg % wd == 0, "weight row length is a multiple of the input words")
     geometry = (n, kh, seg // wd, seg, wd, hp, wp, *(int(s) for s in stride), wp * wd, 1)
-    return _bind(xp, wb, co, geometry, nbits, out, init, xmask, affine, threads)
+    return _bind(xp, wb, co, geometry, nbits, out, init, xmask, affine, threads, scheme)
 
 
 def bconv_patch_call(
@@ -178,6 +201,7 @@ def bconv_patch_call(
     xmask: np.ndarray | None = None,
     affine: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     threads: int | None = None,
+    scheme: str | None = None,
 ) -> Callable[[], None]:
     """:func:`bconv_call` on the patch planes (Kp, N, Ho, pitch) of
     :func:`~bnnprune.engine.kernels.bitpatch.im2col_bits_call`, with the dense weights
@@ -191,12 +215,23 @@ def bconv_patch_call(
     # the planes as an (N, Ho, pitch) image of one word per pixel and a 1 x 1 window of Kp
     # words, one plane apart
     geometry = (n, 1, 1, kp, 1, ho, pitch, 1, 1, 0, n * ho * pitch)
-    return _bind(planes, wb, co, geometry, nbits, out, init, xmask, affine, threads)
+    return _bind(planes, wb, co, geometry, nbits, out, init, xmask, affine, threads, scheme)
+
+
+def uses_csa(scheme: str, window_words: int, kstride: int) -> bool:
+    """Whether a GEMM of scheme ``scheme`` counts carry-save: direct windows (words 1 apart
+    in a row) of at least :data:`~.intrinsics.CSA_MIN_WORDS` words. Short windows and
+    dense patch rows (words a plane apart) measured slower carry-save than in the
+    per-word variant (NIN's 38-word patch rows 0.87x, its 3-word 1x1 convs 0.84-0.96x in
+    the csa variant's per-word branch; ``benchmarks/bench_counting.py --clock cpu`` on a
+    shared AMD EPYC, provisional), so they run the ``popcount`` variant."""
+    return scheme == "csa" and window_words >= CSA_MIN_WORDS and kstride == 1
 
 
 def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbits: int,
           out: np.ndarray, init: np.ndarray, xmask: np.ndarray | None,
-          affine: tuple[np.ndarray, ...] | None, threads: int | None) -> Callable[[], None]:
+          affine: tuple[np.ndarray, ...] | None, threads: int | None,
+          scheme: str | None) -> Callable[[], None]:
     """The checks and the bound kernel call shared by :func:`bconv_call` and
     :func:`bconv_patch_call`; ``geometry`` = (n, kh, kw, seg, wd, hp, wp, sh, sw, rowstep,
     kstride): the window as the kernel walks it, ``kh`` rows ``rowstep`` apart of ``seg``
@@ -212,8 +247,13 @@ def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbi
     need(0 <= nbits <= kh * seg * 64 and nbits < 2**31, "bit count fits the words")
     need(init.dtype == np.int64 and init.shape == (ncb * BLOCK_CH,)
          and init.flags.c_contiguous, "init int64 (blocks*16,)")
+    scheme = counting_scheme() if scheme is None else scheme
+    need(scheme in SCHEMES, f"counting scheme one of {SCHEMES}")
     m_total = n * ho * wo
     ntiles = -(-m_total // TILE_PIX)
+    # each window word's offset from a pixel's base, in the order of its weights
+    offs = (np.arange(kh, dtype=np.int64)[:, None] * rowstep
+            + np.arange(seg, dtype=np.int64)[None, :] * kstride).reshape(-1)
     flat = x.reshape(-1)
     wflat = wb.reshape(-1)
     shape = (ncb, kh, seg, wd, hp, wp, ho, wo, sh, sw, rowstep, kstride)
@@ -222,7 +262,7 @@ def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbi
         need(xmask.dtype == np.uint64 and xmask.shape == (words(co),), "xmask uint64 (words,)")
         need(out.dtype == np.uint64 and int(out.shape[3]) == words(co), "out bits (.., words)")
         args = (flat, wflat, *shape, init, xmask, True, nbits, F1, F1, F1, F1, co,
-                out.reshape(m_total, -1), EMPTY_F32)
+                out.reshape(m_total, -1), EMPTY_F32, offs)
     else:
         need(affine is not None and len(affine) == 4, "float mode needs the affine arrays")
         for a in affine:
@@ -230,11 +270,12 @@ def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbi
         need(out.dtype == np.float32 and int(out.shape[3]) == co, "out float (.., Co)")
         blocked = tuple(block_channels(a, 0.0) for a in affine)  # whole blocks are read
         args = (flat, wflat, *shape, init, U1, False, nbits, *blocked, co, EMPTY_U64,
-                out.reshape(m_total, co))
+                out.reshape(m_total, co), offs)
     if not m_total:
         return noop
     work = m_total * ncb * kh * seg * 4.0  # ns: 16 XOR-popcounts of one word
-    fn = _bconv_par if use_parallel(work, threads) else _bconv_ser
+    par, ser = _DRIVERS["csa" if uses_csa(scheme, kh * seg, kstride) else "popcount"]
+    fn = par if use_parallel(work, threads) else ser
     return functools.partial(fn, ntiles, ntiles, *args)  # one tile per chunk
 
 
@@ -250,6 +291,7 @@ def run_bconv(
     flip: np.ndarray | None = None,
     affine: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     threads: int | None = None,
+    scheme: str | None = None,
 ) -> np.ndarray:
     """XNOR-popcount convolution of the padded packed input ``xp`` (N, Hp, Wp, Wd).
 
@@ -269,10 +311,12 @@ def run_bconv(
         need(flip.dtype == np.uint8 and flip.shape == (co,), "flip uint8 (Co,)")
         init, xmask = threshold_init(thr, flip)
         out = np.empty((*shape, words(co)), np.uint64)
-        bconv_call(xp, wb, co, stride, nbits, out, init, xmask=xmask, threads=threads)()
+        bconv_call(xp, wb, co, stride, nbits, out, init, xmask=xmask, threads=threads,
+                   scheme=scheme)()
         return out
     need(affine is not None and flip is None, "float mode needs the affine arrays")
     out = np.empty((*shape, co), np.float32)
     init = np.zeros(-(-co // BLOCK_CH) * BLOCK_CH, np.int64)
-    bconv_call(xp, wb, co, stride, nbits, out, init, affine=affine, threads=threads)()
+    bconv_call(xp, wb, co, stride, nbits, out, init, affine=affine, threads=threads,
+               scheme=scheme)()
     return out

@@ -39,7 +39,12 @@ from bnnprune.engine.kernels.act import (
     _prelu_rows,
     _prelu_ser,
 )
-from bnnprune.engine.kernels.bconv import _bconv_ser, _bconv_tiles
+from bnnprune.engine.kernels.bconv import (
+    _bconv_csa_ser,
+    _bconv_ser,
+    _bconv_tiles,
+    _bconv_tiles_csa,
+)
 from bnnprune.engine.kernels.bitpatch import _im2col_bits_rows, _im2col_bits_ser
 from bnnprune.engine.kernels.fconv import _fconv_ser, _fconv_tiles
 from bnnprune.engine.kernels.pack import _affine_pack_rows, _affine_pack_ser
@@ -63,7 +68,7 @@ _I64 = ir.IntType(64)
 # once per layout)
 KERNELS: tuple[tuple[Any, str], ...] = (
     (_fconv_ser, "f1 f1 i i i i i i i i i i f1 f1 f1 u1 b b i u2 f2"),
-    (_bconv_ser, "u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2"),
+    (_bconv_ser, "u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2 s1"),
     (_bitpool_ser, "u4 i i i i i i u4"),
     (_pad_ser, "u4 i i u4"),
     (_pad_ser, "f4 i i f4"),
@@ -74,6 +79,7 @@ KERNELS: tuple[tuple[Any, str], ...] = (
     (_prelu_ser, "f2 f1 f1 f1 f2"),
     (_affine_ser, "f2 f1 f1 f2"),
     (_add_ser, "f2 f2 f2"),
+    (_bconv_csa_ser, "u1 u1 i i i i i i i i i i i i s1 u1 b i f1 f1 f1 f1 i u2 f2 s1"),
 )
 _BY_DRIVER: dict[Any, list[tuple[int, list[str]]]] = {}
 for _kid, (_driver, _spec) in enumerate(KERNELS):
@@ -135,7 +141,7 @@ def _decoder(spec: str):
     return decode
 
 
-(_D0, _D1, _D2, _D3, _D4, _D5, _D6, _D7, _D8, _D9, _D10, _D11) = (
+(_D0, _D1, _D2, _D3, _D4, _D5, _D6, _D7, _D8, _D9, _D10, _D11, _D12) = (
     _decoder(spec) for _, spec in KERNELS)
 
 
@@ -172,6 +178,8 @@ def run_chain(tab, offs):
             _affine_rows(*_D10(tab, a), 0, n)
         elif k == 11:
             _add_rows(*_D11(tab, a), 0, n)
+        elif k == 12:
+            _bconv_tiles_csa(*_D12(tab, a), 0, n)
 
 
 def _encode_arg(tok: str, a: Any) -> list[int] | None:

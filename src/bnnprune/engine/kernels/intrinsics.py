@@ -4,7 +4,10 @@ The XNOR-popcount GEMM keeps two ``<8 x i64>`` accumulators (:data:`XPC_LANES`) 
 block and pixel (2-4 pixels at once, sharing each weight vector load, :func:`xword_pix`): each
 activation word is broadcast and XORed with the block's weight vectors, and
 ``llvm.ctpop.v8i64`` (``vpopcntq`` with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup +
-``vpsadbw`` on AVX2) counts the bits.
+``vpsadbw`` on AVX2) counts the bits. Without VPOPCNTDQ the counting scheme ``csa``
+(:func:`counting_scheme`) counts windows of at least :data:`CSA_MIN_WORDS` words by carry-save
+accumulation instead (the Harley-Seal scheme, :func:`_csa_passes`): the XOR results of
+:data:`CSA_GROUP` words summed bit-sliced by full adders, one popcount per group.
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
 A call computes a whole 64-channel output word: in threshold mode (:func:`xpc_word`) the
 accumulators start at ``-(thr+1)``, so the output bits are their sign bits; in float mode
@@ -17,6 +20,8 @@ bits of a 64-channel word, ``fconv_store4`` writes floats. :func:`xpc_chains` an
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from collections.abc import Callable
 
 from llvmlite import ir
@@ -24,7 +29,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from bnnprune.engine.kernels.base import BLOCK_CH, FPIX
+from bnnprune.engine.errors import EngineError
+from bnnprune.engine.kernels.base import BLOCK_CH, FPIX, UNIT_CH
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -342,6 +348,202 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
     return sig, codegen
 
 
+SCHEMES = ("popcount", "csa")  # counting schemes of the XOR-popcount GEMM
+CSA_GROUP = 8  # words summed bit-sliced per popcount (Harley-Seal over 3 bit planes)
+# Shorter windows count word by word: each carry-save pass ends with a popcount per bit plane
+# and one for its partial group, which windows of 9 words (3x3, 64 channels) did not win back
+# (0.86x of per-word counting on AVX2; 18 words 1.05x, 27 1.08x, 50 1.20x, with a popcount
+# per tail word then: one-off single-layer CPU times on a shared AMD EPYC, provisional;
+# benchmarks/bench_counting.py gives each conv's ratio on a machine)
+CSA_MIN_WORDS = 16
+# channels per carry-save pass: <8 x i64> (two ymm registers); its 3 bit planes and
+# accumulator stay in registers, and each broadcast activation word serves 8 channels (with
+# 4 the broadcasts made the passes no faster than per-word counting). The cost model's
+# output-channel step (base.conv_work) is this unit
+CSA_LANES = UNIT_CH
+
+
+SCHEME_ENV = "BNNPRUNE_COUNTING"  # forces a counting scheme (benchmarks compare them)
+
+
+@functools.cache
+def _host_features() -> frozenset[str]:
+    from llvmlite import binding
+    return frozenset(k for k, v in binding.get_host_cpu_features().items() if v)
+
+
+def cpu_features() -> frozenset[str]:
+    """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES`` when set (``+avx2,...``),
+    else the host's (LLVM's feature map)."""
+    env = os.environ.get("NUMBA_CPU_FEATURES", "").strip()
+    if env:
+        return frozenset(f[1:] for f in env.split(",") if f.startswith("+"))
+    return _host_features()
+
+
+def counting_scheme(features: frozenset[str] | None = None) -> str:
+    """The XOR-popcount GEMM's counting scheme for a CPU: ``popcount`` (one ``llvm.ctpop``
+    per word) where a vector popcount instruction exists (AVX-512 VPOPCNTDQ), else ``csa``
+    (carry-save accumulation: per-word popcount is a nibble-table sequence of several
+    instructions there, which Harley-Seal amortises over :data:`CSA_GROUP` words).
+    ``BNNPRUNE_COUNTING`` (one of :data:`SCHEMES`) overrides the choice for this machine."""
+    if features is None:
+        forced = os.environ.get(SCHEME_ENV, "").strip()
+        if forced:
+            if forced not in SCHEMES:
+                raise EngineError(f"{SCHEME_ENV}={forced!r}: not one of {', '.join(SCHEMES)}")
+            return forced
+        features = cpu_features()
+    return "popcount" if "avx512vpopcntdq" in features else "csa"
+
+
+def instruction_set(features: frozenset[str] | None = None) -> str:
+    """The vector instruction set the XOR-popcount GEMM compiles to on a CPU, as benchmarks
+    name it: ``avx512-vpopcntdq``, ``avx512bw``, ``avx2``, ``neon`` or ``generic``."""
+    feats = cpu_features() if features is None else features
+    for name, feat in (("avx512-vpopcntdq", "avx512vpopcntdq"), ("avx512bw", "avx512bw"),
+                       ("avx2", "avx2"), ("neon", "neon")):
+        if feat in feats:
+            return name
+    return "generic"
+
+
+def _csa(builder, c, a, b):
+    """A full adder over bit vectors: ``(carry, sum)`` of ``a + b + c`` bit by bit."""
+    if isinstance(b, ir.Constant):  # a zero word (a padded group): a half adder
+        return builder.and_(a, c), builder.xor(a, c)
+    u = builder.xor(a, b)
+    return builder.or_(builder.and_(a, b), builder.and_(u, c)), builder.xor(u, c)
+
+
+def _csa_tree(builder, planes, ds):
+    """Harley-Seal: adds the ``len(ds) = 2**m`` words into the bit planes ``planes[0..m-1]``
+    (allocas of weights 1, 2, ..., ``2**(m-1)``); returns the carry out, of weight ``2**m``."""
+    if len(ds) == 1:
+        return ds[0]
+    half = len(ds) // 2
+    m = half.bit_length() - 1  # the plane the two halves' carries meet in
+    a = _csa_tree(builder, planes, ds[:half])
+    b = _csa_tree(builder, planes, ds[half:])
+    hi, lo = _csa(builder, builder.load(planes[m]), a, b)
+    builder.store(lo, planes[m])
+    return hi
+
+
+def _csa_passes(builder, xp, bp, wp, ip, op, boff, kh, seg, offs, woff, bstep, ioff, count,
+                npix, nunits):
+    """The counts of :func:`xpc_word`'s ``min(count, npix)`` pixels x ``nunits`` units of
+    :data:`CSA_LANES` channels by carry-save accumulation, one (pixel, unit) pass at a time
+    with its bit planes in registers: ``init + popcount`` of unit ``u`` of pixel ``p`` to
+    the slot ``op[16p + u]``. Word ``i`` of the window is at ``x[base + offs[i]]``, its
+    weights at ``w[woff + (u // upb)*bstep + CSA_LANES*(u % upb) + 16*i]`` (``upb``: units
+    per 16-channel block)."""
+    vty = ir.VectorType(_I64, CSA_LANES)
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
+                                           f"llvm.ctpop.v{CSA_LANES}i64")
+    nbits = (CSA_GROUP - 1).bit_length()
+    zero = ir.Constant(vty, [0] * CSA_LANES)
+    planes = [cgutils.alloca_once(builder, vty) for _ in range(nbits)]
+    acc = cgutils.alloca_once(builder, vty)
+    n = builder.mul(kh, seg)
+    groups = builder.udiv(n, ir.Constant(_I64, CSA_GROUP))
+    n_grouped = builder.mul(groups, ir.Constant(_I64, CSA_GROUP))
+    c16 = ir.Constant(_I64, BLOCK_CH)
+    upb = BLOCK_CH // CSA_LANES
+    npx = builder.select(builder.icmp_signed("<", count, ir.Constant(_I64, npix)), count,
+                         ir.Constant(_I64, npix))
+    with cgutils.for_range(builder, npx) as pl:
+        xb = builder.gep(xp, [builder.load(builder.gep(bp, [builder.add(boff, pl.index)]))])
+        with cgutils.for_range(builder, ir.Constant(_I64, nunits)) as ul:
+            u = ul.index
+            wu = builder.add(builder.add(woff, builder.mul(
+                builder.udiv(u, ir.Constant(_I64, upb)), bstep)), builder.mul(
+                builder.urem(u, ir.Constant(_I64, upb)), ir.Constant(_I64, CSA_LANES)))
+            wb = builder.gep(wp, [wu])
+            for pln in planes:
+                builder.store(zero, pln)
+            builder.store(_vload(builder, ip, builder.add(
+                ioff, builder.mul(u, ir.Constant(_I64, CSA_LANES))), vty, 8), acc)
+
+            def word(i):
+                xv = builder.load(builder.gep(xb, [builder.load(builder.gep(offs, [i]))]))
+                wv = _vload(builder, wb, builder.mul(i, c16), vty, 8)
+                return builder.xor(_splat(builder, xv, vty), wv)
+
+            def group(i0, size):
+                """Words ``i0 ..`` of one group, its last ``CSA_GROUP - size`` zero."""
+                ds = [word(builder.add(i0, ir.Constant(_I64, j))) for j in range(size)]
+                hi = _csa_tree(builder, planes, ds + [zero] * (CSA_GROUP - size))
+                c = builder.shl(builder.call(ctpop, [hi]),
+                                ir.Constant(vty, [nbits] * CSA_LANES))
+                builder.store(builder.add(builder.load(acc), c), acc)
+
+            with cgutils.for_range(builder, groups) as gl:
+                group(builder.mul(gl.index, ir.Constant(_I64, CSA_GROUP)), CSA_GROUP)
+            # the last n % CSA_GROUP words: one group padded with zero words, a case per
+            # count (LLVM drops the adders of the zeros), not a popcount per word
+            done = builder.append_basic_block("csa_tail_done")
+            tails = [builder.append_basic_block(f"csa_tail{t}") for t in range(1, CSA_GROUP)]
+            sw = builder.switch(builder.sub(n, n_grouped), done)
+            for t, bb in enumerate(tails, start=1):
+                sw.add_case(ir.Constant(_I64, t), bb)
+                builder.position_at_end(bb)
+                group(n_grouped, t)
+                builder.branch(done)
+            builder.position_at_end(done)
+            total = builder.load(acc)
+            for lvl, pln in enumerate(planes):
+                c = builder.shl(builder.call(ctpop, [builder.load(pln)]),
+                                ir.Constant(vty, [lvl] * CSA_LANES))
+                total = builder.add(total, c)
+            slot = builder.add(builder.mul(pl.index, c16), u)
+            builder.store(total, builder.gep(op, [slot]))
+
+
+@intrinsic
+def csa_chains(typingctx, reps, seed):  # noqa: ARG001
+    """``reps`` rounds of the ``csa`` scheme's counting of :data:`CSA_GROUP` words (the
+    carry-save probe): per round ``s ^ c_j`` for constants ``c_j`` are the group's XOR
+    results, added into three bit planes and the popcount of the carry out into the
+    accumulator; ``s`` advances by one per round, so nothing can be hoisted. The GEMM's
+    :func:`_csa_passes` group without its operand loads, on one ``<CSA_LANES x i64>`` chain
+    (its planes fill the registers); returns the count of all rounds' bits."""
+    if not (isinstance(reps, types.Integer) and isinstance(seed, types.Integer)):
+        return None
+    sig = types.int64(reps, seed)
+
+    def codegen(context, builder, signature, args):
+        n, sd = _ints(context, builder, signature.args, args, (0, 1))
+        vty = ir.VectorType(_I64, CSA_LANES)
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]),
+                                               f"llvm.ctpop.v{CSA_LANES}i64")
+        nbits = (CSA_GROUP - 1).bit_length()
+        zero = ir.Constant(vty, [0] * CSA_LANES)
+        planes = [cgutils.alloca_once_value(builder, zero) for _ in range(nbits)]
+        acc = cgutils.alloca_once_value(builder, zero)
+        s = cgutils.alloca_once_value(builder, builder.mul(
+            _splat(builder, sd, vty), ir.Constant(vty, [2 * e + 1 for e in range(CSA_LANES)])))
+        consts = [ir.Constant(vty, [(0x9E3779B97F4A7C15 * (8 * j + e + 1)) % 2**63
+                                    for e in range(CSA_LANES)]) for j in range(CSA_GROUP)]
+        one = ir.Constant(vty, [1] * CSA_LANES)
+        with cgutils.for_range(builder, n):
+            sv = builder.load(s)
+            hi = _csa_tree(builder, planes, [builder.xor(sv, c) for c in consts])
+            c = builder.shl(builder.call(ctpop, [hi]), ir.Constant(vty, [nbits] * CSA_LANES))
+            builder.store(builder.add(builder.load(acc), c), acc)
+            builder.store(builder.add(sv, one), s)
+        total = builder.load(acc)
+        for lvl, pln in enumerate(planes):
+            total = builder.add(total, builder.shl(builder.call(ctpop, [builder.load(pln)]),
+                                                   ir.Constant(vty, [lvl] * CSA_LANES)))
+        out = builder.extract_element(total, ir.Constant(_I32, 0))
+        for e in range(1, CSA_LANES):
+            out = builder.add(out, builder.extract_element(total, ir.Constant(_I32, e)))
+        return out
+
+    return sig, codegen
+
+
 WORD_BLOCKS = 64 // BLOCK_CH  # 16-channel blocks per 64-bit output word
 
 
@@ -360,6 +562,26 @@ def xword_pix(nb: int) -> int:
 XWORD_MAX_PIX = 4
 
 
+def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bstep, accs,
+                     npix, nb, half, ctpop):
+    """:func:`xpc_word`'s window counted word by word (scheme ``popcount``): each weight
+    vector loaded once for all ``npix`` pixels, XORed with the broadcast activation word,
+    ``ctpop`` added to the accumulator allocas ``accs[p, b, j]``."""
+    lanes, vty = XPC_LANES, _VXPC
+    nv = BLOCK_CH // lanes
+    with _window(builder, bases, rowstep, kh, seg, woff, kstride) as (rows, k, wk):
+        xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), vty)
+               for o in rows]
+        for b in range(nb):
+            wb = builder.add(wk, builder.mul(bstep, ir.Constant(_I64, b)))
+            for j in range(nv // 2 if half and b == nb - 1 else nv):
+                wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, lanes * j)), vty, 8)
+                for p in range(npix):
+                    c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
+                    a = accs[p, b, j]
+                    builder.store(builder.add(builder.load(a), c), a)
+
+
 def _xpc_word_codegen(epilogue: Callable) -> Callable:
     """Codegen of a whole-word XOR-popcount (:func:`xpc_word`, :func:`xpc_affine_word`): a
     switch over :func:`_word_cases`, each a loop over :func:`xword_pix` pixels with all of
@@ -367,16 +589,26 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
     ``epilogue(context, builder, sa, args, out, o, accs, nb, half)`` (``out``: the output's
     data pointer, ``o`` = ``ooff + p*ostride``, ``accs[b][j]``: the loaded ``<8 x i64>``
     accumulators of block ``b``). The arguments start x, bases, boff, rowstep, kh, seg,
-    kstride, w, woff, bstep, init, ioff and end out, ooff, ostride, count, nb, half."""
+    kstride, w, woff, bstep, init, ioff and end out, ooff, ostride, count, nb, half, offs,
+    csa: with ``csa`` true and a window of at least :data:`CSA_MIN_WORDS` words the counts
+    come from :func:`_csa_passes` (``offs[i]``: word ``i``'s offset in the window), else from
+    one ``llvm.ctpop`` per word. The engine passes ``csa`` as a compile-time constant
+    (:func:`~bnnprune.engine.kernels.bconv._variant`), so LLVM drops the scheme not taken."""
     def codegen(context, builder, signature, args):
         sa = signature.args
-        end = len(sa)
-        xp, bp, wp, ip, op = (_data(context, builder, sa[i], args[i])
-                              for i in (0, 1, 7, 10, end - 6))
+        end = len(sa) - 2
+        xp, bp, wp, ip, op, offp = (_data(context, builder, sa[i], args[i])
+                                    for i in (0, 1, 7, 10, end - 6, end))
         (boff_, rowstep_, kh_, seg_, kstride_, woff_, bstep_, ioff_, ooff_, ostride_, count_,
-         nb_, half_) = _ints(context, builder, sa, args,
-                             (2, 3, 4, 5, 6, 8, 9, 11, end - 5, end - 4, end - 3, end - 2,
-                              end - 1))
+         nb_, half_, csa_) = _ints(context, builder, sa, args,
+                                   (2, 3, 4, 5, 6, 8, 9, 11, end - 5, end - 4, end - 3,
+                                    end - 2, end - 1, end + 1))
+        use_csa = builder.and_(
+            builder.icmp_signed("!=", csa_, ir.Constant(_I64, 0)),
+            builder.icmp_signed(">=", builder.mul(kh_, seg_), ir.Constant(_I64, CSA_MIN_WORDS)))
+        vunit = ir.VectorType(_I64, CSA_LANES)
+        slots = cgutils.alloca_once(builder, vunit,
+                                    size=ir.Constant(_I64, XWORD_MAX_PIX * BLOCK_CH))
         lanes, vty, ctpop = XPC_LANES, _VXPC, _ctpop(builder)
         nv = BLOCK_CH // lanes
         one = ir.Constant(_I64, 1)
@@ -399,18 +631,27 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                         off = builder.add(ioff_, ir.Constant(_I64, BLOCK_CH * b + lanes * j))
                         accs[p, b, j] = cgutils.alloca_once_value(
                             builder, _vload(builder, ip, off, vty, 8))
-            with _window(builder, bases, rowstep_, kh_, seg_, woff_, kstride_) as (rows, k, wk):
-                xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), vty)
-                       for o in rows]
-                for b in range(nb):
-                    wb = builder.add(wk, builder.mul(bstep_, ir.Constant(_I64, b)))
-                    for j in range(nv // 2 if half and b == nb - 1 else nv):
-                        wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, lanes * j)),
-                                    vty, 8)
-                        for p in range(npix):
-                            c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
-                            a = accs[p, b, j]
-                            builder.store(builder.add(builder.load(a), c), a)
+            nunits = (nb * BLOCK_CH - (BLOCK_CH // 2 if half else 0)) // CSA_LANES
+            with builder.if_else(use_csa) as (then, otherwise):
+                with then:
+                    _csa_passes(builder, xp, bp, wp, ip, slots, boff_, kh_, seg_, offp, woff_,
+                                bstep_, ioff_, count_, npix, nunits)
+                    per = lanes // CSA_LANES
+                    for (p, b, j), a in accs.items():
+                        u = (BLOCK_CH * b + lanes * j) // CSA_LANES
+                        if u + per > nunits:
+                            continue  # a half block's second vector keeps its init
+                        parts = [builder.load(builder.gep(slots, [ir.Constant(
+                            _I64, BLOCK_CH * p + u + q)])) for q in range(per)]
+                        while len(parts) > 1:
+                            width = 2 * parts[0].type.count
+                            cat = ir.Constant(ir.VectorType(_I32, width), list(range(width)))
+                            parts = [builder.shuffle_vector(parts[i], parts[i + 1], cat)
+                                     for i in range(0, len(parts), 2)]
+                        builder.store(parts[0], a)
+                with otherwise:
+                    _popcount_window(builder, xp, wp, bases, rowstep_, kh_, seg_, woff_,
+                                     kstride_, bstep_, accs, npix, nb, half, ctpop)
             for p in range(npix):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
@@ -473,14 +714,15 @@ def _affine_epilogue(context, builder, sa, args, op, o, accs, nb, half):
             builder.store(r, builder.bitcast(dst, _V8F32.as_pointer()), align=4)
 
 
-def _xpc_word_typed(x, bases, w, init, out, ints) -> bool:
+def _xpc_word_typed(x, bases, w, init, out, ints, offs, csa) -> bool:
     return (_xpc_typed(x, w, init, ints) and _is_vec(bases, types.int64)
-            and isinstance(out, types.Array) and out.ndim == 1 and out.layout == "C")
+            and isinstance(out, types.Array) and out.ndim == 1 and out.layout == "C"
+            and _is_vec(offs, types.int64) and isinstance(csa, (types.Boolean, types.Integer)))
 
 
 @intrinsic
 def xpc_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep, init,  # noqa: ARG001
-             ioff, xmask, moff, out, ooff, ostride, count, nb, half):
+             ioff, xmask, moff, out, ooff, ostride, count, nb, half, offs, csa):
     """The threshold bits of one 64-channel output word for each of :func:`xword_pix`
     (``nb``) pixels.
 
@@ -491,21 +733,23 @@ def xpc_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, woff, bste
     ``16b + q`` of a pixel's word is ``(acc < 0) xor`` bit ``16b + q`` of ``xmask[moff]``
     (blocks past ``nb`` give 0 bits); the word of pixel ``p < count`` is stored to
     ``out[ooff + p*ostride]``. All blocks' accumulators stay in registers and each weight
-    vector is loaded once for all pixels.
+    vector is loaded once for all pixels. ``offs`` and ``csa``: the counting scheme, as in
+    :func:`_xpc_word_codegen`.
     """
     ints = (boff, rowstep, kh, seg, kstride, woff, bstep, ioff, moff, ooff, ostride, count, nb,
             half)
-    if not (_xpc_word_typed(x, bases, w, init, out, ints) and _is_vec(xmask, types.uint64)
-            and out.dtype == types.uint64):
+    if not (_xpc_word_typed(x, bases, w, init, out, ints, offs, csa)
+            and _is_vec(xmask, types.uint64) and out.dtype == types.uint64):
         return None
     sig = types.none(x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep, init, ioff,
-                     xmask, moff, out, ooff, ostride, count, nb, half)
+                     xmask, moff, out, ooff, ostride, count, nb, half, offs, csa)
     return sig, _xpc_word_codegen(_bits_epilogue)
 
 
 @intrinsic
 def xpc_affine_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep,  # noqa: ARG001
-                    init, ioff, nbits, m1, a1, m2, a2, out, ooff, ostride, count, nb, half):
+                    init, ioff, nbits, m1, a1, m2, a2, out, ooff, ostride, count, nb, half,
+                    offs, csa):
     """:func:`xpc_word` with the float epilogue: for each pixel ``p < count``, the ``16*nb``
     channels (``8`` fewer with ``half``) ``ioff + 16b + q`` of one 64-channel word as
     ``((nbits - 2*acc) * m1 + a1) * m2 + a2`` (float32, separate roundings), stored at
@@ -513,11 +757,12 @@ def xpc_affine_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, wof
     """
     ints = (boff, rowstep, kh, seg, kstride, woff, bstep, ioff, nbits, ooff, ostride, count, nb,
             half)
-    if not (_xpc_word_typed(x, bases, w, init, out, ints) and out.dtype == types.float32
+    if not (_xpc_word_typed(x, bases, w, init, out, ints, offs, csa)
+            and out.dtype == types.float32
             and all(_is_vec(t, types.float32) for t in (m1, a1, m2, a2))):
         return None
     sig = types.none(x, bases, boff, rowstep, kh, seg, kstride, w, woff, bstep, init, ioff,
-                     nbits, m1, a1, m2, a2, out, ooff, ostride, count, nb, half)
+                     nbits, m1, a1, m2, a2, out, ooff, ostride, count, nb, half, offs, csa)
     return sig, _xpc_word_codegen(_affine_epilogue)
 
 
