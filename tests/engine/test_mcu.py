@@ -30,7 +30,7 @@ from .test_fashion_mnist import _images
 C_DIR = Path(mcu.__file__).parent / "c"
 TARGETS = ("cortex-m4", "cortex-m7", "cortex-m3")
 # together these cover every op kind the C export has (checked below)
-MCU_MODELS = ("edge", "pack", "residual", "small", "small_pruned")
+MCU_MODELS = ("edge", "pack", "residual", "cat", "act", "small", "small_pruned")
 
 
 def _need_tools() -> None:
