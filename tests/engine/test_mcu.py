@@ -182,16 +182,20 @@ def test_a_hang_is_cut_at_the_timeout(tmp_path):
 
 @pytest.mark.parametrize("target", list(mcu.TARGETS))
 def test_kernels_need_no_libm_on_cortex_m(tmp_path, target):
-    """bnn_kernels.c calls memcpy, memset and libgcc's float helpers only (no fmaf)."""
+    """An export (model.c with bnn_conv.h's inline kernels, and bnn_kernels.c) calls memcpy,
+    memset and libgcc's float helpers only (no fmaf); soft double only without an FPU."""
     _need_tools()
     t = mcu.get_target(target)
-    r = subprocess.run([mcu.CC, *t.cflags, "-c", str(C_DIR / "bnn_kernels.c"), "-o", "k.o"],
-                       cwd=tmp_path, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    undefined = subprocess.run([mcu.NM, "-u", "k.o"], cwd=tmp_path, capture_output=True,
-                               text=True).stdout.split()
-    names = {u for u in undefined if u != "U"}
-    assert {n for n in names if not n.startswith("__aeabi_")} == {"memcpy", "memset"}
+    export_c(_program("edge"), tmp_path)
+    names: set[str] = set()
+    for src in ("model.c", "bnn_kernels.c"):
+        r = subprocess.run([mcu.CC, *t.cflags, "-c", src, "-o", f"{src}.o"], cwd=tmp_path,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        undefined = subprocess.run([mcu.NM, "-u", f"{src}.o"], cwd=tmp_path,
+                                   capture_output=True, text=True).stdout.split()
+        names |= {u for u in undefined if u != "U" and not u.startswith("bnn_")}  # ours
+    assert {n for n in names if not n.startswith("__aeabi_")} <= {"memcpy", "memset"}
     assert any(n.startswith("__aeabi_d") for n in names) == (not t.fpu)  # soft double
 
 
@@ -208,12 +212,15 @@ def test_target_const_data_is_the_flash_figure(firmwares, tmp_path):
         out = subprocess.run([mcu.SIZE, "-A", str(obj)], capture_output=True, text=True).stdout
         sizes[bool(define)] = {s: int(n) for s, n in re.findall(r"^(\S+)\s+(\d+)", out, re.M)}
     flash = fw.footprint.flash_bytes
-    # 8-byte aligned arrays; the last one needs no padding
-    assert flash - 7 <= sizes[True][".bnn_weights"] <= flash
-    # what stays in .rodata: one small descriptor per convolution / linear layer
+    # 8-byte aligned arrays (the last one needs no padding); the compiler may also fold a
+    # tiny constant array (a one-word flip or weight mask) into the code: the figure is an
+    # upper bound, tight within a few dozen bytes
+    assert flash - 64 <= sizes[True][".bnn_weights"] <= flash
+    # what stays in .rodata: at most a small table per convolution / linear layer (each
+    # layer's sizes are compiled into its own function, so usually nothing)
     layers = sum(op.kind in ("bconv", "fconv") for op in fw.program.ops)
     descriptors = sum(n for s, n in sizes[True].items() if s.startswith(".rodata"))
-    assert 0 < descriptors <= 80 * layers
+    assert descriptors <= 80 * layers
     ro = sum(n for s, n in sizes[False].items() if s.startswith(".rodata"))
     assert ro <= flash + descriptors
     assert 1000 < fw.code_bytes < 20000
