@@ -171,8 +171,8 @@ def test_committed_config_is_valid_and_has_every_arm() -> None:
     resolve_sweep(cfg)
     assert (ROOT / cfg.sweep.preregistration).is_file()
     names = {c.name for c in sweep_cells(cfg) if c.seed == 0}
-    assert {"baseline", "paper+wff", "target+wff-30", "uniform+wff-50", "target+magnitude-30",
-            "target+random-50", "scratch-30", "scratch-target-50", "unpruned-budget",
+    assert {"baseline", "paper+wff", "target+wff-40", "uniform+wff-40", "target+magnitude-40",
+            "target+random-40", "scratch-40", "scratch-target-40", "unpruned-budget",
             "uniform+wff-paper-control"} <= names
     assert len(cfg.sweep.seeds) >= 10
 
