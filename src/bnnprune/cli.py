@@ -619,11 +619,25 @@ def _export_c(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> i
     return 0
 
 
+def _is_bnn(path: str) -> bool:
+    """A packed engine program: named .bnn, or starting with the .bnn magic (whatever its
+    name); anything else is taken for a model.pt checkpoint."""
+    from bnnprune.engine.fileformat import MAGIC
+
+    if str(path).endswith(".bnn"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def _program_of(path: str) -> Any:
     """A compiled program from a .bnn file or a model.pt checkpoint."""
     from bnnprune import engine
 
-    if str(path).endswith(".bnn"):
+    if _is_bnn(path):
         try:
             return engine.load(path)
         except engine.BnnFormatError as e:
@@ -742,7 +756,7 @@ def _bench_torch(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from bnnprune import engine
 
-    if not str(args.program).endswith(".bnn"):
+    if not _is_bnn(args.program):
         return _bench_torch(args)
     if args.device or args.dtypes or args.modes or args.batches:
         raise CliError("--device, --dtypes, --modes and --batches time a model.pt in PyTorch; "

@@ -67,7 +67,7 @@ CASES: list[tuple[str, str, str]] = [
     ("flip-data-of-another-model", "flips {foreign_flips_pt}", "flip data does not match"),
     (
         "prune-with-flip-data-of-another-model",
-        "prune {foreign_flips_pt} --target-bops 0.3 -o {tmp}/out",
+        "prune {foreign_flips_pt} --target-bops 0.3 --criterion wff -o {tmp}/out",
         "flip",
     ),
     ("bnn-random-bytes", "bench {random_bnn}", "not a .bnn file"),

@@ -74,7 +74,8 @@ def test_prune_without_flip_data_says_how_to_record(tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "1", "--track-last", "0", "-o", str(out)]) == 0
     capsys.readouterr()
     _fails(
-        ["prune", str(out / "model.pt"), "--target-bops", "0.3", "-o", str(tmp_path / "p")],
+        ["prune", str(out / "model.pt"), "--target-bops", "0.3", "--criterion", "wff", "-o",
+         str(tmp_path / "p")],
         capsys,
         "--track-last",
     )
