@@ -547,6 +547,7 @@ def _docs_command(args: argparse.Namespace) -> list[str]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from bnnprune import engine
+    from bnnprune.deploy import export_onnx, export_qonnx
 
     model, ckpt = load_model(args.checkpoint)
     shape = tuple((ckpt.get("dataset") or {}).get("input_shape", ()))
@@ -562,10 +563,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                        "--format c only")
     float_bytes = 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
     if args.format == "onnx":
-        engine.export_onnx(model, out, shape)
+        export_onnx(model, out, shape)
         size = out.stat().st_size
     elif args.format == "qonnx":  # FINN input: BipolarQuant weights, MultiThreshold activations
-        engine.export_qonnx(model, shape, out)
+        export_qonnx(model, shape, out)
         size = out.stat().st_size
     else:
         size = engine.save(engine.compile_model(model, shape), out)
@@ -580,7 +581,7 @@ def _export_c(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> i
     """Write the C99 export into the folder -o and print its flash/RAM footprint; with
     --target, also the mps2 board example, code bytes and instructions per inference."""
     from bnnprune import engine
-    from bnnprune.engine import cexport, mcu
+    from bnnprune.deploy import cexport, mcu
 
     out = Path(args.output)
     if out.exists() and not out.is_dir():
@@ -652,7 +653,8 @@ def _program_of(path: str) -> Any:
 def _finn_report(program: Any, baseline: Any, target: float,
                  args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """FINN's own estimates; ("", {}) for 'auto' when FINN is missing or refuses the model."""
-    from bnnprune.engine import EngineError, finn_run
+    from bnnprune.deploy import finn_run
+    from bnnprune.engine import EngineError
 
     try:
         return finn_run.report(program, baseline, target_fps=target, clock_mhz=args.clock_mhz)
@@ -665,7 +667,7 @@ def _finn_report(program: Any, baseline: Any, target: float,
 
 def cmd_fpga_estimate(args: argparse.Namespace) -> int:
     from bnnprune.atomic import atomic_write_bytes
-    from bnnprune.engine import fpga
+    from bnnprune.deploy import fpga
 
     pe_simd = None
     if args.pe_simd != "auto":
