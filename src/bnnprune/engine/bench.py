@@ -29,7 +29,6 @@ from torch import nn
 
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.fileformat import load
-from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.kernels.intrinsics import (
     CSA_GROUP,
     CSA_LANES,
@@ -45,6 +44,7 @@ from bnnprune.engine.kernels.intrinsics import (
 from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads
+from bnnprune.engine.timing import elapsed, interleaved, step_samples
 from bnnprune.machine import isa_label, machine_info
 
 __all__ = ["batch_repeats", "benchmark", "compare_latency", "compare_pair", "fma_peak",
@@ -72,12 +72,6 @@ def program_float_macs(program: Program) -> int:
     """Float MACs of one image: every full-precision conv / linear (``fconv``; a binary layer
     on real inputs is one too: the cost rule of :mod:`bnnprune.metrics.ops`)."""
     return _program_macs(program, "fconv")
-
-
-def _time(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _rng_words(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -183,7 +177,7 @@ def _best_probe(run: Callable[[int, int], Any], threads: int, reps: int, seconds
     ``probe_s``, then repeated on all rows for ``seconds`` (at least ``min_probes`` times):
     the repetition count and the best time, so a preempted probe does not count."""
     def probe(r: int, rows: int) -> float:
-        return _time(lambda: run(r, rows))
+        return elapsed(lambda: run(r, rows))
 
     with _threads(1):
         while probe(reps, 1) < probe_s:
@@ -233,7 +227,7 @@ def _kernel_rows(program: Program, batch: int, repeats: int) -> list[dict[str, A
     for _, op in ops:
         _random_bits(rng, plan.bufs[op.inputs[0]], op.attrs["cin"])
     runs = [_calls(plan.op_calls(idx)) for idx, _ in ops]
-    samples = _interleaved(runs, repeats)
+    samples = interleaved(runs, repeats)
     rows = []
     for (idx, op), s in zip(ops, samples, strict=True):
         a = op.attrs
@@ -261,32 +255,13 @@ def op_times(program: Program, batch: int = 1, repeats: int = 20,
     plan = program.plan(batch)
     x = np.random.default_rng(seed).standard_normal((batch, *program.input_shape))
     x = x.astype(np.float32)
-    plan.run(x)
-    times: list[list[float]] = [[] for _ in plan.steps]
-    steps = [chain_calls(calls, min_run=1) for _, calls in plan.steps]  # as in a chained run
-    for _ in range(repeats):
-        plan.load(x)
-        for i, calls in enumerate(steps):
-            t = time.perf_counter()
-            for c in calls:
-                c()
-            times[i].append(time.perf_counter() - t)
+    times = step_samples(plan, x, repeats)
     rows = []
     for (idx, _), t in zip(plan.steps, times, strict=True):
         op = program.ops[idx]
         rows.append({"op": op.name or f"op{idx}", "kind": op.kind,
                      "median_s": statistics.median(t)})
     return rows
-
-
-def _interleaved(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
-    for f in fns:
-        f()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            samples[i].append(_time(f))
-    return samples
 
 
 def batch_repeats(repeats: int, batch: int) -> int:
@@ -303,7 +278,7 @@ def interleaved_latencies(programs: list[Program], batch: int = 1, repeats: int 
         raise EngineError("the programs have different input shapes")
     x = np.random.default_rng(seed).standard_normal((batch, *programs[0].input_shape))
     x = x.astype(np.float32)
-    samples = _interleaved([lambda p=p: p(x, batch_size=batch) for p in programs], repeats)
+    samples = interleaved([lambda p=p: p(x, batch_size=batch) for p in programs], repeats)
     return [statistics.median(s) for s in samples]
 
 
@@ -480,7 +455,7 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
             xt = torch.from_numpy(x)
             model = compare_model.eval()
             fns.append(lambda xt=xt, m=model: m(xt))
-        samples = _interleaved(fns, batch_repeats(repeats, batch))
+        samples = interleaved(fns, batch_repeats(repeats, batch))
         entry: dict[str, Any] = {"batch": batch, "engine": _stats(samples[0])}
         entry["engine"]["images_per_s"] = batch / entry["engine"]["median_s"]
         if compare_model is not None:
