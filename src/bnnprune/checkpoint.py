@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "load_checkpoint",
     "load_model",
+    "recorded_input_shape",
     "save_checkpoint",
 ]
 
@@ -139,3 +140,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         reason = f"{type(e).__name__}: {_one_line(e)}"
         raise CheckpointError(f"{path}: cannot rebuild its model ({reason})") from None
     return model, ckpt
+
+
+def recorded_input_shape(ckpt: dict[str, Any]) -> tuple[int, ...]:
+    """The input shape (C, H, W) the checkpoint's dataset recorded; () when it records none."""
+    return tuple((ckpt.get("dataset") or {}).get("input_shape", ()))

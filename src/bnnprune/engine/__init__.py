@@ -3,7 +3,7 @@
 The output targets (C, ONNX, QONNX, FPGA estimate) live in :mod:`bnnprune.deploy`."""
 
 from bnnprune.engine.bench import benchmark, format_benchmark, machine_info
-from bnnprune.engine.compile import compile_model
+from bnnprune.engine.compile import as_program, compile_model
 from bnnprune.engine.errors import BnnFormatError, EngineError
 from bnnprune.engine.fileformat import load, save
 from bnnprune.engine.pack import pack_signs, unpack_signs
@@ -13,6 +13,7 @@ __all__ = [
     "BnnFormatError",
     "EngineError",
     "Program",
+    "as_program",
     "benchmark",
     "compile_model",
     "format_benchmark",

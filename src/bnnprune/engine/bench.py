@@ -27,8 +27,8 @@ import torch
 from numba import njit, prange
 from torch import nn
 
+from bnnprune.engine.compile import as_program
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.fileformat import load
 from bnnprune.engine.kernels.intrinsics import (
     CSA_GROUP,
     CSA_LANES,
@@ -388,10 +388,6 @@ def _sum_kinds(rows: list[dict[str, Any]], kinds: tuple[str, ...] | None) -> flo
     return sum(r["median_s"] for r in rows if r["kind"] in kinds)
 
 
-def _as_program(p: Program | str | os.PathLike[str]) -> Program:
-    return p if isinstance(p, Program) else load(p)
-
-
 @torch.no_grad()
 def benchmark(
     program_or_path: Program | str | os.PathLike[str],
@@ -410,7 +406,7 @@ def benchmark(
     (PyTorch keeps its own setting, see ``torch.set_num_threads``). Returns a JSON-friendly
     dict; :func:`format_benchmark` renders it as a table.
     """
-    program = _as_program(program_or_path)
+    program = as_program(program_or_path)
     if repeats < 1 or latency_batch < 1 or throughput_batch < 1 or kernel_batch < 1:
         raise EngineError("repeats and batch sizes must be >= 1")
     with _threads(threads):
@@ -465,7 +461,7 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
         result[label] = entry
 
     if baseline is not None:
-        base = _as_program(baseline)
+        base = as_program(baseline)
         result["pruned"] = compare_latency(program, base, latency_batch, repeats)
         t_p = op_times(program, latency_batch, repeats)
         t_b = op_times(base, latency_batch, repeats)
