@@ -657,6 +657,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bnnprune import engine
     from bnnprune.checkpoint import load_model, recorded_input_shape
     from bnnprune.deploy import is_bnn_file, load_program
+    from bnnprune.engine.program import is_pruned_copy
 
     if not is_bnn_file(args.program):
         return _bench_torch(args)
@@ -681,8 +682,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
     if args.repeats < 1:
         raise CliError(f"--repeats must be >= 1, got {args.repeats}")
-    if baseline is not None and ([(o.kind, o.name) for o in program.ops]
-                                 != [(o.kind, o.name) for o in baseline.ops]):
+    if baseline is not None and not is_pruned_copy(program, baseline):
         raise CliError(f"{args.program} is not a channel-pruned copy of {args.baseline} "
                        "(their ops differ)")
     result = engine.benchmark(program, compare, baseline=baseline, repeats=args.repeats)

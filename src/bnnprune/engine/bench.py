@@ -43,7 +43,7 @@ from bnnprune.engine.kernels.intrinsics import (
 )
 from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
-from bnnprune.engine.program import Program, _threads
+from bnnprune.engine.program import Program, _threads, is_pruned_copy
 from bnnprune.engine.timing import elapsed, interleaved, step_samples
 from bnnprune.machine import isa_label, machine_info
 
@@ -312,7 +312,7 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
     """
     if baseline.input_shape != program.input_shape:
         raise EngineError("baseline program has a different input shape")
-    if [(o.kind, o.name) for o in program.ops] != [(o.kind, o.name) for o in baseline.ops]:
+    if not is_pruned_copy(program, baseline):
         raise EngineError("the program is not a channel-pruned copy of the baseline (its ops "
                           "differ); compare a model with its own pruned copy")
     if repeats < 1 or table_repeats < 1 or not batches or min(batches) < 1:

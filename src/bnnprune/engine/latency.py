@@ -41,7 +41,7 @@ from bnnprune.engine.ir import Op, ValueInfo
 from bnnprune.engine.kernels.base import KERNELS_HASH
 from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.pack import tail_mask, words
-from bnnprune.engine.program import Program, _threads
+from bnnprune.engine.program import Program, _threads, is_pruned_copy
 from bnnprune.engine.timing import MIN_WINDOW_S, best_time, step_samples
 from bnnprune.machine import machine_info
 
@@ -315,8 +315,7 @@ class EngineCostModel:
 
     def predict(self, program: Program) -> float:
         """Predicted latency (s) of ``program``: the unpruned program with fewer channels."""
-        if [(o.kind, o.name) for o in program.ops] != [(o.kind, o.name) for o in
-                                                       self.program.ops]:
+        if not is_pruned_copy(program, self.program):
             raise EngineError("the program is not a channel-pruned copy of the cost model's "
                               "program (its ops differ)")
         return self.predict_counts([op_channels(program, i) for i in range(len(program.ops))])
