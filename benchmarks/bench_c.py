@@ -5,7 +5,7 @@
 
 Exports the model (BatchNorm statistics randomized, as in bench_engine.py) and a pruned copy
 (uniform plan for ``--target`` BOPs reduction, magnitude criterion) with
-``bnnprune.engine.cexport``, builds both with ``cc -std=c99 -O3 -march=native`` (the host
+``bnnprune.deploy.cexport``, builds both with ``cc -std=c99 -O3 -march=native`` (the host
 build docs/deploy.md recommends) and a small timing harness (``clock_gettime`` around
 ``model_run``), checks that their logits equal the engine's, and alternates rounds of C and
 engine measurements (``program(x, batch_size=1, threads=1)``) so both see the same machine
@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import pruned_copy, randomize_bn  # noqa: E402
 from bnnprune import engine  # noqa: E402
+from bnnprune.deploy.cexport import export_c  # noqa: E402
 from bnnprune.engine.bench import machine_info, program_bops  # noqa: E402
-from bnnprune.engine.cexport import export_c  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune.policies import AUTO, check_round_to  # noqa: E402
 

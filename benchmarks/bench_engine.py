@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 
 from bnnprune import engine  # noqa: E402
 from bnnprune.engine import kernels as K  # noqa: E402
-from bnnprune.engine.bench import _interleaved  # noqa: E402
+from bnnprune.engine.timing import interleaved  # noqa: E402
 from bnnprune.metrics import binary_channels, count_bops  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune import apply_plan, plan_uniform  # noqa: E402
@@ -80,7 +80,7 @@ def call_cost(program: engine.Program, repeats: int) -> dict[str, float]:
         for c in chained:
             c()
 
-    s_each, s_chain = (statistics.median(s) for s in _interleaved([each, chain], 10 * repeats))
+    s_each, s_chain = (statistics.median(s) for s in interleaved([each, chain], 10 * repeats))
     return {"calls": len(calls), "chained_calls": len(chained), "each_s": s_each,
             "chained_s": s_chain,
             "saved_per_call_s": (s_each - s_chain) / max(1, len(calls) - len(chained))}

@@ -5,9 +5,9 @@
 
 Builds the model (BatchNorm statistics randomized, as in bench_c.py) and a pruned copy
 (uniform plan for ``--target`` BOPs reduction, magnitude criterion), exports both with
-``bnnprune.engine.cexport``, builds them with ``arm-none-eabi-gcc -O2`` for each core and
+``bnnprune.deploy.cexport``, builds them with ``arm-none-eabi-gcc -O2`` for each core and
 runs them on qemu's mps2 boards with the project's instruction-counting plugin
-(``bnnprune.engine.mcu``). Prints flash and RAM bytes, code bytes and instructions per
+(``bnnprune.deploy.mcu``). Prints flash and RAM bytes, code bytes and instructions per
 inference (mean over ``--images`` random images), and the pruned/unpruned ratios.
 
 Instruction counts under emulation, not cycles: deterministic, so this can run on a busy
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import pruned_copy, randomize_bn  # noqa: E402
 from bnnprune import engine  # noqa: E402
-from bnnprune.engine import mcu  # noqa: E402
+from bnnprune.deploy import mcu  # noqa: E402
 from bnnprune.engine.bench import program_bops  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune.policies import AUTO, check_round_to  # noqa: E402

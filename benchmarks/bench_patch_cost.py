@@ -24,8 +24,8 @@ import numba
 import numpy as np
 
 from bnnprune.engine import kernels as K
-from bnnprune.engine.bench import _interleaved
 from bnnprune.engine.pack import tail_mask
+from bnnprune.engine.timing import interleaved
 
 # (H = W, K, Cin, Cout) of KxK, stride 1, "same" padding binary convs: small's (28, 14, 7) and
 # nin's (16: 5x5, 8: 3x3), unpruned and pruned
@@ -73,7 +73,7 @@ def measure(hw: int, k: int, cin: int, cout: int, batch: int, repeats: int
         build()
         dconv()
 
-    s_build, s_direct, s_dense = _interleaved([build, direct, dense], repeats)
+    s_build, s_direct, s_dense = interleaved([build, direct, dense], repeats)
     pix = batch * hw * hw
     blocks = -(-cout // K.BLOCK_CH)
     ns_tap = min(s_build) / (pix * taps * wd) * 1e9

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from bnnprune import engine
-from bnnprune.engine.bench import _interleaved, compare_pair, format_pair, op_times
+from bnnprune.engine.bench import compare_pair, format_pair, op_times
+from bnnprune.engine.timing import interleaved
 from bnnprune.models import build_model
 from bnnprune.prune.policies import AUTO
 
@@ -54,7 +55,7 @@ def torch_speedup(model: torch.nn.Module, program: engine.Program, shape: tuple[
         with torch.inference_mode():
             model(xt)
 
-    s_e, s_t = _interleaved([lambda: program(x, batch_size=1), eager], repeats)
+    s_e, s_t = interleaved([lambda: program(x, batch_size=1), eager], repeats)
     e, t = statistics.median(s_e), statistics.median(s_t)
     return {"engine_s": e, "torch_s": t, "speedup": t / e}
 

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import pruned_copy, randomize_bn  # noqa: E402
 from bnnprune import engine  # noqa: E402
-from bnnprune.engine.cexport import export_c  # noqa: E402
+from bnnprune.deploy.cexport import export_c  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune.policies import AUTO  # noqa: E402
 

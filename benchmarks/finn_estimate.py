@@ -6,7 +6,7 @@
 Needs FINN (``bash scripts/setup.sh --fpga``). For each model (built with a -1 border, the
 padding FINN's FMPadding makes): the full-width zoo model and copies pruned by
 ``bnnprune.prune`` (uniform plan for ``--target`` BOPs reduction, magnitude criterion, each
-``--round-to``), taken through FINN's front end by ``bnnprune.engine.finn_run`` and folded by
+``--round-to``), taken through FINN's front end by ``bnnprune.deploy.finn_run`` and folded by
 FINN's SetFolding for ``--target-fps``. Printed: FINN's LUTs (all dataflow layers and the
 MVAUs alone), BRAM18 and fps; the fps a pruned copy reaches within the unpruned LUTs (the
 fastest of ``--target-fps`` times each ``--ladder`` factor that FINN folds into them: SetFolding
@@ -24,8 +24,9 @@ import argparse
 import torch
 from torch import nn
 
-from bnnprune.engine import EngineError, compile_model, fpga
-from bnnprune.engine.finn_run import FinnResult, run_finn
+from bnnprune.deploy import fpga
+from bnnprune.deploy.finn_run import FinnResult, run_finn
+from bnnprune.engine import EngineError, compile_model
 from bnnprune.metrics import count_bops
 from bnnprune.models import build_model
 from bnnprune.prune import apply_plan, plan_uniform

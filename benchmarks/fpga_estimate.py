@@ -5,7 +5,7 @@
 
 For each model: the full-width zoo model and copies pruned by ``bnnprune.prune`` (uniform
 plan for ``--target`` BOPs reduction, magnitude criterion, each ``--round-to`` channel
-rounding), folded by ``bnnprune.engine.fpga`` for ``--target-fps``: the per-layer table
+rounding), folded by ``bnnprune.deploy.fpga`` for ``--target-fps``: the per-layer table
 and the pruned / unpruned ratios at the same fps and at the same LUTs. The estimates
 depend only on the layer shapes, so untrained weights give the same figures as trained ones.
 """
@@ -16,7 +16,8 @@ import argparse
 
 import torch
 
-from bnnprune.engine import compile_model, fpga
+from bnnprune.deploy import fpga
+from bnnprune.engine import compile_model
 from bnnprune.metrics import count_bops
 from bnnprune.models import build_model
 from bnnprune.prune import apply_plan, plan_uniform

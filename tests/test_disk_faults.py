@@ -17,8 +17,8 @@ import torch
 
 from bnnprune import atomic, engine
 from bnnprune.atomic import WriteError, atomic_write_bytes
+from bnnprune.checkpoint import load_checkpoint
 from bnnprune.cli import main
-from bnnprune.train.checkpoint import load_checkpoint
 
 TINY = "--dataset synthetic --model small --width 0.25 --train-subset 64 --test-subset 32"
 TINY += " --batch-size 32 --track-last 1 --device cpu"
@@ -186,7 +186,7 @@ def test_read_only_folder_for_the_report_keeps_previous_report(tmp_path, monkeyp
 
 def test_checkpoint_after_fault_is_loadable_by_torch(tmp_path, monkeypatch):
     """The kept checkpoint is the complete previous one, bit for bit (not a prefix)."""
-    from bnnprune.train.checkpoint import save_checkpoint
+    from bnnprune.checkpoint import save_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"arch": None, "state_dict": {"w": torch.arange(1000.0)}})

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bnnprune import engine
+from bnnprune.checkpoint import CheckpointError, load_model
 from bnnprune.config import ConfigError, load_config
 from bnnprune.data import DatasetError
 from bnnprune.data.cifar import parse_batch, safe_unpickle
@@ -33,7 +34,6 @@ from bnnprune.data.idx import read_idx
 from bnnprune.engine import BnnFormatError
 from bnnprune.engine.fileformat import MAGIC
 from bnnprune.models import build_model
-from bnnprune.train.checkpoint import CheckpointError, load_model
 
 _ENV_EXAMPLES = os.environ.get("BNNPRUNE_FUZZ_EXAMPLES")
 EXAMPLES = int(_ENV_EXAMPLES or 200)

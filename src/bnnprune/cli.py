@@ -545,127 +545,36 @@ def _docs_command(args: argparse.Namespace) -> list[str]:
     return ["bnnprune", *out]
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from bnnprune import engine
+def _print_report(report: Any) -> None:
+    """A deploy target's lines; a fault it found after writing becomes the error."""
+    print("\n".join(report.lines))
+    if report.error:
+        raise CliError(report.error)
 
-    model, ckpt = load_model(args.checkpoint)
-    shape = tuple((ckpt.get("dataset") or {}).get("input_shape", ()))
-    if len(shape) != 3:
-        raise CliError(f"{args.checkpoint} does not record its input shape")
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bnnprune.deploy import DEPLOY_TARGETS, EXPORT_FORMATS, from_checkpoint
+
+    net = from_checkpoint(args.checkpoint)
     out = Path(args.output)
     if out.parent and not out.parent.exists():
         raise CliError(f"output folder {out.parent} does not exist")
-    if args.format == "c":
-        return _export_c(args, model, shape)
-    if args.baseline or args.target:
-        raise CliError(f"{'--baseline' if args.baseline else '--target'} applies to "
-                       "--format c only")
-    float_bytes = 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
-    if args.format == "onnx":
-        engine.export_onnx(model, out, shape)
-        size = out.stat().st_size
-    elif args.format == "qonnx":  # FINN input: BipolarQuant weights, MultiThreshold activations
-        engine.export_qonnx(model, shape, out)
-        size = out.stat().st_size
-    else:
-        size = engine.save(engine.compile_model(model, shape), out)
-    print(
-        f"wrote {out}: {size / 1024:.1f} KiB, {float_bytes / size:.1f}x smaller than the "
-        f"float32 weights ({float_bytes / 1024:.1f} KiB)"
-    )
+    target = DEPLOY_TARGETS[args.format]
+    options: dict[str, Any] = {k: v for k, v in (("baseline", args.baseline),
+                                                 ("target", args.target)) if v}
+    for name in options:  # every input is checked before anything is compiled
+        if name not in target.options:
+            takers = [f for f in EXPORT_FORMATS if name in DEPLOY_TARGETS[f].options]
+            raise CliError(f"--{name} applies to --format {' or '.join(takers)} only")
+    target.check(out, **options)
+    if "baseline" in options:
+        options["baseline"] = from_checkpoint(options["baseline"])
+    _print_report(target.export(net, out, **options))
     return 0
-
-
-def _export_c(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> int:
-    """Write the C99 export into the folder -o and print its flash/RAM footprint; with
-    --target, also the mps2 board example, code bytes and instructions per inference."""
-    from bnnprune import engine
-    from bnnprune.engine import cexport, mcu
-
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"{out} is not a folder (--format c writes a folder of C files)")
-    target = mcu.get_target(args.target) if args.target else None
-    if target is not None:
-        mcu.require_tools()  # before any work: the count needs the toolchain and qemu
-    base = bmodel = None
-    if args.baseline:
-        bmodel, bckpt = load_model(args.baseline)
-        if tuple((bckpt.get("dataset") or {}).get("input_shape", ())) != shape:
-            raise CliError(f"{args.baseline} has another input shape than {args.checkpoint}")
-        base = cexport.c_footprint(engine.compile_model(bmodel, shape))
-    program = engine.compile_model(model, shape)
-    fp = cexport.export_c(program, out)
-    print(f"wrote {out}/{{{','.join(cexport.FILES)}}}")
-    extra = None
-    if target is not None:
-        board = mcu.write_board(out, target)
-        print(f"wrote {board}/{{{','.join((*mcu.BOARD_FILES, 'Makefile'))}}}")
-        cost = mcu.measure(program, target)
-        bcost = mcu.measure(engine.compile_model(bmodel, shape), target) if bmodel else None
-        extra = {"code (B)": (cost.code_bytes, bcost.code_bytes if bcost else None),
-                 "instructions": (cost.insns, bcost.insns if bcost else None)}
-        print(f"{target.name}: {' '.join(target.cpu_flags)} {mcu.OPT}, run on qemu "
-              f"{target.machine}"
-              + (f" ({target.note})" if target.note else ""))
-    print("\n".join(cexport.format_footprint(fp, base, extra)))
-    if target is not None:
-        costs = [cost] + ([bcost] if bcost else [])
-        print(f"instructions per inference: counted under emulation (qemu), not cycles; mean "
-              f"of {cost.images} random images. Logits equal the engine's bit for bit: "
-              f"{'yes' if all(c.exact for c in costs) else 'NO'}")
-        if not all(c.exact for c in costs):
-            raise CliError(f"the {target.name} build's logits differ from the engine's")
-    return 0
-
-
-def _is_bnn(path: str) -> bool:
-    """A packed engine program: named .bnn, or starting with the .bnn magic (whatever its
-    name); anything else is taken for a model.pt checkpoint."""
-    from bnnprune.engine.fileformat import MAGIC
-
-    if str(path).endswith(".bnn"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
-
-
-def _program_of(path: str) -> Any:
-    """A compiled program from a .bnn file or a model.pt checkpoint."""
-    from bnnprune import engine
-
-    if _is_bnn(path):
-        try:
-            return engine.load(path)
-        except engine.BnnFormatError as e:
-            raise CliError(f"{path}: {e}") from None
-    model, ckpt = load_model(path)
-    shape = tuple((ckpt.get("dataset") or {}).get("input_shape", ()))
-    if len(shape) != 3:
-        raise CliError(f"{path} does not record its input shape")
-    return engine.compile_model(model, shape)
-
-
-def _finn_report(program: Any, baseline: Any, target: float,
-                 args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """FINN's own estimates; ("", {}) for 'auto' when FINN is missing or refuses the model."""
-    from bnnprune.engine import EngineError, finn_run
-
-    try:
-        return finn_run.report(program, baseline, target_fps=target, clock_mhz=args.clock_mhz)
-    except EngineError as e:
-        if args.estimator == "finn":
-            raise CliError(str(e)) from None
-        print(f"estimator: bnnprune's cost model (FINN not used: {e})")
-        return "", {}
 
 
 def cmd_fpga_estimate(args: argparse.Namespace) -> int:
-    from bnnprune.atomic import atomic_write_bytes
-    from bnnprune.engine import fpga
+    from bnnprune.deploy import DEPLOY_TARGETS, load_deployable
 
     pe_simd = None
     if args.pe_simd != "auto":
@@ -677,24 +586,14 @@ def cmd_fpga_estimate(args: argparse.Namespace) -> int:
             raise CliError(f"--pe-simd must be 'auto' or P,S (two integers), got {args.pe_simd!r}")
         if args.target_fps is not None:
             raise CliError("give --target-fps or --pe-simd P,S, not both")
-    target = None if pe_simd else (args.target_fps if args.target_fps is not None else 1000.0)
     if args.estimator == "finn" and pe_simd:
         raise CliError("--estimator finn folds for --target-fps (FINN's SetFolding), not --pe-simd")
-    baseline = _program_of(args.baseline) if args.baseline else None
-    program = _program_of(args.model)
-    text = ""
-    if args.estimator != "model" and not pe_simd:
-        text, result = _finn_report(program, baseline, target, args)
-    if not text:
-        text, result = fpga.report(program, baseline, target_fps=target,
-                                   pe_simd=pe_simd, clock_mhz=args.clock_mhz,
-                                   ram_style=args.ram_style, fp_bits=args.fp_bits,
-                                   search=args.search)
-        result["estimator"] = "model"
-    print(text)
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())
-        print(f"wrote {args.json}")
+    baseline = load_deployable(args.baseline) if args.baseline else None
+    net = load_deployable(args.model)
+    _print_report(DEPLOY_TARGETS["fpga"].export(
+        net, args.json, baseline=baseline, target_fps=args.target_fps, pe_simd=pe_simd,
+        clock_mhz=args.clock_mhz, ram_style=args.ram_style, fp_bits=args.fp_bits,
+        search=args.search, estimator=args.estimator))
     return 0
 
 
@@ -727,6 +626,7 @@ def _csv(kind: Any) -> Any:
 def _bench_torch(args: argparse.Namespace) -> int:
     """``bench MODEL.pt --baseline UNPRUNED.pt``: both models timed in PyTorch."""
     from bnnprune import torchbench
+    from bnnprune.checkpoint import load_model, recorded_input_shape
 
     device = resolve_device(args.device or "auto")  # before anything loads
     batches = args.batches or torchbench.DEFAULT_BATCHES
@@ -739,7 +639,7 @@ def _bench_torch(args: argparse.Namespace) -> int:
                        "give --baseline UNPRUNED.pt")
     pruned, ckpt = load_model(args.program)
     unpruned, base_ckpt = load_model(args.baseline)
-    shapes = [tuple((c.get("dataset") or {}).get("input_shape", ())) for c in (ckpt, base_ckpt)]
+    shapes = [recorded_input_shape(c) for c in (ckpt, base_ckpt)]
     if len(shapes[0]) != 3 or shapes[0] != shapes[1]:
         raise CliError(f"{args.program} and {args.baseline} must record the same input shape "
                        f"(C, H, W), got {shapes[0]} and {shapes[1]}")
@@ -755,29 +655,26 @@ def _bench_torch(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from bnnprune import engine
+    from bnnprune.checkpoint import load_model, recorded_input_shape
+    from bnnprune.deploy import is_bnn_file, load_program
+    from bnnprune.engine.program import is_pruned_copy
 
-    if not _is_bnn(args.program):
+    if not is_bnn_file(args.program):
         return _bench_torch(args)
     if args.device or args.dtypes or args.modes or args.batches:
         raise CliError("--device, --dtypes, --modes and --batches time a model.pt in PyTorch; "
                        f"{args.program} is a .bnn program (the packed CPU engine)")
-    try:
-        program = engine.load(args.program)
-    except engine.BnnFormatError as e:
-        raise CliError(f"{args.program}: {e}") from None
+    program = load_program(args.program)
     shape = tuple(program.input_shape)
     compare = None
     if args.compare:  # every input is checked before minutes of measuring start
         compare, ckpt = load_model(args.compare)
-        want = tuple((ckpt.get("dataset") or {}).get("input_shape", shape))
+        want = recorded_input_shape(ckpt) or shape
         if want != shape:
             raise CliError(f"{args.compare} takes input shape {want}, {args.program} takes {shape}")
     baseline = None
     if args.baseline:
-        try:
-            baseline = engine.load(args.baseline)
-        except engine.BnnFormatError as e:
-            raise CliError(f"{args.baseline}: {e}") from None
+        baseline = load_program(args.baseline)
         if tuple(baseline.input_shape) != shape:
             raise CliError(
                 f"baseline {args.baseline} has input shape {tuple(baseline.input_shape)}, "
@@ -785,8 +682,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
     if args.repeats < 1:
         raise CliError(f"--repeats must be >= 1, got {args.repeats}")
-    if baseline is not None and ([(o.kind, o.name) for o in program.ops]
-                                 != [(o.kind, o.name) for o in baseline.ops]):
+    if baseline is not None and not is_pruned_copy(program, baseline):
         raise CliError(f"{args.program} is not a channel-pruned copy of {args.baseline} "
                        "(their ops differ)")
     result = engine.benchmark(program, compare, baseline=baseline, repeats=args.repeats)
@@ -897,6 +793,8 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnnprune.deploy import EXPORT_FORMATS
+
     p = _Parser(
         prog="bnnprune",
         description=__doc__.splitlines()[0],
@@ -1089,7 +987,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("checkpoint")
     x.add_argument("-o", "--output", required=True, help="file, or folder for --format c")
-    x.add_argument("--format", choices=["bnn", "onnx", "qonnx", "c"], default="bnn",
+    x.add_argument("--format", choices=list(EXPORT_FORMATS), default="bnn",
                    help="c: dependency-free C99 (model.c/.h, kernels, host main.c); "
                         "qonnx: bipolar weights and threshold activations for FINN")
     x.add_argument("--baseline", help="--format c: unpruned model.pt whose footprint to compare")

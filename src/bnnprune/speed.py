@@ -3,7 +3,7 @@ accuracy table, so the first result says whether the pruned network is faster.
 
 Every model is compiled to the packed engine. :func:`engine_records` checks the engine's
 top-1 predictions against PyTorch's on test images and computes the C export's flash and
-RAM (:func:`bnnprune.engine.cexport.c_footprint`; nothing is written).
+RAM (:func:`bnnprune.deploy.cexport.c_footprint`; nothing is written).
 :func:`time_programs` times all programs, the baseline first, interleaved in one run at
 batch 1 and 64 (:func:`bnnprune.engine.bench.interleaved_latencies`, the timer of ``bnnprune
 bench`` and the sweep), so every ratio to the baseline comes from the same machine load.
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnnprune.deploy.cexport import c_footprint
 from bnnprune.engine import EngineError, Program, compile_model
 from bnnprune.engine.bench import batch_repeats, interleaved_latencies, program_bops
-from bnnprune.engine.cexport import c_footprint
 from bnnprune.machine import cpu_name, isa_flags
 
 __all__ = ["BATCHES", "CHECK_IMAGES", "REPEATS", "EngineRecord", "agreement", "engine_records",

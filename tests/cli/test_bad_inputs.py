@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from bnnprune import engine
+from bnnprune.checkpoint import save_checkpoint
 from bnnprune.cli import main
 from bnnprune.config import TrainConfig
 from bnnprune.engine.fileformat import FORMAT_VERSION, MAGIC, pack_file, unpack_file
 from bnnprune.flips import FlipTracker
 from bnnprune.models import build_model
-from bnnprune.train.checkpoint import save_checkpoint
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 TINY = "--dataset synthetic --model small --width 0.25 --train-subset 64 --test-subset 32"

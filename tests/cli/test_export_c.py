@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnnprune.checkpoint import save_checkpoint
 from bnnprune.cli import main
-from bnnprune.engine.cexport import FILES
+from bnnprune.deploy.cexport import FILES
 from bnnprune.models import build_model
-from bnnprune.train.checkpoint import save_checkpoint
 
 
 def _checkpoint(path: Path, width: float, image_size: int = 28) -> Path:
@@ -78,7 +78,7 @@ def test_export_c_bad_inputs(pts, tmp_path, capsys):
 def test_export_c_target_prints_instructions(pts, tmp_path, capsys):
     """--target cortex-m4: the board example is written and the table gains code bytes and
     instructions per inference (counted under qemu), pruned vs unpruned."""
-    from bnnprune.engine import mcu
+    from bnnprune.deploy import mcu
 
     if mcu.missing_tools():
         if os.environ.get("CI"):

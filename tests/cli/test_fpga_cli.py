@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from bnnprune.checkpoint import save_checkpoint
 from bnnprune.cli import main
 from bnnprune.engine import compile_model
 from bnnprune.models import build_model
 from bnnprune.prune import apply_plan, plan_uniform
-from bnnprune.train.checkpoint import save_checkpoint
 
 SHAPE = (1, 28, 28)
 
@@ -89,7 +89,7 @@ def test_fpga_estimate_says_which_estimator(checkpoints, capsys):
 
 
 def test_fpga_estimate_with_finn(tmp_path, capsys):
-    from bnnprune.engine.finn_run import finn_python
+    from bnnprune.deploy.finn_run import finn_python
 
     if finn_python() is None:
         if os.environ.get("CI"):

@@ -26,10 +26,10 @@ import pytest
 import torch
 
 from bnnprune import engine
+from bnnprune.checkpoint import save_checkpoint
 from bnnprune.engine.fileformat import MAGIC
 from bnnprune.limits import memory_bytes
 from bnnprune.models import build_model
-from bnnprune.train.checkpoint import save_checkpoint
 
 DRIVER = Path(__file__).with_name("hostile_driver.py")
 PEAK_LIMIT = 32 << 20

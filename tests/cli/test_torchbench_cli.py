@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnnprune.checkpoint import save_checkpoint
 from bnnprune.cli import main
 from bnnprune.metrics import summarize
 from bnnprune.models import build_model
 from bnnprune.prune import apply_plan, plan_uniform
-from bnnprune.train.checkpoint import save_checkpoint
 
 SHAPE = (1, 28, 28)
 

@@ -21,8 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnnprune.engine import EngineError, compile_model
-from bnnprune.engine.cexport import (
+from bnnprune.deploy.cexport import (
     C_OP_KINDS,
     FILES,
     c_footprint,
@@ -30,7 +29,8 @@ from bnnprune.engine.cexport import (
     format_footprint,
     plan_arena,
 )
-from bnnprune.engine.cexport import _Buffer as Buffer
+from bnnprune.deploy.cexport import _Buffer as Buffer
+from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine.program import OP_KINDS
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d, BinaryLinear

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnnprune.engine import EngineError, compile_model, fpga
-from bnnprune.engine.finn_run import compare_bits, finn_python, run_finn
+from bnnprune.deploy import fpga
+from bnnprune.deploy.finn_run import compare_bits, finn_python, run_finn
+from bnnprune.engine import EngineError, compile_model
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d
 from bnnprune.prune import apply_plan, plan_uniform
@@ -119,7 +120,7 @@ def test_folding_meets_the_target_and_pruning_saves(small, finn_small):
 
 
 def test_cost_model_against_finn_per_layer(small, finn_small):
-    """bnnprune.engine.fpga's LUT/BRAM formulas at FINN's own folding of each binary MVAU:
+    """bnnprune.deploy.fpga's LUT/BRAM formulas at FINN's own folding of each binary MVAU:
     the LUT error per layer is stated and bounded, BRAM18 counts agree."""
     program = small[0]
     ours = [l for l in fpga.mvau_layers(program) if l.binary]

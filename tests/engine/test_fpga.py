@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from bnnprune.engine import EngineError, compile_model, fpga
+from bnnprune.deploy import fpga
+from bnnprune.engine import EngineError, compile_model
 from bnnprune.models import build_model
 from bnnprune.prune import apply_plan, plan_uniform
 

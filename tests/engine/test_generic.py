@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from bnnprune.engine import EngineError, compile_model, export_onnx, load, save
+from bnnprune.deploy import export_onnx
+from bnnprune.engine import EngineError, compile_model, load, save
 from bnnprune.engine import kernels as K
 from bnnprune.engine.compile import _Tracer
 from bnnprune.engine.fileformat import required_version

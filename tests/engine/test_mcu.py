@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnnprune.engine import EngineError, Program, compile_model, mcu
-from bnnprune.engine.cexport import C_OP_KINDS, export_c
+from bnnprune.deploy import mcu
+from bnnprune.deploy.cexport import C_OP_KINDS, export_c
+from bnnprune.engine import EngineError, Program, compile_model
 
 from .test_cexport import MODELS, _assert_same, _prepare
 from .test_fashion_mnist import ROOT as FMNIST

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnnprune.engine import export_onnx
+from bnnprune.deploy import export_onnx
 from bnnprune.models import build_model
 
 from .conftest import randomize_bn

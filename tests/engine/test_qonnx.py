@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from bnnprune.deploy.qonnx_export import export_qonnx
 from bnnprune.engine import EngineError, compile_model
-from bnnprune.engine.qonnx_export import export_qonnx
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d, clip_latent_weights
 

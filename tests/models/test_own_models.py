@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnnprune.checkpoint import load_checkpoint, save_checkpoint
 from bnnprune.cli import main
 from bnnprune.config import ConfigError, ExperimentConfig, apply_sections, load_config
 from bnnprune.data import load_dataset
 from bnnprune.models import build_from_config, build_model, model_from_arch
 from bnnprune.prune import apply_plan, make_plan
 from bnnprune.train import CheckpointError, load_model
-from bnnprune.train.checkpoint import load_checkpoint, save_checkpoint
 
 PKG = "ownnets_for_tests"
 SPEC = f"{PKG}.nets:build_bnn"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+import bnnprune.checkpoint as checkpoint
 import bnnprune.cli
 import bnnprune.train
-import bnnprune.train.checkpoint as checkpoint
 
 dump = Path(sys.argv[1])
 rank = int(os.environ["RANK"])

@@ -27,9 +27,8 @@ import torch
 from numba import njit, prange
 from torch import nn
 
+from bnnprune.engine.compile import as_program
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.fileformat import load
-from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.kernels.intrinsics import (
     CSA_GROUP,
     CSA_LANES,
@@ -44,7 +43,8 @@ from bnnprune.engine.kernels.intrinsics import (
 )
 from bnnprune.engine.latency import build_cost_model, op_channels
 from bnnprune.engine.pack import tail_mask
-from bnnprune.engine.program import Program, _threads
+from bnnprune.engine.program import Program, _threads, is_pruned_copy
+from bnnprune.engine.timing import elapsed, interleaved, step_samples
 from bnnprune.machine import isa_label, machine_info
 
 __all__ = ["batch_repeats", "benchmark", "compare_latency", "compare_pair", "fma_peak",
@@ -72,12 +72,6 @@ def program_float_macs(program: Program) -> int:
     """Float MACs of one image: every full-precision conv / linear (``fconv``; a binary layer
     on real inputs is one too: the cost rule of :mod:`bnnprune.metrics.ops`)."""
     return _program_macs(program, "fconv")
-
-
-def _time(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _rng_words(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -183,7 +177,7 @@ def _best_probe(run: Callable[[int, int], Any], threads: int, reps: int, seconds
     ``probe_s``, then repeated on all rows for ``seconds`` (at least ``min_probes`` times):
     the repetition count and the best time, so a preempted probe does not count."""
     def probe(r: int, rows: int) -> float:
-        return _time(lambda: run(r, rows))
+        return elapsed(lambda: run(r, rows))
 
     with _threads(1):
         while probe(reps, 1) < probe_s:
@@ -233,7 +227,7 @@ def _kernel_rows(program: Program, batch: int, repeats: int) -> list[dict[str, A
     for _, op in ops:
         _random_bits(rng, plan.bufs[op.inputs[0]], op.attrs["cin"])
     runs = [_calls(plan.op_calls(idx)) for idx, _ in ops]
-    samples = _interleaved(runs, repeats)
+    samples = interleaved(runs, repeats)
     rows = []
     for (idx, op), s in zip(ops, samples, strict=True):
         a = op.attrs
@@ -261,32 +255,13 @@ def op_times(program: Program, batch: int = 1, repeats: int = 20,
     plan = program.plan(batch)
     x = np.random.default_rng(seed).standard_normal((batch, *program.input_shape))
     x = x.astype(np.float32)
-    plan.run(x)
-    times: list[list[float]] = [[] for _ in plan.steps]
-    steps = [chain_calls(calls, min_run=1) for _, calls in plan.steps]  # as in a chained run
-    for _ in range(repeats):
-        plan.load(x)
-        for i, calls in enumerate(steps):
-            t = time.perf_counter()
-            for c in calls:
-                c()
-            times[i].append(time.perf_counter() - t)
+    times = step_samples(plan, x, repeats)
     rows = []
     for (idx, _), t in zip(plan.steps, times, strict=True):
         op = program.ops[idx]
         rows.append({"op": op.name or f"op{idx}", "kind": op.kind,
                      "median_s": statistics.median(t)})
     return rows
-
-
-def _interleaved(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
-    for f in fns:
-        f()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            samples[i].append(_time(f))
-    return samples
 
 
 def batch_repeats(repeats: int, batch: int) -> int:
@@ -303,7 +278,7 @@ def interleaved_latencies(programs: list[Program], batch: int = 1, repeats: int 
         raise EngineError("the programs have different input shapes")
     x = np.random.default_rng(seed).standard_normal((batch, *programs[0].input_shape))
     x = x.astype(np.float32)
-    samples = _interleaved([lambda p=p: p(x, batch_size=batch) for p in programs], repeats)
+    samples = interleaved([lambda p=p: p(x, batch_size=batch) for p in programs], repeats)
     return [statistics.median(s) for s in samples]
 
 
@@ -337,7 +312,7 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
     """
     if baseline.input_shape != program.input_shape:
         raise EngineError("baseline program has a different input shape")
-    if [(o.kind, o.name) for o in program.ops] != [(o.kind, o.name) for o in baseline.ops]:
+    if not is_pruned_copy(program, baseline):
         raise EngineError("the program is not a channel-pruned copy of the baseline (its ops "
                           "differ); compare a model with its own pruned copy")
     if repeats < 1 or table_repeats < 1 or not batches or min(batches) < 1:
@@ -413,10 +388,6 @@ def _sum_kinds(rows: list[dict[str, Any]], kinds: tuple[str, ...] | None) -> flo
     return sum(r["median_s"] for r in rows if r["kind"] in kinds)
 
 
-def _as_program(p: Program | str | os.PathLike[str]) -> Program:
-    return p if isinstance(p, Program) else load(p)
-
-
 @torch.no_grad()
 def benchmark(
     program_or_path: Program | str | os.PathLike[str],
@@ -435,7 +406,7 @@ def benchmark(
     (PyTorch keeps its own setting, see ``torch.set_num_threads``). Returns a JSON-friendly
     dict; :func:`format_benchmark` renders it as a table.
     """
-    program = _as_program(program_or_path)
+    program = as_program(program_or_path)
     if repeats < 1 or latency_batch < 1 or throughput_batch < 1 or kernel_batch < 1:
         raise EngineError("repeats and batch sizes must be >= 1")
     with _threads(threads):
@@ -480,7 +451,7 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
             xt = torch.from_numpy(x)
             model = compare_model.eval()
             fns.append(lambda xt=xt, m=model: m(xt))
-        samples = _interleaved(fns, batch_repeats(repeats, batch))
+        samples = interleaved(fns, batch_repeats(repeats, batch))
         entry: dict[str, Any] = {"batch": batch, "engine": _stats(samples[0])}
         entry["engine"]["images_per_s"] = batch / entry["engine"]["median_s"]
         if compare_model is not None:
@@ -490,7 +461,7 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
         result[label] = entry
 
     if baseline is not None:
-        base = _as_program(baseline)
+        base = as_program(baseline)
         result["pruned"] = compare_latency(program, base, latency_batch, repeats)
         t_p = op_times(program, latency_batch, repeats)
         t_b = op_times(base, latency_batch, repeats)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -25,13 +26,14 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from bnnprune.engine.errors import EngineError
+from bnnprune.engine.fileformat import load
 from bnnprune.engine.fold import bn_affine, fold_threshold
 from bnnprune.engine.pack import pack_weights
 from bnnprune.engine.program import Op, Program, ValueInfo
 from bnnprune.metrics.ops import is_bop_layer
 from bnnprune.nn import BinaryConv2d, BinaryLinear, RPReLU, RSign
 
-__all__ = ["compile_model"]
+__all__ = ["as_program", "compile_model"]
 
 _BITS, _FLOAT = "bits", "float"
 
@@ -691,3 +693,20 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int]) -> Progra
         model.train(was_training)
     meta = {"model": type(model).__name__, "arch": _json_safe(getattr(model, "arch", None))}
     return Program(input_shape, low.values, low.ops, low.output, meta)
+
+
+def as_program(source: Program | nn.Module | str | os.PathLike[str],
+               input_shape: tuple[int, int, int] | None = None) -> Program:
+    """The engine's program of ``source``: a :class:`Program` as it is, a ``.bnn`` file
+    loaded, a PyTorch model compiled for ``input_shape`` (needed then). A given
+    ``input_shape`` must be the program's; :class:`EngineError` otherwise. Checkpoints are
+    read by :func:`bnnprune.deploy.load_program`, which ends here."""
+    if isinstance(source, nn.Module):
+        if input_shape is None:
+            raise EngineError("input_shape (C, H, W) is needed to compile a PyTorch model")
+        return compile_model(source, input_shape)
+    program = source if isinstance(source, Program) else load(source)
+    if input_shape is not None and tuple(input_shape) != program.input_shape:
+        raise EngineError(f"input_shape {tuple(input_shape)} differs from the program's "
+                          f"{program.input_shape}")
+    return program

@@ -41,7 +41,8 @@ from bnnprune.engine.ir import Op, ValueInfo
 from bnnprune.engine.kernels.base import KERNELS_HASH
 from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.pack import tail_mask, words
-from bnnprune.engine.program import Program, _threads
+from bnnprune.engine.program import Program, _threads, is_pruned_copy
+from bnnprune.engine.timing import MIN_WINDOW_S, best_time, step_samples
 from bnnprune.machine import machine_info
 
 __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build_cost_model",
@@ -51,8 +52,6 @@ CACHE_VERSION = 2  # 2: ops timed as chained calls (kernels.chain), not a Python
 CONV_KINDS = ("bconv", "fconv")
 SAVE_EVERY_S = 20.0  # a long table build writes the cache this often
 WHOLE_REPEATS = 20  # at least this many runs of the whole program (its overhead is fragile)
-MIN_WINDOW_S = 0.03  # an op's best time is taken over at least this long ...
-MAX_RUNS = 1000  # ... unless it ran this often
 CONTEXT_MAX = 4.0  # an op's time in a whole run is taken as at most this times its time alone
 
 
@@ -204,21 +203,6 @@ def _one_op_program(program: Program, idx: int, cin: int, cout: int,
     return Program((cin, x.h, x.w), values, ops, len(values) - 1), target
 
 
-def _best_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Best of at least ``repeats`` runs spread over at least :data:`MIN_WINDOW_S` (at most
-    :data:`MAX_RUNS` runs): on a shared machine a preemption can outlast a few short runs."""
-    fn()
-    best = float("inf")
-    start = time.perf_counter()
-    runs = 0
-    while runs < repeats or (time.perf_counter() - start < MIN_WINDOW_S and runs < MAX_RUNS):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-        runs += 1
-    return best
-
-
 def time_op(program: Program, idx: int, cin: int, cout: int, batch: int, threads: int,
             repeats: int) -> float:
     """Best time of op ``idx`` alone at (cin, cout) channels on ``batch`` random images."""
@@ -236,14 +220,14 @@ def time_op(program: Program, idx: int, cin: int, cout: int, batch: int, threads
         for c in calls:
             c()
 
-    return max(_best_time(run, repeats), 1e-9)
+    return max(best_time(run, repeats), 1e-9)
 
 
 def time_program(program: Program, batch: int, threads: int, repeats: int) -> float:
     """Best time of a whole run of ``program`` on ``batch`` random images."""
     x = np.random.default_rng(5).standard_normal((batch, *program.input_shape))
     x = x.astype(np.float32)
-    return max(_best_time(lambda: program(x, batch_size=batch, threads=threads), repeats), 1e-9)
+    return max(best_time(lambda: program(x, batch_size=batch, threads=threads), repeats), 1e-9)
 
 
 def time_ops_in_context(program: Program, batch: int, threads: int,
@@ -255,19 +239,10 @@ def time_ops_in_context(program: Program, batch: int, threads: int,
     x = x.astype(np.float32)
     with _threads(threads) as th:
         plan = program.plan(batch, th)
-        plan.run(x)
-        steps = [(idx, chain_calls(calls, min_run=1)) for idx, calls in plan.steps]
-        best = [float("inf")] * len(program.ops)
-        start, runs = time.perf_counter(), 0
-        while runs < repeats or (time.perf_counter() - start < MIN_WINDOW_S
-                                 and runs < MAX_RUNS):
-            runs += 1
-            plan.load(x)
-            for idx, calls in steps:
-                t = time.perf_counter()
-                for c in calls:
-                    c()
-                best[idx] = min(best[idx], time.perf_counter() - t)
+        samples = step_samples(plan, x, repeats, MIN_WINDOW_S)
+    best = [float("inf")] * len(program.ops)
+    for (idx, _), s in zip(plan.steps, samples, strict=True):
+        best[idx] = min(s)
     return best
 
 
@@ -340,8 +315,7 @@ class EngineCostModel:
 
     def predict(self, program: Program) -> float:
         """Predicted latency (s) of ``program``: the unpruned program with fewer channels."""
-        if [(o.kind, o.name) for o in program.ops] != [(o.kind, o.name) for o in
-                                                       self.program.ops]:
+        if not is_pruned_copy(program, self.program):
             raise EngineError("the program is not a channel-pruned copy of the cost model's "
                               "program (its ops differ)")
         return self.predict_counts([op_channels(program, i) for i in range(len(program.ops))])

@@ -25,7 +25,7 @@ from bnnprune.engine.ir import Op, ValueInfo
 from bnnprune.engine.pack import tail_mask, unpack_signs, words
 from bnnprune.engine.plan import ExecutionPlan, prepare_bconv, prepare_fconv
 
-__all__ = ["Op", "Program", "ValueInfo", "validate"]
+__all__ = ["Op", "Program", "ValueInfo", "is_pruned_copy", "validate"]
 
 MAX_DIM = 1 << 16
 MAX_CHANNELS = 1 << 20
@@ -391,3 +391,9 @@ class Program:
             v = self.values[op.output]
             rows.append({"name": op.name, "op": op.kind, "out": [v.h, v.w, v.c], "repr": v.kind})
         return rows
+
+
+def is_pruned_copy(program: Program, baseline: Program) -> bool:
+    """Whether ``program`` has ``baseline``'s ops (kinds and names, in order), so it can
+    differ only in channel counts: a channel-pruned copy, or the baseline itself."""
+    return [(o.kind, o.name) for o in program.ops] == [(o.kind, o.name) for o in baseline.ops]

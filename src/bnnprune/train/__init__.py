@@ -17,6 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from bnnprune.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from bnnprune.config import TrainConfig
 from bnnprune.data import Dataset, augment, batches, normalize
 from bnnprune.flips import FlipTracker
@@ -24,13 +31,6 @@ from bnnprune.killpoint import armed, kill_point
 from bnnprune.nn import attach_clipping, binary_layers
 from bnnprune.seeding import seed_everything
 from bnnprune.train import dist
-from bnnprune.train.checkpoint import (
-    CheckpointError,
-    atomic_write_bytes,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
 
 __all__ = [
     "CheckpointError",

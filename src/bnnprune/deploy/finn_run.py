@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from bnnprune.deploy.qonnx_export import export_qonnx
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.program import Program
-from bnnprune.engine.qonnx_export import export_qonnx
 
 __all__ = ["FINN_PYTHON_ENV", "FinnResult", "compare_bits", "finn_python", "format_layers",
            "report", "run_finn"]

@@ -1,13 +1,13 @@
 """FINN's compiler front end on a bnnprune QONNX export, run inside FINN's own environment.
 
-    .venv-finn/bin/python -I src/bnnprune/engine/finn_flow.py MODEL.onnx --report OUT.json
+    .venv-finn/bin/python -I src/bnnprune/deploy/finn_flow.py MODEL.onnx --report OUT.json
         [--inputs X.npy --outputs Y.npz] [--target-fps 1000] [--clock-mhz 200]
         [--fpga-part xc7z020clg400-1]
 
 This file imports only numpy, qonnx and FINN (finn-plus), never bnnprune: FINN pins numpy,
 onnx and qonnx to other versions than bnnprune's, so it runs in ``.venv-finn``
 (``scripts/setup.sh --fpga``) and bnnprune calls it as a subprocess
-(:mod:`bnnprune.engine.finn_run`). The steps are FINN's own build steps
+(:mod:`bnnprune.deploy.finn_run`). The steps are FINN's own build steps
 (``finn.builder.build_dataflow_steps``: qonnx_to_finn, tidy_up, streamline, convert_to_hw,
 specialize_layers, target_fps_parallelization, generate_estimate_reports), called one
 transformation at a time because FINN's build configuration imports the multi-FPGA

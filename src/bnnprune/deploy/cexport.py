@@ -573,7 +573,7 @@ int model_run(const float *input, float *logits, void *scratch)
 
 
 def _runtime(name: str) -> str:
-    return resources.files("bnnprune.engine").joinpath("c", name).read_text(encoding="utf-8")
+    return resources.files("bnnprune.deploy").joinpath("c", name).read_text(encoding="utf-8")
 
 
 def c_footprint(program: Program) -> Footprint:
@@ -602,7 +602,7 @@ def format_footprint(fp: Footprint, baseline: Footprint | None = None,
     """A small table of flash and RAM bytes (pruned vs unpruned when a baseline is given).
 
     ``extra`` adds columns: name -> (value, baseline value), e.g. a target's code bytes and
-    instructions per inference (:mod:`bnnprune.engine.mcu`).
+    instructions per inference (:mod:`bnnprune.deploy.mcu`).
     """
     cols = {"flash (const B)": (fp.flash_bytes, baseline.flash_bytes if baseline else None),
             "RAM (scratch B)": (fp.ram_bytes, baseline.ram_bytes if baseline else None),

@@ -40,6 +40,7 @@ import numpy as np
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.engine import kernels as K
+from bnnprune.engine.compile import as_program
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.pack import unpack_signs, words
 from bnnprune.engine.program import Op, Program, ValueInfo
@@ -366,19 +367,6 @@ def _int8_scale(w: np.ndarray, op: Op) -> float:
                       "of two; quantize the layer before an export with input_scale")
 
 
-def _as_program(model_or_program: Any, input_shape: tuple[int, int, int] | None) -> Program:
-    if isinstance(model_or_program, Program):
-        if input_shape is not None and tuple(input_shape) != model_or_program.input_shape:
-            raise EngineError(f"input_shape {tuple(input_shape)} differs from the program's "
-                              f"{model_or_program.input_shape}")
-        return model_or_program
-    from bnnprune.engine.compile import compile_model
-
-    if input_shape is None:
-        raise EngineError("input_shape (C, H, W) is needed to compile a PyTorch model")
-    return compile_model(model_or_program, input_shape)
-
-
 def _value_map(model: Any, program: Program) -> dict[str, str]:
     """``"<source>:<kind>"`` -> tensor, from the tags the builder left on the nodes."""
     by_id: dict[int, str] = {0: model.graph.input[0].name}
@@ -431,7 +419,7 @@ def export_qonnx(model_or_program: Any, input_shape: tuple[int, int, int] | None
     if input_scale is not None and not (isinstance(input_scale, int | float)
                                         and np.isfinite(input_scale) and input_scale > 0):
         raise EngineError(f"input_scale must be a positive number, got {input_scale!r}")
-    program = _as_program(model_or_program, input_shape)
+    program = as_program(model_or_program, input_shape)
     proto = _Builder(program, batch_size, finn, input_scale).build()
     try:
         model = cleanup_model(ModelWrapper(proto))

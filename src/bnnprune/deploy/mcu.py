@@ -1,7 +1,7 @@
 """Cortex-M targets of the C export: build, run and count it on emulated microcontrollers.
 
-A C export (:func:`bnnprune.engine.cexport.export_c`) is compiled with ``arm-none-eabi-gcc``
-for a :class:`Target`, linked with the small board example in ``engine/c/mcu`` (startup
+A C export (:func:`bnnprune.deploy.cexport.export_c`) is compiled with ``arm-none-eabi-gcc``
+for a :class:`Target`, linked with the small board example in ``deploy/c/mcu`` (startup
 code, linker script and a semihosting ``main``) for qemu's ``mps2`` boards, and run under
 ``qemu-system-arm``. The project's qemu plugin (``qemu_insn_count.c``, built with the host
 compiler) counts the instructions each ``model_run`` executes: instruction counts under
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bnnprune.atomic import atomic_write_bytes
-from bnnprune.engine.cexport import Footprint, export_c
+from bnnprune.deploy.cexport import Footprint, export_c
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.program import Program
 
@@ -100,7 +100,7 @@ def require_tools(count: bool = True) -> None:
 
 
 def _mcu_file(name: str) -> str:
-    return resources.files("bnnprune.engine").joinpath("c", "mcu", name).read_text("utf-8")
+    return resources.files("bnnprune.deploy").joinpath("c", "mcu", name).read_text("utf-8")
 
 
 def _makefile(t: Target) -> str:
