@@ -48,13 +48,8 @@ from bnnprune.lock import claim
 from bnnprune.metrics import count_bops
 from bnnprune.models import build_from_config
 from bnnprune.phases import (
-    RECORD_VERSION,
-    DatasetRecord,
-    MachineRecord,
     history_of,
-    machine_label,
     measure,
-    normalized,
     prune_rounds,
     retrain_config,
     tracker_of,
@@ -64,6 +59,14 @@ from bnnprune.prune import PlanOptions, compute_sensitivity, get_policy, prune_o
 from bnnprune.prune.methods import Method, parse_method
 from bnnprune.prune.premise import premise_curve
 from bnnprune.prune.resolve import plan_options, resolve_sweep, sweep_methods
+from bnnprune.records import (
+    RECORD_VERSION,
+    DatasetRecord,
+    MachineRecord,
+    machine_label,
+    normalized,
+    save_record,
+)
 from bnnprune.stats import paired_difference, paired_test, spearman
 from bnnprune.train import evaluate, load_model, resolve_device
 
@@ -188,13 +191,6 @@ def _record_path(cfg: SweepConfig, out: Path, folder: str) -> Path:
     return out / folder / "result.json"
 
 
-def _save_record(path: Path, rec: dict[str, Any]) -> None:
-    """One record, as committed: sorted keys, one line per key, a final newline."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(normalized(rec), indent=1, sort_keys=True) + "\n")
-                       .encode())
-
-
 def _finished(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
     path = _record_path(cfg, out, cell.folder)
     if not path.is_file():
@@ -230,7 +226,7 @@ def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
            "seed": cell.seed, "method_key": cell.method.spec if cell.method else None,
            "target_reduction": cell.reduction, "folder": cell.folder,
            "seconds": seconds, "machine": dataclasses.asdict(MachineRecord.here(device))}
-    _save_record(_record_path(cfg, out, cell.folder), rec)
+    save_record(_record_path(cfg, out, cell.folder), rec)
     kill_point(f"sweep:recorded:{cell.folder}")
     return rec
 
@@ -747,7 +743,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         speed["ops_batch64"] = op_times(prog, 64, 10)
         speed["baseline_ops_batch64"] = base_ops[seed]
         rec["speed"] = speed
-        _save_record(_record_path(cfg, out, rec["folder"]),
+        save_record(_record_path(cfg, out, rec["folder"]),
                      {k: v for k, v in rec.items() if k != "reused"})
     return len(todo)
 
