@@ -16,6 +16,9 @@ folder never compute one cell at the same time; one that finds a cell claimed co
 other cells meanwhile, then polls the claim and reads the record the holder wrote. Or a
 batch system spreads them over machines: each worker computes one cell
 (:func:`compute_cell`, ``bnnprune sweep --cell K``), see docs/scaling.md.
+
+The records' format lives in :mod:`bnnprune.records`; the statistics and verdicts the pages
+print, computed from the records alone, in :mod:`bnnprune.evidence`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,8 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -42,6 +43,13 @@ import torch
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import SCRATCH_ROW, ConfigError, SweepConfig
 from bnnprune.data import load_from_config, normalize
+from bnnprune.evidence import (
+    aggregate,
+    check_primaries,
+    convergence,
+    design_results,
+    plateau_verdict,
+)
 from bnnprune.flips import FlipTracker
 from bnnprune.killpoint import kill_point
 from bnnprune.lock import claim
@@ -56,27 +64,25 @@ from bnnprune.phases import (
     train_phase,
 )
 from bnnprune.prune import PlanOptions, compute_sensitivity, get_policy, prune_once
-from bnnprune.prune.methods import Method, parse_method
+from bnnprune.prune.methods import Method
 from bnnprune.prune.premise import premise_curve
 from bnnprune.prune.resolve import plan_options, resolve_sweep, sweep_methods
 from bnnprune.records import (
     RECORD_VERSION,
     DatasetRecord,
     MachineRecord,
-    machine_label,
     normalized,
     save_record,
 )
-from bnnprune.stats import paired_difference, paired_test, spearman
+from bnnprune.stats import spearman
 from bnnprune.train import evaluate, load_model, resolve_device
 
-__all__ = ["Cell", "aggregate", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
+__all__ = ["Cell", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
 
 Log = Callable[[str], None]
 THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
 CLAIMS = ".claims"  # under the sweep folder: one claim per cell, while a process computes it
 CLAIM_POLL_SECONDS = 0.5  # how often a process waiting for a cell claimed elsewhere retries
-CONTROL_ROW = " (paper control)"  # the row suffix of the paper policy's uniform control
 
 
 # ---------------------------------------------------------------- cells
@@ -169,19 +175,6 @@ def _retrain_cfg(cfg: SweepConfig, cell: Cell) -> SweepConfig:
     return dataclasses.replace(cfg, prune=p)
 
 
-def row_key(rec: dict[str, Any]) -> str:
-    """The row of a prune, scratch or control record in the tables: its method, marked
-    when the cell retrained from scratch; ``scratch`` for uniform widths from scratch and
-    ``scratch-target`` for another policy's widths; ``uniform+wff (paper control)``."""
-    if rec["kind"] == "scratch":
-        m = rec["method_key"]
-        return "scratch" if not m else f"scratch-{m.split('+', 1)[0]}"
-    if rec["kind"] == "control":
-        return f"{rec['method_key']}{CONTROL_ROW}"
-    key = rec["method_key"]
-    return key + SCRATCH_ROW if rec.get("retrain") == "scratch" else key
-
-
 def _record_path(cfg: SweepConfig, out: Path, folder: str) -> Path:
     """Where the record of the cell in ``folder`` (``seed0/target+wff-30``) lives: under
     ``sweep.records`` (small JSON files meant to be committed, so a fresh clone resumes) or
@@ -229,53 +222,6 @@ def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
     save_record(_record_path(cfg, out, cell.folder), rec)
     kill_point(f"sweep:recorded:{cell.folder}")
     return rec
-
-
-def convergence(history: list[dict[str, Any]], track_last: int) -> dict[str, Any]:
-    """The plateau criterion of a baseline: accuracy change over the ``track_last`` epochs
-    before the flip interval (on the validation split where the data has one, else on the
-    test set, as older records did), and max/min of each layer's per-epoch flip ratio
-    inside it (a flat interval is near 1; a learning rate decaying to 0 gives ~100)."""
-    n = len(history)
-    start = n - track_last  # index of the first epoch inside the interval
-    split = "val_acc" if history and "val_acc" in history[0] else "test_acc"
-    before = [h[split] for h in history[max(0, start - track_last):start]]
-    inside = history[start:]
-    flatness: dict[str, float] = {}
-    for layer in (inside[0].get("flip_ratio") or {}) if inside else {}:
-        vals = [h["flip_ratio"][layer] for h in inside]
-        lo = min(vals)
-        flatness[layer] = max(vals) / lo if lo > 0 else float("inf")
-    out = {
-        "acc_change_before_interval": (before[-1] - before[0]) if len(before) > 1 else None,
-        "epochs_compared": len(before),
-        "interval_epochs": len(inside),
-        "flip_ratio_max_over_min": flatness,
-        "worst_flatness": max(flatness.values()) if flatness else None,
-        "test_acc_by_epoch": [h["test_acc"] for h in history],
-        "lr_by_epoch": [h.get("lr") for h in history],
-    }
-    if split == "val_acc":  # older records carry neither key: their pages stay as they were
-        out["split"] = "val"
-        out["val_acc_by_epoch"] = [h["val_acc"] for h in history]
-        out["train_acc_by_epoch"] = [h["train_acc"] for h in history]
-    return out
-
-
-def plateau_verdict(conv: dict[str, Any], max_rise_pp: float | None,
-                    max_flatness: float | None) -> dict[str, Any] | None:
-    """Whether a baseline's :func:`convergence` meets the pre-registered plateau criterion:
-    accuracy rose by less than ``max_rise_pp`` points over the epochs before the flip
-    interval, and every layer's per-epoch flip ratio inside it varies by less than
-    ``max_flatness`` (max/min). None when the sweep sets no criterion."""
-    if max_rise_pp is None and max_flatness is None:
-        return None
-    change = conv.get("acc_change_before_interval")
-    flat = conv.get("worst_flatness")
-    rise_ok = max_rise_pp is None or (change is not None and 100 * change < max_rise_pp)
-    flat_ok = max_flatness is None or (flat is not None and flat < max_flatness)
-    return {"rise_pp": None if change is None else 100 * change, "worst_flatness": flat,
-            "rise_ok": rise_ok, "flat_ok": flat_ok, "passed": rise_ok and flat_ok}
 
 
 def gated_out(cfg: SweepConfig, baseline: dict[str, Any] | None) -> bool:
@@ -748,264 +694,6 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
     return len(todo)
 
 
-# ---------------------------------------------------------------- aggregate
-
-
-def _ms(vals: list[float]) -> dict[str, float]:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"n": 0, "mean": float("nan"), "std": float("nan")}
-    return {"n": len(vals), "mean": statistics.fmean(vals),
-            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
-
-
-def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of every (method, reduction) and the premise."""
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_kind.setdefault(r["kind"], []).append(r)
-    base = by_kind.get("baseline", [])
-    base_bops = {r["seed"]: r["bops"] for r in base}
-    rows: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-    for r in [*by_kind.get("prune", []), *by_kind.get("scratch", []),
-              *by_kind.get("control", [])]:
-        key = row_key(r)
-        rows.setdefault((key, r["target_reduction"]), []).append(r)
-    table = []
-    for (key, target), rs in rows.items():
-        entry = {
-            "method_key": key, "method": rs[0].get("label", rs[0].get("method")),
-            "target_reduction": target,
-            "seeds": sorted(r["seed"] for r in rs),
-            "test_acc": _ms([r["test_acc"] for r in rs]),
-            "bops_reduction": _ms([1 - r["bops"] / base_bops[r["seed"]] for r in rs]),
-            "bops": _ms([r["bops"] for r in rs]),
-            "memory_bytes": _ms([r["memory_bytes"] for r in rs]),
-            "channels_by_seed": {str(r["seed"]): r["channels"] for r in rs},
-            "epochs": sorted({r["epochs"] for r in rs if r.get("epochs")}),
-        }
-        for b in ("batch1", "batch64"):
-            sp = [r["speed"][b] for r in rs if r.get("speed")]
-            entry[f"latency_ratio_{b}"] = _ms([s["latency_ratio"] for s in sp])
-            entry[f"bops_ratio_{b}"] = _ms([s["bops_ratio"] for s in sp])
-        agree = [r["speed"]["engine_agreement"] for r in rs if r.get("speed")]
-        entry["engine_agreement_min"] = min(agree) if agree else None
-        table.append(entry)
-    table.sort(key=lambda e: (e["method_key"], e["target_reduction"] or 0))
-    premise: dict[str, Any] = {}
-    prem = by_kind.get("premise", [])
-    if prem:
-        percents = prem[0]["percents"]
-        premise = {"percents": percents,
-                   "unflipped_acc": _ms([r["unflipped_acc"] for r in prem]),
-                   "flipped_in_window": _ms([r["flipped_in_window"] for r in prem]),
-                   "curves": {}}
-        for choice in prem[0]["curves"]:
-            premise["curves"][choice] = [
-                _ms([r["curves"][choice][i] for r in prem]) for i in range(len(percents))
-            ]
-        # each choice against random flips of the same count, paired by seed
-        if "random" in prem[0]["curves"]:
-            premise["vs_random"] = {
-                choice: [paired_test([r["curves"][choice][i] for r in prem],
-                                     [r["curves"]["random"][i] for r in prem])
-                         for i in range(len(percents))]
-                for choice in prem[0]["curves"] if choice != "random"}
-    p_layers: dict[str, list[float]] = {}
-    for r in base:
-        for name, v in ((r.get("sensitivity") or {}).get("layers") or {}).items():
-            p_layers.setdefault(name, []).append(v["p"])
-    return {
-        "baseline": {"test_acc": _ms([r["test_acc"] for r in base]),
-                     "bops": _ms([r["bops"] for r in base]),
-                     "memory_bytes": _ms([r["memory_bytes"] for r in base]),
-                     "channels": base[0]["channels"] if base else {}},
-        "budget": {"test_acc": _ms([r["test_acc"] for r in by_kind.get("budget", [])])},
-        "table": table,
-        "premise": premise,
-        "p_layers": {n: _ms(v) for n, v in p_layers.items()},
-        "paired": paired_comparisons(records),
-        "recommendation": recommendation(records),
-        "convergence": {str(r["seed"]): r["convergence"] for r in base if r.get("convergence")},
-        "correlation": _mean_correlation(base),
-        "thresholds": _mean_thresholds(base),
-        "intervals": _mean_thresholds(base, "intervals"),
-        "paper_rounds": _paper_rounds(by_kind.get("prune", [])),
-        "paper_retraining": paper_retraining(by_kind.get("prune", [])),
-        "machines": _machines(records),
-        "cells": _cell_times(records),
-        "cell_seconds": sum(_compute_seconds(r) for r in records),
-    }
-
-
-# The questions the trial answers: (A, B) pairs compared seed by seed at equal BOPs.
-QUESTIONS = (
-    ("does flip-proportional allocation beat uniform width?", "target+{c}", "uniform+{c}"),
-    ("does WFF channel choice beat random?", "{a}+wff", "{a}+random"),
-    ("does WFF channel choice beat latent magnitude?", "{a}+wff", "{a}+magnitude"),
-    ("does |w|/(1+flips) beat magnitude?", "{a}+flip_magnitude", "{a}+magnitude"),
-    ("does |w|/(1+flips) beat WFF?", "{a}+flip_magnitude", "{a}+wff"),
-    ("does pruning a trained model beat uniform width from scratch?", "uniform+magnitude",
-     "scratch"),
-)
-
-
-def _accuracies(records: list[dict[str, Any]],
-                field: str = "test_acc") -> dict[tuple[str, Any], dict[int, float]]:
-    """Test (or validation: ``field="val_acc"``) accuracy of every prune, scratch and control
-    cell by (row, target reduction), then seed."""
-    acc: dict[tuple[str, Any], dict[int, float]] = {}
-    for r in records:
-        if r["kind"] in ("prune", "scratch", "control") and r.get(field) is not None:
-            acc.setdefault((row_key(r), r["target_reduction"]), {})[r["seed"]] = r[field]
-    return acc
-
-
-def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per question, reduction and variant: the paired difference in test accuracy (A - B)
-    over the seeds where both were measured, with its 95% interval, paired SD and p."""
-    acc = _accuracies(records)
-    criteria = sorted({k.split("+", 1)[1] for k, _ in acc if "+" in k})
-    out = []
-    for question, a_t, b_t in QUESTIONS:
-        variants = ([{"c": c} for c in criteria] if "{c}" in a_t
-                    else [{"a": a} for a in ("target", "uniform")] if "{a}" in a_t else [{}])
-        for v in variants:
-            a_key, b_key = a_t.format(**v), b_t.format(**v)
-            for (key, red), a_seeds in sorted(acc.items(), key=lambda kv: str(kv[0])):
-                if key != a_key or (b_key, red) not in acc:
-                    continue
-                b_seeds = acc[(b_key, red)]
-                seeds = sorted(set(a_seeds) & set(b_seeds))
-                if not seeds:
-                    continue
-                d = paired_test([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
-                out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
-                            "seeds": seeds, **d})
-    return out
-
-
-def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Mean accuracy ranks over the reductions of every row measured at every reduction
-    (pruning methods at a BOPs target and uniform width from scratch), the pruning method
-    ranked best with its paired differences against every other row, and what
-    ``bnnprune run``'s default should be: the simplest method (least data needed) that no
-    comparison resolves from the best-ranked one. None before two rows are comparable."""
-    acc: dict[str, dict[float, dict[int, float]]] = {}
-    for (m, red), by_seed in _accuracies(records).items():
-        if red is not None:
-            acc.setdefault(m, {})[red] = by_seed
-    reds = sorted({red for by in acc.values() for red in by})
-    full = {m: by for m, by in acc.items() if set(by) == set(reds)}
-    if len(full) < 2:
-        return None
-    ranks: dict[str, list[int]] = {m: [] for m in full}
-    for red in reds:
-        order = sorted(full, key=lambda m: (-statistics.fmean(full[m][red].values()), m))
-        for i, m in enumerate(order, 1):
-            ranks[m].append(i)
-    mean_rank = {m: statistics.fmean(v) for m, v in ranks.items()}
-    pruning = sorted(m for m in full if "+" in m)  # methods, not networks from scratch
-    best = min(pruning, key=lambda m: mean_rank[m])
-    against = []
-    for m in sorted(full):
-        for red in reds if m != best else []:
-            seeds = sorted(set(full[best][red]) & set(full[m][red]))
-            d = paired_difference([full[best][red][s] for s in seeds],
-                                  [full[m][red][s] for s in seeds])
-            against.append({"b": m, "reduction": red, "seeds": seeds, **d})
-    # a tie goes to the simpler method: among the pruning methods no comparison resolves
-    # from the best-ranked one, the one needing the least data (no flip counts), then rank
-    tied = [m for m in pruning if m == best or not any(
-        d["resolved"] for d in against if d["b"] == m)]
-    chosen = min(tied, key=lambda m: (len(parse_method(m).needs), mean_rank[m], m))
-    return {"method": chosen, "best_ranked": best, "tied": tied,
-            "mean_rank": mean_rank[chosen], "reductions": reds, "mean_ranks": mean_rank,
-            "against": against}
-
-
-def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Round by round records of the paper policy, per row (retraining) and seed."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in sorted(prune, key=lambda r: r["seed"]):
-        if (r["method_key"] or "").startswith("paper+"):
-            out.setdefault(row_key(r), {})[str(r["seed"])] = r.get("rounds")
-    return out
-
-
-def paper_retraining(prune: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fine-tuning minus retraining from scratch in the paper policy's first round, paired by
-    seed: both prune the seed's baseline by its own p_l (the same plan), so only the
-    retraining differs. Also how many rounds each ran and after how many epochs."""
-    rounds = _paper_rounds(prune)
-    out = []
-    for key in sorted(rounds):
-        fine, scratch = rounds[key], rounds.get(key + SCRATCH_ROW)
-        if key.endswith(SCRATCH_ROW) or not scratch:
-            continue
-        seeds = sorted((s for s in set(fine) & set(scratch) if fine[s] and scratch[s]), key=int)
-        ft = [fine[s][0] for s in seeds]
-        sc = [scratch[s][0] for s in seeds]
-        out.append({
-            "method": key, "seeds": [int(s) for s in seeds],
-            "diff": paired_difference([r["test_acc"] for r in ft], [r["test_acc"] for r in sc]),
-            "epochs": [ft[0].get("epochs"), sc[0].get("epochs")] if seeds else [None, None],
-            "bops_equal": all(a["bops"] == b["bops"] for a, b in zip(ft, sc, strict=True)),
-            "rounds": [sorted(len(r) for r in by.values() if r) for by in (fine, scratch)],
-        })
-    return out
-
-
-def _mean_correlation(base: list[dict[str, Any]]) -> dict[str, Any]:
-    layers: dict[str, dict[str, list[float]]] = {}
-    for r in base:
-        for name, c in (r.get("correlation") or {}).items():
-            for k, v in c.items():
-                layers.setdefault(name, {}).setdefault(k, []).append(v)
-    return {n: {k: _ms(v) for k, v in d.items()} for n, d in layers.items()}
-
-
-def _mean_thresholds(base: list[dict[str, Any]], field: str = "thresholds") -> dict[str, Any]:
-    """Mean over seeds of a baseline table keyed by flip threshold (or interval length)."""
-    out: dict[str, Any] = {}
-    for r in base:
-        for t, v in (r.get(field) or {}).items():
-            e = out.setdefault(t, {"p": {}, "paper_reduction": []})
-            e["paper_reduction"].append(v["paper_reduction"])
-            for n, p in v["p"].items():
-                e["p"].setdefault(n, []).append(p)
-    return {t: {"paper_reduction": _ms(e["paper_reduction"]),
-                "p": {n: _ms(v) for n, v in e["p"].items()}} for t, e in out.items()}
-
-
-def _compute_seconds(rec: dict[str, Any]) -> float:
-    """A cell's compute: its wall time, or its phase's training time when the record was
-    rebuilt from a phase trained earlier (baselines)."""
-    return max(rec.get("seconds") or 0.0, rec.get("train_seconds") or 0.0)
-
-
-def _cell_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every cell's compute time and machine, for the page."""
-    return [{"cell": r["folder"].split("/", 1)[-1], "seed": r["seed"],
-             "seconds": _compute_seconds(r),
-             "machine": machine_label(r["machine"]) if r.get("machine") else None}
-            for r in records if r.get("folder")]
-
-
-def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every machine that computed cells, with its cell count and compute time."""
-    seen: dict[str, dict[str, Any]] = {}
-    for r in records:
-        m = r.get("machine")
-        if not m:
-            continue
-        label = machine_label(m)
-        e = seen.setdefault(label, {"machine": label, "cells": 0, "seconds": 0.0})
-        e["cells"] += 1
-        e["seconds"] += _compute_seconds(r)
-    return sorted(seen.values(), key=lambda e: e["machine"])
-
-
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = lambda s: None,
               progress: bool = False, command: str | None = None,
               compute: bool = True) -> dict[str, Any]:
@@ -1017,7 +705,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
     the results and the cells still to do are counted in ``pending``.
     """
     resolve_sweep(cfg)
-    _check_primaries(cfg)
+    check_primaries(cfg)
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
@@ -1057,106 +745,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         "pending": pending,
         "records": [{k: v for k, v in r.items() if k != "reused"} for r in records],
         **aggregate(records),
-        **_design_results(cfg, records),
+        **design_results(cfg, records),
     }
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
     return results
-
-
-def _rows_of(cfg: SweepConfig) -> set[str]:
-    """The table rows (:func:`row_key`) the sweep's cells produce at its reductions."""
-    s = cfg.sweep
-    rows = {m.spec for m in sweep_methods(s) if not m.policy.iterates}
-    if s.scratch:
-        rows |= {"scratch" if a == "uniform" else f"scratch-{a}" for a in s.scratch_policies}
-    return rows
-
-
-def _check_primaries(cfg: SweepConfig) -> None:
-    """ConfigError before anything trains when a primary is unknown or its rows are not
-    among the sweep's cells."""
-    from bnnprune.primaries import PRIMARIES, required_rows
-
-    unknown = [n for n in cfg.sweep.primaries if n not in PRIMARIES]
-    if unknown:
-        raise ConfigError(f"unknown sweep.primaries {unknown}; choose from "
-                          f"{', '.join(PRIMARIES)}")
-    missing = sorted(required_rows(cfg.sweep.primaries) - _rows_of(cfg))
-    if missing:
-        raise ConfigError(f"sweep.primaries compare rows this sweep does not compute: "
-                          f"{', '.join(missing)} (add the methods to sweep.methods; scratch "
-                          "rows need sweep.scratch and sweep.scratch_policies)")
-
-
-def _design_results(cfg: SweepConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The plateau verdict of every baseline and the pre-registered primaries (only when
-    the sweep sets a criterion / primaries: older pages stay as they were)."""
-    from bnnprune.primaries import analyze
-
-    s = cfg.sweep
-    out: dict[str, Any] = {}
-    if s.plateau_max_rise_pp is not None or s.plateau_max_flatness is not None:
-        out["plateau"] = {
-            str(r["seed"]): plateau_verdict(r["convergence"], s.plateau_max_rise_pp,
-                                            s.plateau_max_flatness)
-            for r in records if r["kind"] == "baseline" and r.get("convergence")}
-    if s.primaries:
-        failed = {int(k) for k, v in out.get("plateau", {}).items()
-                  if s.plateau_gate and not v["passed"]}
-        used = [r for r in records if r["seed"] not in failed]
-        out["primaries"] = analyze(_accuracies(used), s.primaries, s.reductions)
-        out["exploratory"] = exploratory(used, s.reductions)
-        # bnnprune run's default is chosen on the validation split, never on the test set
-        out["primaries_val"] = analyze(_accuracies(used, "val_acc"), s.primaries,
-                                       s.reductions)
-        out["default_method"] = default_method(out["primaries_val"])
-    return out
-
-
-def default_method(val_primaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """``bnnprune run``'s default method from the primaries on validation accuracy: the
-    flip-guided allocation (target) only if it is resolved better than uniform widths, WFF
-    channels only if resolved better than magnitude; a tie goes to the simpler choice
-    (uniform widths, magnitude: neither needs flip data)."""
-    by = {p["name"]: p for p in val_primaries}
-
-    def wins(name: str) -> bool:
-        p = by.get(name)
-        return bool(p and p["resolved_holm"] and p["mean"] > 0)
-
-    policy = "target" if wins("allocation") else "uniform"
-    criterion = "wff" if wins("channel_choice") else "magnitude"
-    return {"method": f"{policy}+{criterion}",
-            "seeds": min((p["n"] for p in val_primaries), default=0)}
-
-
-# Exploratory comparisons of a pre-registered sweep (A row, B row), at every reduction
-EXPLORATORY = (
-    ("target+wff", "uniform+wff"), ("scratch-target", "scratch"),
-    ("target+wff", "scratch-target"), ("uniform+wff", "scratch"),
-    ("target+wff", "target+random"), ("target+magnitude", "target+random"),
-    ("target+magnitude", "uniform+wff"),
-)
-
-
-def exploratory(records: list[dict[str, Any]], reductions: list[float]) -> list[dict[str, Any]]:
-    """Paired differences of the :data:`EXPLORATORY` rows at each reduction, and the paper
-    policy against its uniform control at the paper's own reduction; not corrected for
-    multiplicity (they are labelled exploratory)."""
-    acc = _accuracies(records)
-    pairs = [(a, b, r) for r in reductions for a, b in EXPLORATORY]
-    pairs += [(k, f"uniform+{k.split('+', 1)[1]}{CONTROL_ROW}", None)
-              for k, red in sorted(acc, key=str) if red is None and k.startswith("paper+")
-              and not k.endswith(SCRATCH_ROW)]
-    out = []
-    for a, b, r in pairs:
-        sa, sb = acc.get((a, r), {}), acc.get((b, r), {})
-        seeds = sorted(set(sa) & set(sb))
-        if not seeds:
-            continue
-        d = paired_difference([sa[x] for x in seeds], [sb[x] for x in seeds])
-        out.append({"a": a, "b": b, "reduction": r, "seeds": seeds, **d})
-    return out
 
 
 def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
