@@ -63,7 +63,13 @@ from bnnprune.phases import (
     tracker_of,
     train_phase,
 )
-from bnnprune.prune import PlanOptions, compute_sensitivity, get_policy, prune_once
+from bnnprune.prune import (
+    PlanOptions,
+    Sensitivity,
+    compute_sensitivity,
+    get_policy,
+    prune_once,
+)
 from bnnprune.prune.methods import Method
 from bnnprune.prune.premise import premise_curve
 from bnnprune.prune.resolve import plan_options, resolve_sweep, sweep_methods
@@ -328,94 +334,139 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
         return _compute_cell(cfg, out, cell)
 
 
-def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
-    """Compute one cell; the caller holds its claim."""
-    t0 = time.perf_counter()
-    ds = _dataset(cfg)
-    scfg = _seed_cfg(cfg, cell.seed)
-    seed_dir = out / f"seed{cell.seed}"
-    shape = tuple(ds.input_shape)
-    quiet: Log = lambda s: None  # noqa: E731 (per-epoch logs are in each metrics.jsonl)
+@dataclass(frozen=True)
+class _CellRun:
+    """One cell being computed (its caller holds the claim): its settings, start time and
+    the seed's baseline (model, training phase, flip data) every kind of cell starts from."""
+
+    cfg: SweepConfig
+    out: Path
+    cell: Cell
+    t0: float
+    ds: Any
+    base: torch.nn.Module
+    phase: Any  # the baseline's TrainResult, or its checkpoint when the phase was reused
+    flips: dict[str, Any] | None
+    sens: Sensitivity | None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.parameters()).device
+
+    @property
+    def scfg(self) -> SweepConfig:
+        return _seed_cfg(self.cfg, self.cell.seed)
+
+    @property
+    def seed_dir(self) -> Path:
+        return self.out / f"seed{self.cell.seed}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.ds.input_shape)
+
+    def write(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Record ``rec`` as this cell's result, timed from the cell's start."""
+        return _write(self.cfg, self.out, self.cell, rec, time.perf_counter() - self.t0)
+
+
+def _quiet(msg: str) -> None:
+    """Per-epoch logs of a cell's phases are in each metrics.jsonl, not on the console."""
+
+
+def _baseline_cell(run: _CellRun) -> dict[str, Any]:
+    """The unpruned baseline: accuracy and costs, convergence, and the flip statistics
+    (p_l, thresholds, interval lengths, WFF-magnitude correlation, allocations)."""
+    cfg, ds, base, sens, flips = run.cfg, run.ds, run.base, run.sens, run.flips
     p = cfg.prune
-    base, res = _ensure_baseline(cfg, out, cell.seed, claimed=cell.kind == "baseline")
-    device = next(base.parameters()).device
-    tracker = tracker_of(res, base)  # from the phase just trained or reused: no second read
-    flips = tracker.state_dict() if tracker is not None else None
-    sens = compute_sensitivity(flips, base, threshold=p.threshold) if flips else None
+    if (old := _finished(cfg, run.out, run.cell)) is not None:
+        _check_rebuilt(base, ds, run.device, old)
+        return old  # the committed record stands; the checkpoint was only rebuilt
+    rec = measure("baseline (unpruned)", base, ds, run.device, epochs=cfg.train.epochs).to_dict()
+    rec["dataset"] = dataclasses.asdict(DatasetRecord.of(ds))
+    rec["convergence"] = convergence(history_of(run.phase), cfg.train.track_last)
+    # the training time itself (also when this record is rebuilt from a finished phase)
+    rec["train_seconds"] = sum(h.get("seconds") or 0.0 for h in history_of(run.phase))
+    if sens is not None:
+        assert flips is not None
+        rec["sensitivity"] = sens.to_dict()
+        rec["thresholds"] = _threshold_table(base, flips, run.shape, plan_options(p))
+        rec["intervals"] = _interval_table(base, flips, run.shape, p.threshold, plan_options(p))
+        rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
+        rec["allocations"] = _allocations(base, sens, run.shape, cfg.sweep.reductions,
+                                          plan_options(p))
+    return run.write(rec)
 
-    if cell.kind == "baseline":
-        if (old := _finished(cfg, out, cell)) is not None:
-            _check_rebuilt(base, ds, device, old)
-            return old  # the committed record stands; the checkpoint was only rebuilt
-        rec = measure("baseline (unpruned)", base, ds, device, epochs=cfg.train.epochs).to_dict()
-        rec["dataset"] = dataclasses.asdict(DatasetRecord.of(ds))
-        rec["convergence"] = convergence(history_of(res), cfg.train.track_last)
-        # the training time itself (also when this record is rebuilt from a finished phase)
-        rec["train_seconds"] = sum(h.get("seconds") or 0.0 for h in history_of(res))
-        if sens is not None:
-            rec["sensitivity"] = sens.to_dict()
-            rec["thresholds"] = _threshold_table(base, flips, shape, plan_options(p))
-            rec["intervals"] = _interval_table(base, flips, shape, p.threshold, plan_options(p))
-            rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
-            rec["allocations"] = _allocations(base, sens, shape, cfg.sweep.reductions,
-                                              plan_options(p))
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
-    if cell.kind == "premise":
-        if sens is None:
-            raise ConfigError("the premise check needs flip data: set train.track_last >= 1")
+def _premise_cell(run: _CellRun) -> dict[str, Any]:
+    """The premise check: accuracy after flipping the signs of chosen weights, untrained."""
+    cfg, ds, base, sens, cell = run.cfg, run.ds, run.base, run.sens, run.cell
+    if sens is None or run.flips is None:
+        raise ConfigError("the premise check needs flip data: set train.track_last >= 1")
 
-        def acc(m: torch.nn.Module) -> float:
-            return evaluate(m, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)[1]
+    def acc(m: torch.nn.Module) -> float:
+        return evaluate(m, ds.test_x, ds.test_y, ds.mean, ds.std, device=run.device)[1]
 
-        fractions = [x / 100 for x in cfg.sweep.flip_percents]
-        curves = premise_curve(base, flips["counts"], fractions, acc,
-                               cfg.sweep.flip_choices, seed=cell.seed)
-        flipped = sum(sens.insensitive.values()) / sum(sens.numel.values())
-        baseline = _finished(cfg, out, Cell("baseline", cell.seed))
-        unflipped = baseline["test_acc"] if baseline else acc(base)
-        rec = {"percents": list(cfg.sweep.flip_percents), "curves": curves,
-               "unflipped_acc": unflipped, "flipped_in_window": flipped}
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+    fractions = [x / 100 for x in cfg.sweep.flip_percents]
+    curves = premise_curve(base, run.flips["counts"], fractions, acc,
+                           cfg.sweep.flip_choices, seed=cell.seed)
+    flipped = sum(sens.insensitive.values()) / sum(sens.numel.values())
+    baseline = _finished(cfg, run.out, Cell("baseline", cell.seed))
+    unflipped = baseline["test_acc"] if baseline else acc(base)
+    rec = {"percents": list(cfg.sweep.flip_percents), "curves": curves,
+           "unflipped_acc": unflipped, "flipped_in_window": flipped}
+    return run.write(rec)
 
+
+def _budget_cell(run: _CellRun) -> dict[str, Any]:
+    """The unpruned baseline trained for as many more epochs as a pruned model retrains."""
+    cfg, ds, scfg = run.cfg, run.ds, run.scfg
+    p = cfg.prune
     tcfg = retrain_config(scfg, p.retrain_epochs, track=False)
-    if cell.kind == "budget":
-        model = copy.deepcopy(base)
-        train_phase("unpruned-budget", model, ds, tcfg, seed_dir / "unpruned-budget", scfg,
-                    quiet, False)
-        rec = measure(f"unpruned +{p.retrain_epochs} epochs", model, ds, device,
-                      epochs=cfg.train.epochs + p.retrain_epochs).to_dict()
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+    model = copy.deepcopy(run.base)
+    train_phase("unpruned-budget", model, ds, tcfg, run.seed_dir / "unpruned-budget", scfg,
+                _quiet, False)
+    rec = measure(f"unpruned +{p.retrain_epochs} epochs", model, ds, run.device,
+                  epochs=cfg.train.epochs + p.retrain_epochs).to_dict()
+    return run.write(rec)
 
-    if cell.kind == "scratch":
-        policy = cell.method.policy if cell.method else "uniform"
-        plan, model = prune_once(base, Method(policy, "magnitude"), shape, sensitivity=sens,
-                                 target=cell.reduction, options=plan_options(p),
-                                 seed=cell.seed, from_scratch=True)
-        total = cfg.train.epochs + p.retrain_epochs
-        t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
-        train_phase(cell.name, model, ds, t_scratch, seed_dir / cell.name, scfg, quiet, False,
-                    plan.to_dict())
-        rec = measure(f"{policy} widths from scratch ({total} epochs)", model, ds, device,
-                      plan=plan.to_dict(), epochs=total).to_dict()
-        rec["bops_reduction"] = plan.reduction
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
 
-    if cell.kind == "control":
-        return _compute_control(cfg, out, cell, base, sens, t0)
+def _scratch_cell(run: _CellRun) -> dict[str, Any]:
+    """A policy's widths (uniform by default) trained from a fresh initialisation for the
+    baseline's epochs plus the retraining epochs."""
+    cfg, ds, scfg, cell = run.cfg, run.ds, run.scfg, run.cell
+    p = cfg.prune
+    policy = cell.method.policy if cell.method else "uniform"
+    plan, model = prune_once(run.base, Method(policy, "magnitude"), run.shape,
+                             sensitivity=run.sens, target=cell.reduction,
+                             options=plan_options(p), seed=cell.seed, from_scratch=True)
+    total = cfg.train.epochs + p.retrain_epochs
+    t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
+    train_phase(cell.name, model, ds, t_scratch, run.seed_dir / cell.name, scfg, _quiet, False,
+                plan.to_dict())
+    rec = measure(f"{policy} widths from scratch ({total} epochs)", model, ds, run.device,
+                  plan=plan.to_dict(), epochs=total).to_dict()
+    rec["bops_reduction"] = plan.reduction
+    return run.write(rec)
 
+
+def _prune_cell(run: _CellRun) -> dict[str, Any]:
+    """A method at a BOPs reduction (or the paper policy at its own), pruned from the
+    baseline and retrained: fine-tuned, or every round from scratch (``cell.retrain``)."""
+    cfg, cell = run.cfg, run.cell
     assert cell.method is not None
     m = cell.method
-    scfg = _retrain_cfg(scfg, cell)
+    scfg = _retrain_cfg(run.scfg, cell)
     p = scfg.prune
+    seed_dir = run.seed_dir
     rounds = prune_rounds(
-        m, base, sens, ds, scfg, cell.reduction,
+        m, run.base, run.sens, run.ds, scfg, cell.reduction,
         lambda r: seed_dir / (cell.name if r == 1 else f"{cell.name}-round{r}"),
-        quiet, False, cell.seed)
+        _quiet, False, cell.seed)
     final = rounds.records[-1]
     rec = final.to_dict()
     rec["label"] = m.spec
-    rec["bops_reduction"] = 1 - final.bops / count_bops(base, shape)
+    rec["bops_reduction"] = 1 - final.bops / count_bops(run.base, run.shape)
     rec["rounds"] = [r.to_dict() for r in rounds.records]
     rec["stop"] = rounds.stop
     if cell.retrain != "finetune":
@@ -423,7 +474,7 @@ def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
     rec["epochs"] = cfg.train.epochs + len(rounds.records) * p.retrain_epochs
     n = len(rounds.records)
     rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
-    return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+    return run.write(rec)
 
 
 def _paper_cell(cfg: SweepConfig, seed: int) -> Cell:
@@ -432,12 +483,12 @@ def _paper_cell(cfg: SweepConfig, seed: int) -> Cell:
     return Cell("prune", seed, paper, None)
 
 
-def _compute_control(cfg: SweepConfig, out: Path, cell: Cell, base: torch.nn.Module,
-                     sens: Any, t0: float) -> dict[str, Any]:
+def _control_cell(run: _CellRun) -> dict[str, Any]:
     """Uniform widths pruned to the BOPs reduction the seed's paper-policy cell reached,
     by the paper method's criterion, fine-tuned for as many epochs as the paper policy
     retrained in all its rounds: the policy's iteration against one uniform cut of the
     same size and cost. The paper cell is computed first when it is not finished."""
+    cfg, out, cell = run.cfg, run.out, run.cell
     paper_cell = _paper_cell(cfg, cell.seed)
     paper = _finished(cfg, out, paper_cell)
     if paper is None:
@@ -445,20 +496,40 @@ def _compute_control(cfg: SweepConfig, out: Path, cell: Cell, base: torch.nn.Mod
             paper = _finished(cfg, out, paper_cell) or _compute_cell(cfg, out, paper_cell)
     assert cell.method is not None
     rounds = len(paper["rounds"])
-    scfg = _seed_cfg(cfg, cell.seed)
-    scfg = dataclasses.replace(scfg, prune=dataclasses.replace(
+    scfg = dataclasses.replace(run.scfg, prune=dataclasses.replace(
         cfg.prune, retrain_epochs=rounds * cfg.prune.retrain_epochs))
-    ds = _dataset(cfg)
-    seed_dir = out / f"seed{cell.seed}"
-    res = prune_rounds(cell.method, base, sens, ds, scfg, paper["bops_reduction"],
-                       lambda r: seed_dir / cell.name, lambda s: None, False, cell.seed)
+    seed_dir = run.seed_dir
+    res = prune_rounds(cell.method, run.base, run.sens, run.ds, scfg, paper["bops_reduction"],
+                       lambda r: seed_dir / cell.name, _quiet, False, cell.seed)
     final = res.records[-1]
     rec = final.to_dict()
     rec["label"] = f"{cell.method.spec} at the paper policy's BOPs"
-    rec["bops_reduction"] = 1 - final.bops / count_bops(base, tuple(ds.input_shape))
+    rec["bops_reduction"] = 1 - final.bops / count_bops(run.base, run.shape)
     rec["matched_reduction"] = paper["bops_reduction"]
     rec["model_folder"] = f"seed{cell.seed}/{cell.name}"
-    return _write(cfg, out, cell, rec, time.perf_counter() - t0)
+    return run.write(rec)
+
+
+# how each kind of cell is computed (the kinds :class:`Cell` names)
+CELL_KINDS: dict[str, Callable[[_CellRun], dict[str, Any]]] = {
+    "baseline": _baseline_cell,
+    "premise": _premise_cell,
+    "budget": _budget_cell,
+    "scratch": _scratch_cell,
+    "prune": _prune_cell,
+    "control": _control_cell,
+}
+
+
+def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
+    """Compute one cell by its kind (:data:`CELL_KINDS`); the caller holds its claim."""
+    t0 = time.perf_counter()
+    ds = _dataset(cfg)
+    base, res = _ensure_baseline(cfg, out, cell.seed, claimed=cell.kind == "baseline")
+    tracker = tracker_of(res, base)  # from the phase just trained or reused: no second read
+    flips = tracker.state_dict() if tracker is not None else None
+    sens = compute_sensitivity(flips, base, threshold=cfg.prune.threshold) if flips else None
+    return CELL_KINDS[cell.kind](_CellRun(cfg, out, cell, t0, ds, base, res, flips, sens))
 
 
 def _check_rebuilt(model: torch.nn.Module, ds: Any, device: torch.device,
