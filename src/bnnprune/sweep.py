@@ -17,217 +17,51 @@ other cells meanwhile, then polls the claim and reads the record the holder wrot
 batch system spreads them over machines: each worker computes one cell
 (:func:`compute_cell`, ``bnnprune sweep --cell K``), see docs/scaling.md.
 
-The records' format lives in :mod:`bnnprune.records`; the statistics and verdicts the pages
-print, computed from the records alone, in :mod:`bnnprune.evidence`.
+This module schedules the cells; what a cell is, its record file and its claim live in
+:mod:`bnnprune.cells`, how each kind of cell is computed in :mod:`bnnprune.cellkinds`, the
+records' format in :mod:`bnnprune.records`, and the statistics and verdicts the pages print,
+computed from the records alone, in :mod:`bnnprune.evidence`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import json
 import multiprocessing
 import os
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bnnprune.atomic import atomic_write_bytes
-from bnnprune.config import SCRATCH_ROW, ConfigError, SweepConfig
-from bnnprune.data import load_from_config, normalize
-from bnnprune.evidence import (
-    aggregate,
-    check_primaries,
-    convergence,
-    design_results,
-    plateau_verdict,
+from bnnprune.cellkinds import compute_record
+from bnnprune.cells import (
+    CLAIM_POLL_SECONDS,
+    CLAIMS,
+    Cell,
+    finished,
+    paper_cell,
+    record_path,
+    sweep_dataset,
 )
-from bnnprune.flips import FlipTracker
+from bnnprune.config import ConfigError, SweepConfig
+from bnnprune.data import normalize
+from bnnprune.evidence import aggregate, check_primaries, design_results, plateau_verdict
 from bnnprune.killpoint import kill_point
 from bnnprune.lock import claim
-from bnnprune.metrics import count_bops
-from bnnprune.models import build_from_config
-from bnnprune.phases import (
-    history_of,
-    measure,
-    prune_rounds,
-    retrain_config,
-    tracker_of,
-    train_phase,
-)
-from bnnprune.prune import (
-    PlanOptions,
-    Sensitivity,
-    compute_sensitivity,
-    get_policy,
-    prune_once,
-)
 from bnnprune.prune.methods import Method
-from bnnprune.prune.premise import premise_curve
-from bnnprune.prune.resolve import plan_options, resolve_sweep, sweep_methods
-from bnnprune.records import (
-    RECORD_VERSION,
-    DatasetRecord,
-    MachineRecord,
-    normalized,
-    save_record,
-)
-from bnnprune.stats import spearman
-from bnnprune.train import evaluate, load_model, resolve_device
+from bnnprune.prune.resolve import resolve_sweep, sweep_methods
+from bnnprune.records import RECORD_VERSION, DatasetRecord, save_record
+from bnnprune.train import load_model
 
 __all__ = ["Cell", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
 
 Log = Callable[[str], None]
-THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
-CLAIMS = ".claims"  # under the sweep folder: one claim per cell, while a process computes it
-CLAIM_POLL_SECONDS = 0.5  # how often a process waiting for a cell claimed elsewhere retries
-
-
-# ---------------------------------------------------------------- cells
-
-
-@dataclass(frozen=True)
-class Cell:
-    # baseline | prune | scratch | budget | premise | control (uniform widths at the BOPs the
-    # seed's paper-policy cell reached, fine-tuned for as many epochs as it retrained)
-    kind: str
-    seed: int
-    # prune/control: the method; scratch: None for uniform widths, else a method whose
-    # policy sizes the layers (its criterion is moot: the network is re-initialised)
-    method: Method | None = None
-    reduction: float | None = None  # target BOPs reduction (None: the policy's own)
-    # how a prune cell retrains: fine-tuning the surviving weights, or every round from a
-    # fresh initialisation on the baseline's own schedule (sweep.paper_scratch)
-    retrain: str = "finetune"
-
-    @property
-    def name(self) -> str:
-        suffix = "" if self.reduction is None else f"-{round(100 * self.reduction)}"
-        if self.retrain == "scratch":
-            suffix += "-scratch"
-        if self.kind == "prune":
-            assert self.method is not None
-            return f"{self.method.spec}{suffix}"
-        if self.kind == "scratch":
-            return f"scratch{suffix}" if self.method is None else \
-                f"scratch-{self.method.policy}{suffix}"
-        if self.kind == "control":
-            assert self.method is not None
-            return f"{self.method.spec}-paper-control"
-        return {"baseline": "baseline", "budget": "unpruned-budget", "premise": "premise"}[
-            self.kind]
-
-    @property
-    def folder(self) -> str:
-        return f"seed{self.seed}/{self.name}"
-
-    @property
-    def title(self) -> str:
-        red = "own" if self.reduction is None else f"-{self.reduction:.0%}"
-        if self.kind == "prune":
-            assert self.method is not None
-            how = SCRATCH_ROW if self.retrain == "scratch" else ""
-            return f"seed {self.seed} {self.method.spec}{how} ({red})"
-        if self.kind == "scratch":
-            widths = "uniform" if self.method is None else self.method.policy
-            return f"seed {self.seed} {widths} widths from scratch ({red})"
-        if self.kind == "control":
-            return f"seed {self.seed} {self.method} at the paper policy's BOPs"
-        return f"seed {self.seed} {self.kind}"
-
-
-def _seed_cfg(cfg: SweepConfig, seed: int) -> SweepConfig:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-
-
-# prune settings no sweep cell reads: each cell names its own method and BOPs reduction
-UNKEYED_PRUNE = ("policy", "criterion", "target", "compare", "speed")
-
-
-def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
-    """What a finished cell depends on: everything but the sweep's own lists and the
-    ``bnnprune run`` method settings it does not read (:data:`UNKEYED_PRUNE`)."""
-    prune = {k: v for k, v in dataclasses.asdict(cfg.prune).items() if k not in UNKEYED_PRUNE}
-    key = {
-        "cell": [cell.kind, cell.seed, cell.method.spec if cell.method else None, cell.reduction],
-        "model": cfg.model.key(),
-        "data": cfg.data.key(),
-        "train": dataclasses.asdict(cfg.train),
-        "prune": prune,
-    }
-    if cell.kind == "premise":
-        key["flips"] = [cfg.sweep.flip_percents, cfg.sweep.flip_choices]
-    if cell.retrain != "finetune":  # fine-tuned cells keep the keys they were recorded with
-        key["retrain"] = cell.retrain
-    return normalized(key)
-
-
-def _retrain_cfg(cfg: SweepConfig, cell: Cell) -> SweepConfig:
-    """The settings a cell retrains with: ``prune.*`` as configured when fine-tuning; from
-    scratch, every round trains a fresh initialisation for the baseline's own epochs and
-    learning rate (so a round costs what the baseline cost)."""
-    if cell.retrain == "finetune":
-        return cfg
-    p = dataclasses.replace(cfg.prune, from_scratch=True, retrain_epochs=cfg.train.epochs,
-                            retrain_lr=cfg.train.lr)
-    return dataclasses.replace(cfg, prune=p)
-
-
-def _record_path(cfg: SweepConfig, out: Path, folder: str) -> Path:
-    """Where the record of the cell in ``folder`` (``seed0/target+wff-30``) lives: under
-    ``sweep.records`` (small JSON files meant to be committed, so a fresh clone resumes) or
-    else in the run folder."""
-    if cfg.sweep.records:
-        return Path(cfg.sweep.records) / f"{folder}.json"
-    return out / folder / "result.json"
-
-
-def _finished(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
-    path = _record_path(cfg, out, cell.folder)
-    if not path.is_file():
-        return None
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # a damaged record is recomputed (phases underneath are reused)
-    if rec.get("key") != _cell_key(cfg, cell):
-        raise ConfigError(
-            f"{path} holds a sweep cell run with other settings; "
-            "use a new output folder (-o) or records folder, or delete it"
-        )
-    return rec
-
-
-_DATA: dict[str, Any] = {}
-
-
-def _dataset(cfg: SweepConfig) -> Any:
-    """The sweep's data, loaded once per process (the same subset for every seed)."""
-    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = load_from_config(cfg.data, 0)
-    return _DATA[key]
-
-
-def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
-           seconds: float) -> dict[str, Any]:
-    device = resolve_device(cfg.train.device)
-    rec = {**rec, "version": RECORD_VERSION, "key": _cell_key(cfg, cell), "kind": cell.kind,
-           "seed": cell.seed, "method_key": cell.method.spec if cell.method else None,
-           "target_reduction": cell.reduction, "folder": cell.folder,
-           "seconds": seconds, "machine": dataclasses.asdict(MachineRecord.here(device))}
-    save_record(_record_path(cfg, out, cell.folder), rec)
-    kill_point(f"sweep:recorded:{cell.folder}")
-    return rec
 
 
 def gated_out(cfg: SweepConfig, baseline: dict[str, Any] | None) -> bool:
@@ -241,85 +75,6 @@ def gated_out(cfg: SweepConfig, baseline: dict[str, Any] | None) -> bool:
     return verdict is not None and not verdict["passed"]
 
 
-def _wff_magnitude_correlation(model: torch.nn.Module, counts: dict[str, Any]) -> dict[str, Any]:
-    """Per binary layer: Spearman rank correlation of flip count with |latent w| (weights)
-    and of mean WFF with mean |w| (channels)."""
-    out: dict[str, Any] = {}
-    for name, c in counts.items():
-        w = model.get_submodule(name).weight.detach().abs().cpu()
-        c = c.cpu().double()
-        out[name] = {"weights": spearman(c.flatten(), w.flatten().double()),
-                     "channels": spearman(c.flatten(1).mean(1), w.flatten(1).mean(1).double())}
-    return out
-
-
-def _threshold_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
-                     opts: PlanOptions) -> dict[str, Any]:
-    """p_l per layer and the paper policy's planned BOPs reduction at each flip threshold."""
-    table = {}
-    for t in THRESHOLDS:
-        sens = compute_sensitivity(flips, model, threshold=t)
-        plan = get_policy("paper").plan(model, shape, sens, options=opts)
-        table[str(t)] = {"p": dict(sens.p), "paper_reduction": plan.reduction}
-    return table
-
-
-def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
-                    threshold: int, opts: PlanOptions) -> dict[str, Any]:
-    """p_l per layer and the paper policy's planned BOPs reduction when the interval is only
-    the last k epochs of the recorded one (k = 1 .. its length)."""
-    tracker = FlipTracker(model)
-    tracker.load_state_dict(flips)
-    table = {}
-    for k in range(1, len(tracker.epoch_counts) + 1):
-        counts, steps = tracker.last_epochs_counts(k)
-        sens = compute_sensitivity(counts, model, steps=steps, threshold=threshold)
-        plan = get_policy("paper").plan(model, shape, sens, options=opts)
-        table[str(k)] = {"p": dict(sens.p), "paper_reduction": plan.reduction, "steps": steps}
-    return table
-
-
-def _allocations(model: torch.nn.Module, sens: Any, shape: tuple[int, ...],
-                 reductions: list[float], opts: PlanOptions) -> dict[str, Any]:
-    """Channels the target (flip-proportional) and uniform allocations keep per layer at
-    each reduction, and in how many layers they differ: an allocation question has an
-    answer only where they do."""
-    out = {}
-    for r in reductions:
-        plans = {pol: get_policy(pol).plan(model, shape, sens, r, options=opts).keep
-                 for pol in ("target", "uniform")}
-        differ = sum(plans["target"][n] != plans["uniform"][n] for n in plans["target"])
-        out[str(r)] = {**plans, "layers_differing": differ}
-    return out
-
-
-@contextlib.contextmanager
-def _claimed(out: Path, cell: Cell) -> Iterator[None]:
-    """Hold ``cell``'s claim for the block, waiting while another process holds it."""
-    item = out / CLAIMS / cell.folder
-    while True:
-        with claim(item, f"bnnprune sweep cell {cell.folder}") as held:
-            if held is not None:
-                yield
-                return
-        time.sleep(CLAIM_POLL_SECONDS)
-
-
-def _ensure_baseline(cfg: SweepConfig, out: Path, seed: int,
-                     claimed: bool) -> tuple[torch.nn.Module, Any]:
-    """The seed's trained baseline (trained again, deterministically, when a fresh clone
-    has its committed record but not its checkpoint). Unless the caller holds the baseline
-    cell's claim (``claimed``), a baseline still to train is trained under that claim."""
-    ds = _dataset(cfg)
-    scfg = _seed_cfg(cfg, seed)
-    folder = out / f"seed{seed}" / "baseline"
-    model = build_from_config(cfg.model, ds, seed)
-    wait = not claimed and not (folder / "model.pt").is_file()
-    with _claimed(out, Cell("baseline", seed)) if wait else contextlib.nullcontext():
-        res = train_phase("baseline", model, ds, scfg.train, folder, scfg, lambda s: None, False)
-    return model, res
-
-
 def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
     """Compute one cell under its claim (its baseline is trained first when missing); None
     when another process holds the claim (try again later). A cell that another process
@@ -327,223 +82,11 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
     with claim(out / CLAIMS / cell.folder, f"bnnprune sweep cell {cell.folder}") as held:
         if held is None:
             return None
-        old = _finished(cfg, out, cell)
+        old = finished(cfg, out, cell)
         baseline_ready = (out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
         if old is not None and (cell.kind != "baseline" or baseline_ready):
             return {**old, "reused": True}
-        return _compute_cell(cfg, out, cell)
-
-
-@dataclass(frozen=True)
-class _CellRun:
-    """One cell being computed (its caller holds the claim): its settings, start time and
-    the seed's baseline (model, training phase, flip data) every kind of cell starts from."""
-
-    cfg: SweepConfig
-    out: Path
-    cell: Cell
-    t0: float
-    ds: Any
-    base: torch.nn.Module
-    phase: Any  # the baseline's TrainResult, or its checkpoint when the phase was reused
-    flips: dict[str, Any] | None
-    sens: Sensitivity | None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.base.parameters()).device
-
-    @property
-    def scfg(self) -> SweepConfig:
-        return _seed_cfg(self.cfg, self.cell.seed)
-
-    @property
-    def seed_dir(self) -> Path:
-        return self.out / f"seed{self.cell.seed}"
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.ds.input_shape)
-
-    def write(self, rec: dict[str, Any]) -> dict[str, Any]:
-        """Record ``rec`` as this cell's result, timed from the cell's start."""
-        return _write(self.cfg, self.out, self.cell, rec, time.perf_counter() - self.t0)
-
-
-def _quiet(msg: str) -> None:
-    """Per-epoch logs of a cell's phases are in each metrics.jsonl, not on the console."""
-
-
-def _baseline_cell(run: _CellRun) -> dict[str, Any]:
-    """The unpruned baseline: accuracy and costs, convergence, and the flip statistics
-    (p_l, thresholds, interval lengths, WFF-magnitude correlation, allocations)."""
-    cfg, ds, base, sens, flips = run.cfg, run.ds, run.base, run.sens, run.flips
-    p = cfg.prune
-    if (old := _finished(cfg, run.out, run.cell)) is not None:
-        _check_rebuilt(base, ds, run.device, old)
-        return old  # the committed record stands; the checkpoint was only rebuilt
-    rec = measure("baseline (unpruned)", base, ds, run.device, epochs=cfg.train.epochs).to_dict()
-    rec["dataset"] = dataclasses.asdict(DatasetRecord.of(ds))
-    rec["convergence"] = convergence(history_of(run.phase), cfg.train.track_last)
-    # the training time itself (also when this record is rebuilt from a finished phase)
-    rec["train_seconds"] = sum(h.get("seconds") or 0.0 for h in history_of(run.phase))
-    if sens is not None:
-        assert flips is not None
-        rec["sensitivity"] = sens.to_dict()
-        rec["thresholds"] = _threshold_table(base, flips, run.shape, plan_options(p))
-        rec["intervals"] = _interval_table(base, flips, run.shape, p.threshold, plan_options(p))
-        rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
-        rec["allocations"] = _allocations(base, sens, run.shape, cfg.sweep.reductions,
-                                          plan_options(p))
-    return run.write(rec)
-
-
-def _premise_cell(run: _CellRun) -> dict[str, Any]:
-    """The premise check: accuracy after flipping the signs of chosen weights, untrained."""
-    cfg, ds, base, sens, cell = run.cfg, run.ds, run.base, run.sens, run.cell
-    if sens is None or run.flips is None:
-        raise ConfigError("the premise check needs flip data: set train.track_last >= 1")
-
-    def acc(m: torch.nn.Module) -> float:
-        return evaluate(m, ds.test_x, ds.test_y, ds.mean, ds.std, device=run.device)[1]
-
-    fractions = [x / 100 for x in cfg.sweep.flip_percents]
-    curves = premise_curve(base, run.flips["counts"], fractions, acc,
-                           cfg.sweep.flip_choices, seed=cell.seed)
-    flipped = sum(sens.insensitive.values()) / sum(sens.numel.values())
-    baseline = _finished(cfg, run.out, Cell("baseline", cell.seed))
-    unflipped = baseline["test_acc"] if baseline else acc(base)
-    rec = {"percents": list(cfg.sweep.flip_percents), "curves": curves,
-           "unflipped_acc": unflipped, "flipped_in_window": flipped}
-    return run.write(rec)
-
-
-def _budget_cell(run: _CellRun) -> dict[str, Any]:
-    """The unpruned baseline trained for as many more epochs as a pruned model retrains."""
-    cfg, ds, scfg = run.cfg, run.ds, run.scfg
-    p = cfg.prune
-    tcfg = retrain_config(scfg, p.retrain_epochs, track=False)
-    model = copy.deepcopy(run.base)
-    train_phase("unpruned-budget", model, ds, tcfg, run.seed_dir / "unpruned-budget", scfg,
-                _quiet, False)
-    rec = measure(f"unpruned +{p.retrain_epochs} epochs", model, ds, run.device,
-                  epochs=cfg.train.epochs + p.retrain_epochs).to_dict()
-    return run.write(rec)
-
-
-def _scratch_cell(run: _CellRun) -> dict[str, Any]:
-    """A policy's widths (uniform by default) trained from a fresh initialisation for the
-    baseline's epochs plus the retraining epochs."""
-    cfg, ds, scfg, cell = run.cfg, run.ds, run.scfg, run.cell
-    p = cfg.prune
-    policy = cell.method.policy if cell.method else "uniform"
-    plan, model = prune_once(run.base, Method(policy, "magnitude"), run.shape,
-                             sensitivity=run.sens, target=cell.reduction,
-                             options=plan_options(p), seed=cell.seed, from_scratch=True)
-    total = cfg.train.epochs + p.retrain_epochs
-    t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
-    train_phase(cell.name, model, ds, t_scratch, run.seed_dir / cell.name, scfg, _quiet, False,
-                plan.to_dict())
-    rec = measure(f"{policy} widths from scratch ({total} epochs)", model, ds, run.device,
-                  plan=plan.to_dict(), epochs=total).to_dict()
-    rec["bops_reduction"] = plan.reduction
-    return run.write(rec)
-
-
-def _prune_cell(run: _CellRun) -> dict[str, Any]:
-    """A method at a BOPs reduction (or the paper policy at its own), pruned from the
-    baseline and retrained: fine-tuned, or every round from scratch (``cell.retrain``)."""
-    cfg, cell = run.cfg, run.cell
-    assert cell.method is not None
-    m = cell.method
-    scfg = _retrain_cfg(run.scfg, cell)
-    p = scfg.prune
-    seed_dir = run.seed_dir
-    rounds = prune_rounds(
-        m, run.base, run.sens, run.ds, scfg, cell.reduction,
-        lambda r: seed_dir / (cell.name if r == 1 else f"{cell.name}-round{r}"),
-        _quiet, False, cell.seed)
-    final = rounds.records[-1]
-    rec = final.to_dict()
-    rec["label"] = m.spec
-    rec["bops_reduction"] = 1 - final.bops / count_bops(run.base, run.shape)
-    rec["rounds"] = [r.to_dict() for r in rounds.records]
-    rec["stop"] = rounds.stop
-    if cell.retrain != "finetune":
-        rec["retrain"] = cell.retrain
-    rec["epochs"] = cfg.train.epochs + len(rounds.records) * p.retrain_epochs
-    n = len(rounds.records)
-    rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
-    return run.write(rec)
-
-
-def _paper_cell(cfg: SweepConfig, seed: int) -> Cell:
-    """The seed's fine-tuned paper-policy cell that its control is matched to."""
-    paper = next(m for m in sweep_methods(cfg.sweep) if m.policy.iterates)
-    return Cell("prune", seed, paper, None)
-
-
-def _control_cell(run: _CellRun) -> dict[str, Any]:
-    """Uniform widths pruned to the BOPs reduction the seed's paper-policy cell reached,
-    by the paper method's criterion, fine-tuned for as many epochs as the paper policy
-    retrained in all its rounds: the policy's iteration against one uniform cut of the
-    same size and cost. The paper cell is computed first when it is not finished."""
-    cfg, out, cell = run.cfg, run.out, run.cell
-    paper_cell = _paper_cell(cfg, cell.seed)
-    paper = _finished(cfg, out, paper_cell)
-    if paper is None:
-        with _claimed(out, paper_cell):
-            paper = _finished(cfg, out, paper_cell) or _compute_cell(cfg, out, paper_cell)
-    assert cell.method is not None
-    rounds = len(paper["rounds"])
-    scfg = dataclasses.replace(run.scfg, prune=dataclasses.replace(
-        cfg.prune, retrain_epochs=rounds * cfg.prune.retrain_epochs))
-    seed_dir = run.seed_dir
-    res = prune_rounds(cell.method, run.base, run.sens, run.ds, scfg, paper["bops_reduction"],
-                       lambda r: seed_dir / cell.name, _quiet, False, cell.seed)
-    final = res.records[-1]
-    rec = final.to_dict()
-    rec["label"] = f"{cell.method.spec} at the paper policy's BOPs"
-    rec["bops_reduction"] = 1 - final.bops / count_bops(run.base, run.shape)
-    rec["matched_reduction"] = paper["bops_reduction"]
-    rec["model_folder"] = f"seed{cell.seed}/{cell.name}"
-    return run.write(rec)
-
-
-# how each kind of cell is computed (the kinds :class:`Cell` names)
-CELL_KINDS: dict[str, Callable[[_CellRun], dict[str, Any]]] = {
-    "baseline": _baseline_cell,
-    "premise": _premise_cell,
-    "budget": _budget_cell,
-    "scratch": _scratch_cell,
-    "prune": _prune_cell,
-    "control": _control_cell,
-}
-
-
-def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
-    """Compute one cell by its kind (:data:`CELL_KINDS`); the caller holds its claim."""
-    t0 = time.perf_counter()
-    ds = _dataset(cfg)
-    base, res = _ensure_baseline(cfg, out, cell.seed, claimed=cell.kind == "baseline")
-    tracker = tracker_of(res, base)  # from the phase just trained or reused: no second read
-    flips = tracker.state_dict() if tracker is not None else None
-    sens = compute_sensitivity(flips, base, threshold=cfg.prune.threshold) if flips else None
-    return CELL_KINDS[cell.kind](_CellRun(cfg, out, cell, t0, ds, base, res, flips, sens))
-
-
-def _check_rebuilt(model: torch.nn.Module, ds: Any, device: torch.device,
-                   old: dict[str, Any]) -> None:
-    """Warn when a baseline trained again for its committed record (a fresh clone) does not
-    reproduce that record's test accuracy: its cells would pair with another model (another
-    machine or library version gives other float sums)."""
-    _, acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
-    if acc != old["test_acc"]:
-        warnings.warn(
-            f"seed {old['seed']}: the baseline trained again reaches {acc:.2%} test accuracy, "
-            f"its committed record says {old['test_acc']:.2%} (recorded on "
-            f"{(old.get('machine') or {}).get('cpu', '?')}); cells computed now prune the "
-            "new model", stacklevel=2)
+        return compute_record(cfg, out, cell)
 
 
 def _init_worker(threads: int, parent: int) -> None:
@@ -583,7 +126,7 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Ce
     late = [Cell("prune", seed, m, None, "scratch") for seed in s.seeds
             for m in sweep_methods(s) if m.policy.iterates and s.paper_scratch]
     if s.paper_control:
-        late += [Cell("control", seed, Method("uniform", _paper_cell(cfg, seed).method
+        late += [Cell("control", seed, Method("uniform", paper_cell(cfg, seed).method
                                               .criterion), None) for seed in s.seeds]
     return baselines, deps, late
 
@@ -670,9 +213,9 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
             submit(d)
 
     def submit(cell: Cell) -> None:
-        rec = _finished(cfg, out, cell)
+        rec = finished(cfg, out, cell)
         todo = cell.kind == "baseline" and rec is not None and any(
-            _finished(cfg, out, d) is None
+            finished(cfg, out, d) is None
             for d in [*deps[cell.seed], *(c for c in late if c.seed == cell.seed)]) and not (
             out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
         if rec is not None and not todo:
@@ -726,7 +269,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
     from bnnprune.engine.bench import batch_repeats, compare_latency, op_times
     from bnnprune.speed import CHECK_IMAGES, agreement
 
-    ds = _dataset(cfg)
+    ds = sweep_dataset(cfg)
     shape = tuple(ds.input_shape)
     x_check = normalize(ds.test_x[:CHECK_IMAGES], ds.mean, ds.std).numpy()
     pruned = [r for r in records if r["kind"] == "prune"]
@@ -760,7 +303,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         speed["ops_batch64"] = op_times(prog, 64, 10)
         speed["baseline_ops_batch64"] = base_ops[seed]
         rec["speed"] = speed
-        save_record(_record_path(cfg, out, rec["folder"]),
+        save_record(record_path(cfg, out, rec["folder"]),
                      {k: v for k, v in rec.items() if k != "reused"})
     return len(todo)
 
@@ -783,7 +326,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    ds = _dataset(cfg)
+    ds = sweep_dataset(cfg)
     log(f"data: {ds.name}, {len(ds.train_x)} train / {len(ds.test_x)} test images; "
         f"{jobs} job(s) x {max(1, (os.cpu_count() or 1) // jobs)} thread(s)")
     if compute:
@@ -793,7 +336,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         pending = 0
     else:
         cells = sweep_cells(cfg)
-        found = [_finished(cfg, out, c) for c in cells]
+        found = [finished(cfg, out, c) for c in cells]
         records = [{**r, "reused": True} for r in found if r is not None]
         failed = {r["seed"] for r in records if r["kind"] == "baseline" and gated_out(cfg, r)}
         pending = sum(rec is None and not (c.kind != "baseline" and c.seed in failed)
@@ -847,7 +390,7 @@ def sweep_cells(cfg: SweepConfig) -> list[Cell]:
 
 def cell_status(cfg: SweepConfig, out_dir: str | Path) -> list[tuple[Cell, bool]]:
     """Each cell of :func:`sweep_cells` with whether its record is finished."""
-    return [(c, _finished(cfg, Path(out_dir), c) is not None) for c in sweep_cells(cfg)]
+    return [(c, finished(cfg, Path(out_dir), c) is not None) for c in sweep_cells(cfg)]
 
 
 def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = lambda s: None,
@@ -865,10 +408,10 @@ def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = l
         raise ConfigError(f"cell {index} does not exist: this sweep has {len(cells)} cells, "
                           f"0 to {len(cells) - 1} (see bnnprune sweep --list-cells)")
     cell, out = cells[index], Path(out_dir)
-    if cell.kind != "baseline" and gated_out(cfg, _finished(cfg, out, Cell("baseline", cell.seed))):
+    if cell.kind != "baseline" and gated_out(cfg, finished(cfg, out, Cell("baseline", cell.seed))):
         raise ConfigError(f"cell {index} {cell.title}: seed {cell.seed}'s baseline fails the "
                           "plateau criterion (sweep.plateau_gate), so its cells are not computed")
-    rec = _finished(cfg, out, cell)
+    rec = finished(cfg, out, cell)
     if rec is None:
         t0 = time.perf_counter()
         told = False
