@@ -35,9 +35,10 @@ from bnnprune.records import machine_label
 from bnnprune.stats import detectable_difference, holm, paired_difference, paired_test
 
 __all__ = ["ALPHA", "CONTROL_ROW", "EXPLORATORY", "POWER", "PRIMARIES", "QUESTIONS", "Primary",
-           "aggregate", "analyze", "check_primaries", "convergence", "default_method",
-           "design_results", "exploratory", "paired_comparisons", "paper_retraining",
-           "plateau_verdict", "recommendation", "required_rows", "row_key"]
+           "QuestionVerdict", "aggregate", "analyze", "check_primaries", "convergence",
+           "default_method", "design_results", "exploratory", "identical", "paired_comparisons",
+           "paper_retraining", "plateau_verdict", "question_verdicts", "recommendation",
+           "required_rows", "row_key"]
 
 CONTROL_ROW = " (paper control)"  # the row suffix of the paper policy's uniform control
 
@@ -235,6 +236,49 @@ def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
                             "seeds": seeds, **d})
     return out
+
+def identical(d: dict[str, Any]) -> bool:
+    """Every paired seed of a paired difference gave exactly the same accuracy (a zero-width
+    interval at 0): A and B kept the same channels."""
+    return d["mean"] == 0 and (d["n"] == 1 or d["lo"] == d["hi"] == 0)
+
+
+@dataclass(frozen=True)
+class QuestionVerdict:
+    """What the paired comparisons of one of :data:`QUESTIONS` say together: which resolve
+    for A or against it, how many stay resolved after Holm's correction within the
+    question, and the smallest differences the designs detect."""
+
+    question: str
+    comparisons: list[dict[str, Any]]  # its rows of :func:`paired_comparisons`
+    wins: list[dict[str, Any]]  # resolved, A better
+    losses: list[dict[str, Any]]  # resolved, A worse
+    seeds: int  # the fewest paired seeds of any comparison
+    kept: int  # comparisons with a Holm-adjusted p below ALPHA (older results: no p)
+    identical: bool  # A and B equal on every seed of every comparison
+    detectable: list[float]  # smallest detectable differences (80% power), where computable
+
+
+def question_verdicts(paired: list[dict[str, Any]]) -> list[QuestionVerdict]:
+    """Each question of :func:`paired_comparisons`' rows (in their order) with its verdict."""
+    by_q: dict[str, list[dict[str, Any]]] = {}
+    for d in paired:
+        by_q.setdefault(d["question"], []).append(d)
+    out = []
+    for q, ds in by_q.items():
+        adjusted = holm([d.get("p", math.nan) for d in ds])
+        dd = [detectable_difference(d["sd"], d["n"]) for d in ds
+              if d.get("sd") is not None and d["n"] >= 2]
+        out.append(QuestionVerdict(
+            question=q, comparisons=ds,
+            wins=[d for d in ds if d["resolved"] and d["mean"] > 0],
+            losses=[d for d in ds if d["resolved"] and d["mean"] < 0],
+            seeds=min(d["n"] for d in ds),
+            kept=sum(p < ALPHA for p in adjusted if not math.isnan(p)),
+            identical=all(identical(d) for d in ds),
+            detectable=[x for x in dd if not math.isnan(x)]))
+    return out
+
 
 def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Mean accuracy ranks over the reductions of every row measured at every reduction
