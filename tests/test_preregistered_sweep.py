@@ -15,18 +15,11 @@ import torch
 from bnnprune.cli import main
 from bnnprune.config import ConfigError, SweepConfig, load_config
 from bnnprune.data import DatasetError, load_dataset
-from bnnprune.primaries import analyze, required_rows
+from bnnprune.evidence import analyze, default_method, plateau_verdict, required_rows, row_key
 from bnnprune.prune.resolve import resolve_sweep
 from bnnprune.report.primaries import render_primaries_report, verdict
 from bnnprune.stats import detectable_difference, holm, paired_test, t_cdf, t_quantile
-from bnnprune.sweep import (
-    default_method,
-    gated_out,
-    plateau_verdict,
-    row_key,
-    run_sweep,
-    sweep_cells,
-)
+from bnnprune.sweep import gated_out, run_sweep, sweep_cells
 
 ROOT = Path(__file__).parents[1]
 CONFIG = "experiments/nin_plateau_fashion_mnist.toml"

@@ -9,11 +9,12 @@ import torch
 
 from bnnprune.cli import main
 from bnnprune.config import ConfigError, PruneConfig, SweepConfig
+from bnnprune.evidence import aggregate, paper_retraining
 from bnnprune.prune.methods import Method, MethodError, parse_method
 from bnnprune.prune.resolve import resolve_prune, resolve_sweep
 from bnnprune.report.sweep import render_sweep_report, write_sweep_report
 from bnnprune.stats import paired_difference, spearman
-from bnnprune.sweep import aggregate, paper_retraining, run_sweep, sweep_cells
+from bnnprune.sweep import run_sweep, sweep_cells
 
 
 def _cfg(**sweep) -> SweepConfig:

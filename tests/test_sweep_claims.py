@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bnnprune.cellkinds import compute_record
+from bnnprune.cells import CLAIM_POLL_SECONDS, CLAIMS, Cell
 from bnnprune.config import SweepConfig, load_config
 from bnnprune.lock import claim
 from bnnprune.prune.methods import parse_method
-from bnnprune.sweep import CLAIM_POLL_SECONDS, CLAIMS, Cell, _compute_cell
 
 CONFIG = """
 [model]
@@ -81,7 +82,7 @@ def test_a_cell_claimed_elsewhere_is_left_to_its_holder_and_read_back(tmp_path: 
             assert proc.poll() is None, "the sweep finished without the claimed cell"
             assert not (out / cell.folder).exists(), "the claimed cell was computed"
             # the holder computes the cell (as another machine would) and releases it
-            mine = _compute_cell(load_config(config, SweepConfig), out, cell)
+            mine = compute_record(load_config(config, SweepConfig), out, cell)
             written = (out / cell.folder / "result.json").read_bytes()
         except BaseException:
             proc.kill()

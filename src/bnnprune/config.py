@@ -302,7 +302,7 @@ class SweepSection:
     plateau_max_rise_pp: float | None = None
     plateau_max_flatness: float | None = None
     plateau_gate: bool = False
-    # pre-registered primary comparisons (bnnprune.primaries.PRIMARIES), Holm-corrected
+    # pre-registered primary comparisons (bnnprune.evidence.PRIMARIES), Holm-corrected
     # together, and the file that states the analysis (quoted verbatim by the page)
     primaries: list[str] = field(default_factory=list)
     preregistration: str = ""

@@ -26,9 +26,6 @@ from bnnprune.engine import EngineError
 from bnnprune.killpoint import kill_point
 from bnnprune.models import build_from_config
 from bnnprune.phases import (
-    RECORD_VERSION,
-    DatasetRecord,
-    MachineRecord,
     measure,
     prune_rounds,
     retrain_config,
@@ -37,6 +34,7 @@ from bnnprune.phases import (
 )
 from bnnprune.prune import Sensitivity, compute_sensitivity, prune_once
 from bnnprune.prune.resolve import resolve_run
+from bnnprune.records import RECORD_VERSION, DatasetRecord, MachineRecord
 from bnnprune.speed import CHECK_IMAGES, measure_models
 from bnnprune.train import dist
 

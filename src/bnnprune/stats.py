@@ -106,35 +106,43 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | bool]:
-    """Mean of ``a[i] - b[i]`` over paired seeds with its 95% t interval.
-
-    ``resolved`` is False when the interval contains 0 (or fewer than 2 pairs exist).
-    """
+def _interval(a: Sequence[float],
+              b: Sequence[float]) -> tuple[dict[str, float | int | bool], float]:
+    """The computation behind :func:`paired_difference` and :func:`paired_test`, done once:
+    the paired difference with its 95% interval, and the paired SD (NaN below 2 pairs)."""
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
     d = [x - y for x, y in zip(a, b)]
     n = len(d)
     if n == 0:
-        return {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan, "resolved": False}
+        return {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan,
+                "resolved": False}, math.nan
     mean = statistics.fmean(d)
     if n < 2:
-        return {"n": 1, "mean": mean, "lo": math.nan, "hi": math.nan, "resolved": False}
-    half = t_quantile_975(n - 1) * statistics.stdev(d) / math.sqrt(n)
+        return {"n": 1, "mean": mean, "lo": math.nan, "hi": math.nan,
+                "resolved": False}, math.nan
+    sd = statistics.stdev(d)
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
     lo, hi = mean - half, mean + half
-    return {"n": n, "mean": mean, "lo": lo, "hi": hi, "resolved": bool(lo > 0 or hi < 0)}
+    return {"n": n, "mean": mean, "lo": lo, "hi": hi, "resolved": bool(lo > 0 or hi < 0)}, sd
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | bool]:
+    """Mean of ``a[i] - b[i]`` over paired seeds with its 95% t interval.
+
+    ``resolved`` is False when the interval contains 0 (or fewer than 2 pairs exist).
+    """
+    return _interval(a, b)[0]
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | bool]:
     """:func:`paired_difference` plus the paired standard deviation ``sd`` and the two-sided
     p value ``p`` of the paired t test (NaN with fewer than 2 pairs; 0 or 1 when every
     difference is equal)."""
-    out: dict[str, float | int | bool] = dict(paired_difference(a, b))
+    out, sd = _interval(a, b)
     n = int(out["n"])
     if n < 2:
         return {**out, "sd": math.nan, "p": math.nan}
-    d = [x - y for x, y in zip(a, b)]
-    sd = statistics.stdev(d)
     mean = float(out["mean"])
     if sd == 0:
         return {**out, "sd": 0.0, "p": 1.0 if mean == 0 else 0.0}

@@ -16,270 +16,52 @@ folder never compute one cell at the same time; one that finds a cell claimed co
 other cells meanwhile, then polls the claim and reads the record the holder wrote. Or a
 batch system spreads them over machines: each worker computes one cell
 (:func:`compute_cell`, ``bnnprune sweep --cell K``), see docs/scaling.md.
+
+This module schedules the cells; what a cell is, its record file and its claim live in
+:mod:`bnnprune.cells`, how each kind of cell is computed in :mod:`bnnprune.cellkinds`, the
+records' format in :mod:`bnnprune.records`, and the statistics and verdicts the pages print,
+computed from the records alone, in :mod:`bnnprune.evidence`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
-import statistics
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bnnprune.atomic import atomic_write_bytes
-from bnnprune.config import SCRATCH_ROW, ConfigError, SweepConfig
-from bnnprune.data import load_from_config, normalize
-from bnnprune.flips import FlipTracker
+from bnnprune.cellkinds import compute_record
+from bnnprune.cells import (
+    CLAIM_POLL_SECONDS,
+    CLAIMS,
+    Cell,
+    finished,
+    paper_cell,
+    record_path,
+    sweep_dataset,
+)
+from bnnprune.config import ConfigError, SweepConfig
+from bnnprune.data import normalize
+from bnnprune.evidence import aggregate, check_primaries, design_results, plateau_verdict
 from bnnprune.killpoint import kill_point
 from bnnprune.lock import claim
-from bnnprune.metrics import count_bops
-from bnnprune.models import build_from_config
-from bnnprune.phases import (
-    RECORD_VERSION,
-    DatasetRecord,
-    MachineRecord,
-    history_of,
-    machine_label,
-    measure,
-    normalized,
-    prune_rounds,
-    retrain_config,
-    tracker_of,
-    train_phase,
-)
-from bnnprune.prune import PlanOptions, compute_sensitivity, get_policy, prune_once
-from bnnprune.prune.methods import Method, parse_method
-from bnnprune.prune.premise import premise_curve
-from bnnprune.prune.resolve import plan_options, resolve_sweep, sweep_methods
-from bnnprune.stats import paired_difference, paired_test, spearman
-from bnnprune.train import evaluate, load_model, resolve_device
+from bnnprune.prune.methods import Method
+from bnnprune.prune.resolve import resolve_sweep, sweep_methods
+from bnnprune.records import RECORD_VERSION, DatasetRecord, save_record
+from bnnprune.train import load_model
 
-__all__ = ["Cell", "aggregate", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
+__all__ = ["Cell", "cell_status", "compute_cell", "run_sweep", "sweep_cells"]
 
 Log = Callable[[str], None]
-THRESHOLDS = (0, 1, 2, 4)  # flip thresholds whose p_l and paper-policy BOPs every baseline reports
-CLAIMS = ".claims"  # under the sweep folder: one claim per cell, while a process computes it
-CLAIM_POLL_SECONDS = 0.5  # how often a process waiting for a cell claimed elsewhere retries
-CONTROL_ROW = " (paper control)"  # the row suffix of the paper policy's uniform control
-
-
-# ---------------------------------------------------------------- cells
-
-
-@dataclass(frozen=True)
-class Cell:
-    # baseline | prune | scratch | budget | premise | control (uniform widths at the BOPs the
-    # seed's paper-policy cell reached, fine-tuned for as many epochs as it retrained)
-    kind: str
-    seed: int
-    # prune/control: the method; scratch: None for uniform widths, else a method whose
-    # policy sizes the layers (its criterion is moot: the network is re-initialised)
-    method: Method | None = None
-    reduction: float | None = None  # target BOPs reduction (None: the policy's own)
-    # how a prune cell retrains: fine-tuning the surviving weights, or every round from a
-    # fresh initialisation on the baseline's own schedule (sweep.paper_scratch)
-    retrain: str = "finetune"
-
-    @property
-    def name(self) -> str:
-        suffix = "" if self.reduction is None else f"-{round(100 * self.reduction)}"
-        if self.retrain == "scratch":
-            suffix += "-scratch"
-        if self.kind == "prune":
-            assert self.method is not None
-            return f"{self.method.spec}{suffix}"
-        if self.kind == "scratch":
-            return f"scratch{suffix}" if self.method is None else \
-                f"scratch-{self.method.policy}{suffix}"
-        if self.kind == "control":
-            assert self.method is not None
-            return f"{self.method.spec}-paper-control"
-        return {"baseline": "baseline", "budget": "unpruned-budget", "premise": "premise"}[
-            self.kind]
-
-    @property
-    def folder(self) -> str:
-        return f"seed{self.seed}/{self.name}"
-
-    @property
-    def title(self) -> str:
-        red = "own" if self.reduction is None else f"-{self.reduction:.0%}"
-        if self.kind == "prune":
-            assert self.method is not None
-            how = SCRATCH_ROW if self.retrain == "scratch" else ""
-            return f"seed {self.seed} {self.method.spec}{how} ({red})"
-        if self.kind == "scratch":
-            widths = "uniform" if self.method is None else self.method.policy
-            return f"seed {self.seed} {widths} widths from scratch ({red})"
-        if self.kind == "control":
-            return f"seed {self.seed} {self.method} at the paper policy's BOPs"
-        return f"seed {self.seed} {self.kind}"
-
-
-def _seed_cfg(cfg: SweepConfig, seed: int) -> SweepConfig:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
-
-
-# prune settings no sweep cell reads: each cell names its own method and BOPs reduction
-UNKEYED_PRUNE = ("policy", "criterion", "target", "compare", "speed")
-
-
-def _cell_key(cfg: SweepConfig, cell: Cell) -> Any:
-    """What a finished cell depends on: everything but the sweep's own lists and the
-    ``bnnprune run`` method settings it does not read (:data:`UNKEYED_PRUNE`)."""
-    prune = {k: v for k, v in dataclasses.asdict(cfg.prune).items() if k not in UNKEYED_PRUNE}
-    key = {
-        "cell": [cell.kind, cell.seed, cell.method.spec if cell.method else None, cell.reduction],
-        "model": cfg.model.key(),
-        "data": cfg.data.key(),
-        "train": dataclasses.asdict(cfg.train),
-        "prune": prune,
-    }
-    if cell.kind == "premise":
-        key["flips"] = [cfg.sweep.flip_percents, cfg.sweep.flip_choices]
-    if cell.retrain != "finetune":  # fine-tuned cells keep the keys they were recorded with
-        key["retrain"] = cell.retrain
-    return normalized(key)
-
-
-def _retrain_cfg(cfg: SweepConfig, cell: Cell) -> SweepConfig:
-    """The settings a cell retrains with: ``prune.*`` as configured when fine-tuning; from
-    scratch, every round trains a fresh initialisation for the baseline's own epochs and
-    learning rate (so a round costs what the baseline cost)."""
-    if cell.retrain == "finetune":
-        return cfg
-    p = dataclasses.replace(cfg.prune, from_scratch=True, retrain_epochs=cfg.train.epochs,
-                            retrain_lr=cfg.train.lr)
-    return dataclasses.replace(cfg, prune=p)
-
-
-def row_key(rec: dict[str, Any]) -> str:
-    """The row of a prune, scratch or control record in the tables: its method, marked
-    when the cell retrained from scratch; ``scratch`` for uniform widths from scratch and
-    ``scratch-target`` for another policy's widths; ``uniform+wff (paper control)``."""
-    if rec["kind"] == "scratch":
-        m = rec["method_key"]
-        return "scratch" if not m else f"scratch-{m.split('+', 1)[0]}"
-    if rec["kind"] == "control":
-        return f"{rec['method_key']}{CONTROL_ROW}"
-    key = rec["method_key"]
-    return key + SCRATCH_ROW if rec.get("retrain") == "scratch" else key
-
-
-def _record_path(cfg: SweepConfig, out: Path, folder: str) -> Path:
-    """Where the record of the cell in ``folder`` (``seed0/target+wff-30``) lives: under
-    ``sweep.records`` (small JSON files meant to be committed, so a fresh clone resumes) or
-    else in the run folder."""
-    if cfg.sweep.records:
-        return Path(cfg.sweep.records) / f"{folder}.json"
-    return out / folder / "result.json"
-
-
-def _save_record(path: Path, rec: dict[str, Any]) -> None:
-    """One record, as committed: sorted keys, one line per key, a final newline."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(normalized(rec), indent=1, sort_keys=True) + "\n")
-                       .encode())
-
-
-def _finished(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
-    path = _record_path(cfg, out, cell.folder)
-    if not path.is_file():
-        return None
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # a damaged record is recomputed (phases underneath are reused)
-    if rec.get("key") != _cell_key(cfg, cell):
-        raise ConfigError(
-            f"{path} holds a sweep cell run with other settings; "
-            "use a new output folder (-o) or records folder, or delete it"
-        )
-    return rec
-
-
-_DATA: dict[str, Any] = {}
-
-
-def _dataset(cfg: SweepConfig) -> Any:
-    """The sweep's data, loaded once per process (the same subset for every seed)."""
-    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = load_from_config(cfg.data, 0)
-    return _DATA[key]
-
-
-def _write(cfg: SweepConfig, out: Path, cell: Cell, rec: dict[str, Any],
-           seconds: float) -> dict[str, Any]:
-    device = resolve_device(cfg.train.device)
-    rec = {**rec, "version": RECORD_VERSION, "key": _cell_key(cfg, cell), "kind": cell.kind,
-           "seed": cell.seed, "method_key": cell.method.spec if cell.method else None,
-           "target_reduction": cell.reduction, "folder": cell.folder,
-           "seconds": seconds, "machine": dataclasses.asdict(MachineRecord.here(device))}
-    _save_record(_record_path(cfg, out, cell.folder), rec)
-    kill_point(f"sweep:recorded:{cell.folder}")
-    return rec
-
-
-def convergence(history: list[dict[str, Any]], track_last: int) -> dict[str, Any]:
-    """The plateau criterion of a baseline: accuracy change over the ``track_last`` epochs
-    before the flip interval (on the validation split where the data has one, else on the
-    test set, as older records did), and max/min of each layer's per-epoch flip ratio
-    inside it (a flat interval is near 1; a learning rate decaying to 0 gives ~100)."""
-    n = len(history)
-    start = n - track_last  # index of the first epoch inside the interval
-    split = "val_acc" if history and "val_acc" in history[0] else "test_acc"
-    before = [h[split] for h in history[max(0, start - track_last):start]]
-    inside = history[start:]
-    flatness: dict[str, float] = {}
-    for layer in (inside[0].get("flip_ratio") or {}) if inside else {}:
-        vals = [h["flip_ratio"][layer] for h in inside]
-        lo = min(vals)
-        flatness[layer] = max(vals) / lo if lo > 0 else float("inf")
-    out = {
-        "acc_change_before_interval": (before[-1] - before[0]) if len(before) > 1 else None,
-        "epochs_compared": len(before),
-        "interval_epochs": len(inside),
-        "flip_ratio_max_over_min": flatness,
-        "worst_flatness": max(flatness.values()) if flatness else None,
-        "test_acc_by_epoch": [h["test_acc"] for h in history],
-        "lr_by_epoch": [h.get("lr") for h in history],
-    }
-    if split == "val_acc":  # older records carry neither key: their pages stay as they were
-        out["split"] = "val"
-        out["val_acc_by_epoch"] = [h["val_acc"] for h in history]
-        out["train_acc_by_epoch"] = [h["train_acc"] for h in history]
-    return out
-
-
-def plateau_verdict(conv: dict[str, Any], max_rise_pp: float | None,
-                    max_flatness: float | None) -> dict[str, Any] | None:
-    """Whether a baseline's :func:`convergence` meets the pre-registered plateau criterion:
-    accuracy rose by less than ``max_rise_pp`` points over the epochs before the flip
-    interval, and every layer's per-epoch flip ratio inside it varies by less than
-    ``max_flatness`` (max/min). None when the sweep sets no criterion."""
-    if max_rise_pp is None and max_flatness is None:
-        return None
-    change = conv.get("acc_change_before_interval")
-    flat = conv.get("worst_flatness")
-    rise_ok = max_rise_pp is None or (change is not None and 100 * change < max_rise_pp)
-    flat_ok = max_flatness is None or (flat is not None and flat < max_flatness)
-    return {"rise_pp": None if change is None else 100 * change, "worst_flatness": flat,
-            "rise_ok": rise_ok, "flat_ok": flat_ok, "passed": rise_ok and flat_ok}
 
 
 def gated_out(cfg: SweepConfig, baseline: dict[str, Any] | None) -> bool:
@@ -293,85 +75,6 @@ def gated_out(cfg: SweepConfig, baseline: dict[str, Any] | None) -> bool:
     return verdict is not None and not verdict["passed"]
 
 
-def _wff_magnitude_correlation(model: torch.nn.Module, counts: dict[str, Any]) -> dict[str, Any]:
-    """Per binary layer: Spearman rank correlation of flip count with |latent w| (weights)
-    and of mean WFF with mean |w| (channels)."""
-    out: dict[str, Any] = {}
-    for name, c in counts.items():
-        w = model.get_submodule(name).weight.detach().abs().cpu()
-        c = c.cpu().double()
-        out[name] = {"weights": spearman(c.flatten(), w.flatten().double()),
-                     "channels": spearman(c.flatten(1).mean(1), w.flatten(1).mean(1).double())}
-    return out
-
-
-def _threshold_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
-                     opts: PlanOptions) -> dict[str, Any]:
-    """p_l per layer and the paper policy's planned BOPs reduction at each flip threshold."""
-    table = {}
-    for t in THRESHOLDS:
-        sens = compute_sensitivity(flips, model, threshold=t)
-        plan = get_policy("paper").plan(model, shape, sens, options=opts)
-        table[str(t)] = {"p": dict(sens.p), "paper_reduction": plan.reduction}
-    return table
-
-
-def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[int, ...],
-                    threshold: int, opts: PlanOptions) -> dict[str, Any]:
-    """p_l per layer and the paper policy's planned BOPs reduction when the interval is only
-    the last k epochs of the recorded one (k = 1 .. its length)."""
-    tracker = FlipTracker(model)
-    tracker.load_state_dict(flips)
-    table = {}
-    for k in range(1, len(tracker.epoch_counts) + 1):
-        counts, steps = tracker.last_epochs_counts(k)
-        sens = compute_sensitivity(counts, model, steps=steps, threshold=threshold)
-        plan = get_policy("paper").plan(model, shape, sens, options=opts)
-        table[str(k)] = {"p": dict(sens.p), "paper_reduction": plan.reduction, "steps": steps}
-    return table
-
-
-def _allocations(model: torch.nn.Module, sens: Any, shape: tuple[int, ...],
-                 reductions: list[float], opts: PlanOptions) -> dict[str, Any]:
-    """Channels the target (flip-proportional) and uniform allocations keep per layer at
-    each reduction, and in how many layers they differ: an allocation question has an
-    answer only where they do."""
-    out = {}
-    for r in reductions:
-        plans = {pol: get_policy(pol).plan(model, shape, sens, r, options=opts).keep
-                 for pol in ("target", "uniform")}
-        differ = sum(plans["target"][n] != plans["uniform"][n] for n in plans["target"])
-        out[str(r)] = {**plans, "layers_differing": differ}
-    return out
-
-
-@contextlib.contextmanager
-def _claimed(out: Path, cell: Cell) -> Iterator[None]:
-    """Hold ``cell``'s claim for the block, waiting while another process holds it."""
-    item = out / CLAIMS / cell.folder
-    while True:
-        with claim(item, f"bnnprune sweep cell {cell.folder}") as held:
-            if held is not None:
-                yield
-                return
-        time.sleep(CLAIM_POLL_SECONDS)
-
-
-def _ensure_baseline(cfg: SweepConfig, out: Path, seed: int,
-                     claimed: bool) -> tuple[torch.nn.Module, Any]:
-    """The seed's trained baseline (trained again, deterministically, when a fresh clone
-    has its committed record but not its checkpoint). Unless the caller holds the baseline
-    cell's claim (``claimed``), a baseline still to train is trained under that claim."""
-    ds = _dataset(cfg)
-    scfg = _seed_cfg(cfg, seed)
-    folder = out / f"seed{seed}" / "baseline"
-    model = build_from_config(cfg.model, ds, seed)
-    wait = not claimed and not (folder / "model.pt").is_file()
-    with _claimed(out, Cell("baseline", seed)) if wait else contextlib.nullcontext():
-        res = train_phase("baseline", model, ds, scfg.train, folder, scfg, lambda s: None, False)
-    return model, res
-
-
 def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
     """Compute one cell under its claim (its baseline is trained first when missing); None
     when another process holds the claim (try again later). A cell that another process
@@ -379,158 +82,11 @@ def run_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any] | None:
     with claim(out / CLAIMS / cell.folder, f"bnnprune sweep cell {cell.folder}") as held:
         if held is None:
             return None
-        old = _finished(cfg, out, cell)
+        old = finished(cfg, out, cell)
         baseline_ready = (out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
         if old is not None and (cell.kind != "baseline" or baseline_ready):
             return {**old, "reused": True}
-        return _compute_cell(cfg, out, cell)
-
-
-def _compute_cell(cfg: SweepConfig, out: Path, cell: Cell) -> dict[str, Any]:
-    """Compute one cell; the caller holds its claim."""
-    t0 = time.perf_counter()
-    ds = _dataset(cfg)
-    scfg = _seed_cfg(cfg, cell.seed)
-    seed_dir = out / f"seed{cell.seed}"
-    shape = tuple(ds.input_shape)
-    quiet: Log = lambda s: None  # noqa: E731 (per-epoch logs are in each metrics.jsonl)
-    p = cfg.prune
-    base, res = _ensure_baseline(cfg, out, cell.seed, claimed=cell.kind == "baseline")
-    device = next(base.parameters()).device
-    tracker = tracker_of(res, base)  # from the phase just trained or reused: no second read
-    flips = tracker.state_dict() if tracker is not None else None
-    sens = compute_sensitivity(flips, base, threshold=p.threshold) if flips else None
-
-    if cell.kind == "baseline":
-        if (old := _finished(cfg, out, cell)) is not None:
-            _check_rebuilt(base, ds, device, old)
-            return old  # the committed record stands; the checkpoint was only rebuilt
-        rec = measure("baseline (unpruned)", base, ds, device, epochs=cfg.train.epochs).to_dict()
-        rec["dataset"] = dataclasses.asdict(DatasetRecord.of(ds))
-        rec["convergence"] = convergence(history_of(res), cfg.train.track_last)
-        # the training time itself (also when this record is rebuilt from a finished phase)
-        rec["train_seconds"] = sum(h.get("seconds") or 0.0 for h in history_of(res))
-        if sens is not None:
-            rec["sensitivity"] = sens.to_dict()
-            rec["thresholds"] = _threshold_table(base, flips, shape, plan_options(p))
-            rec["intervals"] = _interval_table(base, flips, shape, p.threshold, plan_options(p))
-            rec["correlation"] = _wff_magnitude_correlation(base, flips["counts"])
-            rec["allocations"] = _allocations(base, sens, shape, cfg.sweep.reductions,
-                                              plan_options(p))
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
-
-    if cell.kind == "premise":
-        if sens is None:
-            raise ConfigError("the premise check needs flip data: set train.track_last >= 1")
-
-        def acc(m: torch.nn.Module) -> float:
-            return evaluate(m, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)[1]
-
-        fractions = [x / 100 for x in cfg.sweep.flip_percents]
-        curves = premise_curve(base, flips["counts"], fractions, acc,
-                               cfg.sweep.flip_choices, seed=cell.seed)
-        flipped = sum(sens.insensitive.values()) / sum(sens.numel.values())
-        baseline = _finished(cfg, out, Cell("baseline", cell.seed))
-        unflipped = baseline["test_acc"] if baseline else acc(base)
-        rec = {"percents": list(cfg.sweep.flip_percents), "curves": curves,
-               "unflipped_acc": unflipped, "flipped_in_window": flipped}
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
-
-    tcfg = retrain_config(scfg, p.retrain_epochs, track=False)
-    if cell.kind == "budget":
-        model = copy.deepcopy(base)
-        train_phase("unpruned-budget", model, ds, tcfg, seed_dir / "unpruned-budget", scfg,
-                    quiet, False)
-        rec = measure(f"unpruned +{p.retrain_epochs} epochs", model, ds, device,
-                      epochs=cfg.train.epochs + p.retrain_epochs).to_dict()
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
-
-    if cell.kind == "scratch":
-        policy = cell.method.policy if cell.method else "uniform"
-        plan, model = prune_once(base, Method(policy, "magnitude"), shape, sensitivity=sens,
-                                 target=cell.reduction, options=plan_options(p),
-                                 seed=cell.seed, from_scratch=True)
-        total = cfg.train.epochs + p.retrain_epochs
-        t_scratch = dataclasses.replace(scfg.train, epochs=total, track_last=0)
-        train_phase(cell.name, model, ds, t_scratch, seed_dir / cell.name, scfg, quiet, False,
-                    plan.to_dict())
-        rec = measure(f"{policy} widths from scratch ({total} epochs)", model, ds, device,
-                      plan=plan.to_dict(), epochs=total).to_dict()
-        rec["bops_reduction"] = plan.reduction
-        return _write(cfg, out, cell, rec, time.perf_counter() - t0)
-
-    if cell.kind == "control":
-        return _compute_control(cfg, out, cell, base, sens, t0)
-
-    assert cell.method is not None
-    m = cell.method
-    scfg = _retrain_cfg(scfg, cell)
-    p = scfg.prune
-    rounds = prune_rounds(
-        m, base, sens, ds, scfg, cell.reduction,
-        lambda r: seed_dir / (cell.name if r == 1 else f"{cell.name}-round{r}"),
-        quiet, False, cell.seed)
-    final = rounds.records[-1]
-    rec = final.to_dict()
-    rec["label"] = m.spec
-    rec["bops_reduction"] = 1 - final.bops / count_bops(base, shape)
-    rec["rounds"] = [r.to_dict() for r in rounds.records]
-    rec["stop"] = rounds.stop
-    if cell.retrain != "finetune":
-        rec["retrain"] = cell.retrain
-    rec["epochs"] = cfg.train.epochs + len(rounds.records) * p.retrain_epochs
-    n = len(rounds.records)
-    rec["model_folder"] = f"seed{cell.seed}/{cell.name if n == 1 else f'{cell.name}-round{n}'}"
-    return _write(cfg, out, cell, rec, time.perf_counter() - t0)
-
-
-def _paper_cell(cfg: SweepConfig, seed: int) -> Cell:
-    """The seed's fine-tuned paper-policy cell that its control is matched to."""
-    paper = next(m for m in sweep_methods(cfg.sweep) if m.policy.iterates)
-    return Cell("prune", seed, paper, None)
-
-
-def _compute_control(cfg: SweepConfig, out: Path, cell: Cell, base: torch.nn.Module,
-                     sens: Any, t0: float) -> dict[str, Any]:
-    """Uniform widths pruned to the BOPs reduction the seed's paper-policy cell reached,
-    by the paper method's criterion, fine-tuned for as many epochs as the paper policy
-    retrained in all its rounds: the policy's iteration against one uniform cut of the
-    same size and cost. The paper cell is computed first when it is not finished."""
-    paper_cell = _paper_cell(cfg, cell.seed)
-    paper = _finished(cfg, out, paper_cell)
-    if paper is None:
-        with _claimed(out, paper_cell):
-            paper = _finished(cfg, out, paper_cell) or _compute_cell(cfg, out, paper_cell)
-    assert cell.method is not None
-    rounds = len(paper["rounds"])
-    scfg = _seed_cfg(cfg, cell.seed)
-    scfg = dataclasses.replace(scfg, prune=dataclasses.replace(
-        cfg.prune, retrain_epochs=rounds * cfg.prune.retrain_epochs))
-    ds = _dataset(cfg)
-    seed_dir = out / f"seed{cell.seed}"
-    res = prune_rounds(cell.method, base, sens, ds, scfg, paper["bops_reduction"],
-                       lambda r: seed_dir / cell.name, lambda s: None, False, cell.seed)
-    final = res.records[-1]
-    rec = final.to_dict()
-    rec["label"] = f"{cell.method.spec} at the paper policy's BOPs"
-    rec["bops_reduction"] = 1 - final.bops / count_bops(base, tuple(ds.input_shape))
-    rec["matched_reduction"] = paper["bops_reduction"]
-    rec["model_folder"] = f"seed{cell.seed}/{cell.name}"
-    return _write(cfg, out, cell, rec, time.perf_counter() - t0)
-
-
-def _check_rebuilt(model: torch.nn.Module, ds: Any, device: torch.device,
-                   old: dict[str, Any]) -> None:
-    """Warn when a baseline trained again for its committed record (a fresh clone) does not
-    reproduce that record's test accuracy: its cells would pair with another model (another
-    machine or library version gives other float sums)."""
-    _, acc = evaluate(model, ds.test_x, ds.test_y, ds.mean, ds.std, device=device)
-    if acc != old["test_acc"]:
-        warnings.warn(
-            f"seed {old['seed']}: the baseline trained again reaches {acc:.2%} test accuracy, "
-            f"its committed record says {old['test_acc']:.2%} (recorded on "
-            f"{(old.get('machine') or {}).get('cpu', '?')}); cells computed now prune the "
-            "new model", stacklevel=2)
+        return compute_record(cfg, out, cell)
 
 
 def _init_worker(threads: int, parent: int) -> None:
@@ -570,7 +126,7 @@ def _cells(cfg: SweepConfig) -> tuple[list[Cell], dict[int, list[Cell]], list[Ce
     late = [Cell("prune", seed, m, None, "scratch") for seed in s.seeds
             for m in sweep_methods(s) if m.policy.iterates and s.paper_scratch]
     if s.paper_control:
-        late += [Cell("control", seed, Method("uniform", _paper_cell(cfg, seed).method
+        late += [Cell("control", seed, Method("uniform", paper_cell(cfg, seed).method
                                               .criterion), None) for seed in s.seeds]
     return baselines, deps, late
 
@@ -657,9 +213,9 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
             submit(d)
 
     def submit(cell: Cell) -> None:
-        rec = _finished(cfg, out, cell)
+        rec = finished(cfg, out, cell)
         todo = cell.kind == "baseline" and rec is not None and any(
-            _finished(cfg, out, d) is None
+            finished(cfg, out, d) is None
             for d in [*deps[cell.seed], *(c for c in late if c.seed == cell.seed)]) and not (
             out / f"seed{cell.seed}" / "baseline" / "model.pt").is_file()
         if rec is not None and not todo:
@@ -713,7 +269,7 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
     from bnnprune.engine.bench import batch_repeats, compare_latency, op_times
     from bnnprune.speed import CHECK_IMAGES, agreement
 
-    ds = _dataset(cfg)
+    ds = sweep_dataset(cfg)
     shape = tuple(ds.input_shape)
     x_check = normalize(ds.test_x[:CHECK_IMAGES], ds.mean, ds.std).numpy()
     pruned = [r for r in records if r["kind"] == "prune"]
@@ -747,267 +303,9 @@ def _speed(cfg: SweepConfig, out: Path, records: list[dict[str, Any]], log: Log,
         speed["ops_batch64"] = op_times(prog, 64, 10)
         speed["baseline_ops_batch64"] = base_ops[seed]
         rec["speed"] = speed
-        _save_record(_record_path(cfg, out, rec["folder"]),
+        save_record(record_path(cfg, out, rec["folder"]),
                      {k: v for k, v in rec.items() if k != "reused"})
     return len(todo)
-
-
-# ---------------------------------------------------------------- aggregate
-
-
-def _ms(vals: list[float]) -> dict[str, float]:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return {"n": 0, "mean": float("nan"), "std": float("nan")}
-    return {"n": len(vals), "mean": statistics.fmean(vals),
-            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
-
-
-def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of every (method, reduction) and the premise."""
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_kind.setdefault(r["kind"], []).append(r)
-    base = by_kind.get("baseline", [])
-    base_bops = {r["seed"]: r["bops"] for r in base}
-    rows: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-    for r in [*by_kind.get("prune", []), *by_kind.get("scratch", []),
-              *by_kind.get("control", [])]:
-        key = row_key(r)
-        rows.setdefault((key, r["target_reduction"]), []).append(r)
-    table = []
-    for (key, target), rs in rows.items():
-        entry = {
-            "method_key": key, "method": rs[0].get("label", rs[0].get("method")),
-            "target_reduction": target,
-            "seeds": sorted(r["seed"] for r in rs),
-            "test_acc": _ms([r["test_acc"] for r in rs]),
-            "bops_reduction": _ms([1 - r["bops"] / base_bops[r["seed"]] for r in rs]),
-            "bops": _ms([r["bops"] for r in rs]),
-            "memory_bytes": _ms([r["memory_bytes"] for r in rs]),
-            "channels_by_seed": {str(r["seed"]): r["channels"] for r in rs},
-            "epochs": sorted({r["epochs"] for r in rs if r.get("epochs")}),
-        }
-        for b in ("batch1", "batch64"):
-            sp = [r["speed"][b] for r in rs if r.get("speed")]
-            entry[f"latency_ratio_{b}"] = _ms([s["latency_ratio"] for s in sp])
-            entry[f"bops_ratio_{b}"] = _ms([s["bops_ratio"] for s in sp])
-        agree = [r["speed"]["engine_agreement"] for r in rs if r.get("speed")]
-        entry["engine_agreement_min"] = min(agree) if agree else None
-        table.append(entry)
-    table.sort(key=lambda e: (e["method_key"], e["target_reduction"] or 0))
-    premise: dict[str, Any] = {}
-    prem = by_kind.get("premise", [])
-    if prem:
-        percents = prem[0]["percents"]
-        premise = {"percents": percents,
-                   "unflipped_acc": _ms([r["unflipped_acc"] for r in prem]),
-                   "flipped_in_window": _ms([r["flipped_in_window"] for r in prem]),
-                   "curves": {}}
-        for choice in prem[0]["curves"]:
-            premise["curves"][choice] = [
-                _ms([r["curves"][choice][i] for r in prem]) for i in range(len(percents))
-            ]
-        # each choice against random flips of the same count, paired by seed
-        if "random" in prem[0]["curves"]:
-            premise["vs_random"] = {
-                choice: [paired_test([r["curves"][choice][i] for r in prem],
-                                     [r["curves"]["random"][i] for r in prem])
-                         for i in range(len(percents))]
-                for choice in prem[0]["curves"] if choice != "random"}
-    p_layers: dict[str, list[float]] = {}
-    for r in base:
-        for name, v in ((r.get("sensitivity") or {}).get("layers") or {}).items():
-            p_layers.setdefault(name, []).append(v["p"])
-    return {
-        "baseline": {"test_acc": _ms([r["test_acc"] for r in base]),
-                     "bops": _ms([r["bops"] for r in base]),
-                     "memory_bytes": _ms([r["memory_bytes"] for r in base]),
-                     "channels": base[0]["channels"] if base else {}},
-        "budget": {"test_acc": _ms([r["test_acc"] for r in by_kind.get("budget", [])])},
-        "table": table,
-        "premise": premise,
-        "p_layers": {n: _ms(v) for n, v in p_layers.items()},
-        "paired": paired_comparisons(records),
-        "recommendation": recommendation(records),
-        "convergence": {str(r["seed"]): r["convergence"] for r in base if r.get("convergence")},
-        "correlation": _mean_correlation(base),
-        "thresholds": _mean_thresholds(base),
-        "intervals": _mean_thresholds(base, "intervals"),
-        "paper_rounds": _paper_rounds(by_kind.get("prune", [])),
-        "paper_retraining": paper_retraining(by_kind.get("prune", [])),
-        "machines": _machines(records),
-        "cells": _cell_times(records),
-        "cell_seconds": sum(_compute_seconds(r) for r in records),
-    }
-
-
-# The questions the trial answers: (A, B) pairs compared seed by seed at equal BOPs.
-QUESTIONS = (
-    ("does flip-proportional allocation beat uniform width?", "target+{c}", "uniform+{c}"),
-    ("does WFF channel choice beat random?", "{a}+wff", "{a}+random"),
-    ("does WFF channel choice beat latent magnitude?", "{a}+wff", "{a}+magnitude"),
-    ("does |w|/(1+flips) beat magnitude?", "{a}+flip_magnitude", "{a}+magnitude"),
-    ("does |w|/(1+flips) beat WFF?", "{a}+flip_magnitude", "{a}+wff"),
-    ("does pruning a trained model beat uniform width from scratch?", "uniform+magnitude",
-     "scratch"),
-)
-
-
-def _accuracies(records: list[dict[str, Any]],
-                field: str = "test_acc") -> dict[tuple[str, Any], dict[int, float]]:
-    """Test (or validation: ``field="val_acc"``) accuracy of every prune, scratch and control
-    cell by (row, target reduction), then seed."""
-    acc: dict[tuple[str, Any], dict[int, float]] = {}
-    for r in records:
-        if r["kind"] in ("prune", "scratch", "control") and r.get(field) is not None:
-            acc.setdefault((row_key(r), r["target_reduction"]), {})[r["seed"]] = r[field]
-    return acc
-
-
-def paired_comparisons(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per question, reduction and variant: the paired difference in test accuracy (A - B)
-    over the seeds where both were measured, with its 95% interval, paired SD and p."""
-    acc = _accuracies(records)
-    criteria = sorted({k.split("+", 1)[1] for k, _ in acc if "+" in k})
-    out = []
-    for question, a_t, b_t in QUESTIONS:
-        variants = ([{"c": c} for c in criteria] if "{c}" in a_t
-                    else [{"a": a} for a in ("target", "uniform")] if "{a}" in a_t else [{}])
-        for v in variants:
-            a_key, b_key = a_t.format(**v), b_t.format(**v)
-            for (key, red), a_seeds in sorted(acc.items(), key=lambda kv: str(kv[0])):
-                if key != a_key or (b_key, red) not in acc:
-                    continue
-                b_seeds = acc[(b_key, red)]
-                seeds = sorted(set(a_seeds) & set(b_seeds))
-                if not seeds:
-                    continue
-                d = paired_test([a_seeds[s] for s in seeds], [b_seeds[s] for s in seeds])
-                out.append({"question": question, "a": a_key, "b": b_key, "reduction": red,
-                            "seeds": seeds, **d})
-    return out
-
-
-def recommendation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Mean accuracy ranks over the reductions of every row measured at every reduction
-    (pruning methods at a BOPs target and uniform width from scratch), the pruning method
-    ranked best with its paired differences against every other row, and what
-    ``bnnprune run``'s default should be: the simplest method (least data needed) that no
-    comparison resolves from the best-ranked one. None before two rows are comparable."""
-    acc: dict[str, dict[float, dict[int, float]]] = {}
-    for (m, red), by_seed in _accuracies(records).items():
-        if red is not None:
-            acc.setdefault(m, {})[red] = by_seed
-    reds = sorted({red for by in acc.values() for red in by})
-    full = {m: by for m, by in acc.items() if set(by) == set(reds)}
-    if len(full) < 2:
-        return None
-    ranks: dict[str, list[int]] = {m: [] for m in full}
-    for red in reds:
-        order = sorted(full, key=lambda m: (-statistics.fmean(full[m][red].values()), m))
-        for i, m in enumerate(order, 1):
-            ranks[m].append(i)
-    mean_rank = {m: statistics.fmean(v) for m, v in ranks.items()}
-    pruning = sorted(m for m in full if "+" in m)  # methods, not networks from scratch
-    best = min(pruning, key=lambda m: mean_rank[m])
-    against = []
-    for m in sorted(full):
-        for red in reds if m != best else []:
-            seeds = sorted(set(full[best][red]) & set(full[m][red]))
-            d = paired_difference([full[best][red][s] for s in seeds],
-                                  [full[m][red][s] for s in seeds])
-            against.append({"b": m, "reduction": red, "seeds": seeds, **d})
-    # a tie goes to the simpler method: among the pruning methods no comparison resolves
-    # from the best-ranked one, the one needing the least data (no flip counts), then rank
-    tied = [m for m in pruning if m == best or not any(
-        d["resolved"] for d in against if d["b"] == m)]
-    chosen = min(tied, key=lambda m: (len(parse_method(m).needs), mean_rank[m], m))
-    return {"method": chosen, "best_ranked": best, "tied": tied,
-            "mean_rank": mean_rank[chosen], "reductions": reds, "mean_ranks": mean_rank,
-            "against": against}
-
-
-def _paper_rounds(prune: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Round by round records of the paper policy, per row (retraining) and seed."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in sorted(prune, key=lambda r: r["seed"]):
-        if (r["method_key"] or "").startswith("paper+"):
-            out.setdefault(row_key(r), {})[str(r["seed"])] = r.get("rounds")
-    return out
-
-
-def paper_retraining(prune: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fine-tuning minus retraining from scratch in the paper policy's first round, paired by
-    seed: both prune the seed's baseline by its own p_l (the same plan), so only the
-    retraining differs. Also how many rounds each ran and after how many epochs."""
-    rounds = _paper_rounds(prune)
-    out = []
-    for key in sorted(rounds):
-        fine, scratch = rounds[key], rounds.get(key + SCRATCH_ROW)
-        if key.endswith(SCRATCH_ROW) or not scratch:
-            continue
-        seeds = sorted((s for s in set(fine) & set(scratch) if fine[s] and scratch[s]), key=int)
-        ft = [fine[s][0] for s in seeds]
-        sc = [scratch[s][0] for s in seeds]
-        out.append({
-            "method": key, "seeds": [int(s) for s in seeds],
-            "diff": paired_difference([r["test_acc"] for r in ft], [r["test_acc"] for r in sc]),
-            "epochs": [ft[0].get("epochs"), sc[0].get("epochs")] if seeds else [None, None],
-            "bops_equal": all(a["bops"] == b["bops"] for a, b in zip(ft, sc, strict=True)),
-            "rounds": [sorted(len(r) for r in by.values() if r) for by in (fine, scratch)],
-        })
-    return out
-
-
-def _mean_correlation(base: list[dict[str, Any]]) -> dict[str, Any]:
-    layers: dict[str, dict[str, list[float]]] = {}
-    for r in base:
-        for name, c in (r.get("correlation") or {}).items():
-            for k, v in c.items():
-                layers.setdefault(name, {}).setdefault(k, []).append(v)
-    return {n: {k: _ms(v) for k, v in d.items()} for n, d in layers.items()}
-
-
-def _mean_thresholds(base: list[dict[str, Any]], field: str = "thresholds") -> dict[str, Any]:
-    """Mean over seeds of a baseline table keyed by flip threshold (or interval length)."""
-    out: dict[str, Any] = {}
-    for r in base:
-        for t, v in (r.get(field) or {}).items():
-            e = out.setdefault(t, {"p": {}, "paper_reduction": []})
-            e["paper_reduction"].append(v["paper_reduction"])
-            for n, p in v["p"].items():
-                e["p"].setdefault(n, []).append(p)
-    return {t: {"paper_reduction": _ms(e["paper_reduction"]),
-                "p": {n: _ms(v) for n, v in e["p"].items()}} for t, e in out.items()}
-
-
-def _compute_seconds(rec: dict[str, Any]) -> float:
-    """A cell's compute: its wall time, or its phase's training time when the record was
-    rebuilt from a phase trained earlier (baselines)."""
-    return max(rec.get("seconds") or 0.0, rec.get("train_seconds") or 0.0)
-
-
-def _cell_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every cell's compute time and machine, for the page."""
-    return [{"cell": r["folder"].split("/", 1)[-1], "seed": r["seed"],
-             "seconds": _compute_seconds(r),
-             "machine": machine_label(r["machine"]) if r.get("machine") else None}
-            for r in records if r.get("folder")]
-
-
-def _machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every machine that computed cells, with its cell count and compute time."""
-    seen: dict[str, dict[str, Any]] = {}
-    for r in records:
-        m = r.get("machine")
-        if not m:
-            continue
-        label = machine_label(m)
-        e = seen.setdefault(label, {"machine": label, "cells": 0, "seconds": 0.0})
-        e["cells"] += 1
-        e["seconds"] += _compute_seconds(r)
-    return sorted(seen.values(), key=lambda e: e["machine"])
 
 
 def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = lambda s: None,
@@ -1021,14 +319,14 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
     the results and the cells still to do are counted in ``pending``.
     """
     resolve_sweep(cfg)
-    _check_primaries(cfg)
+    check_primaries(cfg)
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    ds = _dataset(cfg)
+    ds = sweep_dataset(cfg)
     log(f"data: {ds.name}, {len(ds.train_x)} train / {len(ds.test_x)} test images; "
         f"{jobs} job(s) x {max(1, (os.cpu_count() or 1) // jobs)} thread(s)")
     if compute:
@@ -1038,7 +336,7 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         pending = 0
     else:
         cells = sweep_cells(cfg)
-        found = [_finished(cfg, out, c) for c in cells]
+        found = [finished(cfg, out, c) for c in cells]
         records = [{**r, "reused": True} for r in found if r is not None]
         failed = {r["seed"] for r in records if r["kind"] == "baseline" and gated_out(cfg, r)}
         pending = sum(rec is None and not (c.kind != "baseline" and c.seed in failed)
@@ -1061,106 +359,10 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, jobs: int = 1, log: Log = l
         "pending": pending,
         "records": [{k: v for k, v in r.items() if k != "reused"} for r in records],
         **aggregate(records),
-        **_design_results(cfg, records),
+        **design_results(cfg, records),
     }
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
     return results
-
-
-def _rows_of(cfg: SweepConfig) -> set[str]:
-    """The table rows (:func:`row_key`) the sweep's cells produce at its reductions."""
-    s = cfg.sweep
-    rows = {m.spec for m in sweep_methods(s) if not m.policy.iterates}
-    if s.scratch:
-        rows |= {"scratch" if a == "uniform" else f"scratch-{a}" for a in s.scratch_policies}
-    return rows
-
-
-def _check_primaries(cfg: SweepConfig) -> None:
-    """ConfigError before anything trains when a primary is unknown or its rows are not
-    among the sweep's cells."""
-    from bnnprune.primaries import PRIMARIES, required_rows
-
-    unknown = [n for n in cfg.sweep.primaries if n not in PRIMARIES]
-    if unknown:
-        raise ConfigError(f"unknown sweep.primaries {unknown}; choose from "
-                          f"{', '.join(PRIMARIES)}")
-    missing = sorted(required_rows(cfg.sweep.primaries) - _rows_of(cfg))
-    if missing:
-        raise ConfigError(f"sweep.primaries compare rows this sweep does not compute: "
-                          f"{', '.join(missing)} (add the methods to sweep.methods; scratch "
-                          "rows need sweep.scratch and sweep.scratch_policies)")
-
-
-def _design_results(cfg: SweepConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The plateau verdict of every baseline and the pre-registered primaries (only when
-    the sweep sets a criterion / primaries: older pages stay as they were)."""
-    from bnnprune.primaries import analyze
-
-    s = cfg.sweep
-    out: dict[str, Any] = {}
-    if s.plateau_max_rise_pp is not None or s.plateau_max_flatness is not None:
-        out["plateau"] = {
-            str(r["seed"]): plateau_verdict(r["convergence"], s.plateau_max_rise_pp,
-                                            s.plateau_max_flatness)
-            for r in records if r["kind"] == "baseline" and r.get("convergence")}
-    if s.primaries:
-        failed = {int(k) for k, v in out.get("plateau", {}).items()
-                  if s.plateau_gate and not v["passed"]}
-        used = [r for r in records if r["seed"] not in failed]
-        out["primaries"] = analyze(_accuracies(used), s.primaries, s.reductions)
-        out["exploratory"] = exploratory(used, s.reductions)
-        # bnnprune run's default is chosen on the validation split, never on the test set
-        out["primaries_val"] = analyze(_accuracies(used, "val_acc"), s.primaries,
-                                       s.reductions)
-        out["default_method"] = default_method(out["primaries_val"])
-    return out
-
-
-def default_method(val_primaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """``bnnprune run``'s default method from the primaries on validation accuracy: the
-    flip-guided allocation (target) only if it is resolved better than uniform widths, WFF
-    channels only if resolved better than magnitude; a tie goes to the simpler choice
-    (uniform widths, magnitude: neither needs flip data)."""
-    by = {p["name"]: p for p in val_primaries}
-
-    def wins(name: str) -> bool:
-        p = by.get(name)
-        return bool(p and p["resolved_holm"] and p["mean"] > 0)
-
-    policy = "target" if wins("allocation") else "uniform"
-    criterion = "wff" if wins("channel_choice") else "magnitude"
-    return {"method": f"{policy}+{criterion}",
-            "seeds": min((p["n"] for p in val_primaries), default=0)}
-
-
-# Exploratory comparisons of a pre-registered sweep (A row, B row), at every reduction
-EXPLORATORY = (
-    ("target+wff", "uniform+wff"), ("scratch-target", "scratch"),
-    ("target+wff", "scratch-target"), ("uniform+wff", "scratch"),
-    ("target+wff", "target+random"), ("target+magnitude", "target+random"),
-    ("target+magnitude", "uniform+wff"),
-)
-
-
-def exploratory(records: list[dict[str, Any]], reductions: list[float]) -> list[dict[str, Any]]:
-    """Paired differences of the :data:`EXPLORATORY` rows at each reduction, and the paper
-    policy against its uniform control at the paper's own reduction; not corrected for
-    multiplicity (they are labelled exploratory)."""
-    acc = _accuracies(records)
-    pairs = [(a, b, r) for r in reductions for a, b in EXPLORATORY]
-    pairs += [(k, f"uniform+{k.split('+', 1)[1]}{CONTROL_ROW}", None)
-              for k, red in sorted(acc, key=str) if red is None and k.startswith("paper+")
-              and not k.endswith(SCRATCH_ROW)]
-    out = []
-    for a, b, r in pairs:
-        sa, sb = acc.get((a, r), {}), acc.get((b, r), {})
-        seeds = sorted(set(sa) & set(sb))
-        if not seeds:
-            continue
-        d = paired_difference([sa[x] for x in seeds], [sb[x] for x in seeds])
-        out.append({"a": a, "b": b, "reduction": r, "seeds": seeds, **d})
-    return out
 
 
 def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
@@ -1188,7 +390,7 @@ def sweep_cells(cfg: SweepConfig) -> list[Cell]:
 
 def cell_status(cfg: SweepConfig, out_dir: str | Path) -> list[tuple[Cell, bool]]:
     """Each cell of :func:`sweep_cells` with whether its record is finished."""
-    return [(c, _finished(cfg, Path(out_dir), c) is not None) for c in sweep_cells(cfg)]
+    return [(c, finished(cfg, Path(out_dir), c) is not None) for c in sweep_cells(cfg)]
 
 
 def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = lambda s: None,
@@ -1206,10 +408,10 @@ def compute_cell(cfg: SweepConfig, out_dir: str | Path, index: int, log: Log = l
         raise ConfigError(f"cell {index} does not exist: this sweep has {len(cells)} cells, "
                           f"0 to {len(cells) - 1} (see bnnprune sweep --list-cells)")
     cell, out = cells[index], Path(out_dir)
-    if cell.kind != "baseline" and gated_out(cfg, _finished(cfg, out, Cell("baseline", cell.seed))):
+    if cell.kind != "baseline" and gated_out(cfg, finished(cfg, out, Cell("baseline", cell.seed))):
         raise ConfigError(f"cell {index} {cell.title}: seed {cell.seed}'s baseline fails the "
                           "plateau criterion (sweep.plateau_gate), so its cells are not computed")
-    rec = _finished(cfg, out, cell)
+    rec = finished(cfg, out, cell)
     if rec is None:
         t0 = time.perf_counter()
         told = False

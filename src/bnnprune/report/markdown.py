@@ -9,7 +9,7 @@ from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import model_label
 from bnnprune.machine import isa_label
 from bnnprune.metrics import format_bytes
-from bnnprune.phases import MachineRecord, ModelRecord
+from bnnprune.records import MachineRecord, ModelRecord
 
 __all__ = ["render_report", "speed_table", "write_report"]
 

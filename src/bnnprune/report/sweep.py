@@ -13,8 +13,8 @@ from typing import Any
 
 from bnnprune.atomic import atomic_write_bytes
 from bnnprune.config import SCRATCH_ROW, PruneConfig, model_label
+from bnnprune.evidence import identical, question_verdicts
 from bnnprune.report.plots import plt, save_figure
-from bnnprune.stats import detectable_difference, holm
 
 __all__ = ["plot_pareto", "plot_premise", "plot_speed", "render_sweep_report",
            "write_sweep_report"]
@@ -547,22 +547,14 @@ def _pp(x: float) -> str:
 def _verdicts(results: dict[str, Any]) -> list[str]:
     """One plain answer per question, from the paired differences at every reduction."""
     out = []
-    by_q: dict[str, list[dict[str, Any]]] = {}
-    for d in results.get("paired") or []:
-        by_q.setdefault(d["question"], []).append(d)
-    for q, ds in by_q.items():
-        wins = [d for d in ds if d["resolved"] and d["mean"] > 0]
-        losses = [d for d in ds if d["resolved"] and d["mean"] < 0]
-        n = min(d["n"] for d in ds)
-        # Holm's correction within the question's own comparisons (older results: no p)
-        adjusted = holm([d.get("p", math.nan) for d in ds])
-        kept = sum(p < 0.05 for p in adjusted if not math.isnan(p))
+    for v in question_verdicts(results.get("paired") or []):
+        q, ds, wins, losses, n, kept = v.question, v.comparisons, v.wins, v.losses, v.seeds, v.kept
         after = f", {kept} after Holm's correction within these {len(ds)}"
-        if all(_identical(d) for d in ds):
+        if v.identical:
             verdict = ("identical: A and B reached the same accuracy on every seed (they kept "
                        "the same channels)")
         elif not wins and not losses:
-            verdict = "no difference resolved" + _detectable(ds)
+            verdict = "no difference resolved" + _detectable(v.detectable)
         elif wins and not losses:
             verdict = (f"yes in {len(wins)} of {len(ds)}{after}" if kept else
                        f"not resolved after correction (A better in {len(wins)} of {len(ds)} "
@@ -583,12 +575,10 @@ def _verdicts(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def _detectable(ds: list[dict[str, Any]]) -> str:
-    """The smallest differences these comparisons detect (80% power, two-sided 5%, from
-    their observed paired SDs), for a verdict of no difference."""
-    dd = [detectable_difference(d["sd"], d["n"]) for d in ds
-          if d.get("sd") is not None and d["n"] >= 2]
-    dd = [x for x in dd if not math.isnan(x)]
+def _detectable(dd: list[float]) -> str:
+    """The smallest differences the comparisons detect (80% power, two-sided 5%, from their
+    observed paired SDs: :func:`bnnprune.evidence.question_verdicts`), for a verdict of no
+    difference."""
     if not dd:
         return ""
     span = f"{100 * min(dd):.2f}" if len(dd) == 1 else f"{100 * min(dd):.2f}-{100 * max(dd):.2f}"
@@ -609,13 +599,8 @@ def _paired_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _identical(d: dict[str, Any]) -> bool:
-    """Every paired seed gave exactly the same accuracy (a zero-width interval at 0)."""
-    return d["mean"] == 0 and (d["n"] == 1 or d["lo"] == d["hi"] == 0)
-
-
 def _label(d: dict[str, Any]) -> str:
-    if _identical(d):
+    if identical(d):
         return "identical"
     return "resolved" if d["resolved"] else "no difference resolved"
 
