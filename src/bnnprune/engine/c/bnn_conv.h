@@ -46,6 +46,15 @@
 #define BNN_INLINE static inline
 #endif
 
+/* A layer's function in model.c (it calls the kernels below with its sizes): kept out of
+ * model_run, where the compiler would inline a layer called once and then allocate its
+ * registers around the other layers' values (on the M4 that cost 6% more instructions). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_LAYER __attribute__((noinline))
+#else
+#define BNN_LAYER
+#endif
+
 /* full unrolling of the loops over a tile's pixels and vectors (their bounds are constants) */
 #if defined(__clang__)
 #define BNN_UNROLL _Pragma("clang loop unroll(full)")
