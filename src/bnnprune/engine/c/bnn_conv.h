@@ -437,10 +437,10 @@ typedef struct {
     uint32_t lo, hi;
 } bnn_w32x2_t;
 
-#if defined(__GNUC__) && defined(__thumb2__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__thumb2__)
 /* One ldrd: gcc splits a 64-bit load whose halves are used apart into two ldr when it tunes
- * for the M4. The operand is a 64-bit memory reference, so its address is one that ldrd
- * takes (an offset of at most 1020 from a register). */
+ * for the M4. The operand is a 64-bit memory reference, so GCC gives it an address that
+ * ldrd takes (an offset of at most 1020 from a register). */
 BNN_INLINE bnn_w32x2_t bnn_load2(const uint64_t *p)
 {
     bnn_w32x2_t v;
