@@ -397,7 +397,7 @@ typedef struct {
 /* ------------------------------------------------------------------ binary conv */
 
 #if defined(BNN_PATH_CSA32)
-/* Carry-save counting on 32-bit words (Harley-Seal): bnn_csa adds three words bitwise into
+/* Carry-save counting on 32-bit words (Harley-Seal): BNN_CSA adds three words bitwise into
  * a sum word l and a carry word h (weight 2), five logic operations for two new words. */
 #define BNN_CSA(h, l, a, b, c)                                                                \
     do {                                                                                      \
