@@ -234,6 +234,8 @@ X86_PATHS = [
     (("-O3", "-march=x86-64-v2"), "PORTABLE", "popcnt"),  # popcnt instruction, no FMA
     (("-DBNN_PORTABLE_POPCOUNT",), "PORTABLE", None),  # the C99 bit count
     (("-DBNN_POPCOUNT32",), "PORTABLE", None),  # Cortex-M's popcount, checked on the host
+    (("-DBNN_CSA32",), "CSA32", None),  # Cortex-M's carry-save path, checked on the host
+    (("-DBNN_CSA32", "-O3", "-march=x86-64-v3"), "CSA32", "avx2"),  # ... before AVX2, FMA
     (("-DBNN_SOFT_FMA",), "PORTABLE", None),  # the fmaf of cores without FMA (M0+, M3)
     (("-mavx2",), "AVX2", "avx2"),  # binary layers on AVX2, float layers portable (no FMA)
     (("-O3", "-march=x86-64-v3"), "AVX2", "avx2"),  # the documented x86-64 build

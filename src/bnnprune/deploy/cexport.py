@@ -288,7 +288,7 @@ class _Exporter:
             lines.insert(0, "    (void)t;")
         self.src.funcs.append(
             f"/* op {i}: {op.kind} {op.name!r} */\n"
-            f"static void {name}(const {in_type} *x, {out_type} *out, {in_type} *t)\n{{\n"
+            f"static BNN_LAYER void {name}(const {in_type} *x, {out_type} *out, {in_type} *t)\n{{\n"
             + "\n".join(lines) + "\n}\n")
         self.src.body.append(f"{name}({self.ref(op.inputs[0])}, {self.ref(op.output)}, {temp});")
 

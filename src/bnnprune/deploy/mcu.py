@@ -194,8 +194,10 @@ def _mark_address(elf: Path) -> int:
 
 
 def run_firmware(elf: str | Path, target: Target, images: np.ndarray,
-                 plugin: str | Path | None = None, timeout: float = 600) -> McuRun:
-    """Run the firmware on ``target``'s qemu board over ``images`` (N, C, H, W) float32."""
+                 plugin: str | Path | None = None, timeout: float = 600,
+                 plugin_options: tuple[str, ...] = ()) -> McuRun:
+    """Run the firmware on ``target``'s qemu board over ``images`` (N, C, H, W) float32;
+    ``plugin_options`` are added to the plugin's (e.g. ``blocks=FILE`` for a profile)."""
     elf = Path(elf)
     folder = elf.parent
     np.ascontiguousarray(images, np.float32).tofile(folder / "images.f32")
@@ -204,8 +206,9 @@ def run_firmware(elf: str | Path, target: Target, images: np.ndarray,
         f.unlink(missing_ok=True)
     cmd = qemu_command(target, elf.name)
     if plugin is not None:
-        cmd += ["-plugin", f"{Path(plugin).resolve()},mark={_mark_address(elf):#x},"
-                           f"out={insns_file.name}"]
+        cmd += ["-plugin", ",".join([f"{Path(plugin).resolve()}",
+                                     f"mark={_mark_address(elf):#x}",
+                                     f"out={insns_file.name}", *plugin_options])]
     try:
         r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:

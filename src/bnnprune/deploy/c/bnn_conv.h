@@ -11,11 +11,17 @@
  *   AVX-512     8, vpopcntq (needs AVX512F + VPOPCNTDQ)  16 (AVX512F)
  *   AVX2        4, vpshufb nibble counts + vpsadbw       8 (needs FMA as well)
  *   NEON        2, cnt (aarch64)                         4
+ *   CSA32       1, carry-save adders on 32-bit words     1, fmaf (a 4-pixel tile with an FPU)
  *   portable    1, bnn_popcount64 (C99)                  1, fmaf
  *
- * Build options: BNN_NO_SIMD (portable path), BNN_PORTABLE_POPCOUNT (the C99 bit count even
- * where the compiler has a popcount instruction), BNN_POPCOUNT32 (SWAR on 32-bit halves, no
- * libgcc call: the default on Cortex-M), BNN_SOFT_FMA (a correctly rounded fmaf from double
+ * CSA32 is the path of Cortex-M cores (32-bit, no popcount instruction): one pixel and one
+ * channel at a time, the window's words summed by carry-save adders (Harley-Seal) before
+ * one SWAR bit count per two words (bnn_csa_count).
+ *
+ * Build options: BNN_NO_SIMD (portable path), BNN_CSA32 (the CSA32 path on any CPU, e.g. to
+ * check it on a host), BNN_PORTABLE_POPCOUNT (the C99 bit count even where the compiler has
+ * a popcount instruction), BNN_POPCOUNT32 (the portable path's SWAR on 32-bit halves, no
+ * libgcc call: its default on Cortex-M), BNN_SOFT_FMA (a correctly rounded fmaf from double
  * arithmetic: the default on 32-bit ARM without fused multiply-add, M0+/M3), BNN_NO_FMA
  * (a*b+c in float convolutions: faster on FPUs without fused multiply-add; logits then
  * differ from the engine in the last bits).
@@ -38,6 +44,15 @@
 #define BNN_INLINE static inline __attribute__((always_inline))
 #else
 #define BNN_INLINE static inline
+#endif
+
+/* A layer's function in model.c (it calls the kernels below with its sizes): kept out of
+ * model_run, where the compiler would inline a layer called once and then allocate its
+ * registers around the other layers' values (on the M4 that cost 6% more instructions). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_LAYER __attribute__((noinline))
+#else
+#define BNN_LAYER
 #endif
 
 /* full unrolling of the loops over a tile's pixels and vectors (their bounds are constants) */
@@ -115,7 +130,10 @@ static inline float bnn_fmaf(float a, float b, float c)
 
 /* ------------------------------------------------------------------ paths */
 
-#if !defined(BNN_NO_SIMD) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+#if !defined(BNN_NO_SIMD) \
+    && (defined(BNN_CSA32) || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M'))
+#define BNN_PATH_CSA32 1
+#elif !defined(BNN_NO_SIMD) && defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
 #define BNN_PATH_AVX512 1
 #elif !defined(BNN_NO_SIMD) && defined(__AVX2__)
 #define BNN_PATH_AVX2 1
@@ -213,6 +231,19 @@ BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
     c[0] = (int32_t)vgetq_lane_u64(a, 0);
     c[1] = (int32_t)vgetq_lane_u64(a, 1);
 }
+#elif defined(BNN_PATH_CSA32)
+/* 32-bit cores: one pixel and one channel at a time, counted in 32-bit words by carry-save
+ * adders (bnn_xpc_pass below); the counts fit 32 bits (the init sums stay in int32: the
+ * thresholds are in [-1, K], padding channels' init is INT32_MIN) */
+#define BNN_VW 1
+#define BNN_XPV 1
+#define BNN_XP 1
+typedef uint32_t bnn_acc_t;
+BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
+{
+    return (uint32_t)((int32_t)a + init[0] < 0);
+}
+BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c) { c[0] = (int32_t)a; }
 #else
 /* the tile (BNN_XP pixels x BNN_XPV channels) may be set for a core's register count */
 #define BNN_VW 1
@@ -329,7 +360,11 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b)
 #define BNN_FPV 4
 #endif
 #ifndef BNN_FP
+#if defined(BNN_PATH_CSA32) && defined(__ARM_FP)
+#define BNN_FP 4 /* a Cortex-M FPU's 32 single registers hold a 4 x 4 tile */
+#else
 #define BNN_FP 2
+#endif
 #endif
 typedef float bnn_fv_t;
 BNN_INLINE bnn_fv_t bnn_fv_zero(void) { return 0.0f; }
@@ -361,6 +396,170 @@ typedef struct {
 
 /* ------------------------------------------------------------------ binary conv */
 
+#if defined(BNN_PATH_CSA32)
+/* Carry-save counting on 32-bit words (Harley-Seal): BNN_CSA adds three words bitwise into
+ * a sum word l and a carry word h (weight 2), five logic operations for two new words. */
+#define BNN_CSA(h, l, a, b, c)                                                                \
+    do {                                                                                      \
+        const uint32_t u_ = (a) ^ (b);                                                        \
+        (h) = ((a) & (b)) | (u_ & (c));                                                       \
+        (l) = u_ ^ (c);                                                                       \
+    } while (0)
+
+/* Hints to GNU compilers, no instructions: BNN_OPAQUE(v) hides v's value (a constant stays
+ * in a register instead of being folded into immediates), BNN_PIN(v) also keeps the
+ * computations from v from being hoisted out of the enclosing loop. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_OPAQUE(v) __asm__("" : "+r"(v))
+#define BNN_PIN(v) __asm__ volatile("" : "+r"(v))
+#else
+#define BNN_OPAQUE(v) (void)0
+#define BNN_PIN(v) (void)0
+#endif
+
+/* The SWAR masks. m1 and m2 are kept in registers: Thumb-2 masks a shifted operand with a
+ * register in one instruction (and r, m, v, lsr #1), with an immediate in two; m4 masks an
+ * unshifted value, which an immediate does in one. */
+typedef struct {
+    uint32_t m1, m2, m4;
+} bnn_masks_t;
+
+BNN_INLINE bnn_masks_t bnn_masks(void)
+{
+    bnn_masks_t m = {0x55555555u, 0x33333333u, 0x0f0f0f0fu};
+    BNN_OPAQUE(m.m1);
+    BNN_OPAQUE(m.m2);
+    return m;
+}
+
+/* The two 32-bit halves of the 64-bit word at p. */
+typedef struct {
+    uint32_t lo, hi;
+} bnn_w32x2_t;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__thumb2__)
+/* One ldrd: gcc splits a 64-bit load whose halves are used apart into two ldr when it tunes
+ * for the M4. The operand is a 64-bit memory reference, so GCC gives it an address that
+ * ldrd takes (an offset of at most 1020 from a register). */
+BNN_INLINE bnn_w32x2_t bnn_load2(const uint64_t *p)
+{
+    bnn_w32x2_t v;
+    __asm__("ldrd %0, %1, %2" : "=r"(v.lo), "=r"(v.hi) : "m"(*p));
+    return v;
+}
+#else
+BNN_INLINE bnn_w32x2_t bnn_load2(const uint64_t *p)
+{
+    const uint64_t v = *p;
+    const bnn_w32x2_t r = {(uint32_t)v, (uint32_t)(v >> 32)};
+    return r;
+}
+#endif
+
+/* bit counts of each nibble of v (at most 4) */
+BNN_INLINE uint32_t bnn_pop_nibbles(uint32_t v, bnn_masks_t m)
+{
+    v = v - (m.m1 & (v >> 1));
+    return (v & m.m2) + (m.m2 & (v >> 2));
+}
+
+/* bit counts of each byte of v (at most 8) */
+BNN_INLINE uint32_t bnn_pop_bytes(uint32_t v, bnn_masks_t m)
+{
+    v = bnn_pop_nibbles(v, m);
+    return m.m4 & (v + (v >> 4));
+}
+
+/* acc + the sum of v's four bytes (which is below 256): usada8 where the core has the DSP
+ * instructions (M4, M7), else a multiply */
+#if defined(__ARM_FEATURE_SIMD32)
+#include <arm_acle.h>
+BNN_INLINE uint32_t bnn_add_bytes(uint32_t acc, uint32_t v) { return __usada8(v, 0, acc); }
+#else
+BNN_INLINE uint32_t bnn_add_bytes(uint32_t acc, uint32_t v)
+{
+    return acc + ((v * 0x01010101u) >> 24);
+}
+#endif
+
+/* Carry-save step of the 64-bit words at xp and wp: the two halves of their XOR into ones,
+ * the carry (weight 2) returned. */
+BNN_INLINE uint32_t bnn_csa_at(const uint64_t *xp, const uint64_t *wp, uint32_t *ones)
+{
+    const bnn_w32x2_t a = bnn_load2(xp), b = bnn_load2(wp);
+    uint32_t t;
+    BNN_CSA(t, *ones, *ones, a.lo ^ b.lo, a.hi ^ b.hi);
+    return t;
+}
+
+/* The same for the window's word k (row k / seg, word k % seg). */
+BNN_INLINE uint32_t bnn_csa_word(const uint64_t *x, bnn_win_t win, const uint64_t *w, int k,
+                                 uint32_t *ones)
+{
+    return bnn_csa_at(x + k / win.seg * win.rstep + k % win.seg, w + BNN_BLOCK * k, ones);
+}
+
+/* The largest window (in 64-bit words) counted fully unrolled, as one run of words. */
+#define BNN_CSA_FLAT 32
+
+/* XOR-popcount of one pixel's window with one channel's weights: the window's 32-bit words
+ * go through carry-save adders into ones and twos (bit counts of weight 1 and 2), whose
+ * carries (weight 4) are counted once per two 64-bit words; ones and twos are counted at
+ * the end. A window of up to BNN_CSA_FLAT words is one unrolled run (pairs may straddle
+ * rows, every address an offset from x and w), a longer one goes row by row. */
+BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64_t *w,
+                                  bnn_masks_t m)
+{
+    uint32_t ones = 0, twos = 0, fours = 0, f, ta, tb;
+    const int n = win.kh * win.seg;
+    int r, j, k;
+    BNN_PIN(x); /* the window's addresses as offsets from x, not hoisted out of the channel
+                 * loop into registers that then spill */
+    if (n <= BNN_CSA_FLAT) {
+        BNN_UNROLL
+        for (k = 0; k + 2 <= n; k += 2) {
+            ta = bnn_csa_word(x, win, w, k, &ones);
+            tb = bnn_csa_word(x, win, w, k + 1, &ones);
+            BNN_CSA(f, twos, twos, ta, tb);
+            fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
+        }
+        if (n % 2 != 0) { /* an odd last word: its carry half-added into twos */
+            ta = bnn_csa_word(x, win, w, n - 1, &ones);
+            f = twos & ta;
+            twos ^= ta;
+            fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
+        }
+    } else {
+        for (r = 0; r < win.kh; ++r) {
+            const uint64_t *xr = x + r * win.rstep;
+            const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
+            for (j = 0; j + 2 <= win.seg; j += 2) {
+                ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
+                tb = bnn_csa_at(xr + j + 1, wr + BNN_BLOCK * (j + 1), &ones);
+                BNN_CSA(f, twos, twos, ta, tb);
+                fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
+            }
+            if (j < win.seg) {
+                ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
+                f = twos & ta;
+                twos ^= ta;
+                fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
+            }
+        }
+    }
+    /* ones + 2 twos: at most 12 a nibble */
+    f = bnn_pop_nibbles(ones, m) + (bnn_pop_nibbles(twos, m) << 1);
+    return bnn_add_bytes(bnn_add_bytes(fours << 2, f & m.m4), m.m4 & (f >> 4));
+}
+
+BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                             int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
+{
+    (void)np;
+    (void)nv;
+    acc[0][0] = bnn_csa_count(x, win, w, bnn_masks());
+}
+#else
 /* XOR-popcounts of np pixels x nv vectors of channels (one pass) over the window; w points
  * at the pass's first channel in its block. */
 BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
@@ -390,6 +589,7 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
         }
     }
 }
+#endif
 
 /* Threshold mode: for one pass at channel c (bit c & 63 of the word), OR the bits
  * (count > thr) xor flip, as the sign of count + init, into each pixel's word. */
@@ -408,6 +608,52 @@ BNN_INLINE void bnn_bits_pass(const uint64_t *x, int np, bnn_win_t win, const ui
     }
 }
 
+#if defined(BNN_PATH_CSA32)
+/* The bits, from bit 0 of the 32-bit half whose first channel is k0, of channels [a, b). */
+BNN_INLINE uint32_t bnn_span_bits(int k0, int a, int b)
+{
+    a = a < k0 ? k0 : a;
+    b = b < k0 + 32 ? b : k0 + 32;
+    if (b <= a)
+        return 0;
+    return (b - a == 32 ? ~0u : (1u << (b - a)) - 1u) << (a - k0);
+}
+
+/* Threshold mode, one pixel (np is 1), in 32-bit halves: the sign of count + init[k] of
+ * each channel shifted in from the top. Channels from co to the last block's end are
+ * padding (their init is INT32_MIN: bit 1, which xmask clears), those past it 0. */
+BNN_INLINE void bnn_bconv_bits_tile(const uint64_t *x, int np, bnn_win_t win,
+                                    const uint64_t *w, int co, const int32_t *init,
+                                    const uint64_t *xmask, uint64_t *out, int wdo)
+{
+    const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
+    const int cpad = (co + BNN_BLOCK - 1) / BNN_BLOCK * BNN_BLOCK;
+    const bnn_masks_t m = bnn_masks();
+    int g, h, b, q;
+    (void)np;
+    for (g = 0; g < wdo; ++g) {
+        uint32_t half[2];
+        for (h = 0; h < 2; ++h) {
+            const int k0 = 64 * g + 32 * h, n = co - k0 < 32 ? co - k0 : 32;
+            uint32_t bits = 0;
+            for (b = k0 / BNN_BLOCK; b * BNN_BLOCK < k0 + n; ++b) { /* blocks of the half */
+                const uint64_t *wb = w + b * bsize;
+                const int32_t *ib = init + b * BNN_BLOCK;
+                const int nq = k0 + n - b * BNN_BLOCK < BNN_BLOCK ? k0 + n - b * BNN_BLOCK
+                                                                  : BNN_BLOCK;
+                for (q = 0; q < nq; ++q) {
+                    const int32_t sum = (int32_t)bnn_csa_count(x, win, wb + q, m) + ib[q];
+                    bits = (bits >> 1) | ((uint32_t)sum & 0x80000000u);
+                }
+            }
+            if (n < 32)
+                bits = n > 0 ? bits >> (32 - n) : 0;
+            half[h] = bits | bnn_span_bits(k0, co, cpad);
+        }
+        out[g] = ((uint64_t)half[1] << 32 | half[0]) ^ xmask[g];
+    }
+}
+#else
 /* Threshold mode, np pixels: every output word computed in registers and stored once,
  * out[p*wdo + g] = bits ^ xmask[g] (xmask, init: the engine's threshold_init). */
 BNN_INLINE void bnn_bconv_bits_tile(const uint64_t *x, int np, bnn_win_t win,
@@ -443,6 +689,7 @@ BNN_INLINE void bnn_bconv_bits_tile(const uint64_t *x, int np, bnn_win_t win,
             out[p * wdo + g] = word[p] ^ xmask[g];
     }
 }
+#endif
 
 /* Float mode: for one pass at channel c, out[p*co + k] = ((K - 2*count) * m1 + a1) * m2 + a2
  * (float32, each operation rounded) for its channels k < co. */
@@ -473,6 +720,26 @@ BNN_INLINE void bnn_affine_pass(const uint64_t *x, int np, bnn_win_t win, const 
         }
 }
 
+#if defined(BNN_PATH_CSA32)
+/* Float mode, one pixel (np is 1): out[k] = ((K - 2*count) * m1 + a1) * m2 + a2. */
+BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
+                                      const uint64_t *w, int co, int32_t nbits,
+                                      const float *const *aff, float *out)
+{
+    const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
+    const bnn_masks_t m = bnn_masks();
+    int k;
+    (void)np;
+    for (k = 0; k < co; ++k) {
+        const uint64_t *wk = w + k / BNN_BLOCK * bsize + k % BNN_BLOCK;
+        float f = (float)(nbits - 2 * (int32_t)bnn_csa_count(x, win, wk, m));
+        f = f * aff[0][k];
+        f = f + aff[1][k];
+        f = f * aff[2][k];
+        out[k] = f + aff[3][k];
+    }
+}
+#else
 /* Float mode, np pixels: aff = {m1, a1, m2, a2}, nbits = K, out (np, co) floats. */
 BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
                                       const uint64_t *w, int co, int32_t nbits,
@@ -492,6 +759,7 @@ BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
                             aff, out);
     }
 }
+#endif
 
 /* One output row of wo pixels: tiles of BNN_XP pixels, then one at a time. */
 BNN_INLINE void bnn_bconv_bits_row(const uint64_t *x, int wo, bnn_win_t win, const uint64_t *w,

@@ -2,11 +2,13 @@
  * calls of one function (the firmware's mcu_mark), for instructions per inference.
  *
  *   cc -shared -fPIC -O2 qemu_insn_count.c -o libinsncount.so
- *   qemu-system-arm ... -plugin ./libinsncount.so,mark=0x1234,out=insns.txt
+ *   qemu-system-arm ... -plugin ./libinsncount.so,mark=0x1234,out=insns.txt[,blocks=b.txt]
  *
  * out gets one line per pair of mark calls: the instructions executed from the first
  * mark to the second (one model_run plus a few of call overhead). Instructions, not
- * cycles: qemu does not model pipelines, caches or wait states.
+ * cycles: qemu does not model pipelines, caches or wait states. blocks (optional) gets,
+ * at exit, one line per translated block of the whole run: its start address (hex), its
+ * instructions and how often it ran, for a profile by function (addresses from nm).
  *
  * Debian's qemu ships no qemu-plugin.h, so the few declarations used are written here
  * against qemu's plugin API version 1, which qemu 4.2 to 8.x load (Debian 12 has 7.2);
@@ -61,6 +63,14 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = 1;
 static uint64_t executed;       /* instructions of every block entered so far */
 static uint64_t mark_addr;
 static FILE *out;
+
+/* the blocks= profile: one record per translation, in a growing array of pointers */
+typedef struct {
+    uint64_t addr, insns, runs;
+} block_t;
+static FILE *blocks_out;
+static block_t **blocks;
+static size_t nblocks, capblocks;
 static uint64_t last_mark;
 static unsigned long marks;
 
@@ -80,6 +90,21 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     size_t i, n = qemu_plugin_tb_n_insns(tb);
     (void)id;
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &executed, n);
+    if (blocks_out != NULL && n > 0) {
+        block_t *b = calloc(1, sizeof *b);
+        if (nblocks == capblocks) {
+            capblocks = capblocks ? 2 * capblocks : 1024;
+            blocks = realloc(blocks, capblocks * sizeof *blocks);
+        }
+        if (b == NULL || blocks == NULL) {
+            fprintf(stderr, "qemu_insn_count: out of memory\n");
+            exit(1);
+        }
+        b->addr = qemu_plugin_insn_vaddr(qemu_plugin_tb_get_insn(tb, 0));
+        b->insns = n;
+        blocks[nblocks++] = b;
+        qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->runs, 1);
+    }
     for (i = 0; i < n; ++i) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         if (qemu_plugin_insn_vaddr(insn) == mark_addr)
@@ -89,15 +114,22 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 
 static void on_quit(qemu_plugin_id_t id, void *userdata)
 {
+    size_t i;
     (void)id;
     (void)userdata;
     fclose(out);
+    if (blocks_out != NULL) {
+        for (i = 0; i < nblocks; ++i)
+            fprintf(blocks_out, "%" PRIx64 " %" PRIu64 " %" PRIu64 "\n", blocks[i]->addr,
+                    blocks[i]->insns, blocks[i]->runs);
+        fclose(blocks_out);
+    }
 }
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
                                            int argc, char **argv)
 {
-    const char *path = NULL;
+    const char *path = NULL, *blocks_path = NULL;
     int i;
     (void)info;
     for (i = 0; i < argc; ++i) {
@@ -105,6 +137,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             mark_addr = strtoull(argv[i] + 5, NULL, 0) & ~(uint64_t)1; /* drop the Thumb bit */
         else if (strncmp(argv[i], "out=", 4) == 0)
             path = argv[i] + 4;
+        else if (strncmp(argv[i], "blocks=", 7) == 0)
+            blocks_path = argv[i] + 7;
     }
     if (mark_addr == 0 || path == NULL) {
         fprintf(stderr, "qemu_insn_count: need mark=ADDRESS,out=FILE\n");
@@ -112,6 +146,10 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     }
     if ((out = fopen(path, "w")) == NULL) {
         perror(path);
+        return 1;
+    }
+    if (blocks_path != NULL && (blocks_out = fopen(blocks_path, "w")) == NULL) {
+        perror(blocks_path);
         return 1;
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
