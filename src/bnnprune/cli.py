@@ -269,8 +269,9 @@ def _flip_source(path: str) -> Path:
 
 
 def cmd_flips(args: argparse.Namespace) -> int:
+    from bnnprune.atomic import atomic_write_bytes
     from bnnprune.flips import FlipTracker
-    from bnnprune.prune import compute_sensitivity
+    from bnnprune.prune.sensitivity import flip_table
     from bnnprune.report.plots import write_flip_plots
 
     src = _flip_source(args.run)
@@ -283,11 +284,10 @@ def cmd_flips(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         raise CliError(f"{src}: flip data does not match the model ({e})") from None
     out = _check_out_dir(args.output or (src.parent / "flips"))
-    sens = compute_sensitivity(tracker, model, threshold=args.threshold)
-    epoch = tracker.epoch_ratios()
-    lo, hi = tracker.window
+    table = flip_table(tracker, model, threshold=args.threshold)
+    lo, hi = table.window
     print(
-        f"flip window: steps {lo}..{hi} ({tracker.steps_in_window} steps recorded); "
+        f"flip window: steps {lo}..{hi} ({table.steps} steps recorded); "
         f"insensitive = more than {args.threshold} flips"
     )
     header = (
@@ -296,39 +296,14 @@ def cmd_flips(args: argparse.Namespace) -> int:
     )
     print(header)
     print("-" * len(header))
-    rows = []
-    for name, counts in tracker.counts.items():
-        c = counts.float()
-        ratios = " ".join(f"{r:.1e}" for r in epoch[name])
-        row = {
-            "layer": name,
-            "weights": c.numel(),
-            "channels": int(c.shape[0]),
-            "flipped": float((c > 0).float().mean()),
-            "p": sens.p[name],
-            "mean_wff": float(c.mean() / max(tracker.steps_in_window, 1)),
-            "epoch_flip_ratio": epoch[name].tolist(),
-        }
-        rows.append(row)
+    for row in table.layers:
+        ratios = " ".join(f"{r:.1e}" for r in row["epoch_flip_ratio"])
         print(
-            f"{name:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
+            f"{row['layer']:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
             f"{row['p']:>8.2%}{row['mean_wff']:>10.2e}  {ratios}"
         )
     plots = write_flip_plots(tracker, out)
-    from bnnprune.atomic import atomic_write_bytes
-
-    atomic_write_bytes(
-        out / "flips.json",
-        json.dumps(
-            {
-                "window": [lo, hi],
-                "steps": tracker.steps_in_window,
-                "threshold": args.threshold,
-                "layers": rows,
-            },
-            indent=2,
-        ).encode(),
-    )
+    atomic_write_bytes(out / "flips.json", json.dumps(table.to_dict(), indent=2).encode())
     print(f"wrote {', '.join(map(str, plots))}, {out / 'flips.json'}")
     return 0
 
