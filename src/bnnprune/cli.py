@@ -271,7 +271,7 @@ def _flip_source(path: str) -> Path:
 def cmd_flips(args: argparse.Namespace) -> int:
     from bnnprune.atomic import atomic_write_bytes
     from bnnprune.flips import FlipTracker
-    from bnnprune.prune.sensitivity import flip_table
+    from bnnprune.prune import flip_table
     from bnnprune.report.plots import write_flip_plots
 
     src = _flip_source(args.run)

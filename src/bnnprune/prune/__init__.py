@@ -59,10 +59,12 @@ from bnnprune.prune.selection import (
 from bnnprune.prune.sensitivity import (
     DEFAULT_THRESHOLD,
     RECORD_HINT,
+    FlipTable,
     Sensitivity,
     check_flip_data,
     compute_sensitivity,
     flip_frequencies,
+    flip_table,
 )
 from bnnprune.prune.surgery import PruneResult, apply_plan, carry_flip_counts, prune_channels
 
@@ -75,6 +77,8 @@ __all__ = [
     "RECORD_HINT",
     "WFF",
     "FlipMagnitude",
+    "FlipTable",
+    "flip_table",
     "with_gradient_data",
     "BNScale",
     "BNScaleImportance",
