@@ -328,9 +328,10 @@ def _print_plan(plan: Any) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.config import TrainConfig
-    from bnnprune.prune import RECORD_HINT, PlanOptions, compute_sensitivity, prune_once
+    from bnnprune.prune import RECORD_HINT, PlanOptions, prune_trained
     from bnnprune.prune.methods import Method
     from bnnprune.prune.policies import get_policy, taking
+    from bnnprune.prune.resolve import default_criterion, default_policy
     from bnnprune.train.checkpoint import save_checkpoint
 
     model, ckpt = load_model(args.checkpoint)
@@ -342,32 +343,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CliError("give --target-bops or --target-latency, not both")
     if min(args.latency_batch, args.latency_threads) < 1:
         raise CliError("--latency-batch and --latency-threads must be >= 1")
-    if args.policy is None:  # the paper's method without a target, else run's default
-        args.policy = ("paper" if args.target_bops is None and args.target_latency is None
-                       else PruneConfig().policy)
-    if args.criterion is None:
-        args.criterion = "wff" if args.policy == "paper" else PruneConfig().criterion
-    if args.target_latency is not None and "latency" not in get_policy(args.policy).targets:
+    targeted = args.target_bops is not None or args.target_latency is not None
+    policy = default_policy(targeted) if args.policy is None else args.policy
+    criterion = default_criterion(policy) if args.criterion is None else args.criterion
+    if args.target_latency is not None and "latency" not in get_policy(policy).targets:
         raise CliError(f"--target-latency needs --policy {taking('latency')}")
-    method = Method(args.policy, args.criterion)
+    method = Method(policy, criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
     # e.g. tp:taylor: gradients on a few training batches
     data = _dataset_for_checkpoint(ckpt, args) if method.needs_data else None
-    sens = None
-    if method.needs_flips:
-        sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
-    exclude = [x for x in (args.exclude or "").split(",") if x]
-    lm = None
-    if args.target_latency is not None:
-        from bnnprune.prune.latency import latency_model
-
-        lm = latency_model(model, shape, batch=args.latency_batch, threads=args.latency_threads,
-                           keep_fp=args.keep_fp, progress=lambda s: _say(s, flush=True))
     options = PlanOptions(round_to=args.round_to, min_channels=args.min_channels,
-                          exclude=exclude, keep_fp=args.keep_fp)
-    plan, pruned = prune_once(model, method, shape, sensitivity=sens, target=args.target_bops,
-                              options=options, target_latency=args.target_latency,
-                              latency_model=lm, seed=args.seed, data=data)
+                          exclude=[x for x in (args.exclude or "").split(",") if x],
+                          keep_fp=args.keep_fp)
+    plan, pruned = prune_trained(
+        model, ckpt.get("flips"), method, shape, target=args.target_bops,
+        target_latency=args.target_latency, options=options, threshold=args.threshold,
+        latency_batch=args.latency_batch, latency_threads=args.latency_threads,
+        seed=args.seed, data=data, progress=lambda s: _say(s, flush=True))
     _print_plan(plan)
     out = _check_out_dir(args.output)
     if args.retrain_epochs > 0:

@@ -34,7 +34,7 @@ from bnnprune.prune.interop import (
     WFFImportance,
 )
 from bnnprune.prune.methods import Method, MethodError, parse_method, parse_methods
-from bnnprune.prune.once import Pruned, prune_once, reinit
+from bnnprune.prune.once import Pruned, prune_once, prune_trained, reinit
 from bnnprune.prune.policies import (
     DEFAULT_TOLERANCE,
     DEFAULTS,
@@ -119,6 +119,7 @@ __all__ = [
     "plan_uniform",
     "prune_channels",
     "prune_once",
+    "prune_trained",
     "register_criterion",
     "register_policy",
     "reinit",
