@@ -874,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "bnnprune flips runs/a", "bnnprune flips runs/a/model.pt -o plots")
     f.add_argument("run", help="run folder or checkpoint with flip data")
     f.add_argument("-o", "--output", help="folder for plots and flips.json (default RUN/flips)")
-    f.add_argument("--threshold", type=int, default=0,
+    f.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
                    help="a weight is insensitive when it flipped more than this many times")
 
     pr = _command(sub, "prune", cmd_prune, "prune a trained model with its recorded flip data",
@@ -904,7 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not prune full-precision layers that feed only binary layers")
     pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     pr.add_argument("--retrain-epochs", type=int, default=0, help="fine-tune after pruning")
-    pr.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    pr.add_argument("--lr", type=float, default=PruneConfig.retrain_lr,
+                    help="fine-tuning learning rate")
     pr.add_argument("--track-last", type=int, default=1, help="flip tracking while fine-tuning")
     pr.add_argument("--dataset")
     pr.add_argument("--data-dir")
