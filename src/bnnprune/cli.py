@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -286,10 +287,15 @@ def cmd_flips(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_plan(plan: Any) -> None:
+def _print_channels(rows: Iterable[tuple[str, int, int]]) -> None:
+    """The channel table: layer, channels before and after pruning."""
     print(f"{'layer':<22}{'before':>8}{'after':>8}")
-    for name, after in plan.keep.items():
-        print(f"{name:<22}{plan.channels[name]:>8}{after:>8}")
+    for name, before, after in rows:
+        print(f"{name:<22}{before:>8}{after:>8}")
+
+
+def _print_plan(plan: Any) -> None:
+    _print_channels((name, plan.channels[name], after) for name, after in plan.keep.items())
     print(
         f"BOPs {plan.bops_before / 1e6:.3f} M -> {plan.bops_after / 1e6:.3f} M "
         f"({plan.reduction:.1%} fewer), float MACs {plan.float_macs_before / 1e6:.3f} M -> "
@@ -411,9 +417,8 @@ def _run(args: argparse.Namespace, cfg: Any, held: contextlib.ExitStack) -> int:
         print("\n".join(speed))
         print()
     base, final = results["baseline"], results["pruned"]
-    print(f"{'layer':<22}{'before':>8}{'after':>8}")
-    for name, c in base["channels"].items():
-        print(f"{name:<22}{c:>8}{final['channels'].get(name, c):>8}")
+    _print_channels((name, c, final["channels"].get(name, c))
+                    for name, c in base["channels"].items())
     print(
         f"\n{results['method']}: {results['bops_reduction']:.1%} fewer BOPs, accuracy "
         f"{base['test_acc']:.2%} -> {final['test_acc']:.2%} "
