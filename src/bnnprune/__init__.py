@@ -9,12 +9,14 @@ home module on first use, so ``import bnnprune`` stays cheap (no torch, no numba
     ds = bp.load_dataset("fashion-mnist", root="data", download=True)
     model = bp.build_model("small", width=0.5)
     result = bp.train_model(model, ds, bp.TrainConfig(epochs=5, track_last=2))
-    plan, pruned = bp.prune_trained(model, result.tracker.state_dict(),
-                                    bp.parse_method("target+wff"), ds.input_shape, target=0.4)
-    program = bp.compile_model(pruned, ds.input_shape)   # program(images) -> logits
+    plan, pruned = bp.prune_trained(model, result.tracker, bp.parse_method("target+wff"),
+                                    ds.input_shape, target=0.4)
+    program = bp.compile_model(pruned, ds.input_shape)  # program(normalized images): logits
+    bp.engine.save(program, "model.bnn")
 
 ``train_model`` is :func:`bnnprune.train.train` (``bnnprune.train`` names the training
-package). Everything else stays where it lives (``bnnprune.prune``, ``bnnprune.engine``, ...).
+package). Everything else stays where it lives; the subpackages (``bp.prune``, ``bp.engine``,
+...) are imported on first use too.
 """
 
 # ruff: noqa: F401  (the imports under TYPE_CHECKING are for type checkers: see _API)
@@ -66,11 +68,15 @@ _API: dict[str, tuple[str, str]] = {
     "train_model": ("bnnprune.train", "train"),
 }
 
+_SUBMODULES = ("data", "engine", "flips", "metrics", "models", "nn", "prune", "train")
+
 __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name from its home module on first use (PEP 562)."""
+    """Import a public name from its home module, or a subpackage, on first use (PEP 562)."""
+    if name in _SUBMODULES:
+        return import_module(f"bnnprune.{name}")  # the import binds it here too
     if name not in _API:
         raise AttributeError(f"module 'bnnprune' has no attribute {name!r}")
     module, attr = _API[name]
@@ -80,4 +86,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, *_SUBMODULES})

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from bnnprune.config import PruneConfig
+from bnnprune.flips import FlipTracker
 from bnnprune.prune.graph import InputShape
 from bnnprune.prune.methods import Method
 from bnnprune.prune.policies import DEFAULTS, ChannelPlan, PlanOptions
@@ -75,7 +76,7 @@ def prune_once(
 
 def prune_trained(
     model: nn.Module,
-    flips: Mapping[str, Any] | None,
+    flips: FlipTracker | Mapping[str, Any] | None,
     method: Method,
     input_shape: InputShape,
     *,
@@ -90,12 +91,12 @@ def prune_trained(
     progress: Callable[[str], None] | None = None,
 ) -> Pruned:
     """:func:`prune_once` on a trained model as ``bnnprune prune`` takes it: its flip data
-    (a FlipTracker state; read only when ``method`` needs flips) becomes the sensitivity at
+    (a FlipTracker or its state; read only when ``method`` needs flips) becomes the sensitivity at
     ``threshold``, and a ``target_latency`` gets the engine's latency tables at
     ``latency_batch`` images and ``latency_threads`` threads (``progress`` hears of them)."""
     sens = None
     if method.needs_flips:
-        sens = compute_sensitivity(flips or {}, model, threshold=threshold)
+        sens = compute_sensitivity({} if flips is None else flips, model, threshold=threshold)
     lm = None
     if target_latency is not None:
         from bnnprune.prune.latency import latency_model  # the engine: only when asked
