@@ -311,12 +311,12 @@ def _print_plan(plan: Any) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from bnnprune.config import TrainConfig
     from bnnprune.prune import RECORD_HINT, PlanOptions, prune_trained
     from bnnprune.prune.methods import Method
     from bnnprune.prune.policies import get_policy, taking
     from bnnprune.prune.resolve import default_criterion, default_policy
-    from bnnprune.train.checkpoint import save_checkpoint
+    from bnnprune.train import fine_tune_config
+    from bnnprune.train.checkpoint import save_pruned
 
     model, ckpt = load_model(args.checkpoint)
     info = ckpt.get("dataset") or {}
@@ -346,38 +346,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
         seed=args.seed, data=data, progress=lambda s: _say(s, flush=True))
     _print_plan(plan)
     out = _check_out_dir(args.output)
+    meta = {"plan": plan.to_dict(), "source": str(args.checkpoint)}
     if args.retrain_epochs > 0:
         ds = _dataset_for_checkpoint(ckpt, args)
-        tcfg = TrainConfig(
-            **{
-                **(ckpt.get("train_config") or {}),
-                "epochs": args.retrain_epochs,
-                "lr": args.lr,
-                "track_last": min(args.track_last, args.retrain_epochs),
-            }
-        )
-        res = train(
-            pruned,
-            ds,
-            tcfg,
-            out_dir=out,
-            progress=sys.stderr.isatty(),
-            meta={"plan": plan.to_dict(), "source": str(args.checkpoint)},
-            on_epoch=_print_epoch,
-        )
+        tcfg = fine_tune_config(ckpt.get("train_config"), args.retrain_epochs, args.lr,
+                                args.track_last)
+        res = train(pruned, ds, tcfg, out_dir=out, progress=sys.stderr.isatty(), meta=meta,
+                    on_epoch=_print_epoch)
         print(f"retrained {args.retrain_epochs} epochs: test accuracy {res.test_acc:.2%}")
     else:
-        save_checkpoint(
-            out / "model.pt",
-            {
-                "arch": getattr(pruned, "arch", None),
-                "state_dict": pruned.state_dict(),
-                "dataset": info,
-                "flips": None,
-                "train_config": ckpt.get("train_config"),
-                "meta": {"plan": plan.to_dict(), "source": str(args.checkpoint)},
-            },
-        )
+        save_pruned(out / "model.pt", pruned, ckpt, meta)
     print(f"wrote {out / 'model.pt'}")
     return 0
 
