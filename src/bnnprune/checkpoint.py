@@ -25,6 +25,7 @@ __all__ = [
     "load_model",
     "recorded_input_shape",
     "save_checkpoint",
+    "save_pruned",
 ]
 
 FORMAT = "bnnprune-checkpoint"
@@ -40,6 +41,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_pruned(path: str | Path, pruned: nn.Module, source: dict[str, Any],
+                meta: dict[str, Any]) -> None:
+    """Write ``pruned``, a pruned copy of the model in checkpoint ``source``, as a checkpoint
+    that :func:`load_model` rebuilds: the source's dataset and training config, no flip data
+    (``meta``: e.g. the plan and where the model came from)."""
+    save_checkpoint(path, {
+        "arch": getattr(pruned, "arch", None),
+        "state_dict": pruned.state_dict(),
+        "dataset": source.get("dataset") or {},
+        "flips": None,
+        "train_config": source.get("train_config"),
+        "meta": meta,
+    })
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def _epilog(*lines: str) -> str:
 
 
 def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    """The [model], [data] and [train] flags: each sets the config key named by its dest."""
     p.add_argument("--config", help="TOML file with [model], [data], [train] tables")
     g = p.add_argument_group("model")
     g.add_argument("--model", dest="model.name",
@@ -59,38 +61,20 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
                    "package.module:function (see docs/own-models.md)")
     g.add_argument("--model-kwargs", dest="model.kwargs", metavar="JSON",
                    help='keyword arguments of the model, e.g. \'{"width": 2}\'')
-    g.add_argument(
-        "--width", dest="model.width", type=float, help="width multiplier (1.0 = paper size)"
-    )
-    g.add_argument(
-        "--pad-value",
-        dest="model.pad_value",
-        type=float,
-        choices=[1.0, -1.0],
-        help="binary padding value of binary convolutions",
-    )
-    g.add_argument(
-        "--scale",
-        dest="model.scale",
-        action="store_const",
-        const=True,
-        help="per-channel weight scale mean|w| (XNOR-Net)",
-    )
+    g.add_argument("--width", dest="model.width", type=float,
+                   help="width multiplier (1.0 = paper size)")
+    g.add_argument("--pad-value", dest="model.pad_value", type=float, choices=[1.0, -1.0],
+                   help="binary padding value of binary convolutions")
+    g.add_argument("--scale", dest="model.scale", action="store_const", const=True,
+                   help="per-channel weight scale mean|w| (XNOR-Net)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", dest="data.name", help=f"one of: {', '.join(DATASETS)}")
-    g.add_argument(
-        "--data-dir", dest="data.root", help="folder (or CIFAR-10 .tar.gz) holding the data"
-    )
-    g.add_argument(
-        "--download",
-        dest="data.download",
-        action="store_const",
-        const=True,
-        help="download the dataset (checksum verified) if it is not found",
-    )
-    g.add_argument(
-        "--train-subset", dest="data.train_subset", type=int, help="use N training images"
-    )
+    g.add_argument("--data-dir", dest="data.root",
+                   help="folder (or CIFAR-10 .tar.gz) holding the data")
+    g.add_argument("--download", dest="data.download", action="store_const", const=True,
+                   help="download the dataset (checksum verified) if it is not found")
+    g.add_argument("--train-subset", dest="data.train_subset", type=int,
+                   help="use N training images")
     g.add_argument("--test-subset", dest="data.test_subset", type=int, help="use N test images")
     g.add_argument("--no-augment", dest="data.augment", action="store_const", const=False)
     g = p.add_argument_group("training")
@@ -98,16 +82,11 @@ def _add_experiment_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", dest="train.batch_size", type=int)
     g.add_argument("--lr", dest="train.lr", type=float, help="Adam learning rate")
     g.add_argument("--schedule", dest="train.schedule", choices=["cosine", "step", "constant"])
-    g.add_argument(
-        "--track-last",
-        dest="train.track_last",
-        type=int,
-        help="pruning interval: record flips over the last K epochs (0: off)",
-    )
+    g.add_argument("--track-last", dest="train.track_last", type=int,
+                   help="pruning interval: record flips over the last K epochs (0: off)")
     g.add_argument("--seed", dest="train.seed", type=int)
-    g.add_argument(
-        "--device", dest="train.device", help="auto (CUDA when present), cpu, cuda:0, ..."
-    )
+    g.add_argument("--device", dest="train.device",
+                   help="auto (CUDA when present), cpu, cuda:0, ...")
 
 
 def _experiment_config(args: argparse.Namespace, cls: type = ExperimentConfig) -> Any:
@@ -269,8 +248,9 @@ def _flip_source(path: str) -> Path:
 
 
 def cmd_flips(args: argparse.Namespace) -> int:
+    from bnnprune.atomic import atomic_write_bytes
     from bnnprune.flips import FlipTracker
-    from bnnprune.prune import compute_sensitivity
+    from bnnprune.prune import flip_table
     from bnnprune.report.plots import write_flip_plots
 
     src = _flip_source(args.run)
@@ -283,11 +263,10 @@ def cmd_flips(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         raise CliError(f"{src}: flip data does not match the model ({e})") from None
     out = _check_out_dir(args.output or (src.parent / "flips"))
-    sens = compute_sensitivity(tracker, model, threshold=args.threshold)
-    epoch = tracker.epoch_ratios()
-    lo, hi = tracker.window
+    table = flip_table(tracker, model, threshold=args.threshold)
+    lo, hi = table.window
     print(
-        f"flip window: steps {lo}..{hi} ({tracker.steps_in_window} steps recorded); "
+        f"flip window: steps {lo}..{hi} ({table.steps} steps recorded); "
         f"insensitive = more than {args.threshold} flips"
     )
     header = (
@@ -296,47 +275,27 @@ def cmd_flips(args: argparse.Namespace) -> int:
     )
     print(header)
     print("-" * len(header))
-    rows = []
-    for name, counts in tracker.counts.items():
-        c = counts.float()
-        ratios = " ".join(f"{r:.1e}" for r in epoch[name])
-        row = {
-            "layer": name,
-            "weights": c.numel(),
-            "channels": int(c.shape[0]),
-            "flipped": float((c > 0).float().mean()),
-            "p": sens.p[name],
-            "mean_wff": float(c.mean() / max(tracker.steps_in_window, 1)),
-            "epoch_flip_ratio": epoch[name].tolist(),
-        }
-        rows.append(row)
+    for row in table.layers:
+        ratios = " ".join(f"{r:.1e}" for r in row["epoch_flip_ratio"])
         print(
-            f"{name:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
+            f"{row['layer']:<22}{row['weights']:>10}{row['channels']:>9}{row['flipped']:>9.2%}"
             f"{row['p']:>8.2%}{row['mean_wff']:>10.2e}  {ratios}"
         )
     plots = write_flip_plots(tracker, out)
-    from bnnprune.atomic import atomic_write_bytes
-
-    atomic_write_bytes(
-        out / "flips.json",
-        json.dumps(
-            {
-                "window": [lo, hi],
-                "steps": tracker.steps_in_window,
-                "threshold": args.threshold,
-                "layers": rows,
-            },
-            indent=2,
-        ).encode(),
-    )
+    atomic_write_bytes(out / "flips.json", json.dumps(table.to_dict(), indent=2).encode())
     print(f"wrote {', '.join(map(str, plots))}, {out / 'flips.json'}")
     return 0
 
 
-def _print_plan(plan: Any) -> None:
+def _print_channels(rows: Iterable[tuple[str, int, int]]) -> None:
+    """The channel table: layer, channels before and after pruning."""
     print(f"{'layer':<22}{'before':>8}{'after':>8}")
-    for name, after in plan.keep.items():
-        print(f"{name:<22}{plan.channels[name]:>8}{after:>8}")
+    for name, before, after in rows:
+        print(f"{name:<22}{before:>8}{after:>8}")
+
+
+def _print_plan(plan: Any) -> None:
+    _print_channels((name, plan.channels[name], after) for name, after in plan.keep.items())
     print(
         f"BOPs {plan.bops_before / 1e6:.3f} M -> {plan.bops_after / 1e6:.3f} M "
         f"({plan.reduction:.1%} fewer), float MACs {plan.float_macs_before / 1e6:.3f} M -> "
@@ -352,11 +311,12 @@ def _print_plan(plan: Any) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from bnnprune.config import TrainConfig
-    from bnnprune.prune import RECORD_HINT, PlanOptions, compute_sensitivity, prune_once
+    from bnnprune.prune import RECORD_HINT, PlanOptions, prune_trained
     from bnnprune.prune.methods import Method
     from bnnprune.prune.policies import get_policy, taking
-    from bnnprune.train.checkpoint import save_checkpoint
+    from bnnprune.prune.resolve import default_criterion, default_policy
+    from bnnprune.train import fine_tune_config
+    from bnnprune.checkpoint import save_pruned
 
     model, ckpt = load_model(args.checkpoint)
     info = ckpt.get("dataset") or {}
@@ -367,66 +327,35 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CliError("give --target-bops or --target-latency, not both")
     if min(args.latency_batch, args.latency_threads) < 1:
         raise CliError("--latency-batch and --latency-threads must be >= 1")
-    if args.policy is None:  # the paper's method without a target, else run's default
-        args.policy = ("paper" if args.target_bops is None and args.target_latency is None
-                       else PruneConfig().policy)
-    if args.criterion is None:
-        args.criterion = "wff" if args.policy == "paper" else PruneConfig().criterion
-    if args.target_latency is not None and "latency" not in get_policy(args.policy).targets:
+    targeted = args.target_bops is not None or args.target_latency is not None
+    policy = default_policy(targeted) if args.policy is None else args.policy
+    criterion = default_criterion(policy) if args.criterion is None else args.criterion
+    if args.target_latency is not None and "latency" not in get_policy(policy).targets:
         raise CliError(f"--target-latency needs --policy {taking('latency')}")
-    method = Method(args.policy, args.criterion)
+    method = Method(policy, criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
     # e.g. tp:taylor: gradients on a few training batches
     data = _dataset_for_checkpoint(ckpt, args) if method.needs_data else None
-    sens = None
-    if method.needs_flips:
-        sens = compute_sensitivity(ckpt["flips"], model, threshold=args.threshold)
-    exclude = [x for x in (args.exclude or "").split(",") if x]
-    lm = None
-    if args.target_latency is not None:
-        from bnnprune.prune.latency import latency_model
-
-        lm = latency_model(model, shape, batch=args.latency_batch, threads=args.latency_threads,
-                           keep_fp=args.keep_fp, progress=lambda s: _say(s, flush=True))
     options = PlanOptions(round_to=args.round_to, min_channels=args.min_channels,
-                          exclude=exclude, keep_fp=args.keep_fp)
-    plan, pruned = prune_once(model, method, shape, sensitivity=sens, target=args.target_bops,
-                              options=options, target_latency=args.target_latency,
-                              latency_model=lm, seed=args.seed, data=data)
+                          exclude=[x for x in (args.exclude or "").split(",") if x],
+                          keep_fp=args.keep_fp)
+    plan, pruned = prune_trained(
+        model, ckpt.get("flips"), method, shape, target=args.target_bops,
+        target_latency=args.target_latency, options=options, threshold=args.threshold,
+        latency_batch=args.latency_batch, latency_threads=args.latency_threads,
+        seed=args.seed, data=data, progress=lambda s: _say(s, flush=True))
     _print_plan(plan)
     out = _check_out_dir(args.output)
+    meta = {"plan": plan.to_dict(), "source": str(args.checkpoint)}
     if args.retrain_epochs > 0:
         ds = _dataset_for_checkpoint(ckpt, args)
-        tcfg = TrainConfig(
-            **{
-                **(ckpt.get("train_config") or {}),
-                "epochs": args.retrain_epochs,
-                "lr": args.lr,
-                "track_last": min(args.track_last, args.retrain_epochs),
-            }
-        )
-        res = train(
-            pruned,
-            ds,
-            tcfg,
-            out_dir=out,
-            progress=sys.stderr.isatty(),
-            meta={"plan": plan.to_dict(), "source": str(args.checkpoint)},
-            on_epoch=_print_epoch,
-        )
+        tcfg = fine_tune_config(ckpt.get("train_config"), args.retrain_epochs, args.lr,
+                                args.track_last)
+        res = train(pruned, ds, tcfg, out_dir=out, progress=sys.stderr.isatty(), meta=meta,
+                    on_epoch=_print_epoch)
         print(f"retrained {args.retrain_epochs} epochs: test accuracy {res.test_acc:.2%}")
     else:
-        save_checkpoint(
-            out / "model.pt",
-            {
-                "arch": getattr(pruned, "arch", None),
-                "state_dict": pruned.state_dict(),
-                "dataset": info,
-                "flips": None,
-                "train_config": ckpt.get("train_config"),
-                "meta": {"plan": plan.to_dict(), "source": str(args.checkpoint)},
-            },
-        )
+        save_pruned(out / "model.pt", pruned, ckpt, meta)
     print(f"wrote {out / 'model.pt'}")
     return 0
 
@@ -466,9 +395,8 @@ def _run(args: argparse.Namespace, cfg: Any, held: contextlib.ExitStack) -> int:
         print("\n".join(speed))
         print()
     base, final = results["baseline"], results["pruned"]
-    print(f"{'layer':<22}{'before':>8}{'after':>8}")
-    for name, c in base["channels"].items():
-        print(f"{name:<22}{c:>8}{final['channels'].get(name, c):>8}")
+    _print_channels((name, c, final["channels"].get(name, c))
+                    for name, c in base["channels"].items())
     print(
         f"\n{results['method']}: {results['bops_reduction']:.1%} fewer BOPs, accuracy "
         f"{base['test_acc']:.2%} -> {final['test_acc']:.2%} "
@@ -728,61 +656,37 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
     g = p.add_argument_group("pruning")
     if method:
         g.add_argument("--policy", dest="prune.policy", choices=list(POLICIES))
-        g.add_argument(
-            "--target-bops",
-            dest="prune.target",
-            type=float,
-            help="BOPs reduction to reach, in (0, 1) (target and uniform policies)",
-        )
+        g.add_argument("--target-bops", dest="prune.target", type=float,
+                       help="BOPs reduction to reach, in (0, 1) (target and uniform policies)")
         g.add_argument("--target-latency", dest="prune.target_latency", type=_latency_target,
                        help="prune to this fraction of the unpruned engine latency, in (0, 1)")
         g.add_argument("--latency-batch", dest="prune.latency_batch", type=int,
                        help="batch size of the latency target (default 1)")
         g.add_argument("--latency-threads", dest="prune.latency_threads", type=int,
                        help="engine threads of the latency target (default 1)")
-        g.add_argument(
-            "--criterion",
-            dest="prune.criterion",
-            help="which channels go: wff, random, magnitude, bn_scale, tp:NAME (tp:taylor, "
-            "tp:lamp, ...) or pkg.module:Class",
-        )
-    g.add_argument(
-        "--threshold",
-        dest="prune.threshold",
-        type=int,
-        help="insensitive = flipped more than this many times",
-    )
+        g.add_argument("--criterion", dest="prune.criterion",
+                       help="which channels go: wff, random, magnitude, bn_scale, tp:NAME "
+                       "(tp:taylor, tp:lamp, ...) or pkg.module:Class")
+    g.add_argument("--threshold", dest="prune.threshold", type=int,
+                   help="insensitive = flipped more than this many times")
     g.add_argument("--round-to", dest="prune.round_to", type=_round_to, help=ROUND_TO_HELP)
     g.add_argument("--min-channels", dest="prune.min_channels", type=int)
     g.add_argument("--exclude", dest="prune.exclude", help="comma-separated layers not to prune")
     g.add_argument("--keep-fp", dest="prune.keep_fp", action="store_const", const=True,
                    help="do not prune full-precision layers that feed only binary layers")
     if method:
-        g.add_argument(
-            "--max-rounds", dest="prune.max_rounds", type=int, help="paper policy rounds"
-        )
+        g.add_argument("--max-rounds", dest="prune.max_rounds", type=int,
+                       help="paper policy rounds")
     g.add_argument("--retrain-epochs", dest="prune.retrain_epochs", type=int)
     g.add_argument("--retrain-lr", dest="prune.retrain_lr", type=float)
-    g.add_argument(
-        "--from-scratch",
-        dest="prune.from_scratch",
-        action="store_const",
-        const=True,
-        help="retrain pruned models from a fresh initialisation",
-    )
+    g.add_argument("--from-scratch", dest="prune.from_scratch", action="store_const",
+                   const=True, help="retrain pruned models from a fresh initialisation")
     if method:
-        g.add_argument(
-            "--compare",
-            dest="prune.compare",
-            help="methods pruned to the same BOPs: uniform,random,magnitude,bn_scale,wff",
-        )
-    g.add_argument(
-        "--no-budget-baseline",
-        dest="prune.budget_baseline",
-        action="store_const",
-        const=False,
-        help="skip training the unpruned model for the same budget",
-    )
+        g.add_argument("--compare", dest="prune.compare",
+                       help="methods pruned to the same BOPs: uniform,random,magnitude,"
+                       "bn_scale,wff")
+    g.add_argument("--no-budget-baseline", dest="prune.budget_baseline", action="store_const",
+                   const=False, help="skip training the unpruned model for the same budget")
     if method:
         g.add_argument("--no-speed", dest="prune.speed", action="store_const", const=False,
                        help="do not time the models on the packed engine nor compute their "
@@ -790,6 +694,14 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _command(sub: Any, name: str, func: Any, help: str, *examples: str) -> Any:
+    """A subcommand that runs ``func``, with its one-line help and its examples as epilog."""
+    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_epilog(*examples))
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -802,87 +714,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser(
-        "train",
-        help="train a BNN and record weight flips",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_epilog(
-            "bnnprune train -o runs/a",
-            "bnnprune train --model nin --width 0.25 --dataset fashion-mnist "
-            "--epochs 5 --track-last 2 -o runs/a",
-            "bnnprune train --config experiments/nin_cifar10.toml "
-            "--data-dir ~/data/cifar10 -o runs/nin",
-            "bnnprune train -o runs/a --resume   # continue after a crash",
-            "bnnprune train --model mypkg.nets:build_bnn --model-kwargs '{\"width\": 2}' -o runs/m",
-        ),
-    )
+    t = _command(sub, "train", cmd_train, "train a BNN and record weight flips",
+                 "bnnprune train -o runs/a",
+                 "bnnprune train --model nin --width 0.25 --dataset fashion-mnist "
+                 "--epochs 5 --track-last 2 -o runs/a",
+                 "bnnprune train --config experiments/nin_cifar10.toml "
+                 "--data-dir ~/data/cifar10 -o runs/nin",
+                 "bnnprune train -o runs/a --resume   # continue after a crash",
+                 "bnnprune train --model mypkg.nets:build_bnn --model-kwargs "
+                 "'{\"width\": 2}' -o runs/m")
     _add_experiment_flags(t)
     t.add_argument("-o", "--output", required=True, help="run folder (checkpoints, logs, model.pt)")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     t.add_argument("--tensorboard", metavar="DIR",
                    help="log loss, accuracy, lr, flip ratios and flip histograms to DIR "
                    "(pip install 'bnnprune[tensorboard]')")
-    t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser(
-        "eval",
-        help="test accuracy of a saved model",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_epilog(
-            "bnnprune eval runs/a/model.pt",
-            "bnnprune eval runs/a/model.pt --dataset fashion-mnist --json",
-        ),
-    )
+    e = _command(sub, "eval", cmd_eval, "test accuracy of a saved model",
+                 "bnnprune eval runs/a/model.pt",
+                 "bnnprune eval runs/a/model.pt --dataset fashion-mnist --json")
     e.add_argument("checkpoint")
     e.add_argument("--dataset", help="default: the dataset the model was trained on")
     e.add_argument("--data-dir")
     e.add_argument("--test-subset", type=int)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser(
-        "summary",
-        help="per-layer table: precision, params, memory, BOPs, float MACs",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_epilog(
-            "bnnprune summary nin --dataset cifar10",
-            "bnnprune summary small --width 0.5",
-            "bnnprune summary runs/a/model.pt --json",
-        ),
-    )
+    s = _command(sub, "summary", cmd_summary,
+                 "per-layer table: precision, params, memory, BOPs, float MACs",
+                 "bnnprune summary nin --dataset cifar10",
+                 "bnnprune summary small --width 0.5",
+                 "bnnprune summary runs/a/model.pt --json")
     s.add_argument("model", help="zoo model name or a saved model.pt")
     s.add_argument("--dataset", default="cifar10", help="input shape of this dataset (zoo models)")
     s.add_argument("--width", type=float, default=1.0)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_summary)
 
-    f = sub.add_parser(
-        "flips",
-        help="flip statistics, histograms and flip-ratio plots of a run",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_epilog("bnnprune flips runs/a", "bnnprune flips runs/a/model.pt -o plots"),
-    )
+    f = _command(sub, "flips", cmd_flips,
+                 "flip statistics, histograms and flip-ratio plots of a run",
+                 "bnnprune flips runs/a", "bnnprune flips runs/a/model.pt -o plots")
     f.add_argument("run", help="run folder or checkpoint with flip data")
     f.add_argument("-o", "--output", help="folder for plots and flips.json (default RUN/flips)")
-    f.add_argument(
-        "--threshold",
-        type=int,
-        default=0,
-        help="a weight is insensitive when it flipped more than this many times",
-    )
-    f.set_defaults(func=cmd_flips)
+    f.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
+                   help="a weight is insensitive when it flipped more than this many times")
 
-    pr = sub.add_parser(
-        "prune",
-        help="prune a trained model with its recorded flip data",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_epilog(
-            "bnnprune prune runs/a/model.pt --policy paper -o runs/a-pruned",
-            "bnnprune prune runs/a/model.pt --target-bops 0.4 --round-to 32 -o runs/b",
-            "bnnprune prune runs/a/model.pt --target-bops 0.5 --retrain-epochs 2 -o runs/c",
-        ),
-    )
+    pr = _command(sub, "prune", cmd_prune, "prune a trained model with its recorded flip data",
+                  "bnnprune prune runs/a/model.pt --policy paper -o runs/a-pruned",
+                  "bnnprune prune runs/a/model.pt --target-bops 0.4 --round-to 32 -o runs/b",
+                  "bnnprune prune runs/a/model.pt --target-bops 0.5 --retrain-epochs 2 -o runs/c")
     pr.add_argument("checkpoint")
     pr.add_argument("-o", "--output", required=True)
     pr.add_argument("--policy", choices=list(POLICIES), default=None)
@@ -906,43 +785,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not prune full-precision layers that feed only binary layers")
     pr.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     pr.add_argument("--retrain-epochs", type=int, default=0, help="fine-tune after pruning")
-    pr.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    pr.add_argument("--lr", type=float, default=PruneConfig.retrain_lr,
+                    help="fine-tuning learning rate")
     pr.add_argument("--track-last", type=int, default=1, help="flip tracking while fine-tuning")
     pr.add_argument("--dataset")
     pr.add_argument("--data-dir")
     pr.add_argument("--test-subset", type=int)
-    pr.set_defaults(func=cmd_prune)
 
-    r = sub.add_parser(
-        "run",
-        help="the main job: train, prune by flip frequency, retrain, compare, report",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_epilog(
-            "bnnprune run",
-            "bnnprune run --policy paper -o runs/paper",
-            "bnnprune run --config experiments/nin_cifar10.toml "
-            "--data-dir ~/data/cifar10 --compare uniform,random,magnitude",
-        ),
-    )
+    r = _command(sub, "run", cmd_run,
+                 "the main job: train, prune by flip frequency, retrain, compare, report",
+                 "bnnprune run",
+                 "bnnprune run --policy paper -o runs/paper",
+                 "bnnprune run --config experiments/nin_cifar10.toml "
+                 "--data-dir ~/data/cifar10 --compare uniform,random,magnitude")
     _add_experiment_flags(r)
     _add_prune_flags(r)
     r.add_argument("-o", "--output", default="runs/run", help="run folder (default runs/run)")
     r.add_argument("--tensorboard", metavar="DIR",
                    help="one TensorBoard run per training phase under DIR (loss, accuracy, lr, "
                    "flip ratios, flip histograms; pip install 'bnnprune[tensorboard]')")
-    r.set_defaults(func=cmd_run)
 
-    sw = sub.add_parser(
-        "sweep",
-        help="evidence: methods x BOPs reductions x seeds, premise check, engine speed",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_epilog(
-            "bnnprune sweep --config experiments/sweep_fashion_mnist.toml --jobs 2 --docs docs",
-            "bnnprune sweep --seeds 0 --reductions 0.3 --methods target+wff,target+random",
-            "bnnprune sweep --config C.toml -o /shared/s --list-cells",
-            "bnnprune sweep --config C.toml -o /shared/s --cell $SLURM_ARRAY_TASK_ID",
-        ),
-    )
+    sw = _command(sub, "sweep", cmd_sweep,
+                  "evidence: methods x BOPs reductions x seeds, premise check, engine speed",
+                  "bnnprune sweep --config experiments/sweep_fashion_mnist.toml --jobs 2 "
+                  "--docs docs",
+                  "bnnprune sweep --seeds 0 --reductions 0.3 --methods target+wff,target+random",
+                  "bnnprune sweep --config C.toml -o /shared/s --list-cells",
+                  "bnnprune sweep --config C.toml -o /shared/s --cell $SLURM_ARRAY_TASK_ID")
     _add_experiment_flags(sw)
     _add_prune_flags(sw, method=False)
     g = sw.add_argument_group("sweep")
@@ -970,7 +839,6 @@ def build_parser() -> argparse.ArgumentParser:
                      "missing): one job of a SLURM array; see docs/scaling.md")
     sw.add_argument("-o", "--output", default="runs/sweep",
                     help="sweep folder (default runs/sweep)")
-    sw.set_defaults(func=cmd_sweep)
 
     x = sub.add_parser(
         "export",

@@ -1,8 +1,10 @@
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
-from bnnprune.models import MODELS, build_model, model_from_arch
+from bnnprune.models import MODELS, ZOO, build_model, model_from_arch
 from bnnprune.nn import binary_layers, is_binary_layer
 
 
@@ -62,3 +64,15 @@ def test_bad_arguments(kwargs, match):
         build_model("small", **kwargs)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("lenet")
+
+
+@pytest.mark.parametrize("zoo", ZOO, ids=lambda z: z.name)
+def test_zoo_entry_builds_for_its_default_input_and_says_so_in_its_signature(zoo):
+    assert MODELS[zoo.name] is zoo
+    params = inspect.signature(MODELS[zoo.name]).parameters
+    assert list(params) == ["width", "in_channels", "num_classes", "image_size", "pad_value",
+                            "scale"]
+    assert (params["in_channels"].default, params["image_size"].default) == (
+        zoo.in_channels, zoo.image_size)
+    m = build_model(zoo.name, width=0.25).eval()
+    assert m(torch.randn(2, zoo.in_channels, zoo.image_size, zoo.image_size)).shape == (2, 10)

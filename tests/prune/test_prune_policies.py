@@ -28,9 +28,10 @@ from bnnprune.prune import (
     plan_target,
     plan_uniform,
     prune_once,
+    prune_trained,
     register_policy,
 )
-from bnnprune.prune.resolve import resolve_prune
+from bnnprune.prune.resolve import default_criterion, default_policy, resolve_prune
 
 SHAPE = (3, 8, 8)
 
@@ -246,3 +247,32 @@ def test_a_registered_policy_is_a_method_everywhere_and_its_rules_come_from_it()
         resolve_prune(PruneConfig(policy="half_test", criterion="magnitude"))
     finally:
         del POLICIES["half_test"]
+
+
+def test_prune_trained_reads_the_flip_state_at_its_threshold() -> None:
+    model = chain()
+    counts = counts_with_fraction(model, {"2": 0.25, "4": 0.35, "6": 1.0})
+    counts["4"][0] = 2  # one filter of "4" flipped twice: insensitive at threshold 1 too
+    state = {"counts": counts, "steps_in_window": 2}
+    options = PlanOptions(round_to=1)
+    for threshold in (0, 1):
+        sens = compute_sensitivity(counts, model, steps=2, threshold=threshold)
+        want = prune_once(model, parse_method("paper+wff"), SHAPE, sensitivity=sens,
+                          options=options)
+        got = prune_trained(model, state, parse_method("paper+wff"), SHAPE, options=options,
+                            threshold=threshold)
+        assert got.plan.keep == want.plan.keep
+        assert binary_channels(got.model) == binary_channels(want.model)
+    assert prune_trained(model, state, parse_method("paper+wff"), SHAPE, options=options,
+                         threshold=1).plan.keep["2"] == 8  # nothing flipped twice there
+    # a method that reads no flips needs no flip data
+    plan, _ = prune_trained(model, None, parse_method("uniform+magnitude"), SHAPE, target=0.3)
+    assert plan.reduction > 0
+    with pytest.raises(ValueError, match="no flip data"):
+        prune_trained(model, None, parse_method("paper+wff"), SHAPE)
+
+
+def test_prune_command_defaults_the_paper_method_without_a_target() -> None:
+    assert (default_policy(targeted=False), default_criterion("paper")) == ("paper", "wff")
+    assert default_policy(targeted=True) == PruneConfig().policy
+    assert default_criterion("target") == PruneConfig().criterion

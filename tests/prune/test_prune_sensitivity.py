@@ -8,7 +8,7 @@ from torch import nn
 
 from bnnprune.flips import FlipTracker
 from bnnprune.nn import BinaryConv2d, BinaryLinear
-from bnnprune.prune import DEFAULT_THRESHOLD, compute_sensitivity, flip_frequencies
+from bnnprune.prune import DEFAULT_THRESHOLD, compute_sensitivity, flip_frequencies, flip_table
 
 
 def tiny() -> nn.Module:
@@ -100,3 +100,18 @@ def test_plain_mapping_needs_steps_and_threshold_must_be_whole() -> None:
         compute_sensitivity(hand_counts(), tiny())
     with pytest.raises(ValueError, match="threshold"):
         compute_sensitivity(hand_counts(), tiny(), steps=4, threshold=-1)
+
+
+def test_flip_table_on_hand_made_counts() -> None:
+    model = tiny()
+    tracker = FlipTracker(model)
+    tracker.counts = hand_counts()
+    tracker.steps_in_window = 4
+    table = flip_table(tracker, model, threshold=2)
+    assert table.steps == 4 and table.threshold == 2 and table.window == (1, None)
+    conv, fc = table.layers
+    assert (conv["layer"], conv["weights"], conv["channels"]) == ("0", 6, 3)
+    assert conv["flipped"] == pytest.approx(3 / 6) and conv["p"] == pytest.approx(2 / 6)
+    assert conv["mean_wff"] == pytest.approx((1 + 3 + 4) / 6 / 4)
+    assert (fc["channels"], fc["p"]) == (2, 0.0)
+    assert table.to_dict()["window"] == [1, None] and table.to_dict()["layers"] == table.layers

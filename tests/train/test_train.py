@@ -94,3 +94,23 @@ def test_non_finite_loss_stops_with_step(tmp_path):
         model.fc1.weight.fill_(float("nan"))  # sign() would absorb an earlier NaN
     with pytest.raises(TrainingError, match="non-finite loss .* step 1"):
         train(model, ds, _cfg(epochs=1), out_dir=tmp_path)
+
+
+def test_a_pruned_copy_saved_with_its_source_loads_back(tmp_path):
+    from bnnprune.prune import parse_method, prune_once
+    from bnnprune.train import fine_tune_config
+    from bnnprune.checkpoint import save_pruned
+
+    model = build_model("small", width=0.25)
+    source = {"dataset": {"name": "synthetic", "input_shape": [1, 28, 28], "num_classes": 10},
+              "train_config": {"epochs": 9, "lr": 0.5, "track_last": 3, "batch_size": 32}}
+    _, pruned = prune_once(model, parse_method("uniform+magnitude"), (1, 28, 28), target=0.5)
+    save_pruned(tmp_path / "model.pt", pruned, source, {"why": "test"})
+    back, ckpt = load_model(tmp_path / "model.pt")
+    assert (ckpt["dataset"], ckpt["train_config"]) == (source["dataset"], source["train_config"])
+    assert ckpt["flips"] is None and ckpt["meta"] == {"why": "test"}
+    for key, value in pruned.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    cfg = fine_tune_config(source["train_config"], epochs=2, lr=1e-3, track_last=5)
+    assert (cfg.epochs, cfg.lr, cfg.track_last, cfg.batch_size) == (2, 1e-3, 2, 32)
+    assert fine_tune_config(None, 4, 0.1, 1) == TrainConfig(epochs=4, lr=0.1, track_last=1)

@@ -34,7 +34,7 @@ from bnnprune.prune.interop import (
     WFFImportance,
 )
 from bnnprune.prune.methods import Method, MethodError, parse_method, parse_methods
-from bnnprune.prune.once import Pruned, prune_once, reinit
+from bnnprune.prune.once import Pruned, prune_once, prune_trained, reinit
 from bnnprune.prune.policies import (
     DEFAULT_TOLERANCE,
     DEFAULTS,
@@ -59,10 +59,12 @@ from bnnprune.prune.selection import (
 from bnnprune.prune.sensitivity import (
     DEFAULT_THRESHOLD,
     RECORD_HINT,
+    FlipTable,
     Sensitivity,
     check_flip_data,
     compute_sensitivity,
     flip_frequencies,
+    flip_table,
 )
 from bnnprune.prune.surgery import PruneResult, apply_plan, carry_flip_counts, prune_channels
 
@@ -75,6 +77,8 @@ __all__ = [
     "RECORD_HINT",
     "WFF",
     "FlipMagnitude",
+    "FlipTable",
+    "flip_table",
     "with_gradient_data",
     "BNScale",
     "BNScaleImportance",
@@ -115,6 +119,7 @@ __all__ = [
     "plan_uniform",
     "prune_channels",
     "prune_once",
+    "prune_trained",
     "register_criterion",
     "register_policy",
     "reinit",

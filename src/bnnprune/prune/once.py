@@ -9,19 +9,22 @@ prune through :func:`prune_once`, so a method means the same thing everywhere::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from torch import nn
 
+from bnnprune.config import PruneConfig
+from bnnprune.flips import FlipTracker
 from bnnprune.prune.graph import InputShape
 from bnnprune.prune.methods import Method
 from bnnprune.prune.policies import DEFAULTS, ChannelPlan, PlanOptions
 from bnnprune.prune.selection import with_gradient_data
-from bnnprune.prune.sensitivity import Sensitivity
+from bnnprune.prune.sensitivity import DEFAULT_THRESHOLD, Sensitivity, compute_sensitivity
 from bnnprune.prune.surgery import apply_plan
 from bnnprune.seeding import seed_everything
 
-__all__ = ["Pruned", "prune_once", "reinit"]
+__all__ = ["Pruned", "prune_once", "prune_trained", "reinit"]
 
 
 class Pruned(NamedTuple):
@@ -69,3 +72,37 @@ def prune_once(
         seed_everything(seed)
         reinit(pruned)
     return Pruned(plan, pruned)
+
+
+def prune_trained(
+    model: nn.Module,
+    flips: FlipTracker | Mapping[str, Any] | None,
+    method: Method,
+    input_shape: InputShape,
+    *,
+    target: float | None = None,
+    target_latency: float | None = None,
+    options: PlanOptions = DEFAULTS,
+    threshold: int = DEFAULT_THRESHOLD,
+    latency_batch: int = PruneConfig.latency_batch,
+    latency_threads: int = PruneConfig.latency_threads,
+    seed: int = 0,
+    data: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> Pruned:
+    """:func:`prune_once` on a trained model as ``bnnprune prune`` takes it: its flip data
+    (a FlipTracker or its state; read only when ``method`` needs flips) becomes the sensitivity at
+    ``threshold``, and a ``target_latency`` gets the engine's latency tables at
+    ``latency_batch`` images and ``latency_threads`` threads (``progress`` hears of them)."""
+    sens = None
+    if method.needs_flips:
+        sens = compute_sensitivity({} if flips is None else flips, model, threshold=threshold)
+    lm = None
+    if target_latency is not None:
+        from bnnprune.prune.latency import latency_model  # the engine: only when asked
+
+        lm = latency_model(model, input_shape, batch=latency_batch, threads=latency_threads,
+                           keep_fp=options.keep_fp, progress=progress)
+    return prune_once(model, method, input_shape, sensitivity=sens, target=target,
+                      options=options, target_latency=target_latency, latency_model=lm,
+                      seed=seed, data=data)

@@ -26,6 +26,8 @@ from bnnprune.prune.premise import CHOICES
 
 __all__ = [
     "PruneSetup",
+    "default_criterion",
+    "default_policy",
     "plan_options",
     "require_flips",
     "resolve_prune",
@@ -79,6 +81,18 @@ def resolve_prune(p: PruneConfig) -> PruneSetup:
         if "latency" not in method.policy.targets:
             raise ConfigError(f"prune.target_latency needs the {taking('latency')} policy")
     return PruneSetup(method, compare, plan_options(p), p.max_rounds)
+
+
+def default_policy(targeted: bool) -> str:
+    """The policy ``bnnprune prune`` takes when none is named: the paper's method when no
+    target is given (it needs none), else the default of ``bnnprune run``."""
+    return "paper" if not targeted else PruneConfig().policy
+
+
+def default_criterion(policy: str) -> str:
+    """The criterion when none is named: wff with the paper policy (the paper's method), else
+    the default of ``bnnprune run``."""
+    return "wff" if policy == "paper" else PruneConfig().criterion
 
 
 def require_flips(methods: Iterable[Method], train: TrainConfig) -> None:

@@ -28,10 +28,12 @@ from bnnprune.nn import binary_layers
 __all__ = [
     "DEFAULT_THRESHOLD",
     "RECORD_HINT",
+    "FlipTable",
     "Sensitivity",
     "check_flip_data",
     "compute_sensitivity",
     "flip_frequencies",
+    "flip_table",
 ]
 
 DEFAULT_THRESHOLD = 0
@@ -148,3 +150,40 @@ def compute_sensitivity(
         p[n] = insensitive[n] / numel[n]
         scores[n] = freqs[n].flatten(1).mean(dim=1)
     return Sensitivity(p, scores, insensitive, numel, int(threshold), steps, kept)
+
+
+@dataclass(frozen=True)
+class FlipTable:
+    """Flip statistics of every binary layer over a tracker's window, with its ``p_l``: what
+    ``bnnprune flips`` prints and writes to flips.json."""
+
+    window: tuple[int, int | None]
+    steps: int  # optimizer steps recorded inside the window
+    threshold: int
+    layers: list[dict[str, Any]]  # per layer: weights, channels, flipped, p, mean_wff, ratios
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (flips.json)."""
+        return {"window": list(self.window), "steps": self.steps, "threshold": self.threshold,
+                "layers": self.layers}
+
+
+def flip_table(tracker: FlipTracker, model: nn.Module,
+               threshold: int = DEFAULT_THRESHOLD) -> FlipTable:
+    """Per binary layer: weights, output channels, share of weights that flipped, ``p_l`` at
+    ``threshold``, mean WFF and the mean flip ratio of every epoch."""
+    sens = compute_sensitivity(tracker, model, threshold=threshold)
+    epoch = tracker.epoch_ratios()
+    rows = []
+    for name, counts in tracker.counts.items():
+        c = counts.float()
+        rows.append({
+            "layer": name,
+            "weights": c.numel(),
+            "channels": int(c.shape[0]),
+            "flipped": float((c > 0).float().mean()),
+            "p": sens.p[name],
+            "mean_wff": float(c.mean() / max(tracker.steps_in_window, 1)),
+            "epoch_flip_ratio": epoch[name].tolist(),
+        })
+    return FlipTable(tuple(tracker.window), tracker.steps_in_window, threshold, rows)

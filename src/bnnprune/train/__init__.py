@@ -38,6 +38,7 @@ __all__ = [
     "TrainingError",
     "dataset_info",
     "evaluate",
+    "fine_tune_config",
     "load_checkpoint",
     "load_model",
     "resolve_device",
@@ -73,6 +74,15 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but CUDA is not available")
     return dev
+
+
+def fine_tune_config(train_config: dict[str, Any] | None, epochs: int, lr: float,
+                     track_last: int) -> TrainConfig:
+    """The training config a model was trained with (a checkpoint's ``train_config``; None:
+    the defaults) for ``epochs`` of fine-tuning at ``lr``, recording flips over the last
+    ``track_last`` of them at most."""
+    return TrainConfig(**{**(train_config or {}), "epochs": epochs, "lr": lr,
+                          "track_last": min(track_last, epochs)})
 
 
 def dataset_info(ds: Dataset) -> dict[str, Any]:

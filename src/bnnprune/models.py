@@ -1,5 +1,7 @@
-"""Model zoo with a registry. Every model takes ``width``, ``in_channels``, ``num_classes``
-and ``image_size``; first and last layers are full precision by default.
+"""Model zoo with a registry. The zoo is one table of model specs (:data:`ZOO`, one
+:class:`ZooModel` each) with one builder; every model takes ``width``, ``in_channels``,
+``num_classes``, ``image_size``, ``pad_value`` and ``scale``; first and last layers are full
+precision by default.
 
 A model built here carries its architecture spec in ``model.arch`` (a plain dict), so a
 checkpoint can rebuild it; pruned models are rebuilt from the same spec and then resized to
@@ -20,6 +22,8 @@ import sys
 import typing
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +35,8 @@ from bnnprune.nn import PER_CHANNEL_TYPES, BinaryConv2d, BinaryLinear, RPReLU, R
 __all__ = [
     "build_from_config",
     "MODELS",
+    "ZOO",
+    "ZooModel",
     "build_model",
     "check_plain_kwargs",
     "model_factory",
@@ -49,21 +55,6 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         return fn
 
     return deco
-
-
-def _ch(c: int, width: float) -> int:
-    return max(1, int(round(c * width)))
-
-
-def _check_common(width: float, in_channels: int, num_classes: int, image_size: int) -> None:
-    if not width > 0:
-        raise ValueError(f"width must be > 0, got {width}")
-    if in_channels < 1:
-        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
 
 
 _FACTORY_MARK = "__bnnprune_model_factory__"
@@ -284,172 +275,135 @@ def _named(layers: list[nn.Module]) -> nn.Sequential:
     return nn.Sequential(OrderedDict(zip(names, layers)))
 
 
-def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
-    with torch.no_grad():
-        return int(features(torch.zeros(1, in_channels, image_size, image_size)).numel())
-
-
-def _sequential_model(
-    features: list[nn.Module],
-    head: Callable[[int], list[nn.Module]],
-    in_channels: int,
-    image_size: int,
-) -> nn.Module:
-    feats = nn.Sequential(*features)
-    n = _flat_features(feats, in_channels, image_size)
-    return _named([*features, nn.Flatten(), *head(n)])
-
-
 # --------------------------------------------------------------------------- zoo
 
 
-Spec = list[Any]  # ("F", out, k) fp conv+BN, ("B", out, k) binary conv+BN, or a pooling module
+@dataclass(frozen=True)
+class Dims:
+    """The six arguments every zoo model takes, checked on creation (ValueError, one line)."""
+
+    width: float
+    in_channels: int
+    num_classes: int
+    image_size: int
+    pad_value: float
+    scale: bool
+
+    def __post_init__(self) -> None:
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+
+    def ch(self, c: int) -> int:
+        """Channel count ``c`` of the paper-size model scaled by ``width`` (at least 1)."""
+        return max(1, int(round(c * self.width)))
+
+    @property
+    def bk(self) -> dict[str, Any]:
+        """Keyword arguments of every binary layer: padding value and XNOR-Net scale."""
+        return {"pad_value": self.pad_value, "scale": self.scale}
 
 
-def _stack(spec: Spec, in_channels: int, width: float, bk: dict[str, Any]) -> list[nn.Module]:
+@dataclass(frozen=True)
+class ZooModel:
+    """One zoo entry: how its layers follow from :class:`Dims`, and the input it is sized for
+    when the caller names none. Calling it is the zoo's one builder: the six arguments by
+    keyword (its ``__signature__`` lists them with this entry's defaults), checked, then
+    ``layers``."""
+
+    name: str
+    layers: Callable[[Dims], nn.Module]
+    doc: str
+    in_channels: int = 3
+    image_size: int = 32
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        P = inspect.Parameter
+        args = (("width", "float", 1.0), ("in_channels", "int", self.in_channels),
+                ("num_classes", "int", 10), ("image_size", "int", self.image_size),
+                ("pad_value", "float", 1.0), ("scale", "bool", False))
+        return inspect.Signature([P(n, P.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
+                                  for n, a, d in args], return_annotation="nn.Module")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> nn.Module:
+        bound = self.__signature__.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return self.layers(Dims(**bound.arguments))
+
+
+# A conv stack: ("F", out, k) fp conv+BN, ("B", out, k) binary conv+BN, or a module factory
+# (a fresh pooling module per model).
+Spec = tuple[Any, ...]
+Head = Callable[[Dims, int], list[nn.Module]]  # the layers after Flatten, given its features
+
+
+def _stack(spec: Spec, d: Dims) -> list[nn.Module]:
     """Conv layers from a compact spec; channel counts are scaled by ``width``."""
     layers: list[nn.Module] = []
-    cin = in_channels
+    cin = d.in_channels
     for item in spec:
-        if isinstance(item, nn.Module):
-            layers.append(item)
+        if not isinstance(item, tuple):
+            layers.append(item())
             continue
         kind, out, k = item
-        cout = _ch(out, width)
-        layers += _fp_conv_bn(cin, cout, k) if kind == "F" else _bin_conv_bn(cin, cout, k, **bk)
+        cout = d.ch(out)
+        layers += _fp_conv_bn(cin, cout, k) if kind == "F" else _bin_conv_bn(cin, cout, k, **d.bk)
         cin = cout
     return layers
 
 
-def _binary_fc_head(hidden: int, num_classes: int, scale: bool) -> Callable[[int], list[nn.Module]]:
-    """Two binary FC layers with BN, then a full-precision classifier (BinaryNet, AlexNet)."""
-    return lambda n: [
-        BinaryLinear(n, hidden, scale=scale),
-        nn.BatchNorm1d(hidden),
-        BinaryLinear(hidden, hidden, scale=scale),
-        nn.BatchNorm1d(hidden),
-        nn.Linear(hidden, num_classes),
-    ]
+def _sequential(features: Spec, head: Head) -> Callable[[Dims], nn.Module]:
+    """A plain feed-forward model: the conv stack, Flatten, then ``head`` sized to it."""
+
+    def layers(d: Dims) -> nn.Module:
+        feats = _stack(features, d)
+        with torch.no_grad():
+            n = int(nn.Sequential(*feats)(torch.zeros(1, d.in_channels, d.image_size,
+                                                      d.image_size)).numel())
+        return _named([*feats, nn.Flatten(), *head(d, n)])
+
+    return layers
 
 
-def _mp() -> nn.Module:
-    return nn.MaxPool2d(2)
+def _linear_head(d: Dims, n: int) -> list[nn.Module]:
+    """A full-precision classifier (VGG-Small, small)."""
+    return [nn.Linear(n, d.num_classes)]
 
 
-def _vgg_spec() -> Spec:
-    """The conv stack shared by BinaryNet and VGG-Small."""
+def _binary_fc_head(d: Dims, n: int) -> list[nn.Module]:
+    """Two binary FC layers of 1024 (x width) with BN, then a full-precision classifier
+    (BinaryNet, AlexNet)."""
+    hidden = d.ch(1024)
     return [
-        ("F", 128, 3),
-        ("B", 128, 3),
-        _mp(),
-        ("B", 256, 3),
-        ("B", 256, 3),
-        _mp(),
-        ("B", 512, 3),
-        ("B", 512, 3),
-        _mp(),
+        BinaryLinear(n, hidden, scale=d.scale),
+        nn.BatchNorm1d(hidden),
+        BinaryLinear(hidden, hidden, scale=d.scale),
+        nn.BatchNorm1d(hidden),
+        nn.Linear(hidden, d.num_classes),
     ]
 
 
-@register_model("nin")
-def nin(
-    width: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """Binary Network-in-Network, the 9-convolution XNOR-Net CIFAR-10 layout."""
-    _check_common(width, in_channels, num_classes, image_size)
-    spec = [
-        ("F", 192, 5),
-        ("B", 160, 1),
-        ("B", 96, 1),
-        nn.MaxPool2d(3, 2, 1),
-        ("B", 192, 5),
-        ("B", 192, 1),
-        ("B", 192, 1),
-        nn.AvgPool2d(3, 2, 1),
-        ("B", 192, 3),
-        ("B", 192, 1),
-    ]
-    bk = {"pad_value": pad_value, "scale": scale}
-    head = [nn.Conv2d(_ch(192, width), num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return _named(_stack(spec, in_channels, width, bk) + head)
+_MP = partial(nn.MaxPool2d, 2)
+_VGG: Spec = (("F", 128, 3), ("B", 128, 3), _MP, ("B", 256, 3), ("B", 256, 3), _MP,
+              ("B", 512, 3), ("B", 512, 3), _MP)  # shared by BinaryNet and VGG-Small
+_ALEXNET: Spec = (("F", 96, 5), _MP, ("B", 256, 5), _MP, ("B", 384, 3), ("B", 384, 3),
+                  ("B", 256, 3), _MP)
+_SMALL: Spec = (("F", 32, 3), ("B", 64, 3), _MP, ("B", 128, 3), _MP, ("B", 128, 3), _MP)
+_NIN: Spec = (("F", 192, 5), ("B", 160, 1), ("B", 96, 1), partial(nn.MaxPool2d, 3, 2, 1),
+              ("B", 192, 5), ("B", 192, 1), ("B", 192, 1), partial(nn.AvgPool2d, 3, 2, 1),
+              ("B", 192, 3), ("B", 192, 1))
 
 
-@register_model("binarynet")
-def binarynet(
-    width: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """BinaryNet CIFAR-10 ConvNet: 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-1024FC-10FC."""
-    _check_common(width, in_channels, num_classes, image_size)
-    feats = _stack(_vgg_spec(), in_channels, width, {"pad_value": pad_value, "scale": scale})
-    head = _binary_fc_head(_ch(1024, width), num_classes, scale)
-    return _sequential_model(feats, head, in_channels, image_size)
-
-
-@register_model("vgg_small")
-def vgg_small(
-    width: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """VGG-Small (LQ-Nets / IR-Net): fp conv, binary 128-MP-256-256-MP-512-512-MP, fp FC."""
-    _check_common(width, in_channels, num_classes, image_size)
-    feats = _stack(_vgg_spec(), in_channels, width, {"pad_value": pad_value, "scale": scale})
-    return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
-
-
-@register_model("alexnet")
-def alexnet(
-    width: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """CIFAR-sized binary AlexNet: 5 convolutions, 3 fully connected; first and last fp."""
-    _check_common(width, in_channels, num_classes, image_size)
-    spec = [
-        ("F", 96, 5),
-        _mp(),
-        ("B", 256, 5),
-        _mp(),
-        ("B", 384, 3),
-        ("B", 384, 3),
-        ("B", 256, 3),
-        _mp(),
-    ]
-    feats = _stack(spec, in_channels, width, {"pad_value": pad_value, "scale": scale})
-    head = _binary_fc_head(_ch(1024, width), num_classes, scale)
-    return _sequential_model(feats, head, in_channels, image_size)
-
-
-@register_model("small")
-def small(
-    width: float = 1.0,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    image_size: int = 28,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """Small BNN for 28x28 inputs: fp conv 32, binary 3x3 convs 64-128-128 with max-pools."""
-    _check_common(width, in_channels, num_classes, image_size)
-    spec = [("F", 32, 3), ("B", 64, 3), _mp(), ("B", 128, 3), _mp(), ("B", 128, 3), _mp()]
-    feats = _stack(spec, in_channels, width, {"pad_value": pad_value, "scale": scale})
-    return _sequential_model(feats, lambda n: [nn.Linear(n, num_classes)], in_channels, image_size)
+def _nin(d: Dims) -> nn.Module:
+    """NIN: the conv stack, then a 1x1 fp classifier conv and global average pooling."""
+    head = [nn.Conv2d(d.ch(192), d.num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return _named(_stack(_NIN, d) + head)  # head first: the seeded initialisation's order
 
 
 class BasicBlock(nn.Module):
@@ -509,19 +463,9 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-@register_model("resnet18")
-def resnet18(
-    width: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """Binary ResNet-18 with real-valued shortcuts (residual coupling for channel pruning)."""
-    _check_common(width, in_channels, num_classes, image_size)
-    widths = [_ch(c, width) for c in (64, 128, 256, 512)]
-    return ResNet([2, 2, 2, 2], widths, in_channels, num_classes, pad_value=pad_value, scale=scale)
+def _resnet18(d: Dims) -> nn.Module:
+    widths = [d.ch(c) for c in (64, 128, 256, 512)]
+    return ResNet([2, 2, 2, 2], widths, d.in_channels, d.num_classes, **d.bk)
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
@@ -546,25 +490,12 @@ class BiRealUnit(nn.Module):
         return self.bn(self.conv(x)) + self.shortcut(x)
 
 
-@register_model("birealnet18")
-def birealnet18(
-    width: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """Bi-Real Net-18 at CIFAR size: fp 3x3 stem, 16 binary 3x3 convs with a real-valued
-    shortcut each (avg-pool + 1x1 fp conv + BN where they downsample), avg-pool, fp linear.
-
-    The units of a stage share its width through their shortcuts: one channel group per stage.
-    """
-    _check_common(width, in_channels, num_classes, image_size)
-    widths = [_ch(c, width) for c in (64, 128, 256, 512)]
-    bk = {"pad_value": pad_value, "scale": scale}
+def _birealnet18(d: Dims) -> nn.Module:
+    """The units of a stage share its width through their shortcuts: one channel group per
+    stage."""
+    widths = [d.ch(c) for c in (64, 128, 256, 512)]
     layers: list[tuple[str, nn.Module]] = [
-        ("conv1", nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)),
+        ("conv1", nn.Conv2d(d.in_channels, widths[0], 3, padding=1, bias=False)),
         ("bn1", nn.BatchNorm2d(widths[0])),
     ]
     cin = widths[0]
@@ -572,11 +503,11 @@ def birealnet18(
         units = []
         for j in range(4):
             stride = 2 if (i > 0 and j == 0) else 1
-            units.append(BiRealUnit(cin, c, stride, **bk))
+            units.append(BiRealUnit(cin, c, stride, **d.bk))
             cin = c
         layers.append((f"layer{i + 1}", nn.Sequential(*units)))
     layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-               ("fc", nn.Linear(cin, num_classes))]
+               ("fc", nn.Linear(cin, d.num_classes))]
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -613,27 +544,38 @@ _REACTNET_A = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 
                (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
 
 
-@register_model("reactnet")
-def reactnet(
-    width: float = 1.0,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    image_size: int = 32,
-    pad_value: float = 1.0,
-    scale: bool = False,
-) -> nn.Module:
-    """ReActNet-A-style BNN at CIFAR size: fp 3x3 stem (stride 1), 13 blocks with RSign
-    learnable thresholds and RPReLU activations (:class:`ReActBlock`), avg-pool, fp linear."""
-    _check_common(width, in_channels, num_classes, image_size)
-    bk = {"pad_value": pad_value, "scale": scale}
-    cin = _ch(32, width)
+def _reactnet(d: Dims) -> nn.Module:
+    cin = d.ch(32)
     layers: list[tuple[str, nn.Module]] = [
-        ("conv1", nn.Conv2d(in_channels, cin, 3, padding=1, bias=False)),
+        ("conv1", nn.Conv2d(d.in_channels, cin, 3, padding=1, bias=False)),
         ("bn1", nn.BatchNorm2d(cin)),
     ]
     for i, (c, stride) in enumerate(_REACTNET_A):
-        layers.append((f"block{i + 1}", ReActBlock(cin, _ch(c, width), stride, **bk)))
-        cin = _ch(c, width)
+        layers.append((f"block{i + 1}", ReActBlock(cin, d.ch(c), stride, **d.bk)))
+        cin = d.ch(c)
     layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-               ("fc", nn.Linear(cin, num_classes))]
+               ("fc", nn.Linear(cin, d.num_classes))]
     return nn.Sequential(OrderedDict(layers))
+
+
+ZOO: tuple[ZooModel, ...] = (
+    ZooModel("nin", _nin, "Binary Network-in-Network, the 9-convolution XNOR-Net CIFAR-10 "
+             "layout."),
+    ZooModel("binarynet", _sequential(_VGG, _binary_fc_head), "BinaryNet CIFAR-10 ConvNet: "
+             "2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC-1024FC-10FC."),
+    ZooModel("vgg_small", _sequential(_VGG, _linear_head), "VGG-Small (LQ-Nets / IR-Net): fp "
+             "conv, binary 128-MP-256-256-MP-512-512-MP, fp FC."),
+    ZooModel("alexnet", _sequential(_ALEXNET, _binary_fc_head), "CIFAR-sized binary AlexNet: "
+             "5 convolutions, 3 fully connected; first and last fp."),
+    ZooModel("small", _sequential(_SMALL, _linear_head), "Small BNN for 28x28 inputs: fp conv "
+             "32, binary 3x3 convs 64-128-128 with max-pools.", in_channels=1, image_size=28),
+    ZooModel("resnet18", _resnet18, "Binary ResNet-18 with real-valued shortcuts (residual "
+             "coupling for channel pruning)."),
+    ZooModel("birealnet18", _birealnet18, "Bi-Real Net-18 at CIFAR size: fp 3x3 stem, 16 "
+             "binary 3x3 convs with a real-valued shortcut each (avg-pool + 1x1 fp conv + BN "
+             "where they downsample), avg-pool, fp linear."),
+    ZooModel("reactnet", _reactnet, "ReActNet-A-style BNN at CIFAR size: fp 3x3 stem (stride "
+             "1), 13 blocks with RSign learnable thresholds and RPReLU activations "
+             "(ReActBlock), avg-pool, fp linear."),
+)
+MODELS.update((zoo.name, zoo) for zoo in ZOO)
