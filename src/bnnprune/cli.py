@@ -311,12 +311,12 @@ def _print_plan(plan: Any) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from bnnprune.checkpoint import save_pruned
     from bnnprune.prune import RECORD_HINT, PlanOptions, prune_trained
     from bnnprune.prune.methods import Method
     from bnnprune.prune.policies import get_policy, taking
     from bnnprune.prune.resolve import default_criterion, default_policy
     from bnnprune.train import fine_tune_config
-    from bnnprune.checkpoint import save_pruned
 
     model, ckpt = load_model(args.checkpoint)
     info = ckpt.get("dataset") or {}

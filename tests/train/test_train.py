@@ -97,9 +97,9 @@ def test_non_finite_loss_stops_with_step(tmp_path):
 
 
 def test_a_pruned_copy_saved_with_its_source_loads_back(tmp_path):
+    from bnnprune.checkpoint import save_pruned
     from bnnprune.prune import parse_method, prune_once
     from bnnprune.train import fine_tune_config
-    from bnnprune.checkpoint import save_pruned
 
     model = build_model("small", width=0.25)
     source = {"dataset": {"name": "synthetic", "input_shape": [1, 28, 28], "num_classes": 10},
