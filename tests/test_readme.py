@@ -20,7 +20,7 @@ def quickstart_commands() -> list[str]:
 
 def test_quickstart_is_two_commands_setup_then_run_and_tests():
     run, tests = quickstart_commands()
-    assert run.startswith("bash scripts/setup.sh &&") and run.endswith("bnnprune run")
+    assert run.startswith("bash scripts/setup.sh && .venv/bin/bnnprune run")
     assert tests.startswith("bash scripts/setup.sh --test &&") and "pytest" in tests
 
 
