@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Time the README's two Quickstart commands as a newcomer meets them: each on its own fresh
-# clone of this repository's HEAD (no .venv, no numba cache, nothing downloaded by pip
-# before; Debian packages already installed stay installed), one after the other.
+# clone of this repository's HEAD (no .venv, no numba cache) with pip's cache off, so every
+# wheel is downloaded again, one after the other. Debian packages already installed (the
+# dataset, the test tools) stay installed: on a fresh machine apt adds its own time.
 #   bash scripts/quickstart_time.sh [WORKDIR]    # default WORKDIR: a new temporary folder
 # Prints wall, user and system seconds of each command (GNU time) and where its log is.
 # Wall time depends on the load of the machine: measure on an otherwise idle one.
@@ -9,6 +10,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-$(mktemp -d)}"
 mkdir -p "$work"
+export PIP_NO_CACHE_DIR=1
 timer=/usr/bin/time
 [ -x "$timer" ] || { echo "quickstart_time: needs GNU time (Debian: apt-get install time)" >&2; exit 2; }
 
