@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
 # Set up bnnprune in ./.venv: system data package (Fashion-MNIST), PyTorch, the package itself.
 #   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime),
-#                                  # the extras the tests cover (fpga: qonnx; lightning;
-#                                  # tensorboard) and, for the C export's checks,
+#   bash scripts/setup.sh --test   # runtime + test tools (pytest, ruff, hypothesis, onnxruntime)
+#                                  # and the extras the tests cover (fpga: qonnx; lightning;
+#                                  # tensorboard): enough for the quick tier, pytest -m "not slow"
+#   bash scripts/setup.sh --devices  # Debian packages for the C export's slow-tier checks:
 #                                  # gcc-aarch64-linux-gnu, qemu-user (aarch64),
 #                                  # gcc-arm-none-eabi, libnewlib-arm-none-eabi,
-#                                  # qemu-system-arm (Cortex-M) and valgrind (instruction counts)
+#                                  # qemu-system-arm (Cortex-M) and valgrind (instruction counts),
+#                                  # about 1 GB installed, so only the full suite asks for them
 #   bash scripts/setup.sh --fpga   # also FINN's compiler front end (finn-plus) in ./.venv-finn,
 #                                  # its own environment: FINN pins numpy, onnx, onnxruntime,
 #                                  # protobuf and qonnx to other versions than ours (docs/fpga.md)
-# The flags combine (CI: --test --fpga).
+# The flags combine (CI: --fpga --devices, then --test).
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on this project's CPU
 # machines pip takes the local CPU wheel instead of a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
 fpga=""
+devices=""
 for arg in "$@"; do
   case "$arg" in
     --test) extras="[test,fpga,lightning,tensorboard]" ;;
     --fpga) fpga=1 ;;
-    *) echo "setup: unknown option $arg (known: --test, --fpga)" >&2; exit 2 ;;
+    --devices) devices=1 ;;
+    *) echo "setup: unknown option $arg (known: --test, --devices, --fpga)" >&2; exit 2 ;;
   esac
 done
 
@@ -35,10 +39,10 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
   fi
 fi
 
-# --test: the C export is also checked on 64-bit ARM (cross-compiler + qemu user emulation)
+# --devices: the C export is also checked on 64-bit ARM (cross-compiler + qemu user emulation)
 # and on Cortex-M microcontrollers (bare-metal toolchain + qemu's mps2 boards); its
-# instructions per inference are counted by valgrind's callgrind
-if [ -n "$extras" ] && command -v apt-get >/dev/null 2>&1; then
+# instructions per inference are counted by valgrind's callgrind (tests marked slow)
+if [ -n "$devices" ] && command -v apt-get >/dev/null 2>&1; then
   need=""
   { command -v aarch64-linux-gnu-gcc && command -v qemu-aarch64; } >/dev/null \
     || need="gcc-aarch64-linux-gnu qemu-user"

@@ -28,6 +28,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # the whole main job, twice
 def test_same_config_twice_gives_identical_results(tmp_path, capsys, one_thread):
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:

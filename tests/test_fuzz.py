@@ -270,6 +270,7 @@ def test_bnn_loader_raw_mutations(scratch, bnn, data):
     _load_bnn(scratch, data.draw(mutated(base)), x)
 
 
+@pytest.mark.slow  # the longest fuzz campaign: every mutation compiles and runs a program
 @fuzz()
 @given(st.data())
 def test_bnn_loader_resealed_mutations(scratch, bnn, data):

@@ -206,6 +206,7 @@ def _tiny_cfg() -> SweepConfig:
     return cfg
 
 
+@pytest.mark.slow  # a whole pre-registered sweep, end to end
 def test_preregistered_sweep_end_to_end_and_the_gate(tmp_path) -> None:
     cfg = _tiny_cfg()
     res = run_sweep(cfg, tmp_path / "a")

@@ -81,6 +81,7 @@ def test_bad_sweep_settings_raise(key, value, match) -> None:
         resolve_sweep(cfg)
 
 
+@pytest.mark.slow  # a whole sweep, interrupted and resumed
 def test_sweep_runs_every_cell_resumes_and_writes_the_page(tmp_path) -> None:
     out = tmp_path / "sweep"
     logs: list[str] = []
@@ -214,6 +215,7 @@ def test_aggregate_means_and_stds_over_seeds_and_the_verdicts() -> None:
     assert "did not pick better channels than chance:** at -30% BOPs" in text
 
 
+@pytest.mark.slow  # a whole sweep in two worker processes
 def test_cli_sweep_in_two_processes_and_bad_flags(tmp_path, capsys) -> None:
     out = tmp_path / "s"
     args = ["sweep", "--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64",

@@ -75,6 +75,7 @@ def test_export_c_bad_inputs(pts, tmp_path, capsys):
     assert not (tmp_path / "o").exists() and not (tmp_path / "m.bnn").exists()
 
 
+@pytest.mark.slow  # under qemu-system-arm (scripts/setup.sh --devices)
 def test_export_c_target_prints_instructions(pts, tmp_path, capsys):
     """--target cortex-m4: the board example is written and the table gains code bytes and
     instructions per inference (counted under qemu), pruned vs unpruned."""

@@ -38,6 +38,7 @@ def _check(budget: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, timeout=900)
 
 
+@pytest.mark.slow  # under valgrind (scripts/setup.sh --devices)
 def test_small_within_instruction_budget():
     _need_valgrind()
     r = _check(BUDGET)
@@ -50,6 +51,7 @@ def test_small_within_instruction_budget():
     assert got["pruned"] < got["unpruned"]  # the C gains from pruning
 
 
+@pytest.mark.slow
 def test_over_budget_fails(tmp_path):
     _need_valgrind()
     b = json.loads(BUDGET.read_text())

@@ -302,6 +302,7 @@ def test_no_library_calls_in_hot_loops(exports, flags, fma_hw):
     assert ("fmaf" in names) == (not fma_hw), names
 
 
+@pytest.mark.slow  # under qemu-aarch64 (scripts/setup.sh --devices)
 @pytest.mark.parametrize("name", ["edge", "pack", "cat", "act", "small_pruned"])
 def test_aarch64_under_qemu(exports, name):
     cc, qemu = _need(ARM_CC), _need(QEMU)

@@ -28,6 +28,9 @@ from .test_cexport import MODELS, _assert_same, _prepare
 from .test_fashion_mnist import ROOT as FMNIST
 from .test_fashion_mnist import _images
 
+# firmware built and run under qemu-system-arm: the slow tier (scripts/setup.sh --devices)
+pytestmark = pytest.mark.slow
+
 C_DIR = Path(mcu.__file__).parent / "c"
 TARGETS = ("cortex-m4", "cortex-m7", "cortex-m3")
 # together these cover every op kind the C export has (checked below)

@@ -60,6 +60,7 @@ def _wait_for(path, proc, timeout=240.0):
 
 
 
+@pytest.mark.slow  # a training process killed and restarted
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     with open(tmp_path / "first.log", "wb") as log:

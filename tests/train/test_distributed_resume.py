@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from tests.checks import assert_same, load, no_seconds
 
 from bnnprune.lock import LOCK_NAME
@@ -61,6 +62,7 @@ def _kill_all(proc: subprocess.Popen) -> list[int]:
 
 
 
+@pytest.mark.slow  # torchrun processes killed and restarted
 def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     with open(tmp_path / "killed.log", "wb") as log:
