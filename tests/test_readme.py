@@ -57,3 +57,15 @@ def test_docs_index_lists_every_page():
     missing = [p.name for p in sorted((ROOT / "docs").glob("*.md"))
                if p.name != "README.md" and p.name not in linked]
     assert not missing, missing
+
+
+def test_readme_python_example_is_the_package_docstrings():
+    """The README shows the example that tests/test_public_api.py runs (the docstring's)."""
+    import bnnprune
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"BEGIN python-example.*?```python\n(.*?)```", readme, re.S)
+    assert block, "README.md has no python-example block"
+    doc = "\n".join(line[4:] for line in bnnprune.__doc__.splitlines() if line.startswith("    "))
+    code = [line for line in block.group(1).splitlines() if line.strip()]
+    assert code == doc.splitlines()  # the docstring's blank lines carry no indent: compared without
