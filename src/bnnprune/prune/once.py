@@ -48,12 +48,15 @@ def prune_once(
     options: PlanOptions = DEFAULTS,
     target_latency: float | None = None,
     latency_model: Any = None,
+    budget: Any = None,
+    footprint_model: Any = None,
     seed: int = 0,
     data: Any = None,
     from_scratch: bool = False,
 ) -> Pruned:
     """Plan ``model`` with ``method``'s policy (to a BOPs reduction ``target``, to
-    ``target_latency`` on ``latency_model``, or at the policy's own reduction) and cut it
+    ``target_latency`` on ``latency_model``, within a device ``budget`` on
+    ``footprint_model``, or at the policy's own reduction) and cut it
     with its criterion: a copy, ``model`` is left as it is.
 
     ``seed`` seeds the ``random`` criterion and, with ``from_scratch``, the fresh weights
@@ -63,7 +66,8 @@ def prune_once(
     kwargs = {"seed": seed} if method.criterion == "random" else {}
     criterion = with_gradient_data(method.criterion, data, **kwargs)
     plan = method.policy.plan(model, input_shape, sensitivity, target, options=options,
-                              target_latency=target_latency, latency_model=latency_model)
+                              target_latency=target_latency, latency_model=latency_model,
+                              budget=budget, footprint_model=footprint_model)
     pruned = apply_plan(model, plan, criterion, sensitivity).model
     if from_scratch:
         seed_everything(seed)

@@ -1,0 +1,104 @@
+"""The planner's view of a device budget: channel counts per group -> the C export's bytes.
+
+A budget caps the flash (the export's const data, ``MODEL_FLASH_BYTES``) or the RAM (its
+scratch arena, ``MODEL_SCRATCH_BYTES``) of the pruned model's C export. The bytes at any
+channel counts come from the export itself (:func:`~bnnprune.deploy.cexport.c_footprint` of
+the program at those counts, :func:`~bnnprune.engine.latency.program_at`), so they are exact
+for the layout the export will write: no second formula. A plan keeps the most channels
+whose bytes fit; a budget below what the policy can reach is refused with that value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from bnnprune.deploy.cexport import Footprint, c_footprint
+from bnnprune.engine.latency import program_at
+from bnnprune.prune.graph import InputShape, PruningSpace, analyze
+from bnnprune.prune.latency import Expr, _compile, _count, _expressions
+
+__all__ = ["BUDGET_KINDS", "Budget", "FootprintModel", "check_budget", "footprint_model"]
+
+# budget kind -> (Footprint field, what it counts)
+BUDGET_KINDS = {"flash": ("flash_bytes", "const data"), "ram": ("ram_bytes", "scratch arena")}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``limit`` bytes of the C export's ``kind`` ("flash" or "ram")."""
+
+    kind: str
+    limit: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ValueError(f"unknown budget {self.kind!r}; choose from {', '.join(BUDGET_KINDS)}")
+        check_budget(self.limit, self.kind)
+
+    @property
+    def what(self) -> str:
+        """What the budget counts, in words."""
+        return BUDGET_KINDS[self.kind][1]
+
+    def of(self, fp: Footprint) -> int:
+        """The budgeted bytes of a footprint."""
+        return int(getattr(fp, BUDGET_KINDS[self.kind][0]))
+
+
+def check_budget(value: Any, kind: str = "flash") -> int:
+    """A byte budget as a whole number >= 1 (also from command-line text), else ValueError."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not float(value).is_integer() or value < 1):
+        raise ValueError(f"{kind} budget must be a whole number of bytes >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class FootprintModel:
+    """The C export's footprint of a model as a function of the channels kept per group."""
+
+    space: PruningSpace
+    program: Any  # the unpruned engine program
+    value_expr: list[Expr]  # per program value: its channels
+    _memo: dict[tuple[int, ...], Footprint] = field(default_factory=dict, repr=False)
+
+    @property
+    def full(self) -> list[int]:
+        return [g.channels for g in self.space.groups]
+
+    def footprint(self, keep: Sequence[int]) -> Footprint:
+        """Flash and RAM bytes of the export at ``keep`` channels per group."""
+        key = tuple(int(k) for k in keep)
+        if key not in self._memo:
+            removed = [g.channels - k for g, k in zip(self.space.groups, key, strict=True)]
+            counts = [_count(e, removed) for e in self.value_expr]
+            self._memo[key] = c_footprint(program_at(self.program, counts))
+        return self._memo[key]
+
+    def report(self, keep: Sequence[int], budget: Budget) -> dict[str, Any]:
+        """The ``budget`` entry of a plan."""
+        before, after = self.footprint(self.full), self.footprint(keep)
+        return {"kind": budget.kind, "limit": budget.limit, "before": before.to_dict(),
+                "after": after.to_dict(), "bytes": budget.of(after),
+                "ratio": budget.of(after) / max(budget.of(before), 1)}
+
+
+def footprint_model(model: nn.Module, input_shape: InputShape, *,
+                    keep_fp: bool = False) -> FootprintModel:
+    """The footprint model of ``model`` on the groups of
+    :func:`~bnnprune.prune.graph.analyze` (raises EngineError when the C export cannot
+    express the model)."""
+    space = analyze(model, input_shape, keep_fp=keep_fp)
+    program = _compile(model, input_shape)
+    c_footprint(program)  # an op the C export cannot express fails here, before any search
+    _, outs = _expressions(space, program)
+    value_expr: list[Expr] = [(program.values[0].c, ())] * len(program.values)
+    for op, e in zip(program.ops, outs, strict=True):
+        value_expr[op.output] = e
+    return FootprintModel(space, program, value_expr)
