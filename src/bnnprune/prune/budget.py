@@ -29,24 +29,41 @@ BUDGET_KINDS = {"flash": ("flash_bytes", "const data"), "ram": ("ram_bytes", "sc
 
 @dataclass(frozen=True)
 class Budget:
-    """At most ``limit`` bytes of the C export's ``kind`` ("flash" or "ram")."""
+    """At most ``flash`` bytes of const data and ``ram`` bytes of scratch arena in the C
+    export (None: that one is free; at least one is given)."""
 
-    kind: str
-    limit: int
+    flash: int | None = None
+    ram: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise ValueError(f"unknown budget {self.kind!r}; choose from {', '.join(BUDGET_KINDS)}")
-        check_budget(self.limit, self.kind)
+        if self.flash is None and self.ram is None:
+            raise ValueError("a device budget needs a flash or a RAM budget in bytes")
+        for kind in BUDGET_KINDS:
+            if getattr(self, kind) is not None:
+                object.__setattr__(self, kind, check_budget(getattr(self, kind), kind))
 
     @property
-    def what(self) -> str:
-        """What the budget counts, in words."""
-        return BUDGET_KINDS[self.kind][1]
+    def limits(self) -> dict[str, int]:
+        """Budget kind -> bytes, for the kinds given."""
+        return {k: v for k in BUDGET_KINDS if (v := getattr(self, k)) is not None}
 
-    def of(self, fp: Footprint) -> int:
-        """The budgeted bytes of a footprint."""
-        return int(getattr(fp, BUDGET_KINDS[self.kind][0]))
+    def used(self, fp: Footprint) -> dict[str, int]:
+        """Budgeted bytes of a footprint, per kind given."""
+        return {k: int(getattr(fp, BUDGET_KINDS[k][0])) for k in self.limits}
+
+    def load(self, fp: Footprint) -> float:
+        """The largest share of a budget the footprint takes (<= 1: it fits)."""
+        used = self.used(fp)
+        return max(used[k] / lim for k, lim in self.limits.items())
+
+    def refusal(self, policy: str, least: Footprint, unpruned: Footprint) -> str:
+        """Why the policy's deepest cut ``least`` misses the budget, with the smallest
+        reachable bytes of each budget it misses."""
+        used, full = self.used(least), self.used(unpruned)
+        return "; ".join(
+            f"{k} budget {lim:,} B cannot be met: the {policy} policy reaches at least "
+            f"{used[k]:,} B of {BUDGET_KINDS[k][1]} (unpruned {full[k]:,} B)"
+            for k, lim in self.limits.items() if used[k] > lim)
 
 
 def check_budget(value: Any, kind: str = "flash") -> int:
@@ -84,9 +101,8 @@ class FootprintModel:
     def report(self, keep: Sequence[int], budget: Budget) -> dict[str, Any]:
         """The ``budget`` entry of a plan."""
         before, after = self.footprint(self.full), self.footprint(keep)
-        return {"kind": budget.kind, "limit": budget.limit, "before": before.to_dict(),
-                "after": after.to_dict(), "bytes": budget.of(after),
-                "ratio": budget.of(after) / max(budget.of(before), 1)}
+        return {"limits": budget.limits, "before": before.to_dict(), "after": after.to_dict(),
+                "fits": budget.load(after) <= 1.0}
 
 
 def footprint_model(model: nn.Module, input_shape: InputShape, *,

@@ -99,7 +99,7 @@ class ChannelPlan:
         target: the predicted ratio is at most the target plus the tolerance; a device
         budget: the bytes fit it)."""
         if self.budget is not None:
-            return self.budget["bytes"] <= self.budget["limit"]
+            return bool(self.budget["fits"])
         if self.latency is not None and self.latency.get("target") is not None:
             return self.latency["ratio"] <= self.latency["target"] + self.tolerance + 1e-12
         return self.target is None or abs(self.reduction - self.target) <= self.tolerance + 1e-12
@@ -292,8 +292,9 @@ class _Planner:
         the tolerance, a greedy touch-up moves one or two groups a step at a time.
 
         ``cost`` is the quantity whose reduction ``target`` is, as a fraction of the unpruned
-        model's (default: BOPs); with ``cap`` (a budget), a plan whose cost is above
-        ``1 - target`` is never chosen, and of the others the one closest to it is."""
+        model's (default: BOPs); with ``cap`` (a budget: ``cost`` its largest share taken,
+        ``target`` 0), a plan whose cost is above ``1 - target`` is never chosen, and of the
+        others the one closest to it is."""
         if cost is None:
             def cost(keep: list[int]) -> float:
                 return self.space.bops_for(keep) / self.space.bops
@@ -557,22 +558,18 @@ class Policy:
                              "setting")
         alloc = self._allocation(pl, sensitivity)
         keep, scale = pl.quantize(pl.active_channels()), 0.0
-        unpruned = budget.of(fm.footprint(fm.full))
-        if budget.of(fm.footprint(keep)) > budget.limit:
+        if budget.load(fm.footprint(keep)) > 1.0:
             deepest = keep if alloc is None else pl.quantize(alloc.raws_at(alloc.hi))
-            least = budget.of(fm.footprint(deepest))
-            if least > budget.limit:
-                raise ValueError(
-                    f"{budget.kind} budget {budget.limit:,} B cannot be met: the {self.name} "
-                    f"policy reaches at least {least:,} B of {budget.what} (unpruned "
-                    f"{unpruned:,} B)")
+            if budget.load(fm.footprint(deepest)) > 1.0:
+                raise ValueError(budget.refusal(self.name, fm.footprint(deepest),
+                                                fm.footprint(fm.full)))
             assert alloc is not None
 
             def cost(counts: list[int]) -> float:
-                return budget.of(fm.footprint(counts)) / unpruned
+                return budget.load(fm.footprint(counts))
 
-            keep, scale = pl.search(alloc.raws_at, alloc.hi, 1.0 - budget.limit / unpruned,
-                                    alloc.movable, cost=cost, cap=True)
+            keep, scale = pl.search(alloc.raws_at, alloc.hi, 0.0, alloc.movable, cost=cost,
+                                    cap=True)
         return pl.plan(self.name, keep, scale=scale, budget=fm.report(keep, budget))
 
     def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
