@@ -16,12 +16,13 @@ from typing import Any
 
 from torch import nn
 
-from bnnprune.deploy.cexport import Footprint, c_footprint
+from bnnprune.deploy.cexport import Footprint, c_footprint, format_footprint
 from bnnprune.engine.latency import program_at
 from bnnprune.prune.graph import InputShape, PruningSpace, analyze
 from bnnprune.prune.latency import Expr, _compile, _count, _expressions
 
-__all__ = ["BUDGET_KINDS", "Budget", "FootprintModel", "check_budget", "footprint_model"]
+__all__ = ["BUDGET_KINDS", "Budget", "FootprintModel", "check_budget", "footprint_model",
+           "format_budget"]
 
 # budget kind -> (Footprint field, what it counts)
 BUDGET_KINDS = {"flash": ("flash_bytes", "const data"), "ram": ("ram_bytes", "scratch arena")}
@@ -118,3 +119,12 @@ def footprint_model(model: nn.Module, input_shape: InputShape, *,
     for op, e in zip(program.ops, outs, strict=True):
         value_expr[op.output] = e
     return FootprintModel(space, program, value_expr)
+
+
+def format_budget(budget_entry: dict[str, Any]) -> list[str]:
+    """A plan's ``budget`` entry as the C export's footprint table, unpruned vs pruned
+    (:func:`~bnnprune.deploy.cexport.format_footprint`), and the limits it fits."""
+    before, after = (Footprint(**budget_entry[k]) for k in ("before", "after"))
+    limits = ", ".join(f"{k} <= {v:,} B" for k, v in budget_entry["limits"].items())
+    verdict = "fits" if budget_entry["fits"] else "does not fit"
+    return [*format_footprint(after, before), f"device budget {limits}: the plan {verdict}"]
