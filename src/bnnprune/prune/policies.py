@@ -8,9 +8,9 @@
   the ``target`` allocation (or the ``uniform`` one) scaled until the engine's predicted
   latency is that fraction of the unpruned, on the counts the latency table allows.
 - a device budget (``budget``, with a :class:`~bnnprune.prune.budget.FootprintModel`): the
-  same allocations scaled until the C export's flash or RAM bytes fit the budget, keeping
-  the most channels that fit; a budget the policy cannot reach is refused with its smallest
-  reachable value.
+  same allocations scaled until the C export's flash or RAM bytes fit the budget, as close
+  below it as the search gets and never above; a budget the policy cannot reach is refused
+  with its smallest reachable value.
 
 Counts are rounded to the nearest allowed value: a multiple of ``round_to`` (in groups with
 at least ``round_to`` channels) or the unchanged count; with ``round_to="auto"``, a count at
@@ -544,9 +544,9 @@ class Policy:
     def _plan_budget(self, model: nn.Module, input_shape: InputShape,
                      sensitivity: Sensitivity | None, budget: Any, fm: Any,
                      options: PlanOptions) -> ChannelPlan:
-        """The policy's allocation scaled until the C export's bytes fit ``budget``: the
-        most channels that fit (never more bytes); ValueError naming the smallest reachable
-        bytes when even the policy's deepest cut does not fit."""
+        """The policy's allocation scaled until the C export's bytes fit ``budget``: as
+        close below it as the search gets, never above; ValueError naming the smallest
+        reachable bytes when even the policy's deepest cut does not fit."""
         if "budget" not in self.targets:
             raise ValueError(
                 f"a device budget needs the {taking('budget')} policy, not {self.name!r}")
