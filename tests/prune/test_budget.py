@@ -157,3 +157,26 @@ def test_cli_prunes_to_a_flash_budget(checkpoint, small, tmp_path, capsys) -> No
     pruned, ckpt = load_model(out / "model.pt")
     assert ckpt["meta"]["plan"]["budget"]["after"]["flash_bytes"] <= limit
     assert c_footprint(compile_model(pruned.eval(), SHAPE)).flash_bytes <= limit
+
+
+def test_prune_once_checks_the_pruned_export_against_the_budget(small, monkeypatch) -> None:
+    """A footprint model that under-counts is caught on the pruned model, not shipped."""
+    from bnnprune.deploy.cexport import Footprint
+    from bnnprune.prune import prune_once
+    from bnnprune.prune.methods import Method
+
+    model, fm = small
+    limit = fm.footprint(fm.full).flash_bytes // 2
+    plan, pruned = prune_once(model, Method("uniform", "magnitude"), SHAPE,
+                              budget=Budget(flash=limit), footprint_model=fm)
+    assert plan.budget["after"]["flash_bytes"] <= limit
+    real = fm.footprint
+
+    def halved(keep):
+        fp = real(keep)
+        return Footprint(fp.flash_bytes // 2, fp.ram_bytes, fp.input_bytes, fp.output_bytes)
+
+    monkeypatch.setattr(fm, "footprint", halved)
+    with pytest.raises(RuntimeError, match=r"flash [\d,]+ B > [\d,]+ B\): the footprint model"):
+        prune_once(model, Method("uniform", "magnitude"), SHAPE,
+                   budget=Budget(flash=limit), footprint_model=fm)

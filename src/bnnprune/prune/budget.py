@@ -21,8 +21,8 @@ from bnnprune.engine.latency import program_at
 from bnnprune.prune.graph import InputShape, PruningSpace, analyze
 from bnnprune.prune.latency import Expr, _compile, _count, _expressions
 
-__all__ = ["BUDGET_KINDS", "Budget", "FootprintModel", "check_budget", "footprint_model",
-           "format_budget"]
+__all__ = ["BUDGET_KINDS", "Budget", "FootprintModel", "check_budget", "check_fit",
+           "footprint_model", "format_budget"]
 
 # budget kind -> (Footprint field, what it counts)
 BUDGET_KINDS = {"flash": ("flash_bytes", "const data"), "ram": ("ram_bytes", "scratch arena")}
@@ -128,3 +128,17 @@ def format_budget(budget_entry: dict[str, Any]) -> list[str]:
     limits = ", ".join(f"{k} <= {v:,} B" for k, v in budget_entry["limits"].items())
     verdict = "fits" if budget_entry["fits"] else "does not fit"
     return [*format_footprint(after, before), f"device budget {limits}: the plan {verdict}"]
+
+
+def check_fit(pruned: nn.Module, input_shape: InputShape, budget: Budget) -> Footprint:
+    """The C export's footprint of the ``pruned`` model, checked against ``budget`` as
+    surgery checks BOPs: a plan that fits but a model that does not is a bug of the
+    footprint model (RuntimeError), never a silent overrun."""
+    fp = c_footprint(_compile(pruned, input_shape))
+    if budget.load(fp) > 1.0:
+        used = budget.used(fp)
+        raise RuntimeError(
+            "the pruned model's C export does not fit its plan's device budget ("
+            + ", ".join(f"{k} {used[k]:,} B > {lim:,} B" for k, lim in budget.limits.items()
+                        if used[k] > lim) + "): the footprint model is wrong")
+    return fp

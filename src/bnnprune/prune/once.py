@@ -69,6 +69,10 @@ def prune_once(
                               target_latency=target_latency, latency_model=latency_model,
                               budget=budget, footprint_model=footprint_model)
     pruned = apply_plan(model, plan, criterion, sensitivity).model
+    if budget is not None:  # the export's bytes, as surgery checks the BOPs
+        from bnnprune.prune.budget import check_fit
+
+        check_fit(pruned, input_shape, budget)
     if from_scratch:
         seed_everything(seed)
         reinit(pruned)
