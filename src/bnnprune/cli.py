@@ -306,6 +306,10 @@ def _print_plan(plan: Any) -> None:
         print(f"predicted engine latency (batch {lat['batch']}, {lat['threads']} thread(s)) "
               f"{lat['predicted_before_s'] * 1e3:.3f} ms -> {lat['predicted_after_s'] * 1e3:.3f}"
               f" ms = {lat['ratio']:.3f} of the unpruned")
+    if plan.budget is not None:
+        from bnnprune.prune.budget import format_budget
+
+        print("\n".join(format_budget(plan.budget)))
     for note in plan.notes():
         print(f"note: {note}")
 
@@ -318,20 +322,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from bnnprune.prune.resolve import default_criterion, default_policy
     from bnnprune.train import fine_tune_config
 
+    budget = _device_budget(args)
+    goals = [flag for flag, v in (("--target-bops", args.target_bops),
+                                  ("--target-latency", args.target_latency),
+                                  ("--flash-budget/--ram-budget", budget)) if v is not None]
+    if len(goals) > 1:
+        raise CliError(f"give one of {', '.join(goals)}, not {len(goals)}")
     model, ckpt = load_model(args.checkpoint)
     info = ckpt.get("dataset") or {}
     shape = tuple(info.get("input_shape", ()))
     if len(shape) != 3:
         raise CliError(f"{args.checkpoint} does not record its input shape")
-    if args.target_latency is not None and args.target_bops is not None:
-        raise CliError("give --target-bops or --target-latency, not both")
     if min(args.latency_batch, args.latency_threads) < 1:
         raise CliError("--latency-batch and --latency-threads must be >= 1")
-    targeted = args.target_bops is not None or args.target_latency is not None
-    policy = default_policy(targeted) if args.policy is None else args.policy
+    policy = default_policy(bool(goals)) if args.policy is None else args.policy
     criterion = default_criterion(policy) if args.criterion is None else args.criterion
     if args.target_latency is not None and "latency" not in get_policy(policy).targets:
         raise CliError(f"--target-latency needs --policy {taking('latency')}")
+    if budget is not None and "budget" not in get_policy(policy).targets:
+        raise CliError(f"--flash-budget/--ram-budget need --policy {taking('budget')}")
     method = Method(policy, criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
     # e.g. tp:taylor: gradients on a few training batches
@@ -341,7 +350,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                           keep_fp=args.keep_fp)
     plan, pruned = prune_trained(
         model, ckpt.get("flips"), method, shape, target=args.target_bops,
-        target_latency=args.target_latency, options=options, threshold=args.threshold,
+        target_latency=args.target_latency, budget=budget, options=options,
+        threshold=args.threshold,
         latency_batch=args.latency_batch, latency_threads=args.latency_threads,
         seed=args.seed, data=data, progress=lambda s: _say(s, flush=True))
     _print_plan(plan)
@@ -627,6 +637,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_bytes(text: str) -> int:
+    """--flash-budget / --ram-budget: a whole number of bytes >= 1, else a usage error."""
+    from bnnprune.prune.budget import check_budget
+
+    try:
+        return check_budget(text, "device")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _device_budget(args: argparse.Namespace) -> Any:
+    """The Budget of --flash-budget / --ram-budget, None without either."""
+    if args.flash_budget is None and args.ram_budget is None:
+        return None
+    from bnnprune.prune.budget import Budget
+
+    return Budget(flash=args.flash_budget, ram=args.ram_budget)
+
+
 def _latency_target(text: str) -> float:
     """--target-latency: a fraction in (0, 1), else a one-line usage error."""
     from bnnprune.prune.latency import check_latency_target
@@ -761,13 +790,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr = _command(sub, "prune", cmd_prune, "prune a trained model with its recorded flip data",
                   "bnnprune prune runs/a/model.pt --policy paper -o runs/a-pruned",
                   "bnnprune prune runs/a/model.pt --target-bops 0.4 --round-to 32 -o runs/b",
-                  "bnnprune prune runs/a/model.pt --target-bops 0.5 --retrain-epochs 2 -o runs/c")
+                  "bnnprune prune runs/a/model.pt --target-bops 0.5 --retrain-epochs 2 -o runs/c",
+                  "bnnprune prune runs/a/model.pt --policy uniform --flash-budget 40000 -o runs/d")
     pr.add_argument("checkpoint")
     pr.add_argument("-o", "--output", required=True)
     pr.add_argument("--policy", choices=list(POLICIES), default=None)
     pr.add_argument("--target-bops", type=float, help="BOPs reduction in (0, 1)")
     pr.add_argument("--target-latency", type=_latency_target,
                     help="fraction of the unpruned engine latency to reach, in (0, 1)")
+    pr.add_argument("--flash-budget", type=_budget_bytes, metavar="BYTES",
+                    help="prune until the C export's const data (MODEL_FLASH_BYTES) fits")
+    pr.add_argument("--ram-budget", type=_budget_bytes, metavar="BYTES",
+                    help="prune until the C export's scratch arena (MODEL_SCRATCH_BYTES) fits")
     pr.add_argument("--latency-batch", type=int, default=PruneConfig.latency_batch,
                     help="batch size the latency target is measured at")
     pr.add_argument("--latency-threads", type=int, default=PruneConfig.latency_threads,

@@ -9,6 +9,7 @@ target) firmware is built once per module; about 100 s on a shared 2-core machin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,8 +22,11 @@ import numpy as np
 import pytest
 
 from bnnprune.deploy import mcu
-from bnnprune.deploy.cexport import C_OP_KINDS, export_c
+from bnnprune.deploy.cexport import C_OP_KINDS, c_footprint, export_c
 from bnnprune.engine import EngineError, Program, compile_model
+from bnnprune.prune import apply_plan, plan_manual, prune_once
+from bnnprune.prune.budget import Budget, footprint_model
+from bnnprune.prune.methods import Method
 
 from .test_cexport import MODELS, _assert_same, _prepare
 from .test_fashion_mnist import ROOT as FMNIST
@@ -50,8 +54,8 @@ def _need_tools() -> None:
 @functools.cache
 def _program(name: str) -> Program:
     """The compiled test model ``name`` (compiled once per session)."""
-    factory, shape, seed = MODELS[name]
-    return compile_model(_prepare(factory, seed), shape)
+    model, shape = _model(name)
+    return compile_model(model, shape)
 
 
 class Firmware:
@@ -326,3 +330,64 @@ def test_instruction_budget(firmwares, plugin, target, name):
     _assert_same(run.logits, fw.program(x, threads=1))
     mean = sum(run.insns) / len(run.insns)
     assert mean <= BUDGET[target][name], f"{mean:,.0f} instructions per inference"
+
+
+@functools.cache
+def _model(name: str):
+    factory, shape, seed = MODELS[name]
+    return _prepare(factory, seed), shape
+
+
+@pytest.mark.parametrize("name", ["edge", "pack", "residual", "cat", "small"])
+def test_budget_bytes_are_the_export_of_the_pruned_model(name):
+    """The planner's footprint at other channel counts is that of the pruned model's export
+    (no second formula: it is c_footprint of the program at those counts); the models the
+    channel surgery can trace (ActNet's activations it cannot). One exception, an upper
+    bound: a float conv whose epilogue cannot fold into thresholds (a zero BatchNorm scale)
+    may fold once the channel is pruned, saving bytes the planner did not count."""
+    model, shape = _model(name)
+    fm = footprint_model(model, shape)
+    assert fm.footprint(fm.full) == c_footprint(_program(name))
+
+    def folds(p: Program) -> list[bool]:
+        return [p.prepared(i).thresholds for i, op in enumerate(p.ops)
+                if op.kind == "fconv" and p.values[op.output].kind == "bits"]
+
+    for share in (0.3, 0.7):
+        keep = {b: max(1, int(c * share)) for b, c in
+                plan_manual(model, shape, {}).channels.items()}
+        plan = plan_manual(model, shape, keep)
+        program = compile_model(apply_plan(model, plan, "magnitude").model.eval(), shape)
+        predicted = fm.footprint([plan.keep[g.planned[0]] for g in fm.space.groups])
+        real = c_footprint(program)
+        if folds(program) == folds(_program(name)):
+            assert predicted == real, share
+        else:
+            assert predicted.flash_bytes > real.flash_bytes, share
+            assert dataclasses.replace(predicted, flash_bytes=0) == dataclasses.replace(
+                real, flash_bytes=0)
+
+
+def test_pruned_to_half_the_flash_fits_and_runs_exact(tmp_path):
+    """Pruned to a flash budget of 50% of the unpruned const data, the export's flash (and
+    the const section the compiler emits) is within the budget and the M4 build is exact."""
+    _need_tools()
+    model, shape = _model("small")
+    fm = footprint_model(model, shape)
+    budget = Budget(flash=fm.footprint(fm.full).flash_bytes // 2)
+    plan, pruned = prune_once(model, Method("uniform", "magnitude"), shape, budget=budget,
+                              footprint_model=fm)
+    program = compile_model(pruned.eval(), shape)
+    fp = export_c(program, tmp_path)
+    assert fp.flash_bytes <= budget.flash and fp.to_dict() == plan.budget["after"]
+    target = mcu.get_target("cortex-m4")
+    elf, _ = mcu.build_firmware(tmp_path, target)
+    obj = tmp_path / "model_section.o"
+    subprocess.run([mcu.CC, *target.cflags, '-DMODEL_WEIGHTS_SECTION=".bnn_weights"', "-c",
+                    "model.c", "-o", str(obj)], cwd=tmp_path, check=True)
+    out = subprocess.run([mcu.SIZE, "-A", str(obj)], capture_output=True, text=True).stdout
+    assert int(re.search(r"^\.bnn_weights\s+(\d+)", out, re.M).group(1)) <= budget.flash
+    x = np.random.default_rng(3).standard_normal((6, *shape)).astype(np.float32)
+    ref = program(x, threads=1)
+    assert len(np.unique(ref, axis=0)) > 1
+    _assert_same(mcu.run_firmware(elf, target, x).logits, ref)

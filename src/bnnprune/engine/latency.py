@@ -22,6 +22,7 @@ changed invalidate it. An unreadable or corrupt file is rebuilt, never an error.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ from bnnprune.engine.timing import MIN_WINDOW_S, best_time, step_samples
 from bnnprune.machine import machine_info
 
 __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build_cost_model",
-           "cache_path", "machine_key", "op_channels"]
+           "cache_path", "machine_key", "op_channels", "program_at"]
 
 CACHE_VERSION = 2  # 2: ops timed as chained calls (kernels.chain), not a Python call per kernel
 CONV_KINDS = ("bconv", "fconv")
@@ -201,6 +202,29 @@ def _one_op_program(program: Program, idx: int, cin: int, cout: int,
             {"w": np.zeros((1, v.h, v.w * kw), np.uint64),
              **{k: np.ones(1, np.float32) for k in ("m1", "a1", "m2", "a2")}})
     return Program((cin, x.h, x.w), values, ops, len(values) - 1), target
+
+
+def program_at(program: Program, channels: Sequence[int]) -> Program:
+    """``program``'s ops at other channel counts (``channels``: one per value), with random
+    contents: what depends only on shapes (array sizes, buffers, kernel choices) is that of
+    the channel-pruned program. A full-precision conv that cannot fold its epilogue into
+    thresholds keeps it unfolded (random parameters would fold), so its bytes are not
+    under-counted."""
+    rng = np.random.default_rng(0)
+    values = [dataclasses.replace(v, c=int(c)) for v, c in zip(program.values, channels,
+                                                                strict=True)]
+    ops = []
+    for idx, op in enumerate(program.ops):
+        cin, cout = values[op.inputs[0]].c, values[op.output].c
+        attrs = dict(op.attrs)
+        if op.kind in CONV_KINDS:
+            attrs.update(cin=cin, cout=cout)
+        arrays = _random_arrays(op, cin, cout, rng)
+        if (op.kind == "fconv" and values[op.output].kind == "bits"
+                and not program.prepared(idx).thresholds):
+            arrays["alpha"] = np.zeros(cout, np.float32)
+        ops.append(dataclasses.replace(op, attrs=attrs, arrays=arrays))
+    return Program(program.input_shape, values, ops, program.output, program.meta)
 
 
 def time_op(program: Program, idx: int, cin: int, cout: int, batch: int, threads: int,

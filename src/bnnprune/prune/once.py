@@ -51,12 +51,15 @@ def prune_once(
     options: PlanOptions = DEFAULTS,
     target_latency: float | None = None,
     latency_model: Any = None,
+    budget: Any = None,
+    footprint_model: Any = None,
     seed: int = 0,
     data: Any = None,
     from_scratch: bool = False,
 ) -> Pruned:
     """Plan ``model`` with ``method``'s policy (to a BOPs reduction ``target``, to
-    ``target_latency`` on ``latency_model``, or at the policy's own reduction) and cut it
+    ``target_latency`` on ``latency_model``, within a device ``budget`` on
+    ``footprint_model``, or at the policy's own reduction) and cut it
     with its criterion: a copy, ``model`` is left as it is.
 
     ``seed`` seeds the ``random`` criterion and, with ``from_scratch``, the fresh weights
@@ -66,8 +69,13 @@ def prune_once(
     kwargs = {"seed": seed} if method.criterion == "random" else {}
     criterion = with_gradient_data(method.criterion, data, **kwargs)
     plan = method.policy.plan(model, input_shape, sensitivity, target, options=options,
-                              target_latency=target_latency, latency_model=latency_model)
+                              target_latency=target_latency, latency_model=latency_model,
+                              budget=budget, footprint_model=footprint_model)
     pruned = apply_plan(model, plan, criterion, sensitivity).model
+    if budget is not None:  # the export's bytes, as surgery checks the BOPs
+        from bnnprune.prune.budget import check_fit
+
+        check_fit(pruned, input_shape, budget)
     if from_scratch:
         seed_everything(seed)
         reinit(pruned)
@@ -82,6 +90,7 @@ def prune_trained(
     *,
     target: float | None = None,
     target_latency: float | None = None,
+    budget: Any = None,
     options: PlanOptions = DEFAULTS,
     threshold: int = DEFAULT_THRESHOLD,
     latency_batch: int = PruneConfig.latency_batch,
@@ -92,8 +101,9 @@ def prune_trained(
 ) -> Pruned:
     """:func:`prune_once` on a trained model as ``bnnprune prune`` takes it: its flip data
     (a FlipTracker or its state; read only when ``method`` needs flips) becomes the sensitivity at
-    ``threshold``, and a ``target_latency`` gets the engine's latency tables at
-    ``latency_batch`` images and ``latency_threads`` threads (``progress`` hears of them)."""
+    ``threshold``, a ``target_latency`` gets the engine's latency tables at
+    ``latency_batch`` images and ``latency_threads`` threads (``progress`` hears of them), and
+    a device ``budget`` (:class:`~bnnprune.prune.budget.Budget`) the C export's footprint."""
     sens = None
     if method.needs_flips:
         sens = compute_sensitivity({} if flips is None else flips, model, threshold=threshold)
@@ -103,6 +113,11 @@ def prune_trained(
 
         lm = latency_model(model, input_shape, batch=latency_batch, threads=latency_threads,
                            keep_fp=options.keep_fp, progress=progress)
+    fm = None
+    if budget is not None:
+        from bnnprune.prune.budget import footprint_model  # the C export: only when asked
+
+        fm = footprint_model(model, input_shape, keep_fp=options.keep_fp)
     return prune_once(model, method, input_shape, sensitivity=sens, target=target,
                       options=options, target_latency=target_latency, latency_model=lm,
-                      seed=seed, data=data)
+                      budget=budget, footprint_model=fm, seed=seed, data=data)

@@ -7,6 +7,10 @@
 - a latency target (``target_latency``, with a :class:`~bnnprune.prune.latency.LatencyModel`):
   the ``target`` allocation (or the ``uniform`` one) scaled until the engine's predicted
   latency is that fraction of the unpruned, on the counts the latency table allows.
+- a device budget (``budget``, with a :class:`~bnnprune.prune.budget.FootprintModel`): the
+  same allocations scaled until the C export's flash or RAM bytes fit the budget, as close
+  below it as the search gets and never above; a budget the policy cannot reach is refused
+  with its smallest reachable value.
 
 Counts are rounded to the nearest allowed value: a multiple of ``round_to`` (in groups with
 at least ``round_to`` channels) or the unchanged count; with ``round_to="auto"``, a count at
@@ -74,6 +78,7 @@ class ChannelPlan:
     float_macs_before: int = 0
     float_macs_after: int = 0  # exact prediction; surgery verifies it
     latency: dict[str, Any] | None = None  # predicted engine latency (latency targets)
+    budget: dict[str, Any] | None = None  # the C export's bytes (device budgets)
     clamped: dict[str, int] = field(default_factory=dict)  # group -> count asked for (< min)
     excluded: tuple[str, ...] = ()  # groups left unchanged on request
     target: float | None = None
@@ -91,7 +96,10 @@ class ChannelPlan:
     @property
     def reached(self) -> bool:
         """True if there is no target or the reduction is within tolerance of it (a latency
-        target: the predicted ratio is at most the target plus the tolerance)."""
+        target: the predicted ratio is at most the target plus the tolerance; a device
+        budget: the bytes fit it)."""
+        if self.budget is not None:
+            return bool(self.budget["fits"])
         if self.latency is not None and self.latency.get("target") is not None:
             return self.latency["ratio"] <= self.latency["target"] + self.tolerance + 1e-12
         return self.target is None or abs(self.reduction - self.target) <= self.tolerance + 1e-12
@@ -110,12 +118,14 @@ class ChannelPlan:
         if self.round_note:
             lines.append(self.round_note)
         lat = self.latency
-        if lat is not None and lat.get("target") is not None and not self.reached:
+        if self.budget is not None or self.reached:  # an unmet budget is refused, never planned
+            return lines
+        if lat is not None and lat.get("target") is not None:
             lines.append(
                 f"target latency {lat['target']:.2f} of the unpruned not reached: the "
                 f"{self.policy} policy came closest at {lat['ratio']:.3f} (predicted)"
             )
-        elif not self.reached:
+        else:
             lines.append(
                 f"target BOPs reduction {self.target:.1%} not reached: the {self.policy} policy "
                 f"with these options came closest at {self.reduction:.1%}"
@@ -138,6 +148,7 @@ class ChannelPlan:
             "float_macs_before": self.float_macs_before,
             "float_macs_after": self.float_macs_after,
             "latency": None if self.latency is None else dict(self.latency),
+            "budget": None if self.budget is None else dict(self.budget),
             "layers": {n: {"before": self.channels[n], "after": self.keep[n]} for n in self.keep},
             "groups": {g.name: list(g.layers) for g in self.groups},
             "fp_producers": {g.name: list(g.consumers) for g in self.groups if g.fp_producer},
@@ -275,20 +286,23 @@ class _Planner:
 
     def search(
         self, raws_at: Callable[[float], list[float]], hi: float, target: float, movable: list[int],
-        cost: Callable[[list[int]], float] | None = None,
+        cost: Callable[[list[int]], float] | None = None, cap: bool = False,
     ) -> tuple[list[int], float]:
         """Bisection on the scale; if rounding leaves the result off target by more than half
         the tolerance, a greedy touch-up moves one or two groups a step at a time.
 
         ``cost`` is the quantity whose reduction ``target`` is, as a fraction of the unpruned
-        model's (default: BOPs)."""
+        model's (default: BOPs); with ``cap`` (a budget: ``cost`` its largest share taken,
+        ``target`` 0), a plan whose cost is above ``1 - target`` is never chosen, and of the
+        others the one closest to it is."""
         if cost is None:
             def cost(keep: list[int]) -> float:
                 return self.space.bops_for(keep) / self.space.bops
         goal = 1.0 - target
 
         def err(keep: list[int]) -> float:
-            return abs(cost(keep) - goal)
+            c = cost(keep)
+            return (goal - c if c <= goal + 1e-12 else math.inf) if cap else abs(c - goal)
 
         lo_s, hi_s = 0.0, hi
         if cost(self.quantize(raws_at(hi))) > goal:
@@ -422,7 +436,8 @@ class Policy:
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()  # "flips": p_l read from flip counts
-    targets: ClassVar[tuple[str, ...]] = ("bops", "latency")  # (): the policy's own reduction
+    # (): the policy's own reduction
+    targets: ClassVar[tuple[str, ...]] = ("bops", "latency", "budget")
     iterates: ClassVar[bool] = False  # prune -> retrain rounds until p_l stops decreasing
 
     @property
@@ -455,10 +470,23 @@ class Policy:
         options: PlanOptions = DEFAULTS,
         target_latency: float | None = None,
         latency_model: Any = None,
+        budget: Any = None,
+        footprint_model: Any = None,
     ) -> ChannelPlan:
         """The plan for ``model``: to a BOPs reduction ``target``, to a predicted latency of
-        ``target_latency`` x the unpruned (with its ``latency_model``), or at the policy's
-        own reduction; ValueError (one line) when the policy cannot take what it is given."""
+        ``target_latency`` x the unpruned (with its ``latency_model``), within a device
+        ``budget`` (a :class:`~bnnprune.prune.budget.Budget`, with its ``footprint_model``),
+        or at the policy's own reduction; ValueError (one line) when the policy cannot take
+        what it is given."""
+        if budget is not None:
+            if target is not None or target_latency is not None:
+                raise ValueError("give a BOPs target, a latency target or a device budget, "
+                                 "not two")
+            if footprint_model is None:
+                raise ValueError("a device budget needs a footprint model "
+                                 "(bnnprune.prune.budget.footprint_model)")
+            return self._plan_budget(model, input_shape, sensitivity, budget, footprint_model,
+                                     options)
         if target_latency is not None:
             if target is not None:
                 raise ValueError("give a BOPs target or a latency target, not both")
@@ -513,6 +541,37 @@ class Policy:
                                     alloc.movable, cost=lm.ratio)
         return pl.plan(self.name, keep, scale=scale, latency=lm.report(keep, target_latency))
 
+    def _plan_budget(self, model: nn.Module, input_shape: InputShape,
+                     sensitivity: Sensitivity | None, budget: Any, fm: Any,
+                     options: PlanOptions) -> ChannelPlan:
+        """The policy's allocation scaled until the C export's bytes fit ``budget``: as
+        close below it as the search gets, never above; ValueError naming the smallest
+        reachable bytes when even the policy's deepest cut does not fit."""
+        if "budget" not in self.targets:
+            raise ValueError(
+                f"a device budget needs the {taking('budget')} policy, not {self.name!r}")
+        self._require_flips(sensitivity)
+        pl = _Planner(model, input_shape, options)
+        if [(g.name, g.channels) for g in fm.space.groups] != [
+                (g.name, g.channels) for g in pl.space.groups]:
+            raise ValueError("the footprint model was built for another model or keep_fp "
+                             "setting")
+        alloc = self._allocation(pl, sensitivity)
+        keep, scale = pl.quantize(pl.active_channels()), 0.0
+        if budget.load(fm.footprint(keep)) > 1.0:
+            deepest = keep if alloc is None else pl.quantize(alloc.raws_at(alloc.hi))
+            if budget.load(fm.footprint(deepest)) > 1.0:
+                raise ValueError(budget.refusal(self.name, fm.footprint(deepest),
+                                                fm.footprint(fm.full)))
+            assert alloc is not None
+
+            def cost(counts: list[int]) -> float:
+                return budget.load(fm.footprint(counts))
+
+            keep, scale = pl.search(alloc.raws_at, alloc.hi, 0.0, alloc.movable, cost=cost,
+                                    cap=True)
+        return pl.plan(self.name, keep, scale=scale, budget=fm.report(keep, budget))
+
     def _allocation(self, pl: _Planner, sensitivity: Sensitivity | None) -> _Allocation | None:
         """The cut to scale to a target; None: nothing to cut (every group stays)."""
         raise NotImplementedError(f"the {self.name} policy takes no target")
@@ -532,7 +591,8 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
 
 
 def taking(kind: str) -> str:
-    """The registered policies that reach a ``kind`` target ("bops", "latency") in words:
+    """The registered policies that reach a ``kind`` target ("bops", "latency", "budget")
+    in words:
     ``target or uniform`` (messages name them from here, not from a list of their own)."""
     names = [n for n, p in POLICIES.items() if kind in p.targets]
     return " or ".join(filter(None, (", ".join(names[:-1]), "".join(names[-1:]))))
