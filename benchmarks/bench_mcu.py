@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import pruned_copy, randomize_bn  # noqa: E402
 from bnnprune import engine  # noqa: E402
 from bnnprune.deploy import mcu  # noqa: E402
+from bnnprune.deploy.cexport import export_c  # noqa: E402
 from bnnprune.engine.bench import program_bops  # noqa: E402
-from bnnprune.engine.cexport import export_c  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune.policies import AUTO, check_round_to  # noqa: E402
 
