@@ -492,11 +492,29 @@ BNN_INLINE uint32_t bnn_csa_at(const uint64_t *xp, const uint64_t *wp, uint32_t 
     return t;
 }
 
-/* The same for the window's word k (row k / seg, word k % seg). */
-BNN_INLINE uint32_t bnn_csa_word(const uint64_t *x, bnn_win_t win, const uint64_t *w, int k,
+/* Window words whose weights one base register reaches: ldrd takes offsets up to 1020
+ * bytes, and word k of a channel is BNN_BLOCK * 8 * k bytes from word 0. */
+#define BNN_CSA_REACH (1024 / (BNN_BLOCK * 8))
+
+/* The same for the window's word k (row k / seg, word k % seg); wb is the channel's weights
+ * from word BNN_CSA_REACH * (k / BNN_CSA_REACH) on. */
+BNN_INLINE uint32_t bnn_csa_word(const uint64_t *x, bnn_win_t win, const uint64_t *wb, int k,
                                  uint32_t *ones)
 {
-    return bnn_csa_at(x + k / win.seg * win.rstep + k % win.seg, w + BNN_BLOCK * k, ones);
+    return bnn_csa_at(x + k / win.seg * win.rstep + k % win.seg,
+                      wb + BNN_BLOCK * (k % BNN_CSA_REACH), ones);
+}
+
+/* The weights from word k on, a new base every BNN_CSA_REACH words (pinned: else the
+ * compiler folds the step back into offsets ldrd does not take, and computes and spills
+ * an address per word). */
+BNN_INLINE const uint64_t *bnn_csa_base(const uint64_t *wb, int k)
+{
+    if (k > 0 && k % BNN_CSA_REACH == 0) {
+        wb += BNN_BLOCK * BNN_CSA_REACH;
+        BNN_PIN(wb);
+    }
+    return wb;
 }
 
 /* The largest window (in 64-bit words) counted fully unrolled, as one run of words. */
@@ -512,19 +530,23 @@ BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64
 {
     uint32_t ones = 0, twos = 0, fours = 0, f, ta, tb;
     const int n = win.kh * win.seg;
+    const uint64_t *wb = w;
     int r, j, k;
     BNN_PIN(x); /* the window's addresses as offsets from x, not hoisted out of the channel
                  * loop into registers that then spill */
     if (n <= BNN_CSA_FLAT) {
         BNN_UNROLL
         for (k = 0; k + 2 <= n; k += 2) {
-            ta = bnn_csa_word(x, win, w, k, &ones);
-            tb = bnn_csa_word(x, win, w, k + 1, &ones);
+            wb = bnn_csa_base(wb, k);
+            ta = bnn_csa_word(x, win, wb, k, &ones);
+            wb = bnn_csa_base(wb, k + 1);
+            tb = bnn_csa_word(x, win, wb, k + 1, &ones);
             BNN_CSA(f, twos, twos, ta, tb);
             fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
         }
         if (n % 2 != 0) { /* an odd last word: its carry half-added into twos */
-            ta = bnn_csa_word(x, win, w, n - 1, &ones);
+            wb = bnn_csa_base(wb, n - 1);
+            ta = bnn_csa_word(x, win, wb, n - 1, &ones);
             f = twos & ta;
             twos ^= ta;
             fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
