@@ -852,32 +852,38 @@ typedef struct {
     const float *thr, *bias, *alpha, *beta;
 } bnn_fepi_t;
 
-/* Sign bits of one pass at channel c: !(acc >= thr), or !((acc + b) * alpha + beta >= 0). */
+/* Sign bits of one pass at channel c: !(acc >= thr), or !((acc + b) * alpha + beta >= 0).
+ * A pass's bits (at most BNN_FC) are gathered in 32 bits at constant positions, then moved
+ * to bit c & 63 of the word once per pixel (on 32-bit cores a 64-bit shift by a variable
+ * takes several instructions). */
 BNN_INLINE void bnn_fsign_pass(const float *x, int np, bnn_win_t win, const float *w, int co,
                                int nv, bnn_fepi_t e, int c, uint64_t word[BNN_FP])
 {
     bnn_fv_t acc[BNN_FP][BNN_FPV];
+    uint32_t bits[BNN_FP] = {0};
     int p, v;
     bnn_fconv_pass(x, np, win, w, co, nv, acc);
     BNN_UNROLL
     for (v = 0; v < nv; ++v) {
         const int k = c + BNN_FV * v;
-        const int shift = k & 63;
         if (e.thr != NULL) {
             const bnn_fv_t t = bnn_fv_load(e.thr + k);
             BNN_UNROLL
             for (p = 0; p < np; ++p)
-                word[p] |= (uint64_t)bnn_fv_nge_bits(acc[p][v], t) << shift;
+                bits[p] |= bnn_fv_nge_bits(acc[p][v], t) << (BNN_FV * v);
         } else {
             const bnn_fv_t b = bnn_fv_load(e.bias + k), a = bnn_fv_load(e.alpha + k);
             const bnn_fv_t be = bnn_fv_load(e.beta + k), zero = bnn_fv_zero();
             BNN_UNROLL
             for (p = 0; p < np; ++p) {
                 const bnn_fv_t y = bnn_fv_add(bnn_fv_mul(bnn_fv_add(acc[p][v], b), a), be);
-                word[p] |= (uint64_t)bnn_fv_nge_bits(y, zero) << shift;
+                bits[p] |= bnn_fv_nge_bits(y, zero) << (BNN_FV * v);
             }
         }
     }
+    BNN_UNROLL
+    for (p = 0; p < np; ++p)
+        word[p] |= (uint64_t)bits[p] << (c & 63);
 }
 
 /* Packed sign bits of np pixels: out[p*wdo + g], ANDed with the channels that exist. */
