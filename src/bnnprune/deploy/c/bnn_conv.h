@@ -388,10 +388,12 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b) { return (uint32_t)!
 #define BNN_FPV_HALF (BNN_FPV >= 2 ? BNN_FPV / 2 : BNN_FPV)
 
 /* A window, as the kernels walk it: pixel p of a tile starts at x + p*pstep, its window is
- * kh rows rstep apart of seg consecutive words (or floats). */
+ * kh rows rstep apart of seg consecutive words (or floats). lo_last: the high 32 bits of
+ * the window's last word are 0 in x and in the weights (a dense patch of K bits with
+ * K % 64 in 1..32), which 32-bit cores then skip. */
 typedef struct {
     ptrdiff_t pstep, rstep;
-    int kh, seg;
+    int kh, seg, lo_last;
 } bnn_win_t;
 
 /* ------------------------------------------------------------------ binary conv */
@@ -492,6 +494,15 @@ BNN_INLINE uint32_t bnn_csa_at(const uint64_t *xp, const uint64_t *wp, uint32_t 
     return t;
 }
 
+/* Half-adder step of a window's last word whose high half is 0 (lo_last): the low half of
+ * the XOR into ones, the carry (weight 2) returned. */
+BNN_INLINE uint32_t bnn_csa_lo_at(const uint64_t *xp, const uint64_t *wp, uint32_t *ones)
+{
+    const uint32_t a = (uint32_t)*xp ^ (uint32_t)*wp, t = *ones & a;
+    *ones ^= a;
+    return t;
+}
+
 /* Window words whose weights one base register reaches: ldrd takes offsets up to 1020
  * bytes, and word k of a channel is BNN_BLOCK * 8 * k bytes from word 0. */
 #define BNN_CSA_REACH (1024 / (BNN_BLOCK * 8))
@@ -501,8 +512,11 @@ BNN_INLINE uint32_t bnn_csa_at(const uint64_t *xp, const uint64_t *wp, uint32_t 
 BNN_INLINE uint32_t bnn_csa_word(const uint64_t *x, bnn_win_t win, const uint64_t *wb, int k,
                                  uint32_t *ones)
 {
-    return bnn_csa_at(x + k / win.seg * win.rstep + k % win.seg,
-                      wb + BNN_BLOCK * (k % BNN_CSA_REACH), ones);
+    const uint64_t *xp = x + k / win.seg * win.rstep + k % win.seg;
+    const uint64_t *wp = wb + BNN_BLOCK * (k % BNN_CSA_REACH);
+    if (win.lo_last && k == win.kh * win.seg - 1)
+        return bnn_csa_lo_at(xp, wp, ones);
+    return bnn_csa_at(xp, wp, ones);
 }
 
 /* The weights from word k on, a new base every BNN_CSA_REACH words (pinned: else the
