@@ -400,6 +400,22 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b) { return (uint32_t)!
 #endif
 
 #define BNN_FC (BNN_FV * BNN_FPV) /* float channels per pass: a divisor of BNN_BLOCK */
+
+/* bits | bnn_fv_nge_bits(a, b) << s; one channel a vector: a conditional OR (on Thumb-2
+ * "it lt; orrlt" after the compare, where a 0/1 value takes two more instructions) */
+#if BNN_FV == 1
+BNN_INLINE uint32_t bnn_fv_or_nge(uint32_t bits, bnn_fv_t a, bnn_fv_t b, int s)
+{
+    if (!(a >= b))
+        bits |= 1u << s;
+    return bits;
+}
+#else
+BNN_INLINE uint32_t bnn_fv_or_nge(uint32_t bits, bnn_fv_t a, bnn_fv_t b, int s)
+{
+    return bits | bnn_fv_nge_bits(a, b) << s;
+}
+#endif
 #define BNN_FPV_HALF (BNN_FPV >= 2 ? BNN_FPV / 2 : BNN_FPV)
 
 /* A window, as the kernels walk it: pixel p of a tile starts at x + p*pstep, its window is
@@ -901,14 +917,14 @@ BNN_INLINE void bnn_fsign_pass(const float *x, int np, bnn_win_t win, const floa
             const bnn_fv_t t = bnn_fv_load(e.thr + k);
             BNN_UNROLL
             for (p = 0; p < np; ++p)
-                bits[p] |= bnn_fv_nge_bits(acc[p][v], t) << (BNN_FV * v);
+                bits[p] = bnn_fv_or_nge(bits[p], acc[p][v], t, BNN_FV * v);
         } else {
             const bnn_fv_t b = bnn_fv_load(e.bias + k), a = bnn_fv_load(e.alpha + k);
             const bnn_fv_t be = bnn_fv_load(e.beta + k), zero = bnn_fv_zero();
             BNN_UNROLL
             for (p = 0; p < np; ++p) {
                 const bnn_fv_t y = bnn_fv_add(bnn_fv_mul(bnn_fv_add(acc[p][v], b), a), be);
-                bits[p] |= bnn_fv_nge_bits(y, zero) << (BNN_FV * v);
+                bits[p] = bnn_fv_or_nge(bits[p], y, zero, BNN_FV * v);
             }
         }
     }
