@@ -64,21 +64,6 @@
 #define BNN_UNROLL
 #endif
 
-/* Unrolling by 4 of the float convs' loops over a window's rows and taps, on the CSA32 path:
- * a 3 x 3 first layer becomes one run of loads and multiply-adds (the M4's conv1 took a
- * third fewer instructions; longer windows cost at most four copies of the loop body). */
-#if defined(BNN_CSA32) || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M')
-#if defined(__clang__)
-#define BNN_UNROLL_TAPS _Pragma("clang loop unroll_count(4)")
-#elif defined(__GNUC__) && __GNUC__ >= 8
-#define BNN_UNROLL_TAPS _Pragma("GCC unroll 4")
-#else
-#define BNN_UNROLL_TAPS
-#endif
-#else
-#define BNN_UNROLL_TAPS
-#endif
-
 /* ------------------------------------------------------------------ scalar popcount */
 
 /* The compiler's popcount only where it is one instruction (else libgcc's __popcountdi2).
@@ -139,8 +124,27 @@ static inline float bnn_fmaf(float a, float b, float c)
     return (float)s;
 }
 #define BNN_FMAF(a, b, c) bnn_fmaf((a), (b), (c))
+#define BNN_FMAF_SOFT 1
 #else
 #define BNN_FMAF(a, b, c) fmaf((a), (b), (c))
+#endif
+
+/* Unrolling by 4 of the float convs' loops over a window's rows and taps, on the CSA32 path
+ * with a hardware fused multiply-add: a 3 x 3 first layer becomes one run of loads and
+ * vfma (the M4's conv1 took a third fewer instructions; a longer window costs at most
+ * four copies of the loop body). Not with the software bnn_fmaf: four inlined copies of
+ * it per tap grew the M3's code sixfold for 2% fewer instructions. */
+#if !defined(BNN_FMAF_SOFT) && (defined(BNN_CSA32) \
+    || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M'))
+#if defined(__clang__)
+#define BNN_UNROLL_TAPS _Pragma("clang loop unroll_count(4)")
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define BNN_UNROLL_TAPS _Pragma("GCC unroll 4")
+#else
+#define BNN_UNROLL_TAPS
+#endif
+#else
+#define BNN_UNROLL_TAPS
 #endif
 
 /* ------------------------------------------------------------------ paths */
