@@ -329,9 +329,10 @@ class _Exporter:
             patch = self._patch_fn(i, op, row)
             lines[0] = "    int oy, ox;"
             lines.append(f"    uint64_t *const patch = t + {self._band_units(op)};")
-            win, xrow = f"{{{kp}, 0, 1, {kp}}}", "patch"
+            lo_last = int(0 < kh * kw * cin % 64 <= 32)  # the patch's last word half empty
+            win, xrow = f"{{{kp}, 0, 1, {kp}, {lo_last}}}", "patch"
         else:
-            win, xrow = f"{{{sw * wd}, {row}, {kh}, {kw * wd}}}", src
+            win, xrow = f"{{{sw * wd}, {row}, {kh}, {kw * wd}, 0}}", src
         lines.insert(1, f"    const bnn_win_t win = {win};")
         lines.append(f"    for (oy = 0; oy < {v.h}; ++oy) {{")
         if band:
@@ -370,7 +371,7 @@ class _Exporter:
         taps = prep.wf.shape[1]
         flat = prep.wf.transpose(1, 0, 2).reshape(taps, -1)[:, :cout].ravel()
         w = s.array(f"{n}_w", np.concatenate([flat, np.zeros(BLOCK_CH, np.float32)]))
-        lines.insert(1, f"    const bnn_win_t win = {{{sw * cin}, {row}, {kh}, {kw * cin}}};")
+        lines.insert(1, f"    const bnn_win_t win = {{{sw * cin}, {row}, {kh}, {kw * cin}, 0}};")
         bias, alpha, beta, wmask = prep.epilogue
         if prep.thresholds:
             epi = f"{s.array(f'{n}_thr', bias)}, NULL, NULL, NULL"

@@ -124,8 +124,27 @@ static inline float bnn_fmaf(float a, float b, float c)
     return (float)s;
 }
 #define BNN_FMAF(a, b, c) bnn_fmaf((a), (b), (c))
+#define BNN_FMAF_SOFT 1
 #else
 #define BNN_FMAF(a, b, c) fmaf((a), (b), (c))
+#endif
+
+/* Unrolling by 4 of the float convs' loops over a window's rows and taps, on the CSA32 path
+ * with a hardware fused multiply-add: a 3 x 3 first layer becomes one run of loads and
+ * vfma (the M4's conv1 took a third fewer instructions; a longer window costs at most
+ * four copies of the loop body). Not with the software bnn_fmaf: four inlined copies of
+ * it per tap grew the M3's code sixfold for 2% fewer instructions. */
+#if !defined(BNN_FMAF_SOFT) && (defined(BNN_CSA32) \
+    || (defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M'))
+#if defined(__clang__)
+#define BNN_UNROLL_TAPS _Pragma("clang loop unroll_count(4)")
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define BNN_UNROLL_TAPS _Pragma("GCC unroll 4")
+#else
+#define BNN_UNROLL_TAPS
+#endif
+#else
+#define BNN_UNROLL_TAPS
 #endif
 
 /* ------------------------------------------------------------------ paths */
@@ -385,13 +404,31 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b) { return (uint32_t)!
 #endif
 
 #define BNN_FC (BNN_FV * BNN_FPV) /* float channels per pass: a divisor of BNN_BLOCK */
+
+/* bits | bnn_fv_nge_bits(a, b) << s; one channel a vector: a conditional OR (on Thumb-2
+ * "it lt; orrlt" after the compare, where a 0/1 value takes two more instructions) */
+#if BNN_FV == 1
+BNN_INLINE uint32_t bnn_fv_or_nge(uint32_t bits, bnn_fv_t a, bnn_fv_t b, int s)
+{
+    if (!(a >= b))
+        bits |= 1u << s;
+    return bits;
+}
+#else
+BNN_INLINE uint32_t bnn_fv_or_nge(uint32_t bits, bnn_fv_t a, bnn_fv_t b, int s)
+{
+    return bits | bnn_fv_nge_bits(a, b) << s;
+}
+#endif
 #define BNN_FPV_HALF (BNN_FPV >= 2 ? BNN_FPV / 2 : BNN_FPV)
 
 /* A window, as the kernels walk it: pixel p of a tile starts at x + p*pstep, its window is
- * kh rows rstep apart of seg consecutive words (or floats). */
+ * kh rows rstep apart of seg consecutive words (or floats). lo_last: the high 32 bits of
+ * the window's last word are 0 in x and in the weights (a dense patch of K bits with
+ * K % 64 in 1..32), which 32-bit cores then skip. */
 typedef struct {
     ptrdiff_t pstep, rstep;
-    int kh, seg;
+    int kh, seg, lo_last;
 } bnn_win_t;
 
 /* ------------------------------------------------------------------ binary conv */
@@ -492,11 +529,41 @@ BNN_INLINE uint32_t bnn_csa_at(const uint64_t *xp, const uint64_t *wp, uint32_t 
     return t;
 }
 
-/* The same for the window's word k (row k / seg, word k % seg). */
-BNN_INLINE uint32_t bnn_csa_word(const uint64_t *x, bnn_win_t win, const uint64_t *w, int k,
+/* Half-adder step of a window's last word whose high half is 0 (lo_last): the low half of
+ * the XOR into ones, the carry (weight 2) returned. */
+BNN_INLINE uint32_t bnn_csa_lo_at(const uint64_t *xp, const uint64_t *wp, uint32_t *ones)
+{
+    const uint32_t a = (uint32_t)*xp ^ (uint32_t)*wp, t = *ones & a;
+    *ones ^= a;
+    return t;
+}
+
+/* Window words whose weights one base register reaches: ldrd takes offsets up to 1020
+ * bytes, and word k of a channel is BNN_BLOCK * 8 * k bytes from word 0. */
+#define BNN_CSA_REACH (1024 / (BNN_BLOCK * 8))
+
+/* The same for the window's word k (row k / seg, word k % seg); wb is the channel's weights
+ * from word BNN_CSA_REACH * (k / BNN_CSA_REACH) on. */
+BNN_INLINE uint32_t bnn_csa_word(const uint64_t *x, bnn_win_t win, const uint64_t *wb, int k,
                                  uint32_t *ones)
 {
-    return bnn_csa_at(x + k / win.seg * win.rstep + k % win.seg, w + BNN_BLOCK * k, ones);
+    const uint64_t *xp = x + k / win.seg * win.rstep + k % win.seg;
+    const uint64_t *wp = wb + BNN_BLOCK * (k % BNN_CSA_REACH);
+    if (win.lo_last && k == win.kh * win.seg - 1)
+        return bnn_csa_lo_at(xp, wp, ones);
+    return bnn_csa_at(xp, wp, ones);
+}
+
+/* The weights from word k on, a new base every BNN_CSA_REACH words (pinned: else the
+ * compiler folds the step back into offsets ldrd does not take, and computes and spills
+ * an address per word). */
+BNN_INLINE const uint64_t *bnn_csa_base(const uint64_t *wb, int k)
+{
+    if (k > 0 && k % BNN_CSA_REACH == 0) {
+        wb += BNN_BLOCK * BNN_CSA_REACH;
+        BNN_PIN(wb);
+    }
+    return wb;
 }
 
 /* The largest window (in 64-bit words) counted fully unrolled, as one run of words. */
@@ -512,19 +579,23 @@ BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64
 {
     uint32_t ones = 0, twos = 0, fours = 0, f, ta, tb;
     const int n = win.kh * win.seg;
+    const uint64_t *wb = w;
     int r, j, k;
     BNN_PIN(x); /* the window's addresses as offsets from x, not hoisted out of the channel
                  * loop into registers that then spill */
     if (n <= BNN_CSA_FLAT) {
         BNN_UNROLL
         for (k = 0; k + 2 <= n; k += 2) {
-            ta = bnn_csa_word(x, win, w, k, &ones);
-            tb = bnn_csa_word(x, win, w, k + 1, &ones);
+            wb = bnn_csa_base(wb, k);
+            ta = bnn_csa_word(x, win, wb, k, &ones);
+            wb = bnn_csa_base(wb, k + 1);
+            tb = bnn_csa_word(x, win, wb, k + 1, &ones);
             BNN_CSA(f, twos, twos, ta, tb);
             fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
         }
         if (n % 2 != 0) { /* an odd last word: its carry half-added into twos */
-            ta = bnn_csa_word(x, win, w, n - 1, &ones);
+            wb = bnn_csa_base(wb, n - 1);
+            ta = bnn_csa_word(x, win, wb, n - 1, &ones);
             f = twos & ta;
             twos ^= ta;
             fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
@@ -805,9 +876,11 @@ BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const floa
         for (v = 0; v < BNN_FPV; ++v)
             acc[p][v] = bnn_fv_zero();
     }
+    BNN_UNROLL_TAPS
     for (r = 0; r < win.kh; ++r) {
         const float *xr = x + r * win.rstep;
         const float *wr = w + (ptrdiff_t)r * win.seg * co;
+        BNN_UNROLL_TAPS
         for (j = 0; j < win.seg; ++j) {
             bnn_fv_t xb[BNN_FP];
             BNN_UNROLL
@@ -830,32 +903,38 @@ typedef struct {
     const float *thr, *bias, *alpha, *beta;
 } bnn_fepi_t;
 
-/* Sign bits of one pass at channel c: !(acc >= thr), or !((acc + b) * alpha + beta >= 0). */
+/* Sign bits of one pass at channel c: !(acc >= thr), or !((acc + b) * alpha + beta >= 0).
+ * A pass's bits (at most BNN_FC) are gathered in 32 bits at constant positions, then moved
+ * to bit c & 63 of the word once per pixel (on 32-bit cores a 64-bit shift by a variable
+ * takes several instructions). */
 BNN_INLINE void bnn_fsign_pass(const float *x, int np, bnn_win_t win, const float *w, int co,
                                int nv, bnn_fepi_t e, int c, uint64_t word[BNN_FP])
 {
     bnn_fv_t acc[BNN_FP][BNN_FPV];
+    uint32_t bits[BNN_FP] = {0};
     int p, v;
     bnn_fconv_pass(x, np, win, w, co, nv, acc);
     BNN_UNROLL
     for (v = 0; v < nv; ++v) {
         const int k = c + BNN_FV * v;
-        const int shift = k & 63;
         if (e.thr != NULL) {
             const bnn_fv_t t = bnn_fv_load(e.thr + k);
             BNN_UNROLL
             for (p = 0; p < np; ++p)
-                word[p] |= (uint64_t)bnn_fv_nge_bits(acc[p][v], t) << shift;
+                bits[p] = bnn_fv_or_nge(bits[p], acc[p][v], t, BNN_FV * v);
         } else {
             const bnn_fv_t b = bnn_fv_load(e.bias + k), a = bnn_fv_load(e.alpha + k);
             const bnn_fv_t be = bnn_fv_load(e.beta + k), zero = bnn_fv_zero();
             BNN_UNROLL
             for (p = 0; p < np; ++p) {
                 const bnn_fv_t y = bnn_fv_add(bnn_fv_mul(bnn_fv_add(acc[p][v], b), a), be);
-                word[p] |= (uint64_t)bnn_fv_nge_bits(y, zero) << shift;
+                bits[p] = bnn_fv_or_nge(bits[p], y, zero, BNN_FV * v);
             }
         }
     }
+    BNN_UNROLL
+    for (p = 0; p < np; ++p)
+        word[p] |= (uint64_t)bits[p] << (c & 63);
 }
 
 /* Packed sign bits of np pixels: out[p*wdo + g], ANDed with the channels that exist. */
