@@ -715,6 +715,16 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
                        help="BOPs reduction to reach, in (0, 1) (target and uniform policies)")
         g.add_argument("--target-latency", dest="prune.target_latency", type=_latency_target,
                        help="prune to this fraction of the unpruned engine latency, in (0, 1)")
+        g.add_argument("--flash-budget", dest="prune.flash_budget", type=_budget_bytes,
+                       metavar="BYTES", help="prune until the C export's const data fits "
+                       "(replaces the BOPs target)")
+        g.add_argument("--ram-budget", dest="prune.ram_budget", type=_budget_bytes,
+                       metavar="BYTES", help="prune until the C export's scratch arena fits")
+        g.add_argument("--insn-budget", dest="prune.insn_budget", type=_budget_insns,
+                       metavar="N", help="prune until the instructions per inference on "
+                       "--mcu fit (counted under qemu emulation, not cycles)")
+        g.add_argument("--mcu", dest="prune.mcu", metavar="CORE",
+                       help="the Cortex-M core of --insn-budget (e.g. cortex-m4)")
         g.add_argument("--latency-batch", dest="prune.latency_batch", type=int,
                        help="batch size of the latency target (default 1)")
         g.add_argument("--latency-threads", dest="prune.latency_threads", type=int,
