@@ -27,8 +27,8 @@ __all__ = ["BUDGET_KINDS", "Budget", "FootprintModel", "OverBudget", "check_budg
            "check_fit", "footprint_model", "format_budget", "usage_of"]
 
 # budget kind -> (what it counts, its unit)
-BUDGET_KINDS = {"flash": ("const data", "B"), "ram": ("scratch arena", "B"),
-                "insns": ("instructions per inference", "instructions")}
+BUDGET_KINDS = {"flash": ("of const data", "B"), "ram": ("of scratch arena", "B"),
+                "insns": ("per inference", "instructions")}
 
 Usage = Mapping[str, int]  # budget kind -> what a model takes of it
 
@@ -98,7 +98,7 @@ class Budget:
         used, full = self.used(least), self.used(unpruned)
         return "; ".join(
             f"{self.describe(k)} cannot be met: the {policy} policy reaches at least "
-            f"{used[k]:,} {BUDGET_KINDS[k][1]} of {BUDGET_KINDS[k][0]} (unpruned "
+            f"{used[k]:,} {BUDGET_KINDS[k][1]} {BUDGET_KINDS[k][0]} (unpruned "
             f"{full[k]:,} {BUDGET_KINDS[k][1]})" for k, lim in self.limits.items()
             if used[k] > lim)
 
