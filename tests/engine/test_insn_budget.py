@@ -146,3 +146,34 @@ def test_cli_insn_budget(tiny, tmp_path, capsys, monkeypatch) -> None:
                           rf"{full:,} -> ([\d,]+)", cap.out).group(1).replace(",", ""))
     assert least <= after <= mid
     assert "firmware run" not in cap.out + cap.err
+
+
+def test_an_overrun_of_the_pruned_model_plans_again_below_it(tiny, monkeypatch) -> None:
+    """Real weights can branch into a few more instructions than the table's random ones:
+    prune_once plans again below the overrun instead of shipping the model over."""
+    import bnnprune.prune.budget as budget_mod
+
+    model, fm, _ = tiny
+    full, least = fm.insn.insns(fm.full), fm.insn.insns([8, 16, 16, 16])
+    budget = Budget(insns=(full + least) // 2, mcu=M4)
+    first = prune_once(model, Method("uniform", "magnitude"), SHAPE, budget=budget,
+                       footprint_model=fm).plan
+    over = budget.insns - first.budget["insns"]["after"] + 1  # the first plan, 1 over
+    real, calls = budget_mod.check_fit, []
+
+    def overrun_once(pruned, shape, b):
+        calls.append(b)
+        if len(calls) == 1:
+            raise budget_mod.OverBudget("over", {"insns": over})
+        return real(pruned, shape, b)
+
+    monkeypatch.setattr(budget_mod, "check_fit", overrun_once)
+    plan = prune_once(model, Method("uniform", "magnitude"), SHAPE, budget=budget,
+                      footprint_model=fm).plan
+    assert len(calls) == 2 and plan.budget["limits"] == {"insns": budget.insns - over}
+    assert plan.budget["insns"]["after"] < first.budget["insns"]["after"]
+    monkeypatch.setattr(budget_mod, "check_fit", lambda *a: (_ for _ in ()).throw(
+        budget_mod.OverBudget("over", {"flash": 1})))
+    with pytest.raises(budget_mod.OverBudget):  # bytes do not depend on data: no second try
+        prune_once(model, Method("uniform", "magnitude"), SHAPE, budget=budget,
+                   footprint_model=fm)
