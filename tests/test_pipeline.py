@@ -107,3 +107,43 @@ def test_the_default_methods_run_end_to_end(tmp_path):
     assert len(res["compared"]) == len(RunConfig().prune.compare) == 2
     for r in (res["pruned"], *res["compared"]):
         assert r["bops"] == pytest.approx(0.5 * res["baseline"]["bops"], rel=0.05)
+
+
+def test_run_prunes_to_a_flash_budget(tmp_path):
+    """prune.flash_budget replaces the BOPs target: the pruned model's C export fits it."""
+    from bnnprune.data import load_from_config
+    from bnnprune.deploy.cexport import c_footprint
+    from bnnprune.engine import compile_model
+    from bnnprune.models import build_from_config
+    from bnnprune.prune.budget import footprint_model
+
+    cfg = _cfg(policy="uniform", criterion="magnitude", compare=[], budget_baseline=False)
+    ds = load_from_config(cfg.data, cfg.train.seed)
+    shape = tuple(ds.input_shape)
+    full = footprint_model(build_from_config(cfg.model, ds, 0), shape)
+    limit = cfg.prune.flash_budget = full.footprint(full.full).flash_bytes // 2
+    res = run_pipeline(cfg, tmp_path)
+    plan = res["pruned"]["plan"]
+    assert plan["budget"]["limits"] == {"flash": limit} and plan["budget"]["fits"]
+    assert plan["budget"]["after"]["flash_bytes"] <= limit
+    from bnnprune.checkpoint import load_model
+
+    pruned, _ = load_model(tmp_path / "pruned" / "model.pt")
+    assert c_footprint(compile_model(pruned.eval(), shape)).flash_bytes <= limit
+
+
+def test_bad_budget_config():
+    """A device budget's keys are checked before anything trains, one line naming prune."""
+    setup = resolve_run(_cfg(policy="uniform", flash_budget=9000, ram_budget=4000))
+    assert setup.budget.limits == {"flash": 9000, "ram": 4000}
+    assert resolve_run(_cfg()).budget is None
+    for kw, match in (
+        ({"policy": "uniform", "flash_budget": 0}, "prune: flash budget must be a whole"),
+        ({"policy": "uniform", "insn_budget": 10**6}, "prune: an instruction budget and its"),
+        ({"policy": "uniform", "mcu": "cortex-m4"}, "or an instruction budget"),
+        ({"policy": "uniform", "insn_budget": 10**6, "mcu": "m4"}, "unknown target 'm4'"),
+        ({"policy": "paper", "flash_budget": 9000}, "needs the target or uniform policy"),
+        ({"policy": "uniform", "flash_budget": 9000, "target_latency": 0.5}, "not both"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            resolve_run(_cfg(**kw))

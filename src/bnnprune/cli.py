@@ -325,7 +325,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     budget = _device_budget(args)
     goals = [flag for flag, v in (("--target-bops", args.target_bops),
                                   ("--target-latency", args.target_latency),
-                                  ("--flash-budget/--ram-budget", budget)) if v is not None]
+                                  (BUDGET_FLAGS, budget)) if v is not None]
     if len(goals) > 1:
         raise CliError(f"give one of {', '.join(goals)}, not {len(goals)}")
     model, ckpt = load_model(args.checkpoint)
@@ -340,7 +340,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.target_latency is not None and "latency" not in get_policy(policy).targets:
         raise CliError(f"--target-latency needs --policy {taking('latency')}")
     if budget is not None and "budget" not in get_policy(policy).targets:
-        raise CliError(f"--flash-budget/--ram-budget need --policy {taking('budget')}")
+        raise CliError(f"{BUDGET_FLAGS} need --policy {taking('budget')}")
     method = Method(policy, criterion)
     method.require(bool(ckpt.get("flips")), fix=f"{args.checkpoint} has none; {RECORD_HINT}")
     # e.g. tp:taylor: gradients on a few training batches
@@ -637,6 +637,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+BUDGET_FLAGS = "--flash-budget/--ram-budget/--insn-budget"  # a device budget, in messages
+
+
 def _budget_bytes(text: str) -> int:
     """--flash-budget / --ram-budget: a whole number of bytes >= 1, else a usage error."""
     from bnnprune.prune.budget import check_budget
@@ -647,13 +650,36 @@ def _budget_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _budget_insns(text: str) -> int:
+    """--insn-budget: a whole number of instructions >= 1, else a usage error."""
+    from bnnprune.prune.budget import check_budget
+
+    try:
+        return check_budget(text, "insns")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _device_budget(args: argparse.Namespace) -> Any:
-    """The Budget of --flash-budget / --ram-budget, None without either."""
-    if args.flash_budget is None and args.ram_budget is None:
+    """The Budget of --flash-budget / --ram-budget / --insn-budget with --mcu, None without
+    any; an instruction budget needs the Cortex-M toolchain and qemu (checked here, before
+    the table's firmware runs)."""
+    if args.flash_budget is None and args.ram_budget is None and args.insn_budget is None:
+        if args.mcu is not None:
+            raise CliError("--mcu names the core of --insn-budget; give both")
         return None
+    from bnnprune.deploy.mcu import require_tools
+    from bnnprune.engine.errors import EngineError
     from bnnprune.prune.budget import Budget
 
-    return Budget(flash=args.flash_budget, ram=args.ram_budget)
+    try:
+        budget = Budget(flash=args.flash_budget, ram=args.ram_budget, insns=args.insn_budget,
+                        mcu=args.mcu)
+        if budget.insns is not None:
+            require_tools()
+    except (ValueError, EngineError) as e:
+        raise CliError(str(e)) from None
+    return budget
 
 
 def _latency_target(text: str) -> float:
@@ -689,6 +715,16 @@ def _add_prune_flags(p: argparse.ArgumentParser, method: bool = True) -> None:
                        help="BOPs reduction to reach, in (0, 1) (target and uniform policies)")
         g.add_argument("--target-latency", dest="prune.target_latency", type=_latency_target,
                        help="prune to this fraction of the unpruned engine latency, in (0, 1)")
+        g.add_argument("--flash-budget", dest="prune.flash_budget", type=_budget_bytes,
+                       metavar="BYTES", help="prune until the C export's const data fits "
+                       "(replaces the BOPs target)")
+        g.add_argument("--ram-budget", dest="prune.ram_budget", type=_budget_bytes,
+                       metavar="BYTES", help="prune until the C export's scratch arena fits")
+        g.add_argument("--insn-budget", dest="prune.insn_budget", type=_budget_insns,
+                       metavar="N", help="prune until the instructions per inference on "
+                       "--mcu fit (counted under qemu emulation, not cycles)")
+        g.add_argument("--mcu", dest="prune.mcu", metavar="CORE",
+                       help="the Cortex-M core of --insn-budget (e.g. cortex-m4)")
         g.add_argument("--latency-batch", dest="prune.latency_batch", type=int,
                        help="batch size of the latency target (default 1)")
         g.add_argument("--latency-threads", dest="prune.latency_threads", type=int,
@@ -791,7 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
                   "bnnprune prune runs/a/model.pt --policy paper -o runs/a-pruned",
                   "bnnprune prune runs/a/model.pt --target-bops 0.4 --round-to 32 -o runs/b",
                   "bnnprune prune runs/a/model.pt --target-bops 0.5 --retrain-epochs 2 -o runs/c",
-                  "bnnprune prune runs/a/model.pt --policy uniform --flash-budget 40000 -o runs/d")
+                  "bnnprune prune runs/a/model.pt --policy uniform --flash-budget 40000 -o runs/d",
+                  "bnnprune prune runs/a/model.pt --policy uniform --insn-budget 6000000 "
+                  "--mcu cortex-m4 -o runs/e")
     pr.add_argument("checkpoint")
     pr.add_argument("-o", "--output", required=True)
     pr.add_argument("--policy", choices=list(POLICIES), default=None)
@@ -802,6 +840,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prune until the C export's const data (MODEL_FLASH_BYTES) fits")
     pr.add_argument("--ram-budget", type=_budget_bytes, metavar="BYTES",
                     help="prune until the C export's scratch arena (MODEL_SCRATCH_BYTES) fits")
+    pr.add_argument("--insn-budget", type=_budget_insns, metavar="N",
+                    help="prune until the C export's instructions per inference on --mcu "
+                    "(counted under qemu emulation, not cycles) fit")
+    pr.add_argument("--mcu", metavar="CORE", default=None,
+                    help="the Cortex-M core of --insn-budget (e.g. cortex-m4; docs/deploy.md "
+                    "lists them)")
     pr.add_argument("--latency-batch", type=int, default=PruneConfig.latency_batch,
                     help="batch size the latency target is measured at")
     pr.add_argument("--latency-threads", type=int, default=PruneConfig.latency_threads,

@@ -216,6 +216,13 @@ class PruneConfig:
     target_latency: float | None = None
     latency_batch: int = 1  # batch size and threads the latency target is measured at
     latency_threads: int = 1
+    # prune to a device budget instead of the BOPs target: the C export's const data and
+    # scratch arena in bytes, and its instructions per inference on the Cortex-M core ``mcu``
+    # (counted under qemu emulation; checked by bnnprune.prune.resolve)
+    flash_budget: int | None = None
+    ram_budget: int | None = None
+    insn_budget: int | None = None
+    mcu: str | None = None
     max_rounds: int = 4  # paper policy: train -> prune -> retrain rounds at most
     retrain_epochs: int = 2
     retrain_lr: float = 1e-3

@@ -148,11 +148,13 @@ class Rounds:
 def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: Dataset,
                  cfg: RunConfig, target: float | None, folder_of: Callable[[int], Path],
                  log: Log, progress: bool, seed: int, latency_model: Any = None,
-                 tensorboard: Path | None = None) -> Rounds:
+                 tensorboard: Path | None = None, budget: Any = None,
+                 footprint_model: Any = None) -> Rounds:
     """Prune ``base`` with ``method`` and retrain, once; for the paper policy repeat
     (retraining with flip tracking) until the largest p_l stops decreasing or
     ``prune.max_rounds`` rounds are done. Round r trains in ``folder_of(r)``. With
-    ``prune.target_latency`` the plan is searched on ``latency_model`` (built for ``base``)."""
+    ``prune.target_latency`` the plan is searched on ``latency_model`` (built for ``base``),
+    with a device ``budget`` on ``footprint_model`` (also built for ``base``)."""
     p = cfg.prune
     paper = method.policy.iterates
     rounds = method.policy.rounds(p.max_rounds)
@@ -162,12 +164,12 @@ def prune_rounds(method: Method, base: nn.Module, sens: Sensitivity | None, ds: 
     model, cur = base, sens
     stop = "one round"
     for r in range(1, rounds + 1):
-        by_latency = p.target_latency is not None
+        by_model = p.target_latency is not None or budget is not None
         plan, pruned = prune_once(
             model, method, tuple(ds.input_shape), sensitivity=cur,
-            target=None if by_latency else target, options=plan_options(p),
-            target_latency=p.target_latency, latency_model=latency_model, seed=seed, data=ds,
-            from_scratch=p.from_scratch)
+            target=None if by_model else target, options=plan_options(p),
+            target_latency=p.target_latency, latency_model=latency_model, budget=budget,
+            footprint_model=footprint_model, seed=seed, data=ds, from_scratch=p.from_scratch)
         if plan.bops_after >= plan.bops_before:
             stop = f"round {r}: the plan removes no channel"
             log(stop)

@@ -100,10 +100,17 @@ def run_pipeline(
 
         lm = latency_model(base, shape, batch=p.latency_batch, threads=p.latency_threads,
                            keep_fp=p.keep_fp, progress=log)
+    fm = None
+    if setup.budget is not None:  # the C export's footprint (and a core's instructions)
+        from bnnprune.prune.budget import footprint_model
+
+        fm = footprint_model(base, shape, keep_fp=p.keep_fp, mcu=setup.budget.mcu,
+                             progress=log)
     res = prune_rounds(
         method, base, sens, ds, cfg, p.target,
         lambda r: out / (f"pruned-round{r}" if method.policy.iterates else "pruned"),
-        log, progress, cfg.train.seed, latency_model=lm, tensorboard=tb)
+        log, progress, cfg.train.seed, latency_model=lm, tensorboard=tb,
+        budget=setup.budget, footprint_model=fm)
     phases["pruned"] = time.perf_counter() - t0
     rounds = res.records
     for r in rounds:

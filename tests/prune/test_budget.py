@@ -133,13 +133,13 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], match: str) -> N
 def test_cli_budget_flags_conflict_and_refuse(checkpoint, tmp_path, capsys) -> None:
     base = ["prune", str(checkpoint), "-o", str(tmp_path / "o"), "--criterion", "magnitude"]
     _fails([*base, "--flash-budget", "9000", "--target-bops", "0.4"], capsys,
-           "give one of --target-bops, --flash-budget/--ram-budget, not 2")
+           "give one of --target-bops, --flash-budget/--ram-budget/--insn-budget, not 2")
     _fails([*base, "--ram-budget", "9000", "--target-latency", "0.5"], capsys,
-           "give one of --target-latency, --flash-budget/--ram-budget, not 2")
+           "give one of --target-latency, --flash-budget/--ram-budget/--insn-budget, not 2")
     for bad in ("0", "-1", "1e4", "lots"):
         _fails([*base, "--flash-budget", bad], capsys, "whole number of bytes")
     _fails([*base, "--flash-budget", "9000", "--policy", "paper"], capsys,
-           "--flash-budget/--ram-budget need --policy target or uniform")
+           "--flash-budget/--ram-budget/--insn-budget need --policy target or uniform")
     _fails([*base, "--policy", "uniform", "--flash-budget", "100"], capsys,
            "flash budget 100 B cannot be met: the uniform policy reaches at least")
     assert not (tmp_path / "o").exists()

@@ -10,6 +10,8 @@ emulation, not cycles (qemu models no pipeline, cache or flash wait states).
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,9 +26,11 @@ from bnnprune.deploy.cexport import Footprint, export_c
 from bnnprune.engine.errors import EngineError
 from bnnprune.engine.program import Program
 
-__all__ = ["BOARD_FILES", "TARGETS", "McuCost", "McuRun", "Target", "build_firmware",
-           "build_plugin", "get_target", "measure", "qemu_command", "require_tools",
-           "run_firmware", "write_board"]
+__all__ = ["BOARD_FILES", "TARGETS", "McuCost", "McuRun", "OpInsns", "Target",
+           "build_firmware", "build_plugin", "count_ops", "get_target", "layer_entries",
+           "layer_functions",
+           "measure", "qemu_command", "require_tools", "run_firmware", "toolchain_version",
+           "write_board"]
 
 BOARD_FILES = ("startup_mps2.c", "main_mps2.c", "semihost.h", "mps2.ld")
 PLUGIN_SOURCE = "qemu_insn_count.c"
@@ -256,3 +260,86 @@ def measure(program: Program, target: Target, images: int = 3, seed: int = 0) ->
         raise EngineError(f"no instruction count came back from the run on {target.machine}")
     exact = bool(np.array_equal(run.logits, program(x, threads=1)))
     return McuCost(target.name, fp, code, round(sum(run.insns) / len(run.insns)), images, exact)
+
+
+@dataclass(frozen=True)
+class OpInsns:
+    """One program's instructions per inference on a target, split by phase: ``ops[i]`` the
+    instructions from entering op ``i``'s layer function in model.c to entering the next one
+    (so ops without a function of their own count in the phase before them: None),
+    ``prologue`` those before the first; the phases sum to ``total``. Over several images,
+    the most of each."""
+
+    target: str
+    total: int
+    prologue: int
+    ops: tuple[int | None, ...]
+
+
+_LAYER_FN = re.compile(r"op(\d+)_")
+
+
+def layer_entries(elf: str | Path, n_ops: int) -> dict[int, int]:
+    """Op index -> entry address of its layer function ``op{i}_*`` (patch builders left
+    out), from nm."""
+    out = _check([NM, str(elf)], Path(elf).parent, "arm-none-eabi-nm")
+    entries: dict[int, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tT" and (m := _LAYER_FN.match(parts[2])):
+            if not parts[2].endswith("_patch") and int(m.group(1)) < n_ops:
+                entries[int(m.group(1))] = int(parts[0], 16) & ~1
+    return entries
+
+
+def layer_functions(program: Program) -> set[int]:
+    """The ops that get a layer function ``op{i}_*`` in the export's model.c (the others
+    run inline in ``model_run``)."""
+    with tempfile.TemporaryDirectory(prefix="bnnprune-mcu-") as tmp:
+        export_c(program, tmp)
+        source = (Path(tmp) / "model.c").read_text("utf-8")
+    return {int(i) for i in re.findall(r"^static BNN_LAYER void op(\d+)_", source, re.M)}
+
+
+def count_ops(program: Program, target: Target, images: int = 1, seed: int = 0) -> OpInsns:
+    """Export ``program`` and count its instructions per inference on ``target`` under
+    qemu by phase (:class:`OpInsns`), on ``images`` standard-normal images."""
+    require_tools()
+    x = np.random.default_rng(seed).standard_normal((images, *program.input_shape))
+    x = x.astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="bnnprune-mcu-") as tmp:
+        export_c(program, tmp)
+        elf, _ = build_firmware(tmp, target)
+        entries = sorted(layer_entries(elf, len(program.ops)).items())
+        if not entries:
+            raise EngineError(f"{elf} has no layer functions to split the count by")
+        ops = ":".join(f"{a:#x}" for _, a in entries)
+        run = run_firmware(elf, target, x, plugin=build_plugin(tmp),
+                           plugin_options=(f"ops={ops}", "opsout=ops.txt"))
+        rows = [[int(v) for v in line.split()]
+                for line in (elf.parent / "ops.txt").read_text().splitlines()]
+    if run.insns is None or len(rows) != len(run.insns) or any(
+            sum(r) != n or len(r) != len(entries) + 1 for r, n in zip(rows, run.insns,
+                                                                    strict=False)):
+        raise EngineError("the plugin's phases do not add up to the instructions per "
+                          "inference")
+    most = [max(col) for col in zip(*rows, strict=True)]
+    per_op: list[int | None] = [None] * len(program.ops)
+    for (i, _), n in zip(entries, most[1:], strict=True):
+        per_op[i] = n
+    return OpInsns(target.name, max(run.insns), most[0], tuple(per_op))
+
+
+def toolchain_version(target: Target) -> str:
+    """A short key of what the counts depend on besides the program: the compiler's and
+    qemu's versions, the target's flags and the C sources (kernels, board example)."""
+    h = hashlib.sha1()
+    for cmd in ([CC, "--version"], [QEMU, "--version"]):
+        h.update(subprocess.run(cmd, capture_output=True, text=True).stdout.encode())
+    h.update(" ".join(target.cflags).encode())
+    c_dir = resources.files("bnnprune.deploy").joinpath("c")
+    for name in ("bnn_conv.h", "bnn_kernels.c", "bnn_kernels.h", "mcu/startup_mps2.c",
+                 "mcu/main_mps2.c", "mcu/semihost.h", "mcu/mps2.ld"):
+        h.update(c_dir.joinpath(name).read_bytes())
+    h.update(Path(__file__).with_name("cexport.py").read_bytes())
+    return h.hexdigest()[:12]

@@ -47,7 +47,7 @@ from bnnprune.engine.timing import MIN_WINDOW_S, best_time, step_samples
 from bnnprune.machine import machine_info
 
 __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build_cost_model",
-           "cache_path", "machine_key", "op_channels", "program_at"]
+           "cache_path", "cache_root", "machine_key", "op_channels", "program_at"]
 
 CACHE_VERSION = 2  # 2: ops timed as chained calls (kernels.chain), not a Python call per kernel
 CONV_KINDS = ("bconv", "fconv")
@@ -73,22 +73,29 @@ def machine_key() -> str:
     return f"{slug}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
 
 
+def cache_root() -> Path:
+    """The user cache folder of bnnprune's measurement tables (``BNNPRUNE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/bnnprune`` or ``~/.cache/bnnprune``)."""
+    env = os.environ.get("BNNPRUNE_CACHE_DIR")
+    return (Path(env) if env else
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnnprune")
+
+
 def cache_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The latency cache file of this machine."""
     if cache_dir is None:
-        env = os.environ.get("BNNPRUNE_CACHE_DIR")
-        base = (Path(env) if env else
-                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnnprune")
-        cache_dir = base / "latency"
+        cache_dir = cache_root() / "latency"
     return Path(cache_dir) / f"{machine_key()}.json"
 
 
 class LatencyCache:
-    """Measured op times of this machine, read from and written back to one JSON file."""
+    """Measured op times of this machine, read from and written back to one JSON file
+    (also other measured op costs: ``fingerprint`` then names what they were measured with,
+    in place of the engine's kernel sources)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], fingerprint: str | None = None) -> None:
         self.path = Path(path)
-        self.kernels = _kernels_fingerprint()
+        self.kernels = fingerprint or _kernels_fingerprint()
         self.entries: dict[str, float] = {}
         self.rebuilt = False  # True when a damaged or outdated file was discarded
         self._load()

@@ -158,6 +158,15 @@ def _expressions(space: PruningSpace, program: Any) -> tuple[list[Expr], list[Ex
     return ins, outs
 
 
+def _value_exprs(space: PruningSpace, program: Any) -> list[Expr]:
+    """Channel expression of every program value (the input's: constant)."""
+    _, outs = _expressions(space, program)
+    value_expr: list[Expr] = [(program.values[0].c, ())] * len(program.values)
+    for op, e in zip(program.ops, outs, strict=True):
+        value_expr[op.output] = e
+    return value_expr
+
+
 def _axis(expr: Expr, grids: list[list[int]], space: PruningSpace) -> list[int]:
     """Counts to measure along one axis: a single group's candidates, else the full count."""
     base, terms = expr

@@ -551,22 +551,31 @@ class Policy:
             raise ValueError(
                 f"a device budget needs the {taking('budget')} policy, not {self.name!r}")
         self._require_flips(sensitivity)
+        if budget.insns is not None and (fm.insn is None or fm.insn.target != budget.mcu):
+            raise ValueError(f"an instruction budget on {budget.mcu} needs a footprint model "
+                             f"with {budget.mcu}'s instruction table (footprint_model(..., "
+                             f"mcu={budget.mcu!r}))")
+        if fm.insn is not None:  # only counts the table measured: predictions are counts
+            options = dataclasses.replace(options, round_to=1)
         pl = _Planner(model, input_shape, options)
         if [(g.name, g.channels) for g in fm.space.groups] != [
                 (g.name, g.channels) for g in pl.space.groups]:
             raise ValueError("the footprint model was built for another model or keep_fp "
                              "setting")
+        if fm.insn is not None:
+            for i, grid in enumerate(fm.insn.grids):
+                pl.restrict(i, grid)
         alloc = self._allocation(pl, sensitivity)
         keep, scale = pl.quantize(pl.active_channels()), 0.0
-        if budget.load(fm.footprint(keep)) > 1.0:
+        if budget.load(fm.usage(keep)) > 1.0:
             deepest = keep if alloc is None else pl.quantize(alloc.raws_at(alloc.hi))
-            if budget.load(fm.footprint(deepest)) > 1.0:
-                raise ValueError(budget.refusal(self.name, fm.footprint(deepest),
-                                                fm.footprint(fm.full)))
+            if budget.load(fm.usage(deepest)) > 1.0:
+                raise ValueError(budget.refusal(self.name, fm.usage(deepest),
+                                                fm.usage(fm.full)))
             assert alloc is not None
 
             def cost(counts: list[int]) -> float:
-                return budget.load(fm.footprint(counts))
+                return budget.load(fm.usage(counts))
 
             keep, scale = pl.search(alloc.raws_at, alloc.hi, 0.0, alloc.movable, cost=cost,
                                     cap=True)

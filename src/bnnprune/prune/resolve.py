@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from bnnprune.config import (
     ConfigError,
@@ -28,6 +29,7 @@ __all__ = [
     "PruneSetup",
     "default_criterion",
     "default_policy",
+    "device_budget",
     "plan_options",
     "require_flips",
     "resolve_prune",
@@ -45,6 +47,7 @@ class PruneSetup:
     compare: tuple[Method, ...]  # the compared methods other than the chosen one, in order
     options: PlanOptions
     max_rounds: int
+    budget: Any = None  # a device budget (bnnprune.prune.budget.Budget) replacing the target
 
     @property
     def rounds(self) -> int:
@@ -80,7 +83,36 @@ def resolve_prune(p: PruneConfig) -> PruneSetup:
             raise ConfigError(f"prune.target_latency: {e}") from None
         if "latency" not in method.policy.targets:
             raise ConfigError(f"prune.target_latency needs the {taking('latency')} policy")
-    return PruneSetup(method, compare, plan_options(p), p.max_rounds)
+    return PruneSetup(method, compare, plan_options(p), p.max_rounds, device_budget(p, method))
+
+
+BUDGET_KEYS = ("flash_budget", "ram_budget", "insn_budget", "mcu")  # a device budget's keys
+
+
+def device_budget(p: PruneConfig, method: Method) -> Any:
+    """The device budget of ``prune.flash_budget`` / ``ram_budget`` / ``insn_budget`` with
+    ``mcu`` (None without any), checked with the policy that takes it and, for instructions,
+    the Cortex-M toolchain and qemu (before anything trains)."""
+    if all(getattr(p, k) is None for k in BUDGET_KEYS):
+        return None
+    from bnnprune.deploy.mcu import require_tools  # the C export: only when asked
+    from bnnprune.engine.errors import EngineError
+    from bnnprune.prune.budget import Budget
+
+    try:
+        budget = Budget(flash=p.flash_budget, ram=p.ram_budget, insns=p.insn_budget,
+                        mcu=p.mcu)
+        if budget.insns is not None:
+            require_tools()
+    except (ValueError, EngineError) as e:
+        raise ConfigError(f"prune: {e}") from None
+    if p.target_latency is not None:
+        raise ConfigError("prune: give target_latency or a device budget (flash_budget, "
+                          "ram_budget, insn_budget), not both")
+    if "budget" not in method.policy.targets:
+        raise ConfigError(f"prune: a device budget needs the {taking('budget')} policy, not "
+                          f"{method.policy.name!r}")
+    return budget
 
 
 def default_policy(targeted: bool) -> str:

@@ -9,6 +9,10 @@
  * cycles: qemu does not model pipelines, caches or wait states. blocks (optional) gets,
  * at exit, one line per translated block of the whole run: its start address (hex), its
  * instructions and how often it ran, for a profile by function (addresses from nm).
+ * ops=A0:A1:...,opsout=FILE (optional) split each inference by phase: the instructions
+ * from entering the function at Ak to entering the next listed function (or the second
+ * mark) go to k, those before the first to a prologue slot; opsout gets one line per
+ * inference, the prologue first, and the line sums to that inference's count.
  *
  * Debian's qemu ships no qemu-plugin.h, so the few declarations used are written here
  * against qemu's plugin API version 1, which qemu 4.2 to 8.x load (Debian 12 has 7.2);
@@ -74,20 +78,57 @@ static size_t nblocks, capblocks;
 static uint64_t last_mark;
 static unsigned long marks;
 
+/* the ops= phases: entry addresses, and per inference the instructions of each phase */
+#define MAX_OPS 1024
+static FILE *ops_out;
+static uint64_t op_addr[MAX_OPS];
+static uint64_t op_insns[MAX_OPS + 1]; /* [0]: the prologue, [k + 1]: phase k */
+static size_t nops, phase;
+static uint64_t phase_start;
+
+/* Close the running phase at ``now`` instructions and open ``next``. */
+static void switch_phase(size_t next, uint64_t now)
+{
+    op_insns[phase] += now - phase_start;
+    phase = next;
+    phase_start = now;
+}
+
+/* A listed function's entry: its block's instructions were already added on entering the
+ * block (userdata: their number), and they belong to the phase that opens here. */
+static void on_op(unsigned int vcpu_index, void *userdata)
+{
+    uintptr_t packed = (uintptr_t)userdata;
+    (void)vcpu_index;
+    if (marks % 2 == 1)
+        switch_phase((packed >> 16) + 1, executed - (packed & 0xffff));
+}
+
 /* A block's instructions are added when it is entered; the mark's snapshot is taken at
  * its first instruction (a block of its own: it is only ever reached by a call). */
 static void on_mark(unsigned int vcpu_index, void *userdata)
 {
     (void)vcpu_index;
     (void)userdata;
-    if (marks++ % 2 == 1)
+    size_t k;
+    if (marks++ % 2 == 1) {
         fprintf(out, "%" PRIu64 "\n", executed - last_mark);
+        if (ops_out != NULL) {
+            switch_phase(0, executed);
+            for (k = 0; k <= nops; ++k)
+                fprintf(ops_out, "%s%" PRIu64, k ? " " : "", op_insns[k]);
+            fputc('\n', ops_out);
+        }
+    }
     last_mark = executed;
+    memset(op_insns, 0, sizeof op_insns);
+    phase = 0;
+    phase_start = executed;
 }
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
-    size_t i, n = qemu_plugin_tb_n_insns(tb);
+    size_t i, k, n = qemu_plugin_tb_n_insns(tb);
     (void)id;
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &executed, n);
     if (blocks_out != NULL && n > 0) {
@@ -107,8 +148,13 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
     for (i = 0; i < n; ++i) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
-        if (qemu_plugin_insn_vaddr(insn) == mark_addr)
+        uint64_t pc = qemu_plugin_insn_vaddr(insn);
+        if (pc == mark_addr)
             qemu_plugin_register_vcpu_insn_exec_cb(insn, on_mark, QEMU_PLUGIN_CB_NO_REGS, NULL);
+        for (k = 0; k < nops && i == 0; ++k)
+            if (pc == op_addr[k])
+                qemu_plugin_register_vcpu_insn_exec_cb(
+                    insn, on_op, QEMU_PLUGIN_CB_NO_REGS, (void *)(uintptr_t)((k << 16) | n));
     }
 }
 
@@ -118,6 +164,8 @@ static void on_quit(qemu_plugin_id_t id, void *userdata)
     (void)id;
     (void)userdata;
     fclose(out);
+    if (ops_out != NULL)
+        fclose(ops_out);
     if (blocks_out != NULL) {
         for (i = 0; i < nblocks; ++i)
             fprintf(blocks_out, "%" PRIx64 " %" PRIu64 " %" PRIu64 "\n", blocks[i]->addr,
@@ -129,7 +177,8 @@ static void on_quit(qemu_plugin_id_t id, void *userdata)
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
                                            int argc, char **argv)
 {
-    const char *path = NULL, *blocks_path = NULL;
+    const char *path = NULL, *blocks_path = NULL, *ops_path = NULL, *ops = NULL;
+    char *end;
     int i;
     (void)info;
     for (i = 0; i < argc; ++i) {
@@ -139,6 +188,29 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             path = argv[i] + 4;
         else if (strncmp(argv[i], "blocks=", 7) == 0)
             blocks_path = argv[i] + 7;
+        else if (strncmp(argv[i], "opsout=", 7) == 0)
+            ops_path = argv[i] + 7;
+        else if (strncmp(argv[i], "ops=", 4) == 0)
+            ops = argv[i] + 4;
+    }
+    for (end = (char *)ops; ops != NULL && *ops != '\0'; ops = end + (*end == ':')) {
+        if (nops == MAX_OPS) {
+            fprintf(stderr, "qemu_insn_count: more than %d ops\n", MAX_OPS);
+            return 1;
+        }
+        op_addr[nops++] = strtoull(ops, &end, 0) & ~(uint64_t)1;
+        if (end == ops) {
+            fprintf(stderr, "qemu_insn_count: bad ops= list\n");
+            return 1;
+        }
+    }
+    if ((nops > 0) != (ops_path != NULL)) {
+        fprintf(stderr, "qemu_insn_count: ops= and opsout= go together\n");
+        return 1;
+    }
+    if (ops_path != NULL && (ops_out = fopen(ops_path, "w")) == NULL) {
+        perror(ops_path);
+        return 1;
     }
     if (mark_addr == 0 || path == NULL) {
         fprintf(stderr, "qemu_insn_count: need mark=ADDRESS,out=FILE\n");
