@@ -507,15 +507,22 @@ BNN_INLINE uint32_t bnn_pop_bytes(uint32_t v, bnn_masks_t m)
     return m.m4 & (v + (v >> 4));
 }
 
-/* acc + the sum of v's four bytes (which is below 256): usada8 where the core has the DSP
- * instructions (M4, M7), else a multiply */
+/* acc + the sum of v's four bytes: bnn_add_bytes where that sum is below 256, bnn_sum_bytes
+ * for any; usada8 where the core has the DSP instructions (M4, M7), else multiplies */
 #if defined(__ARM_FEATURE_SIMD32)
 #include <arm_acle.h>
 BNN_INLINE uint32_t bnn_add_bytes(uint32_t acc, uint32_t v) { return __usada8(v, 0, acc); }
+BNN_INLINE uint32_t bnn_sum_bytes(uint32_t acc, uint32_t v) { return __usada8(v, 0, acc); }
 #else
 BNN_INLINE uint32_t bnn_add_bytes(uint32_t acc, uint32_t v)
 {
     return acc + ((v * 0x01010101u) >> 24);
+}
+
+BNN_INLINE uint32_t bnn_sum_bytes(uint32_t acc, uint32_t v)
+{
+    v = (v & 0x00ff00ffu) + ((v >> 8) & 0x00ff00ffu);
+    return acc + ((v * 0x00010001u) >> 16);
 }
 #endif
 
@@ -569,16 +576,41 @@ BNN_INLINE const uint64_t *bnn_csa_base(const uint64_t *wb, int k)
 /* The largest window (in 64-bit words) counted fully unrolled, as one run of words. */
 #define BNN_CSA_FLAT 32
 
-/* XOR-popcount of one pixel's window with one channel's weights: the window's 32-bit words
- * go through carry-save adders into ones and twos (bit counts of weight 1 and 2), whose
- * carries (weight 4) are counted once per two 64-bit words; ones and twos are counted at
- * the end. A window of up to BNN_CSA_FLAT words is one unrolled run (pairs may straddle
- * rows, every address an offset from x and w), a longer one goes row by row. */
-BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64_t *w,
-                                  bnn_masks_t m)
+/* The carries of weight 4 counted a group at a time: their nibble counts (at most 4 each)
+ * summed over BNN_CSA_GROUP carries (at most 12 a nibble), then the group's bytes (at most 24)
+ * added to a byte-wise total without a horizontal sum. */
+#define BNN_CSA_GROUP 3
+
+/* The bytes of nibble counts of at most 15: at most 30 each. */
+BNN_INLINE uint32_t bnn_nibbles_to_bytes(uint32_t v, bnn_masks_t m)
 {
-    uint32_t ones = 0, twos = 0, fours = 0, f, ta, tb;
-    const int n = win.kh * win.seg;
+    return (v & m.m4) + (m.m4 & (v >> 4));
+}
+
+/* Carry i of nc (weight 4) into the group's nibble counts quad and, when the group is full
+ * or i is the last, the group into the byte-wise total bytes (at most 8 a carry). */
+BNN_INLINE void bnn_csa_carry(uint32_t f, int i, int nc, bnn_masks_t m, uint32_t *quad,
+                              uint32_t *bytes)
+{
+    const uint32_t q = bnn_pop_nibbles(f, m);
+    *quad = i % BNN_CSA_GROUP == 0 ? q : *quad + q;
+    if (i % BNN_CSA_GROUP == BNN_CSA_GROUP - 1 || i == nc - 1) {
+        const uint32_t b = bnn_nibbles_to_bytes(*quad, m);
+        *bytes = i < BNN_CSA_GROUP ? b : *bytes + b;
+    }
+}
+
+/* XOR-popcount of one pixel's window with one channel's weights, plus acc: the window's
+ * 32-bit words go through carry-save adders into ones and twos (bit counts of weight 1 and
+ * 2), whose carries (weight 4) are counted once per two 64-bit words; ones and twos are
+ * counted at the end. A window of up to BNN_CSA_FLAT words is one unrolled run (pairs may
+ * straddle rows, every address an offset from x and w; the carries counted in groups,
+ * bnn_csa_carry), a longer one goes row by row. */
+BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64_t *w,
+                                  bnn_masks_t m, uint32_t acc)
+{
+    uint32_t ones = 0, twos = 0, fours = 0, quad = 0, f, ta, tb;
+    const int n = win.kh * win.seg, nc = (n + 1) / 2;
     const uint64_t *wb = w;
     int r, j, k;
     BNN_PIN(x); /* the window's addresses as offsets from x, not hoisted out of the channel
@@ -591,36 +623,43 @@ BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64
             wb = bnn_csa_base(wb, k + 1);
             tb = bnn_csa_word(x, win, wb, k + 1, &ones);
             BNN_CSA(f, twos, twos, ta, tb);
-            fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
+            bnn_csa_carry(f, k / 2, nc, m, &quad, &fours);
         }
         if (n % 2 != 0) { /* an odd last word: its carry half-added into twos */
             wb = bnn_csa_base(wb, n - 1);
             ta = bnn_csa_word(x, win, wb, n - 1, &ones);
             f = twos & ta;
             twos ^= ta;
+            bnn_csa_carry(f, nc - 1, nc, m, &quad, &fours);
+        }
+        /* ones + 2 twos: at most 12 a nibble, 24 a byte; with 4 x fours (at most 8 nc a
+         * byte) one horizontal sum while a byte holds both */
+        f = bnn_pop_nibbles(ones, m) + (bnn_pop_nibbles(twos, m) << 1);
+        f = bnn_nibbles_to_bytes(f, m);
+        if (24 + 4 * 8 * nc <= 255)
+            return bnn_sum_bytes(acc, f + (fours << 2));
+        return bnn_sum_bytes(acc, f) + (bnn_sum_bytes(0, fours) << 2);
+    }
+    for (r = 0; r < win.kh; ++r) {
+        const uint64_t *xr = x + r * win.rstep;
+        const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
+        for (j = 0; j + 2 <= win.seg; j += 2) {
+            ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
+            tb = bnn_csa_at(xr + j + 1, wr + BNN_BLOCK * (j + 1), &ones);
+            BNN_CSA(f, twos, twos, ta, tb);
             fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
         }
-    } else {
-        for (r = 0; r < win.kh; ++r) {
-            const uint64_t *xr = x + r * win.rstep;
-            const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
-            for (j = 0; j + 2 <= win.seg; j += 2) {
-                ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
-                tb = bnn_csa_at(xr + j + 1, wr + BNN_BLOCK * (j + 1), &ones);
-                BNN_CSA(f, twos, twos, ta, tb);
-                fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
-            }
-            if (j < win.seg) {
-                ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
-                f = twos & ta;
-                twos ^= ta;
-                fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
-            }
+        if (j < win.seg) {
+            ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
+            f = twos & ta;
+            twos ^= ta;
+            fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
         }
     }
-    /* ones + 2 twos: at most 12 a nibble */
+    /* ones + 2 twos: at most 12 a nibble; their bytes summed onto acc, 4 fours last (one
+     * add with a shifted operand) */
     f = bnn_pop_nibbles(ones, m) + (bnn_pop_nibbles(twos, m) << 1);
-    return bnn_add_bytes(bnn_add_bytes(fours << 2, f & m.m4), m.m4 & (f >> 4));
+    return bnn_add_bytes(bnn_add_bytes(acc, f & m.m4), m.m4 & (f >> 4)) + (fours << 2);
 }
 
 BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
@@ -628,7 +667,7 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
 {
     (void)np;
     (void)nv;
-    acc[0][0] = bnn_csa_count(x, win, w, bnn_masks());
+    acc[0][0] = bnn_csa_count(x, win, w, bnn_masks(), 0);
 }
 #else
 /* XOR-popcounts of np pixels x nv vectors of channels (one pass) over the window; w points
@@ -713,7 +752,8 @@ BNN_INLINE void bnn_bconv_bits_tile(const uint64_t *x, int np, bnn_win_t win,
                 const int nq = k0 + n - b * BNN_BLOCK < BNN_BLOCK ? k0 + n - b * BNN_BLOCK
                                                                   : BNN_BLOCK;
                 for (q = 0; q < nq; ++q) {
-                    const int32_t sum = (int32_t)bnn_csa_count(x, win, wb + q, m) + ib[q];
+                    const int32_t sum = (int32_t)bnn_csa_count(x, win, wb + q, m,
+                                                               (uint32_t)ib[q]);
                     bits = (bits >> 1) | ((uint32_t)sum & 0x80000000u);
                 }
             }
@@ -803,7 +843,7 @@ BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
     (void)np;
     for (k = 0; k < co; ++k) {
         const uint64_t *wk = w + k / BNN_BLOCK * bsize + k % BNN_BLOCK;
-        float f = (float)(nbits - 2 * (int32_t)bnn_csa_count(x, win, wk, m));
+        float f = (float)(nbits - 2 * (int32_t)bnn_csa_count(x, win, wk, m, 0));
         f = f * aff[0][k];
         f = f + aff[1][k];
         f = f * aff[2][k];
