@@ -454,9 +454,9 @@ typedef struct {
 #define BNN_PIN(v) (void)0
 #endif
 
-/* The SWAR masks. m1 and m2 are kept in registers: Thumb-2 masks a shifted operand with a
- * register in one instruction (and r, m, v, lsr #1), with an immediate in two; m4 masks an
- * unshifted value, which an immediate does in one. */
+/* The SWAR masks, kept in registers: Thumb-2 masks a shifted operand with a register in
+ * one instruction (and r, m, v, lsr #1), with an immediate in two (m4 masks v >> 4 in
+ * bnn_nibbles_to_bytes). */
 typedef struct {
     uint32_t m1, m2, m4;
 } bnn_masks_t;
@@ -466,6 +466,7 @@ BNN_INLINE bnn_masks_t bnn_masks(void)
     bnn_masks_t m = {0x55555555u, 0x33333333u, 0x0f0f0f0fu};
     BNN_OPAQUE(m.m1);
     BNN_OPAQUE(m.m2);
+    BNN_OPAQUE(m.m4);
     return m;
 }
 
