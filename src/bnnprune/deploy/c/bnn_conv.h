@@ -833,19 +833,31 @@ BNN_INLINE void bnn_affine_pass(const uint64_t *x, int np, bnn_win_t win, const 
 }
 
 #if defined(BNN_PATH_CSA32)
-/* Float mode, one pixel (np is 1): out[k] = ((K - 2*count) * m1 + a1) * m2 + a2. */
+/* Float mode, one pixel (np is 1): out[k] = ((K - 2*count) * m1 + a1) * m2 + a2, in two
+ * passes: the counts (kept in out's words), then the affine maps. One loop doing both kept
+ * the four parameter pointers and the channel's weight address in stack slots (bconv4 of
+ * `small` took 330 instructions per output on the M4, now about 313). */
 BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
                                       const uint64_t *w, int co, int32_t nbits,
                                       const float *const *aff, float *out)
 {
     const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
     const bnn_masks_t m = bnn_masks();
-    int k;
+    int k, q;
     (void)np;
+    for (k = 0; k < co; k += BNN_BLOCK) {
+        const uint64_t *wb = w + k / BNN_BLOCK * bsize;
+        const int nq = co - k < BNN_BLOCK ? co - k : BNN_BLOCK;
+        for (q = 0; q < nq; ++q) {
+            const uint32_t c = bnn_csa_count(x, win, wb + q, m, 0);
+            memcpy(out + k + q, &c, sizeof c);
+        }
+    }
     for (k = 0; k < co; ++k) {
-        const uint64_t *wk = w + k / BNN_BLOCK * bsize + k % BNN_BLOCK;
-        float f = (float)(nbits - 2 * (int32_t)bnn_csa_count(x, win, wk, m, 0));
-        f = f * aff[0][k];
+        uint32_t c;
+        float f;
+        memcpy(&c, out + k, sizeof c);
+        f = (float)(nbits - 2 * (int32_t)c) * aff[0][k];
         f = f + aff[1][k];
         f = f * aff[2][k];
         out[k] = f + aff[3][k];
