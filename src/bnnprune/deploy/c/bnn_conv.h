@@ -578,8 +578,8 @@ BNN_INLINE const uint64_t *bnn_csa_base(const uint64_t *wb, int k)
  * groups, bnn_csa_carry) instead of going through a twos word. Counting a carry costs
  * about 1.3 instructions a word more than adding it into twos, but without twos the final
  * count saves about 7 (its bit count and the carries of twos): the direct count pays up to
- * about 5 words (on the M4: bconv2 of `small`, 4.5 words, 95 -> 92 instructions per output;
- * bconv3, 9 words, 165 -> 166). */
+ * about 5 words (on the M4, instructions in the channel loop of `small`'s bconv2, 4.5 words:
+ * 95 -> 92; of bconv3, 9 words: 165 -> 166). */
 #define BNN_CSA_NO_TWOS 5
 
 /* The largest window (in 64-bit words) counted fully unrolled, as one run of words. */
