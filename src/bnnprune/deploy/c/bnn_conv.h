@@ -854,7 +854,7 @@ BNN_INLINE void bnn_affine_pass(const uint64_t *x, int np, bnn_win_t win, const 
 /* Float mode, one pixel (np is 1): out[k] = ((K - 2*count) * m1 + a1) * m2 + a2, in two
  * passes: the counts (kept in out's words), then the affine maps. One loop doing both kept
  * the four parameter pointers and the channel's weight address in stack slots (bconv4 of
- * `small` took 330 instructions per output on the M4, now about 313). */
+ * `small` took 330 instructions per output on the M4, now 317 by bench_mcu --per-op). */
 BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
                                       const uint64_t *w, int co, int32_t nbits,
                                       const float *const *aff, float *out)
