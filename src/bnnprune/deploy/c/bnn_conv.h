@@ -454,9 +454,9 @@ typedef struct {
 #define BNN_PIN(v) (void)0
 #endif
 
-/* The SWAR masks. m1 and m2 are kept in registers: Thumb-2 masks a shifted operand with a
- * register in one instruction (and r, m, v, lsr #1), with an immediate in two; m4 masks an
- * unshifted value, which an immediate does in one. */
+/* The SWAR masks, kept in registers: Thumb-2 masks a shifted operand with a register in
+ * one instruction (and r, m, v, lsr #1), with an immediate in two (m4 masks v >> 4 in
+ * bnn_nibbles_to_bytes). */
 typedef struct {
     uint32_t m1, m2, m4;
 } bnn_masks_t;
@@ -466,6 +466,7 @@ BNN_INLINE bnn_masks_t bnn_masks(void)
     bnn_masks_t m = {0x55555555u, 0x33333333u, 0x0f0f0f0fu};
     BNN_OPAQUE(m.m1);
     BNN_OPAQUE(m.m2);
+    BNN_OPAQUE(m.m4);
     return m;
 }
 
@@ -507,15 +508,22 @@ BNN_INLINE uint32_t bnn_pop_bytes(uint32_t v, bnn_masks_t m)
     return m.m4 & (v + (v >> 4));
 }
 
-/* acc + the sum of v's four bytes (which is below 256): usada8 where the core has the DSP
- * instructions (M4, M7), else a multiply */
+/* acc + the sum of v's four bytes: bnn_add_bytes where that sum is below 256, bnn_sum_bytes
+ * for any; usada8 where the core has the DSP instructions (M4, M7), else multiplies */
 #if defined(__ARM_FEATURE_SIMD32)
 #include <arm_acle.h>
 BNN_INLINE uint32_t bnn_add_bytes(uint32_t acc, uint32_t v) { return __usada8(v, 0, acc); }
+BNN_INLINE uint32_t bnn_sum_bytes(uint32_t acc, uint32_t v) { return __usada8(v, 0, acc); }
 #else
 BNN_INLINE uint32_t bnn_add_bytes(uint32_t acc, uint32_t v)
 {
     return acc + ((v * 0x01010101u) >> 24);
+}
+
+BNN_INLINE uint32_t bnn_sum_bytes(uint32_t acc, uint32_t v)
+{
+    v = (v & 0x00ff00ffu) + ((v >> 8) & 0x00ff00ffu);
+    return acc + ((v * 0x00010001u) >> 16);
 }
 #endif
 
@@ -566,23 +574,66 @@ BNN_INLINE const uint64_t *bnn_csa_base(const uint64_t *wb, int k)
     return wb;
 }
 
+/* The longest window (in 64-bit words) whose carries of weight 2 are counted directly (in
+ * groups, bnn_csa_carry) instead of going through a twos word. Counting a carry costs
+ * about 1.3 instructions a word more than adding it into twos, but without twos the final
+ * count saves about 7 (its bit count and the carries of twos): the direct count pays up to
+ * about 5 words (on the M4, instructions in the channel loop of `small`'s bconv2, 4.5 words:
+ * 95 -> 92; of bconv3, 9 words: 165 -> 166). */
+#define BNN_CSA_NO_TWOS 5
+
 /* The largest window (in 64-bit words) counted fully unrolled, as one run of words. */
 #define BNN_CSA_FLAT 32
 
-/* XOR-popcount of one pixel's window with one channel's weights: the window's 32-bit words
- * go through carry-save adders into ones and twos (bit counts of weight 1 and 2), whose
- * carries (weight 4) are counted once per two 64-bit words; ones and twos are counted at
- * the end. A window of up to BNN_CSA_FLAT words is one unrolled run (pairs may straddle
- * rows, every address an offset from x and w), a longer one goes row by row. */
-BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64_t *w,
-                                  bnn_masks_t m)
+/* Carries (of weight 4, or 2 without twos) counted a group at a time: their nibble counts
+ * (at most 4 each) summed over BNN_CSA_GROUP carries (at most 12 a nibble), then the
+ * group's bytes (at most 24) added to a byte-wise total without a horizontal sum. */
+#define BNN_CSA_GROUP 3
+
+/* The bytes of nibble counts of at most 15: at most 30 each. */
+BNN_INLINE uint32_t bnn_nibbles_to_bytes(uint32_t v, bnn_masks_t m)
 {
-    uint32_t ones = 0, twos = 0, fours = 0, f, ta, tb;
-    const int n = win.kh * win.seg;
+    return (v & m.m4) + (m.m4 & (v >> 4));
+}
+
+/* Carry i of nc into the group's nibble counts quad and, when the group is full or i is
+ * the last, the group into the byte-wise total bytes (at most 8 a carry). */
+BNN_INLINE void bnn_csa_carry(uint32_t f, int i, int nc, bnn_masks_t m, uint32_t *quad,
+                              uint32_t *bytes)
+{
+    const uint32_t q = bnn_pop_nibbles(f, m);
+    *quad = i % BNN_CSA_GROUP == 0 ? q : *quad + q;
+    if (i % BNN_CSA_GROUP == BNN_CSA_GROUP - 1 || i == nc - 1) {
+        const uint32_t b = bnn_nibbles_to_bytes(*quad, m);
+        *bytes = i < BNN_CSA_GROUP ? b : *bytes + b;
+    }
+}
+
+/* XOR-popcount of one pixel's window with one channel's weights, plus acc: the window's
+ * 32-bit words go through carry-save adders into ones and twos (bit counts of weight 1 and
+ * 2), whose carries (weight 4) are counted once per two 64-bit words; ones and twos are
+ * counted at the end. A window of up to BNN_CSA_FLAT words is one unrolled run (pairs may
+ * straddle rows, every address an offset from x and w; the carries counted in groups,
+ * bnn_csa_carry; up to BNN_CSA_NO_TWOS words without twos), a longer one goes row by row. */
+BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64_t *w,
+                                  bnn_masks_t m, uint32_t acc)
+{
+    uint32_t ones = 0, twos = 0, fours = 0, quad = 0, f, ta, tb;
+    const int n = win.kh * win.seg, nc = (n + 1) / 2;
     const uint64_t *wb = w;
     int r, j, k;
     BNN_PIN(x); /* the window's addresses as offsets from x, not hoisted out of the channel
                  * loop into registers that then spill */
+    if (n <= BNN_CSA_NO_TWOS) { /* a short window: its carries counted without twos */
+        BNN_UNROLL
+        for (k = 0; k < n; ++k) {
+            wb = bnn_csa_base(wb, k);
+            ta = bnn_csa_word(x, win, wb, k, &ones);
+            bnn_csa_carry(ta, k, n, m, &quad, &fours);
+        }
+        /* ones: at most 8 a byte; 2 x the carries' bytes, at most 16 n */
+        return bnn_sum_bytes(acc, bnn_pop_bytes(ones, m) + (fours << 1));
+    }
     if (n <= BNN_CSA_FLAT) {
         BNN_UNROLL
         for (k = 0; k + 2 <= n; k += 2) {
@@ -591,36 +642,43 @@ BNN_INLINE uint32_t bnn_csa_count(const uint64_t *x, bnn_win_t win, const uint64
             wb = bnn_csa_base(wb, k + 1);
             tb = bnn_csa_word(x, win, wb, k + 1, &ones);
             BNN_CSA(f, twos, twos, ta, tb);
-            fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
+            bnn_csa_carry(f, k / 2, nc, m, &quad, &fours);
         }
         if (n % 2 != 0) { /* an odd last word: its carry half-added into twos */
             wb = bnn_csa_base(wb, n - 1);
             ta = bnn_csa_word(x, win, wb, n - 1, &ones);
             f = twos & ta;
             twos ^= ta;
+            bnn_csa_carry(f, nc - 1, nc, m, &quad, &fours);
+        }
+        /* ones + 2 twos: at most 12 a nibble, 24 a byte; with 4 x fours (at most 8 nc a
+         * byte) one horizontal sum while a byte holds both */
+        f = bnn_pop_nibbles(ones, m) + (bnn_pop_nibbles(twos, m) << 1);
+        f = bnn_nibbles_to_bytes(f, m);
+        if (24 + 4 * 8 * nc <= 255)
+            return bnn_sum_bytes(acc, f + (fours << 2));
+        return bnn_sum_bytes(acc, f) + (bnn_sum_bytes(0, fours) << 2);
+    }
+    for (r = 0; r < win.kh; ++r) {
+        const uint64_t *xr = x + r * win.rstep;
+        const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
+        for (j = 0; j + 2 <= win.seg; j += 2) {
+            ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
+            tb = bnn_csa_at(xr + j + 1, wr + BNN_BLOCK * (j + 1), &ones);
+            BNN_CSA(f, twos, twos, ta, tb);
             fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
         }
-    } else {
-        for (r = 0; r < win.kh; ++r) {
-            const uint64_t *xr = x + r * win.rstep;
-            const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
-            for (j = 0; j + 2 <= win.seg; j += 2) {
-                ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
-                tb = bnn_csa_at(xr + j + 1, wr + BNN_BLOCK * (j + 1), &ones);
-                BNN_CSA(f, twos, twos, ta, tb);
-                fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
-            }
-            if (j < win.seg) {
-                ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
-                f = twos & ta;
-                twos ^= ta;
-                fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
-            }
+        if (j < win.seg) {
+            ta = bnn_csa_at(xr + j, wr + BNN_BLOCK * j, &ones);
+            f = twos & ta;
+            twos ^= ta;
+            fours = bnn_add_bytes(fours, bnn_pop_bytes(f, m));
         }
     }
-    /* ones + 2 twos: at most 12 a nibble */
+    /* ones + 2 twos: at most 12 a nibble; their bytes summed onto acc, 4 fours last (one
+     * add with a shifted operand) */
     f = bnn_pop_nibbles(ones, m) + (bnn_pop_nibbles(twos, m) << 1);
-    return bnn_add_bytes(bnn_add_bytes(fours << 2, f & m.m4), m.m4 & (f >> 4));
+    return bnn_add_bytes(bnn_add_bytes(acc, f & m.m4), m.m4 & (f >> 4)) + (fours << 2);
 }
 
 BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
@@ -628,7 +686,7 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
 {
     (void)np;
     (void)nv;
-    acc[0][0] = bnn_csa_count(x, win, w, bnn_masks());
+    acc[0][0] = bnn_csa_count(x, win, w, bnn_masks(), 0);
 }
 #else
 /* XOR-popcounts of np pixels x nv vectors of channels (one pass) over the window; w points
@@ -713,7 +771,8 @@ BNN_INLINE void bnn_bconv_bits_tile(const uint64_t *x, int np, bnn_win_t win,
                 const int nq = k0 + n - b * BNN_BLOCK < BNN_BLOCK ? k0 + n - b * BNN_BLOCK
                                                                   : BNN_BLOCK;
                 for (q = 0; q < nq; ++q) {
-                    const int32_t sum = (int32_t)bnn_csa_count(x, win, wb + q, m) + ib[q];
+                    const int32_t sum = (int32_t)bnn_csa_count(x, win, wb + q, m,
+                                                               (uint32_t)ib[q]);
                     bits = (bits >> 1) | ((uint32_t)sum & 0x80000000u);
                 }
             }
@@ -792,19 +851,31 @@ BNN_INLINE void bnn_affine_pass(const uint64_t *x, int np, bnn_win_t win, const 
 }
 
 #if defined(BNN_PATH_CSA32)
-/* Float mode, one pixel (np is 1): out[k] = ((K - 2*count) * m1 + a1) * m2 + a2. */
+/* Float mode, one pixel (np is 1): out[k] = ((K - 2*count) * m1 + a1) * m2 + a2, in two
+ * passes: the counts (kept in out's words), then the affine maps. One loop doing both kept
+ * the four parameter pointers and the channel's weight address in stack slots (bconv4 of
+ * `small` took 330 instructions per output on the M4, now 317 by bench_mcu --per-op). */
 BNN_INLINE void bnn_bconv_affine_tile(const uint64_t *x, int np, bnn_win_t win,
                                       const uint64_t *w, int co, int32_t nbits,
                                       const float *const *aff, float *out)
 {
     const ptrdiff_t bsize = (ptrdiff_t)win.kh * win.seg * BNN_BLOCK;
     const bnn_masks_t m = bnn_masks();
-    int k;
+    int k, q;
     (void)np;
+    for (k = 0; k < co; k += BNN_BLOCK) {
+        const uint64_t *wb = w + k / BNN_BLOCK * bsize;
+        const int nq = co - k < BNN_BLOCK ? co - k : BNN_BLOCK;
+        for (q = 0; q < nq; ++q) {
+            const uint32_t c = bnn_csa_count(x, win, wb + q, m, 0);
+            memcpy(out + k + q, &c, sizeof c);
+        }
+    }
     for (k = 0; k < co; ++k) {
-        const uint64_t *wk = w + k / BNN_BLOCK * bsize + k % BNN_BLOCK;
-        float f = (float)(nbits - 2 * (int32_t)bnn_csa_count(x, win, wk, m));
-        f = f * aff[0][k];
+        uint32_t c;
+        float f;
+        memcpy(&c, out + k, sizeof c);
+        f = (float)(nbits - 2 * (int32_t)c) * aff[0][k];
         f = f + aff[1][k];
         f = f * aff[2][k];
         out[k] = f + aff[3][k];
