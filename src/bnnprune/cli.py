@@ -664,22 +664,15 @@ def _device_budget(args: argparse.Namespace) -> Any:
     """The Budget of --flash-budget / --ram-budget / --insn-budget with --mcu, None without
     any; an instruction budget needs the Cortex-M toolchain and qemu (checked here, before
     the table's firmware runs)."""
-    if args.flash_budget is None and args.ram_budget is None and args.insn_budget is None:
-        if args.mcu is not None:
-            raise CliError("--mcu names the core of --insn-budget; give both")
-        return None
-    from bnnprune.deploy.mcu import require_tools
+    if args.mcu is not None and args.insn_budget is None:
+        raise CliError("--mcu names the core of --insn-budget; give both")
     from bnnprune.engine.errors import EngineError
-    from bnnprune.prune.budget import Budget
+    from bnnprune.prune.budget import device_budget
 
     try:
-        budget = Budget(flash=args.flash_budget, ram=args.ram_budget, insns=args.insn_budget,
-                        mcu=args.mcu)
-        if budget.insns is not None:
-            require_tools()
+        return device_budget(args.flash_budget, args.ram_budget, args.insn_budget, args.mcu)
     except (ValueError, EngineError) as e:
         raise CliError(str(e)) from None
-    return budget
 
 
 def _latency_target(text: str) -> float:

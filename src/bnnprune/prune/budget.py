@@ -210,3 +210,19 @@ def check_fit(pruned: nn.Module, input_shape: InputShape, budget: Budget) -> dic
                         f"{BUDGET_KINDS[k][1]}" for k in over) + "): the footprint model is wrong",
             over)
     return used
+
+
+def device_budget(flash: int | None = None, ram: int | None = None, insns: int | None = None,
+                  mcu: str | None = None) -> Budget | None:
+    """The :class:`Budget` of these limits (None when none is given, :class:`Budget`'s
+    ValueError for an ``mcu`` alone); an instruction budget
+    needs the Cortex-M toolchain and qemu, checked now, before its table's firmware runs.
+    ValueError or EngineError (one line) on a bad value or a missing tool."""
+    if flash is None and ram is None and insns is None and mcu is None:
+        return None
+    budget = Budget(flash=flash, ram=ram, insns=insns, mcu=mcu)
+    if budget.insns is not None:
+        from bnnprune.deploy.mcu import require_tools
+
+        require_tools()
+    return budget

@@ -95,15 +95,11 @@ def device_budget(p: PruneConfig, method: Method) -> Any:
     the Cortex-M toolchain and qemu (before anything trains)."""
     if all(getattr(p, k) is None for k in BUDGET_KEYS):
         return None
-    from bnnprune.deploy.mcu import require_tools  # the C export: only when asked
     from bnnprune.engine.errors import EngineError
-    from bnnprune.prune.budget import Budget
+    from bnnprune.prune.budget import device_budget as make_budget  # the C export: when asked
 
     try:
-        budget = Budget(flash=p.flash_budget, ram=p.ram_budget, insns=p.insn_budget,
-                        mcu=p.mcu)
-        if budget.insns is not None:
-            require_tools()
+        budget = make_budget(p.flash_budget, p.ram_budget, p.insn_budget, p.mcu)
     except (ValueError, EngineError) as e:
         raise ConfigError(f"prune: {e}") from None
     if p.target_latency is not None:
