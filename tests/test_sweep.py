@@ -397,3 +397,16 @@ def test_the_recommended_default_is_the_simplest_method_tied_with_the_best_ranke
     assert default != "uniform+random"
     assert f"`bnnprune run` defaults to {default}; uniform+random would follow" in text
     assert aggregate(records[:6])["recommendation"] is None  # one row: nothing to compare
+
+
+def test_a_sweep_refuses_a_device_budget_and_its_cell_keys_ignore_the_unset_ones() -> None:
+    from bnnprune.cells import Cell, cell_key
+
+    cfg = SweepConfig()
+    cfg.sweep.methods = ["target+wff"]
+    cfg.prune.flash_budget = 40000
+    with pytest.raises(ConfigError, match="prune.flash_budget: a sweep prunes to its BOPs"):
+        resolve_sweep(cfg)
+    cfg.prune.flash_budget = None
+    key = cell_key(cfg, Cell("baseline", 0))
+    assert not {"flash_budget", "ram_budget", "insn_budget", "mcu"} & set(key["prune"])

@@ -26,7 +26,7 @@ from bnnprune.data import load_from_config
 from bnnprune.killpoint import kill_point
 from bnnprune.lock import claim
 from bnnprune.prune.methods import Method
-from bnnprune.prune.resolve import sweep_methods
+from bnnprune.prune.resolve import BUDGET_KEYS, sweep_methods
 from bnnprune.records import RECORD_VERSION, MachineRecord, normalized, save_record
 from bnnprune.train import resolve_device
 
@@ -93,7 +93,9 @@ def seed_cfg(cfg: SweepConfig, seed: int) -> SweepConfig:
 
 
 # prune settings no sweep cell reads: each cell names its own method and BOPs reduction
-UNKEYED_PRUNE = ("policy", "criterion", "target", "compare", "speed")
+# bnnprune run's method settings a sweep cell does not read (a sweep refuses device budgets:
+# bnnprune.prune.resolve.resolve_sweep), so records written before they existed still resume
+UNKEYED_PRUNE = ("policy", "criterion", "target", "compare", "speed", *BUDGET_KEYS)
 
 
 def cell_key(cfg: SweepConfig, cell: Cell) -> Any:

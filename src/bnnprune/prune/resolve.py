@@ -153,6 +153,10 @@ def resolve_sweep(cfg: SweepConfig) -> list[Method]:
     """Validate a ``bnnprune sweep`` config whole, before anything trains; its methods."""
     cfg.validate()
     resolve_prune(cfg.prune)
+    given = [k for k in BUDGET_KEYS if getattr(cfg.prune, k) is not None]
+    if given:
+        raise ConfigError(f"prune.{given[0]}: a sweep prunes to its BOPs reductions "
+                          "(sweep.reductions), not to a device budget")
     s = cfg.sweep
     methods = sweep_methods(s)
     bad = [c for c in s.flip_choices if c not in CHOICES]
