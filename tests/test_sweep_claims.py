@@ -18,6 +18,8 @@ from bnnprune.config import SweepConfig, load_config
 from bnnprune.lock import claim
 from bnnprune.prune.methods import parse_method
 
+pytestmark = pytest.mark.slow  # real sweep processes sharing a folder, killed and restarted
+
 CONFIG = """
 [model]
 name = "small"

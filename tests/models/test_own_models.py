@@ -195,6 +195,7 @@ def _run(args: list[str], pythonpath: list[Path]) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a whole train -> prune -> export -> bench round trip through the CLI
 def test_cli_round_trip_train_prune_export_bench(own_pkg, tmp_path, capsys) -> None:
     run, pruned = tmp_path / "run", tmp_path / "pruned"
     tiny = ["--dataset", "synthetic", "--train-subset", "128", "--test-subset", "32",

@@ -30,6 +30,7 @@ def test_single_process_helpers_are_no_ops():
     assert dist.main_decides(lambda: 3) == 3 and dist.main_first(lambda: 4) == 4
 
 
+@pytest.mark.slow  # two real torchrun processes
 def test_torchrun_two_processes_gloo(tmp_path):
     out, dump = tmp_path / "run", tmp_path / "dump"
     dump.mkdir()
