@@ -498,12 +498,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.parent and not out.parent.exists():
         raise CliError(f"output folder {out.parent} does not exist")
     target = DEPLOY_TARGETS[args.format]
-    options: dict[str, Any] = {k: v for k, v in (("baseline", args.baseline),
-                                                 ("target", args.target)) if v}
+    options: dict[str, Any] = {k: v for k, v in (
+        ("baseline", args.baseline), ("target", args.target), ("finn", args.finn),
+        ("input_scale", args.input_scale)) if v}
     for name in options:  # every input is checked before anything is compiled
         if name not in target.options:
             takers = [f for f in EXPORT_FORMATS if name in DEPLOY_TARGETS[f].options]
-            raise CliError(f"--{name} applies to --format {' or '.join(takers)} only")
+            raise CliError(f"--{name.replace('_', '-')} applies to --format "
+                           f"{' or '.join(takers)} only")
     target.check(out, **options)
     if "baseline" in options:
         options["baseline"] = from_checkpoint(options["baseline"])
@@ -935,6 +937,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "them): also write an mps2 board example for it "
                         "and print its code bytes and instructions per inference, counted "
                         "under qemu (needs arm-none-eabi-gcc and qemu-system-arm)")
+    x.add_argument("--finn", action="store_true",
+                   help="--format qonnx: FINN's hardware form (0/1 activations, borders as "
+                        "FMPadding; docs/fpga.md)")
+    x.add_argument("--input-scale", type=float, metavar="S",
+                   help="--format qonnx: an 8-bit input quantizer of step S and 8-bit "
+                        "first-layer weights (docs/fpga.md)")
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser(

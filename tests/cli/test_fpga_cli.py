@@ -112,3 +112,27 @@ def test_fpga_estimate_with_finn(tmp_path, capsys):
     assert luts["pruned"] < luts["unpruned"]
     # no input quantizer from the CLI: the float first conv and the float head stay outside
     assert res["pruned"]["outside"].count("MatMul") == 2
+
+
+def test_export_qonnx_in_finn_form_from_the_cli(checkpoints, capsys):
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    root, _ = checkpoints
+    torch.manual_seed(0)
+    m = build_model("small", width=0.5, pad_value=-1.0).eval()  # FINN pads with -1
+    save_checkpoint(root / "pad-1.pt", {"arch": m.arch, "state_dict": m.state_dict(),
+                                        "dataset": {"input_shape": list(SHAPE)}})
+    out = root / "finn.onnx"
+    assert main(["export", str(root / "pad-1.pt"), "--format", "qonnx", "--finn", "-o",
+                 str(out)]) == 0
+    assert ModelWrapper(str(out)).get_metadata_prop("bnnprune.form") == "finn"
+    capsys.readouterr()
+    _fails(["export", str(root / "pruned.pt"), "--format", "qonnx", "--finn", "-o", str(out)],
+           capsys, "this layer pads with +1")
+    _fails(["export", str(root / "pruned.pt"), "--format", "qonnx", "--input-scale", "0.125",
+            "-o", str(out)], capsys, "quantize the layer before an export with input_scale")
+    _fails(["export", str(root / "pruned.pt"), "--format", "c", "--finn", "-o",
+            str(root / "c")], capsys, "--finn applies to --format qonnx only")
+    _fails(["export", str(root / "pruned.pt"), "--input-scale", "0.5", "-o",
+            str(root / "m.bnn")], capsys, "--input-scale applies to --format qonnx only")
