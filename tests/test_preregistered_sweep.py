@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnnprune.cells import Cell, cell_key
 from bnnprune.cli import main
 from bnnprune.config import ConfigError, SweepConfig, load_config
 from bnnprune.data import DatasetError, load_dataset
@@ -309,6 +310,33 @@ def test_plateau_rule_settings_are_validated(tmp_path, settings: str, message: s
     with pytest.raises(ConfigError, match=message) as err:
         load_config(path, SweepConfig).validate()
     assert "\n" not in str(err.value)
+
+
+def test_nin_page_warns_above_the_primaries_when_the_recipe_fails(tmp_path, monkeypatch) -> None:
+    """A second, steeply rising baseline makes the seed-mean slope fail: the page says so
+    above the primaries, counts 2 of 10 seeds, and gates neither seed."""
+    (tmp_path / "experiments").mkdir()
+    for name in (CONFIG, "experiments/nin_plateau_preregistration.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    cells = tmp_path / "docs" / "results-nin" / "cells"
+    shutil.copytree(ROOT / "docs" / "results-nin" / "cells", cells)
+    rec = json.loads((cells / "seed0" / "baseline.json").read_text())
+    cfg = load_config(ROOT / CONFIG, SweepConfig)
+    rec["seed"], rec["folder"] = 1, "seed1/baseline"
+    rec["key"] = cell_key(cfg, Cell("baseline", 1))
+    rec["convergence"]["val_acc_by_epoch"][10:15] = [0.78, 0.80, 0.82, 0.84, 0.86]
+    (cells / "seed1").mkdir()
+    (cells / "seed1" / "baseline.json").write_text(json.dumps(rec))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--config", CONFIG, "--docs", "docs", "--report-only", "-o",
+                 "run"]) == 0
+    page = (tmp_path / "docs" / "results-nin.md").read_text()
+    warning = page.index("**The training recipe fails the pre-registered plateau criterion**")
+    assert warning < page.index("- **P1**")
+    assert "(provisional, 2 of 10 seeds)" in page
+    # seed 0: -0.31, seed 1: +2.0 pp per epoch; their mean +0.84 fails 0.25
+    assert "Slope of the seed-mean validation accuracy over epochs 11-15: +0.84 pp" in page
+    assert "**no**: not used" not in page
 
 
 # ---------------------------------------------------------------- end to end
