@@ -12,10 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnnprune.cells import Cell, cell_key
 from bnnprune.cli import main
 from bnnprune.config import ConfigError, SweepConfig, load_config
 from bnnprune.data import DatasetError, load_dataset
-from bnnprune.evidence import analyze, default_method, plateau_verdict, required_rows, row_key
+from bnnprune.evidence import (
+    analyze,
+    default_method,
+    design_results,
+    held_before_interval,
+    lsq_slope,
+    plateau_verdict,
+    pooled_plateau,
+    required_rows,
+    row_key,
+)
 from bnnprune.prune.resolve import resolve_sweep
 from bnnprune.report.primaries import render_primaries_report, verdict
 from bnnprune.stats import detectable_difference, holm, paired_test, t_cdf, t_quantile
@@ -183,6 +194,149 @@ def test_primaries_must_name_rows_the_sweep_computes(tmp_path) -> None:
     cfg.sweep.plateau_max_rise_pp = None
     with pytest.raises(ConfigError, match="plateau_gate needs a criterion"):
         cfg.validate()
+
+
+# ---------------------------------------------------------------- seed-mean-slope rule
+
+
+def _slope_conv(held: list[float], flat: dict[str, float]) -> dict:
+    """A baseline's convergence: 2 epochs, the held epochs, then a 3-epoch flip interval."""
+    accs = [0.5, 0.6, *held, 0.9, 0.9, 0.9]
+    return {"val_acc_by_epoch": accs, "interval_epochs": 3, "flip_ratio_max_over_min": flat,
+            "worst_flatness": max(flat.values())}
+
+
+def test_lsq_slope_on_hand_made_histories() -> None:
+    assert lsq_slope([0.80, 0.81, 0.82, 0.83, 0.84]) == pytest.approx(0.01)
+    # x = -2..2, y - mean = (0, 1, -2, -1, 2) / 100: sum(x (y - mean)) = 2 / 100, over 10
+    assert lsq_slope([0.82, 0.83, 0.80, 0.81, 0.84]) == pytest.approx(0.002)
+    assert lsq_slope([0.7, 0.7, 0.7]) == 0.0
+    # the NIN pilot's seed 0, epochs 11-15: the pre-registration's -0.31 pp per epoch
+    assert 100 * lsq_slope([0.8364, 0.8354, 0.8100, 0.8212, 0.8280]) == pytest.approx(-0.31)
+    with pytest.raises(ValueError, match="at least 2"):
+        lsq_slope([0.8])
+    conv = _slope_conv([0.80, 0.81, 0.82, 0.83, 0.84], {"a": 1.1})
+    assert held_before_interval(conv, 5) == [0.80, 0.81, 0.82, 0.83, 0.84]
+    assert held_before_interval(conv, 3) == [0.82, 0.83, 0.84]
+    assert held_before_interval(conv, 8) is None  # only 7 epochs before the interval
+    assert held_before_interval({"acc_change_before_interval": 0.01}, 5) is None
+
+
+def test_pooled_plateau_reads_the_seed_mean() -> None:
+    flat = {"a": 1.1, "b": 1.3}
+    rising = _slope_conv([0.80, 0.81, 0.82, 0.83, 0.84], flat)  # +1.0 pp per epoch
+    falling = _slope_conv([0.84, 0.83, 0.82, 0.81, 0.80], {"a": 1.3, "b": 1.5})
+    flat_curve = _slope_conv([0.82, 0.83, 0.80, 0.81, 0.84], flat)  # +0.2 pp per epoch
+    # the mean of a rising and a falling seed is flat: the recipe passes, each seed alone
+    # would not (the rising one by its slope, the falling one by its layer b)
+    v = pooled_plateau({0: rising, 1: falling}, 0.25, 1.5, 5, 10)
+    assert v["passed"] and v["slope_pp"] == pytest.approx(0.0, abs=1e-12)
+    assert v["flatness"] == pytest.approx({"a": 1.2, "b": 1.4})
+    assert v["seeds"] == [0, 1] and v["of"] == 10 and v["provisional"]
+    assert v["epochs"] == [3, 7]
+    # rising on the mean: fails by its slope, (0.2 + 1.0) / 2 = 0.6 pp per epoch
+    v = pooled_plateau({0: rising, 3: flat_curve}, 0.25, 1.5, 5, 2)
+    assert not v["passed"] and not v["slope_ok"] and v["flat_ok"] and not v["provisional"]
+    assert v["slope_pp"] == pytest.approx(0.6)
+    # flat accuracy, but one layer's seed-mean flip ratio max/min reaches the threshold
+    v = pooled_plateau({0: falling, 1: _slope_conv([0.8] * 5, {"a": 1.0, "b": 1.5})},
+                       0.25, 1.5, 5, 10)
+    assert v["slope_ok"] and not v["flat_ok"] and not v["passed"]
+    # no baseline yet: nothing decided, nothing passes
+    v = pooled_plateau({}, 0.25, 1.5, 5, 10)
+    assert v["slope_pp"] is None and not v["passed"] and v["seeds"] == []
+
+
+def _cell(kind: str, method: str, seed: int, acc: float) -> dict:
+    return {"kind": kind, "method_key": method, "seed": seed, "target_reduction": 0.4,
+            "test_acc": acc, "val_acc": acc}
+
+
+def _allocation_records(convs: dict[int, dict]) -> list[dict]:
+    """Fake baselines and every cell the allocation primary needs, for each seed."""
+    out: list[dict] = []
+    for seed, conv in convs.items():
+        out += [{"kind": "baseline", "seed": seed, "convergence": conv},
+                _cell("prune", "target+wff", seed, 0.80 + 0.01 * seed),
+                _cell("prune", "uniform+wff", seed, 0.79),
+                _cell("scratch", "target+wff", seed, 0.78),
+                _cell("scratch", "", seed, 0.78 - 0.002 * seed)]
+    return out
+
+
+def test_seed_mean_rule_gates_no_seed() -> None:
+    cfg = load_config(ROOT / CONFIG, SweepConfig)
+    s = cfg.sweep
+    s.primaries, s.plateau_rule, s.plateau_max_slope_pp = ["allocation"], "seed-mean-slope", 0.25
+    s.plateau_max_rise_pp, s.plateau_max_flatness, s.plateau_gate = None, 1.5, False
+    cfg.validate()
+    flat = {"a": 1.1}
+    convs = {0: _slope_conv([0.80, 0.81, 0.82, 0.83, 0.84], flat),  # rises 1 pp per epoch
+             1: _slope_conv([0.84, 0.83, 0.82, 0.81, 0.80], flat),
+             2: _slope_conv([0.82, 0.82, 0.82, 0.82, 0.82], flat)}
+    res = design_results(cfg, _allocation_records(convs))
+    assert res["plateau_pooled"]["passed"] and res["plateau_pooled"]["seeds"] == [0, 1, 2]
+    assert not res["plateau"]["0"]["passed"]  # seed 0 alone would fail: reported only
+    assert res["plateau"]["0"]["slope_pp"] == pytest.approx(1.0)
+    assert res["plateau"]["2"]["passed"]
+    assert res["primaries"][0]["n"] == 3  # no seed is gated out
+    # the old per-seed rule with its gate, on the same records, drops the rising seed 0
+    old = load_config(ROOT / CONFIG, SweepConfig)
+    old.sweep.primaries = ["allocation"]
+    old.sweep.plateau_rule, old.sweep.plateau_max_slope_pp = "per-seed-rise", None
+    old.sweep.plateau_max_rise_pp, old.sweep.plateau_gate = 0.5, True
+    old.validate()
+    for c in convs.values():
+        c["acc_change_before_interval"] = c["val_acc_by_epoch"][6] - c["val_acc_by_epoch"][4]
+    res = design_results(old, _allocation_records(convs))
+    assert "plateau_pooled" not in res and res["primaries"][0]["n"] == 2
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ('plateau_rule = "mean"', "plateau_rule takes per-seed-rise or seed-mean-slope"),
+    ('plateau_rule = "seed-mean-slope"', "needs sweep.plateau_max_slope_pp"),
+    ('plateau_rule = "seed-mean-slope"\nplateau_max_slope_pp = 0', "must be > 0"),
+    ('plateau_rule = "seed-mean-slope"\nplateau_max_slope_pp = 0.25\nplateau_slope_epochs = 1',
+     "plateau_slope_epochs must be >= 2"),
+    ('plateau_rule = "seed-mean-slope"\nplateau_max_slope_pp = 0.25\nplateau_gate = true',
+     "cannot gate seeds"),
+    ('plateau_rule = "seed-mean-slope"\nplateau_max_slope_pp = 0.25\n'
+     'plateau_max_rise_pp = 0.5', "belongs to the per-seed-rise rule"),
+    ("plateau_max_slope_pp = 0.25", "needs sweep.plateau_rule"),
+])
+def test_plateau_rule_settings_are_validated(tmp_path, settings: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[sweep]\nmethods = [\"uniform+wff\"]\n{settings}\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path, SweepConfig).validate()
+    assert "\n" not in str(err.value)
+
+
+def test_nin_page_warns_above_the_primaries_when_the_recipe_fails(tmp_path, monkeypatch) -> None:
+    """A second, steeply rising baseline makes the seed-mean slope fail: the page says so
+    above the primaries, counts 2 of 10 seeds, and gates neither seed."""
+    (tmp_path / "experiments").mkdir()
+    for name in (CONFIG, "experiments/nin_plateau_preregistration.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    cells = tmp_path / "docs" / "results-nin" / "cells"
+    shutil.copytree(ROOT / "docs" / "results-nin" / "cells", cells)
+    rec = json.loads((cells / "seed0" / "baseline.json").read_text())
+    cfg = load_config(ROOT / CONFIG, SweepConfig)
+    rec["seed"], rec["folder"] = 1, "seed1/baseline"
+    rec["key"] = cell_key(cfg, Cell("baseline", 1))
+    rec["convergence"]["val_acc_by_epoch"][10:15] = [0.78, 0.80, 0.82, 0.84, 0.86]
+    (cells / "seed1").mkdir()
+    (cells / "seed1" / "baseline.json").write_text(json.dumps(rec))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--config", CONFIG, "--docs", "docs", "--report-only", "-o",
+                 "run"]) == 0
+    page = (tmp_path / "docs" / "results-nin.md").read_text()
+    warning = page.index("**The training recipe fails the pre-registered plateau criterion**")
+    assert warning < page.index("- **P1**")
+    assert "(provisional, 2 of 10 seeds)" in page
+    # seed 0: -0.31, seed 1: +2.0 pp per epoch; their mean +0.84 fails 0.25
+    assert "Slope of the seed-mean validation accuracy over epochs 11-15: +0.84 pp" in page
+    assert "**no**: not used" not in page
 
 
 # ---------------------------------------------------------------- end to end

@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10: the same API from the tomli package
     import tomli as tomllib
 
 __all__ = [
+    "PLATEAU_RULES",
     "ConfigError",
     "DataConfig",
     "ExperimentConfig",
@@ -274,6 +275,9 @@ class RunConfig:
 # the suffix of a sweep table row (a method key) whose cells retrained from scratch
 SCRATCH_ROW = ", from scratch"
 
+# the plateau rules a sweep can pre-register (sweep.plateau_rule); the first is the default
+PLATEAU_RULES = ("per-seed-rise", "seed-mean-slope")
+
 
 @dataclass
 class SweepSection:
@@ -309,6 +313,14 @@ class SweepSection:
     plateau_max_rise_pp: float | None = None
     plateau_max_flatness: float | None = None
     plateau_gate: bool = False
+    # which plateau rule (PLATEAU_RULES): "per-seed-rise" reads plateau_max_rise_pp on each
+    # seed; "seed-mean-slope" reads the recipe, not a seed: the least-squares slope of the
+    # seed-mean validation accuracy over the plateau_slope_epochs epochs before the interval
+    # is below plateau_max_slope_pp pp per epoch, and every layer's seed-mean flip ratio
+    # max/min is below plateau_max_flatness (per-seed figures are reported, none gate)
+    plateau_rule: str = PLATEAU_RULES[0]
+    plateau_max_slope_pp: float | None = None
+    plateau_slope_epochs: int = 5
     # pre-registered primary comparisons (bnnprune.evidence.PRIMARIES), Holm-corrected
     # together, and the file that states the analysis (quoted verbatim by the page)
     primaries: list[str] = field(default_factory=list)
@@ -339,6 +351,28 @@ class SweepSection:
             v = getattr(self, key)
             if v is not None and not v > 0:
                 raise ConfigError(f"sweep.{key} must be > 0, got {v}")
+        if self.plateau_rule not in PLATEAU_RULES:
+            raise ConfigError(f"sweep.plateau_rule takes {' or '.join(PLATEAU_RULES)}, got "
+                              f"{self.plateau_rule!r}")
+        if self.plateau_max_slope_pp is not None and not self.plateau_max_slope_pp > 0:
+            raise ConfigError(f"sweep.plateau_max_slope_pp must be > 0, got "
+                              f"{self.plateau_max_slope_pp}")
+        if self.plateau_slope_epochs < 2:
+            raise ConfigError(f"sweep.plateau_slope_epochs must be >= 2 (a slope needs two "
+                              f"epochs), got {self.plateau_slope_epochs}")
+        if self.plateau_rule == "seed-mean-slope":
+            if self.plateau_max_slope_pp is None:
+                raise ConfigError("sweep.plateau_rule = \"seed-mean-slope\" needs "
+                                  "sweep.plateau_max_slope_pp")
+            if self.plateau_max_rise_pp is not None:
+                raise ConfigError("sweep.plateau_max_rise_pp belongs to the per-seed-rise "
+                                  "rule; the seed-mean-slope rule reads plateau_max_slope_pp")
+            if self.plateau_gate:
+                raise ConfigError("sweep.plateau_gate cannot gate seeds on the seed-mean-slope "
+                                  "rule: it judges the recipe, not a seed (set it to false)")
+        elif self.plateau_max_slope_pp is not None:
+            raise ConfigError("sweep.plateau_max_slope_pp needs sweep.plateau_rule = "
+                              "\"seed-mean-slope\"")
         if self.plateau_gate and self.plateau_max_rise_pp is None \
                 and self.plateau_max_flatness is None:
             raise ConfigError("sweep.plateau_gate needs a criterion: set "

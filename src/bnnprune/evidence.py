@@ -36,9 +36,10 @@ from bnnprune.stats import detectable_difference, holm, paired_difference, paire
 
 __all__ = ["ALPHA", "CONTROL_ROW", "EXPLORATORY", "POWER", "PRIMARIES", "QUESTIONS", "Primary",
            "QuestionVerdict", "aggregate", "analyze", "check_primaries", "convergence",
-           "default_method", "design_results", "exploratory", "identical", "paired_comparisons",
-           "paper_retraining", "plateau_verdict", "question_verdicts", "recommendation",
-           "required_rows", "row_key"]
+           "default_method", "design_results", "exploratory", "held_before_interval", "identical",
+           "lsq_slope", "paired_comparisons", "paper_retraining", "plateau_verdict",
+           "pooled_plateau", "question_verdicts", "recommendation", "required_rows", "row_key",
+           "seed_slope_verdict"]
 
 CONTROL_ROW = " (paper control)"  # the row suffix of the paper policy's uniform control
 
@@ -103,6 +104,71 @@ def plateau_verdict(conv: dict[str, Any], max_rise_pp: float | None,
     flat_ok = max_flatness is None or (flat is not None and flat < max_flatness)
     return {"rise_pp": None if change is None else 100 * change, "worst_flatness": flat,
             "rise_ok": rise_ok, "flat_ok": flat_ok, "passed": rise_ok and flat_ok}
+
+
+def lsq_slope(values: Sequence[float]) -> float:
+    """Least-squares slope of equally spaced values, in their unit per step (a trend that
+    one noisy epoch cannot fake, unlike the change between two single epochs)."""
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"a slope needs at least 2 values, got {n}")
+    x_mean, y_mean = (n - 1) / 2, statistics.fmean(values)
+    return (sum((i - x_mean) * (v - y_mean) for i, v in enumerate(values))
+            / sum((i - x_mean) ** 2 for i in range(n)))
+
+
+def held_before_interval(conv: dict[str, Any], epochs: int) -> list[float] | None:
+    """Validation accuracy of the ``epochs`` epochs just before a baseline's flip interval
+    (None when its record has no validation split or fewer epochs before the interval)."""
+    accs = conv.get("val_acc_by_epoch") or []
+    start = len(accs) - conv.get("interval_epochs", 0)
+    return accs[start - epochs:start] if accs and start >= epochs else None
+
+
+def seed_slope_verdict(conv: dict[str, Any], max_slope_pp: float, max_flatness: float | None,
+                       epochs: int) -> dict[str, Any]:
+    """One seed's figures under the seed-mean-slope rule, for the page only (they gate
+    nothing): its own slope before the interval and worst layer flatness, and whether they
+    alone would meet the recipe's thresholds."""
+    held = held_before_interval(conv, epochs)
+    slope = None if held is None else 100 * lsq_slope(held)
+    flat = conv.get("worst_flatness")
+    slope_ok = slope is not None and slope < max_slope_pp
+    flat_ok = max_flatness is None or (flat is not None and flat < max_flatness)
+    return {"slope_pp": slope, "worst_flatness": flat, "slope_ok": slope_ok,
+            "flat_ok": flat_ok, "passed": slope_ok and flat_ok}
+
+
+def pooled_plateau(convs: dict[int, dict[str, Any]], max_slope_pp: float,
+                   max_flatness: float | None, epochs: int, n_seeds: int) -> dict[str, Any]:
+    """The recipe's plateau verdict on the seed mean: the least-squares slope (pp per epoch)
+    of the validation accuracy averaged over the baselines present, over the ``epochs``
+    epochs before the flip interval, and per layer the seed mean of the flip ratio's
+    max/min inside the interval (records keep each seed's max/min, not its per-epoch
+    ratios). Provisional while fewer than ``n_seeds`` baselines are in."""
+    held = {seed: h for seed, c in sorted(convs.items())
+            if (h := held_before_interval(c, epochs)) is not None}
+    mean_curve = [statistics.fmean(h[i] for h in held.values()) for i in range(epochs)] \
+        if held else []
+    slope = 100 * lsq_slope(mean_curve) if mean_curve else None
+    layers: dict[str, list[float]] = {}
+    for seed in held:
+        for layer, v in (convs[seed].get("flip_ratio_max_over_min") or {}).items():
+            layers.setdefault(layer, []).append(v)
+    flatness = {layer: statistics.fmean(v) for layer, v in layers.items()}
+    worst = max(flatness.values()) if flatness else None
+    slope_ok = slope is not None and slope < max_slope_pp
+    flat_ok = max_flatness is None or (worst is not None and worst < max_flatness)
+    span: list[int] = []  # the held epochs read, numbered from 1
+    if held:
+        c = convs[next(iter(held))]
+        last = len(c["val_acc_by_epoch"]) - c["interval_epochs"]
+        span = [last - epochs + 1, last]
+    return {"seeds": sorted(held), "of": n_seeds, "provisional": len(held) < n_seeds,
+            "epochs": span,
+            "mean_val_acc": mean_curve, "slope_pp": slope, "flatness": flatness,
+            "worst_flatness": worst, "slope_ok": slope_ok, "flat_ok": flat_ok,
+            "passed": slope_ok and flat_ok}
 
 
 # ---------------------------------------------------------------- tables
@@ -503,7 +569,17 @@ def design_results(cfg: SweepConfig, records: list[dict[str, Any]]) -> dict[str,
     the sweep sets a criterion / primaries: older pages stay as they were)."""
     s = cfg.sweep
     out: dict[str, Any] = {}
-    if s.plateau_max_rise_pp is not None or s.plateau_max_flatness is not None:
+    convs = {r["seed"]: r["convergence"] for r in records
+             if r["kind"] == "baseline" and r.get("convergence")}
+    if s.plateau_rule == "seed-mean-slope":
+        out["plateau"] = {str(seed): seed_slope_verdict(c, s.plateau_max_slope_pp,
+                                                        s.plateau_max_flatness,
+                                                        s.plateau_slope_epochs)
+                          for seed, c in convs.items()}
+        out["plateau_pooled"] = pooled_plateau(convs, s.plateau_max_slope_pp,
+                                               s.plateau_max_flatness,
+                                               s.plateau_slope_epochs, len(s.seeds))
+    elif s.plateau_max_rise_pp is not None or s.plateau_max_flatness is not None:
         out["plateau"] = {
             str(r["seed"]): plateau_verdict(r["convergence"], s.plateau_max_rise_pp,
                                             s.plateau_max_flatness)

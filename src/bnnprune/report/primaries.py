@@ -61,6 +61,67 @@ def _primaries_table(prs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _pooled_verdict(pooled: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The recipe's plateau verdict on the seed mean in one line, provisional while some
+    seeds' baselines are missing."""
+    n, of = len(pooled["seeds"]), pooled["of"]
+    state = (f"provisional: {n} of {of} seeds' baselines are in; final once all {of} are"
+             if pooled["provisional"] else f"all {of} seeds' baselines")
+    if not n:
+        return f"**Recipe verdict:** not decided yet ({state})."
+    first, last = pooled["epochs"]
+    return (f"**Recipe verdict ({state}): {'passes' if pooled['passed'] else 'fails'}.** "
+            f"Slope of the seed-mean validation accuracy over epochs {first}-{last}: "
+            f"{_num(pooled['slope_pp'], '+.2f', 1.0)} pp per epoch "
+            f"(< {cfg['plateau_max_slope_pp']}: {'yes' if pooled['slope_ok'] else 'no'}); "
+            f"worst layer's seed-mean flip ratio max/min: "
+            f"{_num(pooled['worst_flatness'], '.2f', 1.0)} "
+            f"(< {cfg['plateau_max_flatness']}: {'yes' if pooled['flat_ok'] else 'no'}).")
+
+
+def _slope_table(results: dict[str, Any], base: dict[int, dict[str, Any]]) -> list[str]:
+    """The seed-mean-slope rule: the criterion, the recipe's verdict, and per seed the same
+    figures (reported; no seed is gated out)."""
+    cfg = results["config"]["sweep"]
+    plateau = results.get("plateau") or {}
+    k = cfg["plateau_slope_epochs"]
+    lines = [f"Criterion (fixed before any result), read on the recipe, not on a seed: the "
+             f"least-squares slope of the seed-mean validation accuracy over the {k} epochs "
+             f"before the flip interval is below {cfg['plateau_max_slope_pp']} pp per epoch, "
+             f"and every binary layer's seed-mean flip ratio max/min inside the interval (the "
+             f"mean over seeds of each seed's max/min) is below "
+             f"{cfg['plateau_max_flatness']}. Per-seed figures are reported; no seed is gated "
+             "out.", "", _pooled_verdict(results["plateau_pooled"], cfg), "",
+             f"| seed | val acc by epoch (%) | slope over the {k} epochs before the interval "
+             "(pp per epoch) | flip ratio max/min (worst layer) | within the thresholds alone "
+             "(reported, not gating) | train / val / test acc at the end (%) |",
+             "|---:|---|---:|---:|---|---|"]
+    for seed in sorted(base):
+        r, c = base[seed], base[seed].get("convergence") or {}
+        v = plateau.get(str(seed)) or {}
+        accs = " ".join(f"{100 * a:.1f}" for a in c.get("val_acc_by_epoch") or [])
+        train = (c.get("train_acc_by_epoch") or [math.nan])[-1]
+        lines.append(
+            f"| {seed} | {accs} | {_num(v.get('slope_pp'), '+.2f', 1.0)} | "
+            f"{_num(v.get('worst_flatness'), '.2f', 1.0)} | "
+            f"{'yes' if v.get('passed') else 'no'} | "
+            f"{_num(train, '.2f')} / {_num(r.get('val_acc'), '.2f')} / "
+            f"{_num(r['test_acc'], '.2f')} |")
+    return lines
+
+
+def _recipe_warning(results: dict[str, Any]) -> list[str]:
+    """Above every primary result: the recipe failed the pre-registered plateau criterion
+    (seed-mean-slope rule only; nothing is rerun)."""
+    pooled = results.get("plateau_pooled")
+    if not pooled or not pooled["seeds"] or pooled["passed"]:
+        return []
+    return [f"**The training recipe fails the pre-registered plateau criterion** "
+            f"({'provisional, ' if pooled['provisional'] else ''}{len(pooled['seeds'])} of "
+            f"{pooled['of']} seeds): every primary result below prunes baselines not shown to "
+            "be near a plateau. Nothing is rerun; see the plateau section.", ""]
+
+
 def _baselines_table(results: dict[str, Any]) -> list[str]:
     """Per seed: the plateau criterion's inputs and verdict, accuracies at the end."""
     cfg = results["config"]["sweep"]
@@ -68,6 +129,8 @@ def _baselines_table(results: dict[str, Any]) -> list[str]:
     base = {r["seed"]: r for r in results["records"] if r["kind"] == "baseline"}
     if not base:
         return ["No baseline finished yet."]
+    if results.get("plateau_pooled") is not None:
+        return _slope_table(results, base)
     lines = [f"Criterion (fixed before any result): validation accuracy rises by less than "
              f"{cfg['plateau_max_rise_pp']} pp over the epochs before the flip interval, and "
              f"every layer's per-epoch flip ratio inside it varies by less than "
@@ -168,6 +231,7 @@ def render_primaries_report(results: dict[str, Any], plots: dict[str, str],
           if results.get("pending") else []),
         "## Verdicts (primary comparisons, Holm-corrected)",
         "",
+        *_recipe_warning(results),
         *(f"- **{pr['label']}** {pr['question']} {verdict(pr)}." for pr in results["primaries"]),
         "",
         *_primaries_table(results["primaries"]),
