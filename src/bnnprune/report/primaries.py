@@ -97,16 +97,8 @@ def _slope_table(results: dict[str, Any], base: dict[int, dict[str, Any]]) -> li
              "(reported, not gating) | train / val / test acc at the end (%) |",
              "|---:|---|---:|---:|---|---|"]
     for seed in sorted(base):
-        r, c = base[seed], base[seed].get("convergence") or {}
-        v = plateau.get(str(seed)) or {}
-        accs = " ".join(f"{100 * a:.1f}" for a in c.get("val_acc_by_epoch") or [])
-        train = (c.get("train_acc_by_epoch") or [math.nan])[-1]
-        lines.append(
-            f"| {seed} | {accs} | {_num(v.get('slope_pp'), '+.2f', 1.0)} | "
-            f"{_num(v.get('worst_flatness'), '.2f', 1.0)} | "
-            f"{'yes' if v.get('passed') else 'no'} | "
-            f"{_num(train, '.2f')} / {_num(r.get('val_acc'), '.2f')} / "
-            f"{_num(r['test_acc'], '.2f')} |")
+        lines.append(_baseline_row(seed, base[seed], plateau.get(str(seed)) or {}, "slope_pp",
+                                   "no"))
     return lines
 
 
@@ -139,17 +131,24 @@ def _baselines_table(results: dict[str, Any]) -> list[str]:
              "max/min (worst layer) | passed | train / val / test acc at the end (%) |",
              "|---:|---|---:|---:|---|---|"]
     for seed in sorted(base):
-        r, c = base[seed], base[seed].get("convergence") or {}
-        v = plateau.get(str(seed)) or {}
-        accs = " ".join(f"{100 * a:.1f}" for a in c.get("val_acc_by_epoch") or [])
-        train = (c.get("train_acc_by_epoch") or [math.nan])[-1]
-        lines.append(
-            f"| {seed} | {accs} | {_num(v.get('rise_pp'), '+.2f', 1.0)} | "
+        lines.append(_baseline_row(seed, base[seed], plateau.get(str(seed)) or {}, "rise_pp",
+                                   "**no**: not used"))
+    return lines
+
+
+def _baseline_row(seed: int, r: dict[str, Any], v: dict[str, Any], figure: str,
+                  failed: str) -> str:
+    """One baseline's row: validation accuracy by epoch, the rule's ``figure`` (rise or
+    slope, pp), worst layer flatness, its verdict (``failed`` when it misses) and the final
+    train / val / test accuracies."""
+    c = r.get("convergence") or {}
+    accs = " ".join(f"{100 * a:.1f}" for a in c.get("val_acc_by_epoch") or [])
+    train = (c.get("train_acc_by_epoch") or [math.nan])[-1]
+    return (f"| {seed} | {accs} | {_num(v.get(figure), '+.2f', 1.0)} | "
             f"{_num(v.get('worst_flatness'), '.2f', 1.0)} | "
-            f"{'yes' if v.get('passed') else '**no**: not used'} | "
+            f"{'yes' if v.get('passed') else failed} | "
             f"{_num(train, '.2f')} / {_num(r.get('val_acc'), '.2f')} / "
             f"{_num(r['test_acc'], '.2f')} |")
-    return lines
 
 
 def _p_layers_table(results: dict[str, Any]) -> list[str]:
