@@ -21,8 +21,8 @@ from bnnprune.engine.latency import program_at
 from bnnprune.models import build_model
 from bnnprune.prune import get_policy, prune_once
 from bnnprune.prune.budget import Budget, footprint_model
+from bnnprune.prune.channels import channels_at, value_expressions
 from bnnprune.prune.insns import DEFAULT_INSN_STEP, insn_table
-from bnnprune.prune.latency import _count, _value_exprs
 from bnnprune.prune.methods import Method
 
 from .test_mcu import _need_tools
@@ -54,7 +54,7 @@ def _counted(model, keep) -> int:
 
     space = analyze(model, SHAPE)
     removed = [g.channels - k for g, k in zip(space.groups, keep, strict=True)]
-    counts = [_count(e, removed) for e in _value_exprs(space, fm_program)]
+    counts = [channels_at(e, removed) for e in value_expressions(space, fm_program)]
     return mcu.count_ops(program_at(fm_program, counts), mcu.get_target(M4)).total
 
 

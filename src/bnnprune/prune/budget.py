@@ -20,8 +20,8 @@ from torch import nn
 
 from bnnprune.deploy.cexport import Footprint, c_footprint, format_footprint
 from bnnprune.engine.latency import program_at
+from bnnprune.prune.channels import Expr, channels_at, compile_eval, value_expressions
 from bnnprune.prune.graph import InputShape, PruningSpace, analyze
-from bnnprune.prune.latency import Expr, _compile, _count, _value_exprs
 
 __all__ = ["BUDGET_KINDS", "Budget", "FootprintModel", "OverBudget", "check_budget",
            "check_fit", "footprint_model", "format_budget", "usage_of"]
@@ -135,7 +135,7 @@ class FootprintModel:
         key = tuple(int(k) for k in keep)
         if key not in self._memo:
             removed = [g.channels - k for g, k in zip(self.space.groups, key, strict=True)]
-            counts = [_count(e, removed) for e in self.value_expr]
+            counts = [channels_at(e, removed) for e in self.value_expr]
             self._memo[key] = c_footprint(program_at(self.program, counts))
         return self._memo[key]
 
@@ -164,7 +164,7 @@ def footprint_model(model: nn.Module, input_shape: InputShape, *, keep_fp: bool 
     ``insn_step`` channels; ``progress`` hears of its firmware runs). Raises EngineError
     when the C export cannot express the model."""
     space = analyze(model, input_shape, keep_fp=keep_fp)
-    program = _compile(model, input_shape)
+    program = compile_eval(model, input_shape)
     c_footprint(program)  # an op the C export cannot express fails here, before any search
     table = None
     if mcu is not None:
@@ -172,7 +172,7 @@ def footprint_model(model: nn.Module, input_shape: InputShape, *, keep_fp: bool 
 
         table = insn_table(model, input_shape, mcu, keep_fp=keep_fp, progress=progress,
                            step=DEFAULT_INSN_STEP if insn_step is None else insn_step)
-    return FootprintModel(space, program, _value_exprs(space, program), table)
+    return FootprintModel(space, program, value_expressions(space, program), table)
 
 
 def format_budget(budget_entry: dict[str, Any]) -> list[str]:
@@ -195,7 +195,7 @@ def check_fit(pruned: nn.Module, input_shape: InputShape, budget: Budget) -> dic
     its instructions per inference counted under qemu), checked against ``budget`` as
     surgery checks BOPs: a plan that fits but a model that does not raises
     :class:`OverBudget`, never a silent overrun. Returns the usage."""
-    program = _compile(pruned, input_shape)
+    program = compile_eval(pruned, input_shape)
     insns = None
     if budget.insns is not None:
         from bnnprune.deploy.mcu import count_ops, get_target

@@ -34,8 +34,14 @@ from bnnprune.deploy.mcu import (
     toolchain_version,
 )
 from bnnprune.engine.latency import LatencyCache, _signature, cache_root, program_at
+from bnnprune.prune.channels import (
+    Expr,
+    channels_at,
+    compile_eval,
+    op_expressions,
+    value_expressions,
+)
 from bnnprune.prune.graph import InputShape, PruningSpace, analyze
-from bnnprune.prune.latency import Expr, _compile, _count, _expressions, _value_exprs
 
 __all__ = ["DEFAULT_INSN_STEP", "InsnTable", "insn_cache_path", "insn_table"]
 
@@ -60,7 +66,8 @@ class _Phase:
     out_expr: Expr
 
     def key(self, removed: Sequence[int]) -> str:
-        return f"{self.signature}|{_count(self.in_expr, removed)}|{_count(self.out_expr, removed)}"
+        ins, outs = channels_at(self.in_expr, removed), channels_at(self.out_expr, removed)
+        return f"{self.signature}|{ins}|{outs}"
 
 
 @dataclass
@@ -96,7 +103,7 @@ class InsnTable:
 def _phases(program: Any, space: PruningSpace, has_fn: Sequence[bool]) -> list[_Phase]:
     """The layer phases of ``program`` (``has_fn``: which ops have a layer function); a
     phase whose function-less ops follow other groups than its layer's cannot be tabled."""
-    ins, outs = _expressions(space, program)
+    ins, outs = op_expressions(space, program)
     phases: list[_Phase] = []
     for i in range(len(program.ops)):
         if has_fn[i]:
@@ -165,8 +172,8 @@ def insn_table(model: nn.Module, input_shape: InputShape, target: str, *,
     t = get_target(target)
     require_tools()
     space = analyze(model, input_shape, keep_fp=keep_fp)
-    program = _compile(model, input_shape)
-    value_expr = _value_exprs(space, program)
+    program = compile_eval(model, input_shape)
+    value_expr = value_expressions(space, program)
     store = LatencyCache(insn_cache_path(target, cache_dir),
                          fingerprint=f"mcu:{target}:{toolchain_version(t)}")
     fns = layer_functions(program)
@@ -184,7 +191,7 @@ def insn_table(model: nn.Module, input_shape: InputShape, target: str, *,
         todo.insert(0, full)
     for runs, keep in enumerate(todo, 1):
         removed = [c - k for c, k in zip(full, keep, strict=True)]
-        measured = count_ops(program_at(program, [_count(e, removed) for e in value_expr]), t)
+        measured = count_ops(program_at(program, [channels_at(e, removed) for e in value_expr]), t)
         if [i for i, n in enumerate(measured.ops) if n is not None] != sorted(fns):
             raise ValueError("the firmware's layer functions are not the export's")
         store.entries[prologue_key] = max(store.entries.get(prologue_key, 0.0),

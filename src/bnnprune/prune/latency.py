@@ -17,10 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
-from bnnprune.engine.compile import compile_model
 from bnnprune.engine.latency import (
     CONV_KINDS,
     EngineCostModel,
@@ -28,6 +26,7 @@ from bnnprune.engine.latency import (
     build_cost_model,
     op_channels,
 )
+from bnnprune.prune.channels import Expr, channels_at, compile_eval, op_expressions
 from bnnprune.prune.graph import InputShape, PruningSpace, analyze
 
 __all__ = ["DEFAULT_STEP", "LatencyModel", "check_latency_target", "kernel_counts",
@@ -35,9 +34,6 @@ __all__ = ["DEFAULT_STEP", "LatencyModel", "check_latency_target", "kernel_count
 
 DEFAULT_STEP = 8  # table resolution (channels) of groups wider than 16
 _PLATEAU = 0.002  # a smaller count must save this share of the unpruned latency
-
-Expr = tuple[int, tuple[tuple[int, int], ...]]  # channels = base - sum(coef * removed[group])
-
 
 def check_latency_target(value: Any) -> float:
     """The target latency as a float in (0, 1), or ValueError (one line)."""
@@ -60,10 +56,6 @@ def _grid(channels: int, step: int) -> list[int]:
     return sorted({*range(step, channels, step), channels})
 
 
-def _count(expr: Expr, removed: Sequence[int]) -> int:
-    base, terms = expr
-    return base - sum(c * removed[g] for g, c in terms)
-
 
 @dataclass
 class LatencyModel:
@@ -82,7 +74,7 @@ class LatencyModel:
     def counts(self, keep: Sequence[int]) -> list[tuple[int, int]]:
         """(input, output) channels of every program op under ``keep``."""
         removed = [g.channels - k for g, k in zip(self.space.groups, keep, strict=True)]
-        return [(_count(i, removed), _count(o, removed))
+        return [(channels_at(i, removed), channels_at(o, removed))
                 for i, o in zip(self.in_expr, self.out_expr, strict=True)]
 
     def predict(self, keep: Sequence[int]) -> float:
@@ -129,42 +121,6 @@ def _saving_counts(cost: dict[int, float], eps: float) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _expressions(space: PruningSpace, program: Any) -> tuple[list[Expr], list[Expr]]:
-    """Channel expressions of every op's input and output (checked against the program)."""
-    index = {g.name: i for i, g in enumerate(space.groups)}
-    group_of = {layer: index[g.name] for layer, g in space.group_of().items()}
-    value: dict[int, Expr] = {0: (program.values[0].c, ())}
-    ins, outs = [], []
-    for op in program.ops:
-        first = value[op.inputs[0]]
-        c = program.values[op.output].c
-        if op.kind in CONV_KINDS:
-            gi = group_of.get(op.name)
-            out: Expr = (c, () if gi is None else ((gi, 1),))
-        elif op.kind in ("concat", "concat_bits"):
-            terms: dict[int, int] = {}
-            for i in op.inputs:
-                for g, k in value[i][1]:
-                    terms[g] = terms.get(g, 0) + k
-            out = (sum(value[i][0] for i in op.inputs), tuple(sorted(terms.items())))
-        else:
-            out = first
-        if out[0] != c:
-            raise ValueError(f"cannot model the latency of op {op.name or op.kind!r}: its "
-                             "channels do not follow the pruning groups")
-        value[op.output] = out
-        ins.append(first if op.kind not in ("concat", "concat_bits") else out)
-        outs.append(out)
-    return ins, outs
-
-
-def _value_exprs(space: PruningSpace, program: Any) -> list[Expr]:
-    """Channel expression of every program value (the input's: constant)."""
-    _, outs = _expressions(space, program)
-    value_expr: list[Expr] = [(program.values[0].c, ())] * len(program.values)
-    for op, e in zip(program.ops, outs, strict=True):
-        value_expr[op.output] = e
-    return value_expr
 
 
 def _axis(expr: Expr, grids: list[list[int]], space: PruningSpace) -> list[int]:
@@ -176,17 +132,6 @@ def _axis(expr: Expr, grids: list[list[int]], space: PruningSpace) -> list[int]:
                 if base - (space.groups[g].channels - k) >= 1]
     return [base]
 
-
-def _compile(model: nn.Module, input_shape: InputShape) -> Any:
-    """The engine program of ``model`` in eval mode (its mode is restored). Compiling starts
-    numba's OpenMP threads, which resets the OpenMP thread count PyTorch shares (e.g. set by
-    OMP_NUM_THREADS); PyTorch's count is restored for the training that follows."""
-    was_training, threads = model.training, torch.get_num_threads()
-    try:
-        return compile_model(model.eval(), input_shape)
-    finally:
-        model.train(was_training)
-        torch.set_num_threads(threads)
 
 
 def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]]:
@@ -206,8 +151,8 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
     """
     from bnnprune.engine.kernels import conv_work, patch_run
 
-    program = _compile(model, space.input_shape)
-    ins, outs = _expressions(space, program)
+    program = compile_eval(model, space.input_shape)
+    ins, outs = op_expressions(space, program)
     full = [g.channels for g in space.groups]
     steps: list[set[int]] = [{c} for c in full]
     for op, i_expr, o_expr in zip(program.ops, ins, outs, strict=True):
@@ -227,8 +172,8 @@ def kernel_counts(model: nn.Module, space: PruningSpace) -> list[tuple[int, ...]
                 work = {}
                 for k in range(1, c + 1):
                     removed[gi] = c - k
-                    work[k] = conv_work(op.kind, kh, kw, _count(i_expr, removed),
-                                        _count(o_expr, removed), run)
+                    work[k] = conv_work(op.kind, kh, kw, channels_at(i_expr, removed),
+                                        channels_at(o_expr, removed), run)
                 found.append(set(_saving_counts(work, 0.0)))
             counts = found[0] & found[1]
             if len(counts) < c:  # a convolution that pays for every channel says nothing
@@ -247,8 +192,8 @@ def latency_model(model: nn.Module, input_shape: InputShape, *, batch: int = 1,
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"step must be a whole number >= 1, got {step!r}")
     space = analyze(model, input_shape, keep_fp=keep_fp)
-    program = _compile(model, input_shape)
-    ins, outs = _expressions(space, program)
+    program = compile_eval(model, input_shape)
+    ins, outs = op_expressions(space, program)
     grids = [_grid(g.channels, step) for g in space.groups]
     op_grids = {}
     for idx in range(len(program.ops)):
