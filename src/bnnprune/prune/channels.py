@@ -51,7 +51,7 @@ def op_expressions(space: PruningSpace, program: Any) -> tuple[list[Expr], list[
         else:
             out = first
         if out[0] != c:
-            raise ValueError(f"cannot model the latency of op {op.name or op.kind!r}: its "
+            raise ValueError(f"cannot model the cost of op {op.name or op.kind!r}: its "
                              "channels do not follow the pruning groups")
         value[op.output] = out
         ins.append(first if op.kind not in ("concat", "concat_bits") else out)
