@@ -4,6 +4,7 @@ baseline first), claims that make a second worker wait, and bad indices."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from bnnprune import lock
 from bnnprune.cli import main
 from bnnprune.config import SweepConfig, load_config
 from bnnprune.lock import LOCK_NAME, claim
-from bnnprune.sweep import compute_cell, sweep_cells
+from bnnprune.sweep import compute_cell, run_sweep, sweep_cells
 
 CONFIG = """
 [model]
@@ -159,3 +160,22 @@ def test_claims_nest_inside_one_process(tmp_path) -> None:
             assert inner is outer is not None
         assert (item / LOCK_NAME).is_file()  # the inner block did not release the outer claim
     assert not (item / LOCK_NAME).exists()
+
+
+def test_a_lost_baseline_checkpoint_is_trained_again_after_the_new_baselines(
+        config, tmp_path) -> None:
+    """A fresh machine has seed 0's committed baseline record but not its checkpoint: the
+    baseline no seed has yet (seed 1) trains first, seed 0's is rebuilt just before its
+    cells need it."""
+    out = tmp_path / "sweep"
+    cfg = load_config(config, SweepConfig)
+    run_sweep(cfg, out)
+    (out / "seed0" / "baseline" / "model.pt").unlink()
+    shutil.rmtree(out / "seed0" / "target+wff-30")
+    cfg.sweep.seeds = [0, 1]
+    logs: list[str] = []
+    run_sweep(cfg, out, log=logs.append)
+    order = [line.split("] ", 1)[1].split(":")[0] for line in logs if line.startswith("[")]
+    assert order[:2] == ["seed 1 baseline", "seed 0 baseline"]
+    assert (out / "seed0" / "baseline" / "model.pt").is_file()
+    assert "seed 0 target+wff (-30%)" in order

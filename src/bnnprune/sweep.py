@@ -224,7 +224,9 @@ def _train_cells(cfg: SweepConfig, out: Path, jobs: int, log: Log,
             pending[ex.submit(run_cell, cfg, out, cell)] = cell
 
     try:
-        for b in baselines:
+        # baselines never trained go first; those with a record whose checkpoint a fresh
+        # machine lost are trained again last, just before their cells need them
+        for b in sorted(baselines, key=lambda b: finished(cfg, out, b) is not None):
             submit(b)
         while pending or deferred or ready:
             flush()
