@@ -4,8 +4,8 @@ baseline first), claims that make a second worker wait, and bad indices."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys

@@ -83,8 +83,7 @@ def _interval_table(model: torch.nn.Module, flips: dict[str, Any], shape: tuple[
                     threshold: int, opts: PlanOptions) -> dict[str, Any]:
     """p_l per layer and the paper policy's planned BOPs reduction when the interval is only
     the last k epochs of the recorded one (k = 1 .. its length)."""
-    tracker = FlipTracker(model)
-    tracker.load_state_dict(flips)
+    tracker = FlipTracker.from_state(model, flips)
     table = {}
     for k in range(1, len(tracker.epoch_counts) + 1):
         counts, steps = tracker.last_epochs_counts(k)

@@ -257,9 +257,8 @@ def cmd_flips(args: argparse.Namespace) -> int:
     model, ckpt = load_model(src)
     if not ckpt.get("flips"):
         raise CliError(f"{src} has no flip data: train with --track-last K (K >= 1) to record it")
-    tracker = FlipTracker(model)
     try:
-        tracker.load_state_dict(ckpt["flips"])
+        tracker = FlipTracker.from_state(model, ckpt["flips"])
     except (KeyError, ValueError) as e:
         raise CliError(f"{src}: flip data does not match the model ({e})") from None
     out = _check_out_dir(args.output or (src.parent / "flips"))

@@ -183,6 +183,14 @@ class FlipTracker:
             "epoch_window_steps": list(self.epoch_window_steps),
         }
 
+    @classmethod
+    def from_state(cls, model: nn.Module, state: dict) -> FlipTracker:
+        """The tracker of ``model`` as saved in ``state`` (a checkpoint's ``"flips"``);
+        ValueError when the flip data belongs to another model."""
+        tracker = cls(model)
+        tracker.load_state_dict(state)
+        return tracker
+
     def load_state_dict(self, state: dict) -> None:
         names = list(self.layers)
         if sorted(state["counts"]) != sorted(names):

@@ -110,9 +110,7 @@ def tracker_of(res: TrainResult | dict[str, Any], model: nn.Module) -> FlipTrack
         return res.tracker
     if not res.get("flips"):
         return None
-    tracker = FlipTracker(model)
-    tracker.load_state_dict(res["flips"])
-    return tracker
+    return FlipTracker.from_state(model, res["flips"])
 
 
 def history_of(res: TrainResult | dict[str, Any]) -> list[dict[str, Any]]:

@@ -80,8 +80,7 @@ def test_epoch_means_and_state_round_trip(tmp_path):
     ep = t.epoch_ratios()
     assert np.allclose(ep["0"], [(0 + 0.5) / 2, (0.5 + 0 + 1.0) / 3])
     state = t.state_dict()
-    t2 = FlipTracker(_model())
-    t2.load_state_dict(state)
+    t2 = FlipTracker.from_state(_model(), state)
     assert t2.step_count == 5 and t2.epoch_ends == [2, 5]
     assert torch.equal(t2.counts["0"], t.counts["0"])
     assert np.allclose(t2.epoch_ratios()["0"], ep["0"])
@@ -101,7 +100,7 @@ def test_errors():
         t.frequencies()
     other = nn.Sequential(BinaryConv2d(1, 3, 1), nn.Flatten(), BinaryLinear(3, 1))
     with pytest.raises(ValueError, match="shape"):
-        FlipTracker(other).load_state_dict(t.state_dict())
+        FlipTracker.from_state(other, t.state_dict())
 
 
 def test_counts_of_the_last_epochs_of_the_interval() -> None:
