@@ -73,8 +73,12 @@ def main() -> None:
                     help="fps factors tried for the pruned copies within the unpruned LUTs")
     ap.add_argument("--int8", action="store_true",
                     help="8-bit input quantizer and first layer: FINN maps it to hardware")
+    ap.add_argument("--segments", action="store_true",
+                    help="a model with float ops between hardware layers (NIN's average pool) "
+                         "as one FINN dataflow per contiguous run of hardware layers")
     args = ap.parse_args()
-    opts = {"clock_mhz": args.clock_mhz, "input_scale": 1 / 128 if args.int8 else None}
+    opts = {"clock_mhz": args.clock_mhz, "input_scale": 1 / 128 if args.int8 else None,
+            "segments": args.segments}
     ladder = [float(v) for v in args.ladder.split(",")]
     print(f"| model | channel rounding | LUTs at {args.target_fps:g} fps (pruned / unpruned) | "
           "MVAU LUTs | BRAM18 | fps within the unpruned LUTs |")
@@ -94,6 +98,8 @@ def main() -> None:
             continue
         notes += [f"{name} unpruned: {b.fps():,.0f} fps, outside the dataflow: "
                   f"{', '.join(b.report['outside'])}"]
+        notes += [f"  between dataflow segments {k} and {k + 1} (float, outside FINN): "
+                  f"{', '.join(ops)}" for k, ops in enumerate(b.report.get("between", []))]
         notes += [f"  {line}" for line in model_errors(compile_model(base, shape), b)]
         base_bops = count_bops(base, shape)
         for r in (int(v) for v in args.round_to.split(",")):

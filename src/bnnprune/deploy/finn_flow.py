@@ -98,6 +98,7 @@ def to_hw(model: Any) -> Any:
     from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
 
+    model = annotate_threshold_layouts(model)
     for t in (thr.InferThresholdingLayer(), bmv.InferBinaryMatrixVectorActivation(),
               qmv.InferQuantizedMatrixVectorActivation(), thr.InferThresholdingLayer(),
               fmp.InferFMPadding(), pool.InferPool(), cig.InferConvInpGen(),
@@ -107,8 +108,31 @@ def to_hw(model: Any) -> Any:
     return model
 
 
-def dataflow_partition(model: Any, workdir: str) -> tuple[Any, Any]:
-    """FINN's step_create_dataflow_partition: (parent graph, the hardware layers' graph)."""
+def annotate_threshold_layouts(model: Any) -> Any:
+    """Give a MultiThreshold without a layout that of its input when that is NCHW (NIN's sign
+    after the float AveragePool). Without it qonnx leaves the output layout unknown and
+    FINN's InferThresholdingLayer takes the last axis (the width) for the channels, so the
+    layer's estimate counts the wrong channels and its execution fails on the thresholds'
+    shape; with it FINN wraps the layer in NCHW <-> NHWC transposes."""
+    from qonnx.core.data_layout import NCHW
+    from qonnx.custom_op.registry import getCustomOp
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+
+    changed = False
+    for node in model.get_nodes_by_op_type("MultiThreshold"):
+        inst = getCustomOp(node)
+        if not inst.get_nodeattr("data_layout") and model.get_tensor_layout(node.input[0]) == NCHW:
+            inst.set_nodeattr("data_layout", "NCHW")
+            changed = True
+    return model.transform(InferDataLayouts()) if changed else model
+
+
+def dataflow_partition(model: Any, workdir: str,
+                       segments: bool = False) -> tuple[Any, list[Any], list[list[str]]]:
+    """FINN's step_create_dataflow_partition: (parent graph, the hardware layers' graph of each
+    partition, the op types left outside between consecutive partitions). FINN builds one
+    contiguous partition; with ``segments`` each contiguous run of hardware layers becomes
+    its own partition (see :func:`assign_segments`) instead of an error."""
     from finn.analysis.fpgadataflow.unsupported_layers import unsupported_layers
     from finn.transformation.fpgadataflow.create_dataflow_partition import (
         CreateDataflowPartition,
@@ -116,16 +140,61 @@ def dataflow_partition(model: Any, workdir: str) -> tuple[Any, Any]:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    ok, node = model.analysis(unsupported_layers)
-    if not ok:
-        between = [n.op_type for n in model.graph.node if not is_hw(n)]
-        raise SystemExit(f"FINN cannot map {node.name} ({node.op_type}), which sits between "
-                         f"hardware layers; nodes left outside: {', '.join(between)}")
+    between: list[list[str]] = []
+    if segments:
+        model, between = assign_segments(model)
+    else:
+        ok, node = model.analysis(unsupported_layers)
+        if not ok:
+            outside = [n.op_type for n in model.graph.node if not is_hw(n)]
+            raise SystemExit(f"FINN cannot map {node.name} ({node.op_type}), which sits between "
+                             f"hardware layers; nodes left outside: {', '.join(outside)}")
     parent = model.transform(CreateDataflowPartition(partition_model_dir=workdir))
     sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")
-    if len(sdp) != 1:
-        raise SystemExit(f"finn_flow: {len(sdp)} dataflow partitions (FINN builds one)")
-    return parent, ModelWrapper(getCustomOp(sdp[0]).get_nodeattr("model"))
+    if len(sdp) != len(between) + 1:
+        raise SystemExit(f"finn_flow: {len(sdp)} dataflow partitions, expected "
+                         f"{len(between) + 1}")
+    parts = [ModelWrapper(getCustomOp(n).get_nodeattr("model")) for n in sdp]
+    return parent, parts, between
+
+
+def assign_segments(model: Any) -> tuple[Any, list[list[str]]]:
+    """Number the contiguous runs of hardware layers (FINN's ``partition_id``): a hardware
+    layer continues the segment of its hardware producers and starts the next one after a
+    node left outside (a float op between hardware layers), so no path leaves a segment and
+    comes back. Returns the model and, per gap between consecutive segments, the op types of
+    the nodes outside FINN there (in graph order)."""
+    from qonnx.custom_op.registry import getCustomOp
+    from qonnx.transformation.general import SortGraph
+
+    model = model.transform(SortGraph())
+    seg: dict[str, int] = {}  # tensor -> segment of the last hardware layer upstream of it
+    gap: dict[str, bool] = {}  # tensor -> an outside node lies between it and that layer
+    level: dict[str, int] = {}  # node name -> segment (hardware) or upstream segment (outside)
+    for node in model.graph.node:
+        ups = [(seg[t], gap[t]) for t in node.input if t in seg]
+        if is_hw(node):
+            k = max((s + g for s, g in ups), default=0)
+            getCustomOp(node).set_nodeattr("partition_id", k)
+            level[node.name] = k
+        elif ups:
+            level[node.name] = max(s for s, _ in ups)
+        for t in node.output:
+            if node.name in level:
+                seg[t], gap[t] = level[node.name], not is_hw(node)
+    used = sorted({level[n.name] for n in model.graph.node if is_hw(n)})
+    between: list[list[str]] = [[] for _ in used[1:]]
+    downstream: set[str] = set()  # tensors that feed a hardware layer, directly or not
+    for node in reversed(model.graph.node):
+        if is_hw(node) or any(t in downstream for t in node.output):
+            downstream.update(node.input)
+    for node in model.graph.node:
+        if not is_hw(node) and node.name in level and any(t in downstream for t in node.output):
+            between[used.index(level[node.name])].append(node.op_type)
+    for node in model.graph.node:  # partition ids 0, 1, ... in order
+        if is_hw(node):
+            getCustomOp(node).set_nodeattr("partition_id", used.index(level[node.name]))
+    return model, between
 
 
 def fold(model: Any, part: str, target_cycles: int) -> Any:
@@ -215,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-fps", type=float, default=1000.0)
     ap.add_argument("--clock-mhz", type=float, default=200.0)
     ap.add_argument("--fpga-part", default=DEFAULT_PART)
+    ap.add_argument("--segments", action="store_true",
+                    help="one dataflow partition per contiguous run of hardware layers, "
+                         "instead of refusing a graph with an op left outside between them")
     args = ap.parse_args(argv)
     if (args.inputs is None) != (args.outputs is None):
         ap.error("--inputs and --outputs go together")
@@ -228,14 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     stages["streamlined"] = [n.op_type for n in streamlined.graph.node]
     hw = to_hw(streamlined)
     stages["hw"] = [n.op_type for n in hw.graph.node]
+    layers: list[dict[str, Any]] = []
+    stages["dataflow"] = []
     with tempfile.TemporaryDirectory() as tmp:
-        parent, dataflow = dataflow_partition(hw, tmp)
-        folded = fold(dataflow, args.fpga_part, target)
-    stages["dataflow"] = [n.op_type for n in folded.graph.node]
-    layers = layer_report(folded, args.fpga_part)
+        parent, parts, between = dataflow_partition(hw, tmp, args.segments)
+        for k, part in enumerate(parts):  # each folded for the same frame rate
+            folded = fold(part, args.fpga_part, target)
+            stages["dataflow"] += [n.op_type for n in folded.graph.node]
+            layers += [{**row, "segment": k} for row in layer_report(folded, args.fpga_part)]
     report = {"finn": "finn-plus " + _version("finn-plus"), "fpga_part": args.fpga_part,
               "clock_mhz": args.clock_mhz, "target_fps": args.target_fps,
               "target_cycles": target, "stages": stages, "layers": layers,
+              "segments": len(parts), "between": between,
               "outside": [n.op_type for n in parent.graph.node
                           if n.op_type != "StreamingDataflowPartition"]}
     if args.inputs:
