@@ -1,6 +1,7 @@
 """FINN's own compiler front end (finn-plus in .venv-finn) on the FINN form of the export with
 the 8-bit input quantizer: hardware layers for every convolution, FINN's execution equal to the
-engine bit for bit on real images, and our cost model checked against FINN's per layer."""
+engine bit for bit on real images, and our cost model checked against FINN's per layer; NIN,
+whose float average pool FINN leaves between hardware layers, as two dataflow segments."""
 
 import os
 
@@ -155,6 +156,55 @@ def test_a_float_op_between_binary_layers_is_named():
         BinaryConv2d(8, 8, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(8),
         nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
     program = compile_model(randomize_bn(model, seed=2), (1, 8, 8))
-    with pytest.raises(EngineError, match=r"FINN cannot map \S+ \(AveragePool\), which sits "
-                                          "between hardware layers"):
+    with pytest.raises(EngineError, match=r"FINN cannot map the ops between its hardware "
+                                          r"layers: [^;]*\bAveragePool\b"):
         run_finn(program)
+
+
+@pytest.fixture(scope="module")
+def nin():
+    """The zoo NIN at width 0.25 on 1x28x28 (-1 border, random BatchNorm with zero and negative
+    gammas, full-precision weights on a 1/16 grid): its AvgPool2d(3, 2, 1) of a binary layer's
+    float output sits between hardware layers."""
+    torch.manual_seed(0)
+    model = build_model("nin", width=0.25, in_channels=1, image_size=28, pad_value=-1.0)
+    return compile_model(dyadic_fp_weights(randomize_bn(model, seed=1), seed=1).eval(), SHAPE)
+
+
+def test_nin_in_segments_maps_every_binary_layer_and_equals_the_engine(nin):
+    """segments=True: one dataflow before the float average pool and one after it, every
+    convolution but the float classifier an MVAU, FINN's execution bit-exact on real images."""
+    program = nin
+    with pytest.raises(EngineError, match=r"between its hardware layers: [^;]*\bAveragePool"):
+        run_finn(program, input_scale=INPUT_SCALE)  # one dataflow, as FINN builds: refused
+    x = _images(2)
+    result = run_finn(program, images=x, target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                      input_scale=INPUT_SCALE, segments=True)
+    rep = result.report
+    n_avg = sum(op.kind == "avgpool" for op in program.ops)
+    assert rep["segments"] == n_avg + 1 == 2
+    assert [ops.count("AveragePool") for ops in rep["between"]] == [1]
+    assert sorted({l["segment"] for l in result.layers}) == [0, 1]
+    # the float epilogue and the pool stay outside; no hardware layer is listed there
+    assert not {"MVAU", "Thresholding", "FMPadding"} & set(rep["between"][0])
+    mvaus = [(l["segment"], l["inputDataType"]) for l in result.layers
+             if l["op_type"].startswith("MVAU")]
+    pool_at = next(i for i, op in enumerate(program.ops) if op.kind == "avgpool")
+    before = sum(op.kind in ("bconv", "fconv") for op in program.ops[:pool_at])
+    after = sum(op.kind == "bconv" for op in program.ops[pool_at:])
+    assert mvaus == [(0, "INT8")] + [(0, "BINARY")] * (before - 1) + [(1, "BINARY")] * after
+    assert result.cycles < rep["target_cycles"]
+    got = compare_bits(program, x, result)
+    assert got["streamlined"] == got["hw"] == 0 and got["hw_bits"] > 0
+    ref = program(x)
+    for g in ("streamlined", "hw"):
+        np.testing.assert_allclose(result.outputs[f"{g}_output"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_segments_leave_a_contiguous_dataflow_alone(small, finn_small):
+    """small has no float op between hardware layers: segments=True gives FINN's single
+    dataflow with the same layers, folding and estimates."""
+    seg = run_finn(small[0], target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                   input_scale=INPUT_SCALE, segments=True)
+    assert seg.report["segments"] == 1 and seg.report["between"] == []
+    assert seg.layers == finn_small[1].layers

@@ -140,15 +140,14 @@ def dataflow_partition(model: Any, workdir: str,
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    between: list[list[str]] = []
-    if segments:
-        model, between = assign_segments(model)
-    else:
-        ok, node = model.analysis(unsupported_layers)
+    model, between = assign_segments(model)
+    if not segments:
+        ok, node = model.analysis(unsupported_layers)  # FINN's own check: one partition
         if not ok:
-            outside = [n.op_type for n in model.graph.node if not is_hw(n)]
-            raise SystemExit(f"FINN cannot map {node.name} ({node.op_type}), which sits between "
-                             f"hardware layers; nodes left outside: {', '.join(outside)}")
+            ops = "; ".join(", ".join(gap) for gap in between) or f"{node.name} ({node.op_type})"
+            raise SystemExit(f"FINN cannot map the ops between its hardware layers: {ops} "
+                             "(FINN builds one dataflow; --segments folds one per contiguous "
+                             "run of hardware layers)")
     parent = model.transform(CreateDataflowPartition(partition_model_dir=workdir))
     sdp = parent.get_nodes_by_op_type("StreamingDataflowPartition")
     if len(sdp) != len(between) + 1:
