@@ -118,9 +118,9 @@ def test_fpga_estimate_with_finn(tmp_path, capsys):
     assert res["pruned"]["outside"].count("MatMul") == 2
 
 
-def test_fpga_estimate_with_finn_on_nin_in_segments(tmp_path, capsys):
-    """NIN's float average pool sits between hardware layers: FINN's estimates per dataflow
-    segment, the ops left to the host named, no fallback to the cost model."""
+def test_fpga_estimate_with_finn_on_nin(tmp_path, capsys):
+    """NIN's average pool between binary layers: FINN's estimates of one dataflow (its window
+    sums a VVAU), no fallback to the cost model."""
     _need_finn()
     torch.manual_seed(0)
     m = build_model("nin", width=0.125, in_channels=1, image_size=16, pad_value=-1.0).eval()
@@ -130,11 +130,10 @@ def test_fpga_estimate_with_finn_on_nin_in_segments(tmp_path, capsys):
     assert main(["fpga-estimate", str(tmp_path / "nin.pt"), "--estimator", "finn",
                  "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    line = next(ln for ln in out.splitlines() if "between dataflow segments 0 and 1" in ln)
-    assert "outside FINN" in line and "AveragePool" in line
+    assert "| model | VVAU_hls_0 |" in out and "between dataflow segments" not in out
     res = json.loads(js.read_text())
-    assert res["estimator"] == "finn" and res["model"]["segments"] == 2
-    assert {layer["segment"] for layer in res["model"]["layers"]} == {0, 1}
+    assert res["estimator"] == "finn" and res["model"]["segments"] == 1
+    assert "AveragePool" not in res["model"]["outside"]
 
 
 def test_export_qonnx_in_finn_form_from_the_cli(checkpoints, capsys):

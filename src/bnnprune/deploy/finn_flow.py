@@ -78,20 +78,67 @@ def streamline(model: Any) -> Any:
                   absorb.AbsorbTransposeIntoMultiThreshold(), MakeMaxPoolNHWC(),
                   absorb.AbsorbConsecutiveTransposes()):
             model = model.transform(t)
+    model = integer_code_nhwc(model)
     for t in (ConvertBipolarMatMulToXnorPopcount(), Streamline(),
               absorb.AbsorbScalarMulAddIntoTopK(), InferDataLayouts(), RemoveUnusedTensors()):
         model = model.transform(t)
     return model
 
 
+def integer_code_nhwc(model: Any) -> Any:
+    """``Transpose(to NCHW) -> Mul/Add by constants -> Transpose(to NHWC)`` on an integer
+    stream (the integer code before NIN's window sums, between two lowered convolutions)
+    becomes the same Mul/Add in NHWC, so FINN's dataflow does not break there. Float
+    Mul/Adds (the head) are left alone: FINN's MoveTransposePastEltwise would move those
+    too, and its Absorb1BitMulIntoMatMul then fails on their per-channel scales."""
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.util.basic import get_by_name
+
+    def perm(node: Any) -> list[int] | None:
+        if node is None or node.op_type != "Transpose":
+            return None
+        return list(get_by_name(node.attribute, "perm").ints)
+
+    for first in list(model.graph.node):
+        if perm(first) != [0, 3, 1, 2] or not model.get_tensor_datatype(
+                first.input[0]).is_integer():
+            continue
+        chain, node = [], model.find_consumer(first.output[0])
+        while node is not None and node.op_type in ("Mul", "Add") and _integral(
+                model.get_initializer(node.input[1])):
+            chain.append(node)
+            node = model.find_consumer(node.output[0])
+        if not chain or perm(node) != [0, 2, 3, 1]:
+            continue
+        for n in chain:
+            c = model.get_initializer(n.input[1])
+            if c.ndim == 4:
+                model.set_initializer(n.input[1], np.ascontiguousarray(c.transpose(0, 2, 3, 1)))
+        chain[0].input[0] = first.input[0]
+        for n in chain:
+            model.set_tensor_shape(n.output[0], model.get_tensor_shape(first.input[0]))
+        for consumer in model.find_consumers(node.output[0]) or []:
+            consumer.input[list(consumer.input).index(node.output[0])] = chain[-1].output[0]
+        model.graph.node.remove(first)
+        model.graph.node.remove(node)
+    return model.transform(InferShapes()).transform(InferDataTypes())
+
+
+def _integral(c: np.ndarray | None) -> bool:
+    return c is not None and bool(np.array_equal(c, np.round(c)))
+
+
 def to_hw(model: Any) -> Any:
     """FINN's step_convert_to_hw for the layers a CNN has (standalone thresholds)."""
     import finn.transformation.fpgadataflow.convert_to_hw.binary_matrix_vector_activation as bmv
     import finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen as cig
+    import finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation as ew
     import finn.transformation.fpgadataflow.convert_to_hw.fm_padding as fmp
     import finn.transformation.fpgadataflow.convert_to_hw.pool as pool
     import finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation as qmv
     import finn.transformation.fpgadataflow.convert_to_hw.thresholding as thr
+    import finn.transformation.fpgadataflow.convert_to_hw.vector_vector_activation as vva
     import finn.transformation.streamline.absorb as absorb
     from qonnx.transformation.general import GiveUniqueNodeNames
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
@@ -101,6 +148,8 @@ def to_hw(model: Any) -> Any:
     model = annotate_threshold_layouts(model)
     for t in (thr.InferThresholdingLayer(), bmv.InferBinaryMatrixVectorActivation(),
               qmv.InferQuantizedMatrixVectorActivation(), thr.InferThresholdingLayer(),
+              ew.InferElementwiseBinaryOperation(_integer_eltwise), InferDataTypes(),
+              vva.InferVectorVectorActivation(), thr.InferThresholdingLayer(),
               fmp.InferFMPadding(), pool.InferPool(), cig.InferConvInpGen(),
               absorb.AbsorbConsecutiveTransposes(), GiveUniqueNodeNames(), InferDataLayouts(),
               InferDataTypes(), InferShapes()):
@@ -125,6 +174,18 @@ def annotate_threshold_layouts(model: Any) -> Any:
             inst.set_nodeattr("data_layout", "NCHW")
             changed = True
     return model.transform(InferDataLayouts()) if changed else model
+
+
+def _integer_eltwise(model: Any, node: Any) -> bool:
+    """An Add/Mul of a hardware layer's integer output and an integer constant (NIN's integer
+    code before its window sums): FINN's elementwise layer. Others (the float head) stay
+    outside, so no hardware layer lands after the head's first float op."""
+    dyn = [t for t in node.input[:2] if model.get_initializer(t) is None]
+    const = [model.get_initializer(t) for t in node.input[:2]
+             if model.get_initializer(t) is not None]
+    src = model.find_producer(dyn[0]) if len(dyn) == 1 else None
+    return (src is not None and is_hw(src) and model.get_tensor_datatype(dyn[0]).is_integer()
+            and all(_integral(c) for c in const))
 
 
 def dataflow_partition(model: Any, workdir: str,
