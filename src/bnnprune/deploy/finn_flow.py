@@ -2,7 +2,7 @@
 
     .venv-finn/bin/python -I src/bnnprune/deploy/finn_flow.py MODEL.onnx --report OUT.json
         [--inputs X.npy --outputs Y.npz] [--target-fps 1000] [--clock-mhz 200]
-        [--fpga-part xc7z020clg400-1]
+        [--fpga-part xc7z020clg400-1] [--segments]
 
 This file imports only numpy, qonnx and FINN (finn-plus), never bnnprune: FINN pins numpy,
 onnx and qonnx to other versions than bnnprune's, so it runs in ``.venv-finn``
@@ -14,12 +14,18 @@ transformation at a time because FINN's build configuration imports the multi-FP
 partitioner's 600 MB solver and its later steps need Vivado:
 
 1. ``ConvertQONNXtoFINN`` and tidy-up; 2. streamlining (scales absorbed into thresholds,
-convolutions lowered to Im2Col + MatMul, bipolar MatMuls to XNOR-popcount); 3. conversion to
-hardware layers (MVAU, Thresholding, FMPadding, ConvolutionInputGenerator, Pool);
-4. ``SpecializeLayers`` for ``--fpga-part`` (HLS or RTL variants); 5. ``SetFolding`` for
-``clock / target_fps`` cycles per frame (FINN's defaults: 36-bit weight streams, two-pass
-relaxation); 6. FINN's analytic estimates per layer: ``res_estimation`` (LUT, BRAM_18K,
-URAM, DSP) and ``exp_cycles_per_layer``, and the nodes left outside the dataflow.
+convolutions lowered to Im2Col + MatMul, bipolar MatMuls to XNOR-popcount; the integer code
+before an average pool's window sums taken out of its NCHW transposes); 3. conversion to
+hardware layers (MVAU, Thresholding, FMPadding, ConvolutionInputGenerator, Pool, and for
+window sums ElementwiseMul/Add and VVAU); 4. FINN's dataflow partition: one, as FINN builds,
+or with ``--segments`` one per contiguous run of hardware layers (float ops between them stay
+outside, listed in the report's ``between``); 5. ``SpecializeLayers`` for ``--fpga-part`` (HLS
+or RTL variants); 6. ``SetFolding`` for ``clock / target_fps`` cycles per frame (FINN's
+defaults: 36-bit weight streams, two-pass relaxation), each partition alike; 7. FINN's
+analytic estimates per layer: ``res_estimation`` (LUT, BRAM_18K, URAM, DSP) and
+``exp_cycles_per_layer``, and the nodes left outside the dataflow. FINN's bit-width
+minimization steps (``step_minimize_bit_width*``) are not run: accumulators and the integer
+code keep the widths FINN's conversion gives them (32 bits for the elementwise layers).
 
 With ``--inputs``, FINN executes the streamlined graph and the hardware-layer graph
 (``finn.core.onnx_exec``, Python execution of every node, no Vivado) on those images and

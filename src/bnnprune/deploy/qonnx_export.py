@@ -20,6 +20,10 @@ engine computes: every binary intermediate of the engine is a tensor of the grap
 Conv's own zero padding, which FINN lowers to ``FMPadding`` + ``ConvolutionInputGenerator``;
 a binary layer computes ``c = conv(b, W)`` and ``d = 2c - sum(W)``, folded into its integer
 thresholds. FINN pads only with 0, so this form needs ``pad_value`` -1 (an error otherwise).
+A binary layer whose float output is only average-pooled and then signed (NIN) becomes its
+integer code, zero-padded window sums (a depthwise ``Conv`` of ones) and a threshold at 0,
+which FINN maps to hardware (see ``_Builder._bconv_sum_pool_finn``); the default form keeps
+the float ``AveragePool``.
 
 ``input_scale`` (either form) puts an 8-bit quantizer on the input (``Quant``, signed, scale
 ``input_scale``) and the first layer's weights behind ``Quant`` with the power-of-two scale
