@@ -16,7 +16,7 @@ binary MVAU at FINN's folding. Estimates depend only on layer shapes and bit wid
 untrained weights give the figures trained ones would. ``--int8`` rounds the first layer's
 weights to 8 bits (scale 2^-7) and exports with the 8-bit input quantizer (scale 1/128), so
 FINN maps the first layer too. ``--segments``: a model with float ops between hardware
-layers (NIN's average pool) is taken as one FINN dataflow per contiguous run of hardware
+layers (e.g. a ceil-mode average pool) is taken as one FINN dataflow per contiguous run of hardware
 layers, each folded for ``--target-fps``; totals are over all segments, and the ops between
 them (outside FINN, float, on the host) are printed. A model FINN refuses is reported with
 FINN's error.
@@ -97,8 +97,8 @@ def main() -> None:
     ap.add_argument("--int8", action="store_true",
                     help="8-bit input quantizer and first layer: FINN maps it to hardware")
     ap.add_argument("--segments", action="store_true",
-                    help="a model with float ops between hardware layers (NIN's average pool) "
-                         "as one FINN dataflow per contiguous run of hardware layers")
+                    help="a model with float ops between hardware layers (e.g. a ceil-mode "
+                         "average pool) as one FINN dataflow per contiguous run of them")
     args = ap.parse_args()
     opts = {"clock_mhz": args.clock_mhz, "input_scale": 1 / 128 if args.int8 else None,
             "segments": args.segments}

@@ -164,11 +164,12 @@ def to_hw(model: Any) -> Any:
 
 
 def annotate_threshold_layouts(model: Any) -> Any:
-    """Give a MultiThreshold without a layout that of its input when that is NCHW (NIN's sign
-    after the float AveragePool). Without it qonnx leaves the output layout unknown and
-    FINN's InferThresholdingLayer takes the last axis (the width) for the channels, so the
-    layer's estimate counts the wrong channels and its execution fails on the thresholds'
-    shape; with it FINN wraps the layer in NCHW <-> NHWC transposes."""
+    """Give a MultiThreshold without a layout that of its input when that is NCHW (a sign
+    after a float AveragePool that FINN's form cannot sum in integers, e.g. a ceil-mode
+    one). Without it qonnx leaves the output layout unknown and FINN's
+    InferThresholdingLayer takes the last axis (the width) for the channels, so the layer's
+    estimate counts the wrong channels and its execution fails on the thresholds' shape;
+    with it FINN wraps the layer in NCHW <-> NHWC transposes."""
     from qonnx.core.data_layout import NCHW
     from qonnx.custom_op.registry import getCustomOp
     from qonnx.transformation.infer_data_layouts import InferDataLayouts

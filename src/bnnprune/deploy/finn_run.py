@@ -71,9 +71,10 @@ def run_finn(program: Program, *, images: np.ndarray | None = None, target_fps: 
     """Take ``program`` through FINN's front end (see ``finn_flow.py``); with ``images``
     (N, C, H, W), also FINN's execution of its graphs on them; ``input_scale``: the 8-bit
     input quantizer of :func:`export_qonnx`; ``segments``: a graph with ops FINN leaves in
-    float between hardware layers (NIN's average pool) becomes one dataflow partition per
-    contiguous run of hardware layers, each folded for ``target_fps`` (``report["between"]``
-    names the ops outside FINN between them), instead of an error. Raises
+    float between hardware layers (e.g. an average pool FINN's form cannot sum in integers)
+    becomes one dataflow partition per contiguous run of hardware layers, each folded for
+    ``target_fps`` (``report["between"]`` names the ops outside FINN between them), instead
+    of an error. Raises
     :class:`EngineError` when FINN is not installed, refuses the graph or fails (its last
     error line)."""
     py = Path(python) if python is not None else finn_python()
@@ -168,7 +169,7 @@ def report(program: Program, baseline: Program | None = None, *, target_fps: flo
            clock_mhz: float = 200.0, fpga_part: str | None = None) -> tuple[str, dict[str, Any]]:
     """FINN's estimates of ``program`` (and of the unpruned ``baseline``) folded by FINN's
     SetFolding for ``target_fps``, as text and a JSON-friendly dict. A model with float ops
-    between hardware layers (NIN's average pool) is estimated per dataflow segment (see
+    between hardware layers (e.g. a ceil-mode average pool) is estimated per dataflow segment (see
     :func:`run_finn`); the text names the ops left to the host between segments."""
     opts: dict[str, Any] = {"target_fps": target_fps, "clock_mhz": clock_mhz,
                             "fpga_part": fpga_part, "segments": True}

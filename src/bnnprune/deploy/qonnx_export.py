@@ -297,8 +297,8 @@ class _Builder:
     def _bconv_sum_pool_finn(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str,
                              w: np.ndarray, nbits: int) -> str:
         """FINN's form of a binary layer whose float output is only average-pooled, then
-        signed (NIN): the layer's integer code ``z = 2m c - q`` per channel, which the next
-        op (:meth:`_sum_pool_sign`) zero-pads, sums over each window and thresholds at 0.
+        signed (NIN): the layer's integer code ``z``, which the next op
+        (:meth:`_sum_pool_sign`) zero-pads, sums over each window and thresholds at 0.
 
         With ``y = A d + B`` the layer's float epilogue (``d = 2c - sum(W)`` the ±1 dot
         product) and ``n`` the window's real pixels, the pool's sign is +1 iff
@@ -307,11 +307,12 @@ class _Builder:
         negated, ``p = B / |A|``), i.e. the integer ``S >= t_n = ceil(n p)``, a threshold that
         depends on ``n``. Any ``P`` with ``ceil(n P) = t_n`` for every window size ``n`` of the
         pool gives the same decisions; ``P = min_n t_n / n`` is one (``t_m / m <= t_n / n``
-        and ``t_m / m >= p > (t_n - 1) / n``). With ``P = t / m`` in lowest terms,
-        ``S >= n P`` iff the window's sum of ``z = m d - t`` is >= 0, and padding ``z`` with
-        0 is exactly leaving the pixel out: a position-independent threshold. ``A = 0``: the
-        sign of ``n B`` is that of ``B``, so ``z`` is ``2c + 2K`` (never negative) or
-        ``2c - 2K - 1`` (always negative). A, B and p are exact rationals of the engine's
+        and ``t_m / m >= p > (t_n - 1) / n``). With ``P = t / m`` in lowest terms and ``L``
+        the lcm of all channels' ``m``, ``S >= n P`` iff the window's sum of the integer
+        ``z = L d - L P = 2L c - L sum(W) - L P`` is >= 0, and padding ``z`` with 0 is exactly
+        leaving the pixel out: a position-independent threshold. ``A = 0``: the
+        sign of ``n B`` is that of ``B``, so ``z`` is ``2L c + 2LK`` (never negative) or
+        ``2L c - 2LK - 1`` (always negative). A, B and p are exact rationals of the engine's
         float32 parameters; the engine's own float rounding of ``y`` and of the window sum
         can differ from them only within a float32 ulp of a tie."""
         from fractions import Fraction
