@@ -192,6 +192,9 @@ def test_finn_form_sums_an_average_pool_before_a_sign_in_integers(pool, hw):
     n = feats(torch.zeros(1, 2, hw, hw)).numel()
     model = _prepare(nn.Sequential(*feats, nn.Flatten(), nn.Linear(n, 3)), seed=11)
     program = compile_model(model, (2, hw, hw))
+    layer = next(op for op in program.ops if op.kind == "bconv" and op.attrs["mode"] == "float")
+    slope = layer.arrays["m1"] * layer.arrays["m2"]  # A: negated filters and constant signs
+    assert (slope < 0).any() and (slope == 0).any() and (slope > 0).any()
     ex = export_qonnx(program, batch_size=16, finn=True)
     _check_graph(program, ex)
     _check_sum_pools(program, ex)
