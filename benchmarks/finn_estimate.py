@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/finn_estimate.py [--models small,nin] [--target 0.4]
         [--round-to 1,8] [--target-fps 1000] [--clock-mhz 200] [--ladder 1.25,1.5,2,3]
+        [--int8] [--segments]
 
 Needs FINN (``bash scripts/setup.sh --fpga``). For each model (built with a -1 border, the
 padding FINN's FMPadding makes): the full-width zoo model and copies pruned by
@@ -14,7 +15,11 @@ is greedy, so this is a ladder, not a bisection); and bnnprune's cost model agai
 binary MVAU at FINN's folding. Estimates depend only on layer shapes and bit widths:
 untrained weights give the figures trained ones would. ``--int8`` rounds the first layer's
 weights to 8 bits (scale 2^-7) and exports with the 8-bit input quantizer (scale 1/128), so
-FINN maps the first layer too. A model FINN refuses is reported with FINN's error.
+FINN maps the first layer too. ``--segments``: a model with float ops between hardware
+layers (e.g. a ceil-mode average pool) is taken as one FINN dataflow per contiguous run of hardware
+layers, each folded for ``--target-fps``; totals are over all segments, and the ops between
+them (outside FINN, float, on the host) are printed. A model FINN refuses is reported with
+FINN's error.
 """
 
 from __future__ import annotations
@@ -62,6 +67,24 @@ def model_errors(program, r: FinnResult) -> list[str]:
     return out
 
 
+def segment_notes(r: FinnResult) -> list[str]:
+    """FINN's totals per dataflow segment (a model run with --segments) and the float ops
+    between them, which stay on the host outside FINN."""
+    if r.report.get("segments", 1) < 2:
+        return []
+    out = []
+    for k in range(r.report["segments"]):
+        rows = [layer for layer in r.layers if layer["segment"] == k]
+        out.append(f"  segment {k}: {len(rows)} layers, {sum(l['LUT'] for l in rows):,.0f} LUTs, "
+                   f"{sum(l['BRAM_18K'] for l in rows):g} BRAM18, "
+                   f"{sum(l.get('DSP', 0) for l in rows):g} DSP, slowest layer "
+                   f"{max(l['cycles'] for l in rows):,} cycles")
+        if k < len(r.report["between"]):
+            out.append(f"  between segments {k} and {k + 1} (float, outside FINN): "
+                       f"{', '.join(r.report['between'][k])}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="small,nin")
@@ -73,8 +96,12 @@ def main() -> None:
                     help="fps factors tried for the pruned copies within the unpruned LUTs")
     ap.add_argument("--int8", action="store_true",
                     help="8-bit input quantizer and first layer: FINN maps it to hardware")
+    ap.add_argument("--segments", action="store_true",
+                    help="a model with float ops between hardware layers (e.g. a ceil-mode "
+                         "average pool) as one FINN dataflow per contiguous run of them")
     args = ap.parse_args()
-    opts = {"clock_mhz": args.clock_mhz, "input_scale": 1 / 128 if args.int8 else None}
+    opts = {"clock_mhz": args.clock_mhz, "input_scale": 1 / 128 if args.int8 else None,
+            "segments": args.segments}
     ladder = [float(v) for v in args.ladder.split(",")]
     print(f"| model | channel rounding | LUTs at {args.target_fps:g} fps (pruned / unpruned) | "
           "MVAU LUTs | BRAM18 | fps within the unpruned LUTs |")
@@ -94,6 +121,7 @@ def main() -> None:
             continue
         notes += [f"{name} unpruned: {b.fps():,.0f} fps, outside the dataflow: "
                   f"{', '.join(b.report['outside'])}"]
+        notes += segment_notes(b)
         notes += [f"  {line}" for line in model_errors(compile_model(base, shape), b)]
         base_bops = count_bops(base, shape)
         for r in (int(v) for v in args.round_to.split(",")):
@@ -113,6 +141,7 @@ def main() -> None:
                   f"{b.total('BRAM_18K'):g} | {fit:,.0f} / {b.fps():,.0f} = "
                   f"{fit / b.fps():.2f}x |")
             notes += [f"{name} -{cut:.0%} BOPs, round-to {r}: {p.fps():,.0f} fps"]
+            notes += segment_notes(p)
             notes += [f"  {line}" for line in model_errors(prog, p)]
     print()
     print("\n".join(notes))

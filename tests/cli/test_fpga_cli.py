@@ -88,13 +88,17 @@ def test_fpga_estimate_says_which_estimator(checkpoints, capsys):
            "--estimator finn folds for --target-fps")
 
 
-def test_fpga_estimate_with_finn(tmp_path, capsys):
+def _need_finn() -> None:
     from bnnprune.deploy.finn_run import finn_python
 
     if finn_python() is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run FINN: scripts/setup.sh --fpga makes .venv-finn")
         pytest.skip("FINN is not installed (bash scripts/setup.sh --fpga)")
+
+
+def test_fpga_estimate_with_finn(tmp_path, capsys):
+    _need_finn()
     torch.manual_seed(0)
     base = build_model("small", width=0.25, pad_value=-1.0).eval()
     pruned = apply_plan(base, plan_uniform(base, SHAPE, 0.4, round_to=4), "magnitude").model
@@ -112,6 +116,24 @@ def test_fpga_estimate_with_finn(tmp_path, capsys):
     assert luts["pruned"] < luts["unpruned"]
     # no input quantizer from the CLI: the float first conv and the float head stay outside
     assert res["pruned"]["outside"].count("MatMul") == 2
+
+
+def test_fpga_estimate_with_finn_on_nin(tmp_path, capsys):
+    """NIN's average pool between binary layers: FINN's estimates of one dataflow (its window
+    sums a VVAU), no fallback to the cost model."""
+    _need_finn()
+    torch.manual_seed(0)
+    m = build_model("nin", width=0.125, in_channels=1, image_size=16, pad_value=-1.0).eval()
+    save_checkpoint(tmp_path / "nin.pt", {"arch": m.arch, "state_dict": m.state_dict(),
+                                          "dataset": {"input_shape": [1, 16, 16]}})
+    js = tmp_path / "e.json"
+    assert main(["fpga-estimate", str(tmp_path / "nin.pt"), "--estimator", "finn",
+                 "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "| model | VVAU_hls_0 |" in out and "between dataflow segments" not in out
+    res = json.loads(js.read_text())
+    assert res["estimator"] == "finn" and res["model"]["segments"] == 1
+    assert "AveragePool" not in res["model"]["outside"]
 
 
 def test_export_qonnx_in_finn_form_from_the_cli(checkpoints, capsys):

@@ -1,6 +1,8 @@
 """FINN's own compiler front end (finn-plus in .venv-finn) on the FINN form of the export with
 the 8-bit input quantizer: hardware layers for every convolution, FINN's execution equal to the
-engine bit for bit on real images, and our cost model checked against FINN's per layer."""
+engine bit for bit on real images, and our cost model checked against FINN's per layer; NIN,
+its average pool summed in integers, as one dataflow; a float op between hardware layers as
+dataflow segments."""
 
 import os
 
@@ -16,7 +18,7 @@ from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d
 from bnnprune.prune import apply_plan, plan_uniform
 
-from .conftest import dyadic_fp_weights, randomize_bn
+from .conftest import dyadic_fp_weights, dyadic_input, randomize_bn
 
 SHAPE = (1, 28, 28)
 INPUT_SCALE = 1 / 128  # the 8-bit input quantizer: pixels (p - 128) / 128 are its integers
@@ -144,17 +146,85 @@ def test_missing_finn_is_a_clear_error(small, tmp_path):
         run_finn(plus)
 
 
-def test_a_float_op_between_binary_layers_is_named():
-    """NIN's pattern: an average pool of a binary layer's BatchNorm output before the next
-    sign stays float between hardware layers; FINN's single dataflow cannot hold it."""
+def _float_pool_between_binary_layers():
+    """A float op between binary layers that the FINN form cannot sum in integers: a
+    ceil-mode average pool of a binary layer's BatchNorm output before the next sign."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
         BinaryConv2d(4, 8, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(8),
-        nn.AvgPool2d(3, 2, 1),
+        nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
         BinaryConv2d(8, 8, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(8),
-        nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
-    program = compile_model(randomize_bn(model, seed=2), (1, 8, 8))
-    with pytest.raises(EngineError, match=r"FINN cannot map \S+ \(AveragePool\), which sits "
-                                          "between hardware layers"):
+        BinaryConv2d(8, 8, 1, pad_value=-1.0), nn.BatchNorm2d(8),
+        nn.Flatten(), nn.Linear(8 * 5 * 5, 3))
+    return compile_model(dyadic_fp_weights(randomize_bn(model, seed=2), seed=2).eval(),
+                         (1, 8, 8))
+
+
+def test_a_float_op_between_binary_layers_is_named_or_segmented():
+    """FINN's single dataflow cannot hold a float op between hardware layers: refused with
+    the ops named; segments=True folds one dataflow on each side, FINN's execution still
+    equal to the engine bit for bit."""
+    program = _float_pool_between_binary_layers()
+    with pytest.raises(EngineError, match=r"FINN cannot map the ops between its hardware "
+                                          r"layers: [^;]*\bAveragePool\b"):
         run_finn(program)
+    x = dyadic_input((2, 1, 8, 8), seed=3).numpy()
+    result = run_finn(program, images=x, segments=True)
+    rep = result.report
+    assert rep["segments"] == 2 and [g.count("AveragePool") for g in rep["between"]] == [1]
+    assert sorted({l["segment"] for l in result.layers}) == [0, 1]
+    assert not {"MVAU", "Thresholding", "FMPadding"} & set(rep["between"][0])
+    got = compare_bits(program, x, result)
+    assert got["streamlined"] == got["hw"] == 0 and got["hw_bits"] > 0
+
+
+@pytest.fixture(scope="module")
+def nin():
+    """The zoo NIN at width 0.25 on 1x28x28 (-1 border, random BatchNorm with zero and negative
+    gammas, full-precision weights on a 1/16 grid): its AvgPool2d(3, 2, 1) of a binary layer's
+    float output sits between binary layers."""
+    torch.manual_seed(0)
+    model = build_model("nin", width=0.25, in_channels=1, image_size=28, pad_value=-1.0)
+    return compile_model(dyadic_fp_weights(randomize_bn(model, seed=1), seed=1).eval(), SHAPE)
+
+
+def test_nin_is_one_dataflow_and_equals_the_engine(nin):
+    """NIN's average pool before a sign, in FINN's form (the layer's integer code, zero-padded
+    window sums, a threshold at 0), becomes FINN hardware: elementwise Mul/Add, FMPadding,
+    a sliding window and a VVAU; every convolution but the float classifier is an MVAU of one
+    dataflow, and FINN's execution is bit-exact on real images."""
+    program = nin
+    x = _images(2)
+    result = run_finn(program, images=x, target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                      input_scale=INPUT_SCALE)
+    rep = result.report
+    assert rep["segments"] == 1 and rep["between"] == []
+    assert not any("AveragePool" in ops for ops in rep["stages"].values())
+    df = rep["stages"]["dataflow"]
+    n_avg = sum(op.kind == "avgpool" for op in program.ops)
+    assert sum(op.startswith("VVAU") for op in df) == n_avg == 1
+    assert [op for op in df if op.startswith("Elementwise")] == \
+        ["ElementwiseMul_hls", "ElementwiseAdd_hls"]
+    vvau = next(l for l in result.layers if l["op_type"].startswith("VVAU"))
+    assert vvau["weightDataType"] == "INT2"
+    mvaus = [l["inputDataType"] for l in result.layers if l["op_type"].startswith("MVAU")]
+    n_bin = sum(op.kind == "bconv" for op in program.ops)
+    assert mvaus == ["INT8"] + ["BINARY"] * n_bin
+    assert result.cycles < rep["target_cycles"]
+    got = compare_bits(program, x, result)
+    n_bits = sum(program.intermediates(x)[f"{v.source}:bits"].size
+                 for v in program.values if v.kind == "bits" and v.source)
+    assert got == {"streamlined": 0, "streamlined_bits": n_bits, "hw": 0, "hw_bits": n_bits}
+    ref = program(x)
+    for g in ("streamlined", "hw"):
+        np.testing.assert_allclose(result.outputs[f"{g}_output"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_segments_leave_a_contiguous_dataflow_alone(small, finn_small):
+    """small has no float op between hardware layers: segments=True gives FINN's single
+    dataflow with the same layers, folding and estimates."""
+    seg = run_finn(small[0], target_fps=TARGET_FPS, clock_mhz=CLOCK_MHZ,
+                   input_scale=INPUT_SCALE, segments=True)
+    assert seg.report["segments"] == 1 and seg.report["between"] == []
+    assert seg.layers == finn_small[1].layers

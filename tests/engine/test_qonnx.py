@@ -157,6 +157,68 @@ def test_finn_form_refuses_a_plus_one_border():
         export_qonnx(program, finn=True)
 
 
+def _check_sum_pools(program, ex) -> None:
+    """FINN's form of a binary layer's average pool before a sign: no AveragePool, a depthwise
+    Conv of ones (2-bit Quant weights) on the layer's integer code, as many as such pools."""
+    ops = [n.op_type for n in ex.model.graph.node]
+    n_pool = sum(op.kind == "avgpool" for op in program.ops)
+    assert "AveragePool" not in ops and n_pool > 0
+    dw = [n for n in ex.model.get_nodes_by_op_type("Conv")
+          if next(a.i for a in n.attribute if a.name == "group") > 1]
+    assert len(dw) == n_pool
+    for n in dw:
+        w = ex.model.find_producer(n.input[1])
+        assert w.op_type == "Quant"
+        assert np.all(ex.model.get_initializer(w.input[0]) == 1)
+        assert ex.model.get_tensor_datatype(n.input[1]).name == "INT2"
+
+
+@pytest.mark.parametrize("pool,hw", [
+    (nn.AvgPool2d(3, 2, 1), 8),  # NIN's: windows of 4, 6 and 9 pixels
+    (nn.AvgPool2d(3, 2, 1), 7),  # odd size: the last window is whole
+    (nn.AvgPool2d(3, 1, 1, count_include_pad=False), 6),
+    (nn.AvgPool2d(5, 2, 2), 9),
+    (nn.AvgPool2d(2), 8),  # no padding: one window size
+])
+def test_finn_form_sums_an_average_pool_before_a_sign_in_integers(pool, hw):
+    """sign(avgpool(BatchNorm(binary conv))) as the layer's integer code, zero-padded window
+    sums and a threshold at 0 (FINN's form): every engine value still matches, for window
+    sizes that vary with the position, zero and negative gammas, and both pool divisors."""
+    torch.manual_seed(11)
+    feats = nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+        BinaryConv2d(8, 16, 3, padding=1, pad_value=-1.0), nn.BatchNorm2d(16), pool,
+        BinaryConv2d(16, 8, 1, pad_value=-1.0), nn.BatchNorm2d(8))
+    n = feats(torch.zeros(1, 2, hw, hw)).numel()
+    model = _prepare(nn.Sequential(*feats, nn.Flatten(), nn.Linear(n, 3)), seed=11)
+    program = compile_model(model, (2, hw, hw))
+    layer = next(op for op in program.ops if op.kind == "bconv" and op.attrs["mode"] == "float")
+    slope = layer.arrays["m1"] * layer.arrays["m2"]  # A: negated filters and constant signs
+    assert (slope < 0).any() and (slope == 0).any() and (slope > 0).any()
+    ex = export_qonnx(program, batch_size=16, finn=True)
+    _check_graph(program, ex)
+    _check_sum_pools(program, ex)
+    x = dyadic_input((16, 2, hw, hw), seed=5).numpy()
+    pooled = next(program.values[op.output] for op in program.ops if op.kind == "avgpool")
+    assert f"{pooled.source}:bits" in ex.values  # the pool's signs are compared too
+    assert _compare(program, ex, x) == sum(v.kind == "bits" for v in program.values) == 2
+    plain = export_qonnx(program, batch_size=16)  # the default form keeps the float pool
+    assert "AveragePool" in {n.op_type for n in plain.model.graph.node}
+
+
+def test_finn_form_of_nin_on_real_images():
+    """The zoo NIN (width 0.25, 1x28x28, -1 border) in FINN's form with the 8-bit input
+    quantizer: its AvgPool2d(3, 2, 1) between binary layers as integer window sums, every
+    engine value equal on 100 Fashion-MNIST test images."""
+    model = _prepare(build_model("nin", width=0.25, in_channels=1, image_size=28,
+                                 pad_value=-1.0), seed=1)
+    program = compile_model(model, (1, 28, 28))
+    ex = export_qonnx(program, batch_size=100, finn=True, input_scale=1 / 128)
+    _check_sum_pools(program, ex)
+    x = _dyadic(_fashion("test", 100)[0])
+    assert _compare(program, ex, x) == sum(v.kind == "bits" for v in program.values)
+
+
 def _fashion(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     from bnnprune.data import load_dataset
 

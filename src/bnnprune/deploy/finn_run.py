@@ -66,12 +66,17 @@ class FinnResult:
 
 def run_finn(program: Program, *, images: np.ndarray | None = None, target_fps: float = 1000.0,
              clock_mhz: float = 200.0, fpga_part: str | None = None,
-             input_scale: float | None = None, python: str | os.PathLike[str] | None = None,
-             timeout: float = 1800) -> FinnResult:
+             input_scale: float | None = None, segments: bool = False,
+             python: str | os.PathLike[str] | None = None, timeout: float = 1800) -> FinnResult:
     """Take ``program`` through FINN's front end (see ``finn_flow.py``); with ``images``
     (N, C, H, W), also FINN's execution of its graphs on them; ``input_scale``: the 8-bit
-    input quantizer of :func:`export_qonnx`. Raises :class:`EngineError` when FINN is not
-    installed, refuses the graph or fails (its last error line)."""
+    input quantizer of :func:`export_qonnx`; ``segments``: a graph with ops FINN leaves in
+    float between hardware layers (e.g. an average pool FINN's form cannot sum in integers)
+    becomes one dataflow partition per contiguous run of hardware layers, each folded for
+    ``target_fps`` (``report["between"]`` names the ops outside FINN between them), instead
+    of an error. Raises
+    :class:`EngineError` when FINN is not installed, refuses the graph or fails (its last
+    error line)."""
     py = Path(python) if python is not None else finn_python()
     if py is None or not py.is_file():
         raise EngineError("FINN is not installed: run 'bash scripts/setup.sh --fpga' (makes "
@@ -87,6 +92,8 @@ def run_finn(program: Program, *, images: np.ndarray | None = None, target_fps: 
                "--target-fps", repr(float(target_fps)), "--clock-mhz", repr(float(clock_mhz))]
         if fpga_part:
             cmd += ["--fpga-part", fpga_part]
+        if segments:
+            cmd.append("--segments")
         if images is not None:
             x = np.ascontiguousarray(images, np.float32)
             if x.ndim != 4 or tuple(x.shape[1:]) != program.input_shape:
@@ -138,9 +145,11 @@ def format_layers(results: dict[str, FinnResult]) -> str:
     cols = "| model | layer | PE/SIMD | cycles | LUT | BRAM18 |"
     lines = [cols, "|---|---|---|---|---|---|"]
     for m, r in results.items():
+        several = r.report.get("segments", 1) > 1
         for layer in r.layers:
             fold = f"{layer.get('PE', '-')}/{layer.get('SIMD', '-')}"
-            lines.append(f"| {m} | {layer['name']} | {fold} | {layer['cycles']:,} | "
+            name = f"{layer['segment']}:{layer['name']}" if several else layer["name"]
+            lines.append(f"| {m} | {name} | {fold} | {layer['cycles']:,} | "
                          f"{layer.get('LUT', 0):,.0f} | {layer.get('BRAM_18K', 0):g} |")
     lines.append("")
     for m, r in results.items():
@@ -150,15 +159,20 @@ def format_layers(results: dict[str, FinnResult]) -> str:
                      f"{r.total('BRAM_18K'):g} BRAM18 in {len(r.layers)} hardware layers "
                      f"({rep['fpga_part']}); outside the dataflow: "
                      f"{', '.join(rep['outside']) or 'nothing'}")
+        for k, ops in enumerate(rep.get("between", [])):
+            lines.append(f"  between dataflow segments {k} and {k + 1}, outside FINN (float, "
+                         f"on the host): {', '.join(ops)}")
     return "\n".join(lines)
 
 
 def report(program: Program, baseline: Program | None = None, *, target_fps: float = 1000.0,
            clock_mhz: float = 200.0, fpga_part: str | None = None) -> tuple[str, dict[str, Any]]:
     """FINN's estimates of ``program`` (and of the unpruned ``baseline``) folded by FINN's
-    SetFolding for ``target_fps``, as text and a JSON-friendly dict."""
+    SetFolding for ``target_fps``, as text and a JSON-friendly dict. A model with float ops
+    between hardware layers (e.g. a ceil-mode average pool) is estimated per dataflow segment (see
+    :func:`run_finn`); the text names the ops left to the host between segments."""
     opts: dict[str, Any] = {"target_fps": target_fps, "clock_mhz": clock_mhz,
-                            "fpga_part": fpga_part}
+                            "fpga_part": fpga_part, "segments": True}
     results = {"model": run_finn(program, **opts)}
     if baseline is not None:
         results = {"unpruned": run_finn(baseline, **opts), "pruned": results["model"]}

@@ -20,6 +20,10 @@ engine computes: every binary intermediate of the engine is a tensor of the grap
 Conv's own zero padding, which FINN lowers to ``FMPadding`` + ``ConvolutionInputGenerator``;
 a binary layer computes ``c = conv(b, W)`` and ``d = 2c - sum(W)``, folded into its integer
 thresholds. FINN pads only with 0, so this form needs ``pad_value`` -1 (an error otherwise).
+A binary layer whose float output is only average-pooled and then signed (NIN) becomes its
+integer code, zero-padded window sums (a depthwise ``Conv`` of ones) and a threshold at 0,
+which FINN maps to hardware (see ``_Builder._bconv_sum_pool_finn``); the default form keeps
+the float ``AveragePool``.
 
 ``input_scale`` (either form) puts an 8-bit quantizer on the input (``Quant``, signed, scale
 ``input_scale``) and the first layer's weights behind ``Quant`` with the power-of-two scale
@@ -32,6 +36,7 @@ an 8-bit power-of-two grid (else :class:`EngineError` names the layer: quantize 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +103,8 @@ class _Builder:
         self.finn = finn
         self.input_scale = input_scale
         self.decoded: dict[int, str] = {}  # FINN form: value id -> its ±1 tensor
+        # FINN form: float bconv output value -> the avgpool-then-sign op that alone uses it
+        self.sum_pooled = _sum_pooled(program) if finn else {}
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self.names: dict[int, str] = {0: "input"}
@@ -169,10 +176,10 @@ class _Builder:
                                           "decode")
         return self.decoded[vid]
 
-    def quant(self, x: str, scale: float, stem: str) -> str:
-        """Signed 8-bit ``Quant`` with ``scale`` and zero point 0 (round half to even)."""
+    def quant(self, x: str, scale: float, stem: str, bits: int = QUANT_BITS) -> str:
+        """Signed ``bits``-bit ``Quant`` with ``scale`` and zero point 0 (round half to even)."""
         args = [self.const(f"{stem}_{n}", np.array(v, np.float32))
-                for n, v in (("scale", scale), ("zeropt", 0.0), ("bits", QUANT_BITS))]
+                for n, v in (("scale", scale), ("zeropt", 0.0), ("bits", bits))]
         return self.node("Quant", [x, *args], stem, domain=QONNX_DOMAIN, signed=1, narrow=0,
                          rounding_mode="ROUND")
 
@@ -208,6 +215,8 @@ class _Builder:
             return self._bconv(ins[0], xv, out, op, stem)
         if kind == "fconv":
             return self._fconv(ins[0], xv, out, op, stem)
+        if kind == "avgpool" and op.inputs[0] in self.sum_pooled:
+            return self._sum_pool_sign(ins[0], xv, out, op, stem)
         if kind in ("maxpool", "maxpool_bits", "avgpool"):
             return self._pool(ins[0], xv, out, op, stem)
         if kind == "adaptive_avgpool":
@@ -277,11 +286,79 @@ class _Builder:
             wsum = w.reshape(w.shape[0], -1).sum(1).astype(np.int64)
             c = self.matmul_or_conv(x, xv, w, op, stem, binary=True, pads=pads)
             return self.threshold(c, -((-(t + wsum)) // 2), stem)  # 2c - wsum >= t
+        if op.output in self.sum_pooled:
+            return self._bconv_sum_pool_finn(x, xv, out, op, stem, w, nbits)
         wsum = w.reshape(w.shape[0], -1).sum(1).astype(np.float32)
         c = self.matmul_or_conv(x, xv, w, op, stem, binary=True, pads=pads)
         d = self.affine(c, out, np.full(out.c, 2.0, np.float32), -wsum, f"{stem}_d")
         d = self.affine(d, out, op.arrays["m1"], op.arrays["a1"], f"{stem}_e1")
         return self.affine(d, out, op.arrays["m2"], op.arrays["a2"], f"{stem}_e2")
+
+    def _bconv_sum_pool_finn(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str,
+                             w: np.ndarray, nbits: int) -> str:
+        """FINN's form of a binary layer whose float output is only average-pooled, then
+        signed (NIN): the layer's integer code ``z``, which the next op
+        (:meth:`_sum_pool_sign`) zero-pads, sums over each window and thresholds at 0.
+
+        With ``y = A d + B`` the layer's float epilogue (``d = 2c - sum(W)`` the ±1 dot
+        product) and ``n`` the window's real pixels, the pool's sign is +1 iff
+        ``A S + n B >= 0`` (``S``: the window's sum of ``d``; the divisor is positive either
+        way). For ``A > 0`` that is ``S >= n p`` with ``p = -B / A`` (``A < 0``: the filter
+        negated, ``p = B / |A|``), i.e. the integer ``S >= t_n = ceil(n p)``, a threshold that
+        depends on ``n``. Any ``P`` with ``ceil(n P) = t_n`` for every window size ``n`` of the
+        pool gives the same decisions; ``P = min_n t_n / n`` is one (``t_m / m <= t_n / n``
+        and ``t_m / m >= p > (t_n - 1) / n``). With ``P = t / m`` in lowest terms and ``L``
+        the lcm of all channels' ``m``, ``S >= n P`` iff the window's sum of the integer
+        ``z = L d - L P = 2L c - L sum(W) - L P`` is >= 0, and padding ``z`` with 0 is exactly
+        leaving the pixel out: a position-independent threshold. ``A = 0``: the
+        sign of ``n B`` is that of ``B``, so ``z`` is ``2L c + 2LK`` (never negative) or
+        ``2L c - 2LK - 1`` (always negative). A, B and p are exact rationals of the engine's
+        float32 parameters; the engine's own float rounding of ``y`` and of the window sum
+        can differ from them only within a float32 ulp of a tie."""
+        from fractions import Fraction
+
+        pool = self.sum_pooled[op.output]
+        sizes = _window_sizes(out, pool)
+        m1, a1, m2, a2 = (op.arrays.get(k) for k in ("m1", "a1", "m2", "a2"))
+        codes: list[tuple[Fraction, int] | bool] = []  # (P, sum(W)), or A = 0: B >= 0
+        w = w.copy()
+        for ch in range(out.c):
+            f = [Fraction(float(v[ch] if v is not None else d))
+                 for v, d in ((m1, 1.0), (a1, 0.0), (m2, 1.0), (a2, 0.0))]
+            a, b = f[0] * f[2], f[1] * f[2] + f[3]
+            if a == 0:
+                codes.append(bool(b >= 0))
+                continue
+            if a < 0:
+                w[ch] = -w[ch]
+            p = -b / abs(a)
+            codes.append((min(Fraction(-((-n * p.numerator) // p.denominator), n)
+                              for n in sizes), int(w[ch].sum())))
+        # one scale for all channels (FINN absorbs a scalar Mul; a per-channel one of rank 4
+        # trips its Absorb1BitMulIntoMatMul): L, the lcm of the P's denominators, z = L d - L P
+        scale = math.lcm(*(c[0].denominator for c in codes if isinstance(c, tuple)))
+        top = 2 * scale * nbits  # |2 L c| <= top
+        add = np.array([(top if c else -top - 1) if isinstance(c, bool)
+                        else -scale * c[1] - int(c[0] * scale) for c in codes], np.float64)
+        kh, kw = pool.attrs["kernel"]
+        if (np.abs(add).max() + top) * kh * kw >= MAX_EXACT_BITS:
+            raise EngineError(f"op {op.name}: window sums of its integer code exceed what "
+                              "float32 sums exactly")
+        c = self.matmul_or_conv(x, xv, w, op, stem, binary=True, pads=tuple(op.attrs["padding"]))
+        z = self.node("Mul", [c, self.const(f"{stem}_zmul", np.array(2.0 * scale, np.float32))],
+                      f"{stem}_z")
+        return self.affine(z, out, None, add.astype(np.float32), f"{stem}_z")
+
+    def _sum_pool_sign(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str) -> str:
+        """The average pool + sign after :meth:`_bconv_sum_pool_finn`: a depthwise sum over
+        each window (a ``Conv`` of ones, weights behind a 2-bit ``Quant`` so FINN sees
+        integers; zero padding) and a threshold at 0."""
+        (kh, kw), (sh, sw), (ph, pw) = op.attrs["kernel"], op.attrs["stride"], op.attrs["padding"]
+        ones = self.const(f"{stem}_ones", np.ones((xv.c, 1, kh, kw), np.float32))
+        ones = self.quant(ones, 1.0, f"{stem}_wq", bits=2)
+        y = self.node("Conv", [x, ones], stem, kernel_shape=[kh, kw], strides=[sh, sw],
+                      pads=[ph, pw, ph, pw], group=xv.c, dilations=[1, 1])
+        return self.threshold(y, np.zeros(out.c, np.float32), stem)
 
     def _fconv(self, x: str, xv: ValueInfo, out: ValueInfo, op: Op, stem: str) -> str:
         cin, cout = op.attrs["cin"], op.attrs["cout"]
@@ -342,7 +419,8 @@ class _Builder:
             self.names[0] = self.quant("input", self.input_scale, "input_q")
         for op in self.p.ops:
             y = self.emit(op)
-            self.nodes[-1].doc_string = f"{_TAG}{op.output}"
+            if op.output not in self.sum_pooled:  # an integer code, not the engine's value
+                self.nodes[-1].doc_string = f"{_TAG}{op.output}"
             self.names[op.output] = y
         v0, vo = self.p.values[0], self.p.values[self.p.output]
         inp = self.h.make_tensor_value_info("input", TensorProto.FLOAT, self.shape(v0))
@@ -353,6 +431,34 @@ class _Builder:
             graph, producer_name="bnnprune",
             opset_imports=[self.h.make_opsetid("", ONNX_OPSET),
                            self.h.make_opsetid(QONNX_DOMAIN, 1)])
+
+
+def _sum_pooled(program: Program) -> dict[int, Op]:
+    """Float binary-layer outputs used only by an average pool whose output is only signed
+    (packed): value id -> that pool (the FINN form sums such windows in integers)."""
+    uses: dict[int, int] = {}
+    for op in program.ops:
+        for i in op.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    made = {op.output: op for op in program.ops}
+    out: dict[int, Op] = {}
+    for op in program.ops:
+        src = made.get(op.inputs[0])
+        if (op.kind == "avgpool" and op.attrs.get("pack") and not op.attrs["ceil_mode"]
+                and src is not None and src.kind == "bconv" and src.attrs["mode"] == "float"
+                and uses[op.inputs[0]] == 1 and op.inputs[0] != program.output):
+            out[op.inputs[0]] = op
+    return out
+
+
+def _window_sizes(v: ValueInfo, pool: Op) -> set[int]:
+    """The numbers of real (unpadded) pixels in the windows of ``pool`` over value ``v``."""
+    counts = []
+    for n, k, s, p in zip((v.h, v.w), pool.attrs["kernel"], pool.attrs["stride"],
+                          pool.attrs["padding"]):
+        o = K.pool_out_size(n, k, s, p, False)
+        counts.append({min(i * s - p + k, n) - max(i * s - p, 0) for i in range(o)})
+    return {a * b for a in counts[0] for b in counts[1]}
 
 
 def _int8_scale(w: np.ndarray, op: Op) -> float:
