@@ -12,7 +12,16 @@ import torch.nn.functional as F
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
 from bnnprune.engine.kernels.base import pixel_bases, pixel_start
-from bnnprune.engine.kernels.intrinsics import CSA_MIN_WORDS, SCHEMES, counting_scheme
+from bnnprune.engine.kernels.intrinsics import (
+    CSA_MIN_WORDS,
+    FWORD_MAX_PIX,
+    SCHEMES,
+    counting_scheme,
+    fword_passes,
+    fword_pix,
+    fword_shape,
+    vector_registers,
+)
 from bnnprune.engine.pack import pack_signs, tail_mask, unpack_signs
 from bnnprune.models import build_model
 
@@ -241,6 +250,24 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
         assert np.array_equal(out, expect)
     with pytest.raises(EngineError, match="thresholds give bits"):
         K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out_f, thresholds=True)
+
+
+@pytest.mark.parametrize("vregs", [16, 32])
+def test_float_word_passes_fit_the_registers(vregs):
+    # every vector of a word in exactly one pass, in order; a pass's accumulators within the
+    # register budget; 32 registers (AVX-512) keep the whole word in one pass
+    accs, per = fword_shape(vregs)
+    for nvec in range(1, 9):
+        passes = fword_passes(nvec, vregs)
+        assert [v for p in passes for v in p] == list(range(nvec))
+        assert max(len(p) for p in passes) <= per
+        assert max(len(p) for p in passes) - min(len(p) for p in passes) <= 1
+        npix = fword_pix(nvec, vregs)
+        assert 1 <= npix <= FWORD_MAX_PIX and npix * max(len(p) for p in passes) <= accs
+        if vregs == 32:
+            assert len(passes) == 1
+    assert vector_registers(frozenset({"avx2"})) == 16
+    assert vector_registers(frozenset({"avx2", "avx512f"})) == 32
 
 
 def _epilogue_bit(acc, b, a, be):

@@ -106,12 +106,13 @@ def _window(builder, bases, rowstep, kh, seg, woff, kstride=None):
         builder.store(builder.add(r, builder.select(wrap, rowstep, zero)), roff)
 
 
-def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, par, poff):
+def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, par, poff,
+                vids=None):
     """The float conv of ``npix`` pixels (``x[bases[boff+p] + r*rowstep + k]``) x the weight
     vectors at ``w[woff + 16*(r*seg + k) + vofs[h]]`` (FMA accumulators in registers) and
     PyTorch's epilogue ``y = acc + bias; v = y*alpha + beta`` (separate roundings), the
-    parameters ``par`` = (bias, alpha, beta) of vector ``h`` at ``poff + 8h``; with
-    ``par=None`` no epilogue.
+    parameters ``par`` = (bias, alpha, beta) of vector ``h`` at ``poff + 8*vids[h]`` (``vids``
+    by default ``0, 1, ...``); with ``par=None`` no epilogue.
 
     Returns ``v[p][h]`` (or ``acc[p][h]``), ``<8 x float>``.
     """
@@ -130,8 +131,9 @@ def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, p
                 builder.store(builder.call(fma, [xb, wvec, builder.load(a)]), a)
     if par is None:
         return [[builder.load(accs[p][h]) for h in range(len(vofs))] for p in range(npix)]
+    vids = range(len(vofs)) if vids is None else vids
     vb, va, vbeta = ([_vload(builder, q, builder.add(poff, ir.Constant(_I64, 8 * h)), _V8F32, 4)
-                      for h in range(len(vofs))] for q in par)
+                      for h in vids] for q in par)
     return [[builder.fadd(builder.fmul(builder.fadd(builder.load(accs[p][h]), vb[h]), va[h]),
                           vbeta[h]) for h in range(len(vofs))] for p in range(npix)]
 
@@ -766,13 +768,45 @@ def xpc_affine_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, wof
     return sig, _xpc_word_codegen(_affine_epilogue)
 
 
-def fword_pix(nvec: int) -> int:
-    """Pixels per call of :func:`fconv_word` for ``nvec`` vectors of 8 channels: enough
-    independent FMA chains to hide the FMA latency, few enough to stay in the registers."""
-    return 8 if nvec <= 2 else (16 // nvec if nvec <= 5 else 2)
+def vector_registers(features: frozenset[str] | None = None) -> int:
+    """Vector registers of a CPU (default: the one numba compiles for): 32 with AVX-512
+    (``ymm0..31`` too), 16 on AVX2."""
+    feats = cpu_features() if features is None else features
+    return 32 if "avx512f" in feats else 16
 
 
+VREGS = vector_registers()  # of the CPU numba compiles for (part of numba's cache key)
 FWORD_MAX_PIX = 8
+
+
+def fword_shape(vregs: int = VREGS) -> tuple[int, int]:
+    """(FMA accumulators, vectors per pass) of :func:`fconv_word` with ``vregs`` vector
+    registers: 16 accumulators of up to 8 vectors (a whole word in one pass) with 32; with
+    16 (AVX2), 10 accumulators of up to 4 vectors per pass, so a pass's accumulators, weight
+    vectors and broadcast inputs fit the registers. 16 accumulators (2 pixels x 8 vectors)
+    spilled to the stack in every tap there (``vmovups`` to and from ``rsp`` next to the
+    FMAs), 12 (3 x 4) still did: NIN's 3->192 5x5 first conv ran at 33% of the FMA peak
+    with 16, 38% with 12, 78-79% with 10 or 8 (8 slower on 100 channels), 74% with 9 in
+    passes of 3 (the conv alone at batch 1, AMD EPYC Zen 3, one thread, one run)."""
+    return (16, 8) if vregs >= 32 else (10, 4)
+
+
+def fword_pix(nvec: int, vregs: int = VREGS) -> int:
+    """Pixels per call of :func:`fconv_word` for ``nvec`` vectors of 8 channels: enough
+    independent FMA chains to hide the FMA latency, few enough to stay in the registers
+    (:func:`fword_shape`, the largest pass of :func:`fword_passes`)."""
+    accs, per = fword_shape(vregs)
+    passes = -(-nvec // per)
+    return min(FWORD_MAX_PIX, accs // -(-nvec // passes))
+
+
+def fword_passes(nvec: int, vregs: int = VREGS) -> list[list[int]]:
+    """The vectors (0..``nvec``-1) of each pass of :func:`fconv_word` over the window: as few
+    passes as :func:`fword_shape` allows, of equal size within one (7: 4 + 3)."""
+    per = fword_shape(vregs)[1]
+    passes = -(-nvec // per)
+    size = -(-nvec // passes)
+    return [list(range(v, min(v + size, nvec))) for v in range(0, nvec, size)]
 
 
 def _fconv_word_codegen(thresholds: bool) -> Callable:
@@ -797,17 +831,24 @@ def _fconv_word_codegen(thresholds: bool) -> Callable:
         for nv, bb in enumerate(blocks, start=1):
             builder.position_at_end(bb)
             npix = fword_pix(nv)
-            # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
-            vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
-                                ir.Constant(_I64, 8 * (h % 2))) for h in range(nv)]
-            vals = _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_, vofs,
-                               npix, None if thresholds else par, poff_)
-            # the bit is "not v >= 0", or (thresholds) "not acc >= thr": NaN gives 1
-            limit = ([_vload(builder, par[0], builder.add(poff_, ir.Constant(_I64, 8 * h)),
-                             _V8F32, 4) for h in range(nv)] if thresholds else [zero] * nv)
-            for p, row in enumerate(vals):
-                word = _mask_word(builder, [builder.fcmp_unordered("<", v, limit[h])
-                                            for h, v in enumerate(row)])
+            words = [None] * npix
+            for vids in fword_passes(nv):
+                # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
+                vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
+                                    ir.Constant(_I64, 8 * (h % 2))) for h in vids]
+                vals = _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_,
+                                   vofs, npix, None if thresholds else par, poff_, vids)
+                # the bit is "not v >= 0", or (thresholds) "not acc >= thr": NaN gives 1
+                limit = ([_vload(builder, par[0], builder.add(poff_, ir.Constant(_I64, 8 * h)),
+                                 _V8F32, 4) for h in vids] if thresholds else [zero] * nv)
+                for p, row in enumerate(vals):
+                    bits = _mask_word(builder, [builder.fcmp_unordered("<", v, limit[i])
+                                                for i, v in enumerate(row)])
+                    if vids[0]:  # a later pass: its vectors' bits further up the word
+                        bits = builder.or_(words[p], builder.shl(
+                            bits, ir.Constant(_I64, 8 * vids[0])))
+                    words[p] = bits
+            for p, word in enumerate(words):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
                     dst = builder.gep(op, [builder.add(ooff_, builder.mul(pp, ostride_))])
