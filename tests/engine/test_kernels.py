@@ -13,9 +13,12 @@ from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
 from bnnprune.engine.kernels.base import pixel_bases, pixel_start
 from bnnprune.engine.kernels.intrinsics import (
+    BYTE_MIN_WORDS,
+    BYTE_WORDS,
     CSA_MIN_WORDS,
     FWORD_MAX_PIX,
     SCHEMES,
+    byte_counts,
     counting_scheme,
     fword_passes,
     fword_pix,
@@ -78,6 +81,9 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (1, 6, 6, 130, 40, 3, 1, 1, -1),
     (2, 5, 5, 64, 20, 5, 1, 2, 1),
     (1, 4, 5, 320, 100, 2, 1, 0, -1),
+    # a per-word window (scheme popcount) of 144 words: on AVX2 its byte counts are added
+    # into the accumulators four times within the window and once after it
+    (1, 4, 4, 1000, 20, 3, 1, 1, -1),
 ]
 
 
@@ -138,16 +144,24 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
 
 def test_conv_cases_cover_carry_save_groups_tails_and_short_windows():
     """The cases above reach every branch of the ``csa`` scheme: windows below
-    CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail."""
+    CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail; and of
+    the per-word count in bytes: windows below BYTE_MIN_WORDS (64-bit lanes), and windows
+    that add their byte counts within the window (more than BYTE_WORDS words) and not at a
+    multiple of BYTE_WORDS."""
     sizes = {k * k * K.words(cin) for _, _, _, cin, _, k, _, _, _ in CONVS}
     assert any(n < CSA_MIN_WORDS for n in sizes)
     long = [n for n in sizes if n >= CSA_MIN_WORDS]
     assert any(n % 8 == 0 for n in long) and any(n % 8 for n in long)
+    assert any(n < BYTE_MIN_WORDS for n in sizes)
+    assert any(n > 2 * BYTE_WORDS and n % BYTE_WORDS for n in sizes)
 
 
 def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     assert counting_scheme(frozenset({"avx2", "popcnt"})) == "csa"
     assert counting_scheme(frozenset({"avx512f", "avx512vpopcntdq"})) == "popcount"
+    # per-word counts in bytes where a word's popcount is a table lookup, not vpopcntq
+    assert byte_counts(frozenset({"avx2", "popcnt"}))
+    assert not byte_counts(frozenset({"avx2", "avx512f", "avx512vpopcntdq"}))
     monkeypatch.setenv("BNNPRUNE_COUNTING", "popcount")
     assert counting_scheme() == "popcount"
     monkeypatch.setenv("BNNPRUNE_COUNTING", "nibble")

@@ -564,13 +564,74 @@ def xword_pix(nb: int) -> int:
 XWORD_MAX_PIX = 4
 
 
+# Without a vector popcount instruction (AVX2) the per-word GEMM counts in bytes: each XOR
+# result's bytes counted by the nibble table (``llvm.ctpop`` on bytes: no ``vpsadbw`` per
+# word), summed bytewise over up to BYTE_WORDS words (at most 8 per byte and word: 31 x 8 <
+# 256), then one ``vpsadbw`` into the 64-bit accumulators. With VPOPCNTDQ each word is one
+# ``vpopcntq`` (nothing to save), so that path counts in 64-bit lanes as before. Windows of
+# fewer than BYTE_MIN_WORDS words count in 64-bit lanes on AVX2 too: NIN's 3-word 1x1 convs
+# ran 0.95-0.96x in bytes (the per-word bookkeeping and the final vpsadbw not won back), its
+# dense 38-word conv 1.13x (each conv alone at batch 1, three alternated runs, Zen 3 EPYC)
+BYTE_WORDS = 31
+BYTE_MIN_WORDS = 8
+
+
+def byte_counts(features: frozenset[str] | None = None) -> bool:
+    """Whether the per-word GEMM counts in bytes (:data:`BYTE_WORDS`) on a CPU: AVX2 without
+    AVX-512 VPOPCNTDQ."""
+    feats = cpu_features() if features is None else features
+    return "avx2" in feats and "avx512vpopcntdq" not in feats
+
+
+BYTE_COUNTS = byte_counts()  # of the CPU numba compiles for (part of numba's cache key)
+
+
+def _psadbw(builder, v):
+    """The byte sums of each 8 bytes of ``v`` (``<8*XPC_LANES x i8>``) as ``<XPC_LANES x
+    i64>``: ``vpsadbw`` against zero on each 32-byte half."""
+    v32 = ir.VectorType(ir.IntType(8), 32)
+    v4 = ir.VectorType(_I64, 4)
+    psad = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v4, [v32, v32]),
+                                          "llvm.x86.avx2.psad.bw")
+    zero = ir.Constant(v32, [0] * 32)
+    n = v.type.count // 32
+    undef = ir.Constant(v.type, ir.Undefined)
+    halves = [builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, 32),
+                                                           list(range(32 * h, 32 * h + 32))))
+              for h in range(n)]
+    sums = [builder.call(psad, [h, zero]) for h in halves]
+    while len(sums) > 1:
+        width = 2 * sums[0].type.count
+        cat = ir.Constant(ir.VectorType(_I32, width), list(range(width)))
+        sums = [builder.shuffle_vector(sums[i], sums[i + 1], cat) for i in range(0, len(sums), 2)]
+    return sums[0]
+
+
 def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bstep, accs,
-                     npix, nb, half, ctpop):
+                     npix, nb, half, ctpop, in_bytes=False):
     """:func:`xpc_word`'s window counted word by word (scheme ``popcount``): each weight
     vector loaded once for all ``npix`` pixels, XORed with the broadcast activation word,
-    ``ctpop`` added to the accumulator allocas ``accs[p, b, j]``."""
+    ``ctpop`` added to the accumulator allocas ``accs[p, b, j]``; ``in_bytes``
+    (:func:`byte_counts`): the bytes' counts summed bytewise, added every
+    :data:`BYTE_WORDS` words and at the end."""
     lanes, vty = XPC_LANES, _VXPC
     nv = BLOCK_CH // lanes
+    counted = [(p, b, j) for b in range(nb) for j in range(nv // 2 if half and b == nb - 1
+                                                            else nv) for p in range(npix)]
+    if in_bytes:
+        v8 = ir.VectorType(ir.IntType(8), 8 * lanes)
+        ctpop8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]),
+                                                f"llvm.ctpop.v{8 * lanes}i8")
+        zero8 = ir.Constant(v8, [0] * (8 * lanes))
+        sums = {key: cgutils.alloca_once_value(builder, zero8) for key in counted}
+        run = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+
+        def flush():
+            for key, a8 in sums.items():
+                a = accs[key]
+                builder.store(builder.add(builder.load(a), _psadbw(builder, builder.load(a8))), a)
+                builder.store(zero8, a8)
+
     with _window(builder, bases, rowstep, kh, seg, woff, kstride) as (rows, k, wk):
         xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), vty)
                for o in rows]
@@ -579,9 +640,22 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
             for j in range(nv // 2 if half and b == nb - 1 else nv):
                 wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, lanes * j)), vty, 8)
                 for p in range(npix):
+                    if in_bytes:
+                        c8 = builder.call(ctpop8, [builder.bitcast(builder.xor(xbs[p], wv), v8)])
+                        a8 = sums[p, b, j]
+                        builder.store(builder.add(builder.load(a8), c8), a8)
+                        continue
                     c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
                     a = accs[p, b, j]
                     builder.store(builder.add(builder.load(a), c), a)
+        if in_bytes:
+            n1 = builder.add(builder.load(run), ir.Constant(_I64, 1))
+            full = builder.icmp_signed("==", n1, ir.Constant(_I64, BYTE_WORDS))
+            builder.store(builder.select(full, ir.Constant(_I64, 0), n1), run)
+            with builder.if_then(full, likely=False):
+                flush()
+    if in_bytes:
+        flush()
 
 
 def _xpc_word_codegen(epilogue: Callable) -> Callable:
@@ -652,8 +726,18 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                                      for i in range(0, len(parts), 2)]
                         builder.store(parts[0], a)
                 with otherwise:
-                    _popcount_window(builder, xp, wp, bases, rowstep_, kh_, seg_, woff_,
-                                     kstride_, bstep_, accs, npix, nb, half, ctpop)
+                    args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
+                             bstep_, accs, npix, nb, half, ctpop)
+                    if BYTE_COUNTS:
+                        long_ = builder.icmp_signed(">=", builder.mul(kh_, seg_),
+                                                    ir.Constant(_I64, BYTE_MIN_WORDS))
+                        with builder.if_else(long_) as (in_bytes, per_word):
+                            with in_bytes:
+                                _popcount_window(*args_, in_bytes=True)
+                            with per_word:
+                                _popcount_window(*args_)
+                    else:
+                        _popcount_window(*args_)
             for p in range(npix):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
