@@ -170,6 +170,10 @@ def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     monkeypatch.delenv("BNNPRUNE_COUNTING")
     monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+popcnt,-avx512vpopcntdq")
     assert counting_scheme() == "csa"
+    # numba compiles for a generic CPU without features: no AVX2 intrinsics for it
+    monkeypatch.delenv("NUMBA_CPU_FEATURES")
+    monkeypatch.setenv("NUMBA_CPU_NAME", "generic")
+    assert not byte_counts() and vector_registers() == 16
 
 
 @pytest.mark.parametrize("cin,k,dense,carry_save", [(192, 3, False, True), (64, 3, False, False),

@@ -376,10 +376,15 @@ def _host_features() -> frozenset[str]:
 
 def cpu_features() -> frozenset[str]:
     """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES`` when set (``+avx2,...``),
-    else the host's (LLVM's feature map)."""
+    none with ``NUMBA_CPU_NAME=generic`` and no ``NUMBA_CPU_FEATURES`` (numba's own default
+    there: the AVX2 kernels' x86 intrinsics must not be emitted for it), else the host's
+    (LLVM's feature map)."""
     env = os.environ.get("NUMBA_CPU_FEATURES", "").strip()
     if env:
         return frozenset(f[1:] for f in env.split(",") if f.startswith("+"))
+    if ("NUMBA_CPU_FEATURES" not in os.environ
+            and os.environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic"):
+        return frozenset()
     return _host_features()
 
 
