@@ -1,7 +1,7 @@
 """The binary GEMM's counting schemes side by side on this machine, in one interleaved run.
 
     .venv/bin/python benchmarks/bench_counting.py [--models nin,small] [--batches 1,64]
-        [--threads 1] [--repeats 15] [--clock wall|cpu] [--json out.json]
+        [--threads 1] [--repeats 15] [--clock wall|cpu] [--ops] [--json out.json]
 
 For each model (full width, BN statistics randomized) the same program is compiled twice,
 its binary convs counting by per-word popcount (``popcount``) and by carry-save accumulation
@@ -10,6 +10,11 @@ logits (checked), and are timed interleaved: end to end per batch, then every bi
 at the largest batch (best of ``--repeats``). Also the roofline probe of each scheme and
 the scheme this CPU gets by default. Prints ratios popcount / csa (> 1: carry-save faster)
 and the CPU's vector flags.
+
+``--ops`` adds each scheme's breakdown of a whole run at every batch: the median time of
+every op inside whole runs (:func:`bnnprune.engine.timing.step_samples`: an op's padding and
+patch matrix count with it; the input load is its own row), binary convs with their words
+per window, and each op's share of the sum.
 
 ``--clock cpu`` times with the thread's CPU time (one thread only), which a shared machine
 disturbs less than wall-clock; figures for the docs come from ``--clock wall`` on a quiet
@@ -39,6 +44,7 @@ from bnnprune.engine.kernels.intrinsics import (
     counting_scheme,
     instruction_set,
 )
+from bnnprune.engine.timing import elapsed, step_samples
 from bnnprune.machine import machine_info
 from bnnprune.models import build_model
 
@@ -113,6 +119,41 @@ def op_best(progs: dict[str, engine.Program], batch: int, repeats: int,
     return rows
 
 
+def op_breakdown(prog: engine.Program, batch: int, repeats: int) -> list[dict[str, Any]]:
+    """Median seconds of the input load and of every op inside whole runs at ``batch``
+    (:func:`~bnnprune.engine.timing.step_samples`), with each binary conv's words per window
+    (``dense``: patch-matrix rows)."""
+    plan = prog.plan(batch)
+    x = np.random.default_rng(3).standard_normal((batch, *prog.input_shape)).astype(np.float32)
+    rows = [{"op": "load", "kind": "input load", "words": 0, "dense": False,
+             "median_s": float(np.median([elapsed(lambda: plan.load(x))
+                                          for _ in range(repeats)]))}]
+    for (idx, _), t in zip(plan.steps, step_samples(plan, x, repeats), strict=True):
+        op = prog.ops[idx]
+        words, dense = 0, False
+        if op.kind == "bconv":
+            wb = prog.prepared(idx).wb
+            words, dense = int(wb.shape[1] * wb.shape[2]), bool(prog.prepared(idx).dense)
+        rows.append({"op": op.name or f"op{idx}", "kind": op.kind, "words": words,
+                     "dense": dense, "median_s": float(np.median(t))})
+    return rows
+
+
+def format_breakdown(rows: dict[str, list[dict[str, Any]]]) -> str:
+    """The schemes' breakdowns side by side: ms and share of the op sum per scheme."""
+    schemes = list(rows)
+    tot = {s: sum(r["median_s"] for r in rows[s]) for s in schemes}
+    head = "".join(f"{s + ' ms':>13}{'share':>7}" for s in schemes)
+    lines = [f"    {'op':<10}{'kind':<18}{'window':<14}{head}"]
+    for i, r in enumerate(rows[schemes[0]]):
+        win = (f"{r['words']} words" + (" dense" if r["dense"] else "")) if r["words"] else ""
+        vals = "".join(f"{rows[s][i]['median_s'] * 1e3:>13.4f}"
+                       f"{rows[s][i]['median_s'] / tot[s]:>7.1%}" for s in schemes)
+        lines.append(f"    {r['op']:<10}{r['kind']:<18}{win:<14}{vals}")
+    lines.append(f"    {'sum':<42}" + "".join(f"{tot[s] * 1e3:>13.4f}{'':>7}" for s in schemes))
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="nin,small")
@@ -120,6 +161,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--ops", action="store_true",
+                    help="each scheme's per-op breakdown of whole runs at every batch")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     models = args.models.split(",")
@@ -160,6 +203,13 @@ def main() -> None:
                                          "ratio": t["popcount"] / t["csa"]}
             print(f"{name} batch {b}: popcount {t['popcount'] * 1e3:.3f} ms, csa "
                   f"{t['csa'] * 1e3:.3f} ms, popcount / csa {t['popcount'] / t['csa']:.2f}")
+        if args.ops:
+            res["breakdown"] = {}
+            for b in batches:
+                bd = {s: op_breakdown(p, b, args.repeats) for s, p in progs.items()}
+                res["breakdown"][str(b)] = bd
+                print(f"  {name} batch {b}, median per op inside whole runs:")
+                print(format_breakdown(bd))
         rows = op_best(progs, max(batches), args.repeats, clock)
         res["ops"] = rows
         for r in rows:

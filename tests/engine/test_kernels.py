@@ -12,7 +12,19 @@ import torch.nn.functional as F
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
 from bnnprune.engine.kernels.base import pixel_bases, pixel_start
-from bnnprune.engine.kernels.intrinsics import CSA_MIN_WORDS, SCHEMES, counting_scheme
+from bnnprune.engine.kernels.intrinsics import (
+    BYTE_MIN_WORDS,
+    BYTE_WORDS,
+    CSA_MIN_WORDS,
+    FWORD_MAX_PIX,
+    SCHEMES,
+    byte_counts,
+    counting_scheme,
+    fword_passes,
+    fword_pix,
+    fword_shape,
+    vector_registers,
+)
 from bnnprune.engine.pack import pack_signs, tail_mask, unpack_signs
 from bnnprune.models import build_model
 
@@ -69,6 +81,9 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (1, 6, 6, 130, 40, 3, 1, 1, -1),
     (2, 5, 5, 64, 20, 5, 1, 2, 1),
     (1, 4, 5, 320, 100, 2, 1, 0, -1),
+    # a per-word window (scheme popcount) of 144 words: on AVX2 its byte counts are added
+    # into the accumulators four times within the window and once after it
+    (1, 4, 4, 1000, 20, 3, 1, 1, -1),
 ]
 
 
@@ -129,16 +144,24 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
 
 def test_conv_cases_cover_carry_save_groups_tails_and_short_windows():
     """The cases above reach every branch of the ``csa`` scheme: windows below
-    CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail."""
+    CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail; and of
+    the per-word count in bytes: windows below BYTE_MIN_WORDS (64-bit lanes), and windows
+    that add their byte counts within the window (more than BYTE_WORDS words) and not at a
+    multiple of BYTE_WORDS."""
     sizes = {k * k * K.words(cin) for _, _, _, cin, _, k, _, _, _ in CONVS}
     assert any(n < CSA_MIN_WORDS for n in sizes)
     long = [n for n in sizes if n >= CSA_MIN_WORDS]
     assert any(n % 8 == 0 for n in long) and any(n % 8 for n in long)
+    assert any(n < BYTE_MIN_WORDS for n in sizes)
+    assert any(n > 2 * BYTE_WORDS and n % BYTE_WORDS for n in sizes)
 
 
 def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     assert counting_scheme(frozenset({"avx2", "popcnt"})) == "csa"
     assert counting_scheme(frozenset({"avx512f", "avx512vpopcntdq"})) == "popcount"
+    # per-word counts in bytes where a word's popcount is a table lookup, not vpopcntq
+    assert byte_counts(frozenset({"avx2", "popcnt"}))
+    assert not byte_counts(frozenset({"avx2", "avx512f", "avx512vpopcntdq"}))
     monkeypatch.setenv("BNNPRUNE_COUNTING", "popcount")
     assert counting_scheme() == "popcount"
     monkeypatch.setenv("BNNPRUNE_COUNTING", "nibble")
@@ -147,6 +170,10 @@ def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     monkeypatch.delenv("BNNPRUNE_COUNTING")
     monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+popcnt,-avx512vpopcntdq")
     assert counting_scheme() == "csa"
+    # numba compiles for a generic CPU without features: no AVX2 intrinsics for it
+    monkeypatch.delenv("NUMBA_CPU_FEATURES")
+    monkeypatch.setenv("NUMBA_CPU_NAME", "generic")
+    assert not byte_counts() and vector_registers() == 16
 
 
 @pytest.mark.parametrize("cin,k,dense,carry_save", [(192, 3, False, True), (64, 3, False, False),
@@ -241,6 +268,24 @@ def test_float_conv_kernel_matches_im2col_matmul(n, h, w, c, co, k, s, p, rng):
         assert np.array_equal(out, expect)
     with pytest.raises(EngineError, match="thresholds give bits"):
         K.fconv_call(xp, wf, co, (k, k), (s, s), ep, out_f, thresholds=True)
+
+
+@pytest.mark.parametrize("vregs", [16, 32])
+def test_float_word_passes_fit_the_registers(vregs):
+    # every vector of a word in exactly one pass, in order; a pass's accumulators within the
+    # register budget; 32 registers (AVX-512) keep the whole word in one pass
+    accs, per = fword_shape(vregs)
+    for nvec in range(1, 9):
+        passes = fword_passes(nvec, vregs)
+        assert [v for p in passes for v in p] == list(range(nvec))
+        assert max(len(p) for p in passes) <= per
+        assert max(len(p) for p in passes) - min(len(p) for p in passes) <= 1
+        npix = fword_pix(nvec, vregs)
+        assert 1 <= npix <= FWORD_MAX_PIX and npix * max(len(p) for p in passes) <= accs
+        if vregs == 32:
+            assert len(passes) == 1
+    assert vector_registers(frozenset({"avx2"})) == 16
+    assert vector_registers(frozenset({"avx2", "avx512f"})) == 32
 
 
 def _epilogue_bit(acc, b, a, be):

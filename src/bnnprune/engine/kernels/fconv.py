@@ -39,7 +39,8 @@ from bnnprune.engine.kernels.intrinsics import (
     fword_pix,
 )
 
-_fword_pix = njit(inline="always")(fword_pix)
+# pixels per fconv_word call by vectors per word (a global array: a constant to numba)
+_FWORD_PIX = np.array([0] + [fword_pix(v) for v in range(1, WORD_BLOCKS * 2 + 1)], np.int64)
 
 
 @njit(cache=True)
@@ -63,7 +64,7 @@ def _fconv_tiles(x, w, ncb, kh, seg, c, hp, wp, ho, wo, sh, sw, bias, alpha, bet
             # costs its channels rounded up to 8): each word is stored once
             for wi in range(nw):
                 nvec = (min(64, co - 64 * wi) + 7) // 8
-                step = _fword_pix(nvec)
+                step = _FWORD_PIX[nvec]
                 g = 0  # a while loop: a range with a variable step divides
                 if use_thr:  # bias holds the thresholds
                     while g < npx:

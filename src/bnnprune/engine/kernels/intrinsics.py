@@ -106,12 +106,13 @@ def _window(builder, bases, rowstep, kh, seg, woff, kstride=None):
         builder.store(builder.add(r, builder.select(wrap, rowstep, zero)), roff)
 
 
-def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, par, poff):
+def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, par, poff,
+                vids=None):
     """The float conv of ``npix`` pixels (``x[bases[boff+p] + r*rowstep + k]``) x the weight
     vectors at ``w[woff + 16*(r*seg + k) + vofs[h]]`` (FMA accumulators in registers) and
     PyTorch's epilogue ``y = acc + bias; v = y*alpha + beta`` (separate roundings), the
-    parameters ``par`` = (bias, alpha, beta) of vector ``h`` at ``poff + 8h``; with
-    ``par=None`` no epilogue.
+    parameters ``par`` = (bias, alpha, beta) of vector ``h`` at ``poff + 8*vids[h]`` (``vids``
+    by default ``0, 1, ...``); with ``par=None`` no epilogue.
 
     Returns ``v[p][h]`` (or ``acc[p][h]``), ``<8 x float>``.
     """
@@ -130,8 +131,9 @@ def _float_conv(builder, xp, wp, bp, boff, rowstep, kh, seg, woff, vofs, npix, p
                 builder.store(builder.call(fma, [xb, wvec, builder.load(a)]), a)
     if par is None:
         return [[builder.load(accs[p][h]) for h in range(len(vofs))] for p in range(npix)]
+    vids = range(len(vofs)) if vids is None else vids
     vb, va, vbeta = ([_vload(builder, q, builder.add(poff, ir.Constant(_I64, 8 * h)), _V8F32, 4)
-                      for h in range(len(vofs))] for q in par)
+                      for h in vids] for q in par)
     return [[builder.fadd(builder.fmul(builder.fadd(builder.load(accs[p][h]), vb[h]), va[h]),
                           vbeta[h]) for h in range(len(vofs))] for p in range(npix)]
 
@@ -374,10 +376,15 @@ def _host_features() -> frozenset[str]:
 
 def cpu_features() -> frozenset[str]:
     """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES`` when set (``+avx2,...``),
-    else the host's (LLVM's feature map)."""
+    none with ``NUMBA_CPU_NAME=generic`` and no ``NUMBA_CPU_FEATURES`` (numba's own default
+    there: the AVX2 kernels' x86 intrinsics must not be emitted for it), else the host's
+    (LLVM's feature map)."""
     env = os.environ.get("NUMBA_CPU_FEATURES", "").strip()
     if env:
         return frozenset(f[1:] for f in env.split(",") if f.startswith("+"))
+    if ("NUMBA_CPU_FEATURES" not in os.environ
+            and os.environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic"):
+        return frozenset()
     return _host_features()
 
 
@@ -562,13 +569,74 @@ def xword_pix(nb: int) -> int:
 XWORD_MAX_PIX = 4
 
 
+# Without a vector popcount instruction (AVX2) the per-word GEMM counts in bytes: each XOR
+# result's bytes counted by the nibble table (``llvm.ctpop`` on bytes: no ``vpsadbw`` per
+# word), summed bytewise over up to BYTE_WORDS words (at most 8 per byte and word: 31 x 8 <
+# 256), then one ``vpsadbw`` into the 64-bit accumulators. With VPOPCNTDQ each word is one
+# ``vpopcntq`` (nothing to save), so that path counts in 64-bit lanes as before. Windows of
+# fewer than BYTE_MIN_WORDS words count in 64-bit lanes on AVX2 too: NIN's 3-word 1x1 convs
+# ran 0.95-0.96x in bytes (the per-word bookkeeping and the final vpsadbw not won back), its
+# dense 38-word conv 1.13x (each conv alone at batch 1, three alternated runs, Zen 3 EPYC)
+BYTE_WORDS = 31
+BYTE_MIN_WORDS = 8
+
+
+def byte_counts(features: frozenset[str] | None = None) -> bool:
+    """Whether the per-word GEMM counts in bytes (:data:`BYTE_WORDS`) on a CPU: AVX2 without
+    AVX-512 VPOPCNTDQ."""
+    feats = cpu_features() if features is None else features
+    return "avx2" in feats and "avx512vpopcntdq" not in feats
+
+
+BYTE_COUNTS = byte_counts()  # of the CPU numba compiles for (part of numba's cache key)
+
+
+def _psadbw(builder, v):
+    """The byte sums of each 8 bytes of ``v`` (``<8*XPC_LANES x i8>``) as ``<XPC_LANES x
+    i64>``: ``vpsadbw`` against zero on each 32-byte half."""
+    v32 = ir.VectorType(ir.IntType(8), 32)
+    v4 = ir.VectorType(_I64, 4)
+    psad = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v4, [v32, v32]),
+                                          "llvm.x86.avx2.psad.bw")
+    zero = ir.Constant(v32, [0] * 32)
+    n = v.type.count // 32
+    undef = ir.Constant(v.type, ir.Undefined)
+    halves = [builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, 32),
+                                                           list(range(32 * h, 32 * h + 32))))
+              for h in range(n)]
+    sums = [builder.call(psad, [h, zero]) for h in halves]
+    while len(sums) > 1:
+        width = 2 * sums[0].type.count
+        cat = ir.Constant(ir.VectorType(_I32, width), list(range(width)))
+        sums = [builder.shuffle_vector(sums[i], sums[i + 1], cat) for i in range(0, len(sums), 2)]
+    return sums[0]
+
+
 def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bstep, accs,
-                     npix, nb, half, ctpop):
+                     npix, nb, half, ctpop, in_bytes=False):
     """:func:`xpc_word`'s window counted word by word (scheme ``popcount``): each weight
     vector loaded once for all ``npix`` pixels, XORed with the broadcast activation word,
-    ``ctpop`` added to the accumulator allocas ``accs[p, b, j]``."""
+    ``ctpop`` added to the accumulator allocas ``accs[p, b, j]``; ``in_bytes``
+    (:func:`byte_counts`): the bytes' counts summed bytewise, added every
+    :data:`BYTE_WORDS` words and at the end."""
     lanes, vty = XPC_LANES, _VXPC
     nv = BLOCK_CH // lanes
+    counted = [(p, b, j) for b in range(nb) for j in range(nv // 2 if half and b == nb - 1
+                                                            else nv) for p in range(npix)]
+    if in_bytes:
+        v8 = ir.VectorType(ir.IntType(8), 8 * lanes)
+        ctpop8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]),
+                                                f"llvm.ctpop.v{8 * lanes}i8")
+        zero8 = ir.Constant(v8, [0] * (8 * lanes))
+        sums = {key: cgutils.alloca_once_value(builder, zero8) for key in counted}
+        run = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+
+        def flush():
+            for key, a8 in sums.items():
+                a = accs[key]
+                builder.store(builder.add(builder.load(a), _psadbw(builder, builder.load(a8))), a)
+                builder.store(zero8, a8)
+
     with _window(builder, bases, rowstep, kh, seg, woff, kstride) as (rows, k, wk):
         xbs = [_splat(builder, builder.load(builder.gep(xp, [builder.add(o, k)])), vty)
                for o in rows]
@@ -577,9 +645,22 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
             for j in range(nv // 2 if half and b == nb - 1 else nv):
                 wv = _vload(builder, wp, builder.add(wb, ir.Constant(_I64, lanes * j)), vty, 8)
                 for p in range(npix):
+                    if in_bytes:
+                        c8 = builder.call(ctpop8, [builder.bitcast(builder.xor(xbs[p], wv), v8)])
+                        a8 = sums[p, b, j]
+                        builder.store(builder.add(builder.load(a8), c8), a8)
+                        continue
                     c = builder.call(ctpop, [builder.xor(xbs[p], wv)])
                     a = accs[p, b, j]
                     builder.store(builder.add(builder.load(a), c), a)
+        if in_bytes:
+            n1 = builder.add(builder.load(run), ir.Constant(_I64, 1))
+            full = builder.icmp_signed("==", n1, ir.Constant(_I64, BYTE_WORDS))
+            builder.store(builder.select(full, ir.Constant(_I64, 0), n1), run)
+            with builder.if_then(full, likely=False):
+                flush()
+    if in_bytes:
+        flush()
 
 
 def _xpc_word_codegen(epilogue: Callable) -> Callable:
@@ -650,8 +731,18 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                                      for i in range(0, len(parts), 2)]
                         builder.store(parts[0], a)
                 with otherwise:
-                    _popcount_window(builder, xp, wp, bases, rowstep_, kh_, seg_, woff_,
-                                     kstride_, bstep_, accs, npix, nb, half, ctpop)
+                    args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
+                             bstep_, accs, npix, nb, half, ctpop)
+                    if BYTE_COUNTS:
+                        long_ = builder.icmp_signed(">=", builder.mul(kh_, seg_),
+                                                    ir.Constant(_I64, BYTE_MIN_WORDS))
+                        with builder.if_else(long_) as (in_bytes, per_word):
+                            with in_bytes:
+                                _popcount_window(*args_, in_bytes=True)
+                            with per_word:
+                                _popcount_window(*args_)
+                    else:
+                        _popcount_window(*args_)
             for p in range(npix):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
@@ -766,13 +857,45 @@ def xpc_affine_word(typingctx, x, bases, boff, rowstep, kh, seg, kstride, w, wof
     return sig, _xpc_word_codegen(_affine_epilogue)
 
 
-def fword_pix(nvec: int) -> int:
-    """Pixels per call of :func:`fconv_word` for ``nvec`` vectors of 8 channels: enough
-    independent FMA chains to hide the FMA latency, few enough to stay in the registers."""
-    return 8 if nvec <= 2 else (16 // nvec if nvec <= 5 else 2)
+def vector_registers(features: frozenset[str] | None = None) -> int:
+    """Vector registers of a CPU (default: the one numba compiles for): 32 with AVX-512
+    (``ymm0..31`` too), 16 on AVX2."""
+    feats = cpu_features() if features is None else features
+    return 32 if "avx512f" in feats else 16
 
 
+VREGS = vector_registers()  # of the CPU numba compiles for (part of numba's cache key)
 FWORD_MAX_PIX = 8
+
+
+def fword_shape(vregs: int = VREGS) -> tuple[int, int]:
+    """(FMA accumulators, vectors per pass) of :func:`fconv_word` with ``vregs`` vector
+    registers: 16 accumulators of up to 8 vectors (a whole word in one pass) with 32; with
+    16 (AVX2), 10 accumulators of up to 4 vectors per pass, so a pass's accumulators, weight
+    vectors and broadcast inputs fit the registers. 16 accumulators (2 pixels x 8 vectors)
+    spilled to the stack in every tap there (``vmovups`` to and from ``rsp`` next to the
+    FMAs), 12 (3 x 4) still did: NIN's 3->192 5x5 first conv ran at 33% of the FMA peak
+    with 16, 38% with 12, 78-79% with 10 or 8 (8 slower on 100 channels), 74% with 9 in
+    passes of 3 (the conv alone at batch 1, AMD EPYC Zen 3, one thread, one run)."""
+    return (16, 8) if vregs >= 32 else (10, 4)
+
+
+def fword_pix(nvec: int, vregs: int = VREGS) -> int:
+    """Pixels per call of :func:`fconv_word` for ``nvec`` vectors of 8 channels: enough
+    independent FMA chains to hide the FMA latency, few enough to stay in the registers
+    (:func:`fword_shape`, the largest pass of :func:`fword_passes`)."""
+    accs, per = fword_shape(vregs)
+    passes = -(-nvec // per)
+    return min(FWORD_MAX_PIX, accs // -(-nvec // passes))
+
+
+def fword_passes(nvec: int, vregs: int = VREGS) -> list[list[int]]:
+    """The vectors (0..``nvec``-1) of each pass of :func:`fconv_word` over the window: as few
+    passes as :func:`fword_shape` allows, of equal size within one (7: 4 + 3)."""
+    per = fword_shape(vregs)[1]
+    passes = -(-nvec // per)
+    size = -(-nvec // passes)
+    return [list(range(v, min(v + size, nvec))) for v in range(0, nvec, size)]
 
 
 def _fconv_word_codegen(thresholds: bool) -> Callable:
@@ -797,17 +920,24 @@ def _fconv_word_codegen(thresholds: bool) -> Callable:
         for nv, bb in enumerate(blocks, start=1):
             builder.position_at_end(bb)
             npix = fword_pix(nv)
-            # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
-            vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
-                                ir.Constant(_I64, 8 * (h % 2))) for h in range(nv)]
-            vals = _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_, vofs,
-                               npix, None if thresholds else par, poff_)
-            # the bit is "not v >= 0", or (thresholds) "not acc >= thr": NaN gives 1
-            limit = ([_vload(builder, par[0], builder.add(poff_, ir.Constant(_I64, 8 * h)),
-                             _V8F32, 4) for h in range(nv)] if thresholds else [zero] * nv)
-            for p, row in enumerate(vals):
-                word = _mask_word(builder, [builder.fcmp_unordered("<", v, limit[h])
-                                            for h, v in enumerate(row)])
+            words = [None] * npix
+            for vids in fword_passes(nv):
+                # vector h (channels 8h..8h+7 of the word) sits in block h // 2, half h % 2
+                vofs = [builder.add(builder.mul(bstep_, ir.Constant(_I64, h // 2)),
+                                    ir.Constant(_I64, 8 * (h % 2))) for h in vids]
+                vals = _float_conv(builder, xp, wp, bp, boff_, rowstep_, kh_, seg_, woff_,
+                                   vofs, npix, None if thresholds else par, poff_, vids)
+                # the bit is "not v >= 0", or (thresholds) "not acc >= thr": NaN gives 1
+                limit = ([_vload(builder, par[0], builder.add(poff_, ir.Constant(_I64, 8 * h)),
+                                 _V8F32, 4) for h in vids] if thresholds else [zero] * nv)
+                for p, row in enumerate(vals):
+                    bits = _mask_word(builder, [builder.fcmp_unordered("<", v, limit[i])
+                                                for i, v in enumerate(row)])
+                    if vids[0]:  # a later pass: its vectors' bits further up the word
+                        bits = builder.or_(words[p], builder.shl(
+                            bits, ir.Constant(_I64, 8 * vids[0])))
+                    words[p] = bits
+            for p, word in enumerate(words):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
                     dst = builder.gep(op, [builder.add(ooff_, builder.mul(pp, ostride_))])
