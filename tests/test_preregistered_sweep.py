@@ -319,7 +319,8 @@ def test_nin_page_warns_above_the_primaries_when_the_recipe_fails(tmp_path, monk
     for name in (CONFIG, "experiments/nin_plateau_preregistration.md"):
         shutil.copy(ROOT / name, tmp_path / name)
     cells = tmp_path / "docs" / "results-nin" / "cells"
-    shutil.copytree(ROOT / "docs" / "results-nin" / "cells", cells)
+    # seed 0's committed baseline only: the trial's later records must not change this test
+    shutil.copytree(ROOT / "docs" / "results-nin" / "cells" / "seed0", cells / "seed0")
     rec = json.loads((cells / "seed0" / "baseline.json").read_text())
     cfg = load_config(ROOT / CONFIG, SweepConfig)
     rec["seed"], rec["folder"] = 1, "seed1/baseline"
