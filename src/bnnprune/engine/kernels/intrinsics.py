@@ -4,10 +4,11 @@ The XNOR-popcount GEMM keeps two ``<8 x i64>`` accumulators (:data:`XPC_LANES`) 
 block and pixel (2-4 pixels at once, sharing each weight vector load, :func:`xword_pix`): each
 activation word is broadcast and XORed with the block's weight vectors, and
 ``llvm.ctpop.v8i64`` (``vpopcntq`` with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup +
-``vpsadbw`` on AVX2) counts the bits. Without VPOPCNTDQ the counting scheme ``csa``
-(:func:`counting_scheme`) counts windows of at least :data:`CSA_MIN_WORDS` words by carry-save
-accumulation instead (the Harley-Seal scheme, :func:`_csa_passes`): the XOR results of
-:data:`CSA_GROUP` words summed bit-sliced by full adders, one popcount per group.
+``vpsadbw`` on AVX2; ``cnt`` + ``uaddlp`` on aarch64 NEON) counts the bits. On x86 without
+VPOPCNTDQ the counting scheme ``csa`` (:func:`counting_scheme`) counts windows of at least
+:data:`CSA_MIN_WORDS` words by carry-save accumulation instead (the Harley-Seal scheme,
+:func:`_csa_passes`): the XOR results of :data:`CSA_GROUP` words summed bit-sliced by full
+adders, one popcount per group.
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
 A call computes a whole 64-channel output word: in threshold mode (:func:`xpc_word`) the
 accumulators start at ``-(thr+1)``, so the output bits are their sign bits; in float mode
