@@ -21,14 +21,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnnprune.engine import compile_model, save
+from bnnprune.engine import compile_model, load, save
+from bnnprune.engine.kernels import bconv
 from bnnprune.engine.kernels import intrinsics as I
+from bnnprune.engine.program import OP_KINDS
+from bnnprune.models import build_model
 
 from .test_cexport import MODELS, _prepare
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "aarch64_python.sh"
-ARM_MODELS = ("small", "small_pruned", "edge", "pack", "residual")
+# the C export's test nets (every op kind between them, direct and patch-matrix GEMMs; `small`
+# and `edge` have windows long enough for carry-save counting) and a narrow NIN
+ARM_MODELS = {name: MODELS[name] for name in ("small", "small_pruned", "edge", "pack",
+                                              "residual", "cat", "act")}
+ARM_MODELS["nin"] = (lambda: build_model("nin", width=0.25), (3, 32, 32), 0)
 
 # run under qemu: every .bnn of a folder on each counting scheme (forced per load), the
 # outputs saved next to it, the target as the engine sees it printed as JSON
@@ -62,7 +69,7 @@ def _need(tool: str) -> str:
 
 
 @pytest.mark.slow  # an aarch64 Python under qemu-aarch64 (scripts/setup.sh --devices)
-def test_bnn_files_run_bit_exact_on_aarch64_under_qemu(tmp_path):
+def test_bnn_files_run_bit_exact_on_aarch64_under_qemu(tmp_path, monkeypatch):
     for tool in ("qemu-aarch64", "apt-get", "dpkg"):
         _need(tool)
     env = {**os.environ, "PYTHON": sys.executable,
@@ -76,14 +83,29 @@ def test_bnn_files_run_bit_exact_on_aarch64_under_qemu(tmp_path):
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    refs = {}
-    for name in ARM_MODELS:
-        factory, shape, seed = MODELS[name]
+    refs, kinds = {}, set()
+    csa_windows = []  # window sizes counted carry-save (the spy below)
+    uses_csa = bconv.uses_csa
+
+    def spy(scheme, window_words, kstride):
+        used = uses_csa(scheme, window_words, kstride)
+        csa_windows.extend([window_words] if used else [])
+        return used
+
+    monkeypatch.setattr(bconv, "uses_csa", spy)
+    for name, (factory, shape, seed) in ARM_MODELS.items():
         program = compile_model(_prepare(factory, seed), shape)
         save(program, tmp_path / f"{name}.bnn")
+        kinds |= {op.kind for op in program.ops}
         x = np.random.default_rng(5).standard_normal((6, *shape)).astype(np.float32)
         np.save(tmp_path / f"{name}.x.npy", x)
         refs[name] = program(x, threads=1)
+        monkeypatch.setenv(I.SCHEME_ENV, "csa")  # the x86 engine agrees with itself on both
+        got = load(tmp_path / f"{name}.bnn")(x, threads=1)
+        monkeypatch.delenv(I.SCHEME_ENV)
+        assert np.array_equal(got.view(np.uint32), refs[name].view(np.uint32)), name
+    assert kinds == set(OP_KINDS)
+    assert csa_windows  # the csa variant's carry-save branch is exercised, not only per word
     r = subprocess.run(["bash", str(SCRIPT), "-c", RUNNER, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, r.stderr[-4000:]
