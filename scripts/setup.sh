@@ -8,7 +8,9 @@
 #                                  # gcc-aarch64-linux-gnu, qemu-user (aarch64),
 #                                  # gcc-arm-none-eabi, libnewlib-arm-none-eabi,
 #                                  # qemu-system-arm (Cortex-M) and valgrind (instruction counts),
-#                                  # about 1 GB installed, so only the full suite asks for them
+#                                  # about 1 GB installed, so only the full suite asks for them;
+#                                  # then an aarch64 Python for the engine's check under qemu
+#                                  # (scripts/aarch64_python.sh: 88 MB download, in .cache/)
 #   bash scripts/setup.sh --fpga   # also FINN's compiler front end (finn-plus) in ./.venv-finn,
 #                                  # its own environment: FINN pins numpy, onnx, onnxruntime,
 #                                  # protobuf and qonnx to other versions than ours (docs/fpga.md)
@@ -76,6 +78,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 venv_pip .venv install -e ".${extras}"
 .venv/bin/python -c "import bnnprune, torch, numba; print('setup: bnnprune ready, torch', torch.__version__)"
+
+# --devices: the engine's .bnn files are also checked on aarch64, under an aarch64 CPython with
+# numba run by qemu-user (tests/engine/test_aarch64.py); fetched once into .cache/
+if [ -n "$devices" ]; then
+  PYTHON=.venv/bin/python bash scripts/aarch64_python.sh --prepare \
+    || echo "setup: could not prepare the aarch64 Python (tests/engine/test_aarch64.py will skip, or fail with CI=1)" >&2
+fi
 
 # --fpga: FINN in .venv-finn. CPU torch first (FINN's custom ops import torch), then finn-plus's
 # requirements from scripts/finn-requirements.txt holding torch at the installed CPU build, then

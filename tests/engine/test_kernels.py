@@ -159,6 +159,7 @@ def test_conv_cases_cover_carry_save_groups_tails_and_short_windows():
 def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     assert counting_scheme(frozenset({"avx2", "popcnt"})) == "csa"
     assert counting_scheme(frozenset({"avx512f", "avx512vpopcntdq"})) == "popcount"
+    assert counting_scheme(frozenset({"neon"})) == "popcount"  # cnt + uaddlp per word
     # per-word counts in bytes where a word's popcount is a table lookup, not vpopcntq
     assert byte_counts(frozenset({"avx2", "popcnt"}))
     assert not byte_counts(frozenset({"avx2", "avx512f", "avx512vpopcntdq"}))

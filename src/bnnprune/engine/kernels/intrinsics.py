@@ -4,10 +4,11 @@ The XNOR-popcount GEMM keeps two ``<8 x i64>`` accumulators (:data:`XPC_LANES`) 
 block and pixel (2-4 pixels at once, sharing each weight vector load, :func:`xword_pix`): each
 activation word is broadcast and XORed with the block's weight vectors, and
 ``llvm.ctpop.v8i64`` (``vpopcntq`` with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup +
-``vpsadbw`` on AVX2) counts the bits. Without VPOPCNTDQ the counting scheme ``csa``
-(:func:`counting_scheme`) counts windows of at least :data:`CSA_MIN_WORDS` words by carry-save
-accumulation instead (the Harley-Seal scheme, :func:`_csa_passes`): the XOR results of
-:data:`CSA_GROUP` words summed bit-sliced by full adders, one popcount per group.
+``vpsadbw`` on AVX2; ``cnt`` + ``uaddlp`` on aarch64 NEON) counts the bits. On x86 without
+VPOPCNTDQ the counting scheme ``csa`` (:func:`counting_scheme`) counts windows of at least
+:data:`CSA_MIN_WORDS` words by carry-save accumulation instead (the Harley-Seal scheme,
+:func:`_csa_passes`): the XOR results of :data:`CSA_GROUP` words summed bit-sliced by full
+adders, one popcount per group.
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
 A call computes a whole 64-channel output word: in threshold mode (:func:`xpc_word`) the
 accumulators start at ``-(thr+1)``, so the output bits are their sign bits; in float mode
@@ -374,6 +375,22 @@ def _host_features() -> frozenset[str]:
     return frozenset(k for k, v in binding.get_host_cpu_features().items() if v)
 
 
+@functools.cache
+def target_arch() -> str:
+    """The architecture numba compiles for, from its target triple (``x86_64``,
+    ``aarch64``, ...): LLVM's host feature map can be empty (an aarch64 Python under
+    qemu-user reads the x86 host's /proc/cpuinfo), the triple is not."""
+    from llvmlite import binding
+    return binding.get_process_triple().split("-")[0]
+
+
+def is_aarch64(arch: str | None = None) -> bool:
+    """Whether ``arch`` (default :func:`target_arch`) is 64-bit ARM, where NEON (Advanced
+    SIMD) is part of the base ARMv8-A architecture: LLVM's ``generic`` AArch64 CPU has it,
+    and ``llvm.ctpop`` on ``<N x i64>`` lowers to ``cnt`` + ``uaddlp``/``uadalp``."""
+    return (target_arch() if arch is None else arch) in ("aarch64", "arm64")
+
+
 def cpu_features() -> frozenset[str]:
     """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES`` when set (``+avx2,...``),
     none with ``NUMBA_CPU_NAME=generic`` and no ``NUMBA_CPU_FEATURES`` (numba's own default
@@ -385,14 +402,24 @@ def cpu_features() -> frozenset[str]:
     if ("NUMBA_CPU_FEATURES" not in os.environ
             and os.environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic"):
         return frozenset()
-    return _host_features()
+    feats = _host_features()
+    return feats | {"neon"} if is_aarch64() else feats
 
 
 def counting_scheme(features: frozenset[str] | None = None) -> str:
     """The XOR-popcount GEMM's counting scheme for a CPU: ``popcount`` (one ``llvm.ctpop``
-    per word) where a vector popcount instruction exists (AVX-512 VPOPCNTDQ), else ``csa``
-    (carry-save accumulation: per-word popcount is a nibble-table sequence of several
-    instructions there, which Harley-Seal amortises over :data:`CSA_GROUP` words).
+    per word) where per-word counting is short, else ``csa`` (carry-save accumulation,
+    amortising a long per-word popcount over :data:`CSA_GROUP` words).
+
+    - AVX-512 VPOPCNTDQ: ``popcount``, one ``vpopcntq`` per word;
+    - aarch64 NEON: ``popcount``, LLVM lowers ``llvm.ctpop.v8i64`` to ``cnt`` + two
+      ``uaddlp`` + ``uadalp`` (the accumulate fused) per 128 bits, 4 instructions after the
+      XOR against about 5 for the ``csa`` scheme's full adder (``eor, and, and, orr, eor``)
+      plus its share of the group's popcount; chosen by instruction count, not measured (no
+      ARM hardware here; both schemes are exact, checked under qemu);
+    - otherwise (AVX2, AVX-512 without VPOPCNTDQ): ``csa``, per-word popcount being the
+      nibble-table sequence of about nine instructions per 256 bits there.
+
     ``BNNPRUNE_COUNTING`` (one of :data:`SCHEMES`) overrides the choice for this machine."""
     if features is None:
         forced = os.environ.get(SCHEME_ENV, "").strip()
@@ -401,7 +428,7 @@ def counting_scheme(features: frozenset[str] | None = None) -> str:
                 raise EngineError(f"{SCHEME_ENV}={forced!r}: not one of {', '.join(SCHEMES)}")
             return forced
         features = cpu_features()
-    return "popcount" if "avx512vpopcntdq" in features else "csa"
+    return "popcount" if {"avx512vpopcntdq", "neon"} & features else "csa"
 
 
 def instruction_set(features: frozenset[str] | None = None) -> str:
