@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from bnnprune.engine.kernels import intrinsics as I
 from bnnprune.engine.program import OP_KINDS
 from bnnprune.models import build_model
 
-from .test_cexport import MODELS, _prepare
+from .test_cexport import MODELS, _need, _prepare
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "aarch64_python.sh"
@@ -58,20 +57,11 @@ print(json.dumps(info))
 """
 
 
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        msg = f"{tool} not found (scripts/setup.sh --devices: qemu-user; apt-get, dpkg)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the aarch64 engine check: {msg}")
-        pytest.skip(msg)
-    return path
-
-
 @pytest.mark.slow  # an aarch64 Python under qemu-aarch64 (scripts/setup.sh --devices)
 def test_bnn_files_run_bit_exact_on_aarch64_under_qemu(tmp_path, monkeypatch):
     for tool in ("qemu-aarch64", "apt-get", "dpkg"):
-        _need(tool)
+        _need(tool, "scripts/setup.sh --devices: qemu-user; apt-get, dpkg",
+              "the aarch64 engine check")
     env = {**os.environ, "PYTHON": sys.executable,
            "NUMBA_CACHE_DIR": str(Path(os.environ.get(
                "BNNPRUNE_AARCH64_CACHE", REPO / ".cache" / "aarch64-python")) / "numba")}

@@ -129,13 +129,14 @@ MODELS = {
 }
 
 
-def _need(tool: str) -> str:
+def _need(tool: str, install: str = "Debian: apt-get install gcc-aarch64-linux-gnu qemu-user",
+          check: str = "the ARM check") -> str:
     """The tool's path; skip without it (a user's machine), fail in CI (it must be there)."""
     path = shutil.which(tool)
     if path is None:
-        msg = f"{tool} not found (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user)"
+        msg = f"{tool} not found ({install})"
         if os.environ.get("CI"):
-            pytest.fail(f"CI must run the ARM check: {msg}")
+            pytest.fail(f"CI must run {check}: {msg}")
         pytest.skip(msg)
     return path
 
