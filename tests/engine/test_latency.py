@@ -46,6 +46,16 @@ def _synthetic(block: int):
     return fake
 
 
+def _as_ratios(fake):
+    """``time_op_ratios`` from a stand-in for one op's seconds: each count over full width."""
+
+    def ratios(program, idx, counts, batch, threads, repeats):
+        full = fake(program, idx, *L.op_channels(program, idx), batch, threads, repeats)
+        return [fake(program, idx, *c, batch, threads, repeats) / full for c in counts]
+
+    return ratios
+
+
 @pytest.fixture
 def fake_timing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("BNNPRUNE_CACHE_DIR", str(tmp_path))  # fake times in their own cache
@@ -61,7 +71,7 @@ def fake_timing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
             return [fake(program, i, *L.op_channels(program, i), batch, threads, 1)
                     for i in range(len(program.ops))]
 
-        monkeypatch.setattr(L, "time_op", fake)
+        monkeypatch.setattr(L, "time_op_ratios", _as_ratios(fake))
         monkeypatch.setattr(L, "time_program", whole)
         monkeypatch.setattr(L, "time_ops_in_context", context)
     return use
@@ -75,14 +85,14 @@ def test_corrupt_cache_file_is_rebuilt_and_then_reused(tmp_path: Path, monkeypat
         model = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
     data = json.loads(path.read_text())
     assert data["version"] == L.CACHE_VERSION and data["kernels"] == L._kernels_fingerprint()
-    # every op alone and inside a run, and the program
-    assert len(data["entries"]) == 2 * len(program.ops) + 1
+    # every op inside a run, and the program (at full width an op's ratio is 1: not timed)
+    assert len(data["entries"]) == len(program.ops) + 1
     assert len(model.tables) == len(program.ops) and model.measured_s > 0
 
     def no_timing(*a, **k):
         raise AssertionError("timed again although the cache holds the entry")
 
-    monkeypatch.setattr(L, "time_op", no_timing)
+    monkeypatch.setattr(L, "time_op_ratios", no_timing)
     monkeypatch.setattr(L, "time_program", no_timing)
     monkeypatch.setattr(L, "time_ops_in_context", no_timing)
     again = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
@@ -167,7 +177,8 @@ def test_one_op_timing_runs_every_op_kind_of_the_zoo() -> None:
         program = compile_model(build_model(name, width=0.125).eval(), SHAPE)
         for idx in range(len(program.ops)):
             cin, cout = L.op_channels(program, idx)
-            assert L.time_op(program, idx, max(1, cin // 2), max(1, cout // 2), 1, 1, 1) > 0
+            half = [(max(1, cin // 2), max(1, cout // 2))]
+            assert L.time_op_ratios(program, idx, half, 1, 1, 1)[0] > 0
 
 
 @pytest.mark.parametrize("name", ["nin", "alexnet", "small", "birealnet18"])
@@ -178,43 +189,52 @@ def test_program_float_macs_follow_the_one_cost_rule(name: str) -> None:
     assert program_float_macs(compile_model(model, shape)) == summarize(model, shape).float_macs
 
 
+def _halves(program) -> dict[int, tuple[list[int], list[int]]]:
+    """Every op's grid: half and full width on each axis."""
+    grids = {}
+    for i in range(len(program.ops)):
+        ci, co = L.op_channels(program, i)
+        grids[i] = ([max(1, ci // 2), ci], [max(1, co // 2), co])
+    return grids
+
+
 def test_an_interrupted_table_build_resumes_from_the_cache(tmp_path: Path, monkeypatch) -> None:
     program = compile_model(_nin(), SHAPE)
     path = tmp_path / "m.json"
-    fake = _synthetic(16)
-    calls: list[int] = []
+    ratios = _as_ratios(_synthetic(16))
+    calls: list[tuple[int, int]] = []  # (op, counts timed)
 
-    def dies_after_three(program, idx, *args):
+    def dies_after_three(program, idx, counts, *args):
         if len(calls) == 3:
             raise KeyboardInterrupt
-        calls.append(idx)
-        return fake(program, idx, *args)
+        calls.append((idx, len(counts)))
+        return ratios(program, idx, counts, *args)
 
-    monkeypatch.setattr(L, "SAVE_EVERY_S", 0.0)  # write after every new entry
-    monkeypatch.setattr(L, "time_op", dies_after_three)
+    monkeypatch.setattr(L, "SAVE_EVERY_S", 0.0)  # write after every timed chunk
+    monkeypatch.setattr(L, "time_op_ratios", dies_after_three)
     monkeypatch.setattr(L, "time_program", lambda *a: 1e-3)
     monkeypatch.setattr(L, "time_ops_in_context", lambda program, *a: [1e-6] * len(program.ops))
     with pytest.raises(KeyboardInterrupt):
-        L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
-    # the ops inside a run (timed first) and the three ops timed alone so far
-    assert len(L.LatencyCache(path).entries) == len(program.ops) + 3
+        L.build_cost_model(program, _halves(program), batch=1, threads=1, repeats=1, cache=path)
+    # the ops inside a run (timed first) and the counts of the three chunks timed so far
+    assert len(L.LatencyCache(path).entries) == len(program.ops) + sum(n for _, n in calls)
     timed: list[int] = []
-    monkeypatch.setattr(L, "time_op", lambda program, idx, *a: timed.append(idx) or 1e-6)
-    L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=path)
-    assert len(timed) == len(program.ops) - 3 and not set(timed) & set(calls)
+    monkeypatch.setattr(L, "time_op_ratios",
+                        lambda program, idx, counts, *a: timed.append(idx) or [1.0] * len(counts))
+    L.build_cost_model(program, _halves(program), batch=1, threads=1, repeats=1, cache=path)
+    assert timed and not set(timed) & {i for i, _ in calls}
 
 
 def test_the_whole_run_is_the_best_of_two_timings(tmp_path: Path, monkeypatch) -> None:
     program = compile_model(_nin(), SHAPE)
     runs = iter([5e-3, 2e-3])  # a disturbed first timing does not count
-    monkeypatch.setattr(L, "time_op", lambda *a: 1e-6)
     monkeypatch.setattr(L, "time_program", lambda *a: next(runs))
     monkeypatch.setattr(L, "time_ops_in_context", lambda program, *a: [1e-6] * len(program.ops))
     model = L.build_cost_model(program, batch=1, threads=1, repeats=1, cache=tmp_path / "m.json")
     assert model.measured_s == 2e-3
 
 
-def test_ops_slower_inside_a_run_scale_their_tables(tmp_path: Path, monkeypatch) -> None:
+def test_an_ops_time_inside_a_run_scales_its_ratios(tmp_path: Path, monkeypatch) -> None:
     program = compile_model(_nin(), SHAPE)
     fake = _synthetic(16)
     full = [L.op_channels(program, i) for i in range(len(program.ops))]
@@ -222,14 +242,73 @@ def test_ops_slower_inside_a_run_scale_their_tables(tmp_path: Path, monkeypatch)
     conv = next(i for i, op in enumerate(program.ops) if op.kind == "bconv")
     ctx = list(alone)
     ctx[conv] *= 2.5  # its weights come from colder caches inside a run
-    monkeypatch.setattr(L, "time_op", fake)
+    monkeypatch.setattr(L, "time_op_ratios", _as_ratios(fake))
     monkeypatch.setattr(L, "time_program", lambda *a: sum(ctx) + 1e-5)
     monkeypatch.setattr(L, "time_ops_in_context", lambda *a: ctx)
     ci, co = full[conv]
     model = L.build_cost_model(program, {conv: ([ci], [co // 2, co])}, batch=1, threads=1,
                                repeats=1, cache=tmp_path / "m.json")
-    assert model.tables[conv].context == pytest.approx(2.5)
-    assert all(t.context == pytest.approx(1.0) for i, t in enumerate(model.tables) if i != conv)
+    assert [t.full_s for t in model.tables] == ctx
     assert model.overhead_s == pytest.approx(1e-5)
     half = fake(program, conv, ci, co // 2, 1, 1, 1)
     assert model.op_seconds(conv, ci, co // 2) == pytest.approx(2.5 * half)
+
+
+class _Runner:
+    """A stand-in for one op's one-op program: ``seconds`` per run at no load."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self) -> None:
+        pass
+
+
+def test_a_load_that_comes_halfway_through_a_table_changes_no_ratio(monkeypatch) -> None:
+    """Counts are timed interleaved with the full width, so a machine that turns 1.5x slower
+    in the middle of the timing (another job starting) slows both sides of every ratio."""
+    program = compile_model(_nin(), SHAPE)
+    conv = next(i for i, op in enumerate(program.ops) if op.kind == "bconv")
+    ci, co = L.op_channels(program, conv)
+    monkeypatch.setattr(L, "_op_runner",
+                        lambda program, idx, cin, cout, *a: _Runner(cin * cout * 1e-9))
+    made = iter(range(10**6))
+
+    def elapsed(f: _Runner) -> float:
+        return f.seconds * (1.5 if next(made) >= 24 else 1.0)  # slower from the 25th run on
+
+    monkeypatch.setattr(L, "elapsed", elapsed)
+    counts = [(ci, co // 2), (ci // 2, co), (ci // 2, co // 2)]
+    assert L.time_op_ratios(program, conv, counts, 1, 1, 5) == pytest.approx([0.5, 0.5, 0.25])
+
+
+def test_an_entry_slower_than_a_larger_count_is_timed_once_more(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """A count timed slower than one with more channels on both axes (a disturbed timing) is
+    timed again and the smaller ratio kept; a real step survives it, and nothing is re-timed
+    on the next build."""
+    program = compile_model(_nin(), SHAPE)
+    conv = next(i for i, op in enumerate(program.ops) if op.kind == "bconv")
+    ci, co = L.op_channels(program, conv)
+    fake = _as_ratios(_synthetic(1))
+    first = {(ci // 2, co // 2): 0.9, (ci // 4, co): 0.95}  # disturbed; a real step
+    timed: list[list[tuple[int, int]]] = []
+
+    def ratios(program, idx, counts, *a):
+        timed.append(list(counts))
+        out = fake(program, idx, counts, *a)
+        return [first.pop(c, r) if c != (ci // 4, co) else 0.95 for c, r in zip(counts, out)]
+
+    monkeypatch.setattr(L, "time_op_ratios", ratios)
+    monkeypatch.setattr(L, "time_program", lambda *a: 1e-3)
+    monkeypatch.setattr(L, "time_ops_in_context", lambda program, *a: [1e-6] * len(program.ops))
+    grid = {conv: ([ci // 4, ci // 2, ci], [co // 2, co])}
+    model = L.build_cost_model(program, grid, batch=1, threads=1, repeats=1,
+                               cache=tmp_path / "m.json")
+    table = model.tables[conv]
+    assert timed[-1] == [(ci // 4, co), (ci // 2, co // 2)]  # the two above a larger count
+    assert table.ratio(ci // 2, co // 2) == pytest.approx(0.25)  # the retimed ratio
+    assert table.ratio(ci // 4, co) == pytest.approx(0.95)  # a step measured twice stays
+    timed.clear()
+    L.build_cost_model(program, grid, batch=1, threads=1, repeats=1, cache=tmp_path / "m.json")
+    assert timed == []

@@ -3,13 +3,15 @@
 Each op of a program is timed alone, on random inputs and weights, at the channel counts a
 caller asks for: a one-op program (with a ``sign``/``flatten`` in front and a cheap terminal
 op behind where the op needs them) is planned for the batch size and thread count, and only
-the op's own kernel calls (its padding / patch matrix included) are timed; the best of
-``repeats`` runs counts. Each op is also timed inside whole runs of the unpruned program,
-where it finds the caches colder (weights and activations evicted by the ops before it):
-that ratio (>= 1) multiplies its table, as the cold share shrinks with the channels too. A
-program's predicted latency is the sum of its ops' table entries (bilinear between measured
-counts, times that ratio) plus the measured per-run overhead of the unpruned program (input
-copy, Python dispatch): by construction the unpruned prediction equals its measured
+the op's own kernel calls (its padding / patch matrix included) are timed. A count is timed
+interleaved with the same op at its full width (one run of each in turn, the best of each
+counts) and kept as the ratio of the two, so a table's entries are comparable even when the
+machine's load changed between them. Each op of the unpruned program is also timed inside
+whole runs of it, where it finds the caches colder (weights and activations evicted by the
+ops before it): that time, at full width, scales the op's ratios (the cold share shrinks
+with the channels too). A program's predicted latency is the sum of its ops' times (ratios
+bilinear between measured counts) plus the measured per-run overhead of the unpruned program
+(input copy, Python dispatch): by construction the unpruned prediction equals its measured
 latency.
 
 Measurements are cached as JSON in the user cache folder, one file per machine
@@ -43,17 +45,20 @@ from bnnprune.engine.kernels.base import KERNELS_HASH
 from bnnprune.engine.kernels.chain import chain_calls
 from bnnprune.engine.pack import tail_mask, words
 from bnnprune.engine.program import Program, _threads, is_pruned_copy
-from bnnprune.engine.timing import MIN_WINDOW_S, best_time, step_samples
+from bnnprune.engine.timing import MIN_WINDOW_S, best_time, elapsed, runs, step_samples
 from bnnprune.machine import machine_info
 
 __all__ = ["CACHE_VERSION", "EngineCostModel", "LatencyCache", "OpTable", "build_cost_model",
            "cache_path", "cache_root", "machine_key", "op_channels", "program_at"]
 
-CACHE_VERSION = 2  # 2: ops timed as chained calls (kernels.chain), not a Python call per kernel
+# 2: ops timed as chained calls (kernels.chain), not a Python call per kernel; 3: a count's
+# entry is its time over the op's full width, timed interleaved (not a time of its own)
+CACHE_VERSION = 3
 CONV_KINDS = ("bconv", "fconv")
 SAVE_EVERY_S = 20.0  # a long table build writes the cache this often
 WHOLE_REPEATS = 20  # at least this many runs of the whole program (its overhead is fragile)
-CONTEXT_MAX = 4.0  # an op's time in a whole run is taken as at most this times its time alone
+RATIO_CHUNK = 6  # counts timed interleaved with one full-width reference (then saved)
+RECHECK_TOLERANCE = 0.05  # an entry this much slower than one at more channels is re-timed
 
 
 def _kernels_fingerprint() -> str:
@@ -234,9 +239,10 @@ def program_at(program: Program, channels: Sequence[int]) -> Program:
     return Program(program.input_shape, values, ops, program.output, program.meta)
 
 
-def time_op(program: Program, idx: int, cin: int, cout: int, batch: int, threads: int,
-            repeats: int) -> float:
-    """Best time of op ``idx`` alone at (cin, cout) channels on ``batch`` random images."""
+def _op_runner(program: Program, idx: int, cin: int, cout: int, batch: int,
+               threads: int) -> Callable[[], None]:
+    """Op ``idx`` alone at (cin, cout) channels on ``batch`` random images, ready to run (run
+    once): its kernel calls chained as inside a chained run."""
     rng = np.random.default_rng(cin * 7919 + cout)
     if program.ops[idx].kind in ("concat", "concat_bits"):
         n = len(program.ops[idx].inputs)  # n equal parts of the output channels
@@ -245,13 +251,30 @@ def time_op(program: Program, idx: int, cin: int, cout: int, batch: int, threads
     plan = mini.plan(batch, threads)
     x = rng.standard_normal((batch, *mini.input_shape)).astype(np.float32)
     plan.run(x)
-    calls = chain_calls(plan.op_calls(t), min_run=1)  # as inside a chained run
+    calls = chain_calls(plan.op_calls(t), min_run=1)
 
     def run() -> None:
         for c in calls:
             c()
 
-    return max(best_time(run, repeats), 1e-9)
+    return run
+
+
+def time_op_ratios(program: Program, idx: int, counts: Sequence[tuple[int, int]], batch: int,
+                   threads: int, repeats: int) -> list[float]:
+    """Best time of op ``idx`` alone at each (cin, cout) of ``counts`` over its best time at
+    full width, the two timed interleaved (two runs of each in turn, at least ``repeats``
+    rounds over at least ``MIN_WINDOW_S`` per program) so that both see the same load. Each
+    program runs twice in a row: its second run finds its own data in the caches, as an op
+    timed alone does, not the other program's."""
+    fns = [_op_runner(program, idx, *c, batch, threads)
+           for c in (op_channels(program, idx), *counts)]
+    best = [float("inf")] * len(fns)
+    for _ in runs(repeats, MIN_WINDOW_S * len(fns)):
+        for i, f in enumerate(fns):
+            best[i] = min(best[i], elapsed(f), elapsed(f))
+    ref = max(best[0], 1e-9)
+    return [max(b, 1e-9) / ref for b in best[1:]]
 
 
 def time_program(program: Program, batch: int, threads: int, repeats: int) -> float:
@@ -292,33 +315,36 @@ def _interp(xs: Sequence[int], x: float) -> tuple[int, int, float]:
 
 @dataclass
 class OpTable:
-    """Measured seconds of one op on a grid of (input, output) channel counts."""
+    """One op's latency on a grid of (input, output) channel counts: its time at full width
+    inside whole runs of the unpruned program, times its ratios (alone, over its full width
+    alone) at the measured counts."""
 
     kind: str
     cin: list[int]
     cout: list[int]
-    seconds: list[list[float]]  # [input index][output index] (one row: output counts only)
+    ratios: list[list[float]]  # [input index][output index] (one row: output counts only)
+    full_s: float  # seconds at full width inside a whole run
     proportional: bool = False  # one measured point: time scales with the output channels
-    context: float = 1.0  # the op's time inside a whole run over its time alone (full width)
 
-    def alone(self, cin: float, cout: float) -> float:
-        """Seconds of the op alone at (cin, cout): bilinear between measured counts, >= 0."""
+    def ratio(self, cin: float, cout: float) -> float:
+        """Time at (cin, cout) over the time at full width: bilinear between measured counts,
+        >= 0."""
         if self.proportional:
-            return self.seconds[0][0] * cout / self.cout[0]
+            return self.ratios[0][0] * cout / self.cout[0]
         i0, i1, a = _interp(self.cin, cin)
         j0, j1, b = _interp(self.cout, cout)
-        s = self.seconds
-        top = s[i0][j0] * (1 - b) + s[i0][j1] * b
-        bot = s[i1][j0] * (1 - b) + s[i1][j1] * b
+        r = self.ratios
+        top = r[i0][j0] * (1 - b) + r[i0][j1] * b
+        bot = r[i1][j0] * (1 - b) + r[i1][j1] * b
         return max(top * (1 - a) + bot * a, 0.0)
 
     def at(self, cin: float, cout: float) -> float:
-        """Seconds at (cin, cout) inside a whole run: the time alone times ``context``."""
-        return self.alone(cin, cout) * self.context
+        """Seconds at (cin, cout) inside a whole run."""
+        return self.full_s * self.ratio(cin, cout)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "cin": self.cin, "cout": self.cout, "seconds": self.seconds,
-                "proportional": self.proportional, "context": self.context}
+        return {"kind": self.kind, "cin": self.cin, "cout": self.cout, "ratios": self.ratios,
+                "full_s": self.full_s, "proportional": self.proportional}
 
 
 @dataclass
@@ -329,7 +355,7 @@ class EngineCostModel:
     batch: int
     threads: int
     tables: list[OpTable]
-    overhead_s: float  # measured run minus the sum of its ops alone (unpruned program)
+    overhead_s: float  # measured run minus the sum of its ops inside it (unpruned program)
     measured_s: float  # measured latency of the unpruned program
     cache_file: str = ""
     notes: list[str] = field(default_factory=list)
@@ -372,6 +398,14 @@ def _check_counts(program: Program, grids: dict[int, tuple[Iterable[int], Iterab
     return out
 
 
+def _slower_than_larger(ratio: dict[tuple[int, int], float]) -> list[tuple[int, int]]:
+    """The (cin, cout) counts of a table whose time exceeds, by more than
+    :data:`RECHECK_TOLERANCE`, that of a count with at least as many channels on both axes."""
+    return [c for c, r in ratio.items()
+            if any(d != c and d[0] >= c[0] and d[1] >= c[1]
+                   and r > q * (1 + RECHECK_TOLERANCE) for d, q in ratio.items())]
+
+
 def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Iterable[int]]]
                      | None = None, *, batch: int = 1, threads: int = 1, repeats: int = 10,
                      cache: LatencyCache | str | os.PathLike[str] | None = None,
@@ -412,22 +446,38 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
             if prop or op.kind not in CONV_KINDS:
                 ins = outs if not prop else outs[-1:]  # one channel count: the output's
                 outs = ins
-            grid: list[list[float]] = []
-            for ci in (ins if op.kind in CONV_KINDS else [None]):
-                row = []
-                for co in outs:
-                    c_in = ci if ci is not None else co
-                    key = _entry_key(sig, c_in, co, batch, th)
-                    if key not in store.entries:
-                        store.entries[key] = time_op(program, idx, c_in, co, batch, th, repeats)
-                        fresh += 1
-                        if time.perf_counter() - saved_at > SAVE_EVERY_S:
-                            store.save()  # an interrupted build resumes from here
-                            saved_at = time.perf_counter()
-                    row.append(store.entries[key])
-                grid.append(row)
+            pairs = [(ci if ci is not None else co, co)
+                     for ci in (ins if op.kind in CONV_KINDS else [None]) for co in outs]
+            full = op_channels(program, idx)
+            todo = [c for c in pairs if c != full
+                    and _entry_key(sig, *c, batch, th) not in store.entries]
+            for k in range(0, len(todo), RATIO_CHUNK):
+                chunk = todo[k:k + RATIO_CHUNK]
+                for c, r in zip(chunk, time_op_ratios(program, idx, chunk, batch, th, repeats),
+                                strict=True):
+                    store.entries[_entry_key(sig, *c, batch, th)] = r
+                fresh += 1
+                if time.perf_counter() - saved_at > SAVE_EVERY_S:
+                    store.save()  # an interrupted build resumes from here
+                    saved_at = time.perf_counter()
+            ratio = {c: 1.0 if c == full else store.entries[_entry_key(sig, *c, batch, th)]
+                     for c in pairs}
+            # the kernels do no more work at fewer channels: an entry slower than one at more
+            # channels on both axes was most likely disturbed, so it is timed once more
+            # (the smaller ratio is kept; a real step survives both timings)
+            suspects = [c for c in _slower_than_larger(ratio) if c != full and
+                        _entry_key(sig, *c, batch, th) + "|rechecked" not in store.entries]
+            if suspects:
+                for c, r in zip(suspects, time_op_ratios(program, idx, suspects, batch, th,
+                                                         repeats), strict=True):
+                    key = _entry_key(sig, *c, batch, th)
+                    ratio[c] = store.entries[key] = min(ratio[c], r)
+                    store.entries[key + "|rechecked"] = 1.0
+                fresh += 1
+            grid = [[ratio[ci if ci is not None else co, co] for co in outs]
+                    for ci in (ins if op.kind in CONV_KINDS else [None])]
             tables.append(OpTable(op.kind, list(ins) if op.kind in CONV_KINDS else outs[-1:],
-                                  list(outs), grid, prop))
+                                  list(outs), grid, store.entries[ctx_keys[idx]], prop))
             if progress is not None:
                 progress(f"latency table: op {idx + 1}/{len(counts)} ({op.name or op.kind})")
         if whole_s is not None:
@@ -437,11 +487,6 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     if fresh or store.rebuilt:
         store.save()
     full = [op_channels(program, i) for i in range(len(program.ops))]
-    for t, (ci, co), k in zip(tables, full, ctx_keys, strict=True):
-        # an op inside a run finds colder caches than alone; that share scales with its time
-        # (weights and activations shrink with the channels), so it multiplies its table
-        alone = t.alone(ci, co)
-        t.context = min(max(store.entries[k] / alone, 1.0), CONTEXT_MAX) if alone > 0 else 1.0
     ops_s = sum(t.at(ci, co) for t, (ci, co) in zip(tables, full, strict=True))
     measured = store.entries[whole_key]
     # the per-run overhead (input copy, Python dispatch) is what the whole run costs beyond
