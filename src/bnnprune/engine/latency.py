@@ -4,7 +4,7 @@ Each op of a program is timed alone, on random inputs and weights, at the channe
 caller asks for: a one-op program (with a ``sign``/``flatten`` in front and a cheap terminal
 op behind where the op needs them) is planned for the batch size and thread count, and only
 the op's own kernel calls (its padding / patch matrix included) are timed. A count is timed
-interleaved with the same op at its full width (one run of each in turn, the best of each
+interleaved with the same op at its full width (two runs of each in turn, the best of each
 counts) and kept as the ratio of the two, so a table's entries are comparable even when the
 machine's load changed between them. Each op of the unpruned program is also timed inside
 whole runs of it, where it finds the caches colder (weights and activations evicted by the
