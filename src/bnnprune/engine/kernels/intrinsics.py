@@ -8,7 +8,8 @@ activation word is broadcast and XORed with the block's weight vectors, and
 VPOPCNTDQ the counting scheme ``csa`` (:func:`counting_scheme`) counts windows of at least
 :data:`CSA_MIN_WORDS` words by carry-save accumulation instead (the Harley-Seal scheme,
 :func:`_csa_passes`): the XOR results of :data:`CSA_GROUP` words summed bit-sliced by full
-adders, one popcount per group.
+adders, one popcount per group, and windows of :data:`TRIPLE_WORDS` words by one full adder
+(:func:`_triple_window`).
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
 A call computes a whole 64-channel output word: in threshold mode (:func:`xpc_word`) the
 accumulators start at ``-(thr+1)``, so the output bits are their sign bits; in float mode
@@ -690,6 +691,49 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
         flush()
 
 
+# Windows of exactly this many words count by one full adder (scheme ``csa``): the 1x1 convs
+# over 129-192 channels (NIN's five). See :func:`_triple_window`
+TRIPLE_WORDS = 3
+
+
+def _triple_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop):
+    """:func:`xpc_word`'s window of :data:`TRIPLE_WORDS` words (scheme ``csa``), straight
+    line: per weight vector and pixel one full adder compresses the three XOR results into a
+    sum and a carry, counted as ``popcount(sum) + 2*popcount(carry)``, two popcounts for
+    three words; with :data:`BYTE_COUNTS` the byte counts ``pc(sum) + pc(carry) +
+    pc(carry)`` (at most 24 per byte) go into the accumulator through one ``vpsadbw``.
+    Word ``i`` is at ``x[base + offs[i]]``, its weights at ``w[woff + 16*i]``."""
+    lanes, vty = XPC_LANES, _VXPC
+    nv = BLOCK_CH // lanes
+    if BYTE_COUNTS:
+        v8 = ir.VectorType(ir.IntType(8), 8 * lanes)
+        ctpop8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]),
+                                                f"llvm.ctpop.v{8 * lanes}i8")
+    xbs = []
+    for i in range(TRIPLE_WORDS):
+        o = builder.load(builder.gep(offs, [ir.Constant(_I64, i)]))
+        xbs.append([_splat(builder, builder.load(builder.gep(xp, [builder.add(base, o)])), vty)
+                    for base in bases])
+    # pixel by pixel, vector by vector: few XOR results are live at a time (16 ymm on AVX2)
+    for p in range(npix):
+        for b in range(nb):
+            wb = builder.add(woff, builder.mul(bstep, ir.Constant(_I64, b)))
+            for j in range(nv // 2 if half and b == nb - 1 else nv):
+                ds = [builder.xor(xbs[i][p], _vload(builder, wp, builder.add(
+                    wb, ir.Constant(_I64, BLOCK_CH * i + lanes * j)), vty, 8))
+                      for i in range(TRIPLE_WORDS)]
+                carry, total = _csa(builder, ds[2], ds[0], ds[1])
+                if BYTE_COUNTS:
+                    c8 = builder.call(ctpop8, [builder.bitcast(carry, v8)])
+                    s8 = builder.call(ctpop8, [builder.bitcast(total, v8)])
+                    cnt = _psadbw(builder, builder.add(s8, builder.add(c8, c8)))
+                else:
+                    cnt = builder.add(builder.call(ctpop, [total]), builder.shl(
+                        builder.call(ctpop, [carry]), ir.Constant(vty, [1] * lanes)))
+                a = accs[p, b, j]
+                builder.store(builder.add(builder.load(a), cnt), a)
+
+
 def _xpc_word_codegen(epilogue: Callable) -> Callable:
     """Codegen of a whole-word XOR-popcount (:func:`xpc_word`, :func:`xpc_affine_word`): a
     switch over :func:`_word_cases`, each a loop over :func:`xword_pix` pixels with all of
@@ -699,8 +743,9 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
     accumulators of block ``b``). The arguments start x, bases, boff, rowstep, kh, seg,
     kstride, w, woff, bstep, init, ioff and end out, ooff, ostride, count, nb, half, offs,
     csa: with ``csa`` true and a window of at least :data:`CSA_MIN_WORDS` words the counts
-    come from :func:`_csa_passes` (``offs[i]``: word ``i``'s offset in the window), else from
-    one ``llvm.ctpop`` per word. The engine passes ``csa`` as a compile-time constant
+    come from :func:`_csa_passes` (``offs[i]``: word ``i``'s offset in the window), with
+    ``csa`` true and a window of :data:`TRIPLE_WORDS` words from :func:`_triple_window`,
+    else from one ``llvm.ctpop`` per word. The engine passes ``csa`` as a compile-time constant
     (:func:`~bnnprune.engine.kernels.bconv._variant`), so LLVM drops the scheme not taken."""
     def codegen(context, builder, signature, args):
         sa = signature.args
@@ -711,9 +756,12 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
          nb_, half_, csa_) = _ints(context, builder, sa, args,
                                    (2, 3, 4, 5, 6, 8, 9, 11, end - 5, end - 4, end - 3,
                                     end - 2, end - 1, end + 1))
-        use_csa = builder.and_(
-            builder.icmp_signed("!=", csa_, ir.Constant(_I64, 0)),
-            builder.icmp_signed(">=", builder.mul(kh_, seg_), ir.Constant(_I64, CSA_MIN_WORDS)))
+        csa_on = builder.icmp_signed("!=", csa_, ir.Constant(_I64, 0))
+        n_ = builder.mul(kh_, seg_)
+        use_csa = builder.and_(csa_on, builder.icmp_signed(">=", n_, ir.Constant(
+            _I64, CSA_MIN_WORDS)))
+        use_triple = builder.and_(csa_on, builder.icmp_signed("==", n_, ir.Constant(
+            _I64, TRIPLE_WORDS)))
         vunit = ir.VectorType(_I64, CSA_LANES)
         slots = cgutils.alloca_once(builder, vunit,
                                     size=ir.Constant(_I64, XWORD_MAX_PIX * BLOCK_CH))
@@ -757,19 +805,23 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                             parts = [builder.shuffle_vector(parts[i], parts[i + 1], cat)
                                      for i in range(0, len(parts), 2)]
                         builder.store(parts[0], a)
-                with otherwise:
-                    args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
-                             bstep_, accs, npix, nb, half, ctpop)
-                    if BYTE_COUNTS:
-                        long_ = builder.icmp_signed(">=", builder.mul(kh_, seg_),
-                                                    ir.Constant(_I64, BYTE_MIN_WORDS))
-                        with builder.if_else(long_) as (in_bytes, per_word):
-                            with in_bytes:
-                                _popcount_window(*args_, in_bytes=True)
-                            with per_word:
-                                _popcount_window(*args_)
-                    else:
-                        _popcount_window(*args_)
+                with otherwise, builder.if_else(use_triple) as (triple, per_word_):
+                    with triple:
+                        _triple_window(builder, xp, wp, bases, offp, woff_, bstep_, accs, npix,
+                                       nb, half, ctpop)
+                    with per_word_:
+                        args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
+                                 bstep_, accs, npix, nb, half, ctpop)
+                        if BYTE_COUNTS:
+                            long_ = builder.icmp_signed(">=", builder.mul(kh_, seg_),
+                                                        ir.Constant(_I64, BYTE_MIN_WORDS))
+                            with builder.if_else(long_) as (in_bytes, per_word):
+                                with in_bytes:
+                                    _popcount_window(*args_, in_bytes=True)
+                                with per_word:
+                                    _popcount_window(*args_)
+                        else:
+                            _popcount_window(*args_)
             for p in range(npix):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
