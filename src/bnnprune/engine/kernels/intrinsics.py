@@ -8,8 +8,8 @@ activation word is broadcast and XORed with the block's weight vectors, and
 VPOPCNTDQ the counting scheme ``csa`` (:func:`counting_scheme`) counts windows of at least
 :data:`CSA_MIN_WORDS` words by carry-save accumulation instead (the Harley-Seal scheme,
 :func:`_csa_passes`): the XOR results of :data:`CSA_GROUP` words summed bit-sliced by full
-adders, one popcount per group, and windows of :data:`TRIPLE_WORDS` words by one full adder
-(:func:`_triple_window`).
+adders, one popcount per group; windows of :data:`SHORT_WORDS` count straight line, three
+words at a time by one full adder (:func:`_short_window`).
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
 A call computes a whole 64-channel output word: in threshold mode (:func:`xpc_word`) the
 accumulators start at ``-(thr+1)``, so the output bits are their sign bits; in float mode
@@ -691,26 +691,40 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
         flush()
 
 
-# Windows of exactly this many words count by one full adder (scheme ``csa``): the 1x1 convs
-# over 129-192 channels (NIN's five). See :func:`_triple_window`
-TRIPLE_WORDS = 3
+# Windows of these word counts (scheme ``csa``) count straight line, three words at a time by
+# one full adder (:func:`_short_window`): the 1x1 convs over 129-192 channels (3 words, NIN's
+# five), `small`'s dense 5-word rows. Longer windows loop (per word in bytes, or carry-save)
+SHORT_WORDS = range(3, BYTE_MIN_WORDS)
 
 
-def _triple_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop):
-    """:func:`xpc_word`'s window of :data:`TRIPLE_WORDS` words (scheme ``csa``), straight
-    line: per weight vector and pixel one full adder compresses the three XOR results into a
-    sum and a carry, counted as ``popcount(sum) + 2*popcount(carry)``, two popcounts for
-    three words; with :data:`BYTE_COUNTS` the byte counts ``pc(sum) + pc(carry) +
-    pc(carry)`` (at most 24 per byte) go into the accumulator through one ``vpsadbw``.
-    Word ``i`` is at ``x[base + offs[i]]``, its weights at ``w[woff + 16*i]``."""
+def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop,
+                  nwords):
+    """:func:`xpc_word`'s window of ``nwords`` words (:data:`SHORT_WORDS`, scheme ``csa``),
+    straight line (no loop, so no accumulator carried through one): per weight vector and
+    pixel each three XOR results go through one full adder into a sum and a carry, counted
+    as ``popcount(sum) + 2*popcount(carry)`` (two popcounts for three words), the last
+    ``nwords % 3`` words one popcount each. With :data:`BYTE_COUNTS` the counts are byte
+    counts summed bytewise (at most 8 per word and byte: 56 for 7 words) and added into the
+    accumulator by one ``vpsadbw`` per 256 bits. Word ``i`` is at ``x[base + offs[i]]``, its
+    weights at ``w[woff + 16*i]``."""
     lanes, vty = XPC_LANES, _VXPC
     nv = BLOCK_CH // lanes
     if BYTE_COUNTS:
         v8 = ir.VectorType(ir.IntType(8), 8 * lanes)
         ctpop8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]),
                                                 f"llvm.ctpop.v{8 * lanes}i8")
+
+        def count(v, twice=False):
+            c = builder.call(ctpop8, [builder.bitcast(v, v8)])
+            return builder.add(c, c) if twice else c
+    else:
+        one = ir.Constant(vty, [1] * lanes)
+
+        def count(v, twice=False):
+            c = builder.call(ctpop, [v])
+            return builder.shl(c, one) if twice else c
     xbs = []
-    for i in range(TRIPLE_WORDS):
+    for i in range(nwords):
         o = builder.load(builder.gep(offs, [ir.Constant(_I64, i)]))
         xbs.append([_splat(builder, builder.load(builder.gep(xp, [builder.add(base, o)])), vty)
                     for base in bases])
@@ -721,15 +735,15 @@ def _triple_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, ha
             for j in range(nv // 2 if half and b == nb - 1 else nv):
                 ds = [builder.xor(xbs[i][p], _vload(builder, wp, builder.add(
                     wb, ir.Constant(_I64, BLOCK_CH * i + lanes * j)), vty, 8))
-                      for i in range(TRIPLE_WORDS)]
-                carry, total = _csa(builder, ds[2], ds[0], ds[1])
+                      for i in range(nwords)]
+                parts = []
+                for t in range(0, nwords - 2, 3):
+                    carry, total = _csa(builder, ds[t + 2], ds[t], ds[t + 1])
+                    parts += [count(total), count(carry, twice=True)]
+                parts += [count(d) for d in ds[nwords - nwords % 3:]]
+                cnt = functools.reduce(builder.add, parts)
                 if BYTE_COUNTS:
-                    c8 = builder.call(ctpop8, [builder.bitcast(carry, v8)])
-                    s8 = builder.call(ctpop8, [builder.bitcast(total, v8)])
-                    cnt = _psadbw(builder, builder.add(s8, builder.add(c8, c8)))
-                else:
-                    cnt = builder.add(builder.call(ctpop, [total]), builder.shl(
-                        builder.call(ctpop, [carry]), ir.Constant(vty, [1] * lanes)))
+                    cnt = _psadbw(builder, cnt)
                 a = accs[p, b, j]
                 builder.store(builder.add(builder.load(a), cnt), a)
 
@@ -744,9 +758,10 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
     kstride, w, woff, bstep, init, ioff and end out, ooff, ostride, count, nb, half, offs,
     csa: with ``csa`` true and a window of at least :data:`CSA_MIN_WORDS` words the counts
     come from :func:`_csa_passes` (``offs[i]``: word ``i``'s offset in the window), with
-    ``csa`` true and a window of :data:`TRIPLE_WORDS` words from :func:`_triple_window`,
-    else from one ``llvm.ctpop`` per word. The engine passes ``csa`` as a compile-time constant
-    (:func:`~bnnprune.engine.kernels.bconv._variant`), so LLVM drops the scheme not taken."""
+    ``csa`` true and a window of :data:`SHORT_WORDS` from :func:`_short_window`, else from
+    one ``llvm.ctpop`` per word (:func:`_popcount_window`). The engine passes ``csa`` as a
+    compile-time constant (:func:`~bnnprune.engine.kernels.bconv._variant`), so LLVM drops
+    the scheme not taken."""
     def codegen(context, builder, signature, args):
         sa = signature.args
         end = len(sa) - 2
@@ -760,8 +775,6 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
         n_ = builder.mul(kh_, seg_)
         use_csa = builder.and_(csa_on, builder.icmp_signed(">=", n_, ir.Constant(
             _I64, CSA_MIN_WORDS)))
-        use_triple = builder.and_(csa_on, builder.icmp_signed("==", n_, ir.Constant(
-            _I64, TRIPLE_WORDS)))
         vunit = ir.VectorType(_I64, CSA_LANES)
         slots = cgutils.alloca_once(builder, vunit,
                                     size=ir.Constant(_I64, XWORD_MAX_PIX * BLOCK_CH))
@@ -805,23 +818,34 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                             parts = [builder.shuffle_vector(parts[i], parts[i + 1], cat)
                                      for i in range(0, len(parts), 2)]
                         builder.store(parts[0], a)
-                with otherwise, builder.if_else(use_triple) as (triple, per_word_):
-                    with triple:
-                        _triple_window(builder, xp, wp, bases, offp, woff_, bstep_, accs, npix,
-                                       nb, half, ctpop)
-                    with per_word_:
-                        args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
-                                 bstep_, accs, npix, nb, half, ctpop)
-                        if BYTE_COUNTS:
-                            long_ = builder.icmp_signed(">=", builder.mul(kh_, seg_),
-                                                        ir.Constant(_I64, BYTE_MIN_WORDS))
-                            with builder.if_else(long_) as (in_bytes, per_word):
-                                with in_bytes:
-                                    _popcount_window(*args_, in_bytes=True)
-                                with per_word:
-                                    _popcount_window(*args_)
-                        else:
-                            _popcount_window(*args_)
+                with otherwise:
+                    # the csa variant's short windows: a case per word count (the popcount
+                    # variant, csa false, always takes the default)
+                    counted = builder.append_basic_block("xw_counted")
+                    per_word_bb = builder.append_basic_block("xw_per_word")
+                    sw_n = builder.switch(builder.select(csa_on, n_, ir.Constant(_I64, 0)),
+                                          per_word_bb)
+                    for nw in SHORT_WORDS:
+                        bbn = builder.append_basic_block(f"xw_short{nw}")
+                        sw_n.add_case(ir.Constant(_I64, nw), bbn)
+                        builder.position_at_end(bbn)
+                        _short_window(builder, xp, wp, bases, offp, woff_, bstep_, accs, npix,
+                                      nb, half, ctpop, nw)
+                        builder.branch(counted)
+                    builder.position_at_end(per_word_bb)
+                    args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
+                             bstep_, accs, npix, nb, half, ctpop)
+                    if BYTE_COUNTS:
+                        long_ = builder.icmp_signed(">=", n_, ir.Constant(_I64, BYTE_MIN_WORDS))
+                        with builder.if_else(long_) as (in_bytes, per_word):
+                            with in_bytes:
+                                _popcount_window(*args_, in_bytes=True)
+                            with per_word:
+                                _popcount_window(*args_)
+                    else:
+                        _popcount_window(*args_)
+                    builder.branch(counted)
+                    builder.position_at_end(counted)
             for p in range(npix):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
