@@ -692,9 +692,11 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
 
 
 # Windows of these word counts (scheme ``csa``) count straight line, three words at a time by
-# one full adder (:func:`_short_window`): the 1x1 convs over 129-192 channels (3 words, NIN's
-# five), `small`'s dense 5-word rows. Longer windows loop (per word in bytes, or carry-save)
-SHORT_WORDS = range(3, BYTE_MIN_WORDS)
+# one full adder (:func:`_short_window`): the 1x1 convs over up to 448 channels (NIN's five
+# of 3 words), `small`'s dense 5-word rows. Longer windows loop (per word in bytes, or
+# carry-save). 1x1 convs to 192 channels alone on AVX2 (16x16, batch 1): 1.03-1.08x at 1
+# word, 1.06-1.12x at 2, 1.09-1.15x at 3-7 (benchmarks/bench_counting.py for whole models)
+SHORT_WORDS = range(1, BYTE_MIN_WORDS)
 
 
 def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop,
@@ -703,7 +705,8 @@ def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, hal
     straight line (no loop, so no accumulator carried through one): per weight vector and
     pixel each three XOR results go through one full adder into a sum and a carry, counted
     as ``popcount(sum) + 2*popcount(carry)`` (two popcounts for three words), the last
-    ``nwords % 3`` words one popcount each. With :data:`BYTE_COUNTS` the counts are byte
+    ``nwords % 3`` words one popcount each (windows of 1-2 words: no adder, the gain is the
+    straight line and one ``vpsadbw``). With :data:`BYTE_COUNTS` the counts are byte
     counts summed bytewise (at most 8 per word and byte: 56 for 7 words) and added into the
     accumulator by one ``vpsadbw`` per 256 bits. Word ``i`` is at ``x[base + offs[i]]``, its
     weights at ``w[woff + 16*i]``."""
