@@ -694,8 +694,8 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
 # Windows of these word counts (scheme ``csa``) count straight line, three words at a time by
 # one full adder (:func:`_short_window`): the 1x1 convs over up to 448 channels (NIN's five
 # of 3 words), `small`'s dense 5-word rows. Longer windows loop (per word in bytes, or
-# carry-save). 1x1 convs to 192 channels alone on AVX2 (16x16, batch 1): 1.03-1.08x at 1
-# word, 1.06-1.12x at 2, 1.09-1.15x at 3-7 (benchmarks/bench_counting.py for whole models)
+# carry-save). Measured per window length on AVX2: docs/engine.md, "Counting schemes per
+# instruction set"
 SHORT_WORDS = range(1, BYTE_MIN_WORDS)
 
 
