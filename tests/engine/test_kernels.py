@@ -76,8 +76,9 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (2, 6, 5, 40, 130, 3, 1, 1, -1),
     (1, 5, 5, 64, 120, 3, 2, 1, 1),
     (2, 7, 7, 90, 90, 3, 1, 1, -1),
-    # carry-save windows: 16 words (two whole groups), 27 (three and a tail of 3), 25 with a
-    # lone half block, 20 words over two output words
+    # long windows: 16 words and 20 over two output words (per word in bytes in both
+    # schemes), carry-save (csa) 27 (three groups and a tail of 3) and 25 with a lone half
+    # block
     (1, 5, 4, 1000, 24, 1, 1, 0, 1),
     (1, 6, 6, 130, 40, 3, 1, 1, -1),
     (2, 5, 5, 64, 20, 5, 1, 2, 1),
@@ -92,8 +93,9 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (1, 4, 3, 380, 20, 1, 1, 0, 1),
     (1, 3, 4, 420, 30, 1, 1, 0, 1),
     (1, 6, 6, 32, 40, 3, 1, 1, 1),
-    # a per-word window (scheme popcount) of 144 words: on AVX2 its byte counts are added
-    # into the accumulators four times within the window and once after it
+    # a window of 144 words: per word (scheme popcount) on AVX2 its byte counts are added
+    # into the accumulators four times within the window and once after it; carry-save
+    # (csa) whole groups only
     (1, 4, 4, 1000, 20, 3, 1, 1, -1),
 ]
 
@@ -195,7 +197,7 @@ def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
 
 
 @pytest.mark.parametrize("cin,k,dense,carry_save", [(192, 3, False, True), (64, 3, False, False),
-                                                  (1024, 1, False, True),
+                                                  (1024, 1, False, False), (1536, 1, False, True),
                                                   (96, 5, True, False), (192, 1, False, True),
                                                   (20, 3, True, True), (256, 1, False, True),
                                                   (512, 1, False, False)])

@@ -355,11 +355,11 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
 SCHEMES = ("popcount", "csa")  # counting schemes of the XOR-popcount GEMM
 CSA_GROUP = 8  # words summed bit-sliced per popcount (Harley-Seal over 3 bit planes)
 # Shorter windows count word by word: each carry-save pass ends with a popcount per bit plane
-# and one for its partial group, which windows of 9 words (3x3, 64 channels) did not win back
-# (0.86x of per-word counting on AVX2; 18 words 1.05x, 27 1.08x, 50 1.20x, with a popcount
-# per tail word then: one-off single-layer CPU times on a shared AMD EPYC, provisional;
-# benchmarks/bench_counting.py gives each conv's ratio on a machine)
-CSA_MIN_WORDS = 16
+# and one for its partial group. Against the per-word count in bytes on AVX2 (Zen 3 EPYC,
+# benchmarks/bench_counting.py) windows of 18 words ran 0.92-0.96x carry-save, 27 words
+# 0.99-1.00x (against per-word 64-bit lanes, before the byte counts: 9 words 0.86x, 18 1.05x,
+# 27 1.08x, 50 1.20x)
+CSA_MIN_WORDS = 24
 # channels per carry-save pass: <8 x i64> (two ymm registers); its 3 bit planes and
 # accumulator stay in registers, and each broadcast activation word serves 8 channels (with
 # 4 the broadcasts made the passes no faster than per-word counting). The cost model's
