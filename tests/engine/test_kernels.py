@@ -18,6 +18,7 @@ from bnnprune.engine.kernels.intrinsics import (
     CSA_MIN_WORDS,
     FWORD_MAX_PIX,
     SCHEMES,
+    SHORT_WORDS,
     byte_counts,
     counting_scheme,
     fword_passes,
@@ -75,14 +76,26 @@ CONVS = [  # n, h, w, cin, cout, k, stride, pad, pad_value
     (2, 6, 5, 40, 130, 3, 1, 1, -1),
     (1, 5, 5, 64, 120, 3, 2, 1, 1),
     (2, 7, 7, 90, 90, 3, 1, 1, -1),
-    # carry-save windows: 16 words (two whole groups), 27 (three and a tail of 3), 25 with a
-    # lone half block, 20 words over two output words
+    # long windows: 16 words and 20 over two output words (per word in bytes in both
+    # schemes), carry-save (csa) 27 (three groups and a tail of 3) and 25 with a lone half
+    # block
     (1, 5, 4, 1000, 24, 1, 1, 0, 1),
     (1, 6, 6, 130, 40, 3, 1, 1, -1),
     (2, 5, 5, 64, 20, 5, 1, 2, 1),
     (1, 4, 5, 320, 100, 2, 1, 0, -1),
-    # a per-word window (scheme popcount) of 144 words: on AVX2 its byte counts are added
-    # into the accumulators four times within the window and once after it
+    # short windows (scheme csa: straight line, full adders): 3 words direct, 1x1 over 150
+    # channels to 150 (output words of four blocks, then two, the last half), and dense, 3x3
+    # rows over 20 channels (180 bits) to 70 (four blocks, then a lone half block); 4, 6 and
+    # 7 words direct (1x1), 5 dense (3x3 over 32 channels, 288 bits)
+    (2, 5, 4, 150, 150, 1, 1, 0, 1),
+    (1, 6, 5, 20, 70, 3, 1, 1, -1),
+    (2, 4, 5, 256, 70, 1, 1, 0, -1),
+    (1, 4, 3, 380, 20, 1, 1, 0, 1),
+    (1, 3, 4, 420, 30, 1, 1, 0, 1),
+    (1, 6, 6, 32, 40, 3, 1, 1, 1),
+    # a window of 144 words: per word (scheme popcount) on AVX2 its byte counts are added
+    # into the accumulators four times within the window and once after it; carry-save
+    # (csa) whole groups only
     (1, 4, 4, 1000, 20, 3, 1, 1, -1),
 ]
 
@@ -144,12 +157,18 @@ def test_bconv_direct_and_patch_matrix_match_reference(n, h, w, cin, co, k, s, p
 
 def test_conv_cases_cover_carry_save_groups_tails_and_short_windows():
     """The cases above reach every branch of the ``csa`` scheme: windows below
-    CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail; and of
-    the per-word count in bytes: windows below BYTE_MIN_WORDS (64-bit lanes), and windows
-    that add their byte counts within the window (more than BYTE_WORDS words) and not at a
-    multiple of BYTE_WORDS."""
+    CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail, every
+    length of SHORT_WORDS (straight line), 3 words direct and dense with whole 64-channel
+    output words;
+    and of the per-word count in bytes: windows below BYTE_MIN_WORDS (64-bit lanes), and
+    windows that add their byte counts within the window (more than BYTE_WORDS words) and
+    not at a multiple of BYTE_WORDS."""
     sizes = {k * k * K.words(cin) for _, _, _, cin, _, k, _, _, _ in CONVS}
-    assert any(n < CSA_MIN_WORDS for n in sizes)
+    dense = {K.words(k * k * cin) for _, _, _, cin, _, k, _, _, _ in CONVS}
+    assert any(n < CSA_MIN_WORDS and n not in SHORT_WORDS for n in sizes)
+    assert set(SHORT_WORDS) <= sizes | dense
+    assert any(k * k * K.words(cin) == 3 and co > 64 for _, _, _, cin, co, k, _, _, _ in CONVS)
+    assert any(K.words(k * k * cin) == 3 and co > 64 for _, _, _, cin, co, k, _, _, _ in CONVS)
     long = [n for n in sizes if n >= CSA_MIN_WORDS]
     assert any(n % 8 == 0 for n in long) and any(n % 8 for n in long)
     assert any(n < BYTE_MIN_WORDS for n in sizes)
@@ -178,11 +197,14 @@ def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
 
 
 @pytest.mark.parametrize("cin,k,dense,carry_save", [(192, 3, False, True), (64, 3, False, False),
-                                                  (1024, 1, False, True),
-                                                  (96, 5, True, False)])
-def test_csa_counts_carry_save_only_long_direct_windows(cin, k, dense, carry_save, rng):
-    """The csa scheme binds the carry-save GEMM for direct windows of CSA_MIN_WORDS words
-    or more, the per-word one for shorter windows and dense patch rows; both exact."""
+                                                  (1024, 1, False, False), (1536, 1, False, True),
+                                                  (96, 5, True, False), (192, 1, False, True),
+                                                  (20, 3, True, True), (256, 1, False, True),
+                                                  (512, 1, False, False)])
+def test_csa_variant_binds_long_direct_and_short_windows(cin, k, dense, carry_save, rng):
+    """The csa scheme binds its own GEMM for direct windows of CSA_MIN_WORDS words or more
+    (carry-save) and for windows of SHORT_WORDS, direct or dense (straight line), the
+    per-word one for other windows and long dense patch rows; all exact."""
     from bnnprune.engine.kernels.bconv import _DRIVERS
     co, wd = 40, K.words(cin)
     x = _random_bits(rng, (1, 6, 6, wd), cin)

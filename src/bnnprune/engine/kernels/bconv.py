@@ -35,6 +35,7 @@ from bnnprune.engine.kernels.base import (
 from bnnprune.engine.kernels.intrinsics import (
     CSA_MIN_WORDS,
     SCHEMES,
+    SHORT_WORDS,
     WORD_BLOCKS,
     XWORD_MAX_PIX,
     counting_scheme,
@@ -219,13 +220,16 @@ def bconv_patch_call(
 
 
 def uses_csa(scheme: str, window_words: int, kstride: int) -> bool:
-    """Whether a GEMM of scheme ``scheme`` counts carry-save: direct windows (words 1 apart
-    in a row) of at least :data:`~.intrinsics.CSA_MIN_WORDS` words. Short windows and
-    dense patch rows (words a plane apart) measured slower carry-save than in the
-    per-word variant (NIN's 38-word patch rows 0.87x, its 3-word 1x1 convs 0.84-0.96x in
-    the csa variant's per-word branch; ``benchmarks/bench_counting.py --clock cpu`` on a
-    shared AMD EPYC, provisional), so they run the ``popcount`` variant."""
-    return scheme == "csa" and window_words >= CSA_MIN_WORDS and kstride == 1
+    """Whether a GEMM of scheme ``scheme`` runs the ``csa`` variant: direct windows (words 1
+    apart in a row) of at least :data:`~.intrinsics.CSA_MIN_WORDS` words (carry-save), and
+    windows of :data:`~.intrinsics.SHORT_WORDS`, direct or dense (straight line, full
+    adders, :func:`~.intrinsics._short_window`). Other windows and long dense patch rows
+    (words a plane apart) run the ``popcount`` variant: carry-save measured no faster there
+    than the per-word count in bytes (NIN's 38-word patch rows 0.87x, also 0.88-1.02x with
+    passes of 2-4 units sharing each activation word; ``benchmarks/bench_counting.py`` on
+    an AVX2 AMD EPYC)."""
+    return scheme == "csa" and ((window_words >= CSA_MIN_WORDS and kstride == 1)
+                                or window_words in SHORT_WORDS)
 
 
 def _bind(x: np.ndarray, wb: np.ndarray, co: int, geometry: tuple[int, ...], nbits: int,

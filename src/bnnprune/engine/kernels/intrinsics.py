@@ -8,7 +8,8 @@ activation word is broadcast and XORed with the block's weight vectors, and
 VPOPCNTDQ the counting scheme ``csa`` (:func:`counting_scheme`) counts windows of at least
 :data:`CSA_MIN_WORDS` words by carry-save accumulation instead (the Harley-Seal scheme,
 :func:`_csa_passes`): the XOR results of :data:`CSA_GROUP` words summed bit-sliced by full
-adders, one popcount per group.
+adders, one popcount per group; windows of :data:`SHORT_WORDS` count straight line, three
+words at a time by one full adder (:func:`_short_window`).
 A window's words are ``kstride`` apart (1 in a padded image, a plane apart in a patch matrix).
 A call computes a whole 64-channel output word: in threshold mode (:func:`xpc_word`) the
 accumulators start at ``-(thr+1)``, so the output bits are their sign bits; in float mode
@@ -354,11 +355,11 @@ def xpc_chains(typingctx, reps, seed):  # noqa: ARG001
 SCHEMES = ("popcount", "csa")  # counting schemes of the XOR-popcount GEMM
 CSA_GROUP = 8  # words summed bit-sliced per popcount (Harley-Seal over 3 bit planes)
 # Shorter windows count word by word: each carry-save pass ends with a popcount per bit plane
-# and one for its partial group, which windows of 9 words (3x3, 64 channels) did not win back
-# (0.86x of per-word counting on AVX2; 18 words 1.05x, 27 1.08x, 50 1.20x, with a popcount
-# per tail word then: one-off single-layer CPU times on a shared AMD EPYC, provisional;
-# benchmarks/bench_counting.py gives each conv's ratio on a machine)
-CSA_MIN_WORDS = 16
+# and one for its partial group. Against the per-word count in bytes on AVX2 (Zen 3 EPYC,
+# benchmarks/bench_counting.py) windows of 18 words ran 0.92-0.96x carry-save, 27 words
+# 0.99-1.00x (against per-word 64-bit lanes, before the byte counts: 9 words 0.86x, 18 1.05x,
+# 27 1.08x, 50 1.20x)
+CSA_MIN_WORDS = 24
 # channels per carry-save pass: <8 x i64> (two ymm registers); its 3 bit planes and
 # accumulator stay in registers, and each broadcast activation word serves 8 channels (with
 # 4 the broadcasts made the passes no faster than per-word counting). The cost model's
@@ -690,6 +691,66 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
         flush()
 
 
+# Windows of these word counts (scheme ``csa``) count straight line, three words at a time by
+# one full adder (:func:`_short_window`): the 1x1 convs over up to 448 channels (NIN's five
+# of 3 words), `small`'s dense 5-word rows. Longer windows loop (per word in bytes, or
+# carry-save). Measured per window length on AVX2: docs/engine.md, "Counting schemes per
+# instruction set"
+SHORT_WORDS = range(1, BYTE_MIN_WORDS)
+
+
+def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop,
+                  nwords):
+    """:func:`xpc_word`'s window of ``nwords`` words (:data:`SHORT_WORDS`, scheme ``csa``),
+    straight line (no loop, so no accumulator carried through one): per weight vector and
+    pixel each three XOR results go through one full adder into a sum and a carry, counted
+    as ``popcount(sum) + 2*popcount(carry)`` (two popcounts for three words), the last
+    ``nwords % 3`` words one popcount each (windows of 1-2 words: no adder, the gain is the
+    straight line and one ``vpsadbw``). With :data:`BYTE_COUNTS` the counts are byte
+    counts summed bytewise (at most 8 per word and byte: 56 for 7 words) and added into the
+    accumulator by one ``vpsadbw`` per 256 bits. Word ``i`` is at ``x[base + offs[i]]``, its
+    weights at ``w[woff + 16*i]``."""
+    lanes, vty = XPC_LANES, _VXPC
+    nv = BLOCK_CH // lanes
+    if BYTE_COUNTS:
+        v8 = ir.VectorType(ir.IntType(8), 8 * lanes)
+        ctpop8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8]),
+                                                f"llvm.ctpop.v{8 * lanes}i8")
+
+        def count(v, twice=False):
+            c = builder.call(ctpop8, [builder.bitcast(v, v8)])
+            return builder.add(c, c) if twice else c
+    else:
+        one = ir.Constant(vty, [1] * lanes)
+
+        def count(v, twice=False):
+            c = builder.call(ctpop, [v])
+            return builder.shl(c, one) if twice else c
+    xbs = []
+    for i in range(nwords):
+        o = builder.load(builder.gep(offs, [ir.Constant(_I64, i)]))
+        xbs.append([_splat(builder, builder.load(builder.gep(xp, [builder.add(base, o)])), vty)
+                    for base in bases])
+    # pixel by pixel, vector by vector: few XOR results are live at a time (16 ymm on AVX2)
+    for p in range(npix):
+        for b in range(nb):
+            wb = builder.add(woff, builder.mul(bstep, ir.Constant(_I64, b)))
+            for j in range(nv // 2 if half and b == nb - 1 else nv):
+                ds = [builder.xor(xbs[i][p], _vload(builder, wp, builder.add(
+                    wb, ir.Constant(_I64, BLOCK_CH * i + lanes * j)), vty, 8))
+                      for i in range(nwords)]
+                parts = []
+                for t in range(0, nwords - 2, 3):
+                    carry, total = _csa(builder, ds[t + 2], ds[t], ds[t + 1])
+                    parts += [count(total), count(carry, twice=True)]
+                parts += [count(d) for d in ds[nwords - nwords % 3:]]
+                cnt = functools.reduce(builder.add, parts)
+                if BYTE_COUNTS:
+                    cnt = _psadbw(builder, cnt)
+                a = accs[p, b, j]
+                builder.store(builder.add(builder.load(a), cnt), a)
+
+
 def _xpc_word_codegen(epilogue: Callable) -> Callable:
     """Codegen of a whole-word XOR-popcount (:func:`xpc_word`, :func:`xpc_affine_word`): a
     switch over :func:`_word_cases`, each a loop over :func:`xword_pix` pixels with all of
@@ -699,9 +760,11 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
     accumulators of block ``b``). The arguments start x, bases, boff, rowstep, kh, seg,
     kstride, w, woff, bstep, init, ioff and end out, ooff, ostride, count, nb, half, offs,
     csa: with ``csa`` true and a window of at least :data:`CSA_MIN_WORDS` words the counts
-    come from :func:`_csa_passes` (``offs[i]``: word ``i``'s offset in the window), else from
-    one ``llvm.ctpop`` per word. The engine passes ``csa`` as a compile-time constant
-    (:func:`~bnnprune.engine.kernels.bconv._variant`), so LLVM drops the scheme not taken."""
+    come from :func:`_csa_passes` (``offs[i]``: word ``i``'s offset in the window), with
+    ``csa`` true and a window of :data:`SHORT_WORDS` from :func:`_short_window`, else from
+    one ``llvm.ctpop`` per word (:func:`_popcount_window`). The engine passes ``csa`` as a
+    compile-time constant (:func:`~bnnprune.engine.kernels.bconv._variant`), so LLVM drops
+    the scheme not taken."""
     def codegen(context, builder, signature, args):
         sa = signature.args
         end = len(sa) - 2
@@ -711,9 +774,10 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
          nb_, half_, csa_) = _ints(context, builder, sa, args,
                                    (2, 3, 4, 5, 6, 8, 9, 11, end - 5, end - 4, end - 3,
                                     end - 2, end - 1, end + 1))
-        use_csa = builder.and_(
-            builder.icmp_signed("!=", csa_, ir.Constant(_I64, 0)),
-            builder.icmp_signed(">=", builder.mul(kh_, seg_), ir.Constant(_I64, CSA_MIN_WORDS)))
+        csa_on = builder.icmp_signed("!=", csa_, ir.Constant(_I64, 0))
+        n_ = builder.mul(kh_, seg_)
+        use_csa = builder.and_(csa_on, builder.icmp_signed(">=", n_, ir.Constant(
+            _I64, CSA_MIN_WORDS)))
         vunit = ir.VectorType(_I64, CSA_LANES)
         slots = cgutils.alloca_once(builder, vunit,
                                     size=ir.Constant(_I64, XWORD_MAX_PIX * BLOCK_CH))
@@ -758,11 +822,24 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                                      for i in range(0, len(parts), 2)]
                         builder.store(parts[0], a)
                 with otherwise:
+                    # the csa variant's short windows: a case per word count (the popcount
+                    # variant, csa false, always takes the default)
+                    counted = builder.append_basic_block("xw_counted")
+                    per_word_bb = builder.append_basic_block("xw_per_word")
+                    sw_n = builder.switch(builder.select(csa_on, n_, ir.Constant(_I64, 0)),
+                                          per_word_bb)
+                    for nw in SHORT_WORDS:
+                        bbn = builder.append_basic_block(f"xw_short{nw}")
+                        sw_n.add_case(ir.Constant(_I64, nw), bbn)
+                        builder.position_at_end(bbn)
+                        _short_window(builder, xp, wp, bases, offp, woff_, bstep_, accs, npix,
+                                      nb, half, ctpop, nw)
+                        builder.branch(counted)
+                    builder.position_at_end(per_word_bb)
                     args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
                              bstep_, accs, npix, nb, half, ctpop)
                     if BYTE_COUNTS:
-                        long_ = builder.icmp_signed(">=", builder.mul(kh_, seg_),
-                                                    ir.Constant(_I64, BYTE_MIN_WORDS))
+                        long_ = builder.icmp_signed(">=", n_, ir.Constant(_I64, BYTE_MIN_WORDS))
                         with builder.if_else(long_) as (in_bytes, per_word):
                             with in_bytes:
                                 _popcount_window(*args_, in_bytes=True)
@@ -770,6 +847,8 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                                 _popcount_window(*args_)
                     else:
                         _popcount_window(*args_)
+                    builder.branch(counted)
+                    builder.position_at_end(counted)
             for p in range(npix):
                 pp = ir.Constant(_I64, p)
                 with builder.if_then(builder.icmp_signed("<", pp, count_), likely=True):
