@@ -56,6 +56,13 @@ def _as_ratios(fake):
     return ratios
 
 
+@pytest.fixture(autouse=True)
+def _time_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for the timing functions live in this process: tables are built here (the
+    fresh-process path has its own test)."""
+    monkeypatch.setattr(L, "kernels_compiled_here", lambda: False)
+
+
 @pytest.fixture
 def fake_timing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("BNNPRUNE_CACHE_DIR", str(tmp_path))  # fake times in their own cache
@@ -312,3 +319,32 @@ def test_an_entry_slower_than_a_larger_count_is_timed_once_more(tmp_path: Path,
     timed.clear()
     L.build_cost_model(program, grid, batch=1, threads=1, repeats=1, cache=tmp_path / "m.json")
     assert timed == []
+
+
+def test_a_process_that_compiled_the_kernels_times_its_tables_in_a_fresh_one(
+        tmp_path: Path, monkeypatch) -> None:
+    """Kernels compiled in this process can run slower than the cached ones every later
+    process loads, so the tables are timed in a fresh process; this one only reads them."""
+    program = compile_model(_nin(), SHAPE)
+    conv = next(i for i, op in enumerate(program.ops) if op.kind == "bconv")
+    ci, co = L.op_channels(program, conv)
+    grid = {conv: ([ci // 2, ci], [co // 2, co])}
+
+    def here(*a, **k):
+        raise AssertionError("timed in the process that compiled the kernels")
+
+    monkeypatch.setattr(L, "kernels_compiled_here", lambda: True)
+    for name in ("time_op_ratios", "time_program", "time_ops_in_context"):
+        monkeypatch.setattr(L, name, here)
+    path = tmp_path / "m.json"
+    notes: list[str] = []
+    model = L.build_cost_model(program, grid, batch=1, threads=1, repeats=1, cache=path,
+                               progress=notes.append)
+    assert "fresh process" in notes[0]
+    assert model.measured_s > 0 and model.tables[conv].ratio(ci // 2, co // 2) > 0
+    entries = L.LatencyCache(path).entries
+    assert len(entries) == len(program.ops) + 1 + 3  # runs, the program, three counts
+    # a build with nothing left to time starts no process
+    monkeypatch.setattr(L, "_build_in_child", here)
+    again = L.build_cost_model(program, grid, batch=1, threads=1, repeats=1, cache=path)
+    assert again.measured_s == model.measured_s

@@ -28,7 +28,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import pkgutil
 import re
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -406,15 +410,93 @@ def _slower_than_larger(ratio: dict[tuple[int, int], float]) -> list[tuple[int, 
                    and r > q * (1 + RECHECK_TOLERANCE) for d, q in ratio.items())]
 
 
+def _op_axes(program: Program, idx: int, ins: list[int], outs: list[int]
+             ) -> tuple[list[int], list[int], list[list[tuple[int, int]]]]:
+    """Op ``idx``'s table from the requested counts: its input axis, its output axis and the
+    (cin, cout) pair of every entry, row by row. A conv's table is a grid over both; any
+    other op's one row over its output channels (a concatenation's only its full width: it
+    scales with its channels)."""
+    op = program.ops[idx]
+    if op.kind in CONV_KINDS:
+        return ins, outs, [[(ci, co) for co in outs] for ci in ins]
+    if op.kind in ("concat", "concat_bits"):
+        outs = outs[-1:]
+    return outs[-1:], outs, [[(co, co) for co in outs]]
+
+
+def _missing(store: LatencyCache, program: Program,
+             counts: dict[int, tuple[list[int], list[int]]], batch: int, threads: int) -> bool:
+    """Whether building ``program``'s tables at ``counts`` would time anything."""
+    h = _program_hash(program)
+    if f"program:{h}|b{batch}|t{threads}" not in store.entries or any(
+            f"context:{h}|{i}|b{batch}|t{threads}" not in store.entries
+            for i in range(len(program.ops))):
+        return True
+    for idx, (ins, outs) in counts.items():
+        sig, full = _signature(program, idx), op_channels(program, idx)
+        if any(c != full and _entry_key(sig, *c, batch, threads) not in store.entries
+               for row in _op_axes(program, idx, ins, outs)[2] for c in row):
+            return True
+    return False
+
+
+def kernels_compiled_here() -> bool:
+    """Whether this process compiled an engine kernel itself instead of loading it from
+    numba's cache. Such code can run slower than the same kernel loaded from the cache by
+    every later process (AMD EPYC Zen 3: NIN's first conv at 112 channels 0.285 against 0.205
+    ms), so latency tables are not timed in such a process."""
+    from numba.core.registry import CPUDispatcher
+
+    from bnnprune.engine import kernels
+    for m in pkgutil.iter_modules(kernels.__path__):
+        mod = sys.modules.get(f"{kernels.__name__}.{m.name}")
+        for v in vars(mod).values() if mod is not None else ():
+            if isinstance(v, CPUDispatcher) and sum(v.stats.cache_misses.values()):
+                return True
+    return False
+
+
+def _build_in_child(program: Program, counts: dict[int, tuple[list[int], list[int]]],
+                    batch: int, threads: int, repeats: int, cache: Path) -> None:
+    """Time ``program``'s tables in a fresh Python process, which loads the kernels this one
+    compiled from numba's cache, into the cache file ``cache``."""
+    from bnnprune.engine.fileformat import save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save(program, Path(tmp) / "program.bnn")
+        spec = {"program": str(Path(tmp) / "program.bnn"), "batch": batch, "threads": threads,
+                "repeats": repeats, "cache": str(cache),
+                "grids": {str(i): [list(a), list(b)] for i, (a, b) in counts.items()}}
+        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+        run = subprocess.run([sys.executable, "-m", __name__, str(Path(tmp) / "spec.json")],
+                             capture_output=True, text=True)
+    if run.returncode != 0:
+        tail = (run.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EngineError(f"timing the latency tables in a fresh process failed: {tail}")
+
+
+def _child_main(spec_path: str) -> None:
+    from bnnprune.engine.fileformat import load
+
+    spec = json.loads(Path(spec_path).read_text())
+    grids = {int(i): (a, b) for i, (a, b) in spec["grids"].items()}
+    build_cost_model(load(spec["program"]), grids, batch=spec["batch"],
+                     threads=spec["threads"], repeats=spec["repeats"], cache=spec["cache"],
+                     isolate=False)
+
+
 def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Iterable[int]]]
                      | None = None, *, batch: int = 1, threads: int = 1, repeats: int = 10,
                      cache: LatencyCache | str | os.PathLike[str] | None = None,
-                     progress: Callable[[str], None] | None = None) -> EngineCostModel:
+                     progress: Callable[[str], None] | None = None,
+                     isolate: bool = True) -> EngineCostModel:
     """Time every op of ``program`` at the counts of ``grids`` (op index -> (input counts,
     output counts); the program's own counts are always included) and the whole program.
 
     Entries found in ``cache`` (a :class:`LatencyCache`, a file path, or None for this
-    machine's default file) are reused; new ones are written back.
+    machine's default file) are reused; new ones are written back. With ``isolate``, when
+    something must be timed and this process compiled the kernels itself
+    (:func:`kernels_compiled_here`), the timing runs in a fresh process instead.
     """
     for name, v in (("batch", batch), ("threads", threads), ("repeats", repeats)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -422,6 +504,17 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     store = cache if isinstance(cache, LatencyCache) else LatencyCache(
         cache if cache is not None else cache_path())
     counts = _check_counts(program, grids or {})
+    with _threads(threads) as th:
+        missing = isolate and _missing(store, program, counts, batch, th)
+    if missing:
+        program(np.zeros((1, *program.input_shape), np.float32))  # the kernels, compiled
+        if kernels_compiled_here():
+            if progress is not None:
+                progress("latency tables: timed in a fresh process (this one compiled the "
+                         "kernels)")
+            store.save()
+            _build_in_child(program, counts, batch, threads, repeats, store.path)
+            store = LatencyCache(store.path, store.kernels)
     tables: list[OpTable] = []
     fresh = 0
     saved_at = time.perf_counter()
@@ -442,12 +535,8 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
         for idx, (ins, outs) in counts.items():
             op = program.ops[idx]
             sig = _signature(program, idx)
-            prop = op.kind in ("concat", "concat_bits")
-            if prop or op.kind not in CONV_KINDS:
-                ins = outs if not prop else outs[-1:]  # one channel count: the output's
-                outs = ins
-            pairs = [(ci if ci is not None else co, co)
-                     for ci in (ins if op.kind in CONV_KINDS else [None]) for co in outs]
+            ins, outs, rows = _op_axes(program, idx, ins, outs)
+            pairs = [c for row in rows for c in row]
             full = op_channels(program, idx)
             todo = [c for c in pairs if c != full
                     and _entry_key(sig, *c, batch, th) not in store.entries]
@@ -474,10 +563,10 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
                     ratio[c] = store.entries[key] = min(ratio[c], r)
                     store.entries[key + "|rechecked"] = 1.0
                 fresh += 1
-            grid = [[ratio[ci if ci is not None else co, co] for co in outs]
-                    for ci in (ins if op.kind in CONV_KINDS else [None])]
-            tables.append(OpTable(op.kind, list(ins) if op.kind in CONV_KINDS else outs[-1:],
-                                  list(outs), grid, store.entries[ctx_keys[idx]], prop))
+            grid = [[ratio[c] for c in row] for row in rows]
+            tables.append(OpTable(op.kind, list(ins), list(outs), grid,
+                                  store.entries[ctx_keys[idx]],
+                                  op.kind in ("concat", "concat_bits")))
             if progress is not None:
                 progress(f"latency table: op {idx + 1}/{len(counts)} ({op.name or op.kind})")
         if whole_s is not None:
@@ -502,3 +591,7 @@ def _program_hash(program: Program) -> str:
         h.update(_signature(program, i).encode())
         h.update(str(op_channels(program, i)).encode())
     return h.hexdigest()[:16]
+
+
+if __name__ == "__main__":  # the fresh process of _build_in_child
+    _child_main(sys.argv[1])
