@@ -424,20 +424,31 @@ def _op_axes(program: Program, idx: int, ins: list[int], outs: list[int]
     return outs[-1:], outs, [[(co, co) for co in outs]]
 
 
+def _program_key(program: Program, batch: int, threads: int) -> str:
+    return f"program:{_program_hash(program)}|b{batch}|t{threads}"
+
+
+def _context_keys(program: Program, batch: int, threads: int) -> list[str]:
+    h = _program_hash(program)
+    return [f"context:{h}|{i}|b{batch}|t{threads}" for i in range(len(program.ops))]
+
+
+def _untimed(store: LatencyCache, program: Program, idx: int, pairs: Iterable[tuple[int, int]],
+             batch: int, threads: int) -> list[tuple[int, int]]:
+    """The (cin, cout) pairs of op ``idx`` the cache lacks (its full width is 1 by definition)."""
+    sig, full = _signature(program, idx), op_channels(program, idx)
+    return [c for c in pairs if c != full
+            and _entry_key(sig, *c, batch, threads) not in store.entries]
+
+
 def _missing(store: LatencyCache, program: Program,
              counts: dict[int, tuple[list[int], list[int]]], batch: int, threads: int) -> bool:
     """Whether building ``program``'s tables at ``counts`` would time anything."""
-    h = _program_hash(program)
-    if f"program:{h}|b{batch}|t{threads}" not in store.entries or any(
-            f"context:{h}|{i}|b{batch}|t{threads}" not in store.entries
-            for i in range(len(program.ops))):
-        return True
-    for idx, (ins, outs) in counts.items():
-        sig, full = _signature(program, idx), op_channels(program, idx)
-        if any(c != full and _entry_key(sig, *c, batch, threads) not in store.entries
-               for row in _op_axes(program, idx, ins, outs)[2] for c in row):
-            return True
-    return False
+    keys = [_program_key(program, batch, threads), *_context_keys(program, batch, threads)]
+    return any(k not in store.entries for k in keys) or any(
+        _untimed(store, program, idx, (c for row in _op_axes(program, idx, ins, outs)[2]
+                                       for c in row), batch, threads)
+        for idx, (ins, outs) in counts.items())
 
 
 def kernels_compiled_here() -> bool:
@@ -507,7 +518,9 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     with _threads(threads) as th:
         missing = isolate and _missing(store, program, counts, batch, th)
     if missing:
-        program(np.zeros((1, *program.input_shape), np.float32))  # the kernels, compiled
+        # compile the kernels as the timing runs them (batch and threads)
+        program(np.zeros((batch, *program.input_shape), np.float32), batch_size=batch,
+                threads=threads)
         if kernels_compiled_here():
             if progress is not None:
                 progress("latency tables: timed in a fresh process (this one compiled the "
@@ -519,13 +532,12 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
     fresh = 0
     saved_at = time.perf_counter()
     with _threads(threads) as th:
-        whole_key = f"program:{_program_hash(program)}|b{batch}|t{th}"
+        whole_key = _program_key(program, batch, th)
         # the whole run is timed before and after the ops (the best of both counts): one
         # disturbed measurement would otherwise bias every prediction through the overhead
         whole_s = (None if whole_key in store.entries else
                    time_program(program, batch, th, max(repeats, WHOLE_REPEATS)))
-        ctx_keys = [f"context:{_program_hash(program)}|{i}|b{batch}|t{th}"
-                    for i in range(len(program.ops))]
+        ctx_keys = _context_keys(program, batch, th)
         if any(k not in store.entries for k in ctx_keys):
             for k, t in zip(ctx_keys, time_ops_in_context(program, batch, th,
                                                           max(repeats, WHOLE_REPEATS)),
@@ -538,8 +550,7 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
             ins, outs, rows = _op_axes(program, idx, ins, outs)
             pairs = [c for row in rows for c in row]
             full = op_channels(program, idx)
-            todo = [c for c in pairs if c != full
-                    and _entry_key(sig, *c, batch, th) not in store.entries]
+            todo = _untimed(store, program, idx, pairs, batch, th)
             for k in range(0, len(todo), RATIO_CHUNK):
                 chunk = todo[k:k + RATIO_CHUNK]
                 for c, r in zip(chunk, time_op_ratios(program, idx, chunk, batch, th, repeats),
@@ -551,9 +562,9 @@ def build_cost_model(program: Program, grids: dict[int, tuple[Iterable[int], Ite
                     saved_at = time.perf_counter()
             ratio = {c: 1.0 if c == full else store.entries[_entry_key(sig, *c, batch, th)]
                      for c in pairs}
-            # the kernels do no more work at fewer channels: an entry slower than one at more
-            # channels on both axes was most likely disturbed, so it is timed once more
-            # (the smaller ratio is kept; a real step survives both timings)
+            # fewer channels should not take longer: an entry slower than one at more channels
+            # on both axes was most likely disturbed, so it is timed once more (the smaller
+            # ratio is kept; a real step survives both timings)
             suspects = [c for c in _slower_than_larger(ratio) if c != full and
                         _entry_key(sig, *c, batch, th) + "|rechecked" not in store.entries]
             if suspects:
