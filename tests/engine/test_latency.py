@@ -348,3 +348,26 @@ def test_a_process_that_compiled_the_kernels_times_its_tables_in_a_fresh_one(
     monkeypatch.setattr(L, "_build_in_child", here)
     again = L.build_cost_model(program, grid, batch=1, threads=1, repeats=1, cache=path)
     assert again.measured_s == model.measured_s
+
+
+@pytest.mark.slow
+def test_compiled_here_tells_a_fresh_compile_from_numbas_cache(tmp_path: Path) -> None:
+    """The first process on an empty numba cache compiles the kernels it runs (True); the
+    next one loads them from that cache (False)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import numpy as np, torch; from bnnprune.engine import compile_model; "
+            "from bnnprune.engine.latency import kernels_compiled_here; "
+            "from bnnprune.models import build_model; torch.manual_seed(0); "
+            "p = compile_model(build_model('small', width=0.125, in_channels=1, "
+            "image_size=28).eval(), (1, 28, 28)); p(np.zeros((1, 1, 28, 28), np.float32)); "
+            "print(kernels_compiled_here())")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+           "PYTHONPATH": str(root / "src")}
+    seen = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=1200, check=True).stdout.split()[-1]
+            for _ in range(2)]
+    assert seen == ["True", "False"]

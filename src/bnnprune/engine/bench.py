@@ -41,7 +41,7 @@ from bnnprune.engine.kernels.intrinsics import (
     instruction_set,
     xpc_chains,
 )
-from bnnprune.engine.latency import build_cost_model, op_channels
+from bnnprune.engine.latency import build_cost_model, kernels_compiled_here, op_channels
 from bnnprune.engine.pack import tail_mask
 from bnnprune.engine.program import Program, _threads, is_pruned_copy
 from bnnprune.engine.timing import elapsed, interleaved, step_samples
@@ -350,11 +350,17 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
             limit = batch * (bops / lim["bmacs_per_s"] + macs / lim["fmacs_per_s"])
             entry[f"{key}_limit_s"] = limit
             entry[f"{key}_fraction_of_limit"] = limit / prog_s if lim["consistent"] else None
-            # the same share against per-word popcount counting alone (issue 31's yardstick)
+            # the same share against per-word popcount counting alone (the AVX2 yardstick)
             pc = batch * (bops / lim["schemes"]["popcount"] + macs / lim["fmacs_per_s"])
             entry[f"{key}_fraction_of_popcount_limit"] = (pc / prog_s if lim["consistent"]
                                                           else None)
+    out["kernels_compiled_here"] = kernels_compiled_here()
     return out
+
+
+COMPILED_HERE_NOTE = ("note: this process compiled the engine's kernels itself; such code can "
+                      "run slower than the cached kernels later runs load (1.4x on one conv "
+                      "measured): run again for figures to quote")
 
 
 def share_text(v: float | None) -> str:
@@ -374,6 +380,8 @@ def format_pair(pair: dict[str, Any]) -> str:
                      f"{share_text(e['pruned_fraction_of_limit']):>9}"
                      f"{share_text(e['unpruned_fraction_of_limit']):>17}")
     lines.append(format_limit(pair["physical_limit"]))
+    if pair.get("kernels_compiled_here"):
+        lines.append(COMPILED_HERE_NOTE)
     return "\n".join(lines)
 
 
@@ -473,6 +481,7 @@ def _benchmark(program_or_path: Program | str | os.PathLike[str], program: Progr
             result["pruned"][f"{key}_s"] = a
             result["pruned"][f"baseline_{key}_s"] = b
             result["pruned"][f"{key}_ratio"] = a / b if b else float("nan")
+    result["kernels_compiled_here"] = kernels_compiled_here()
     return result
 
 
@@ -526,4 +535,6 @@ def format_benchmark(result: dict[str, Any]) -> str:
                 lines.append(f"    {label:<24}{p[key + '_s'] * 1e3:8.3f} ms / "
                              f"{p['baseline_' + key + '_s'] * 1e3:.3f} ms = "
                              f"{p[key + '_ratio']:.3f}")
+    if result.get("kernels_compiled_here"):
+        lines += ["", COMPILED_HERE_NOTE]
     return "\n".join(lines)
