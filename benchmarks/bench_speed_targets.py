@@ -19,8 +19,9 @@ nothing. Run it on a quiet machine.
 
 Before timing, a child process compiles and runs every program once, so the timed process
 loads its kernels from numba's cache as every later run of a user does: in a process that
-compiled them itself, NIN's first conv pruned to 112 channels took 0.285 ms instead of 0.205
-(the same machine code placed differently; AMD EPYC Zen 3), which put the pruned NIN at 0.576
+compiled them itself, NIN's first conv pruned to 112 channels took 0.286 ms instead of 0.204
+(the same machine code placed differently; AMD EPYC Zen 3, avx2 without avx512;
+``benchmarks/bench_compiled_here.py``), which put the pruned NIN at 0.576
 of the unpruned where runs with cached kernels gave 0.506-0.509.
 """
 

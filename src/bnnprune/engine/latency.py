@@ -454,7 +454,7 @@ def _missing(store: LatencyCache, program: Program,
 def kernels_compiled_here() -> bool:
     """Whether this process compiled an engine kernel itself instead of loading it from
     numba's cache. Such code can run slower than the same kernel loaded from the cache by
-    every later process (AMD EPYC Zen 3: NIN's first conv at 112 channels 0.285 against 0.205
+    every later process (AMD EPYC Zen 3: NIN's first conv at 112 channels 0.286 against 0.204
     ms), so latency tables are not timed in such a process."""
     from numba.core.registry import CPUDispatcher
 
