@@ -64,6 +64,18 @@
 #define BNN_UNROLL
 #endif
 
+/* Hints to GNU compilers, no instructions: BNN_OPAQUE(v) hides v's value (a constant stays
+ * in a register instead of being folded into immediates; a pointer's loads are not related
+ * to those of another iteration), BNN_PIN(v) also keeps the computations from v from being
+ * hoisted out of the enclosing loop. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_OPAQUE(v) __asm__("" : "+r"(v))
+#define BNN_PIN(v) __asm__ volatile("" : "+r"(v))
+#else
+#define BNN_OPAQUE(v) (void)0
+#define BNN_PIN(v) (void)0
+#endif
+
 /* ------------------------------------------------------------------ scalar popcount */
 
 /* The compiler's popcount only where it is one instruction (else libgcc's __popcountdi2).
@@ -346,6 +358,15 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b)
 {
     return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NGE_UQ));
 }
+/* The float conv's taps in registers (bnn_fconv_pass): each weight vector loaded once for
+ * the tile's pixels, not folded as a memory operand into each FMA, and the inputs loaded
+ * afresh each tap, not carried from the previous ones (GCC's predictive commoning: the
+ * pixels of a stride-1 tile share taps), which spilled the 4 x 2 tile's accumulators (NIN's
+ * 3 -> 192 5x5 first conv took 1.3x as long with either, bench_c.py's build). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_FV_KEEP(v) __asm__("" : "+x"(v))
+#define BNN_FTAP_FRESH 1
+#endif
 #elif defined(BNN_PATH_NEON)
 #define BNN_FV 4
 #define BNN_FPV 4
@@ -404,6 +425,9 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b) { return (uint32_t)!
 #endif
 
 #define BNN_FC (BNN_FV * BNN_FPV) /* float channels per pass: a divisor of BNN_BLOCK */
+#ifndef BNN_FV_KEEP
+#define BNN_FV_KEEP(v) (void)0
+#endif
 
 /* bits | bnn_fv_nge_bits(a, b) << s; one channel a vector: a conditional OR (on Thumb-2
  * "it lt; orrlt" after the compare, where a 0/1 value takes two more instructions) */
@@ -442,17 +466,6 @@ typedef struct {
         (h) = ((a) & (b)) | (u_ & (c));                                                       \
         (l) = u_ ^ (c);                                                                       \
     } while (0)
-
-/* Hints to GNU compilers, no instructions: BNN_OPAQUE(v) hides v's value (a constant stays
- * in a register instead of being folded into immediates), BNN_PIN(v) also keeps the
- * computations from v from being hoisted out of the enclosing loop. */
-#if defined(__GNUC__) || defined(__clang__)
-#define BNN_OPAQUE(v) __asm__("" : "+r"(v))
-#define BNN_PIN(v) __asm__ volatile("" : "+r"(v))
-#else
-#define BNN_OPAQUE(v) (void)0
-#define BNN_PIN(v) (void)0
-#endif
 
 /* The SWAR masks, kept in registers: Thumb-2 masks a shifted operand with a register in
  * one instruction (and r, m, v, lsr #1), with an immediate in two (m4 masks v >> 4 in
@@ -954,12 +967,17 @@ BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const floa
         BNN_UNROLL_TAPS
         for (j = 0; j < win.seg; ++j) {
             bnn_fv_t xb[BNN_FP];
+            const float *xj = xr + j;
+#if defined(BNN_FTAP_FRESH)
+            BNN_OPAQUE(xj);
+#endif
             BNN_UNROLL
             for (p = 0; p < np; ++p)
-                xb[p] = bnn_fv_bcast(xr[p * win.pstep + j]);
+                xb[p] = bnn_fv_bcast(xj[p * win.pstep]);
             BNN_UNROLL
             for (v = 0; v < nv; ++v) {
-                const bnn_fv_t wv = bnn_fv_load(wr + (ptrdiff_t)co * j + BNN_FV * v);
+                bnn_fv_t wv = bnn_fv_load(wr + (ptrdiff_t)co * j + BNN_FV * v);
+                BNN_FV_KEEP(wv);
                 BNN_UNROLL
                 for (p = 0; p < np; ++p)
                     acc[p][v] = bnn_fv_madd(xb[p], wv, acc[p][v]);
