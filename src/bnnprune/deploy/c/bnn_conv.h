@@ -9,8 +9,11 @@
  *
  *   path        binary: channels per vector, popcount    float: channels per vector
  *   AVX-512     8, vpopcntq (needs AVX512F + VPOPCNTDQ)  16 (AVX512F)
- *   AVX2        4, vpshufb nibble counts + vpsadbw       8 (needs FMA as well)
- *   NEON        2, cnt (aarch64)                         4
+ *   AVX2        4, vpshufb nibble counts summed in       8 (needs FMA as well)
+ *               bytes over up to 31 words, then vpsadbw;
+ *               windows under 8 words by full adders
+ *   NEON        2, cnt summed in bytes over up to 31     4
+ *               words, then uaddlp/uadalp (aarch64)
  *   CSA32       1, carry-save adders on 32-bit words     1, fmaf (a 4-pixel tile with an FPU)
  *   portable    1, bnn_popcount64 (C99)                  1, fmaf
  *
