@@ -1,6 +1,7 @@
 """Instructions per inference of the C export, counted by valgrind's callgrind (not time).
 
     .venv/bin/python benchmarks/c_instructions.py [--check] [--per-op] [--cflags "-O3 ..."]
+        [--model small] [--aarch64]
 
 Exports the zoo's ``small`` (width 1, BatchNorm statistics randomized as in bench_c.py) and
 its copy pruned to half the BOPs (uniform plan, magnitude criterion), builds each with a
@@ -14,6 +15,10 @@ build docs/deploy.md recommends), independent of the machine's own CPU.
 ``--budget``) and exits 1 when one is over its budget. ``--per-op`` also prints each layer
 function's own count (built with ``-fno-inline-functions-called-once``: one function a
 layer).
+``--model nin`` counts another zoo model (3x32x32 input) instead of ``small``.
+``--aarch64`` builds with ``aarch64-linux-gnu-gcc -static`` (default flags ``-std=c99 -O3``:
+the NEON path) and counts under ``qemu-aarch64`` (user mode) with the project's plugin
+(``deploy.mcu.build_plugin``) between the two ``mcu_mark`` calls around ``model_run``.
 Instruction counts are not cycles: an instruction of a vector path does 4-16 channels' work.
 """
 
@@ -34,12 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import pruned_copy, randomize_bn  # noqa: E402
 from bnnprune import engine  # noqa: E402
 from bnnprune.deploy.cexport import export_c  # noqa: E402
+from bnnprune.deploy.mcu import MARK, build_plugin  # noqa: E402
 from bnnprune.models import build_model  # noqa: E402
 from bnnprune.prune.policies import AUTO  # noqa: E402
 
 BUDGET = Path(__file__).resolve().parent / "c_instructions_budget.json"
 CFLAGS = ("-std=c99", "-O3", "-march=x86-64-v3")
-SHAPE = (1, 28, 28)
+ARM_CFLAGS = ("-std=c99", "-O3")
+ARM_CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
 
 HARNESS = r"""
 #include <stdio.h>
@@ -48,13 +55,19 @@ HARNESS = r"""
 static uint64_t arena[(MODEL_SCRATCH_BYTES + 7) / 8];
 static float input[MODEL_INPUT_SIZE], logits[MODEL_OUTPUT_SIZE];
 
+/* called before and after model_run: the qemu plugin counts between the two calls */
+__attribute__((noinline)) void mcu_mark(void) { __asm__ volatile(""); }
+
 /* one model_run on a fixed image (values -6..6): callgrind counts what runs inside it */
 int main(void)
 {
-    int i;
+    int i, r;
     for (i = 0; i < MODEL_INPUT_SIZE; ++i)
         input[i] = (float)((i * 7919) % 13) - 6.0f;
-    if (model_run(input, logits, arena) != 0)
+    mcu_mark();
+    r = model_run(input, logits, arena);
+    mcu_mark();
+    if (r != 0)
         return 1;
     printf("%.9g\n", (double)logits[0]);
     return 0;
@@ -62,13 +75,30 @@ int main(void)
 """
 
 
-def programs() -> dict[str, engine.Program]:
-    """The exported `small` (random BatchNorm, seed 0) and its half-BOPs pruned copy."""
+def programs(name: str = "small") -> dict[str, engine.Program]:
+    """The exported zoo model (random BatchNorm, seed 0) and its half-BOPs pruned copy."""
     torch.manual_seed(0)
-    model = randomize_bn(build_model("small"))
-    pruned = pruned_copy(model, SHAPE, 0.5, AUTO)
-    return {"unpruned": engine.compile_model(model, SHAPE),
-            "pruned": engine.compile_model(pruned, SHAPE)}
+    shape = (1, 28, 28) if name == "small" else (3, 32, 32)
+    model = randomize_bn(build_model(name))
+    pruned = pruned_copy(model, shape, 0.5, AUTO)
+    return {"unpruned": engine.compile_model(model, shape),
+            "pruned": engine.compile_model(pruned, shape)}
+
+
+def count_aarch64(program: engine.Program, folder: Path, cflags: tuple[str, ...]) -> int:
+    """Instructions inside one ``model_run`` of the aarch64 build, under qemu-aarch64."""
+    export_c(program, folder)
+    (folder / "count.c").write_text(HARNESS)
+    subprocess.run([ARM_CC, *cflags, "-static", "-no-pie", "model.c", "bnn_kernels.c",
+                    "count.c", "-lm", "-o", "count"], cwd=folder, check=True)
+    syms = subprocess.run([ARM_CC.replace("gcc", "nm"), "count"], cwd=folder, check=True,
+                          capture_output=True, text=True).stdout
+    mark = next(int(line.split()[0], 16) for line in syms.splitlines()
+                if line.split()[-1:] == [MARK])
+    plugin = build_plugin(folder)
+    subprocess.run([QEMU, "-plugin", f"{plugin},mark={mark:#x},out=insns.txt", "./count"],
+                   cwd=folder, check=True, capture_output=True)
+    return int((folder / "insns.txt").read_text().split()[0])
 
 
 def count(program: engine.Program, folder: Path, cflags: tuple[str, ...],
@@ -100,7 +130,29 @@ def main() -> None:
     ap.add_argument("--per-op", action="store_true", help="each layer function's own count")
     ap.add_argument("--cflags", default=" ".join(CFLAGS))
     ap.add_argument("--budget", type=Path, default=BUDGET, help="budget file (JSON)")
+    ap.add_argument("--model", default="small", help="zoo model (budget: small only)")
+    ap.add_argument("--aarch64", action="store_true",
+                    help=f"count the {ARM_CC} build under {QEMU} (NEON path)")
     args = ap.parse_args()
+    if args.aarch64:
+        if args.check or args.per_op:
+            ap.error("--aarch64 counts totals only (no --check, no --per-op)")
+        missing = [t for t in (ARM_CC, QEMU) if shutil.which(t) is None]
+        if missing:
+            raise SystemExit(f"{', '.join(missing)} not found (Debian: apt-get install "
+                             "gcc-aarch64-linux-gnu qemu-user)")
+        cflags = tuple(args.cflags.split()) if args.cflags != " ".join(CFLAGS) else ARM_CFLAGS
+        with tempfile.TemporaryDirectory() as tmp:
+            counts = {name: count_aarch64(p, Path(tmp) / name, cflags)
+                      for name, p in programs(args.model).items()}
+        print(f"instructions per inference ({QEMU} with the counting plugin, {ARM_CC} "
+              f"{' '.join(cflags)}; instructions under emulation, not cycles)")
+        for name, n in counts.items():
+            print(f"  {args.model} {name:<9} {n:>12,}")
+        print(f"  pruned/unpruned {counts['pruned'] / counts['unpruned']:.3f}")
+        return
+    if args.check and args.model != "small":
+        ap.error("the budget is for small")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found (Debian: apt-get install valgrind)")
     cflags = tuple(args.cflags.split())
@@ -109,7 +161,7 @@ def main() -> None:
         raise SystemExit(f"--check counts with the budget's flags {budget['cflags']}")
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, program in programs().items():
+        for name, program in programs(args.model).items():
             counts[name], funcs = count(program, Path(tmp) / name, cflags, args.per_op)
             for fn, n in sorted(funcs.items(), key=lambda kv: -kv[1]):
                 print(f"  {name:<9} {fn:<28} {n:>12,}")
@@ -117,8 +169,11 @@ def main() -> None:
           "time)")
     over = []
     for name, n in counts.items():
+        if args.model != "small":  # the budget is small's
+            print(f"  {args.model} {name:<9} {n:>12,}")
+            continue
         limit = budget["budget"][name]
-        print(f"  small {name:<9} {n:>12,}   budget {limit:>12,}")
+        print(f"  {args.model} {name:<9} {n:>12,}   budget {limit:>12,}")
         if n > limit:
             over.append(name)
     print(f"  pruned/unpruned {counts['pruned'] / counts['unpruned']:.3f}")

@@ -90,6 +90,56 @@ class PackNet(nn.Module):
         return self.fc(torch.flatten(self.bn1(self.b1(self.bn0(x))), 1))
 
 
+class WindowNet(nn.Module):
+    """Binary convs whose windows (64-bit words per pixel and channel) span the counting
+    regimes of the byte-counting paths (bnn_conv.h, BNN_BYTE_COUNTS): 2, 3 and 7 words
+    (straight line: no full adder, one, two and a word), 9, 16 and 18 (bytes, one run), 31
+    (BNN_BYTE_WORDS: exactly one run), 32 (a patch window flushed after 31 words, 1 left), 36
+    (a direct window flushed in its third row), over 62 (flushed twice); odd output channel
+    counts, a binary linear head in float mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 220, 3, padding=1), nn.BatchNorm2d(220)
+        chans = [(220, 221, 3), (221, 400, 3), (400, 150, 1), (150, 70, 5), (70, 256, 1),
+                 (256, 192, 3), (192, 99, 1), (99, 64, 3), (64, 33, 3)]
+        self.convs = nn.ModuleList(BinaryConv2d(a, b, k, padding=k // 2) for a, b, k in chans)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(b) for _, b, _ in chans)
+        self.fc = BinaryLinear(33 * 4 * 4, 11)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn0(self.stem(x))
+        for conv, bn in zip(self.convs, self.bns, strict=True):
+            x = bn(conv(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+class SaturateNet(nn.Module):
+    """Byte counts at their bound: a 1x1 bconv over 33 words whose first 32 are all -1 (the
+    stem's channels 0..2047 are constant) and whose first output channel's weights are all
+    +1, so that each byte of those XOR words counts 8: 32 of them summed in one byte run would
+    wrap (256), BNN_BYTE_WORDS = 31 do not. The bconv's counts reach the logits (float
+    mode); its last word varies with the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 2112, 1)
+        self.conv, self.bn = BinaryConv2d(2112, 17, 1), nn.BatchNorm2d(17)
+        self.head = nn.Linear(17 * 2 * 2, 5)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.stem.weight.zero_()
+            self.stem.weight[2048:] = torch.randint(-16, 17, (64, 1, 1, 1), generator=g) / 16
+            self.stem.bias.fill_(-1.0)
+            self.conv.weight[0] = 1.0
+            self.conv.weight[1] = -1.0
+            self.head.weight.copy_(torch.randint(-16, 17, (5, 68), generator=g) / 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(self.stem(x)))
+        return self.head(torch.flatten(x, 1))
+
+
 def _prepare(factory, seed: int | None) -> nn.Module:
     """Random BatchNorm statistics (seed None: the factory calibrates the model itself)."""
     torch.manual_seed(seed or 0)
@@ -122,6 +172,8 @@ MODELS = {
                  (3, 32, 32), None),
     "edge": (EdgeNet, (2, 13, 13), 0),
     "pack": (PackNet, (64, 3, 3), 0),
+    "windows": (WindowNet, (3, 4, 4), 0),
+    "saturate": (SaturateNet, (1, 2, 2), None),
     "odd": (OddNet, (3, 19, 19), 5),  # its 1-channel bottleneck is constant for most seeds
     "residual": (ResidualNet, (1, 15, 15), 0),
     "small": (lambda: build_model("small"), (1, 28, 28), 0),
@@ -200,6 +252,23 @@ def test_test_models_cover_every_c_op(exports):
     assert 0 in words and len(words) > 1  # whole words and odd channel counts
 
 
+def _window_words(folder: Path) -> list[int]:
+    """Words per window of each binary conv in the export (kh * seg of its bnn_win_t)."""
+    layers = (folder / "model.c").read_text().split("static BNN_LAYER void ")[1:]
+    wins = [re.search(r"bnn_win_t win = \{\w+, \w+, (\d+), (\d+), \d\};", fn)
+            for fn in layers if "bnn_bconv_" in fn]
+    return [int(w[1]) * int(w[2]) for w in wins]
+
+
+def test_window_model_covers_the_byte_counting_regimes(exports):
+    """The windows model has windows below 8 words, from 8 to 30, of exactly 31 (one run of
+    byte counts), 32 (flushed once, 1 word left) and over 62 (flushed twice)."""
+    words = set(_window_words(exports["windows"].folder))
+    assert {2, 3, 7} <= words and {n for n in words if 8 <= n < 31}
+    assert {31, 32} <= words and max(words) > 62, sorted(words)
+    assert _window_words(exports["saturate"].folder) == [33]
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_host_build_equals_engine(exports, name):
     e = exports[name]
@@ -254,7 +323,7 @@ def _path_of(folder: Path, flags: tuple[str, ...], cc: str = "cc") -> str:
 
 
 @pytest.mark.parametrize("flags,path,cpu", X86_PATHS)
-@pytest.mark.parametrize("name", ["edge", "cat", "small_pruned"])
+@pytest.mark.parametrize("name", ["edge", "cat", "small_pruned", "windows", "saturate"])
 def test_kernel_paths_equal_engine(exports, name, flags, path, cpu):
     """Each path compiles (AVX-512 everywhere) and, where this CPU runs it, is exact."""
     e = exports[name]
@@ -304,7 +373,8 @@ def test_no_library_calls_in_hot_loops(exports, flags, fma_hw):
 
 
 @pytest.mark.slow  # under qemu-aarch64 (scripts/setup.sh --devices)
-@pytest.mark.parametrize("name", ["edge", "pack", "cat", "act", "small_pruned"])
+@pytest.mark.parametrize("name", ["edge", "pack", "cat", "act", "small_pruned", "windows",
+                                  "saturate"])
 def test_aarch64_under_qemu(exports, name):
     cc, qemu = _need(ARM_CC), _need(QEMU)
     e = exports[name]

@@ -9,8 +9,11 @@
  *
  *   path        binary: channels per vector, popcount    float: channels per vector
  *   AVX-512     8, vpopcntq (needs AVX512F + VPOPCNTDQ)  16 (AVX512F)
- *   AVX2        4, vpshufb nibble counts + vpsadbw       8 (needs FMA as well)
- *   NEON        2, cnt (aarch64)                         4
+ *   AVX2        4, vpshufb nibble counts summed in       8 (needs FMA as well)
+ *               bytes over up to 31 words, then vpsadbw;
+ *               windows under 8 words by full adders
+ *   NEON        2, cnt summed in bytes over up to 31     4
+ *               words, then uaddlp/uadalp (aarch64)
  *   CSA32       1, carry-save adders on 32-bit words     1, fmaf (a 4-pixel tile with an FPU)
  *   portable    1, bnn_popcount64 (C99)                  1, fmaf
  *
@@ -62,6 +65,18 @@
 #define BNN_UNROLL _Pragma("GCC unroll 16")
 #else
 #define BNN_UNROLL
+#endif
+
+/* Hints to GNU compilers, no instructions: BNN_OPAQUE(v) hides v's value (a constant stays
+ * in a register instead of being folded into immediates; a pointer's loads are not related
+ * to those of another iteration), BNN_PIN(v) also keeps the computations from v from being
+ * hoisted out of the enclosing loop. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_OPAQUE(v) __asm__("" : "+r"(v))
+#define BNN_PIN(v) __asm__ volatile("" : "+r"(v))
+#else
+#define BNN_OPAQUE(v) (void)0
+#define BNN_PIN(v) (void)0
 #endif
 
 /* ------------------------------------------------------------------ scalar popcount */
@@ -171,7 +186,8 @@ static inline float bnn_fmaf(float a, float b, float c)
 /* Binary vectors: bnn_acc_t holds the running XOR-popcounts of BNN_VW channels, a pass
  * BNN_XPV vectors for each of BNN_XP pixels (the accumulators a path keeps in registers).
  *   bnn_bcast(x)            an input word, for every channel of a vector
- *   bnn_xpc(a, x, w)        a + popcount(x ^ w[l]) in lane l
+ *   bnn_xpc(a, x, w)        a + popcount(x ^ w[l]) in lane l (paths that count bytes,
+ *                           BNN_BYTE_COUNTS, have bnn_pop8 and bnn_acc_b8 instead)
  *   bnn_neg_bits(a, init)   bit l = (a_l + init[l] < 0), init int32 (the sum in 64 bits)
  *   bnn_counts(a, c)        c[l] = a_l */
 #if defined(BNN_PATH_AVX512)
@@ -204,17 +220,32 @@ BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
 typedef __m256i bnn_acc_t;
 typedef __m256i bnn_xb_t;
 BNN_INLINE bnn_acc_t bnn_acc_zero(void) { return _mm256_setzero_si256(); }
+typedef __m256i bnn_b8_t;
 BNN_INLINE bnn_xb_t bnn_bcast(uint64_t x) { return _mm256_set1_epi64x((long long)x); }
-BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
+BNN_INLINE bnn_xb_t bnn_xw(bnn_xb_t x, const uint64_t *w)
+{
+    return _mm256_xor_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)w));
+}
+BNN_INLINE bnn_b8_t bnn_pop8(bnn_xb_t v)
 {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
-    const __m256i v = _mm256_xor_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)w));
     const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
     const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-    return _mm256_add_epi64(a, _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256()));
+    return _mm256_add_epi8(lo, hi);
 }
+BNN_INLINE bnn_b8_t bnn_b8_zero(void) { return _mm256_setzero_si256(); }
+BNN_INLINE bnn_b8_t bnn_b8_add(bnn_b8_t a, bnn_b8_t b) { return _mm256_add_epi8(a, b); }
+BNN_INLINE bnn_acc_t bnn_acc_b8(bnn_acc_t a, bnn_b8_t b)
+{
+    return _mm256_add_epi64(a, _mm256_sad_epu8(b, _mm256_setzero_si256()));
+}
+BNN_INLINE bnn_xb_t bnn_xb_xor(bnn_xb_t a, bnn_xb_t b) { return _mm256_xor_si256(a, b); }
+BNN_INLINE bnn_xb_t bnn_xb_and(bnn_xb_t a, bnn_xb_t b) { return _mm256_and_si256(a, b); }
+BNN_INLINE bnn_xb_t bnn_xb_or(bnn_xb_t a, bnn_xb_t b) { return _mm256_or_si256(a, b); }
+#define BNN_BYTE_COUNTS 1
+#define BNN_SHORT_WORDS 8
 BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
 {
     const __m256i s = _mm256_add_epi64(a, _mm256_cvtepi32_epi64(
@@ -232,13 +263,18 @@ BNN_INLINE void bnn_counts(bnn_acc_t a, int32_t *c)
 #define BNN_XP 2
 typedef uint64x2_t bnn_acc_t;
 typedef uint64x2_t bnn_xb_t;
+typedef uint8x16_t bnn_b8_t;
 BNN_INLINE bnn_acc_t bnn_acc_zero(void) { return vdupq_n_u64(0); }
 BNN_INLINE bnn_xb_t bnn_bcast(uint64_t x) { return vdupq_n_u64(x); }
-BNN_INLINE bnn_acc_t bnn_xpc(bnn_acc_t a, bnn_xb_t x, const uint64_t *w)
+BNN_INLINE bnn_xb_t bnn_xw(bnn_xb_t x, const uint64_t *w) { return veorq_u64(x, vld1q_u64(w)); }
+BNN_INLINE bnn_b8_t bnn_pop8(bnn_xb_t v) { return vcntq_u8(vreinterpretq_u8_u64(v)); }
+BNN_INLINE bnn_b8_t bnn_b8_zero(void) { return vdupq_n_u8(0); }
+BNN_INLINE bnn_b8_t bnn_b8_add(bnn_b8_t a, bnn_b8_t b) { return vaddq_u8(a, b); }
+BNN_INLINE bnn_acc_t bnn_acc_b8(bnn_acc_t a, bnn_b8_t b)
 {
-    const uint8x16_t c = vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, vld1q_u64(w))));
-    return vpadalq_u32(a, vpaddlq_u16(vpaddlq_u8(c)));
+    return vpadalq_u32(a, vpaddlq_u16(vpaddlq_u8(b)));
 }
+#define BNN_BYTE_COUNTS 1
 BNN_INLINE uint32_t bnn_neg_bits(bnn_acc_t a, const int32_t *init)
 {
     const uint64x2_t s = vshrq_n_u64(vreinterpretq_u64_s64(
@@ -346,6 +382,16 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b)
 {
     return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NGE_UQ));
 }
+/* The float conv's taps in registers (bnn_fconv_pass): each weight vector loaded once for
+ * the tile's pixels, not folded as a memory operand into each FMA, and the inputs loaded
+ * afresh each tap, not carried from the previous ones (GCC's predictive commoning: the
+ * pixels of a stride-1 tile share taps), which spilled the 4 x 2 tile's accumulators (NIN's
+ * 3 -> 192 5x5 first conv: the whole inference took 1.29x as long without the first hint,
+ * 1.11x without the second, bench_c.py's build, AMD EPYC Zen 3). */
+#if defined(__GNUC__) || defined(__clang__)
+#define BNN_FV_KEEP(v) __asm__("" : "+x"(v))
+#define BNN_FTAP_FRESH 1
+#endif
 #elif defined(BNN_PATH_NEON)
 #define BNN_FV 4
 #define BNN_FPV 4
@@ -404,6 +450,9 @@ BNN_INLINE uint32_t bnn_fv_nge_bits(bnn_fv_t a, bnn_fv_t b) { return (uint32_t)!
 #endif
 
 #define BNN_FC (BNN_FV * BNN_FPV) /* float channels per pass: a divisor of BNN_BLOCK */
+#ifndef BNN_FV_KEEP
+#define BNN_FV_KEEP(v) (void)0
+#endif
 
 /* bits | bnn_fv_nge_bits(a, b) << s; one channel a vector: a conditional OR (on Thumb-2
  * "it lt; orrlt" after the compare, where a 0/1 value takes two more instructions) */
@@ -442,17 +491,6 @@ typedef struct {
         (h) = ((a) & (b)) | (u_ & (c));                                                       \
         (l) = u_ ^ (c);                                                                       \
     } while (0)
-
-/* Hints to GNU compilers, no instructions: BNN_OPAQUE(v) hides v's value (a constant stays
- * in a register instead of being folded into immediates), BNN_PIN(v) also keeps the
- * computations from v from being hoisted out of the enclosing loop. */
-#if defined(__GNUC__) || defined(__clang__)
-#define BNN_OPAQUE(v) __asm__("" : "+r"(v))
-#define BNN_PIN(v) __asm__ volatile("" : "+r"(v))
-#else
-#define BNN_OPAQUE(v) (void)0
-#define BNN_PIN(v) (void)0
-#endif
 
 /* The SWAR masks, kept in registers: Thumb-2 masks a shifted operand with a register in
  * one instruction (and r, m, v, lsr #1), with an immediate in two (m4 masks v >> 4 in
@@ -689,18 +727,132 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
     acc[0][0] = bnn_csa_count(x, win, w, bnn_masks(), 0);
 }
 #else
+#if defined(BNN_BYTE_COUNTS)
+/* Paths without a vector popcount of 64-bit lanes (BNN_BYTE_COUNTS: AVX2, NEON) count bytes:
+ *   bnn_b8_t                 a vector of byte counts
+ *   bnn_xw(x, w)             x ^ w[l] in lane l
+ *   bnn_pop8(v)              the bit count of each byte of v
+ *   bnn_acc_b8(a, b)         a + the sum of b's bytes in each 64-bit lane
+ * A window sums its words' byte counts bytewise, over up to BNN_BYTE_WORDS words (at most 8
+ * a byte and word: 31 x 8 < 256), then adds them into the 64-bit accumulators once
+ * (bnn_xpc_bytes; AVX2: vpshufb nibble counts, one vpsadbw; NEON: cnt, then uaddlp, uaddlp,
+ * uadalp). On AVX2 a window of fewer than BNN_SHORT_WORDS words counts straight line, three
+ * words at a time through a full adder (bnn_xpc_short); on NEON that took more instructions
+ * than bytes (a word costs eor, cnt, add there). As the engine's per-word GEMM on AVX2
+ * (engine/kernels/intrinsics.py: BYTE_WORDS, BYTE_MIN_WORDS, SHORT_WORDS). */
+#define BNN_BYTE_WORDS 31
+
+BNN_INLINE void bnn_b8_flush(int np, int nv, bnn_b8_t b8[BNN_XP][BNN_XPV],
+                             bnn_acc_t acc[BNN_XP][BNN_XPV])
+{
+    int p, v;
+    BNN_UNROLL
+    for (p = 0; p < np; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < nv; ++v) {
+            acc[p][v] = bnn_acc_b8(acc[p][v], b8[p][v]);
+            b8[p][v] = bnn_b8_zero();
+        }
+    }
+}
+
+BNN_INLINE void bnn_xpc_bytes(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                              int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
+{
+    bnn_b8_t b8[BNN_XP][BNN_XPV];
+    int r, j, p, v, run = 0;
+    BNN_UNROLL
+    for (p = 0; p < BNN_XP; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < BNN_XPV; ++v)
+            b8[p][v] = bnn_b8_zero();
+    }
+    for (r = 0; r < win.kh; ++r) {
+        const uint64_t *xr = x + r * win.rstep;
+        const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
+        for (j = 0; j < win.seg; ++j) {
+            bnn_xb_t xb[BNN_XP];
+            BNN_UNROLL
+            for (p = 0; p < np; ++p)
+                xb[p] = bnn_bcast(xr[p * win.pstep + j]);
+            BNN_UNROLL
+            for (v = 0; v < nv; ++v) {
+                BNN_UNROLL
+                for (p = 0; p < np; ++p)
+                    b8[p][v] = bnn_b8_add(b8[p][v], bnn_pop8(bnn_xw(
+                        xb[p], wr + BNN_BLOCK * j + BNN_VW * v)));
+            }
+            if (++run == BNN_BYTE_WORDS) {
+                bnn_b8_flush(np, nv, b8, acc);
+                run = 0;
+            }
+        }
+    }
+    bnn_b8_flush(np, nv, b8, acc);
+}
+
+#if defined(BNN_SHORT_WORDS)
+/* A window of n < BNN_SHORT_WORDS words, unrolled (n is a constant in each layer): per
+ * vector and pixel, each three XOR results through one full adder into a sum and a carry,
+ * counted as pop(sum) + 2 pop(carry) in bytes (at most 8 n a byte), the last n % 3 words
+ * one count each, then one bnn_acc_b8. Word k is row k / seg, word k % seg. */
+BNN_INLINE void bnn_xpc_short(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                              int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
+{
+    const int n = win.kh * win.seg;
+    int p, v, k;
+    BNN_UNROLL
+    for (p = 0; p < np; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < nv; ++v) {
+            bnn_xb_t d[BNN_SHORT_WORDS];
+            bnn_b8_t c = bnn_b8_zero();
+            BNN_UNROLL
+            for (k = 0; k < n; ++k)
+                d[k] = bnn_xw(bnn_bcast(x[p * win.pstep + k / win.seg * win.rstep
+                                          + k % win.seg]),
+                              w + BNN_BLOCK * k + BNN_VW * v);
+            BNN_UNROLL
+            for (k = 0; k + 3 <= n; k += 3) {
+                const bnn_xb_t u = bnn_xb_xor(d[k], d[k + 1]);
+                const bnn_xb_t carry = bnn_xb_or(bnn_xb_and(d[k], d[k + 1]),
+                                                 bnn_xb_and(u, d[k + 2]));
+                const bnn_b8_t cc = bnn_pop8(carry);
+                c = bnn_b8_add(c, bnn_b8_add(bnn_pop8(bnn_xb_xor(u, d[k + 2])),
+                                             bnn_b8_add(cc, cc)));
+            }
+            BNN_UNROLL
+            for (k = n - n % 3; k < n; ++k)
+                c = bnn_b8_add(c, bnn_pop8(d[k]));
+            acc[p][v] = bnn_acc_b8(acc[p][v], c);
+        }
+    }
+}
+#endif /* BNN_SHORT_WORDS */
+#endif /* BNN_BYTE_COUNTS */
+
 /* XOR-popcounts of np pixels x nv vectors of channels (one pass) over the window; w points
  * at the pass's first channel in its block. */
 BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
                              int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
 {
-    int r, j, p, v;
+    int p, v;
     BNN_UNROLL
     for (p = 0; p < BNN_XP; ++p) {
         BNN_UNROLL
         for (v = 0; v < BNN_XPV; ++v)
             acc[p][v] = bnn_acc_zero();
     }
+#if defined(BNN_BYTE_COUNTS)
+#if defined(BNN_SHORT_WORDS)
+    if (win.kh * win.seg < BNN_SHORT_WORDS) {
+        bnn_xpc_short(x, np, win, w, nv, acc);
+        return;
+    }
+#endif
+    bnn_xpc_bytes(x, np, win, w, nv, acc);
+#else
+    int r, j;
     for (r = 0; r < win.kh; ++r) {
         const uint64_t *xr = x + r * win.rstep;
         const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
@@ -717,6 +869,7 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
             }
         }
     }
+#endif
 }
 #endif
 
@@ -954,12 +1107,17 @@ BNN_INLINE void bnn_fconv_pass(const float *x, int np, bnn_win_t win, const floa
         BNN_UNROLL_TAPS
         for (j = 0; j < win.seg; ++j) {
             bnn_fv_t xb[BNN_FP];
+            const float *xj = xr + j;
+#if defined(BNN_FTAP_FRESH)
+            BNN_OPAQUE(xj);
+#endif
             BNN_UNROLL
             for (p = 0; p < np; ++p)
-                xb[p] = bnn_fv_bcast(xr[p * win.pstep + j]);
+                xb[p] = bnn_fv_bcast(xj[p * win.pstep]);
             BNN_UNROLL
             for (v = 0; v < nv; ++v) {
-                const bnn_fv_t wv = bnn_fv_load(wr + (ptrdiff_t)co * j + BNN_FV * v);
+                bnn_fv_t wv = bnn_fv_load(wr + (ptrdiff_t)co * j + BNN_FV * v);
+                BNN_FV_KEEP(wv);
                 BNN_UNROLL
                 for (p = 0; p < np; ++p)
                     acc[p][v] = bnn_fv_madd(xb[p], wv, acc[p][v]);
