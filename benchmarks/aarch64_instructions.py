@@ -1,7 +1,7 @@
 """Instructions per inference of the engine on aarch64 (NEON), counted under qemu-aarch64.
 
     .venv/bin/python benchmarks/aarch64_instructions.py [--models nin:0.75,small]
-        [--configs popcount/off,popcount/1,popcount/default,csa/default] [--batch 1]
+        [--configs popcount/off,popcount/default,csa/off,csa/default] [--batch 1]
         [--json out.json]
 
 No ARM hardware is needed: each model (BN statistics randomized, as in bench_engine.py) is
@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--models", default="nin:0.75,small",
                     help="NAME[:WIDTH],... (nin, small)")
     ap.add_argument("--configs",
-                    default="popcount/off,popcount/1,popcount/default,csa/default",
+                    default="popcount/off,popcount/default,csa/off,csa/default",
                     help="SCHEME/BYTES,...: BNNPRUNE_COUNTING / BNNPRUNE_BYTE_COUNTS "
                          "(default: not set)")
     ap.add_argument("--batch", type=int, default=1)

@@ -625,12 +625,13 @@ def byte_min_words(features: frozenset[str] | None = None) -> int | None:
     - AVX2: 8. NIN's 3-word 1x1 convs ran 0.95-0.96x in bytes (the per-word bookkeeping and
       the final ``vpsadbw`` not won back), its dense 38-word conv 1.13x (each conv alone at
       batch 1, three alternated runs, Zen 3 EPYC);
-    - aarch64 NEON: 3. Counted under qemu-aarch64 (``benchmarks/aarch64_instructions.py``:
-      instructions under emulation, not cycles), every binary conv of NIN (width 0.75) and
-      ``small`` of 3 or more words took fewer instructions in bytes (3 words 0.95-0.98x,
-      5 words 0.87x, 9-29 words 0.74-0.80x), NIN's 2-word conv more (1.06x): the widening
-      chain and zeroing per window not won back (docs/engine.md, "Counting schemes per
-      instruction set").
+    - aarch64 NEON: 1 (every window). Counted under qemu-aarch64
+      (``benchmarks/aarch64_instructions.py``: instructions under emulation, not cycles), every
+      window in bytes took 0.913x the instructions per inference of 64-bit lanes on NIN
+      (width 0.75) and 0.845x on ``small`` at batch 1 (3-word convs 0.95-0.98x, 9-29 words
+      0.74-0.80x; NIN's 2-word conv 1.06x); with a minimum of 3 the popcount variant holds
+      both loops and every window cost more (0.975x and 0.959x of lanes in all); see
+      docs/engine.md, "Counting schemes per instruction set".
 
     Without ``features`` (the CPU numba compiles for) ``BNNPRUNE_BYTE_COUNTS`` overrides the
     choice: ``off``, or the minimum window in words (a CPU with a byte sum only)."""
@@ -642,7 +643,7 @@ def byte_min_words(features: frozenset[str] | None = None) -> int | None:
     isa = byte_sum_isa(features)
     if isa is None or "avx512vpopcntdq" in features:
         return None
-    return 3 if isa == "neon" else 8
+    return 1 if isa == "neon" else 8
 
 
 def _forced_byte_min_words(forced: str) -> int | None:
