@@ -13,13 +13,15 @@ from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
 from bnnprune.engine.kernels.base import pixel_bases, pixel_start
 from bnnprune.engine.kernels.intrinsics import (
-    BYTE_MIN_WORDS,
+    BYTE_ENV,
     BYTE_WORDS,
     CSA_MIN_WORDS,
     FWORD_MAX_PIX,
     SCHEMES,
     SHORT_WORDS,
     byte_counts,
+    byte_min_words,
+    byte_sum_isa,
     counting_scheme,
     fword_passes,
     fword_pix,
@@ -160,7 +162,7 @@ def test_conv_cases_cover_carry_save_groups_tails_and_short_windows():
     CSA_MIN_WORDS (counted word by word), whole groups only, and groups with a tail, every
     length of SHORT_WORDS (straight line), 3 words direct and dense with whole 64-channel
     output words;
-    and of the per-word count in bytes: windows below BYTE_MIN_WORDS (64-bit lanes), and
+    and of the per-word count in bytes: windows below AVX2's minimum (64-bit lanes), and
     windows that add their byte counts within the window (more than BYTE_WORDS words) and
     not at a multiple of BYTE_WORDS."""
     sizes = {k * k * K.words(cin) for _, _, _, cin, _, k, _, _, _ in CONVS}
@@ -171,7 +173,7 @@ def test_conv_cases_cover_carry_save_groups_tails_and_short_windows():
     assert any(K.words(k * k * cin) == 3 and co > 64 for _, _, _, cin, co, k, _, _, _ in CONVS)
     long = [n for n in sizes if n >= CSA_MIN_WORDS]
     assert any(n % 8 == 0 for n in long) and any(n % 8 for n in long)
-    assert any(n < BYTE_MIN_WORDS for n in sizes)
+    assert any(n < byte_min_words(frozenset({"avx2"})) for n in sizes)
     assert any(n > 2 * BYTE_WORDS and n % BYTE_WORDS for n in sizes)
 
 
@@ -182,6 +184,27 @@ def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     # per-word counts in bytes where a word's popcount is a table lookup, not vpopcntq
     assert byte_counts(frozenset({"avx2", "popcnt"}))
     assert not byte_counts(frozenset({"avx2", "avx512f", "avx512vpopcntdq"}))
+    # and on NEON, where a word's popcount is cnt + a widening chain: in bytes, cnt + add
+    assert byte_counts(frozenset({"neon"})) and byte_sum_isa(frozenset({"neon"})) == "neon"
+    assert byte_sum_isa(frozenset({"avx2"})) == "avx2" and byte_sum_isa(frozenset()) is None
+    assert not byte_counts(frozenset())
+    # the minimum window of the byte counts: forced for comparisons, checked
+    assert byte_min_words(frozenset({"avx2"})) > 1
+    monkeypatch.setenv(BYTE_ENV, "off")
+    assert not byte_counts()
+    monkeypatch.setenv(BYTE_ENV, "5")
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+popcnt")
+    assert byte_min_words() == 5
+    monkeypatch.delenv("NUMBA_CPU_FEATURES")
+    monkeypatch.setenv("NUMBA_CPU_NAME", "generic")  # no byte sum to force
+    with pytest.raises(EngineError, match="no byte sum"):
+        byte_min_words()
+    monkeypatch.delenv("NUMBA_CPU_NAME")
+    for bad in ("0", "yes", "-3"):
+        monkeypatch.setenv(BYTE_ENV, bad)
+        with pytest.raises(EngineError, match=BYTE_ENV):
+            byte_min_words()
+    monkeypatch.delenv(BYTE_ENV)
     monkeypatch.setenv("BNNPRUNE_COUNTING", "popcount")
     assert counting_scheme() == "popcount"
     monkeypatch.setenv("BNNPRUNE_COUNTING", "nibble")

@@ -9,13 +9,16 @@ small layers at batch 1 do not pay a parallel region.
 numba's on-disk cache drops a compiled function only when its own source file changes, but the
 engine's functions inline the LLVM IR of :mod:`.intrinsics` and the helpers here: importing
 this module stamps every cached function of ``bnnprune.engine`` with a hash of all kernel
-sources too (:func:`_stamp_engine_caches`), so editing any of them recompiles them all.
+sources too (:func:`_stamp_engine_caches`), so editing any of them recompiles them all. The
+IR also follows ``BNNPRUNE_BYTE_COUNTS`` (:data:`BYTE_ENV`), which numba's cache key does not
+see: when it is set, the engine's cache lives in a subfolder of its own per value.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import types as pytypes
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +30,17 @@ from numba import njit, prange
 from bnnprune.engine.errors import EngineError
 
 _KERNELS = Path(__file__).resolve().parent
+# forces the GEMM's byte counts (:func:`~.intrinsics.byte_min_words`): "off", or their
+# minimum window in words; read at import
+BYTE_ENV = "BNNPRUNE_BYTE_COUNTS"
 KERNELS_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_KERNELS.glob("*.py")))
                               ).hexdigest()
 
 
 def _stamp_engine_caches() -> None:
     """Put :data:`KERNELS_HASH` into the source stamp of every numba-cached function defined
-    under ``bnnprune/engine`` (a locator class ahead of each of numba's file-backed ones).
+    under ``bnnprune/engine`` (a locator class ahead of each of numba's file-backed ones),
+    and with :data:`BYTE_ENV` set keep its cache in a subfolder named after the value.
     Without numba's locator classes (other versions) caching stays as numba does it."""
     try:
         from numba.core import caching
@@ -56,6 +63,13 @@ def _stamp_engine_caches() -> None:
 
             def get_source_stamp(self):  # noqa: ANN202
                 return super().get_source_stamp(), KERNELS_HASH
+
+            def get_cache_path(self):  # noqa: ANN202
+                path = super().get_cache_path()
+                forced = os.environ.get(BYTE_ENV, "").strip().lower()
+                if forced.isalnum():
+                    path = os.path.join(path, f"byte_counts_{forced}")
+                return path
 
         Locator.__name__ = Locator.__qualname__ = f"BnnpruneEngine{base.__name__.lstrip('_')}"
         return Locator

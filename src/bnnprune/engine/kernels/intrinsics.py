@@ -4,7 +4,8 @@ The XNOR-popcount GEMM keeps two ``<8 x i64>`` accumulators (:data:`XPC_LANES`) 
 block and pixel (2-4 pixels at once, sharing each weight vector load, :func:`xword_pix`): each
 activation word is broadcast and XORed with the block's weight vectors, and
 ``llvm.ctpop.v8i64`` (``vpopcntq`` with AVX-512 VPOPCNTDQ; the ``vpshufb`` nibble lookup +
-``vpsadbw`` on AVX2; ``cnt`` + ``uaddlp`` on aarch64 NEON) counts the bits. On x86 without
+``vpsadbw`` on AVX2; ``cnt`` + ``uaddlp`` on aarch64 NEON) counts the bits, or on AVX2 and
+NEON ``llvm.ctpop`` on bytes summed bytewise (:func:`byte_min_words`). On x86 without
 VPOPCNTDQ the counting scheme ``csa`` (:func:`counting_scheme`) counts windows of at least
 :data:`CSA_MIN_WORDS` words by carry-save accumulation instead (the Harley-Seal scheme,
 :func:`_csa_passes`): the XOR results of :data:`CSA_GROUP` words summed bit-sliced by full
@@ -32,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.kernels.base import BLOCK_CH, FPIX, UNIT_CH
+from bnnprune.engine.kernels.base import BLOCK_CH, BYTE_ENV, FPIX, UNIT_CH
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -413,11 +414,13 @@ def counting_scheme(features: frozenset[str] | None = None) -> str:
     amortising a long per-word popcount over :data:`CSA_GROUP` words).
 
     - AVX-512 VPOPCNTDQ: ``popcount``, one ``vpopcntq`` per word;
-    - aarch64 NEON: ``popcount``, LLVM lowers ``llvm.ctpop.v8i64`` to ``cnt`` + two
-      ``uaddlp`` + ``uadalp`` (the accumulate fused) per 128 bits, 4 instructions after the
-      XOR against about 5 for the ``csa`` scheme's full adder (``eor, and, and, orr, eor``)
-      plus its share of the group's popcount; chosen by instruction count, not measured (no
-      ARM hardware here; both schemes are exact, checked under qemu);
+    - aarch64 NEON: ``popcount``, counting in bytes (:func:`byte_min_words`): ``cnt`` + a
+      bytewise ``add`` per 128 bits after the XOR. Counted under qemu-aarch64
+      (``benchmarks/aarch64_instructions.py``: instructions under emulation, not cycles;
+      no ARM hardware here), ``csa`` took at most 1% fewer instructions per inference than
+      ``popcount`` on NIN (width 0.75) and ``small`` at batch 1, both counting in bytes
+      (docs/engine.md): too small a difference to prefer a variant that compiles to about
+      6x the code; both schemes are exact, checked under qemu;
     - otherwise (AVX2, AVX-512 without VPOPCNTDQ): ``csa``, per-word popcount being the
       nibble-table sequence of about nine instructions per 256 bits there.
 
@@ -600,23 +603,70 @@ XWORD_MAX_PIX = 4
 # Without a vector popcount instruction (AVX2) the per-word GEMM counts in bytes: each XOR
 # result's bytes counted by the nibble table (``llvm.ctpop`` on bytes: no ``vpsadbw`` per
 # word), summed bytewise over up to BYTE_WORDS words (at most 8 per byte and word: 31 x 8 <
-# 256), then one ``vpsadbw`` into the 64-bit accumulators. With VPOPCNTDQ each word is one
-# ``vpopcntq`` (nothing to save), so that path counts in 64-bit lanes as before. Windows of
-# fewer than BYTE_MIN_WORDS words count in 64-bit lanes on AVX2 too: NIN's 3-word 1x1 convs
-# ran 0.95-0.96x in bytes (the per-word bookkeeping and the final vpsadbw not won back), its
-# dense 38-word conv 1.13x (each conv alone at batch 1, three alternated runs, Zen 3 EPYC)
+# 256), then one byte sum (:func:`_byte_sums`) into the 64-bit accumulators. With VPOPCNTDQ
+# each word is one ``vpopcntq`` (nothing to save), so that path counts in 64-bit lanes as
+# before. On aarch64 NEON the same loop is ``cnt`` + a bytewise ``add`` per 128 bits against
+# ``cnt`` + two ``uaddlp`` + ``uadalp`` per word in 64-bit lanes.
 BYTE_WORDS = 31
-BYTE_MIN_WORDS = 8
+
+
+def byte_sum_isa(features: frozenset[str] | None = None) -> str | None:
+    """The byte sum the per-word GEMM's byte counts end in on a CPU, or None: ``avx2``
+    (``vpsadbw``) on x86 with AVX2, ``neon`` (``uaddlp`` / ``uadalp``) on aarch64."""
+    feats = cpu_features() if features is None else features
+    return "neon" if "neon" in feats else "avx2" if "avx2" in feats else None
+
+
+def byte_min_words(features: frozenset[str] | None = None) -> int | None:
+    """The shortest window (in words) the per-word GEMM counts in bytes on a CPU, None for
+    none (64-bit lanes throughout). By default:
+
+    - AVX-512 VPOPCNTDQ: None (one ``vpopcntq`` per word, nothing to save);
+    - AVX2: 8. NIN's 3-word 1x1 convs ran 0.95-0.96x in bytes (the per-word bookkeeping and
+      the final ``vpsadbw`` not won back), its dense 38-word conv 1.13x (each conv alone at
+      batch 1, three alternated runs, Zen 3 EPYC);
+    - aarch64 NEON: 1 (every window). Counted under qemu-aarch64
+      (``benchmarks/aarch64_instructions.py``: instructions under emulation, not cycles), every
+      window in bytes took 0.913x the instructions per inference of 64-bit lanes on NIN
+      (width 0.75) and 0.845x on ``small`` at batch 1 (3-word convs 0.95-0.98x, 9-29 words
+      0.74-0.80x; NIN's 2-word conv 1.06x); with a minimum of 3 the popcount variant holds
+      both loops and every window cost more (0.975x and 0.959x of lanes in all); see
+      docs/engine.md, "Counting schemes per instruction set".
+
+    Without ``features`` (the CPU numba compiles for) ``BNNPRUNE_BYTE_COUNTS`` overrides the
+    choice: ``off``, or the minimum window in words (a CPU with a byte sum only)."""
+    if features is None:
+        forced = os.environ.get(BYTE_ENV, "").strip().lower()
+        if forced:
+            return _forced_byte_min_words(forced)
+        features = cpu_features()
+    isa = byte_sum_isa(features)
+    if isa is None or "avx512vpopcntdq" in features:
+        return None
+    return 1 if isa == "neon" else 8
+
+
+def _forced_byte_min_words(forced: str) -> int | None:
+    if forced == "off":
+        return None
+    if not forced.isdigit() or int(forced) < 1:
+        raise EngineError(f"{BYTE_ENV}={forced!r}: 'off' or a window length in words >= 1")
+    if byte_sum_isa() is None:
+        raise EngineError(f"{BYTE_ENV}={forced!r}: the CPU numba compiles for has no byte sum "
+                          "(AVX2 or NEON)")
+    return int(forced)
 
 
 def byte_counts(features: frozenset[str] | None = None) -> bool:
-    """Whether the per-word GEMM counts in bytes (:data:`BYTE_WORDS`) on a CPU: AVX2 without
-    AVX-512 VPOPCNTDQ."""
-    feats = cpu_features() if features is None else features
-    return "avx2" in feats and "avx512vpopcntdq" not in feats
+    """Whether the per-word GEMM counts in bytes (:data:`BYTE_WORDS`) on a CPU: AVX2
+    without AVX-512 VPOPCNTDQ, and aarch64 NEON (:func:`byte_min_words`)."""
+    return byte_min_words(features) is not None
 
 
-BYTE_COUNTS = byte_counts()  # of the CPU numba compiles for (part of numba's cache key)
+# of the CPU numba compiles for (part of numba's cache key) and BNNPRUNE_BYTE_COUNTS (a
+# cache folder of its own: base._stamp_engine_caches)
+BYTE_MIN_WORDS = byte_min_words()
+BYTE_COUNTS = BYTE_MIN_WORDS is not None
 
 
 def _psadbw(builder, v):
@@ -633,11 +683,43 @@ def _psadbw(builder, v):
                                                            list(range(32 * h, 32 * h + 32))))
               for h in range(n)]
     sums = [builder.call(psad, [h, zero]) for h in halves]
-    while len(sums) > 1:
-        width = 2 * sums[0].type.count
+    return _concat(builder, sums)
+
+
+def _concat(builder, parts):
+    """Vectors of one type joined end to end (pairwise shuffles)."""
+    while len(parts) > 1:
+        width = 2 * parts[0].type.count
         cat = ir.Constant(ir.VectorType(_I32, width), list(range(width)))
-        sums = [builder.shuffle_vector(sums[i], sums[i + 1], cat) for i in range(0, len(sums), 2)]
-    return sums[0]
+        parts = [builder.shuffle_vector(parts[i], parts[i + 1], cat)
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _uaddlp(builder, v):
+    """The byte sums of each 8 bytes of ``v`` (``<8*XPC_LANES x i8>``) as ``<XPC_LANES x
+    i64>`` on aarch64 NEON: per 16 bytes the pairwise widening adds ``uaddlp`` .16b -> .8h
+    -> .4s -> .2d (LLVM fuses the last with the caller's add into ``uadalp``)."""
+    parts = []
+    for q in range(v.type.count // 16):
+        x = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), ir.Constant(
+            ir.VectorType(_I32, 16), list(range(16 * q, 16 * q + 16))))
+        for bits, n in ((16, 8), (32, 4), (64, 2)):
+            src = x.type
+            dst = ir.VectorType(ir.IntType(bits), n)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(dst, [src]),
+                f"llvm.aarch64.neon.uaddlp.v{n}i{bits}.v{2 * n}i{bits // 2}")
+            x = builder.call(fn, [x])
+        parts.append(x)
+    return _concat(builder, parts)
+
+
+def _byte_sums(builder, v):
+    """The byte sums of each 8 bytes of ``v`` (``<8*XPC_LANES x i8>``) as ``<XPC_LANES x
+    i64>``, by the target's byte sum (:func:`byte_sum_isa`): :func:`_uaddlp` on aarch64,
+    else :func:`_psadbw`."""
+    return _uaddlp(builder, v) if is_aarch64() else _psadbw(builder, v)
 
 
 def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bstep, accs,
@@ -662,7 +744,8 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
         def flush():
             for key, a8 in sums.items():
                 a = accs[key]
-                builder.store(builder.add(builder.load(a), _psadbw(builder, builder.load(a8))), a)
+                builder.store(builder.add(builder.load(a), _byte_sums(builder, builder.load(a8))),
+                              a)
                 builder.store(zero8, a8)
 
     with _window(builder, bases, rowstep, kh, seg, woff, kstride) as (rows, k, wk):
@@ -695,8 +778,8 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
 # one full adder (:func:`_short_window`): the 1x1 convs over up to 448 channels (NIN's five
 # of 3 words), `small`'s dense 5-word rows. Longer windows loop (per word in bytes, or
 # carry-save). Measured per window length on AVX2: docs/engine.md, "Counting schemes per
-# instruction set"
-SHORT_WORDS = range(1, BYTE_MIN_WORDS)
+# instruction set"; the windows AVX2 counts in 64-bit lanes in the popcount variant
+SHORT_WORDS = range(1, 8)
 
 
 def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop,
@@ -706,10 +789,10 @@ def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, hal
     pixel each three XOR results go through one full adder into a sum and a carry, counted
     as ``popcount(sum) + 2*popcount(carry)`` (two popcounts for three words), the last
     ``nwords % 3`` words one popcount each (windows of 1-2 words: no adder, the gain is the
-    straight line and one ``vpsadbw``). With :data:`BYTE_COUNTS` the counts are byte
-    counts summed bytewise (at most 8 per word and byte: 56 for 7 words) and added into the
-    accumulator by one ``vpsadbw`` per 256 bits. Word ``i`` is at ``x[base + offs[i]]``, its
-    weights at ``w[woff + 16*i]``."""
+    straight line and one byte sum). With :data:`BYTE_COUNTS` the counts are byte counts
+    summed bytewise (at most 8 per word and byte: 56 for 7 words) and added into the
+    accumulator by one byte sum (:func:`_byte_sums`: ``vpsadbw`` per 256 bits on AVX2).
+    Word ``i`` is at ``x[base + offs[i]]``, its weights at ``w[woff + 16*i]``."""
     lanes, vty = XPC_LANES, _VXPC
     nv = BLOCK_CH // lanes
     if BYTE_COUNTS:
@@ -746,7 +829,7 @@ def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, hal
                 parts += [count(d) for d in ds[nwords - nwords % 3:]]
                 cnt = functools.reduce(builder.add, parts)
                 if BYTE_COUNTS:
-                    cnt = _psadbw(builder, cnt)
+                    cnt = _byte_sums(builder, cnt)
                 a = accs[p, b, j]
                 builder.store(builder.add(builder.load(a), cnt), a)
 
@@ -838,7 +921,9 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                     builder.position_at_end(per_word_bb)
                     args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
                              bstep_, accs, npix, nb, half, ctpop)
-                    if BYTE_COUNTS:
+                    if BYTE_COUNTS and BYTE_MIN_WORDS == 1:  # every window
+                        _popcount_window(*args_, in_bytes=True)
+                    elif BYTE_COUNTS:
                         long_ = builder.icmp_signed(">=", n_, ir.Constant(_I64, BYTE_MIN_WORDS))
                         with builder.if_else(long_) as (in_bytes, per_word):
                             with in_bytes:
