@@ -735,7 +735,7 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
  *   bnn_acc_b8(a, b)         a + the sum of b's bytes in each 64-bit lane
  * A window sums its words' byte counts bytewise, over up to BNN_BYTE_WORDS words (at most 8
  * a byte and word: 31 x 8 < 256), then adds them into the 64-bit accumulators once
- * (bnn_xpc_bytes; AVX2: vpshufb nibble counts, one vpsadbw; NEON: cnt, then uaddlp, uaddlp,
+ * (bnn_xpc_window; AVX2: vpshufb nibble counts, one vpsadbw; NEON: cnt, then uaddlp, uaddlp,
  * uadalp). On AVX2 a window of fewer than BNN_SHORT_WORDS words counts straight line, three
  * words at a time through a full adder (bnn_xpc_short); on NEON that took more instructions
  * than bytes (a word costs eor, cnt, add there). As the engine's per-word GEMM on AVX2
@@ -754,41 +754,6 @@ BNN_INLINE void bnn_b8_flush(int np, int nv, bnn_b8_t b8[BNN_XP][BNN_XPV],
             b8[p][v] = bnn_b8_zero();
         }
     }
-}
-
-BNN_INLINE void bnn_xpc_bytes(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
-                              int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
-{
-    bnn_b8_t b8[BNN_XP][BNN_XPV];
-    int r, j, p, v, run = 0;
-    BNN_UNROLL
-    for (p = 0; p < BNN_XP; ++p) {
-        BNN_UNROLL
-        for (v = 0; v < BNN_XPV; ++v)
-            b8[p][v] = bnn_b8_zero();
-    }
-    for (r = 0; r < win.kh; ++r) {
-        const uint64_t *xr = x + r * win.rstep;
-        const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
-        for (j = 0; j < win.seg; ++j) {
-            bnn_xb_t xb[BNN_XP];
-            BNN_UNROLL
-            for (p = 0; p < np; ++p)
-                xb[p] = bnn_bcast(xr[p * win.pstep + j]);
-            BNN_UNROLL
-            for (v = 0; v < nv; ++v) {
-                BNN_UNROLL
-                for (p = 0; p < np; ++p)
-                    b8[p][v] = bnn_b8_add(b8[p][v], bnn_pop8(bnn_xw(
-                        xb[p], wr + BNN_BLOCK * j + BNN_VW * v)));
-            }
-            if (++run == BNN_BYTE_WORDS) {
-                bnn_b8_flush(np, nv, b8, acc);
-                run = 0;
-            }
-        }
-    }
-    bnn_b8_flush(np, nv, b8, acc);
 }
 
 #if defined(BNN_SHORT_WORDS)
@@ -831,28 +796,22 @@ BNN_INLINE void bnn_xpc_short(const uint64_t *x, int np, bnn_win_t win, const ui
 #endif /* BNN_SHORT_WORDS */
 #endif /* BNN_BYTE_COUNTS */
 
-/* XOR-popcounts of np pixels x nv vectors of channels (one pass) over the window; w points
- * at the pass's first channel in its block. */
-BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
-                             int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
+/* XOR-popcounts of np pixels x nv vectors over the window, added to acc: bnn_xpc per word,
+ * or (BNN_BYTE_COUNTS) byte counts summed bytewise and added every BNN_BYTE_WORDS words */
+BNN_INLINE void bnn_xpc_window(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                               int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
 {
-    int p, v;
+    int r, j, p, v;
+#if defined(BNN_BYTE_COUNTS)
+    bnn_b8_t b8[BNN_XP][BNN_XPV];
+    int run = 0;
     BNN_UNROLL
     for (p = 0; p < BNN_XP; ++p) {
         BNN_UNROLL
         for (v = 0; v < BNN_XPV; ++v)
-            acc[p][v] = bnn_acc_zero();
-    }
-#if defined(BNN_BYTE_COUNTS)
-#if defined(BNN_SHORT_WORDS)
-    if (win.kh * win.seg < BNN_SHORT_WORDS) {
-        bnn_xpc_short(x, np, win, w, nv, acc);
-        return;
+            b8[p][v] = bnn_b8_zero();
     }
 #endif
-    bnn_xpc_bytes(x, np, win, w, nv, acc);
-#else
-    int r, j;
     for (r = 0; r < win.kh; ++r) {
         const uint64_t *xr = x + r * win.rstep;
         const uint64_t *wr = w + (ptrdiff_t)r * win.seg * BNN_BLOCK;
@@ -865,11 +824,45 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
             for (v = 0; v < nv; ++v) {
                 BNN_UNROLL
                 for (p = 0; p < np; ++p)
+#if defined(BNN_BYTE_COUNTS)
+                    b8[p][v] = bnn_b8_add(b8[p][v], bnn_pop8(bnn_xw(
+                        xb[p], wr + BNN_BLOCK * j + BNN_VW * v)));
+#else
                     acc[p][v] = bnn_xpc(acc[p][v], xb[p], wr + BNN_BLOCK * j + BNN_VW * v);
+#endif
             }
+#if defined(BNN_BYTE_COUNTS)
+            if (++run == BNN_BYTE_WORDS) {
+                bnn_b8_flush(np, nv, b8, acc);
+                run = 0;
+            }
+#endif
         }
     }
+#if defined(BNN_BYTE_COUNTS)
+    bnn_b8_flush(np, nv, b8, acc);
 #endif
+}
+
+/* XOR-popcounts of np pixels x nv vectors of channels (one pass) over the window; w points
+ * at the pass's first channel in its block. */
+BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uint64_t *w,
+                             int nv, bnn_acc_t acc[BNN_XP][BNN_XPV])
+{
+    int p, v;
+    BNN_UNROLL
+    for (p = 0; p < BNN_XP; ++p) {
+        BNN_UNROLL
+        for (v = 0; v < BNN_XPV; ++v)
+            acc[p][v] = bnn_acc_zero();
+    }
+#if defined(BNN_SHORT_WORDS) /* AVX2 */
+    if (win.kh * win.seg < BNN_SHORT_WORDS) {
+        bnn_xpc_short(x, np, win, w, nv, acc);
+        return;
+    }
+#endif
+    bnn_xpc_window(x, np, win, w, nv, acc);
 }
 #endif
 
