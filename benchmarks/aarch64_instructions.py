@@ -54,11 +54,10 @@ from bnnprune.machine import machine_info
 from bnnprune.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import randomize_bn  # noqa: E402
+from bench_engine import input_shape, randomize_bn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "aarch64_python.sh"
-SHAPES = {"nin": (3, 32, 32), "small": (1, 28, 28)}
 MARK = 0x5A5A000000  # where the guest maps its marker function (a lone `ret`)
 
 # run under qemu-aarch64: argv = folder, batch; marks around each counted segment
@@ -116,7 +115,7 @@ def export(models: list[tuple[str, float]], batch: int, folder: Path) -> dict:
     facts = {}
     for name, width in models:
         stem = f"{name}_w{width:g}"
-        shape = SHAPES[name]
+        shape = input_shape(name)
         prog = engine.compile_model(randomize_bn(build_model(name, width=width)), shape)
         engine.save(prog, folder / f"{stem}.bnn")
         x = np.random.default_rng(7).standard_normal((batch, *shape)).astype(np.float32)

@@ -42,6 +42,11 @@ from bnnprune.prune import apply_plan, plan_uniform  # noqa: E402
 from bnnprune.prune.policies import AUTO, check_round_to  # noqa: E402
 
 
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The benchmarks' input shape of a zoo model: Fashion-MNIST's for `small`, else CIFAR's."""
+    return (1, 28, 28) if name == "small" else (3, 32, 32)
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random running statistics and affine terms (some gammas < 0)."""
     g = torch.Generator().manual_seed(seed)
@@ -105,7 +110,7 @@ def main() -> None:
     torch.manual_seed(0)
     kwargs = {"width": args.width}
     model = randomize_bn(build_model(args.model, **kwargs))
-    shape = (3, 32, 32) if args.model != "small" else (1, 28, 28)
+    shape = input_shape(args.model)
     pruned = pruned_copy(model, shape, args.target, args.round_to)
     program = engine.compile_model(model, shape)
     pruned_program = engine.compile_model(pruned, shape)

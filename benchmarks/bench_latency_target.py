@@ -30,11 +30,7 @@ from bnnprune.prune import apply_plan, make_plan
 from bnnprune.prune.latency import latency_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import randomize_bn  # noqa: E402
-
-
-def _shape(name: str) -> tuple[int, int, int]:
-    return (1, 28, 28) if name == "small" else (3, 32, 32)
+from bench_engine import input_shape, randomize_bn  # noqa: E402
 
 
 def run(models: list[str], targets: list[float], batches: list[int], threads: int, width: float,
@@ -42,7 +38,7 @@ def run(models: list[str], targets: list[float], batches: list[int], threads: in
     rows = []
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     for name in models:
-        shape = _shape(name)
+        shape = input_shape(name)
         torch.manual_seed(0)
         model = randomize_bn(build_model(name, width=width, in_channels=shape[0],
                                          image_size=shape[1]))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import pruned_copy, randomize_bn  # noqa: E402
+from bench_engine import input_shape, pruned_copy, randomize_bn  # noqa: E402
 from bnnprune import engine  # noqa: E402
 from bnnprune.deploy import mcu  # noqa: E402
 from bnnprune.deploy.cexport import export_c  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> None:
     mcu.require_tools()
     torch.manual_seed(0)
     model = randomize_bn(build_model(args.model, width=args.width))
-    shape = (3, 32, 32) if args.model != "small" else (1, 28, 28)
+    shape = input_shape(args.model)
     programs = {"unpruned": engine.compile_model(model, shape),
                 "pruned": engine.compile_model(pruned_copy(model, shape, args.target,
                                                            args.round_to), shape)}

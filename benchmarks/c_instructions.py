@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import pruned_copy, randomize_bn  # noqa: E402
+from bench_engine import input_shape, pruned_copy, randomize_bn  # noqa: E402
 from bnnprune import engine  # noqa: E402
 from bnnprune.deploy.cexport import export_c  # noqa: E402
 from bnnprune.deploy.mcu import MARK, build_plugin  # noqa: E402
@@ -78,7 +78,7 @@ int main(void)
 def programs(name: str = "small") -> dict[str, engine.Program]:
     """The exported zoo model (random BatchNorm, seed 0) and its half-BOPs pruned copy."""
     torch.manual_seed(0)
-    shape = (1, 28, 28) if name == "small" else (3, 32, 32)
+    shape = input_shape(name)
     model = randomize_bn(build_model(name))
     pruned = pruned_copy(model, shape, 0.5, AUTO)
     return {"unpruned": engine.compile_model(model, shape),

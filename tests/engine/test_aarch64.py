@@ -59,8 +59,6 @@ class LongNet(nn.Module):
 
 ARM_MODELS["nin"] = (lambda: build_model("nin", width=0.25), (3, 32, 32), 0)
 ARM_MODELS["long"] = (LongNet, (448, 7, 7), 0)
-# (scheme, BNNPRUNE_BYTE_COUNTS): each scheme with NEON's own byte counts
-CONFIGS = [(s, "") for s in I.SCHEMES]
 
 # run under qemu: every .bnn of a folder on a counting scheme (forced per load; byte counts
 # as BNNPRUNE_BYTE_COUNTS gives them, read at import), the outputs saved next to it, the
@@ -132,10 +130,9 @@ def test_bnn_files_run_bit_exact_on_aarch64_under_qemu(tmp_path, monkeypatch):
     assert any(n > I.BYTE_WORDS and not direct for n, direct in windows)
     shortest = I.byte_min_words(frozenset({"neon"}))
     assert {1, 3, shortest} <= {n for n, _ in windows}
-    for scheme, nbytes in CONFIGS:
-        r = subprocess.run(["bash", str(SCRIPT), "-c", RUNNER, str(tmp_path), scheme,
-                            f"{scheme}{nbytes}"], env={**env, I.BYTE_ENV: nbytes},
-                           capture_output=True, text=True, timeout=3600)
+    for scheme in I.SCHEMES:  # each with NEON's own byte counts (BYTE_ENV unset above)
+        r = subprocess.run(["bash", str(SCRIPT), "-c", RUNNER, str(tmp_path), scheme, scheme],
+                           env=env, capture_output=True, text=True, timeout=3600)
         assert r.returncode == 0, r.stderr[-4000:]
         info = json.loads(r.stdout.strip().splitlines()[-1])
         assert info["arch"] == "aarch64" and info["isa"] == "neon"
@@ -145,10 +142,9 @@ def test_bnn_files_run_bit_exact_on_aarch64_under_qemu(tmp_path, monkeypatch):
         assert not info["torch"]
         assert sorted(info["ran"]) == sorted([n, scheme] for n in ARM_MODELS)
         for name, ref in refs.items():
-            got = np.load(tmp_path / f"{name}.{scheme}{nbytes}.npy")
+            got = np.load(tmp_path / f"{name}.{scheme}.npy")
             assert got.dtype == ref.dtype and got.shape == ref.shape
-            assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (name, scheme,
-                                                                               nbytes)
+            assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (name, scheme)
 
 
 def test_instruction_set_follows_the_target_architecture(monkeypatch):

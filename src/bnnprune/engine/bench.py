@@ -360,7 +360,8 @@ def compare_pair(program: Program, baseline: Program, *, batches: tuple[int, ...
 
 COMPILED_HERE_NOTE = ("note: this process compiled the engine's kernels itself; such code can "
                       "run slower than the cached kernels later runs load (1.4x on one conv "
-                      "measured): run again for figures to quote")
+                      "on an AVX2 AMD EPYC Zen 3: benchmarks/bench_compiled_here.py): run "
+                      "again for figures to quote")
 
 
 def share_text(v: float | None) -> str:

@@ -739,7 +739,7 @@ BNN_INLINE void bnn_xpc_pass(const uint64_t *x, int np, bnn_win_t win, const uin
  * uadalp). On AVX2 a window of fewer than BNN_SHORT_WORDS words counts straight line, three
  * words at a time through a full adder (bnn_xpc_short); on NEON that took more instructions
  * than bytes (a word costs eor, cnt, add there). As the engine's per-word GEMM on AVX2
- * (engine/kernels/intrinsics.py: BYTE_WORDS, BYTE_MIN_WORDS, SHORT_WORDS). */
+ * (engine/kernels/intrinsics.py: BYTE_WORDS, byte_min_words, SHORT_WORDS). */
 #define BNN_BYTE_WORDS 31
 
 BNN_INLINE void bnn_b8_flush(int np, int nv, bnn_b8_t b8[BNN_XP][BNN_XPV],

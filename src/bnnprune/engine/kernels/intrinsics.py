@@ -608,6 +608,7 @@ XWORD_MAX_PIX = 4
 # before. On aarch64 NEON the same loop is ``cnt`` + a bytewise ``add`` per 128 bits against
 # ``cnt`` + two ``uaddlp`` + ``uadalp`` per word in 64-bit lanes.
 BYTE_WORDS = 31
+AVX2_BYTE_MIN_WORDS = 8  # byte_min_words on AVX2 (measured: its docstring)
 
 
 def byte_sum_isa(features: frozenset[str] | None = None) -> str | None:
@@ -643,7 +644,7 @@ def byte_min_words(features: frozenset[str] | None = None) -> int | None:
     isa = byte_sum_isa(features)
     if isa is None or "avx512vpopcntdq" in features:
         return None
-    return 1 if isa == "neon" else 8
+    return 1 if isa == "neon" else AVX2_BYTE_MIN_WORDS
 
 
 def _forced_byte_min_words(forced: str) -> int | None:
@@ -779,7 +780,7 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
 # of 3 words), `small`'s dense 5-word rows. Longer windows loop (per word in bytes, or
 # carry-save). Measured per window length on AVX2: docs/engine.md, "Counting schemes per
 # instruction set"; the windows AVX2 counts in 64-bit lanes in the popcount variant
-SHORT_WORDS = range(1, 8)
+SHORT_WORDS = range(1, AVX2_BYTE_MIN_WORDS)
 
 
 def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop,
