@@ -253,6 +253,32 @@ def test_csa_variant_binds_long_direct_and_short_windows(cin, k, dense, carry_sa
     assert np.array_equal(out, expect)
 
 
+def test_engine_cache_follows_forced_byte_counts(monkeypatch):
+    """numba's cache key does not see BNNPRUNE_BYTE_COUNTS, so the engine's cached functions
+    move to a folder per forced value (and carry the kernel sources' hash); functions outside
+    the engine keep numba's own locators."""
+    from numba.core import caching
+
+    from bnnprune.engine.kernels import base, pack
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    ours = [c for c in impl._locator_classes if c.__name__.startswith("BnnpruneEngine")]
+    assert len(ours) == 3
+
+    def locate(func, file):  # as numba does: the first locator that takes the function
+        return next((loc for c in ours if (loc := c.from_function(func, file))), None)
+
+    func = pack._affine_pack_rows.py_func
+    monkeypatch.delenv(BYTE_ENV, raising=False)
+    plain = locate(func, pack.__file__)
+    assert plain.get_source_stamp()[1] == base.KERNELS_HASH
+    plain_path = Path(plain.get_cache_path())  # read when asked, as numba does
+    monkeypatch.setenv(BYTE_ENV, " Off ")
+    forced = locate(func, pack.__file__)
+    assert Path(forced.get_cache_path()) == plain_path / "byte_counts_off"
+    assert locate(_random_bits, __file__) is None
+
+
 def test_bconv_refuses_an_unknown_counting_scheme():
     x = np.zeros((1, 3, 3, 1), np.uint64)
     wb = K.block_weights(np.zeros((16, 3, 3), np.uint64))

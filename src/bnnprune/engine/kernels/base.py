@@ -33,6 +33,13 @@ _KERNELS = Path(__file__).resolve().parent
 # forces the GEMM's byte counts (:func:`~.intrinsics.byte_min_words`): "off", or their
 # minimum window in words; read at import
 BYTE_ENV = "BNNPRUNE_BYTE_COUNTS"
+
+
+def forced_byte_counts() -> str:
+    """:data:`BYTE_ENV` as set, stripped and in lower case ("" when unset): the one reading of
+    it, for the byte-count choice and for the cache folder it selects."""
+    return os.environ.get(BYTE_ENV, "").strip().lower()
+
 KERNELS_HASH = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_KERNELS.glob("*.py")))
                               ).hexdigest()
 
@@ -66,7 +73,7 @@ def _stamp_engine_caches() -> None:
 
             def get_cache_path(self):  # noqa: ANN202
                 path = super().get_cache_path()
-                forced = os.environ.get(BYTE_ENV, "").strip().lower()
+                forced = forced_byte_counts()
                 if forced.isalnum():
                     path = os.path.join(path, f"byte_counts_{forced}")
                 return path

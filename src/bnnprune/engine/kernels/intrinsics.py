@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from bnnprune.engine.errors import EngineError
-from bnnprune.engine.kernels.base import BLOCK_CH, BYTE_ENV, FPIX, UNIT_CH
+from bnnprune.engine.kernels.base import BLOCK_CH, BYTE_ENV, FPIX, UNIT_CH, forced_byte_counts
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -637,7 +637,7 @@ def byte_min_words(features: frozenset[str] | None = None) -> int | None:
     Without ``features`` (the CPU numba compiles for) ``BNNPRUNE_BYTE_COUNTS`` overrides the
     choice: ``off``, or the minimum window in words (a CPU with a byte sum only)."""
     if features is None:
-        forced = os.environ.get(BYTE_ENV, "").strip().lower()
+        forced = forced_byte_counts()
         if forced:
             return _forced_byte_min_words(forced)
         features = cpu_features()
