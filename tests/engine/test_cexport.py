@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+from bnnprune.deploy import cexport
 from bnnprune.deploy.cexport import (
     C_OP_KINDS,
     FILES,
@@ -31,6 +32,7 @@ from bnnprune.deploy.cexport import (
 )
 from bnnprune.deploy.cexport import _Buffer as Buffer
 from bnnprune.engine import EngineError, compile_model
+from bnnprune.engine.kernels import intrinsics
 from bnnprune.engine.program import OP_KINDS
 from bnnprune.models import build_model
 from bnnprune.nn import BinaryConv2d, BinaryLinear
@@ -267,6 +269,17 @@ def test_window_model_covers_the_byte_counting_regimes(exports):
     assert {2, 3, 7} <= words and {n for n in words if 8 <= n < 31}
     assert {31, 32} <= words and max(words) > 62, sorted(words)
     assert _window_words(exports["saturate"].folder) == [33]
+
+
+def test_c_byte_count_constants_are_the_engines():
+    """bnn_conv.h's byte-count constants are the engine's: the run of byte counts summed
+    bytewise (31 words, the most that cannot overflow a byte) and AVX2's shortest window
+    counted in a loop (shorter ones straight line)."""
+    header = (Path(cexport.__file__).parent / "c" / "bnn_conv.h").read_text()
+    defines = dict(re.findall(r"^#define (BNN_\w+) (\d+)$", header, flags=re.M))
+    assert int(defines["BNN_BYTE_WORDS"]) == intrinsics.BYTE_WORDS
+    assert int(defines["BNN_SHORT_WORDS"]) == intrinsics.AVX2_BYTE_MIN_WORDS
+    assert intrinsics.SHORT_WORDS == range(1, int(defines["BNN_SHORT_WORDS"]))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
