@@ -30,10 +30,10 @@ from bnnprune.engine.latency import kernels_compiled_here
 from bnnprune.machine import cpu_flags
 from bnnprune.models import build_model
 from bnnprune.prune.policies import AUTO
-from bench_engine import pruned_copy, randomize_bn
+from bench_engine import input_shape, pruned_copy, randomize_bn
 torch.manual_seed(0)
-model = randomize_bn(build_model("nin", width=1.0, in_channels=3, image_size=32))
-p = engine.compile_model(pruned_copy(model, (3, 32, 32), 0.6, AUTO), (3, 32, 32))
+model = randomize_bn(build_model("nin"))
+p = engine.compile_model(pruned_copy(model, input_shape("nin"), 0.6, AUTO), input_shape("nin"))
 rows = op_times(p, 1, {repeats})
 print("compiled here:", kernels_compiled_here(), "| cpu flags:", " ".join(cpu_flags()))
 print("  " + "  ".join(f"{{r['op']}} {{r['median_s'] * 1e3:.3f}}" for r in rows

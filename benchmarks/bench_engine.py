@@ -37,14 +37,15 @@ from bnnprune import engine  # noqa: E402
 from bnnprune.engine import kernels as K  # noqa: E402
 from bnnprune.engine.timing import interleaved  # noqa: E402
 from bnnprune.metrics import binary_channels, count_bops  # noqa: E402
-from bnnprune.models import build_model  # noqa: E402
+from bnnprune.models import MODELS, build_model  # noqa: E402
 from bnnprune.prune import apply_plan, plan_uniform  # noqa: E402
 from bnnprune.prune.policies import AUTO, check_round_to  # noqa: E402
 
 
 def input_shape(name: str) -> tuple[int, int, int]:
-    """The benchmarks' input shape of a zoo model: Fashion-MNIST's for `small`, else CIFAR's."""
-    return (1, 28, 28) if name == "small" else (3, 32, 32)
+    """The benchmarks' input shape of a zoo model: the one it is sized for by default
+    (Fashion-MNIST's for `small`, CIFAR's for the others)."""
+    return MODELS[name].input_shape
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

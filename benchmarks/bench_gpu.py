@@ -30,9 +30,7 @@ from bnnprune.prune.policies import check_round_to
 from bnnprune.train import resolve_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import pruned_copy, randomize_bn  # noqa: E402
-
-SHAPE = (3, 32, 32)
+from bench_engine import input_shape, pruned_copy, randomize_bn  # noqa: E402
 
 
 def _csv(text: str) -> list[str]:
@@ -73,8 +71,9 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = randomize_bn(build_model(name, width=args.width))
-        pruned = pruned_copy(model, SHAPE, args.target, args.round_to)
-        res = torchbench.compare_models(pruned, model, SHAPE, device=device, dtypes=args.dtypes,
+        shape = input_shape(name)
+        pruned = pruned_copy(model, shape, args.target, args.round_to)
+        res = torchbench.compare_models(pruned, model, shape, device=device, dtypes=args.dtypes,
                                         modes=args.modes, batches=args.batches,
                                         repeats=args.repeats)
         res["model"] = {"name": name, "width": args.width, "target": args.target,

@@ -33,10 +33,8 @@ from bnnprune.deploy import fpga
 from bnnprune.deploy.finn_run import FinnResult, run_finn
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.metrics import count_bops
-from bnnprune.models import build_model
+from bnnprune.models import MODELS, build_model
 from bnnprune.prune import apply_plan, plan_uniform
-
-SHAPES = {"small": (1, 28, 28), "nin": (3, 32, 32)}
 
 
 def round_first_layer(model: nn.Module) -> nn.Module:
@@ -108,10 +106,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     notes: list[str] = []
     for name in args.models.split(","):
-        shape = SHAPES[name]
+        shape = MODELS[name].input_shape
         torch.manual_seed(0)
-        base = build_model(name, in_channels=shape[0], image_size=shape[1],
-                           pad_value=-1.0).eval()
+        base = build_model(name, pad_value=-1.0).eval()
         if args.int8:
             round_first_layer(base)
         try:

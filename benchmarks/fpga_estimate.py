@@ -19,11 +19,8 @@ import torch
 from bnnprune.deploy import fpga
 from bnnprune.engine import compile_model
 from bnnprune.metrics import count_bops
-from bnnprune.models import build_model
+from bnnprune.models import MODELS, build_model
 from bnnprune.prune import apply_plan, plan_uniform
-
-SHAPES = {"small": (1, 28, 28), "nin": (3, 32, 32), "binarynet": (3, 32, 32),
-          "vgg_small": (3, 32, 32), "alexnet": (3, 32, 32), "resnet18": (3, 32, 32)}
 
 
 def main() -> None:
@@ -36,9 +33,9 @@ def main() -> None:
     ap.add_argument("--search", choices=["min-lut", "finn"], default="min-lut")
     args = ap.parse_args()
     for name in args.models.split(","):
-        shape = SHAPES[name]
+        shape = MODELS[name].input_shape
         torch.manual_seed(0)
-        base = build_model(name, in_channels=shape[0], image_size=shape[1]).eval()
+        base = build_model(name).eval()
         base_bops = count_bops(base, shape)
         for r in (int(v) for v in args.round_to.split(",")):
             pruned = apply_plan(base, plan_uniform(base, shape, args.target, round_to=r),

@@ -323,6 +323,11 @@ class ZooModel:
     image_size: int = 32
 
     @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The (channels, height, width) of one image this entry is sized for by default."""
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
     def __signature__(self) -> inspect.Signature:
         P = inspect.Parameter
         args = (("width", "float", 1.0), ("in_channels", "int", self.in_channels),
