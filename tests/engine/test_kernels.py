@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from bnnprune.engine import EngineError, compile_model
 from bnnprune.engine import kernels as K
+from bnnprune.engine.kernels import intrinsics as I
 from bnnprune.engine.kernels.base import pixel_bases, pixel_start
 from bnnprune.engine.kernels.intrinsics import (
     BYTE_ENV,
@@ -188,6 +189,13 @@ def test_counting_scheme_follows_the_cpu_and_the_override(monkeypatch):
     assert byte_counts(frozenset({"neon"})) and byte_sum_isa(frozenset({"neon"})) == "neon"
     assert byte_sum_isa(frozenset({"avx2"})) == "avx2" and byte_sum_isa(frozenset()) is None
     assert not byte_counts(frozenset())
+    # the short windows' own nibble tables and vmovmskpd sign bits: AVX2's ymm only
+    assert I.ymm_only(frozenset({"avx2", "popcnt"}))
+    assert not I.ymm_only(frozenset({"avx2", "avx512f", "avx512bw"}))
+    assert not I.ymm_only(frozenset({"avx", "popcnt"})) and not I.ymm_only(frozenset())
+    monkeypatch.setattr(I, "target_arch", lambda: "aarch64")
+    assert not I.ymm_only(frozenset({"avx2", "neon"}))
+    monkeypatch.undo()
     # the minimum window of the byte counts: forced for comparisons, checked
     assert byte_min_words(frozenset({"avx2"})) > 1
     monkeypatch.setenv(BYTE_ENV, "off")

@@ -783,8 +783,39 @@ def _popcount_window(builder, xp, wp, bases, rowstep, kh, seg, woff, kstride, bs
 SHORT_WORDS = range(1, AVX2_BYTE_MIN_WORDS)
 
 
-def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, half, ctpop,
-                  nwords):
+def ymm_only(features: frozenset[str] | None = None) -> bool:
+    """Whether a CPU (default: the one numba compiles for) is x86 with AVX2 and without
+    AVX-512: the short windows' nibble tables (:func:`_nibble_counts`) and sign bits
+    (:func:`_sign_word`) are written for its 256-bit registers; elsewhere LLVM's own lowering
+    (``vpopcntq``, ``kmovq``, NEON) is kept."""
+    feats = cpu_features() if features is None else features
+    return "avx2" in feats and "avx512f" not in feats and not is_aarch64()
+
+
+def _nibble_counts(builder, v, scale):
+    """``scale`` times the bit count of each byte of ``v`` (``<64 x i8>``) on AVX2
+    (:func:`ymm_only`): the nibble table (``vpshufb``) per 256 bits with its entries scaled,
+    so a full adder's carry, counted twice, costs no extra byte add (LLVM's ``llvm.ctpop``
+    on bytes is the same table, unscaled)."""
+    v32 = ir.VectorType(ir.IntType(8), 32)
+    pshufb = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32, [v32, v32]),
+                                            "llvm.x86.avx2.pshuf.b")
+    table = ir.Constant(v32, [scale * bin(i % 16).count("1") for i in range(32)])
+    low = ir.Constant(v32, [15] * 32)
+    four = ir.Constant(ir.VectorType(ir.IntType(16), 16), [4] * 16)
+    undef = ir.Constant(v.type, ir.Undefined)
+    out = []
+    for h in range(v.type.count // 32):
+        x = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, 32),
+                                                          list(range(32 * h, 32 * h + 32))))
+        hi = builder.bitcast(builder.lshr(builder.bitcast(x, four.type), four), v32)
+        out.append(builder.add(builder.call(pshufb, [table, builder.and_(x, low)]),
+                               builder.call(pshufb, [table, builder.and_(hi, low)])))
+    return _concat(builder, out)
+
+
+def _short_window(builder, xp, wp, bases, offs, woff, bstep, npix, nb, half, ctpop, nwords,
+                  emit, done=None):
     """:func:`xpc_word`'s window of ``nwords`` words (:data:`SHORT_WORDS`, scheme ``csa``),
     straight line (no loop, so no accumulator carried through one): per weight vector and
     pixel each three XOR results go through one full adder into a sum and a carry, counted
@@ -792,8 +823,11 @@ def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, hal
     ``nwords % 3`` words one popcount each (windows of 1-2 words: no adder, the gain is the
     straight line and one byte sum). With :data:`BYTE_COUNTS` the counts are byte counts
     summed bytewise (at most 8 per word and byte: 56 for 7 words) and added into the
-    accumulator by one byte sum (:func:`_byte_sums`: ``vpsadbw`` per 256 bits on AVX2).
-    Word ``i`` is at ``x[base + offs[i]]``, its weights at ``w[woff + 16*i]``."""
+    count by one byte sum (:func:`_byte_sums`: ``vpsadbw`` per 256 bits on AVX2; the carry's
+    doubled count from a doubled nibble table there, :func:`_nibble_counts`).
+    Word ``i`` is at ``x[base + offs[i]]``, its weights at ``w[woff + 16*i]``. Each vector's
+    count (``<XPC_LANES x i64>``) goes to ``emit(p, b, j, count)``, and ``done(p)`` is called
+    after pixel ``p``'s last vector."""
     lanes, vty = XPC_LANES, _VXPC
     nv = BLOCK_CH // lanes
     if BYTE_COUNTS:
@@ -802,6 +836,8 @@ def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, hal
                                                 f"llvm.ctpop.v{8 * lanes}i8")
 
         def count(v, twice=False):
+            if ymm_only():
+                return _nibble_counts(builder, builder.bitcast(v, v8), 2 if twice else 1)
             c = builder.call(ctpop8, [builder.bitcast(v, v8)])
             return builder.add(c, c) if twice else c
     else:
@@ -831,8 +867,34 @@ def _short_window(builder, xp, wp, bases, offs, woff, bstep, accs, npix, nb, hal
                 cnt = functools.reduce(builder.add, parts)
                 if BYTE_COUNTS:
                     cnt = _byte_sums(builder, cnt)
-                a = accs[p, b, j]
-                builder.store(builder.add(builder.load(a), cnt), a)
+                emit(p, b, j, cnt)
+        if done is not None:
+            done(p)
+
+
+def _short_window_bits(context, builder, sa, args, op, xp, wp, bases, offs, woff, bstep,
+                       init_vec, npix, nb, half, ctpop, nwords, ooff, ostride, count):
+    """:func:`xpc_word`'s short window (:func:`_short_window`) with its threshold bits taken
+    pixel by pixel (:func:`_sign_word` of ``init + count`` right after the pixel's last
+    vector, then :func:`_store_bits`): no accumulators are kept for an epilogue after all
+    pixels (2 pixels x 4 blocks x 2 vectors of ``<8 x i64>`` are 32 ymm, twice AVX2's
+    registers). ``init_vec(b, j)`` loads block ``b``'s vector ``j`` of the accumulators'
+    starts."""
+    accs = {p: [] for p in range(npix)}
+
+    def emit(p, b, j, cnt):
+        accs[p].append(builder.add(init_vec(b, j), cnt))
+
+    def done(p):
+        if half:  # the last block's second vector: its (padding) channels' init
+            accs[p].append(init_vec(nb - 1, 1))
+        pp = ir.Constant(_I64, p)
+        with builder.if_then(builder.icmp_signed("<", pp, count), likely=True):
+            o = builder.add(ooff, builder.mul(pp, ostride))
+            _store_bits(context, builder, sa, args, op, o, _sign_word(builder, accs[p]))
+
+    _short_window(builder, xp, wp, bases, offs, woff, bstep, npix, nb, half, ctpop, nwords,
+                  emit, done)
 
 
 def _xpc_word_codegen(epilogue: Callable) -> Callable:
@@ -880,16 +942,20 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
             npix = xword_pix(nb)
             bases = [builder.load(builder.gep(bp, [builder.add(boff_, ir.Constant(_I64, p))]))
                      for p in range(npix)]
-            accs = {}
-            for p in range(npix):
-                for b in range(nb):
-                    for j in range(nv):
-                        off = builder.add(ioff_, ir.Constant(_I64, BLOCK_CH * b + lanes * j))
-                        accs[p, b, j] = cgutils.alloca_once_value(
-                            builder, _vload(builder, ip, off, vty, 8))
+            accs = {(p, b, j): cgutils.alloca_once(builder, vty)
+                    for p in range(npix) for b in range(nb) for j in range(nv)}
+
+            def init_vec(b, j):
+                off = builder.add(ioff_, ir.Constant(_I64, BLOCK_CH * b + lanes * j))
+                return _vload(builder, ip, off, vty, 8)
+
+            def init_accs(accs=accs):
+                for (_, b, j), a in accs.items():
+                    builder.store(init_vec(b, j), a)
             nunits = (nb * BLOCK_CH - (BLOCK_CH // 2 if half else 0)) // CSA_LANES
             with builder.if_else(use_csa) as (then, otherwise):
                 with then:
+                    init_accs()
                     _csa_passes(builder, xp, bp, wp, ip, slots, boff_, kh_, seg_, offp, woff_,
                                 bstep_, ioff_, count_, npix, nunits)
                     per = lanes // CSA_LANES
@@ -916,10 +982,22 @@ def _xpc_word_codegen(epilogue: Callable) -> Callable:
                         bbn = builder.append_basic_block(f"xw_short{nw}")
                         sw_n.add_case(ir.Constant(_I64, nw), bbn)
                         builder.position_at_end(bbn)
-                        _short_window(builder, xp, wp, bases, offp, woff_, bstep_, accs, npix,
-                                      nb, half, ctpop, nw)
+                        if epilogue is _bits_epilogue:
+                            _short_window_bits(context, builder, sa, args, op, xp, wp, bases,
+                                               offp, woff_, bstep_, init_vec, npix, nb, half,
+                                               ctpop, nw, ooff_, ostride_, count_)
+                            builder.branch(merge)
+                            continue
+
+                        def emit(p, b, j, cnt, accs=accs):
+                            a = accs[p, b, j]
+                            builder.store(builder.add(builder.load(a), cnt), a)
+                        init_accs()
+                        _short_window(builder, xp, wp, bases, offp, woff_, bstep_, npix, nb,
+                                      half, ctpop, nw, emit)
                         builder.branch(counted)
                     builder.position_at_end(per_word_bb)
+                    init_accs()
                     args_ = (builder, xp, wp, bases, rowstep_, kh_, seg_, woff_, kstride_,
                              bstep_, accs, npix, nb, half, ctpop)
                     if BYTE_COUNTS and BYTE_MIN_WORDS == 1:  # every window
@@ -963,13 +1041,45 @@ def _mask_word(builder, masks):
     return builder.bitcast(masks[0], _I64)
 
 
+def _sign_word(builder, vecs):
+    """The sign bits of the ``<XPC_LANES x i64>`` vectors ``vecs`` (at most 8) as one 64-bit
+    word, lane ``e`` of vector ``h`` in bit ``8h + e``, 0 bits past the last. On AVX2
+    (:func:`ymm_only`) one ``vmovmskpd`` per 256 bits, the sign bits read straight from the
+    64-bit lanes, shifted and ORed in general registers: LLVM lowers :func:`_mask_word` of
+    sign compares there to ``vpcmpgtq`` per 256 bits and a chain of ``vpackssdw``,
+    ``vpermq`` and ``vpacksswb`` (about 50 vector instructions per 64-bit word against 16).
+    Elsewhere :func:`_mask_word` (``kunpck`` + ``kmovq`` with AVX-512)."""
+    if not ymm_only():
+        zero = ir.Constant(_VXPC, [0] * XPC_LANES)
+        return _mask_word(builder, [builder.icmp_signed("<", v, zero) for v in vecs])
+    v4f = ir.VectorType(ir.DoubleType(), 4)
+    movmsk = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [v4f]),
+                                            "llvm.x86.avx.movmsk.pd.256")
+    undef = ir.Constant(_VXPC, ir.Undefined)
+    word = None
+    for h, v in enumerate(vecs):
+        for q in range(XPC_LANES // 4):
+            part = builder.shuffle_vector(v, undef, ir.Constant(
+                ir.VectorType(_I32, 4), list(range(4 * q, 4 * q + 4))))
+            m = builder.zext(builder.call(movmsk, [builder.bitcast(part, v4f)]), _I64)
+            shift = XPC_LANES * h + 4 * q
+            m = builder.shl(m, ir.Constant(_I64, shift)) if shift else m
+            word = m if word is None else builder.or_(word, m)
+    return word
+
+
 def _bits_epilogue(context, builder, sa, args, op, o, accs, nb, half):  # noqa: ARG001
     """:func:`xpc_word`'s word: bit ``16b + q`` is the accumulator's sign xor bit ``16b + q``
-    of ``xmask[moff]`` (:func:`_mask_word`)."""
+    of ``xmask[moff]`` (:func:`_sign_word`, :func:`_store_bits`)."""
+    _store_bits(context, builder, sa, args, op, o, _sign_word(builder, [a for row in accs
+                                                                       for a in row]))
+
+
+def _store_bits(context, builder, sa, args, op, o, word):
+    """:func:`xpc_word`'s store of one pixel's sign bits ``word``: ``out[o] = word xor
+    xmask[moff]``."""
     mp = _data(context, builder, sa[12], args[12])
     (moff_,) = _ints(context, builder, sa, args, (13,))
-    zero = ir.Constant(_VXPC, [0] * XPC_LANES)
-    word = _mask_word(builder, [builder.icmp_signed("<", a, zero) for row in accs for a in row])
     xm = builder.load(builder.gep(mp, [moff_]))
     builder.store(builder.xor(word, xm), builder.gep(op, [o]))
 
