@@ -46,12 +46,10 @@ from bnnprune.engine.kernels.intrinsics import (
 )
 from bnnprune.engine.timing import elapsed, step_samples
 from bnnprune.machine import machine_info
-from bnnprune.models import build_model
+from bnnprune.models import MODELS, build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import randomize_bn  # noqa: E402
-
-SHAPES = {"nin": (3, 32, 32), "small": (1, 28, 28)}
+from bench_engine import input_shape, randomize_bn  # noqa: E402
 
 
 def compile_per_scheme(model: torch.nn.Module, shape: tuple[int, ...],
@@ -166,8 +164,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     models = args.models.split(",")
-    if set(models) - set(SHAPES):
-        ap.error(f"models: one of {', '.join(SHAPES)}")
+    if set(models) - set(MODELS):
+        ap.error(f"models: one of {', '.join(MODELS)}")
     if args.clock == "cpu" and args.threads != 1:
         ap.error("--clock cpu counts one thread's CPU time: use --threads 1")
     batches = [int(b) for b in args.batches.split(",")]
@@ -186,10 +184,9 @@ def main() -> None:
           + " G binary MACs/s (ratio csa / popcount "
           f"{roof['schemes']['csa'] / roof['schemes']['popcount']:.2f})")
     for name in models:
-        shape = SHAPES[name]
+        shape = input_shape(name)
         torch.manual_seed(0)
-        model = randomize_bn(build_model(name, width=1.0, in_channels=shape[0],
-                                         image_size=shape[1]))
+        model = randomize_bn(build_model(name))
         progs = compile_per_scheme(model, shape, batches)
         res: dict[str, Any] = {"end_to_end": {}}
         for b in batches:
