@@ -8,7 +8,7 @@
    the default channel rounding (``auto``: counts the kernels pay for), with none
    (``--round-to 1``) and with ``--round-to 16`` (the engine's output blocks);
 2. ``small`` at -50% BOPs against the unpruned ``small``: the same three roundings;
-3. the unpruned ``nin``'s share of the physical limit at batch 1 and 64;
+3. each unpruned model's share of the physical limit at batch 1 and 64;
 4. each unpruned model against PyTorch float eager at batch 1 and 64 (speed-up);
 5. with ``--ops``, every op's median time inside whole runs at batch 64, unpruned -> pruned.
 
@@ -122,8 +122,7 @@ def main() -> None:
     for name, target, round_to in (c for c in CASES if c[0] in chosen):
         shape = input_shape(name)
         torch.manual_seed(0)
-        model = randomize_bn(build_model(name, width=width, in_channels=shape[0],
-                                         image_size=shape[1]))
+        model = randomize_bn(build_model(name, width=width))  # sized for input_shape(name)
         base = engine.compile_model(model, shape)
         pruned = engine.compile_model(pruned_copy(model, shape, target, round_to), shape)
         if args.warm_only:
